@@ -1,0 +1,591 @@
+//! Packet bodies: what each kind of packet says, beyond the common envelope.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::check::{non_empty, opt_text, text, texts, Check, LONG, SHORT};
+use super::entity::{e164, Entity, Person};
+use super::PacketError;
+use crate::encoding::{Blob, Digest};
+use crate::ids::{CountryCode, NodeId, OfficerId, PacketId};
+use crate::timestamp::{Date, Timestamp};
+
+/// Controlled delivery alert (1988 UN Convention art. 11, Schengen art. 73): a consignment is
+/// travelling on under surveillance, and every state on its route must know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlledDeliveryAlert {
+    /// What is travelling.
+    pub consignment: Consignment,
+    /// How it travels.
+    pub transport: Transport,
+    /// Couriers, if known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub couriers: Vec<Person>,
+    /// The legs of the route, in order.
+    pub route: Vec<RouteLeg>,
+    /// Whether the consignment may be intercepted.
+    pub interception: Interception,
+    /// The officer or magistrate who authorised the controlled delivery.
+    pub authorising_officer: Contact,
+    /// The 24/7 contact point for this operation.
+    pub contact_point: Contact,
+}
+
+/// The goods under surveillance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consignment {
+    /// Category of goods.
+    pub goods: GoodsKind,
+    /// What exactly (e.g. "cocaine hydrochloride, ~85 % purity").
+    pub description: String,
+    /// Amount, in `unit`.
+    pub quantity: u64,
+    /// Unit of `quantity`.
+    pub unit: QuantityUnit,
+    /// Packaging (e.g. "40 bricks in banana boxes").
+    pub packaging: String,
+    /// Whether the illicit goods were replaced by a harmless substitute.
+    pub substitution: Substitution,
+}
+
+/// Categories of goods in a controlled delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoodsKind {
+    /// Narcotic drugs and psychotropic substances.
+    Narcotics,
+    /// Drug precursors.
+    Precursors,
+    /// Firearms, parts and ammunition.
+    Firearms,
+    /// Counterfeit goods or currency.
+    Counterfeit,
+    /// Cash.
+    Cash,
+    /// Protected species (CITES).
+    ProtectedSpecies,
+    /// Stolen goods.
+    StolenGoods,
+    /// Anything else (say what in the description).
+    Other,
+}
+
+/// Units of quantity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantityUnit {
+    /// Grams.
+    G,
+    /// Kilograms.
+    Kg,
+    /// Millilitres.
+    Ml,
+    /// Litres.
+    L,
+    /// Individual items (pills, weapons, banknotes).
+    Items,
+    /// Parcels, boxes, pallets.
+    Packages,
+}
+
+/// Whether the goods were substituted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Substitution {
+    /// The real goods travel.
+    None,
+    /// Part was replaced.
+    Partial,
+    /// All was replaced.
+    Full,
+}
+
+/// Means of transport and its identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transport {
+    /// Means of transport.
+    pub means: TransportMeans,
+    /// Plates, container numbers, flight numbers, airway bills, tracking numbers.
+    pub identifiers: Vec<String>,
+    /// Free description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Means of transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportMeans {
+    /// Road.
+    Road,
+    /// Rail.
+    Rail,
+    /// Air.
+    Air,
+    /// Sea.
+    Sea,
+    /// Inland waterway.
+    InlandWaterway,
+    /// Postal service.
+    Postal,
+    /// Express courier service.
+    ExpressCourier,
+    /// On foot.
+    OnFoot,
+}
+
+/// One leg of the route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLeg {
+    /// Where the leg starts.
+    pub from: String,
+    /// Where the leg ends.
+    pub to: String,
+    /// Border crossing point at the end of the leg, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing_point: Option<String>,
+    /// Earliest expected time on this leg.
+    pub earliest: Timestamp,
+    /// Latest expected time on this leg.
+    pub latest: Timestamp,
+    /// The state whose authorities control this leg.
+    pub controlling_state: CountryCode,
+}
+
+/// Whether the consignment may be intercepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interception {
+    /// Must not be intercepted.
+    NotAllowed,
+    /// May be intercepted at any time.
+    Allowed,
+    /// Only if surveillance is lost or life is in danger.
+    OnlyIfControlLost,
+}
+
+/// A person to call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    /// Name and rank.
+    pub name: String,
+    /// Unit or office.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Phone in E.164 form.
+    pub phone: String,
+    /// E-mail address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl Contact {
+    fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("name"), &self.name, SHORT)?;
+        opt_text(&c.at("unit"), &self.unit, SHORT)?;
+        e164(&c.at("phone"), &self.phone)?;
+        if let Some(e) = &self.email {
+            let ok = e.len() <= SHORT
+                && e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && !e.chars().any(char::is_whitespace);
+            if !ok {
+                return Err(c.at("email").invalid("not an e-mail address"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ControlledDeliveryAlert {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        let k = c.at("consignment");
+        text(&k.at("description"), &self.consignment.description, LONG)?;
+        text(&k.at("packaging"), &self.consignment.packaging, SHORT)?;
+        if self.consignment.quantity == 0 {
+            return Err(k.at("quantity").invalid("must be greater than zero"));
+        }
+        texts(&c.at("transport").at("identifiers"), &self.transport.identifiers, SHORT)?;
+        opt_text(&c.at("transport").at("description"), &self.transport.description, LONG)?;
+        for (i, p) in self.couriers.iter().enumerate() {
+            p.check(&c.at("couriers").idx(i))?;
+        }
+        let r = c.at("route");
+        non_empty(&r, &self.route)?;
+        for (i, leg) in self.route.iter().enumerate() {
+            let l = r.idx(i);
+            text(&l.at("from"), &leg.from, SHORT)?;
+            text(&l.at("to"), &leg.to, SHORT)?;
+            opt_text(&l.at("crossing_point"), &leg.crossing_point, SHORT)?;
+            if leg.latest < leg.earliest {
+                return Err(l.at("latest").invalid("must not be before earliest"));
+            }
+        }
+        self.authorising_officer.check(&c.at("authorising_officer"))?;
+        self.contact_point.check(&c.at("contact_point"))
+    }
+}
+
+/// Joint investigation team notice: who is in the team, on what basis, where and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitNotice {
+    /// The team's name or operation name.
+    pub name: String,
+    /// Parties to the agreement (at least two).
+    pub parties: Vec<JitParty>,
+    /// First day of the team's mandate.
+    pub start: Date,
+    /// Last day of the original mandate.
+    pub end: Date,
+    /// Agreed extensions, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<JitExtension>,
+    /// States where the team operates.
+    pub states_of_operation: Vec<CountryCode>,
+    /// Team leaders (at least one).
+    pub leaders: Vec<JitMember>,
+    /// Other members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<JitMember>,
+    /// Contacts for the team.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<Contact>,
+}
+
+/// A party to a JIT agreement: a state, or a Union body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JitParty {
+    /// A state, by ISO 3166 alpha-2 code.
+    State(CountryCode),
+    /// Eurojust.
+    Eurojust,
+    /// Europol.
+    Europol,
+    /// European Public Prosecutor's Office.
+    Eppo,
+    /// European Anti-Fraud Office.
+    Olaf,
+}
+
+impl fmt::Display for JitParty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::State(c) => c.as_str(),
+            Self::Eurojust => "EUROJUST",
+            Self::Europol => "EUROPOL",
+            Self::Eppo => "EPPO",
+            Self::Olaf => "OLAF",
+        })
+    }
+}
+
+impl FromStr for JitParty {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "EUROJUST" => Self::Eurojust,
+            "EUROPOL" => Self::Europol,
+            "EPPO" => Self::Eppo,
+            "OLAF" => Self::Olaf,
+            _ => Self::State(s.parse().map_err(|_| {
+                format!("invalid JIT party {s:?}: expected a country code or EUROJUST, EUROPOL, EPPO, OLAF")
+            })?),
+        })
+    }
+}
+
+impl Serialize for JitParty {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for JitParty {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An extension of a JIT's mandate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitExtension {
+    /// New last day.
+    pub until: Date,
+    /// When the parties agreed it.
+    pub agreed_on: Date,
+}
+
+/// A member of a JIT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitMember {
+    /// Name and rank.
+    pub name: String,
+    /// The party the member belongs to.
+    pub party: JitParty,
+    /// Role in the team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl JitNotice {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("name"), &self.name, SHORT)?;
+        if self.parties.len() < 2 {
+            return Err(c.at("parties").invalid("a JIT has at least two parties"));
+        }
+        if self.end < self.start {
+            return Err(c.at("end").invalid("must not be before start"));
+        }
+        let mut last = self.end;
+        for (i, x) in self.extensions.iter().enumerate() {
+            if x.until <= last {
+                return Err(c.at("extensions").idx(i).at("until").invalid("each extension must end after the previous end"));
+            }
+            last = x.until;
+        }
+        non_empty(&c.at("states_of_operation"), &self.states_of_operation)?;
+        non_empty(&c.at("leaders"), &self.leaders)?;
+        for (list, name) in [(&self.leaders, "leaders"), (&self.members, "members")] {
+            for (i, m) in list.iter().enumerate() {
+                let mc = c.at(name).idx(i);
+                text(&mc.at("name"), &m.name, SHORT)?;
+                opt_text(&mc.at("role"), &m.role, SHORT)?;
+                if !self.parties.contains(&m.party) {
+                    return Err(mc.at("party").invalid(format!("{} is not a party to this JIT", m.party)));
+                }
+            }
+        }
+        for (i, k) in self.contacts.iter().enumerate() {
+            k.check(&c.at("contacts").idx(i))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the requested data is directly accessible to the requested unit (Directive (EU)
+/// 2023/977 art. 5: 8 hours for urgent direct, 3 days for urgent indirect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataAccess {
+    /// Held in a database the requested unit can query itself.
+    Direct,
+    /// Must be obtained from another authority or a private party.
+    Indirect,
+}
+
+/// An information request (Directive (EU) 2023/977 art. 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InformationRequest {
+    /// What the request is about, in one line.
+    pub subject: String,
+    /// The questions asked.
+    pub questions: Vec<String>,
+    /// Why the information is believed to be available to the requested state.
+    pub reasons: String,
+    /// Whether the requested data is directly accessible.
+    pub data_access: DataAccess,
+    /// Entities the request is about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<Entity>,
+}
+
+/// An answer to an information request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InformationResponse {
+    /// The answer in prose.
+    pub summary: String,
+    /// Entities found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entities: Vec<Entity>,
+    /// Photos, scans, spreadsheets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file carried inside a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// File name, without any directory.
+    pub name: String,
+    /// Media type, e.g. `image/jpeg`.
+    pub media_type: String,
+    /// SHA-256 of `content`.
+    pub digest: Digest,
+    /// The file's bytes.
+    pub content: Blob,
+}
+
+fn check_entities(c: &Check, entities: &[Entity]) -> Result<(), PacketError> {
+    for (i, e) in entities.iter().enumerate() {
+        e.check(&c.idx(i))?;
+    }
+    Ok(())
+}
+
+impl InformationRequest {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("subject"), &self.subject, SHORT)?;
+        texts(&c.at("questions"), &self.questions, LONG)?;
+        text(&c.at("reasons"), &self.reasons, LONG)?;
+        check_entities(&c.at("entities"), &self.entities)
+    }
+}
+
+impl InformationResponse {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("summary"), &self.summary, LONG)?;
+        check_entities(&c.at("entities"), &self.entities)?;
+        for (i, a) in self.attachments.iter().enumerate() {
+            let ac = c.at("attachments").idx(i);
+            text(&ac.at("name"), &a.name, SHORT)?;
+            if a.name.contains(['/', '\\']) || a.name == "." || a.name == ".." {
+                return Err(ac.at("name").invalid("must be a bare file name"));
+            }
+            let mt_ok = a.media_type.split_once('/').is_some_and(|(t, s)| {
+                !t.is_empty() && !s.is_empty() && a.media_type.bytes().all(|b| b.is_ascii_graphic())
+            });
+            if !mt_ok {
+                return Err(ac.at("media_type").invalid("expected type/subtype, e.g. image/jpeg"));
+            }
+            if !Digest::of(&a.content.0).ct_eq(&a.digest) {
+                return Err(ac.at("digest").invalid("does not match the SHA-256 of content"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Grounds for refusing a request (Directive (EU) 2023/977 art. 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalGround {
+    /// The information is not available to the requested unit.
+    NotAvailable,
+    /// The request does not meet the requirements of art. 4.
+    RequirementsNotMet,
+    /// A judicial authorisation required by national law was refused.
+    JudicialAuthorisationRefused,
+    /// Providing it would harm essential national security interests.
+    NationalSecurity,
+    /// It would jeopardise an ongoing investigation or a person's safety.
+    JeopardisesInvestigationOrSafety,
+    /// The request concerns an offence punishable by one year or less.
+    MinorOffence,
+    /// The information was obtained from another state and it has not consented.
+    ThirdStateConsentMissing,
+    /// The request is manifestly disproportionate or irrelevant.
+    Disproportionate,
+}
+
+/// A refusal to answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refusal {
+    /// The legal ground.
+    pub ground: RefusalGround,
+    /// Explanation for the requesting unit.
+    pub explanation: String,
+}
+
+/// Notice that an answer will be late.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayNotice {
+    /// Why.
+    pub reason: String,
+    /// When the answer is now expected.
+    pub new_due_by: Timestamp,
+}
+
+/// A request for clarification of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClarificationRequest {
+    /// What needs clarifying.
+    pub questions: Vec<String>,
+}
+
+/// Signed proof that a node received (and stored) or rejected a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryReceipt {
+    /// The packet this receipt is about.
+    pub packet_id: PacketId,
+    /// The receiving node.
+    pub receiver: NodeId,
+    /// When it was received (stored, for an accepted packet).
+    pub received_at: Timestamp,
+    /// SHA-256 of the exact sealed bytes received.
+    pub sealed_digest: Digest,
+    /// Accepted, or rejected with the rule that rejected it.
+    pub outcome: ReceiptOutcome,
+}
+
+/// What the receiver did with a packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptOutcome {
+    /// Verified, decrypted, stored.
+    Accepted,
+    /// Refused.
+    Rejected {
+        /// Machine-readable rule or error code, e.g. `signature_invalid`.
+        code: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// An officer at the receiving node has read the packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadAck {
+    /// The packet read.
+    pub packet_id: PacketId,
+    /// Who read it.
+    pub officer: OfficerId,
+    /// When.
+    pub read_at: Timestamp,
+}
+
+impl Refusal {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("explanation"), &self.explanation, LONG)
+    }
+}
+
+impl DelayNotice {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        text(&c.at("reason"), &self.reason, LONG)
+    }
+}
+
+impl ClarificationRequest {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        texts(&c.at("questions"), &self.questions, LONG)
+    }
+}
+
+impl DeliveryReceipt {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        if let ReceiptOutcome::Rejected { code, reason } = &self.outcome {
+            let rc = c.at("outcome").at("rejected");
+            text(&rc.at("code"), code, SHORT)?;
+            text(&rc.at("reason"), reason, LONG)?;
+        }
+        Ok(())
+    }
+}
