@@ -5,6 +5,8 @@
 
 pub mod encoding;
 pub mod ids;
+pub mod keys;
 pub mod markings;
 pub mod packet;
+pub mod seal;
 pub mod timestamp;
