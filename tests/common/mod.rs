@@ -46,10 +46,16 @@ pub fn node(s: &str) -> NodeId {
 
 pub const DEMO_NODES: [&str; 3] = ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"];
 
-/// Deterministic keys for a node (seeded by its name), and an extra stranger for negative tests.
+/// Deterministic secret key bytes for a node: (Ed25519 seed, X25519 secret).
+pub fn secret_bytes(name: &str) -> ([u8; 32], [u8; 32]) {
+    use sha2::Digest as _;
+    (sha2::Sha256::digest(format!("sig {name}")).into(), sha2::Sha256::digest(format!("enc {name}")).into())
+}
+
+/// Deterministic keys for a node (derived from its name).
 pub fn keys(name: &str) -> NodeKeys {
-    let seed = name.bytes().fold(0u64, |a, b| a.wrapping_mul(131).wrapping_add(b as u64));
-    NodeKeys::generate(node(name), &mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+    let (s, e) = secret_bytes(name);
+    NodeKeys::from_secret_bytes(node(name), &s, e)
 }
 
 /// The keyring of the three demo nodes.
