@@ -220,6 +220,9 @@ impl FromStr for OfficerId {
 pub struct Language([u8; 2]);
 
 impl Language {
+    /// English, the default language of system packets.
+    pub const ENGLISH: Language = Language(*b"en");
+
     /// The code as text.
     pub fn as_str(&self) -> &str {
         // Invariant: only ASCII lowercase letters are ever stored.
@@ -259,7 +262,7 @@ macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
     )*};

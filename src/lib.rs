@@ -3,6 +3,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod demo;
 pub mod encoding;
 pub mod ids;
 pub mod keys;

@@ -43,6 +43,9 @@ pub const MAX_RECIPIENTS: usize = 64;
 /// Longest life of a packet: an undelivered packet older than this is stale intelligence.
 pub const MAX_TTL_SECS: i64 = 366 * 24 * 3600;
 
+/// Life of a system packet (receipt, read acknowledgement): 30 days.
+pub const SYSTEM_TTL_SECS: i64 = 30 * 24 * 3600;
+
 /// Answer deadline for an urgent request on directly accessible data: 8 hours.
 pub const DUE_URGENT_DIRECT_SECS: i64 = 8 * 3600;
 /// Answer deadline for an urgent request on indirectly accessible data: 3 days.
@@ -328,6 +331,78 @@ impl Packet {
         }
         packet.check()?;
         Ok(packet)
+    }
+
+    /// A delivery receipt from `receiver` to `to` about packet `about` (which had `priority`),
+    /// naming the digest of the exact sealed bytes received.
+    #[allow(clippy::too_many_arguments)]
+    pub fn delivery_receipt(
+        receiver: &NodeId,
+        to: &NodeId,
+        about: PacketId,
+        priority: Priority,
+        sealed_digest: crate::encoding::Digest,
+        outcome: ReceiptOutcome,
+        now: Timestamp,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        let body = Body::DeliveryReceipt(DeliveryReceipt {
+            packet_id: about,
+            receiver: receiver.clone(),
+            received_at: now,
+            sealed_digest,
+            outcome,
+        });
+        Self::system(receiver, to, about, priority, body, now, rng)
+    }
+
+    /// An acknowledgement that `officer` at `node` read packet `about` from `to`.
+    pub fn read_ack(
+        node: &NodeId,
+        to: &NodeId,
+        about: PacketId,
+        priority: Priority,
+        officer: OfficerId,
+        now: Timestamp,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        let body = Body::ReadAck(ReadAck { packet_id: about, officer, read_at: now });
+        Self::system(node, to, about, priority, body, now, rng)
+    }
+
+    fn system(
+        from: &NodeId,
+        to: &NodeId,
+        about: PacketId,
+        priority: Priority,
+        body: Body,
+        now: Timestamp,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        Self {
+            version: PACKET_VERSION,
+            envelope: Envelope {
+                id: PacketId::new_v7(now.unix().unsigned_abs() * 1000, rng),
+                case_ref: None,
+                in_reply_to: Some(about),
+                related: Vec::new(),
+                originator: Originator { node: from.clone(), officer: None },
+                recipients: vec![to.clone()],
+                created: now,
+                expires: now.plus_secs(SYSTEM_TTL_SECS),
+                priority,
+                urgency_reason: None,
+                due_by: None,
+                classification: Classification::Unclassified,
+                tlp: None,
+                handling: Handling { codes: [crate::markings::HandlingCode::H0].into(), h3_text: None },
+                grading: None,
+                legal_basis: None,
+                purpose: None,
+                language: Language::ENGLISH,
+            },
+            body,
+        }
     }
 
     /// The JSON face, pretty-printed.

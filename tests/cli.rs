@@ -1,0 +1,216 @@
+//! The `liaison` binary, run as a user would: keys, validate, seal, open, verify, demo, and the
+//! exit codes (0 ok, 1 rejected input, 64 usage error).
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn liaison(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_liaison")).args(args).output().unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn example(name: &str) -> String {
+    common::root().join("schemas/examples").join(name).to_string_lossy().into_owned()
+}
+
+/// The demo keys of `node` in a private directory (git does not keep the 0600 mode).
+fn demo_keys(tmp: &Path, node: &str) -> PathBuf {
+    let to = tmp.join(node);
+    fs::create_dir_all(&to).unwrap();
+    for f in fs::read_dir(common::root().join("certs-example/nodes").join(node)).unwrap() {
+        let f = f.unwrap().path();
+        let dest = to.join(f.file_name().unwrap());
+        fs::copy(&f, &dest).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    to
+}
+
+fn federation() -> String {
+    common::root().join("certs-example/federation").to_string_lossy().into_owned()
+}
+
+#[test]
+fn keys_generate_writes_private_files_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("keys");
+    let o = liaison(&["keys", "generate", "--node", "IT-DCSA", "--out", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("IT-DCSA/sig/"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for f in ["IT-DCSA.sign.key", "IT-DCSA.enc.key"] {
+            assert_eq!(fs::metadata(out.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+        }
+    }
+    let public = fs::read_to_string(out.join("IT-DCSA.pub.toml")).unwrap();
+    assert!(public.contains("signing_key") && !public.contains("secret ="));
+    let before = fs::read(out.join("IT-DCSA.sign.key")).unwrap();
+    let o = liaison(&["keys", "generate", "--node", "IT-DCSA", "--out", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 64);
+    assert!(text(&o.stderr).contains("refusing to overwrite"), "{}", text(&o.stderr));
+    assert_eq!(fs::read(out.join("IT-DCSA.sign.key")).unwrap(), before, "the key survived");
+
+    let o = liaison(&["keys", "generate", "--node", "italy", "--out", out.to_str().unwrap()]);
+    assert_eq!(code(&o), 64);
+    assert!(text(&o.stderr).contains("invalid node id"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn validate_reports_the_field_and_exit_codes() {
+    let o = liaison(&["packet", "validate", &example("information-request.json")]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).starts_with("valid InformationRequest 019ac0a1-5c00-7000-8000-000000000003"));
+    assert!(text(&o.stdout).contains("due by 2026-11-26T18:00:00Z"));
+
+    let o = liaison(&["packet", "validate", &example("invalid/bad-iban.json")]);
+    assert_eq!(code(&o), 1);
+    assert!(
+        text(&o.stderr).contains("body.InformationResponse.entities[6].account.identifier: not a valid IBAN"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = liaison(&["packet", "validate", "/nonexistent/packet.json"]);
+    assert_eq!(code(&o), 64);
+    let o = liaison(&["packet", "validate"]);
+    assert_eq!(code(&o), 64);
+    let o = liaison(&["packet", "frobnicate"]);
+    assert_eq!(code(&o), 64);
+    let o = liaison(&["--help"]);
+    assert_eq!(code(&o), 0);
+}
+
+#[test]
+fn seal_open_verify_round_trip_through_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let it = demo_keys(tmp.path(), "IT-DCSA");
+    let es = demo_keys(tmp.path(), "ES-UDYCO");
+    let co = demo_keys(tmp.path(), "CO-DIJIN");
+    let out = tmp.path().join("out");
+    let o = liaison(&[
+        "packet", "seal", "--keys", it.to_str().unwrap(), "--keyring", &federation(), "--out", out.to_str().unwrap(),
+        &example("information-request.json"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let sealed = out.join("019ac0a1-5c00-7000-8000-000000000003.ES-UDYCO.cose");
+    assert!(sealed.exists(), "{}", text(&o.stdout));
+
+    let evidence = tmp.path().join("evidence.cbor");
+    let o = liaison(&[
+        "packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), "--at", "2026-11-26T17:00:00Z",
+        "--signed-out", evidence.to_str().unwrap(), sealed.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    let opened = liaison::packet::Packet::from_json(&text(&o.stdout)).unwrap();
+    assert_eq!(opened, common::example("information-request.json"));
+    assert!(text(&o.stderr).contains("signed by IT-DCSA/sig/"), "{}", text(&o.stderr));
+
+    // The evidence verifies with public keys alone, and shows no content.
+    let o = liaison(&["packet", "verify", "--keyring", &federation(), evidence.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("signature valid"));
+    assert!(!text(&o.stdout).contains("+34612345678"), "verify prints no payload");
+
+    // Not for CO-DIJIN.
+    let o = liaison(&["packet", "open", "--keys", co.to_str().unwrap(), "--keyring", &federation(), sealed.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o.stderr).contains("rejected (not_for_me)"), "{}", text(&o.stderr));
+
+    // Tampered in transit.
+    let mut bytes = fs::read(&sealed).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    let bad = tmp.path().join("bad.cose");
+    fs::write(&bad, &bytes).unwrap();
+    let o = liaison(&["packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o.stderr).contains("rejected ("), "{}", text(&o.stderr));
+    assert!(o.stdout.is_empty(), "nothing is printed from a rejected packet");
+
+    // Expired by the time it is opened.
+    let o = liaison(&[
+        "packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), "--at", "2027-01-01T00:00:00Z",
+        sealed.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o.stderr).contains("rejected (expired)"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn seal_a_draft_from_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let it = demo_keys(tmp.path(), "IT-DCSA");
+    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(example("information-request.json")).unwrap()).unwrap();
+    let env = v["envelope"].as_object_mut().unwrap();
+    env.remove("id");
+    env.remove("created");
+    env.remove("due_by");
+    let now = liaison::timestamp::Timestamp::now();
+    env.insert("expires".into(), now.plus_secs(86400).to_string().into());
+    let out = tmp.path().join("out");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["packet", "seal", "--draft", "--keys", it.to_str().unwrap(), "--keyring", &federation(), "--out"])
+        .arg(&out)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(v.to_string().as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o.stderr));
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 1);
+}
+
+#[test]
+fn insecure_key_permissions_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let it = demo_keys(tmp.path(), "IT-DCSA");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(it.join("IT-DCSA.sign.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let o = liaison(&[
+            "packet", "seal", "--keys", it.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(),
+            &example("information-request.json"),
+        ]);
+        assert_eq!(code(&o), 64);
+        assert!(text(&o.stderr).contains("too open"), "{}", text(&o.stderr));
+    }
+}
+
+#[test]
+fn demo_runs_every_step() {
+    let o = liaison(&["demo"]);
+    let out = text(&o.stdout);
+    assert_eq!(code(&o), 0, "{out}\n{}", text(&o.stderr));
+    for step in 1..=7 {
+        assert!(out.contains(&format!("== {step}.")), "step {step} missing:\n{out}");
+    }
+    assert!(out.contains("FLASH ControlledDeliveryAlert, 2 recipients"), "{out}");
+    assert!(out.contains("a relay sees only: CO-DIJIN -> ES-UDYCO, FLASH"), "{out}");
+    assert_eq!(out.matches(" OPENED ").count(), 2, "{out}");
+    assert!(out.contains("REJECTED tampered copy (decryption_failed)"), "{out}");
+    assert!(out.contains("RECEIPT from ES-UDYCO") && out.contains("RECEIPT from IT-DCSA"), "{out}");
+    assert_eq!(out.matches("digest matches").count(), 2, "{out}");
+    assert!(out.contains("READ by Isp. Giulia Rossi at IT-DCSA"), "{out}");
+    assert_eq!(out.matches(" delivered ").count(), 2, "{out}");
+    assert!(out.trim_end().ends_with("demo complete: every step verified"), "{out}");
+}
