@@ -103,7 +103,11 @@ fn main() {
     println!("\n-- ratios");
     println!("seal / (sign + AEAD encrypt)       {:>6.2}x", seal / (sign + seal_aead));
     println!("open / (verify + AEAD decrypt)     {:>6.2}x", open / (verify + open_aead));
-    println!("per-packet ECDH-ES would add        {:>6.2}x seal, {:.2}x open (2 and 1 X25519)", (seal + 2.0 * x25519) / seal, (open + x25519) / open);
+    println!(
+        "per-packet ECDH-ES would add        {:>6.2}x seal, {:.2}x open (2 and 1 X25519)",
+        (seal + 2.0 * x25519) / seal,
+        (open + x25519) / open
+    );
     println!("one core: {:.0} seals/s, {:.0} opens/s", 1e9 / seal, 1e9 / open);
 }
 

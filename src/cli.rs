@@ -205,9 +205,11 @@ fn packet(cmd: PacketCommand) -> Result<(), CliError> {
             let now = at_or_now(at.as_deref())?;
             let ctx = context(&keys)?;
             let bytes = read_input(&file)?;
-            let opened = ctx.open(&bytes, now).map_err(|e| CliError::Rejected(format!("rejected ({}): {e}", e.code())))?;
+            let opened =
+                ctx.open(&bytes, now).map_err(|e| CliError::Rejected(format!("rejected ({}): {e}", e.code())))?;
             if let Some(path) = signed_out {
-                std::fs::write(&path, &opened.signed.bytes).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+                std::fs::write(&path, &opened.signed.bytes)
+                    .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
             }
             eprintln!(
                 "verified: {} from {}, signed by {}, sealed digest {}",
@@ -227,7 +229,9 @@ fn packet(cmd: PacketCommand) -> Result<(), CliError> {
                 verify_signed(&ring, &bytes).map_err(|e| CliError::Rejected(format!("rejected ({}): {e}", e.code())))?
             } else {
                 let Some(dir) = keys else {
-                    return Err(CliError::Usage("a sealed packet needs --keys to decrypt; a signed one (COSE_Sign1) does not".into()));
+                    return Err(CliError::Usage(
+                        "a sealed packet needs --keys to decrypt; a signed one (COSE_Sign1) does not".into(),
+                    ));
                 };
                 let ctx = SealContext::new(NodeKeys::load_single(&dir)?, ring)?;
                 let now = at_or_now(at.as_deref())?;
@@ -237,7 +241,11 @@ fn packet(cmd: PacketCommand) -> Result<(), CliError> {
             println!("signature valid");
             println!("  signer     {}", signed.signer);
             println!("  packet     {} {}", signed.packet.packet_type(), e.id);
-            println!("  originator {} ({})", e.originator.node, e.originator.officer.as_ref().map_or("system", |o| o.as_str()));
+            println!(
+                "  originator {} ({})",
+                e.originator.node,
+                e.originator.officer.as_ref().map_or("system", |o| o.as_str())
+            );
             println!("  recipients {}", join(&e.recipients));
             println!("  created    {}  expires {}", e.created, e.expires);
             println!("  signed     {}", Digest::of(&signed.bytes));

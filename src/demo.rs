@@ -73,7 +73,8 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         .into_iter()
         .map(|(n, k)| SealContext::new(k, ring.clone()).map(|c| (n, c)).map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
-    let node_ctx = |name: &str| ctx.iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c).ok_or(format!("no {name}"));
+    let node_ctx =
+        |name: &str| ctx.iter().find(|(n, _)| n.as_str() == name).map(|(_, c)| c).ok_or(format!("no {name}"));
     let (co, es, it) = (node_ctx("CO-DIJIN")?, node_ctx("ES-UDYCO")?, node_ctx("IT-DCSA")?);
 
     // 2. CO-DIJIN drafts and seals a FLASH controlled delivery alert.
@@ -87,13 +88,29 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     let alert = Packet::from_json_draft(&draft.to_string(), now, &mut rng).map_err(|e| e.to_string())?;
     let id = alert.envelope.id;
     let sealed = co.seal(&alert, &mut rng).map_err(|e| e.to_string())?;
-    p(out, format!("   packet {id}: {} {}, {} recipients", alert.envelope.priority.as_str(), alert.packet_type(), sealed.len()))?;
+    p(
+        out,
+        format!(
+            "   packet {id}: {} {}, {} recipients",
+            alert.envelope.priority.as_str(),
+            alert.packet_type(),
+            sealed.len()
+        ),
+    )?;
     for s in &sealed {
         let seen = peek_route(&s.bytes).map_err(|e| e.to_string())?;
-        p(out, format!(
-            "   sealed for {:<9} {:>5} bytes; a relay sees only: {} -> {}, {}, expires {}",
-            s.route.recipient, s.bytes.len(), seen.sender, seen.recipient, seen.priority.as_str(), seen.expires
-        ))?;
+        p(
+            out,
+            format!(
+                "   sealed for {:<9} {:>5} bytes; a relay sees only: {} -> {}, {}, expires {}",
+                s.route.recipient,
+                s.bytes.len(),
+                seen.sender,
+                seen.recipient,
+                seen.priority.as_str(),
+                seen.expires
+            ),
+        )?;
     }
 
     // 3. Each recipient opens and verifies its copy, and answers with a signed receipt.
@@ -109,14 +126,24 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
             Body::ControlledDeliveryAlert(a) => a.route.len(),
             _ => 0,
         };
-        p(out, format!(
-            "   {:<9} OPENED {id}: signature by {} verified, {legs} route legs, sealed digest {}",
-            me.node(),
-            opened.signed.signer,
-            opened.sealed_digest
-        ))?;
+        p(
+            out,
+            format!(
+                "   {:<9} OPENED {id}: signature by {} verified, {legs} route legs, sealed digest {}",
+                me.node(),
+                opened.signed.signer,
+                opened.sealed_digest
+            ),
+        )?;
         let receipt = Packet::delivery_receipt(
-            me.node(), co.node(), id, alert.envelope.priority, opened.sealed_digest, ReceiptOutcome::Accepted, now, &mut rng,
+            me.node(),
+            co.node(),
+            id,
+            alert.envelope.priority,
+            opened.sealed_digest,
+            ReceiptOutcome::Accepted,
+            now,
+            &mut rng,
         );
         let mut back = me.seal(&receipt, &mut rng).map_err(|e| e.to_string())?;
         receipts.push((s.route.recipient.clone(), Digest::of(&s.bytes), back.remove(0).bytes));
@@ -124,7 +151,8 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
 
     // 4. A copy altered in transit is refused.
     p(out, "== 4. A copy altered in transit is refused".into())?;
-    let mut tampered = sealed.iter().find(|s| s.route.recipient.as_str() == "IT-DCSA").ok_or("no IT copy")?.bytes.clone();
+    let mut tampered =
+        sealed.iter().find(|s| s.route.recipient.as_str() == "IT-DCSA").ok_or("no IT copy")?.bytes.clone();
     let at = tampered.len() - 20;
     tampered[at] ^= 0x01;
     match it.open(&tampered, now) {
@@ -143,7 +171,13 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         if r.packet_id != id || &r.receiver != recipient || !r.sealed_digest.ct_eq(sent_digest) {
             return Err(format!("receipt from {recipient} does not match what was sent"));
         }
-        p(out, format!("   RECEIPT from {recipient:<9} signed by {} verified: accepted at {}, digest matches", opened.signed.signer, r.received_at))?;
+        p(
+            out,
+            format!(
+                "   RECEIPT from {recipient:<9} signed by {} verified: accepted at {}, digest matches",
+                opened.signed.signer, r.received_at
+            ),
+        )?;
         status.push((recipient.clone(), r.received_at, r.sealed_digest, None));
     }
 
@@ -154,7 +188,13 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     let ack_bytes = it.seal(&ack, &mut rng).map_err(|e| e.to_string())?.remove(0).bytes;
     let opened = co.open(&ack_bytes, now).map_err(|e| e.to_string())?;
     let Body::ReadAck(a) = &opened.signed.packet.body else { return Err("not a read acknowledgement".into()) };
-    p(out, format!("   READ by {} at {} (signed by {})", a.officer, opened.signed.packet.envelope.originator.node, opened.signed.signer))?;
+    p(
+        out,
+        format!(
+            "   READ by {} at {} (signed by {})",
+            a.officer, opened.signed.packet.envelope.originator.node, opened.signed.signer
+        ),
+    )?;
     for s in status.iter_mut() {
         if s.0 == opened.signed.packet.envelope.originator.node && a.packet_id == id {
             s.3 = Some(a.read_at);
@@ -202,7 +242,8 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     #[cfg(not(unix))]
     let _ = mode;

@@ -49,14 +49,12 @@ pub fn from_cbor_exact<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Resul
         return Err(CborError::TooLarge { len: bytes.len(), limit });
     }
     let mut rest = bytes;
-    let value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_CBOR_DEPTH).map_err(
-        |e| match e {
-            ciborium::de::Error::Io(_) => CborError::Truncated,
-            ciborium::de::Error::Syntax(at) => CborError::Syntax(at),
-            ciborium::de::Error::Semantic(_, msg) => CborError::Semantic(msg),
-            ciborium::de::Error::RecursionLimitExceeded => CborError::TooDeep,
-        },
-    )?;
+    let value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_CBOR_DEPTH).map_err(|e| match e {
+        ciborium::de::Error::Io(_) => CborError::Truncated,
+        ciborium::de::Error::Syntax(at) => CborError::Syntax(at),
+        ciborium::de::Error::Semantic(_, msg) => CborError::Semantic(msg),
+        ciborium::de::Error::RecursionLimitExceeded => CborError::TooDeep,
+    })?;
     if !rest.is_empty() {
         return Err(CborError::TrailingBytes(rest.len()));
     }
@@ -238,10 +236,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<Blob>("\"AAEC/w==\"").unwrap(), b);
         assert_eq!(from_cbor_exact::<Blob>(&to_cbor(&b), 100).unwrap(), b);
         let d = Digest::of(b"abc");
-        assert_eq!(
-            d.to_string(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         let json = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&json).unwrap(), d);
         assert_eq!(from_cbor_exact::<Digest>(&to_cbor(&d), 100).unwrap(), d);

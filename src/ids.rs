@@ -88,8 +88,8 @@ impl FromStr for NodeId {
         let err = || IdError::NodeId(s.to_owned());
         let (cc, unit) = s.split_once('-').ok_or_else(err)?;
         CountryCode::from_str(cc).map_err(|_| err())?;
-        let ok_unit = (2..=16).contains(&unit.len())
-            && unit.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        let ok_unit =
+            (2..=16).contains(&unit.len()) && unit.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !ok_unit {
             return Err(err());
         }
@@ -180,8 +180,7 @@ impl CaseRef {
 impl FromStr for CaseRef {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+        let ok = (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -204,9 +203,7 @@ impl OfficerId {
 impl FromStr for OfficerId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let ok = (1..=64).contains(&s.chars().count())
-            && !s.chars().any(char::is_control)
-            && s.trim() == s;
+        let ok = (1..=64).contains(&s.chars().count()) && !s.chars().any(char::is_control) && s.trim() == s;
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -279,7 +276,8 @@ mod tests {
         for ok in ["IT-DCSA", "ES-UDYCO", "CO-DIJIN", "EU-EUROPOL", "DE-BKA"] {
             assert_eq!(ok.parse::<NodeId>().unwrap().as_str(), ok);
         }
-        for bad in ["", "IT", "it-dcsa", "XX-DCSA", "IT-D", "IT-DCSA-X", "IT-dcsa", "IT-ABCDEFGHIJKLMNOPQ", "IT- DCSA"] {
+        for bad in ["", "IT", "it-dcsa", "XX-DCSA", "IT-D", "IT-DCSA-X", "IT-dcsa", "IT-ABCDEFGHIJKLMNOPQ", "IT- DCSA"]
+        {
             assert!(bad.parse::<NodeId>().is_err(), "{bad}");
         }
         assert_eq!("CO-DIJIN".parse::<NodeId>().unwrap().country().as_str(), "CO");
@@ -293,7 +291,12 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "7");
         assert_eq!(text.parse::<PacketId>().unwrap(), id);
-        for bad in ["", "0190b6b2-7c3a-7d2e-9f00-12345678901", "0190B6B2-7C3A-7D2E-9F00-123456789012", "0190b6b2x7c3a-7d2e-9f00-12345678901"] {
+        for bad in [
+            "",
+            "0190b6b2-7c3a-7d2e-9f00-12345678901",
+            "0190B6B2-7C3A-7D2E-9F00-123456789012",
+            "0190b6b2x7c3a-7d2e-9f00-12345678901",
+        ] {
             assert!(bad.parse::<PacketId>().is_err(), "{bad}");
         }
     }

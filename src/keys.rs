@@ -143,7 +143,8 @@ pub struct PublicKeys {
 impl PublicKeys {
     /// Public keys from raw key bytes; fails on an Ed25519 key that is not a valid point.
     pub fn from_raw(node: NodeId, signing: [u8; 32], encryption: [u8; 32]) -> Result<Self, String> {
-        let signing = VerifyingKey::from_bytes(&signing).map_err(|_| "signing key is not a valid Ed25519 public key".to_owned())?;
+        let signing = VerifyingKey::from_bytes(&signing)
+            .map_err(|_| "signing key is not a valid Ed25519 public key".to_owned())?;
         if signing.is_weak() {
             return Err("signing key is a weak (small-order) Ed25519 key".into());
         }
@@ -186,7 +187,8 @@ impl PublicKeys {
         let fmt_err = |reason: String| KeyError::Format { path: path.to_owned(), reason };
         let raw: Raw = toml::from_str(text).map_err(|e| fmt_err(format!("not a public key file: {e}")))?;
         let s = unhex::<32>(&raw.signing_key).ok_or_else(|| fmt_err("signing_key: expected 64 hex digits".into()))?;
-        let e = unhex::<32>(&raw.encryption_key).ok_or_else(|| fmt_err("encryption_key: expected 64 hex digits".into()))?;
+        let e =
+            unhex::<32>(&raw.encryption_key).ok_or_else(|| fmt_err("encryption_key: expected 64 hex digits".into()))?;
         Self::from_raw(raw.node, s, e).map_err(fmt_err)
     }
 
@@ -304,10 +306,7 @@ impl NodeKeys {
         if p.exists() {
             let public = PublicKeys::load(&p)?;
             if public != keys.public {
-                return Err(KeyError::Format {
-                    path: p,
-                    reason: "does not match the secret keys beside it".into(),
-                });
+                return Err(KeyError::Format { path: p, reason: "does not match the secret keys beside it".into() });
             }
         }
         Ok(keys)
@@ -346,14 +345,17 @@ fn read_secret(path: &Path, node: &NodeId, algorithm: &str) -> Result<Zeroizing<
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = file.metadata().map_err(|source| KeyError::Io { path: path.to_owned(), source })?.permissions().mode();
+        let mode =
+            file.metadata().map_err(|source| KeyError::Io { path: path.to_owned(), source })?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(KeyError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
         }
     }
     let mut text = Zeroizing::new(String::new());
-    std::io::Read::read_to_string(&mut &file, &mut text).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
-    let raw: SecretFile = toml::from_str(&text).map_err(|e| fmt_err(format!("not a secret key file: {}", e.message())))?;
+    std::io::Read::read_to_string(&mut &file, &mut text)
+        .map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+    let raw: SecretFile =
+        toml::from_str(&text).map_err(|e| fmt_err(format!("not a secret key file: {}", e.message())))?;
     if &raw.node != node {
         return Err(fmt_err(format!("holds a key of {}, expected {node}", raw.node)));
     }
@@ -383,7 +385,13 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, mode);
     #[cfg(not(unix))]
     let _ = mode;
-    let mut f = o.open(path).map_err(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { KeyError::Exists(path.to_owned()) } else { io(e) })?;
+    let mut f = o.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyError::Exists(path.to_owned())
+        } else {
+            io(e)
+        }
+    })?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)
 }

@@ -1,4 +1,23 @@
 //! liaison — a secure cross-border intelligence exchange broker.
+//!
+//! Police units in different countries each run one node; nodes sign, encrypt and route
+//! structured intelligence packets to each other. This crate is, so far, the **packet core**:
+//! the typed packets, their JSON and CBOR faces, and sealing (COSE sign-then-encrypt). The node
+//! (QUIC transport, durable outbox, receipts in sled), policies and the audit trail build on it.
+//!
+//! # Layout
+//!
+//! - [`ids`] — identifier newtypes: `NodeId` (`IT-DCSA`), `PacketId` (UUIDv7), `CaseRef`...
+//! - [`timestamp`] — `Timestamp` (RFC 3339 in JSON, CBOR tag 1 on the wire) and `Date`.
+//! - [`markings`] — priority, classification, TLP, handling codes, 4x4 grading, urgency reasons.
+//! - [`packet`] — the envelope and the bodies, parsing of both faces, the validation rules,
+//!   answer deadlines. No I/O, no keys.
+//! - [`encoding`] — strict CBOR decoding (size, depth, no trailing bytes), byte strings, digests.
+//! - [`keys`] — node keys (Ed25519 + X25519), key files, the keyring of partners' public keys.
+//! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
+//! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
+//!
+//! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]

@@ -36,13 +36,24 @@
 //!
 //! # Checks on opening, in order
 //!
-//! 1. size limit; 2. exactly one CBOR item (no trailing bytes) of the COSE_Encrypt shape, with our
-//! algorithms; 3. the routing header names this node ([`OpenError::NotForMe`]); 4. the sender's
-//! key id is a known X25519 key of the routing header's sender; 5. decryption; 6. the COSE_Sign1
-//! inside parses exactly; 7. its kid is a known Ed25519 key ([`OpenError::UnknownKey`]);
-//! 8. `verify_strict` over the exact received bytes; 9. the payload is a valid packet;
-//! 10. headers agree with the packet (id, originator, type, recipient, priority, expiry) and the
-//! signer is the originator; 11. not expired at `now`.
+//! 1. Size limit, before any parsing.
+//! 2. Exactly one CBOR item (no trailing bytes) of the COSE_Encrypt shape, with our algorithms.
+//! 3. The routing header names this node ([`OpenError::NotForMe`]).
+//! 4. The recipient kid is this node's X25519 key; the sender's key id is a known X25519 key of
+//!    the routing header's sender.
+//! 5. Decryption (the AEAD also authenticates the routing header).
+//! 6. The COSE_Sign1 inside parses exactly.
+//! 7. Its kid is a known Ed25519 key ([`OpenError::UnknownKey`]).
+//! 8. `verify_strict` over the exact received bytes.
+//! 9. The payload is a valid packet.
+//! 10. Headers agree with the packet (id, originator, type, recipient, priority, expiry) and the
+//!     signer is the originator.
+//! 11. Not expired at `now`.
+//!
+//! The issue listed the kid check after the signature check; a signature cannot be verified
+//! before its key is found, so the kid is looked up first. The recipient is checked first on the
+//! (not yet authenticated) routing header because it is cheap and can only cause a refusal, and
+//! again after verification against the signed recipient list.
 
 use std::collections::HashMap;
 
@@ -316,7 +327,10 @@ impl SealContext {
         packet.check()?;
         let me = self.keys.node();
         if &packet.envelope.originator.node != me {
-            return Err(SealError::NotOriginator { originator: packet.envelope.originator.node.clone(), me: me.clone() });
+            return Err(SealError::NotOriginator {
+                originator: packet.envelope.originator.node.clone(),
+                me: me.clone(),
+            });
         }
         let kid = self.keys.public().signing_kid.clone();
         let protected = HeaderBuilder::new()
@@ -351,10 +365,8 @@ impl SealContext {
             return Err(SealError::NotARecipient(recipient.clone()));
         }
         let peer = self.keyring.node(recipient).ok_or_else(|| SealError::UnknownRecipient(recipient.clone()))?;
-        let shared = self
-            .pairwise
-            .get(peer.encryption_kid.as_bytes())
-            .ok_or_else(|| SealError::WeakKey(recipient.clone()))?;
+        let shared =
+            self.pairwise.get(peer.encryption_kid.as_bytes()).ok_or_else(|| SealError::WeakKey(recipient.clone()))?;
         let route = RouteHeader {
             sender: self.keys.node().clone(),
             recipient: recipient.clone(),
@@ -370,8 +382,9 @@ impl SealContext {
         rng.fill_bytes(&mut iv);
 
         let recipient_protected = HeaderBuilder::new().algorithm(iana::Algorithm::ECDH_SS_HKDF_256).build();
-        let cek = derive_cek(shared, &salt, &ProtectedHeader { original_data: None, header: recipient_protected.clone() })
-            .map_err(|e| SealError::Encoding(e.to_string()))?;
+        let cek =
+            derive_cek(shared, &salt, &ProtectedHeader { original_data: None, header: recipient_protected.clone() })
+                .map_err(|e| SealError::Encoding(e.to_string()))?;
         let cose_recipient = CoseRecipientBuilder::new()
             .protected(recipient_protected)
             .unprotected(
@@ -438,8 +451,8 @@ impl SealContext {
             None => return Err(OpenError::UnknownKey { kid: lossy(sender_kid), reason: "not in the keyring".into() }),
         }
         let shared = self.pairwise.get(sender_kid).ok_or(OpenError::DecryptionFailed)?;
-        let cek = derive_cek(shared, salt, &recipient.protected)
-            .map_err(|e| malformed(Layer::Encrypted, e.to_string()))?;
+        let cek =
+            derive_cek(shared, salt, &recipient.protected).map_err(|e| malformed(Layer::Encrypted, e.to_string()))?;
         let iv: [u8; IV_LEN] = enc
             .unprotected
             .iv
@@ -456,7 +469,10 @@ impl SealContext {
         let signed = verify_signed(&self.keyring, &plaintext)?;
         let p = &signed.packet.envelope;
         if route.packet_id != p.id {
-            return Err(OpenError::HeaderMismatch(format!("routing header packet {} carries packet {}", route.packet_id, p.id)));
+            return Err(OpenError::HeaderMismatch(format!(
+                "routing header packet {} carries packet {}",
+                route.packet_id, p.id
+            )));
         }
         if route.sender != p.originator.node {
             return Err(OpenError::HeaderMismatch(format!(
@@ -499,7 +515,10 @@ pub fn verify_signed(keyring: &Keyring, bytes: &[u8]) -> Result<SignedPacket, Op
     let keys = match keyring.kid(kid) {
         Some((k, KeyUse::Signing)) => k,
         Some((k, KeyUse::Encryption)) => {
-            return Err(OpenError::UnknownKey { kid: lossy(kid), reason: format!("is an encryption key of {}, not a signing key", k.node) })
+            return Err(OpenError::UnknownKey {
+                kid: lossy(kid),
+                reason: format!("is an encryption key of {}, not a signing key", k.node),
+            })
         }
         None => return Err(OpenError::UnknownKey { kid: lossy(kid), reason: "not in the keyring".into() }),
     };
@@ -525,10 +544,15 @@ pub fn verify_signed(keyring: &Keyring, bytes: &[u8]) -> Result<SignedPacket, Op
         || text(LABEL_ORIGINATOR) != Some(e.originator.node.as_str())
         || text(LABEL_TYPE) != Some(packet.packet_type().as_str())
     {
-        return Err(OpenError::HeaderMismatch("protected header id, originator or type differs from the packet".into()));
+        return Err(OpenError::HeaderMismatch(
+            "protected header id, originator or type differs from the packet".into(),
+        ));
     }
     if keys.node != e.originator.node {
-        return Err(OpenError::HeaderMismatch(format!("signed with a key of {} but originated by {}", keys.node, e.originator.node)));
+        return Err(OpenError::HeaderMismatch(format!(
+            "signed with a key of {} but originated by {}",
+            keys.node, e.originator.node
+        )));
     }
     Ok(SignedPacket { bytes: bytes.to_vec(), packet, signer })
 }
@@ -569,7 +593,8 @@ fn recipient_params(r: &CoseRecipient) -> Result<(&[u8], &[u8; SALT_LEN]), OpenE
         return Err(malformed(Layer::Encrypted, "direct key agreement takes an empty recipient ciphertext".into()));
     }
     let param = |label: i64| {
-        find(&r.unprotected, label).ok_or_else(|| malformed(Layer::Encrypted, format!("recipient header {label} missing")))
+        find(&r.unprotected, label)
+            .ok_or_else(|| malformed(Layer::Encrypted, format!("recipient header {label} missing")))
     };
     let kid = param(HEADER_STATIC_KEY_ID)?;
     let salt = param(HEADER_SALT)?
@@ -588,16 +613,18 @@ fn find(h: &Header, label: i64) -> Option<&[u8]> {
 /// The content key: HKDF-SHA-256(salt, Z, COSE_KDF_Context) as RFC 9053 §5.2 and §6.3 define it
 /// for direct key agreement (AlgorithmID = the content algorithm, keyDataLength 256, the
 /// recipient's protected header in SuppPubInfo).
-fn derive_cek(shared: &[u8; 32], salt: &[u8; SALT_LEN], recipient_protected: &ProtectedHeader) -> Result<Zeroizing<[u8; 32]>, CoseError> {
+fn derive_cek(
+    shared: &[u8; 32],
+    salt: &[u8; SALT_LEN],
+    recipient_protected: &ProtectedHeader,
+) -> Result<Zeroizing<[u8; 32]>, CoseError> {
     let info = CoseKdfContextBuilder::new()
         .algorithm(iana::Algorithm::ChaCha20Poly1305)
         .supp_pub_info(SuppPubInfo { key_data_length: 256, protected: recipient_protected.clone(), other: None })
         .build()
         .to_vec()?;
     let mut cek = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(Some(salt), shared)
-        .expand(&info, &mut cek[..])
-        .map_err(|_| CoseError::EncodeFailed)?;
+    Hkdf::<Sha256>::new(Some(salt), shared).expand(&info, &mut cek[..]).map_err(|_| CoseError::EncodeFailed)?;
     Ok(cek)
 }
 

@@ -47,9 +47,7 @@ impl Timestamp {
 
     /// The current time, truncated to the second.
     pub fn now() -> Self {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         Self(secs.clamp(0, MAX_UNIX))
     }
 

@@ -103,7 +103,14 @@ fn seal_open_verify_round_trip_through_files() {
     let co = demo_keys(tmp.path(), "CO-DIJIN");
     let out = tmp.path().join("out");
     let o = liaison(&[
-        "packet", "seal", "--keys", it.to_str().unwrap(), "--keyring", &federation(), "--out", out.to_str().unwrap(),
+        "packet",
+        "seal",
+        "--keys",
+        it.to_str().unwrap(),
+        "--keyring",
+        &federation(),
+        "--out",
+        out.to_str().unwrap(),
         &example("information-request.json"),
     ]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
@@ -112,8 +119,17 @@ fn seal_open_verify_round_trip_through_files() {
 
     let evidence = tmp.path().join("evidence.cbor");
     let o = liaison(&[
-        "packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), "--at", "2026-11-26T17:00:00Z",
-        "--signed-out", evidence.to_str().unwrap(), sealed.to_str().unwrap(),
+        "packet",
+        "open",
+        "--keys",
+        es.to_str().unwrap(),
+        "--keyring",
+        &federation(),
+        "--at",
+        "2026-11-26T17:00:00Z",
+        "--signed-out",
+        evidence.to_str().unwrap(),
+        sealed.to_str().unwrap(),
     ]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let opened = liaison::packet::Packet::from_json(&text(&o.stdout)).unwrap();
@@ -127,7 +143,15 @@ fn seal_open_verify_round_trip_through_files() {
     assert!(!text(&o.stdout).contains("+34612345678"), "verify prints no payload");
 
     // Not for CO-DIJIN.
-    let o = liaison(&["packet", "open", "--keys", co.to_str().unwrap(), "--keyring", &federation(), sealed.to_str().unwrap()]);
+    let o = liaison(&[
+        "packet",
+        "open",
+        "--keys",
+        co.to_str().unwrap(),
+        "--keyring",
+        &federation(),
+        sealed.to_str().unwrap(),
+    ]);
     assert_eq!(code(&o), 1);
     assert!(text(&o.stderr).contains("rejected (not_for_me)"), "{}", text(&o.stderr));
 
@@ -137,14 +161,22 @@ fn seal_open_verify_round_trip_through_files() {
     bytes[at] ^= 0x40;
     let bad = tmp.path().join("bad.cose");
     fs::write(&bad, &bytes).unwrap();
-    let o = liaison(&["packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), bad.to_str().unwrap()]);
+    let o =
+        liaison(&["packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), bad.to_str().unwrap()]);
     assert_eq!(code(&o), 1);
     assert!(text(&o.stderr).contains("rejected ("), "{}", text(&o.stderr));
     assert!(o.stdout.is_empty(), "nothing is printed from a rejected packet");
 
     // Expired by the time it is opened.
     let o = liaison(&[
-        "packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), "--at", "2027-01-01T00:00:00Z",
+        "packet",
+        "open",
+        "--keys",
+        es.to_str().unwrap(),
+        "--keyring",
+        &federation(),
+        "--at",
+        "2027-01-01T00:00:00Z",
         sealed.to_str().unwrap(),
     ]);
     assert_eq!(code(&o), 1);
@@ -155,7 +187,8 @@ fn seal_open_verify_round_trip_through_files() {
 fn seal_a_draft_from_stdin() {
     let tmp = tempfile::tempdir().unwrap();
     let it = demo_keys(tmp.path(), "IT-DCSA");
-    let mut v: serde_json::Value = serde_json::from_str(&fs::read_to_string(example("information-request.json")).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(example("information-request.json")).unwrap()).unwrap();
     let env = v["envelope"].as_object_mut().unwrap();
     env.remove("id");
     env.remove("created");
@@ -188,7 +221,12 @@ fn insecure_key_permissions_are_refused() {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(it.join("IT-DCSA.sign.key"), fs::Permissions::from_mode(0o644)).unwrap();
         let o = liaison(&[
-            "packet", "seal", "--keys", it.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(),
+            "packet",
+            "seal",
+            "--keys",
+            it.to_str().unwrap(),
+            "--out",
+            tmp.path().to_str().unwrap(),
             &example("information-request.json"),
         ]);
         assert_eq!(code(&o), 64);

@@ -64,9 +64,10 @@ fn unknown_packet_type_is_reported_as_such() {
 
 #[test]
 fn draft_gets_id_created_and_due_by() {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(common::root().join("schemas/examples/information-request.json")).unwrap())
-            .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(common::root().join("schemas/examples/information-request.json")).unwrap(),
+    )
+    .unwrap();
     let env = v["envelope"].as_object_mut().unwrap();
     env.remove("id");
     env.remove("created");

@@ -52,10 +52,13 @@ fn person() -> impl Strategy<Value = Person> {
         vec(country(), 0..3),
         option::of(enum_of(vec![Sex::Female, Sex::Male, Sex::Unknown])),
         option::of(text()),
-        vec((enum_of(vec![BiometricKind::FacialImage, BiometricKind::Fingerprints, BiometricKind::DnaProfile]), text()), 0..2),
+        vec(
+            (enum_of(vec![BiometricKind::FacialImage, BiometricKind::Fingerprints, BiometricKind::DnaProfile]), text()),
+            0..2,
+        ),
     )
-        .prop_map(|(grading, family_name, given_names, aliases, date_of_birth, place_of_birth, nationalities, sex, role, bio)| {
-            Person {
+        .prop_map(
+            |(
                 grading,
                 family_name,
                 given_names,
@@ -65,32 +68,71 @@ fn person() -> impl Strategy<Value = Person> {
                 nationalities,
                 sex,
                 role,
-                biometrics: bio.into_iter().map(|(kind, reference)| Biometric { kind, reference }).collect(),
-            }
-        })
+                bio,
+            )| {
+                Person {
+                    grading,
+                    family_name,
+                    given_names,
+                    aliases,
+                    date_of_birth,
+                    place_of_birth,
+                    nationalities,
+                    sex,
+                    role,
+                    biometrics: bio.into_iter().map(|(kind, reference)| Biometric { kind, reference }).collect(),
+                }
+            },
+        )
 }
 
 fn entity() -> impl Strategy<Value = Entity> {
     prop_oneof![
         person().prop_map(Entity::Person),
-        (grading(), text(), option::of(country()), option::of(text())).prop_map(|(grading, name, country, registration_number)| {
-            Entity::Organisation(Organisation { grading, name, country, registration_number })
-        }),
-        (grading(), text(), option::of(country()), option::of("[A-HJ-NPR-Z0-9]{17}"), option::of(text()), option::of(text()), option::of(text()))
-            .prop_map(|(grading, registration, registration_country, vin, make, model, colour)| Entity::Vehicle(Vehicle {
-                grading,
-                kind: VehicleKind::Truck,
-                registration: Some(registration),
-                registration_country,
-                vin,
-                make,
-                model,
-                colour
-            })),
-        (grading(), text(), country(), option::of(date())).prop_map(|(grading, number, issuing_country, expires_on)| {
-            Entity::Document(Document { grading, kind: DocumentKind::Passport, number, issuing_country, expires_on })
-        }),
-        (grading(), text(), option::of(text()), option::of(country()), option::of((-90.0..=90.0f64, -180.0..=180.0f64)))
+        (grading(), text(), option::of(country()), option::of(text())).prop_map(
+            |(grading, name, country, registration_number)| {
+                Entity::Organisation(Organisation { grading, name, country, registration_number })
+            }
+        ),
+        (
+            grading(),
+            text(),
+            option::of(country()),
+            option::of("[A-HJ-NPR-Z0-9]{17}"),
+            option::of(text()),
+            option::of(text()),
+            option::of(text())
+        )
+            .prop_map(|(grading, registration, registration_country, vin, make, model, colour)| {
+                Entity::Vehicle(Vehicle {
+                    grading,
+                    kind: VehicleKind::Truck,
+                    registration: Some(registration),
+                    registration_country,
+                    vin,
+                    make,
+                    model,
+                    colour,
+                })
+            }),
+        (grading(), text(), country(), option::of(date())).prop_map(
+            |(grading, number, issuing_country, expires_on)| {
+                Entity::Document(Document {
+                    grading,
+                    kind: DocumentKind::Passport,
+                    number,
+                    issuing_country,
+                    expires_on,
+                })
+            }
+        ),
+        (
+            grading(),
+            text(),
+            option::of(text()),
+            option::of(country()),
+            option::of((-90.0..=90.0f64, -180.0..=180.0f64))
+        )
             .prop_map(|(grading, description, address, country, c)| Entity::Location(Location {
                 grading,
                 description,
@@ -100,11 +142,16 @@ fn entity() -> impl Strategy<Value = Entity> {
             })),
         (grading(), phone(), option::of("[0-9]{15}"), option::of("[0-9]{15}"))
             .prop_map(|(grading, number, imei, imsi)| Entity::Phone(Phone { grading, number, imei, imsi })),
-        (grading(), prop::bool::ANY, text(), 0..3usize, option::of(text())).prop_map(|(grading, iban, id, which, holder)| {
-            let (scheme, identifier) =
-                if iban { (AccountScheme::Iban, IBANS[which].to_owned()) } else { (AccountScheme::CryptoWallet, id) };
-            Entity::Account(Account { grading, scheme, identifier, institution: None, country: None, holder })
-        }),
+        (grading(), prop::bool::ANY, text(), 0..3usize, option::of(text())).prop_map(
+            |(grading, iban, id, which, holder)| {
+                let (scheme, identifier) = if iban {
+                    (AccountScheme::Iban, IBANS[which].to_owned())
+                } else {
+                    (AccountScheme::CryptoWallet, id)
+                };
+                Entity::Account(Account { grading, scheme, identifier, institution: None, country: None, holder })
+            }
+        ),
     ]
 }
 
@@ -114,37 +161,58 @@ fn contact() -> impl Strategy<Value = Contact> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (text(), 1..1_000_000u64, text(), vec(text(), 1..3), vec(person(), 0..2), vec((text(), text(), time(), 0..86_400i64, country()), 1..4), contact(), contact())
-            .prop_map(|(description, quantity, packaging, identifiers, couriers, legs, authorising_officer, contact_point)| {
-                Body::ControlledDeliveryAlert(Box::new(ControlledDeliveryAlert {
-                    consignment: Consignment {
-                        goods: GoodsKind::Narcotics,
-                        description,
-                        quantity,
-                        unit: QuantityUnit::Kg,
-                        packaging,
-                        substitution: Substitution::Partial,
-                    },
-                    transport: Transport { means: TransportMeans::Road, identifiers, description: None },
+        (
+            text(),
+            1..1_000_000u64,
+            text(),
+            vec(text(), 1..3),
+            vec(person(), 0..2),
+            vec((text(), text(), time(), 0..86_400i64, country()), 1..4),
+            contact(),
+            contact()
+        )
+            .prop_map(
+                |(
+                    description,
+                    quantity,
+                    packaging,
+                    identifiers,
                     couriers,
-                    route: legs
-                        .into_iter()
-                        .map(|(from, to, earliest, span, controlling_state)| RouteLeg {
-                            from,
-                            to,
-                            crossing_point: None,
-                            earliest,
-                            latest: earliest.plus_secs(span),
-                            controlling_state,
-                        })
-                        .collect(),
-                    interception: Interception::NotAllowed,
+                    legs,
                     authorising_officer,
                     contact_point,
-                }))
-            }),
+                )| {
+                    Body::ControlledDeliveryAlert(Box::new(ControlledDeliveryAlert {
+                        consignment: Consignment {
+                            goods: GoodsKind::Narcotics,
+                            description,
+                            quantity,
+                            unit: QuantityUnit::Kg,
+                            packaging,
+                            substitution: Substitution::Partial,
+                        },
+                        transport: Transport { means: TransportMeans::Road, identifiers, description: None },
+                        couriers,
+                        route: legs
+                            .into_iter()
+                            .map(|(from, to, earliest, span, controlling_state)| RouteLeg {
+                                from,
+                                to,
+                                crossing_point: None,
+                                earliest,
+                                latest: earliest.plus_secs(span),
+                                controlling_state,
+                            })
+                            .collect(),
+                        interception: Interception::NotAllowed,
+                        authorising_officer,
+                        contact_point,
+                    }))
+                }
+            ),
         (text(), date(), 0..400i64, text()).prop_map(|(name, start, days, leader)| {
-            let end: Date = Timestamp::from_unix(start.start().unix() + days * 86400).unwrap().to_string()[..10].parse().unwrap();
+            let end: Date =
+                Timestamp::from_unix(start.start().unix() + days * 86400).unwrap().to_string()[..10].parse().unwrap();
             let es = JitParty::State("ES".parse().unwrap());
             Body::JitNotice(Box::new(JitNotice {
                 name,
@@ -158,30 +226,34 @@ fn body() -> impl Strategy<Value = Body> {
                 contacts: vec![],
             }))
         }),
-        (text(), vec(text(), 1..3), text(), prop::bool::ANY, vec(entity(), 0..4)).prop_map(|(subject, questions, reasons, direct, entities)| {
-            Body::InformationRequest(InformationRequest {
-                subject,
-                questions,
-                reasons,
-                data_access: if direct { DataAccess::Direct } else { DataAccess::Indirect },
-                entities,
-            })
-        }),
-        (text(), vec(entity(), 0..8), vec((text(), vec(any::<u8>(), 0..64)), 0..2)).prop_map(|(summary, entities, files)| {
-            Body::InformationResponse(InformationResponse {
-                summary,
-                entities,
-                attachments: files
-                    .into_iter()
-                    .map(|(name, bytes)| Attachment {
-                        name: name.replace(['/', '\\'], "_"),
-                        media_type: "application/octet-stream".into(),
-                        digest: Digest::of(&bytes),
-                        content: Blob(bytes),
-                    })
-                    .collect(),
-            })
-        }),
+        (text(), vec(text(), 1..3), text(), prop::bool::ANY, vec(entity(), 0..4)).prop_map(
+            |(subject, questions, reasons, direct, entities)| {
+                Body::InformationRequest(InformationRequest {
+                    subject,
+                    questions,
+                    reasons,
+                    data_access: if direct { DataAccess::Direct } else { DataAccess::Indirect },
+                    entities,
+                })
+            }
+        ),
+        (text(), vec(entity(), 0..8), vec((text(), vec(any::<u8>(), 0..64)), 0..2)).prop_map(
+            |(summary, entities, files)| {
+                Body::InformationResponse(InformationResponse {
+                    summary,
+                    entities,
+                    attachments: files
+                        .into_iter()
+                        .map(|(name, bytes)| Attachment {
+                            name: name.replace(['/', '\\'], "_"),
+                            media_type: "application/octet-stream".into(),
+                            digest: Digest::of(&bytes),
+                            content: Blob(bytes),
+                        })
+                        .collect(),
+                })
+            }
+        ),
         text().prop_map(|explanation| Body::Refusal(Refusal { ground: RefusalGround::NotAvailable, explanation })),
         vec(text(), 1..3).prop_map(|questions| Body::ClarificationRequest(ClarificationRequest { questions })),
     ]
@@ -196,50 +268,79 @@ fn packet() -> impl Strategy<Value = Packet> {
         60..(366 * 86400i64),
         enum_of(vec![Priority::Flash, Priority::Urgent, Priority::Routine]),
         option::of(enum_of(vec![UrgencyReason::ThreatToLife, UrgencyReason::LossOfRelevance])),
-        enum_of(vec![Classification::Unclassified, Classification::BasicProtection, Classification::EuRestricted, Classification::EuConfidential]),
+        enum_of(vec![
+            Classification::Unclassified,
+            Classification::BasicProtection,
+            Classification::EuRestricted,
+            Classification::EuConfidential,
+        ]),
         option::of(enum_of(vec![Tlp::Clear, Tlp::Green, Tlp::Amber, Tlp::AmberStrict, Tlp::Red])),
         (prop::bool::ANY, prop::bool::ANY, prop::bool::ANY, option::of(text())),
         option::of(grading()),
         (text(), text(), "[a-z]{2}", "[A-Z]{2,8}/[0-9]{4}"),
     )
-        .prop_map(|(body, (from, both), (id, reply_to), created, ttl, priority, urgency, classification, tlp, (h1, h2, h3, h3_text), grading, (basis, purpose, lang, case))| {
-            let nodes: Vec<NodeId> = common::DEMO_NODES.iter().map(|n| common::node(n)).collect();
-            let originator = nodes[from].clone();
-            let others: Vec<NodeId> = nodes.iter().filter(|n| **n != originator).cloned().collect();
-            let recipients = if both { others } else { vec![others[0].clone()] };
-            let mut codes: std::collections::BTreeSet<_> = [HandlingCode::H0].into();
-            if h1 { codes.insert(HandlingCode::H1); }
-            if h2 { codes.insert(HandlingCode::H2); }
-            let h3_text = if h3 { codes.insert(HandlingCode::H3); Some(h3_text.unwrap_or_else(|| "restricted".into())) } else { None };
-            let urgency = if priority == Priority::Routine { None } else { urgency };
-            let kind = body.packet_type();
-            let mut p = Packet {
-                version: PACKET_VERSION,
-                envelope: Envelope {
-                    id,
-                    case_ref: Some(case.parse().unwrap()),
-                    in_reply_to: kind.is_reply().then_some(reply_to),
-                    related: vec![],
-                    originator: Originator { node: originator, officer: Some("Officer 7".parse().unwrap()) },
-                    recipients,
-                    created,
-                    expires: created.plus_secs(ttl),
-                    priority,
-                    urgency_reason: urgency,
-                    due_by: None,
-                    classification,
-                    tlp,
-                    handling: Handling { codes, h3_text },
-                    grading,
-                    legal_basis: Some(basis),
-                    purpose: Some(purpose),
-                    language: lang.parse().unwrap(),
-                },
+        .prop_map(
+            |(
                 body,
-            };
-            p.envelope.due_by = p.computed_due_by();
-            p
-        })
+                (from, both),
+                (id, reply_to),
+                created,
+                ttl,
+                priority,
+                urgency,
+                classification,
+                tlp,
+                (h1, h2, h3, h3_text),
+                grading,
+                (basis, purpose, lang, case),
+            )| {
+                let nodes: Vec<NodeId> = common::DEMO_NODES.iter().map(|n| common::node(n)).collect();
+                let originator = nodes[from].clone();
+                let others: Vec<NodeId> = nodes.iter().filter(|n| **n != originator).cloned().collect();
+                let recipients = if both { others } else { vec![others[0].clone()] };
+                let mut codes: std::collections::BTreeSet<_> = [HandlingCode::H0].into();
+                if h1 {
+                    codes.insert(HandlingCode::H1);
+                }
+                if h2 {
+                    codes.insert(HandlingCode::H2);
+                }
+                let h3_text = if h3 {
+                    codes.insert(HandlingCode::H3);
+                    Some(h3_text.unwrap_or_else(|| "restricted".into()))
+                } else {
+                    None
+                };
+                let urgency = if priority == Priority::Routine { None } else { urgency };
+                let kind = body.packet_type();
+                let mut p = Packet {
+                    version: PACKET_VERSION,
+                    envelope: Envelope {
+                        id,
+                        case_ref: Some(case.parse().unwrap()),
+                        in_reply_to: kind.is_reply().then_some(reply_to),
+                        related: vec![],
+                        originator: Originator { node: originator, officer: Some("Officer 7".parse().unwrap()) },
+                        recipients,
+                        created,
+                        expires: created.plus_secs(ttl),
+                        priority,
+                        urgency_reason: urgency,
+                        due_by: None,
+                        classification,
+                        tlp,
+                        handling: Handling { codes, h3_text },
+                        grading,
+                        legal_basis: Some(basis),
+                        purpose: Some(purpose),
+                        language: lang.parse().unwrap(),
+                    },
+                    body,
+                };
+                p.envelope.due_by = p.computed_due_by();
+                p
+            },
+        )
 }
 
 proptest! {

@@ -47,7 +47,11 @@ fn every_body_type_has_a_schema_file() {
             .enumerate()
             .flat_map(|(i, c)| {
                 let lower = c.to_ascii_lowercase();
-                if c.is_ascii_uppercase() && i > 0 { vec!['-', lower] } else { vec![lower] }
+                if c.is_ascii_uppercase() && i > 0 {
+                    vec!['-', lower]
+                } else {
+                    vec![lower]
+                }
             })
             .collect::<String>();
         assert!(doc.contains(&format!("\n{rule} = {{")), "no rule `{rule}` for {t}");

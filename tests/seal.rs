@@ -9,7 +9,9 @@ use ed25519_dalek::Signer as _;
 use liaison::encoding::Digest;
 use liaison::keys::Keyring;
 use liaison::packet::Packet;
-use liaison::seal::{peek_route, verify_signed, Layer, OpenError, SealContext, SealError, SignedPacket, MAX_SEALED_BYTES};
+use liaison::seal::{
+    peek_route, verify_signed, Layer, OpenError, SealContext, SealError, SignedPacket, MAX_SEALED_BYTES,
+};
 
 fn sealed_request() -> (Packet, Vec<u8>) {
     let p = common::example("information-request.json");
@@ -37,7 +39,8 @@ fn forge_sign1(seed: &[u8; 32], kid: &[u8], payload: Vec<u8>, tweak: impl FnOnce
 
 /// Encrypts arbitrary inner bytes from `from` to `to`, with the routing header of `packet`.
 fn encrypt_raw(from: &str, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
-    let signed = SignedPacket { bytes: inner, packet: packet.clone(), signer: common::keys(from).public().signing_kid.clone() };
+    let signed =
+        SignedPacket { bytes: inner, packet: packet.clone(), signer: common::keys(from).public().signing_kid.clone() };
     common::ctx(from).encrypt_for(&signed, &common::node(to), &mut common::rng(3)).unwrap().bytes
 }
 
@@ -244,7 +247,8 @@ fn signature_by_an_unknown_key_is_refused() {
     let (p, _) = sealed_request();
     // A stranger's key, claiming a kid nobody enrolled.
     let stranger = [7u8; 32];
-    let inner = forge_sign1(&stranger, b"IT-DCSA/sig/00000000000000000000000000000000", p.to_cbor(), genuine_headers(&p));
+    let inner =
+        forge_sign1(&stranger, b"IT-DCSA/sig/00000000000000000000000000000000", p.to_cbor(), genuine_headers(&p));
     let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::UnknownKey { .. }), "{err}");
     // A stranger's key under IT-DCSA's real kid: the signature does not verify.
@@ -302,7 +306,8 @@ fn onward_transmission_without_consent_is_refused() {
     let mut q = p.clone();
     q.envelope.recipients.push(common::node("CO-DIJIN"));
     let forwarded = SignedPacket { packet: q, ..opened.signed };
-    let sealed = common::ctx("ES-UDYCO").encrypt_for(&forwarded, &common::node("CO-DIJIN"), &mut common::rng(6)).unwrap();
+    let sealed =
+        common::ctx("ES-UDYCO").encrypt_for(&forwarded, &common::node("CO-DIJIN"), &mut common::rng(6)).unwrap();
     let err = common::ctx("CO-DIJIN").open(&sealed.bytes, common::now()).unwrap_err();
     assert!(matches!(err, OpenError::HeaderMismatch(_)), "{err}");
 }

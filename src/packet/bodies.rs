@@ -349,7 +349,11 @@ impl JitNotice {
         let mut last = self.end;
         for (i, x) in self.extensions.iter().enumerate() {
             if x.until <= last {
-                return Err(c.at("extensions").idx(i).at("until").invalid("each extension must end after the previous end"));
+                return Err(c
+                    .at("extensions")
+                    .idx(i)
+                    .at("until")
+                    .invalid("each extension must end after the previous end"));
             }
             last = x.until;
         }

@@ -244,10 +244,8 @@ impl PacketType {
 
     /// Replies must name the packet they answer in `in_reply_to`.
     pub fn is_reply(self) -> bool {
-        matches!(
-            self,
-            Self::InformationResponse | Self::Refusal | Self::DelayNotice | Self::ClarificationRequest
-        ) || self.is_system()
+        matches!(self, Self::InformationResponse | Self::Refusal | Self::DelayNotice | Self::ClarificationRequest)
+            || self.is_system()
     }
 }
 
@@ -432,11 +430,9 @@ impl Packet {
     /// none for anything else.
     pub fn computed_due_by(&self) -> Option<Timestamp> {
         match &self.body {
-            Body::InformationRequest(r) => Some(answer_due(
-                self.envelope.created,
-                self.envelope.urgency_reason.is_some(),
-                r.data_access,
-            )),
+            Body::InformationRequest(r) => {
+                Some(answer_due(self.envelope.created, self.envelope.urgency_reason.is_some(), r.data_access))
+            }
             _ => None,
         }
     }
