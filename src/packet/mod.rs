@@ -65,9 +65,17 @@ pub enum PacketError {
         /// What is wrong.
         reason: String,
     },
-    /// The CBOR is not a packet.
+    /// The CBOR is not a packet (malformed, truncated, too deep, trailing bytes...).
     #[error("packet CBOR: {0}")]
     Cbor(#[from] CborError),
+    /// The CBOR is well-formed but a value has the wrong type or is unknown; `field` is its path.
+    #[error("packet CBOR: {field}: {reason}")]
+    CborField {
+        /// Path to the offending value.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The packet is well-formed but breaks a rule; `field` names the field at fault.
     #[error("{field}: {reason}")]
     Invalid {
@@ -82,7 +90,11 @@ impl PacketError {
     /// The path of the field at fault, if the error concerns one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::Json { field, .. } | Self::Invalid { field, .. } if !field.is_empty() => Some(field),
+            Self::Json { field, .. } | Self::Invalid { field, .. } | Self::CborField { field, .. }
+                if !field.is_empty() =>
+            {
+                Some(field)
+            }
             _ => None,
         }
     }
@@ -411,7 +423,11 @@ impl Packet {
 
     /// Parses the CBOR face: exactly one item, at most [`MAX_PACKET_BYTES`], no trailing bytes.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, PacketError> {
-        let packet: Packet = encoding::from_cbor_exact(bytes, MAX_PACKET_BYTES)?;
+        let packet: Packet = match encoding::from_cbor_exact(bytes, MAX_PACKET_BYTES) {
+            Ok(p) => p,
+            Err(CborError::Semantic(reason)) => return Err(locate_cbor_error(bytes, reason)),
+            Err(e) => return Err(e.into()),
+        };
         packet.check()?;
         Ok(packet)
     }
@@ -545,6 +561,55 @@ impl Packet {
     }
 }
 
+/// ciborium offers no deserializer that `serde_path_to_error` can wrap, so a CBOR type error comes
+/// without its path. On that (rare) path, find the field by mirroring the CBOR into the JSON face
+/// (tag 1 -> RFC 3339, bytes -> base64) and parsing that: the same serde model fails at the same
+/// field. If the mirror parses (the error was specific to the CBOR face), keep the plain message.
+fn locate_cbor_error(bytes: &[u8], reason: String) -> PacketError {
+    let mirrored =
+        encoding::from_cbor_exact::<ciborium::Value>(bytes, MAX_PACKET_BYTES).ok().and_then(|v| cbor_to_json(&v));
+    let field = mirrored
+        .and_then(|json| serde_path_to_error::deserialize::<_, Packet>(&json).err())
+        .map(|e| e.path().to_string())
+        .filter(|p| p != ".");
+    match field {
+        Some(field) => PacketError::CborField { field, reason },
+        None => PacketError::Cbor(CborError::Semantic(reason)),
+    }
+}
+
+fn cbor_to_json(v: &ciborium::Value) -> Option<serde_json::Value> {
+    use base64::Engine as _;
+    use ciborium::Value as C;
+    Some(match v {
+        C::Integer(i) => {
+            let i = i128::from(*i);
+            match (i64::try_from(i), u64::try_from(i)) {
+                (Ok(n), _) => n.into(),
+                (_, Ok(n)) => n.into(),
+                _ => serde_json::Value::String(i.to_string()),
+            }
+        }
+        C::Float(f) => serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        C::Text(t) => t.clone().into(),
+        C::Bytes(b) => base64::engine::general_purpose::STANDARD.encode(b).into(),
+        C::Bool(b) => (*b).into(),
+        C::Null => serde_json::Value::Null,
+        C::Tag(1, inner) => match inner.as_ref() {
+            C::Integer(i) => Timestamp::from_unix(i64::try_from(i128::from(*i)).ok()?).ok()?.to_string().into(),
+            other => cbor_to_json(other)?,
+        },
+        C::Tag(_, inner) => cbor_to_json(inner)?,
+        C::Array(a) => a.iter().map(cbor_to_json).collect::<Option<Vec<_>>>()?.into(),
+        C::Map(m) => m
+            .iter()
+            .map(|(k, v)| Some((k.as_text()?.to_owned(), cbor_to_json(v)?)))
+            .collect::<Option<serde_json::Map<_, _>>>()?
+            .into(),
+        _ => return None,
+    })
+}
+
 fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> PacketError {
     let field = e.path().to_string();
     let field = if field == "." { String::new() } else { field };
@@ -556,6 +621,23 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> PacketError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cbor_type_errors_name_the_field() {
+        let text = include_str!("../../schemas/examples/information-request.json");
+        let p = Packet::from_json(text).unwrap();
+        let mut v: ciborium::Value = ciborium::from_reader(&p.to_cbor()[..]).unwrap();
+        let env = &mut v.as_map_mut().unwrap()[1].1;
+        for (k, val) in env.as_map_mut().unwrap() {
+            if k.as_text() == Some("recipients") {
+                *val = ciborium::Value::Array(vec![ciborium::Value::Text("es-udyco".into())]);
+            }
+        }
+        let bytes = crate::encoding::to_cbor(&v);
+        let err = Packet::from_cbor(&bytes).unwrap_err();
+        assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
+        assert!(err.to_string().contains("invalid node id"), "{err}");
+    }
 
     #[test]
     fn deadlines_follow_the_directive() {
