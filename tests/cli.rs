@@ -40,6 +40,16 @@ fn demo_keys(tmp: &Path, node: &str) -> PathBuf {
     to
 }
 
+/// `liaison packet open --keys KEYS --keyring <demo federation> EXTRA... FILE`.
+fn open(keys: &Path, file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["packet", "open", "--keys", keys.to_str().unwrap()];
+    let fed = federation();
+    args.extend(["--keyring", fed.as_str()]);
+    args.extend(extra);
+    args.push(file.to_str().unwrap());
+    liaison(&args)
+}
+
 fn federation() -> String {
     common::root().join("certs-example/federation").to_string_lossy().into_owned()
 }
@@ -118,19 +128,7 @@ fn seal_open_verify_round_trip_through_files() {
     assert!(sealed.exists(), "{}", text(&o.stdout));
 
     let evidence = tmp.path().join("evidence.cbor");
-    let o = liaison(&[
-        "packet",
-        "open",
-        "--keys",
-        es.to_str().unwrap(),
-        "--keyring",
-        &federation(),
-        "--at",
-        "2026-11-26T17:00:00Z",
-        "--signed-out",
-        evidence.to_str().unwrap(),
-        sealed.to_str().unwrap(),
-    ]);
+    let o = open(&es, &sealed, &["--at", "2026-11-26T17:00:00Z", "--signed-out", evidence.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}", text(&o.stderr));
     let opened = liaison::packet::Packet::from_json(&text(&o.stdout)).unwrap();
     assert_eq!(opened, common::example("information-request.json"));
@@ -143,15 +141,7 @@ fn seal_open_verify_round_trip_through_files() {
     assert!(!text(&o.stdout).contains("+34612345678"), "verify prints no payload");
 
     // Not for CO-DIJIN.
-    let o = liaison(&[
-        "packet",
-        "open",
-        "--keys",
-        co.to_str().unwrap(),
-        "--keyring",
-        &federation(),
-        sealed.to_str().unwrap(),
-    ]);
+    let o = open(&co, &sealed, &[]);
     assert_eq!(code(&o), 1);
     assert!(text(&o.stderr).contains("rejected (not_for_me)"), "{}", text(&o.stderr));
 
@@ -161,24 +151,13 @@ fn seal_open_verify_round_trip_through_files() {
     bytes[at] ^= 0x40;
     let bad = tmp.path().join("bad.cose");
     fs::write(&bad, &bytes).unwrap();
-    let o =
-        liaison(&["packet", "open", "--keys", es.to_str().unwrap(), "--keyring", &federation(), bad.to_str().unwrap()]);
+    let o = open(&es, &bad, &[]);
     assert_eq!(code(&o), 1);
     assert!(text(&o.stderr).contains("rejected ("), "{}", text(&o.stderr));
     assert!(o.stdout.is_empty(), "nothing is printed from a rejected packet");
 
     // Expired by the time it is opened.
-    let o = liaison(&[
-        "packet",
-        "open",
-        "--keys",
-        es.to_str().unwrap(),
-        "--keyring",
-        &federation(),
-        "--at",
-        "2027-01-01T00:00:00Z",
-        sealed.to_str().unwrap(),
-    ]);
+    let o = open(&es, &sealed, &["--at", "2027-01-01T00:00:00Z"]);
     assert_eq!(code(&o), 1);
     assert!(text(&o.stderr).contains("rejected (expired)"), "{}", text(&o.stderr));
 }
