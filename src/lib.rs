@@ -15,6 +15,8 @@
 //! - [`encoding`] — strict CBOR decoding (size, depth, no trailing bytes), byte strings, digests.
 //! - [`keys`] — node keys (Ed25519 + X25519), key files, the keyring of partners' public keys.
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
+//! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
+//!   receipt matching, inbox dedup; driven by the node with events and the current time.
 //! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
 //!
 //! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
@@ -23,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod delivery;
 pub mod demo;
 pub mod encoding;
 pub mod ids;

@@ -1,0 +1,29 @@
+//! The delivery core: what must happen to each packet, without doing any I/O.
+//!
+//! Like `quinn-proto`, this module contains no networking, no storage and no clock. The node's
+//! driver feeds it events with the current time (`submit`, `handle_receipt`, `handle_send_failed`,
+//! `handle_timeout`...) and asks it what to do next (`poll_transmit`, `poll_timeout`,
+//! `take_dirty`). That keeps the hard part — retries, backoff, expiry, dedup, receipt matching —
+//! deterministic and testable in memory with simulated time (`tests/delivery_sim.rs`).
+//!
+//! - [`Outbox`]: the sender's side. One entry per (packet, recipient): queued, in flight,
+//!   delivered, rejected or expired; FLASH before URGENT before ROUTINE; exponential backoff with
+//!   jitter; a state changes only by a legal transition.
+//! - [`Inbox`]: the receiver's side. Dedup by packet id, so a retransmission is receipted again
+//!   (with the receipt already issued) but shown to officers once.
+//!
+//! Time is milliseconds since the Unix epoch ([`Millis`]), given by the caller.
+
+mod inbox;
+mod outbox;
+
+pub use inbox::{Inbox, Incoming};
+pub use outbox::{Entry, EntryState, Outbox, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+
+/// Milliseconds since the Unix epoch, as the driver's clock reads them.
+pub type Millis = u64;
+
+/// Converts an envelope timestamp to [`Millis`].
+pub fn millis(t: crate::timestamp::Timestamp) -> Millis {
+    t.unix().unsigned_abs().saturating_mul(1000)
+}

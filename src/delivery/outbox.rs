@@ -1,0 +1,579 @@
+//! The sender's outbox state machine.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use crate::encoding::Digest;
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::Priority;
+
+/// How retries are spaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Delay before the first retry.
+    pub initial_backoff: Millis,
+    /// Longest delay between attempts.
+    pub max_backoff: Millis,
+    /// How long to wait for a receipt after sending before trying again.
+    pub receipt_timeout: Millis,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { initial_backoff: 500, max_backoff: 60_000, receipt_timeout: 15_000 }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempts + 1`: exponential, capped, with jitter in [½, 1].
+    fn backoff(&self, attempts: u32, jitter: u64) -> Millis {
+        let exp = self.initial_backoff.saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+        let base = exp.min(self.max_backoff).max(1);
+        base / 2 + jitter % (base / 2 + 1)
+    }
+}
+
+/// Where one copy of a packet (one recipient) stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    /// Waiting to be sent (first attempt, or a retry after `not_before`).
+    Queued {
+        /// Not to be sent before this time (backoff).
+        not_before: Millis,
+    },
+    /// Sent; waiting for a receipt until `deadline`.
+    InFlight {
+        /// When the attempt was made.
+        since: Millis,
+        /// When to give up waiting and retry.
+        deadline: Millis,
+    },
+    /// A receipt says the recipient stored it.
+    Delivered {
+        /// The receipt's `received_at`, in ms.
+        at: Millis,
+        /// The digest the receipt names (equal to the sealed digest).
+        digest: Digest,
+    },
+    /// The recipient refused it, with a signed reason.
+    Rejected {
+        /// When the rejection receipt arrived.
+        at: Millis,
+        /// The rule or check that refused it.
+        code: String,
+        /// Human-readable reason.
+        reason: String,
+    },
+    /// Its expiry passed before it was delivered.
+    Expired {
+        /// When that was noticed.
+        at: Millis,
+    },
+}
+
+impl EntryState {
+    /// Delivered, rejected and expired entries never change state again.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Delivered { .. } | Self::Rejected { .. } | Self::Expired { .. })
+    }
+
+    /// The state's name, for status output and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Queued { .. } => "queued",
+            Self::InFlight { .. } => "in_flight",
+            Self::Delivered { .. } => "delivered",
+            Self::Rejected { .. } => "rejected",
+            Self::Expired { .. } => "expired",
+        }
+    }
+}
+
+/// One (packet, recipient) in the outbox. This is what the store persists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The packet.
+    pub packet_id: PacketId,
+    /// The recipient of this copy.
+    pub recipient: NodeId,
+    /// Its priority lane.
+    pub priority: Priority,
+    /// Do not deliver after this (ms).
+    pub expires: Millis,
+    /// SHA-256 of this copy's sealed bytes; the receipt must name it.
+    pub sealed_digest: Digest,
+    /// When it was submitted (ms); orders entries within a lane.
+    pub submitted: Millis,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Where it stands.
+    pub state: EntryState,
+    /// The officer acknowledgement, once a `ReadAck` arrives: who, when.
+    pub read: Option<(OfficerId, Millis)>,
+}
+
+/// What the driver should send now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// The packet to send (its sealed copy for `recipient` is in the store).
+    pub packet_id: PacketId,
+    /// To whom.
+    pub recipient: NodeId,
+    /// Its lane (the stream priority to use).
+    pub priority: Priority,
+    /// Which attempt this is (1 = first).
+    pub attempt: u32,
+}
+
+/// What a receipt did to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptMatch {
+    /// It completed the entry (delivered or rejected).
+    Completed,
+    /// The entry was already complete: a duplicate receipt, ignored.
+    Duplicate,
+    /// No such (packet, recipient) in the outbox.
+    Unknown,
+    /// The receipt names a digest other than the copy we sent: ignored, the entry stays open.
+    DigestMismatch,
+    /// The entry expired before the receipt came; the expiry stands but is noted.
+    AfterExpiry,
+}
+
+type Key = (PacketId, NodeId);
+
+/// The sender's outbox.
+#[derive(Debug)]
+pub struct Outbox {
+    policy: RetryPolicy,
+    entries: HashMap<Key, Entry>,
+    /// Queued entries whose backoff has not passed: (not_before, key).
+    waiting: BTreeSet<(Millis, Key)>,
+    /// Queued entries ready to send, per recipient: (lane, submitted, key).
+    ready: HashMap<NodeId, BTreeSet<(Priority, Millis, Key)>>,
+    /// In-flight entries by receipt deadline.
+    deadlines: BTreeSet<(Millis, Key)>,
+    /// Non-terminal entries by expiry.
+    expiries: BTreeSet<(Millis, Key)>,
+    /// Entries changed since the last `take_dirty`: the driver persists them.
+    dirty: HashSet<Key>,
+    rng: SplitMix64,
+}
+
+impl Outbox {
+    /// An empty outbox. `seed` feeds the backoff jitter.
+    pub fn new(policy: RetryPolicy, seed: u64) -> Self {
+        Self {
+            policy,
+            entries: HashMap::new(),
+            waiting: BTreeSet::new(),
+            ready: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            expiries: BTreeSet::new(),
+            dirty: HashSet::new(),
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// Rebuilds the outbox from persisted entries after a restart. An entry that was in flight
+    /// when the node stopped is queued again at once: its receipt may never come.
+    pub fn restore(policy: RetryPolicy, seed: u64, entries: impl IntoIterator<Item = Entry>, now: Millis) -> Self {
+        let mut out = Self::new(policy, seed);
+        for mut e in entries {
+            if let EntryState::InFlight { .. } = e.state {
+                e.state = EntryState::Queued { not_before: now };
+                out.dirty.insert(key(&e));
+            }
+            out.insert(e);
+        }
+        out
+    }
+
+    /// Adds one copy of a packet, queued for immediate sending. Submitting the same (packet,
+    /// recipient) twice is a no-op that returns `false`.
+    pub fn submit(
+        &mut self,
+        now: Millis,
+        packet_id: PacketId,
+        recipient: NodeId,
+        priority: Priority,
+        expires: Millis,
+        sealed_digest: Digest,
+    ) -> bool {
+        let k = (packet_id, recipient.clone());
+        if self.entries.contains_key(&k) {
+            return false;
+        }
+        let e = Entry {
+            packet_id,
+            recipient,
+            priority,
+            expires,
+            sealed_digest,
+            submitted: now,
+            attempts: 0,
+            state: EntryState::Queued { not_before: now },
+            read: None,
+        };
+        self.dirty.insert(k);
+        self.insert(e);
+        self.expire(now);
+        true
+    }
+
+    /// The next copy to send to `recipient`, FLASH first, oldest first within a lane. Marks it in
+    /// flight. The driver calls this when it has a connection to `recipient` and room to send.
+    pub fn poll_transmit(&mut self, now: Millis, recipient: &NodeId) -> Option<Transmit> {
+        self.wake(now);
+        self.expire(now);
+        let queue = self.ready.get_mut(recipient)?;
+        let (_, _, k) = queue.pop_first()?;
+        let deadline = now.saturating_add(self.policy.receipt_timeout);
+        let e = self.entries.get_mut(&k)?;
+        e.attempts = e.attempts.saturating_add(1);
+        e.state = EntryState::InFlight { since: now, deadline };
+        self.deadlines.insert((deadline, k.clone()));
+        let t = Transmit {
+            packet_id: e.packet_id,
+            recipient: e.recipient.clone(),
+            priority: e.priority,
+            attempt: e.attempts,
+        };
+        self.dirty.insert(k);
+        Some(t)
+    }
+
+    /// Recipients that have copies ready to send now.
+    pub fn ready_recipients(&mut self, now: Millis) -> Vec<NodeId> {
+        self.wake(now);
+        self.expire(now);
+        self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|(n, _)| n.clone()).collect()
+    }
+
+    /// A send failed (connection lost, stream reset, peer unreachable): retry after backoff.
+    pub fn handle_send_failed(&mut self, now: Millis, packet_id: PacketId, recipient: &NodeId) {
+        let k = (packet_id, recipient.clone());
+        if matches!(self.entries.get(&k).map(|e| &e.state), Some(EntryState::InFlight { .. })) {
+            self.retry_later(now, k);
+        }
+    }
+
+    /// A verified receipt arrived from `receiver` for `packet_id`.
+    pub fn handle_receipt(
+        &mut self,
+        now: Millis,
+        packet_id: PacketId,
+        receiver: &NodeId,
+        digest: Digest,
+        outcome: ReceiptOutcome,
+    ) -> ReceiptMatch {
+        let k = (packet_id, receiver.clone());
+        let Some(e) = self.entries.get(&k) else { return ReceiptMatch::Unknown };
+        match &e.state {
+            EntryState::Delivered { .. } | EntryState::Rejected { .. } => return ReceiptMatch::Duplicate,
+            EntryState::Expired { .. } => return ReceiptMatch::AfterExpiry,
+            EntryState::Queued { .. } | EntryState::InFlight { .. } => {}
+        }
+        if !e.sealed_digest.ct_eq(&digest) {
+            return ReceiptMatch::DigestMismatch;
+        }
+        let state = match outcome {
+            ReceiptOutcome::Accepted { received_at } => EntryState::Delivered { at: received_at, digest },
+            ReceiptOutcome::Rejected { code, reason } => EntryState::Rejected { at: now, code, reason },
+        };
+        self.set_terminal(k, state);
+        ReceiptMatch::Completed
+    }
+
+    /// An officer at `receiver` acknowledged `packet_id`. Returns whether it matched an entry.
+    pub fn handle_read_ack(&mut self, packet_id: PacketId, receiver: &NodeId, officer: OfficerId, at: Millis) -> bool {
+        let k = (packet_id, receiver.clone());
+        let Some(e) = self.entries.get_mut(&k) else { return false };
+        if e.read.is_none() {
+            e.read = Some((officer, at));
+            self.dirty.insert(k);
+        }
+        true
+    }
+
+    /// Time passed: in-flight copies whose receipt is overdue go back to the queue with backoff,
+    /// and copies past their expiry become expired.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        while let Some((deadline, k)) = self.deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            self.retry_later(now, k);
+        }
+        self.wake(now);
+        self.expire(now);
+    }
+
+    /// When the driver should call [`Outbox::handle_timeout`] next, if anything is pending.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        [self.waiting.first(), self.deadlines.first(), self.expiries.first()]
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| *t)
+            .min()
+    }
+
+    /// Entries changed since the last call; the driver persists them (and flushes) before it
+    /// acts on the change.
+    pub fn take_dirty(&mut self) -> Vec<Entry> {
+        let keys: Vec<Key> = self.dirty.drain().collect();
+        keys.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
+    }
+
+    /// One entry.
+    pub fn entry(&self, packet_id: PacketId, recipient: &NodeId) -> Option<&Entry> {
+        self.entries.get(&(packet_id, recipient.clone()))
+    }
+
+    /// Every entry of a packet (one per recipient).
+    pub fn entries_of(&self, packet_id: PacketId) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self.entries.values().filter(|e| e.packet_id == packet_id).collect();
+        v.sort_by(|a, b| a.recipient.cmp(&b.recipient));
+        v
+    }
+
+    /// All entries.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Entries not yet in a terminal state.
+    pub fn pending(&self) -> usize {
+        self.expiries.len()
+    }
+
+    fn insert(&mut self, e: Entry) {
+        let k = key(&e);
+        match &e.state {
+            EntryState::Queued { not_before } => {
+                self.waiting.insert((*not_before, k.clone()));
+            }
+            EntryState::InFlight { deadline, .. } => {
+                self.deadlines.insert((*deadline, k.clone()));
+            }
+            _ => {}
+        }
+        if !e.state.is_terminal() {
+            self.expiries.insert((e.expires, k.clone()));
+        }
+        self.entries.insert(k, e);
+    }
+
+    /// Moves queued entries whose backoff has passed into their recipient's ready queue.
+    fn wake(&mut self, now: Millis) {
+        while let Some((t, k)) = self.waiting.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.waiting.pop_first();
+            if let Some(e) = self.entries.get(&k) {
+                self.ready.entry(k.1.clone()).or_default().insert((e.priority, e.submitted, k));
+            }
+        }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        while let Some((t, k)) = self.expiries.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.set_terminal(k, EntryState::Expired { at: now });
+        }
+    }
+
+    fn retry_later(&mut self, now: Millis, k: Key) {
+        let Some(e) = self.entries.get_mut(&k) else { return };
+        if let EntryState::InFlight { deadline, .. } = e.state {
+            self.deadlines.remove(&(deadline, k.clone()));
+        }
+        let not_before = now.saturating_add(self.policy.backoff(e.attempts, self.rng.next()));
+        e.state = EntryState::Queued { not_before };
+        self.waiting.insert((not_before, k.clone()));
+        self.dirty.insert(k);
+    }
+
+    /// Moves an entry to a terminal state, removing it from every queue.
+    fn set_terminal(&mut self, k: Key, state: EntryState) {
+        let Some(e) = self.entries.get_mut(&k) else { return };
+        match e.state {
+            EntryState::Queued { not_before } => {
+                self.waiting.remove(&(not_before, k.clone()));
+                if let Some(q) = self.ready.get_mut(&k.1) {
+                    q.remove(&(e.priority, e.submitted, k.clone()));
+                }
+            }
+            EntryState::InFlight { deadline, .. } => {
+                self.deadlines.remove(&(deadline, k.clone()));
+            }
+            _ => return,
+        }
+        self.expiries.remove(&(e.expires, k.clone()));
+        e.state = state;
+        self.dirty.insert(k);
+    }
+}
+
+/// A receipt's outcome as the outbox needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// Stored by the receiver at `received_at` (ms).
+    Accepted {
+        /// The receipt's `received_at`.
+        received_at: Millis,
+    },
+    /// Refused.
+    Rejected {
+        /// The rule or check.
+        code: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn key(e: &Entry) -> Key {
+    (e.packet_id, e.recipient.clone())
+}
+
+/// A tiny PRNG for backoff jitter (not for anything secret).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(s: &str) -> NodeId {
+        s.parse().unwrap()
+    }
+
+    fn pid(n: u8) -> PacketId {
+        format!("019ac0a1-5c00-7000-8000-0000000000{n:02x}").parse().unwrap()
+    }
+
+    fn outbox() -> Outbox {
+        Outbox::new(RetryPolicy { initial_backoff: 100, max_backoff: 1_000, receipt_timeout: 500 }, 1)
+    }
+
+    #[test]
+    fn flash_goes_before_older_routine() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        for i in 0..5 {
+            o.submit(i, pid(i as u8), es.clone(), Priority::Routine, 1_000_000, Digest::of(&[i as u8]));
+        }
+        o.submit(10, pid(9), es.clone(), Priority::Flash, 1_000_000, Digest::of(b"f"));
+        let first = o.poll_transmit(10, &es).unwrap();
+        assert_eq!((first.packet_id, first.priority), (pid(9), Priority::Flash));
+        assert_eq!(o.poll_transmit(10, &es).unwrap().packet_id, pid(0), "then routine, oldest first");
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_and_cap() {
+        let p = RetryPolicy { initial_backoff: 100, max_backoff: 1_000, receipt_timeout: 500 };
+        for attempts in 1..12 {
+            for j in [0, 7, u64::MAX] {
+                let d = p.backoff(attempts, j);
+                let base = (100u64 << (attempts - 1)).min(1_000);
+                assert!(d >= base / 2 && d <= base, "attempt {attempts}: {d} not in [{}, {base}]", base / 2);
+            }
+        }
+    }
+
+    #[test]
+    fn receipt_timeout_requeues_and_receipt_completes() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        let d = Digest::of(b"x");
+        o.submit(0, pid(1), es.clone(), Priority::Urgent, 100_000, d);
+        assert_eq!(o.poll_transmit(0, &es).unwrap().attempt, 1);
+        assert!(o.poll_transmit(0, &es).is_none(), "in flight, not sent twice");
+        o.handle_timeout(499);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "in_flight");
+        o.handle_timeout(500);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "queued");
+        assert!(o.poll_transmit(500, &es).is_none(), "backoff holds it");
+        let t = o.poll_timeout().unwrap();
+        assert!((550..=600).contains(&t), "{t}");
+        assert_eq!(o.poll_transmit(t, &es).unwrap().attempt, 2);
+        assert_eq!(
+            o.handle_receipt(t, pid(1), &es, Digest::of(b"other"), ReceiptOutcome::Accepted { received_at: t }),
+            ReceiptMatch::DigestMismatch
+        );
+        assert_eq!(
+            o.handle_receipt(t, pid(1), &es, d, ReceiptOutcome::Accepted { received_at: t }),
+            ReceiptMatch::Completed
+        );
+        assert_eq!(
+            o.handle_receipt(t, pid(1), &es, d, ReceiptOutcome::Accepted { received_at: t }),
+            ReceiptMatch::Duplicate
+        );
+        assert_eq!(
+            o.handle_receipt(t, pid(2), &es, d, ReceiptOutcome::Accepted { received_at: t }),
+            ReceiptMatch::Unknown
+        );
+        assert_eq!(o.pending(), 0);
+        assert!(o.poll_timeout().is_none());
+    }
+
+    #[test]
+    fn expiry_ends_delivery_attempts() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        o.submit(0, pid(1), es.clone(), Priority::Routine, 2_000, Digest::of(b"x"));
+        o.poll_transmit(0, &es).unwrap();
+        o.handle_send_failed(10, pid(1), &es);
+        o.handle_timeout(2_000);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state, EntryState::Expired { at: 2_000 });
+        assert!(o.poll_transmit(5_000, &es).is_none());
+        let late =
+            o.handle_receipt(5_000, pid(1), &es, Digest::of(b"x"), ReceiptOutcome::Accepted { received_at: 1_999 });
+        assert_eq!(late, ReceiptMatch::AfterExpiry);
+    }
+
+    #[test]
+    fn restart_requeues_in_flight_and_keeps_the_rest() {
+        let mut o = outbox();
+        let (es, co) = (node("ES-UDYCO"), node("CO-DIJIN"));
+        let d = Digest::of(b"x");
+        o.submit(0, pid(1), es.clone(), Priority::Flash, 100_000, d);
+        o.submit(0, pid(1), co.clone(), Priority::Flash, 100_000, d);
+        o.poll_transmit(0, &es).unwrap();
+        o.poll_transmit(0, &co).unwrap();
+        o.handle_receipt(1, pid(1), &co, d, ReceiptOutcome::Rejected { code: "policy".into(), reason: "H2".into() });
+        let saved: Vec<Entry> = o.entries().cloned().collect();
+        let mut r = Outbox::restore(RetryPolicy::default(), 2, saved, 50);
+        assert_eq!(r.entry(pid(1), &co).unwrap().state.name(), "rejected");
+        assert_eq!(r.poll_transmit(50, &es).unwrap().attempt, 2);
+        assert!(!r.submit(60, pid(1), es.clone(), Priority::Flash, 100_000, d), "no duplicate entry");
+    }
+
+    #[test]
+    fn dirty_entries_are_reported_once() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, Digest::of(b"x"));
+        assert_eq!(o.take_dirty().len(), 1);
+        assert!(o.take_dirty().is_empty());
+        o.poll_transmit(0, &es);
+        assert_eq!(o.take_dirty()[0].state.name(), "in_flight");
+    }
+}
