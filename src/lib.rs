@@ -17,6 +17,7 @@
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
 //! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
 //!   receipt matching, inbox dedup; driven by the node with events and the current time.
+//! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
 //!
 //! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
@@ -33,4 +34,5 @@ pub mod keys;
 pub mod markings;
 pub mod packet;
 pub mod seal;
+pub mod store;
 pub mod timestamp;

@@ -1,0 +1,473 @@
+//! Durable node state: one owner thread, group commit, flush before "done".
+//!
+//! Every write goes through [`Store::commit`]: the owner thread takes all commits that are
+//! waiting, applies them, flushes **once**, and only then answers each caller (group commit, so a
+//! burst of 256 submits costs one fsync, not 256). A caller that got `Ok` knows its writes are on
+//! disk; a caller that got `Err` knows nothing of its batch was acknowledged. Reads go straight to
+//! the backend (sled's trees are safe to read concurrently) and see only committed data.
+//!
+//! The backend is a trait ([`Backend`]) so that a second implementation is possible: [`SledBackend`]
+//! is the real one, [`MemoryBackend`] serves tests of the layers above.
+//!
+//! What is kept, by tree (keys are raw ids; values are CBOR or raw sealed bytes):
+//!
+//! | tree | key | value |
+//! | --- | --- | --- |
+//! | `outbox` | packet id ‖ recipient | [`Entry`] (delivery state) |
+//! | `sealed` | packet id ‖ recipient | the sealed copy to send |
+//! | `receipts` | packet id ‖ recipient | the receipt received (sealed, verified), evidence |
+//! | `inbox` | packet id | [`InboxRecord`]: sender, digest, time, the signed packet |
+//! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
+//! | `meta` | name | store format version |
+
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::{Entry, Millis};
+use crate::encoding::{self, Digest};
+use crate::ids::{NodeId, OfficerId, PacketId};
+
+/// The store format this code writes.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Why the store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error (I/O, full disk, corruption).
+    #[error("store: {0}")]
+    Backend(String),
+    /// A stored value could not be decoded.
+    #[error("store: corrupt value in {tree}: {reason}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store was written by another format version.
+    #[error("store: format version {found}, this build reads {FORMAT_VERSION}")]
+    Version {
+        /// The version found on disk.
+        found: u8,
+    },
+    /// The owner thread is gone (the node is shutting down).
+    #[error("store: closed")]
+    Closed,
+}
+
+/// The trees of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tree {
+    /// Delivery state per (packet, recipient).
+    Outbox,
+    /// Sealed copies waiting to be (re)sent.
+    Sealed,
+    /// Receipts received.
+    Receipts,
+    /// Packets received.
+    Inbox,
+    /// Receipts issued.
+    Issued,
+    /// Format version and other metadata.
+    Meta,
+}
+
+impl Tree {
+    /// Every tree.
+    pub const ALL: [Tree; 6] = [Tree::Outbox, Tree::Sealed, Tree::Receipts, Tree::Inbox, Tree::Issued, Tree::Meta];
+
+    /// The tree's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbox => "outbox",
+            Self::Sealed => "sealed",
+            Self::Receipts => "receipts",
+            Self::Inbox => "inbox",
+            Self::Issued => "issued",
+            Self::Meta => "meta",
+        }
+    }
+}
+
+/// A stored key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The in-memory backend's map: (tree, key) -> value.
+type MemoryMap = std::collections::BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
+
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace.
+    Put(Tree, Vec<u8>, Vec<u8>),
+    /// Remove (absent is fine).
+    Delete(Tree, Vec<u8>),
+}
+
+/// A storage backend. Methods take `&self`: backends synchronise internally.
+pub trait Backend: Send + Sync + 'static {
+    /// Applies the writes (in order).
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Makes every applied write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// One value.
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every (key, value) of a tree whose key starts with `prefix`, in key order.
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+}
+
+/// sled, one tree per [`Tree`].
+pub struct SledBackend {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name()).map_err(backend)).collect::<Result<_, _>>()?;
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        &self.trees[t as usize]
+    }
+}
+
+impl Backend for SledBackend {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        for op in ops {
+            match op {
+                Op::Put(t, k, v) => self.tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
+                Op::Delete(t, k) => self.tree(*t).remove(k.as_slice()).map(drop),
+            }
+            .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // sled's Db::flush covers every tree: they share one log.
+        self.db.flush().map(drop).map_err(backend)
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree(tree).get(key).map_err(backend)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.tree(tree).scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
+    }
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// An in-memory backend for tests of the layers above. Can be told to fail, like a full disk.
+#[derive(Default)]
+pub struct MemoryBackend {
+    trees: Mutex<MemoryMap>,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryBackend {
+    /// Makes every later `apply` fail (as a full disk would), or work again.
+    pub fn set_failing(&self, failing: bool) {
+        self.fail.store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Backend("No space left on device (simulated)".into()));
+        }
+        let mut t = self.trees.lock().map_err(|_| StoreError::Closed)?;
+        for op in ops {
+            match op {
+                Op::Put(tree, k, v) => t.insert((*tree, k.clone()), v.clone()),
+                Op::Delete(tree, k) => t.remove(&(*tree, k.clone())),
+            };
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.trees.lock().map_err(|_| StoreError::Closed)?.get(&(tree, key.to_vec())).cloned())
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let t = self.trees.lock().map_err(|_| StoreError::Closed)?;
+        Ok(t.range((tree, prefix.to_vec())..)
+            .take_while(|((tr, k), _)| *tr == tree && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// A packet received and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxRecord {
+    /// The node that sent it.
+    pub sender: NodeId,
+    /// SHA-256 of the sealed bytes received.
+    pub sealed_digest: Digest,
+    /// When it was stored (ms).
+    pub received_at: Millis,
+    /// The signed packet (COSE_Sign1), exactly as received: the evidence.
+    #[serde(with = "serde_bytes_compat")]
+    pub signed: Vec<u8>,
+    /// Who acknowledged it, and when.
+    pub read: Option<(OfficerId, Millis)>,
+}
+
+mod serde_bytes_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        crate::encoding::Blob::deserialize(d).map(|b| b.0)
+    }
+}
+
+/// The key of a (packet, recipient) pair.
+pub fn pair_key(packet_id: PacketId, node: &NodeId) -> Vec<u8> {
+    [packet_id.as_bytes().as_slice(), node.as_str().as_bytes()].concat()
+}
+
+/// The owner of the store: a handle to its writer thread, and direct read access.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Commit>,
+    backend: Arc<dyn Backend>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+struct Commit {
+    ops: Vec<Op>,
+    reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Store {
+    /// Opens a sled store in `dir`, checking (or writing) the format version.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::with_backend(Arc::new(SledBackend::open(dir)?))
+    }
+
+    /// A store over any backend. Starts the writer thread.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Self, StoreError> {
+        match backend.get(Tree::Meta, b"format")? {
+            Some(v) if v.as_slice() == [FORMAT_VERSION] => {}
+            Some(v) => return Err(StoreError::Version { found: v.first().copied().unwrap_or(0) }),
+            None => {
+                backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
+                backend.flush()?;
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Commit>();
+        let b = backend.clone();
+        let writer = std::thread::Builder::new()
+            .name("liaison-store".into())
+            .spawn(move || writer_loop(&*b, &rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { tx, backend, writer: Arc::new(Mutex::new(Some(writer))) })
+    }
+
+    /// Applies `ops` and returns once they are flushed to disk (group commit with any concurrent
+    /// callers).
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Commit { ops, reply }).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Store::commit`] for callers outside an async runtime.
+    pub fn commit_blocking(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(Commit { ops, reply }).map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// One committed value.
+    pub fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.backend.get(tree, key)
+    }
+
+    /// Committed values under a key prefix.
+    pub fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.backend.scan(tree, prefix)
+    }
+
+    /// Every outbox entry (for [`crate::delivery::Outbox::restore`] at start-up).
+    pub fn outbox_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        self.scan(Tree::Outbox, &[])?.into_iter().map(|(_, v)| decode(Tree::Outbox, &v)).collect()
+    }
+
+    /// An inbox record.
+    pub fn inbox_record(&self, packet_id: PacketId) -> Result<Option<InboxRecord>, StoreError> {
+        self.get(Tree::Inbox, packet_id.as_bytes())?.map(|v| decode(Tree::Inbox, &v)).transpose()
+    }
+
+    /// Stops the writer after it has answered every commit already sent, and waits for it to
+    /// release the database, if this is the last handle. Further commits fail with
+    /// [`StoreError::Closed`].
+    pub fn close(self) {
+        let Store { tx, backend, writer } = self;
+        drop(tx);
+        drop(backend);
+        // Only the last handle can wait: other clones still hold senders that keep the writer up.
+        if let Ok(writer) = Arc::try_unwrap(writer) {
+            if let Some(handle) = writer.into_inner().ok().flatten() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// An `Op::Put` of a CBOR-encoded value.
+pub fn put<T: Serialize>(tree: Tree, key: Vec<u8>, value: &T) -> Op {
+    Op::Put(tree, key, encoding::to_cbor(value))
+}
+
+/// Decodes a stored CBOR value.
+pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Result<T, StoreError> {
+    encoding::from_cbor_exact(bytes, usize::MAX)
+        .map_err(|e| StoreError::Corrupt { tree: tree.name(), reason: e.to_string() })
+}
+
+/// Group commit: block for one commit, take every other one already waiting, apply them all,
+/// flush once, answer everyone. A failed batch is answered with the error and nothing in it is
+/// acknowledged.
+fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<Op> = batch.iter().flat_map(|c| c.ops.iter().cloned()).collect();
+        let result = backend.apply(&ops).and_then(|()| backend.flush());
+        for c in batch {
+            let _ = c.reply.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::markings::Priority;
+
+    fn entry(n: u8) -> Entry {
+        Entry {
+            packet_id: format!("019ac0a1-5c00-7000-8000-0000000000{n:02x}").parse().unwrap(),
+            recipient: "ES-UDYCO".parse().unwrap(),
+            priority: Priority::Flash,
+            expires: 1_000_000,
+            sealed_digest: Digest::of(&[n]),
+            submitted: 5,
+            attempts: 1,
+            state: crate::delivery::EntryState::Queued { not_before: 7 },
+            read: None,
+        }
+    }
+
+    #[test]
+    fn sled_commits_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let e = entry(1);
+            store
+                .commit_blocking(vec![
+                    put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e),
+                    Op::Put(Tree::Sealed, pair_key(e.packet_id, &e.recipient), b"sealed bytes".to_vec()),
+                ])
+                .unwrap();
+            store.close();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.outbox_entries().unwrap(), vec![entry(1)]);
+        let e = entry(1);
+        assert_eq!(store.get(Tree::Sealed, &pair_key(e.packet_id, &e.recipient)).unwrap().unwrap(), b"sealed bytes");
+    }
+
+    #[test]
+    fn concurrent_commits_are_grouped_and_all_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let s = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        s.commit_blocking(vec![Op::Put(Tree::Issued, vec![t, i], vec![i])]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(store.scan(Tree::Issued, &[]).unwrap().len(), 400);
+    }
+
+    #[test]
+    fn a_failing_disk_acknowledges_nothing() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem.clone()).unwrap();
+        mem.set_failing(true);
+        let err = store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]).unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert_eq!(store.get(Tree::Inbox, b"k").unwrap(), None);
+        mem.set_failing(false);
+        store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]).unwrap();
+        assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn wrong_format_version_is_refused() {
+        let mem = Arc::new(MemoryBackend::default());
+        mem.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![99])]).unwrap();
+        assert!(matches!(Store::with_backend(mem), Err(StoreError::Version { found: 99 })));
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_not_panicked() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem).unwrap();
+        store.commit_blocking(vec![Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00])]).unwrap();
+        let err = store.outbox_entries().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { tree: "outbox", .. }), "{err}");
+    }
+
+    #[test]
+    fn inbox_records_round_trip() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem).unwrap();
+        let id: PacketId = "019ac0a1-5c00-7000-8000-000000000001".parse().unwrap();
+        let rec = InboxRecord {
+            sender: "IT-DCSA".parse().unwrap(),
+            sealed_digest: Digest::of(b"s"),
+            received_at: 42,
+            signed: vec![0xd2, 1, 2, 3],
+            read: Some(("Isp. Rossi".parse().unwrap(), 50)),
+        };
+        store.commit_blocking(vec![put(Tree::Inbox, id.as_bytes().to_vec(), &rec)]).unwrap();
+        assert_eq!(store.inbox_record(id).unwrap(), Some(rec));
+    }
+}
