@@ -17,7 +17,9 @@
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
 //! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
 //!   receipt matching, inbox dedup; driven by the node with events and the current time.
+//! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
+//! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
 //! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
 //!
 //! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
@@ -33,6 +35,8 @@ pub mod ids;
 pub mod keys;
 pub mod markings;
 pub mod packet;
+pub mod pki;
 pub mod seal;
 pub mod store;
 pub mod timestamp;
+pub mod transport;

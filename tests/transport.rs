@@ -1,0 +1,177 @@
+//! QUIC with mutual TLS on loopback: only a certificate from the federation CA, unexpired, not
+//! revoked, and naming an enrolled partner gets a connection; every other peer is refused.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use liaison::ids::NodeId;
+use liaison::pki::{Ca, NodeCert};
+use liaison::transport::{self, identify_peer, TlsMaterial, TransportError};
+use time::OffsetDateTime;
+
+fn node(s: &str) -> NodeId {
+    s.parse().unwrap()
+}
+
+fn days(n: i64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::days(n)
+}
+
+struct Pki {
+    ca: Ca,
+    it: NodeCert,
+    crl: String,
+}
+
+fn material(ca: &Ca, crls: &[&str], cert: &NodeCert) -> TlsMaterial {
+    TlsMaterial::from_pem(ca.cert_pem(), crls, &cert.cert_pem, &cert.key_pem).unwrap()
+}
+
+/// A server for IT-DCSA enrolled with ES-UDYCO and CO-DIJIN; returns what happened to one
+/// incoming connection: the identified peer, or why it was refused.
+async fn serve_once(pki: &Pki) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
+    let m = material(&pki.ca, &[&pki.crl], &pki.it);
+    let endpoint =
+        quinn::Endpoint::server(transport::server_config(&m).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let incoming = endpoint.accept().await.ok_or("endpoint closed")?;
+        let conn = incoming.await.map_err(|e| format!("handshake: {e}"))?;
+        let enrolled = [node("ES-UDYCO"), node("CO-DIJIN")];
+        match identify_peer(&conn, &enrolled) {
+            Ok(peer) => Ok(peer),
+            Err(e) => {
+                conn.close(quinn::VarInt::from_u32(1), e.to_string().as_bytes());
+                Err(e.to_string())
+            }
+        }
+    });
+    (addr, task)
+}
+
+async fn dial(client: quinn::ClientConfig, addr: SocketAddr, name: &str) -> Result<quinn::Connection, String> {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    let connecting = ep.connect(addr, name).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn pki() -> Pki {
+    let ca = Ca::generate("liaison demo federation CA", days(-1), days(365)).unwrap();
+    let it = ca.issue(&node("IT-DCSA"), days(-1), days(90)).unwrap();
+    let revoked_dummy = ca.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    let crl = ca.crl(std::slice::from_ref(&revoked_dummy.serial), days(-1), days(7), 1).unwrap();
+    Pki { ca, it, crl }
+}
+
+async fn attempt(
+    pki: &Pki,
+    client_cert: Option<&NodeCert>,
+    dial_as: &str,
+) -> (Result<quinn::Connection, String>, Result<NodeId, String>) {
+    let (addr, server) = serve_once(pki).await;
+    let client = match client_cert {
+        Some(cert) => {
+            // The client trusts the federation CA for the server, whatever CA issued its own cert.
+            let m = TlsMaterial::from_pem(pki.ca.cert_pem(), &[&pki.crl], &cert.cert_pem, &cert.key_pem).unwrap();
+            transport::client_config(&m).unwrap()
+        }
+        None => transport::client_config_without_certificate(&material(&pki.ca, &[], &pki.it)).unwrap(),
+    };
+    let client_result = dial(client, addr, dial_as).await;
+    let server_result = match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(r) => r.unwrap(),
+        Err(_) => Err("server timed out".into()),
+    };
+    (client_result, server_result)
+}
+
+#[tokio::test]
+async fn an_enrolled_partner_with_a_valid_certificate_connects() {
+    let pki = pki();
+    let es = pki.ca.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    let (client, server) = attempt(&pki, Some(&es), &transport::server_name(&node("IT-DCSA"))).await;
+    assert!(client.is_ok(), "{client:?}");
+    assert_eq!(server.unwrap(), node("ES-UDYCO"));
+    let conn = client.unwrap();
+    assert_eq!(
+        conn.handshake_data().unwrap().downcast::<quinn::crypto::rustls::HandshakeData>().unwrap().protocol.unwrap(),
+        transport::ALPN
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused() {
+    let pki = pki();
+    let rogue = Ca::generate("rogue CA", days(-1), days(365)).unwrap();
+    let es = rogue.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    let (_, server) = attempt(&pki, Some(&es), &transport::server_name(&node("IT-DCSA"))).await;
+    let err = server.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}
+
+#[tokio::test]
+async fn a_certificate_for_a_node_that_is_not_enrolled_is_refused() {
+    let pki = pki();
+    let bka = pki.ca.issue(&node("DE-BKA"), days(-1), days(90)).unwrap();
+    let (_, server) = attempt(&pki, Some(&bka), &transport::server_name(&node("IT-DCSA"))).await;
+    assert_eq!(server.unwrap_err(), "peer certificate names no enrolled partner");
+}
+
+#[tokio::test]
+async fn a_certificate_naming_two_partners_is_refused() {
+    let pki = pki();
+    let names = [transport::server_name(&node("ES-UDYCO")), transport::server_name(&node("CO-DIJIN"))];
+    let both = pki.ca.issue_for_names("ES-UDYCO", &names, days(-1), days(90)).unwrap();
+    let (_, server) = attempt(&pki, Some(&both), &transport::server_name(&node("IT-DCSA"))).await;
+    assert!(server.unwrap_err().contains("names several nodes"));
+}
+
+#[tokio::test]
+async fn no_client_certificate_is_refused() {
+    let pki = pki();
+    let (_, server) = attempt(&pki, None, &transport::server_name(&node("IT-DCSA"))).await;
+    let err = server.unwrap_err();
+    assert!(err.contains("peer sent no certificates"), "{err}");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() {
+    let pki = pki();
+    let old = pki.ca.issue(&node("ES-UDYCO"), days(-100), days(-10)).unwrap();
+    let (_, server) = attempt(&pki, Some(&old), &transport::server_name(&node("IT-DCSA"))).await;
+    let err = server.unwrap_err();
+    assert!(err.contains("certificate expired"), "{err}");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused() {
+    let ca = Ca::generate("liaison demo federation CA", days(-1), days(365)).unwrap();
+    let it = ca.issue(&node("IT-DCSA"), days(-1), days(90)).unwrap();
+    let es = ca.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    let crl = ca.crl(std::slice::from_ref(&es.serial), days(-1), days(7), 2).unwrap();
+    let pki = Pki { ca, it, crl };
+    let (_, server) = attempt(&pki, Some(&es), &transport::server_name(&node("IT-DCSA"))).await;
+    let err = server.unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+}
+
+#[tokio::test]
+async fn the_client_refuses_a_server_that_is_not_the_node_it_dialled() {
+    let pki = pki();
+    let es = pki.ca.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    // IT-DCSA answers, but the client meant to reach CO-DIJIN.
+    let (client, _) = attempt(&pki, Some(&es), &transport::server_name(&node("CO-DIJIN"))).await;
+    let err = client.unwrap_err();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[test]
+fn unreadable_material_is_a_clear_error() {
+    let err = TlsMaterial::from_pem("not a pem", &[], "", "").unwrap_err();
+    assert!(matches!(err, TransportError::Pem { .. }), "{err}");
+    assert!(err.to_string().contains("CA certificate"), "{err}");
+}
