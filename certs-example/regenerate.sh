@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bin=(cargo run --quiet --release --)
-rm -rf nodes federation
+rm -rf nodes federation tls
 mkdir -p federation
 for node in IT-DCSA ES-UDYCO CO-DIJIN; do
   "${bin[@]}" keys generate --node "$node" --out "nodes/$node"
@@ -15,3 +15,4 @@ for node in IT-DCSA ES-UDYCO CO-DIJIN; do
   done
   cp "nodes/$node/$node.pub.toml" federation/
 done
+"${bin[@]}" pki demo --out tls >/dev/null

@@ -32,6 +32,74 @@ pub enum PkiError {
     /// rcgen refused the parameters or failed to sign.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Writes a demo federation's TLS material into `dir` (which must not exist):
+///
+/// - `ca.crt`, `ca.key` (the CA; its key is here only because this is demo material), `crl.pem`;
+/// - `NODE.crt`, `NODE.key` for each node;
+/// - `bad/`: `expired.crt/.key` and `revoked.crt/.key` (for the first node, revoked in `crl.pem`),
+///   `foreign-ca.crt` with `foreign.crt/.key` (first node's name, another CA), and
+///   `not-enrolled.crt/.key` (DE-BKA, from the federation CA).
+pub fn write_demo(dir: &std::path::Path, nodes: &[NodeId], days: i64) -> Result<Vec<std::path::PathBuf>, PkiError> {
+    use std::path::PathBuf;
+    let io = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| PkiError::Io { path, source }
+    };
+    std::fs::create_dir(dir).map_err(io(dir))?;
+    std::fs::create_dir(dir.join("bad")).map_err(io(&dir.join("bad")))?;
+    let now = OffsetDateTime::now_utc();
+    let (from, to) = (now - time::Duration::days(1), now + time::Duration::days(days));
+    let ca = Ca::generate("liaison demo federation CA", from, to)?;
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut write = |name: &str, text: &str, secret: bool| -> Result<(), PkiError> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(io(&path))?;
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(&path))?;
+        }
+        #[cfg(not(unix))]
+        let _ = secret;
+        written.push(path);
+        Ok(())
+    };
+    write("ca.crt", ca.cert_pem(), false)?;
+    write("ca.key", &ca.key_pem(), true)?;
+    for node in nodes {
+        let c = ca.issue(node, from, to)?;
+        write(&format!("{node}.crt"), &c.cert_pem, false)?;
+        write(&format!("{node}.key"), &c.key_pem, true)?;
+    }
+    if let Some(first) = nodes.first() {
+        let expired = ca.issue(first, now - time::Duration::days(30), now - time::Duration::days(1))?;
+        write("bad/expired.crt", &expired.cert_pem, false)?;
+        write("bad/expired.key", &expired.key_pem, true)?;
+        let revoked = ca.issue(first, from, to)?;
+        write("bad/revoked.crt", &revoked.cert_pem, false)?;
+        write("bad/revoked.key", &revoked.key_pem, true)?;
+        write("crl.pem", &ca.crl(std::slice::from_ref(&revoked.serial), from, to, 1)?, false)?;
+        let foreign_ca = Ca::generate("not the federation CA", from, to)?;
+        let foreign = foreign_ca.issue(first, from, to)?;
+        write("bad/foreign-ca.crt", foreign_ca.cert_pem(), false)?;
+        write("bad/foreign.crt", &foreign.cert_pem, false)?;
+        write("bad/foreign.key", &foreign.key_pem, true)?;
+        let bka: NodeId = "DE-BKA".parse().map_err(|_| PkiError::Generate(rcgen::Error::CouldNotParseCertificate))?;
+        let stranger = ca.issue(&bka, from, to)?;
+        write("bad/not-enrolled.crt", &stranger.cert_pem, false)?;
+        write("bad/not-enrolled.key", &stranger.key_pem, true)?;
+    }
+    Ok(written)
 }
 
 /// A federation CA (demo and tests).

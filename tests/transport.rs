@@ -30,7 +30,10 @@ fn material(ca: &Ca, crls: &[&str], cert: &NodeCert) -> TlsMaterial {
 /// A server for IT-DCSA enrolled with ES-UDYCO and CO-DIJIN; returns what happened to one
 /// incoming connection: the identified peer, or why it was refused.
 async fn serve_once(pki: &Pki) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
-    let m = material(&pki.ca, &[&pki.crl], &pki.it);
+    serve_with(material(&pki.ca, &[&pki.crl], &pki.it)).await
+}
+
+async fn serve_with(m: TlsMaterial) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
     let endpoint =
         quinn::Endpoint::server(transport::server_config(&m).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
@@ -167,6 +170,35 @@ async fn the_client_refuses_a_server_that_is_not_the_node_it_dialled() {
     let (client, _) = attempt(&pki, Some(&es), &transport::server_name(&node("CO-DIJIN"))).await;
     let err = client.unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+/// The committed demo material (certs-example/tls) works, and its bad/ cases are refused.
+#[tokio::test]
+async fn the_demo_material_in_certs_example() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example/tls");
+    let load = |cert: &str, key: &str| {
+        // git does not keep the 0600 mode of the keys; TlsMaterial reads them regardless.
+        TlsMaterial::load(&dir.join("ca.crt"), &[&dir.join("crl.pem")], &dir.join(cert), &dir.join(key)).unwrap()
+    };
+    let it_name = transport::server_name(&node("IT-DCSA"));
+    let cases = [
+        ("ES-UDYCO.crt", "ES-UDYCO.key", Ok(node("ES-UDYCO"))),
+        ("CO-DIJIN.crt", "CO-DIJIN.key", Ok(node("CO-DIJIN"))),
+        ("bad/revoked.crt", "bad/revoked.key", Err("Revoked")),
+        ("bad/expired.crt", "bad/expired.key", Err("certificate expired")),
+        ("bad/foreign.crt", "bad/foreign.key", Err("UnknownIssuer")),
+        ("bad/not-enrolled.crt", "bad/not-enrolled.key", Err("names no enrolled partner")),
+    ];
+    for (cert, key, want) in cases {
+        let (addr, server) = serve_with(load("IT-DCSA.crt", "IT-DCSA.key")).await;
+        let _client = dial(transport::client_config(&load(cert, key)).unwrap(), addr, &it_name).await;
+        let got = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
+        match (want, got) {
+            (Ok(w), Ok(g)) => assert_eq!(w, g, "{cert}"),
+            (Err(w), Err(g)) => assert!(g.contains(w), "{cert}: {g}"),
+            (w, g) => panic!("{cert}: wanted {w:?}, got {g:?}"),
+        }
+    }
 }
 
 #[test]
