@@ -111,6 +111,11 @@ impl PacketId {
         b[8] = 0x80 | (b[8] & 0x3f);
         Self(b)
     }
+    /// A packet id from its 16 raw bytes (as stored).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
     /// The 16 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0

@@ -17,6 +17,7 @@
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
 //! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
 //!   receipt matching, inbox dedup; driven by the node with events and the current time.
+//! - [`node`] — the runtime: QUIC streams, store and clock driving the delivery core.
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
@@ -34,6 +35,7 @@ pub mod encoding;
 pub mod ids;
 pub mod keys;
 pub mod markings;
+pub mod node;
 pub mod packet;
 pub mod pki;
 pub mod seal;

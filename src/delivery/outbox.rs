@@ -203,11 +203,26 @@ impl Outbox {
         expires: Millis,
         sealed_digest: Digest,
     ) -> bool {
-        let k = (packet_id, recipient.clone());
-        if self.entries.contains_key(&k) {
+        let e = Self::new_entry(now, packet_id, recipient, priority, expires, sealed_digest);
+        let k = key(&e);
+        if !self.admit(now, e) {
             return false;
         }
-        let e = Entry {
+        self.dirty.insert(k);
+        true
+    }
+
+    /// The entry [`Outbox::submit`] would add, without adding it: the driver persists it first
+    /// and then calls [`Outbox::admit`], so nothing is sent that is not yet on disk.
+    pub fn new_entry(
+        now: Millis,
+        packet_id: PacketId,
+        recipient: NodeId,
+        priority: Priority,
+        expires: Millis,
+        sealed_digest: Digest,
+    ) -> Entry {
+        Entry {
             packet_id,
             recipient,
             priority,
@@ -217,8 +232,15 @@ impl Outbox {
             attempts: 0,
             state: EntryState::Queued { not_before: now },
             read: None,
-        };
-        self.dirty.insert(k);
+        }
+    }
+
+    /// Adds an entry made by [`Outbox::new_entry`] and already persisted. Returns `false` (and
+    /// changes nothing) if the (packet, recipient) is already known.
+    pub fn admit(&mut self, now: Millis, e: Entry) -> bool {
+        if self.entries.contains_key(&key(&e)) {
+            return false;
+        }
         self.insert(e);
         self.expire(now);
         true

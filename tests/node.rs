@@ -1,0 +1,215 @@
+//! Nodes in one process, over real QUIC on loopback, with real sled stores and certificates:
+//! submit, delivery, signed receipts, inbox, acknowledgement, restart.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
+
+use liaison::delivery::{EntryState, RetryPolicy};
+use liaison::ids::NodeId;
+use liaison::keys::{Keyring, NodeKeys};
+use liaison::node::{Node, NodeConfig, Partner};
+use liaison::packet::Packet;
+use liaison::pki::Ca;
+use liaison::seal::SealContext;
+use liaison::transport::TlsMaterial;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+const NODES: [&str; 3] = ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"];
+
+fn node(s: &str) -> NodeId {
+    s.parse().unwrap()
+}
+
+struct Federation {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    keys: Vec<(String, [u8; 32], [u8; 32])>,
+    sockets: Vec<(String, std::net::SocketAddr)>,
+    stop: watch::Sender<bool>,
+}
+
+impl Federation {
+    fn new() -> Self {
+        let now = OffsetDateTime::now_utc();
+        let ca =
+            Ca::generate("test federation", now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
+        let keys = NODES
+            .iter()
+            .map(|n| {
+                use sha2::Digest as _;
+                (
+                    n.to_string(),
+                    sha2::Sha256::digest(format!("s{n}")).into(),
+                    sha2::Sha256::digest(format!("e{n}")).into(),
+                )
+            })
+            .collect();
+        let sockets = NODES
+            .iter()
+            .map(|n| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                (n.to_string(), s.local_addr().unwrap())
+            })
+            .collect();
+        let (stop, _) = watch::channel(false);
+        Self { dir: tempfile::tempdir().unwrap(), ca, keys, sockets, stop }
+    }
+
+    fn node_keys(&self, name: &str) -> NodeKeys {
+        let (_, s, e) = self.keys.iter().find(|(n, _, _)| n == name).unwrap();
+        NodeKeys::from_secret_bytes(node(name), s, *e)
+    }
+
+    async fn start(&self, name: &str) -> Node {
+        let now = OffsetDateTime::now_utc();
+        let cert = self.ca.issue(&node(name), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
+        let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
+        let mut ring = Keyring::new();
+        for n in NODES {
+            ring.add(self.node_keys(n).public().clone()).unwrap();
+        }
+        let addr = self.sockets.iter().find(|(n, _)| n == name).unwrap().1;
+        let socket = bind_again(addr);
+        let partners =
+            self.sockets.iter().filter(|(n, _)| n != name).map(|(n, a)| Partner { node: node(n), addr: *a }).collect();
+        let config = NodeConfig {
+            seal: SealContext::new(self.node_keys(name), ring).unwrap(),
+            tls,
+            listen: addr,
+            socket: Some(socket),
+            data_dir: self.dir.path().join(name),
+            partners,
+            retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 2_000 },
+        };
+        Node::start(config, self.stop.subscribe()).await.unwrap()
+    }
+}
+
+/// The port was learnt by binding once; bind it again (retrying briefly if the OS is slow to free it).
+fn bind_again(addr: std::net::SocketAddr) -> UdpSocket {
+    for _ in 0..50 {
+        if let Ok(s) = UdpSocket::bind(addr) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("cannot bind {addr}");
+}
+
+fn example(name: &str, from: &str, to: &[&str]) -> Packet {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples").join(name)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let env = v["envelope"].as_object_mut().unwrap();
+    env.remove("id");
+    env.remove("created");
+    env.remove("due_by");
+    let now = liaison::timestamp::Timestamp::now();
+    env.insert("expires".into(), now.plus_secs(86_400).to_string().into());
+    env.insert("originator".into(), serde_json::json!({ "node": from, "officer": "Officer 1" }));
+    env.insert("recipients".into(), serde_json::json!(to));
+    Packet::from_json_draft(&v.to_string(), now, &mut rand_core::OsRng).unwrap()
+}
+
+/// Polls `f` until it is true or 20 s pass.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn state(n: &Node, id: liaison::ids::PacketId, to: &str) -> EntryState {
+    n.status(id).unwrap().into_iter().find(|e| e.recipient.as_str() == to).unwrap().state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+
+    let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap();
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+
+    let inbox = es.inbox().unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].0, id);
+    let (shown, rec) = es.show(id).unwrap();
+    assert_eq!(shown, p);
+    assert_eq!(rec.sender, node("IT-DCSA"));
+    let EntryState::Delivered { digest, .. } = state(&it, id, "ES-UDYCO") else { unreachable!() };
+    assert_eq!(digest, rec.sealed_digest, "the receipt names the bytes ES stored");
+
+    es.ack(id, "Subinspector Gómez".parse().unwrap()).await.unwrap();
+    until("read ack", || it.status(id).unwrap()[0].read.is_some()).await;
+    assert_eq!(it.status(id).unwrap()[0].read.as_ref().unwrap().0.as_str(), "Subinspector Gómez");
+    // The ReadAck itself was delivered with its own receipt.
+    let _ = fed.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_packet_type_and_a_multi_recipient_alert() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let co = fed.start("CO-DIJIN").await;
+
+    let alert = example("controlled-delivery-alert.json", "CO-DIJIN", &["ES-UDYCO", "IT-DCSA"]);
+    let alert_id = co.submit(&alert).await.unwrap();
+    let mut sent = vec![];
+    for f in [
+        "jit-notice.json",
+        "information-request.json",
+        "information-response.json",
+        "refusal.json",
+        "delay-notice.json",
+        "clarification-request.json",
+    ] {
+        let p = example(f, "ES-UDYCO", &["IT-DCSA"]);
+        sent.push(es.submit(&p).await.unwrap());
+    }
+    until("alert at both", || {
+        co.status(alert_id).unwrap().iter().all(|e| matches!(e.state, EntryState::Delivered { .. }))
+    })
+    .await;
+    until("all at IT", || sent.iter().all(|id| matches!(state(&es, *id, "IT-DCSA"), EntryState::Delivered { .. })))
+        .await;
+    assert_eq!(it.inbox().unwrap().len(), 7);
+    assert_eq!(es.inbox().unwrap().len(), 1);
+    assert_eq!(co.status(alert_id).unwrap().len(), 2, "one state per recipient");
+    let _ = fed.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_gets_it_after_restart_exactly_once() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    // ES-UDYCO is not running yet.
+    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(state(&it, id, "ES-UDYCO"), EntryState::Queued { .. } | EntryState::InFlight { .. }));
+    let es = fed.start("ES-UDYCO").await;
+    until("delivered after the receiver came up", || {
+        matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })
+    })
+    .await;
+    assert_eq!(es.inbox().unwrap().len(), 1);
+    let _ = fed.stop.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitting_to_a_node_that_is_not_a_partner_is_refused() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let mut p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
+    p.envelope.recipients = vec![node("DE-BKA")];
+    let err = it.submit(&p).await.unwrap_err();
+    assert_eq!(err.to_string(), "DE-BKA is not a partner of this node");
+    let _ = fed.stop.send(true);
+}
