@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the input was read and rejected (invalid packet, bad signature, not
 //! for this node...), with the reason on stderr; 64 usage error (bad arguments, or a file named
-//! on the command line that cannot be read or holds no usable keys).
+//! on the command line that cannot be read or holds no usable keys, or a bad configuration);
+//! 69 the node or its API is unavailable.
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,54 @@ pub struct Cli {
 enum Command {
     /// Run the local demo federation (IT-DCSA, ES-UDYCO, CO-DIJIN) on embedded demo keys.
     Demo,
+    /// Run a node until SIGINT or SIGTERM.
+    Serve {
+        /// The node's configuration file (TOML; LIAISON__SECTION__KEY overrides).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Send a JSON packet through the node (a draft: id, created and due_by may be left out).
+    Send {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Recipients, comma separated (replaces the packet's recipients).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+        /// The JSON packet ("-" for stdin).
+        file: PathBuf,
+    },
+    /// Delivery status of a packet this node sent, per recipient.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The packet id.
+        id: String,
+    },
+    /// Packets received from partners.
+    Inbox {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Keep watching and print new packets as they arrive (poll every second).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// One received packet, verified again from the stored evidence.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The packet id.
+        id: String,
+    },
+    /// Acknowledge a received packet as an officer; the originator gets a signed ReadAck.
+    Ack {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Who acknowledges it.
+        #[arg(long, env = "LIAISON_OFFICER")]
+        officer: String,
+        /// The packet id.
+        id: String,
+    },
     /// Manage node keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -69,6 +118,19 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The node's local API.
+    #[arg(long, env = "LIAISON_API", default_value = "http://127.0.0.1:7481")]
+    api: String,
+    /// This client's bearer token.
+    #[arg(long, env = "LIAISON_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print the API's JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +206,9 @@ pub enum CliError {
     /// The input was read and rejected (exit 1).
     #[error("{0}")]
     Rejected(String),
+    /// The node (or its API) is unavailable (exit 69).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<KeyError> for CliError {
@@ -157,6 +222,7 @@ impl CliError {
         match self {
             Self::Usage(_) => ExitCode::from(64),
             Self::Rejected(_) => ExitCode::from(1),
+            Self::Unavailable(_) => ExitCode::from(69),
         }
     }
 }
@@ -186,6 +252,75 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Demo => crate::demo::run(&mut std::io::stdout().lock()).map_err(CliError::Rejected),
+        Command::Serve { config } => serve(&config),
+        Command::Send { api, to, file } => {
+            let body =
+                String::from_utf8(read_input(&file)?).map_err(|_| CliError::Rejected("input is not UTF-8".into()))?;
+            let path =
+                if to.is_empty() { "/v1/packets".to_owned() } else { format!("/v1/packets?to={}", to.join(",")) };
+            let v = api_call(&api, "POST", &path, Some(&body))?;
+            if api.json {
+                println!("{v}");
+            } else {
+                let to: Vec<&str> =
+                    v["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+                let due = v["due_by"].as_str().map(|d| format!(", answer due by {d}")).unwrap_or_default();
+                println!("accepted {} for {}{due}", v["id"].as_str().unwrap_or("?"), to.join(", "));
+            }
+            Ok(())
+        }
+        Command::Status { api, id } => {
+            let v = api_call(&api, "GET", &format!("/v1/packets/{id}"), None)?;
+            if api.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("packet {}", v["id"].as_str().unwrap_or("?"));
+            for r in v["recipients"].as_array().into_iter().flatten() {
+                let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+                let mut line = format!("  {:<10} {:<10}", s("node"), s("state"));
+                match s("state").as_str() {
+                    "delivered" => line += &format!(" at {}  {}", s("delivered_at"), s("digest")),
+                    "rejected" => line += &format!(" {}", s("reason")),
+                    "queued" | "in_flight" => line += &format!(" after {} attempt(s)", r["attempts"]),
+                    _ => {}
+                }
+                if r["read_by"].is_string() {
+                    line += &format!("  read by {} at {}", s("read_by"), s("read_at"));
+                }
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Command::Inbox { api, watch } => inbox(&api, watch),
+        Command::Show { api, id } => {
+            let v = api_call(&api, "GET", &format!("/v1/inbox/{id}"), None)?;
+            if api.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "from {}  received {}  sealed {}",
+                    v["from"].as_str().unwrap_or("?"),
+                    v["received_at"].as_str().unwrap_or("?"),
+                    v["sealed_digest"].as_str().unwrap_or("?")
+                );
+                if let Some(r) = v["read_by"].as_str() {
+                    println!("acknowledged by {r}");
+                }
+                println!("{}", serde_json::to_string_pretty(&v["packet"]).unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Ack { api, officer, id } => {
+            let body = serde_json::json!({ "officer": officer }).to_string();
+            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/ack"), Some(&body))?;
+            if api.json {
+                println!("{v}");
+            } else {
+                println!("acknowledged {id} as {officer}; the originator is told");
+            }
+            Ok(())
+        }
         Command::Keys(KeysCommand::Generate { node, out }) => {
             let node: NodeId = node.parse().map_err(|e: crate::ids::IdError| CliError::Usage(e.to_string()))?;
             let keys = NodeKeys::generate(node, &mut rand_core::OsRng);
@@ -283,6 +418,79 @@ fn packet(cmd: PacketCommand) -> Result<(), CliError> {
             println!("  signed     {}", Digest::of(&signed.bytes));
             Ok(())
         }
+    }
+}
+
+fn serve(config: &Path) -> Result<(), CliError> {
+    let settings = crate::config::Settings::load(config).map_err(|e| CliError::Usage(e.to_string()))?;
+    init_tracing(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Unavailable(format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(crate::serve::run(settings, crate::serve::signals()))
+        .map_err(|e| CliError::Unavailable(e.to_string()))
+}
+
+fn init_tracing(s: &crate::config::Settings) -> Result<(), CliError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&s.log_level)
+        .map_err(|e| CliError::Usage(format!("log.level {:?}: {e}", s.log_level)))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match s.log_format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+    result.map_err(|e| CliError::Usage(format!("logging: {e}")))
+}
+
+fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, CliError> {
+    let (status, v) = crate::client::call(&api.api, &api.token, method, path, body).map_err(|e| match e {
+        crate::client::ClientError::Url(_) => CliError::Usage(e.to_string()),
+        _ => CliError::Unavailable(e.to_string()),
+    })?;
+    if (200..300).contains(&status) {
+        return Ok(v);
+    }
+    let msg = v["error"].as_str().unwrap_or("error").to_owned();
+    let field = v["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
+    match status {
+        401 => Err(CliError::Usage(format!("refused by the node: {msg}; check --token / LIAISON_TOKEN"))),
+        503 => Err(CliError::Unavailable(format!("the node cannot take it now: {msg}"))),
+        _ => Err(CliError::Rejected(format!("rejected ({status}): {msg}{field}"))),
+    }
+}
+
+fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let v = api_call(api, "GET", "/v1/inbox", None)?;
+        for p in v.as_array().into_iter().flatten() {
+            let id = p["id"].as_str().unwrap_or("?").to_owned();
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if api.json {
+                println!("{p}");
+                continue;
+            }
+            let s = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
+            let mut line =
+                format!("{id}  {:<9} {:<8} {:<24} {}", s("from"), s("priority"), s("type"), s("received_at"));
+            if p["due_by"].is_string() {
+                line += &format!("  due {}", s("due_by"));
+            }
+            line += &match p["read_by"].as_str() {
+                Some(r) => format!("  read by {r}"),
+                None => "  UNREAD".to_owned(),
+            };
+            println!("{line}");
+        }
+        if !watch {
+            return Ok(());
+        }
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 

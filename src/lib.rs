@@ -21,6 +21,10 @@
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
+//! - [`config`] — node configuration (TOML + environment) validated into `Settings`.
+//! - [`serve`] — `liaison serve`: node + local API until SIGINT/SIGTERM, ordered shutdown.
+//! - [`api`] — the local HTTP+JSON API with per-client bearer tokens.
+//! - [`client`] — the CLI's minimal HTTP client for the local API.
 //! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
 //!
 //! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
@@ -28,7 +32,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod encoding;
@@ -39,6 +46,7 @@ pub mod node;
 pub mod packet;
 pub mod pki;
 pub mod seal;
+pub mod serve;
 pub mod store;
 pub mod timestamp;
 pub mod transport;

@@ -1,0 +1,250 @@
+//! The local API for officers and case systems: HTTP + JSON on a loopback address, each client
+//! with its own bearer token (only its SHA-256 is configured). Anything unauthenticated is
+//! refused with 401 before it is read.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | POST | `/v1/packets?to=A,B` | submit a JSON packet (a draft: id, created, due_by, originator node may be left out); 201 once on disk |
+//! | GET | `/v1/packets/{id}` | per-recipient status |
+//! | GET | `/v1/inbox` | packets received |
+//! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence |
+//! | POST | `/v1/inbox/{id}/ack` | `{"officer": "..."}`: acknowledge it; a signed ReadAck goes to the originator |
+//!
+//! Errors are JSON `{"error": "...", "field": "..."}`: 400 for a bad packet (the field named), 401
+//! unauthenticated, 404 unknown id, 422 for a packet that cannot go where asked, 503 when the
+//! store cannot take it (nothing was accepted).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::config::ApiClient;
+use crate::delivery::{Entry, EntryState};
+use crate::encoding::Digest;
+use crate::ids::{OfficerId, PacketId};
+use crate::node::{Node, NodeError};
+use crate::packet::{Packet, PacketError};
+use crate::timestamp::Timestamp;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = crate::packet::MAX_PACKET_BYTES;
+
+#[derive(Clone)]
+struct Api {
+    node: Node,
+    clients: Arc<Vec<ApiClient>>,
+}
+
+/// The API's routes over a running node.
+pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
+    let api = Api { node, clients: Arc::new(clients) };
+    Router::new()
+        .route("/v1/packets", post(submit))
+        .route("/v1/packets/{id}", get(status))
+        .route("/v1/inbox", get(inbox))
+        .route("/v1/inbox/{id}", get(show))
+        .route("/v1/inbox/{id}/ack", post(ack))
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(api)
+}
+
+struct ApiError(StatusCode, String, Option<String>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.1 });
+        if let Some(f) = self.2 {
+            body["field"] = f.into();
+        }
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        let code = match &e {
+            NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
+            NodeError::NotAPartner(_) | NodeError::Seal(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(code, e.to_string(), None)
+    }
+}
+
+fn bad_packet(e: PacketError) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string(), e.field().map(str::to_owned))
+}
+
+async fn authenticate(State(api): State<Api>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let client = token.and_then(|t| {
+        let d = Digest::of(t.as_bytes());
+        // Compare against every client, in constant time each, without stopping early.
+        api.clients.iter().fold(None, |found, c| if c.token_sha256.ct_eq(&d) { Some(c.name.clone()) } else { found })
+    });
+    match client {
+        Some(name) => {
+            tracing::debug!(client = %name, method = %req.method(), path = %req.uri().path(), "api request");
+            next.run(req).await
+        }
+        None => {
+            warn!(method = %req.method(), path = %req.uri().path(), "api request refused: no valid bearer token");
+            ApiError(StatusCode::UNAUTHORIZED, "a valid bearer token is required".into(), None).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    to: Option<String>,
+}
+
+async fn submit(
+    State(api): State<Api>,
+    Query(q): Query<SubmitQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut v: Value = serde_json::from_str(&body)
+        .map_err(|e| bad_packet(PacketError::Json { field: String::new(), reason: e.to_string() }))?;
+    if let Some(env) = v.get_mut("envelope").and_then(Value::as_object_mut) {
+        if let Some(o) = env.get_mut("originator").and_then(Value::as_object_mut) {
+            o.entry("node").or_insert(api.node.id().to_string().into());
+        }
+        if let Some(to) = &q.to {
+            let list: Vec<Value> = to.split(',').map(|s| Value::String(s.trim().to_owned())).collect();
+            env.insert("recipients".into(), Value::Array(list));
+        }
+    }
+    let packet =
+        Packet::from_json_draft(&v.to_string(), Timestamp::now(), &mut rand_core::OsRng).map_err(bad_packet)?;
+    if &packet.envelope.originator.node != api.node.id() {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("this node is {}; it cannot send as {}", api.node.id(), packet.envelope.originator.node),
+            Some("envelope.originator.node".into()),
+        ));
+    }
+    let id = api.node.submit(&packet).await?;
+    info!(packet_id = %id, "accepted from api");
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "id": id.to_string(), "recipients": packet.envelope.recipients, "due_by": packet.envelope.due_by }),
+        ),
+    ))
+}
+
+fn parse_id(s: &str) -> Result<PacketId, ApiError> {
+    s.parse().map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("id".into())))
+}
+
+/// One recipient's status, as the API and the CLI show it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecipientStatus {
+    /// The recipient.
+    pub node: String,
+    /// queued, in_flight, delivered, rejected, expired.
+    pub state: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the receipt says it was stored.
+    pub delivered_at: Option<String>,
+    /// The digest the receipt names.
+    pub digest: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// Who read it, and when.
+    pub read_by: Option<String>,
+    /// When it was read.
+    pub read_at: Option<String>,
+}
+
+fn ms_to_text(ms: u64) -> String {
+    Timestamp::from_unix((ms / 1000) as i64).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+fn recipient_status(e: &Entry) -> RecipientStatus {
+    let (delivered_at, digest, reason) = match &e.state {
+        EntryState::Delivered { at, digest } => (Some(ms_to_text(*at)), Some(digest.to_string()), None),
+        EntryState::Rejected { code, reason, .. } => (None, None, Some(format!("{code}: {reason}"))),
+        _ => (None, None, None),
+    };
+    RecipientStatus {
+        node: e.recipient.to_string(),
+        state: e.state.name().into(),
+        attempts: e.attempts,
+        delivered_at,
+        digest,
+        reason,
+        read_by: e.read.as_ref().map(|(o, _)| o.to_string()),
+        read_at: e.read.as_ref().map(|(_, t)| ms_to_text(*t)),
+    }
+}
+
+async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let entries = api.node.status(id)?;
+    let recipients: Vec<RecipientStatus> = entries.iter().map(recipient_status).collect();
+    Ok(Json(json!({ "id": id.to_string(), "recipients": recipients })))
+}
+
+async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = Vec::new();
+    for (id, rec) in api.node.inbox()? {
+        let packet = api.node.show(id).map(|(p, _)| p).ok();
+        out.push(json!({
+            "id": id.to_string(),
+            "from": rec.sender,
+            "type": packet.as_ref().map(|p| p.packet_type().as_str()),
+            "priority": packet.as_ref().map(|p| p.envelope.priority.as_str()),
+            "due_by": packet.as_ref().and_then(|p| p.envelope.due_by),
+            "received_at": ms_to_text(rec.received_at),
+            "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn show(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let (packet, rec) = api.node.show(id)?;
+    let packet: Value = serde_json::from_str(&packet.to_json()).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "packet": packet,
+        "from": rec.sender,
+        "received_at": ms_to_text(rec.received_at),
+        "sealed_digest": rec.sealed_digest.to_string(),
+        "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    officer: String,
+}
+
+async fn ack(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let b: AckBody = serde_json::from_str(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
+    let officer: OfficerId = b
+        .officer
+        .parse()
+        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
+    api.node.ack(id, officer).await?;
+    Ok(Json(json!({ "id": id.to_string(), "acknowledged": true })))
+}

@@ -1,0 +1,419 @@
+//! Node configuration: a TOML file plus `LIAISON__SECTION__KEY` environment overrides, parsed
+//! into raw settings and then validated into [`Settings`] before anything is bound or opened.
+//!
+//! Every problem is collected and reported at once (the binary exits 64). A missing file is an
+//! error, never a silent default. Relative paths are relative to the config file's directory.
+//! Every key is documented in `configs/IT-DCSA.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::delivery::RetryPolicy;
+use crate::encoding::{unhex, Digest};
+use crate::ids::NodeId;
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {file}:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// Each problem, naming the key.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: RawNode,
+    keys: RawKeys,
+    tls: RawTls,
+    api: RawApi,
+    #[serde(default)]
+    partners: Vec<RawPartner>,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    listen: String,
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    dir: PathBuf,
+    keyring: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: String,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_sha256: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartner {
+    id: String,
+    addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    #[serde(default = "d_initial")]
+    initial_backoff_ms: u64,
+    #[serde(default = "d_max")]
+    max_backoff_ms: u64,
+    #[serde(default = "d_receipt")]
+    receipt_timeout_ms: u64,
+}
+
+fn d_initial() -> u64 {
+    RetryPolicy::default().initial_backoff
+}
+fn d_max() -> u64 {
+    RetryPolicy::default().max_backoff
+}
+fn d_receipt() -> u64 {
+    RetryPolicy::default().receipt_timeout
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self { initial_backoff_ms: d_initial(), max_backoff_ms: d_max(), receipt_timeout_ms: d_receipt() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "d_format")]
+    format: String,
+    #[serde(default = "d_level")]
+    level: String,
+}
+
+fn d_format() -> String {
+    "text".into()
+}
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { format: d_format(), level: d_level() }
+    }
+}
+
+/// A local API client: a name for the logs and the SHA-256 of its bearer token.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    /// Who it is (a case system, an officer's terminal).
+    pub name: String,
+    /// SHA-256 of the token; the token itself is never stored.
+    pub token_sha256: Digest,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated settings of a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node.
+    pub node: NodeId,
+    /// QUIC address.
+    pub listen: SocketAddr,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// Directory with NODE.sign.key and NODE.enc.key.
+    pub keys_dir: PathBuf,
+    /// Public key files or directories of known nodes.
+    pub keyring: Vec<PathBuf>,
+    /// Federation CA certificate(s).
+    pub tls_ca: PathBuf,
+    /// This node's certificate chain.
+    pub tls_cert: PathBuf,
+    /// This node's TLS key.
+    pub tls_key: PathBuf,
+    /// CRLs.
+    pub tls_crls: Vec<PathBuf>,
+    /// Local API address (loopback only).
+    pub api_listen: SocketAddr,
+    /// Local API clients.
+    pub api_clients: Vec<ApiClient>,
+    /// Partners and where to reach them.
+    pub partners: Vec<(NodeId, SocketAddr)>,
+    /// Retry spacing.
+    pub retry: RetryPolicy,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `liaison=debug`...).
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Reads `file` (TOML) with environment overrides and validates it.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, config::Environment::with_prefix("LIAISON").prefix_separator("__").separator("__"))
+    }
+
+    fn load_with_env(file: &Path, env: config::Environment) -> Result<Self, ConfigError> {
+        let fail = |p: String| ConfigError { file: file.to_owned(), problems: vec![p] };
+        if !file.is_file() {
+            return Err(fail("the file does not exist or is not a regular file".into()));
+        }
+        let raw: Raw = config::Config::builder()
+            .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
+            .add_source(env)
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| fail(e.to_string()))?;
+        let base = file.parent().unwrap_or(Path::new("."));
+        validate(raw, base).map_err(|problems| ConfigError { file: file.to_owned(), problems })
+    }
+}
+
+fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+    let rel = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+    let node: Option<NodeId> = raw.node.id.parse().map_err(|e| problems.push(format!("node.id: {e}"))).ok();
+    let listen: Option<SocketAddr> =
+        raw.node.listen.parse().map_err(|e| problems.push(format!("node.listen {:?}: {e}", raw.node.listen))).ok();
+    let api_listen: Option<SocketAddr> =
+        raw.api.listen.parse().map_err(|e| problems.push(format!("api.listen {:?}: {e}", raw.api.listen))).ok();
+    if let Some(a) = api_listen {
+        if !a.ip().is_loopback() {
+            problems.push(format!("api.listen {a}: the local API must listen on a loopback address"));
+        }
+    }
+    let mut must_exist = |key: &str, p: &Path| {
+        if !p.exists() {
+            problems.push(format!("{key}: {} does not exist", p.display()));
+        }
+    };
+    let keys_dir = rel(&raw.keys.dir);
+    must_exist("keys.dir", &keys_dir);
+    let keyring: Vec<PathBuf> = raw.keys.keyring.iter().map(|p| rel(p)).collect();
+    for p in &keyring {
+        must_exist("keys.keyring", p);
+    }
+    let (tls_ca, tls_cert, tls_key) = (rel(&raw.tls.ca), rel(&raw.tls.cert), rel(&raw.tls.key));
+    must_exist("tls.ca", &tls_ca);
+    must_exist("tls.cert", &tls_cert);
+    must_exist("tls.key", &tls_key);
+    let tls_crls: Vec<PathBuf> = raw.tls.crls.iter().map(|p| rel(p)).collect();
+    for p in &tls_crls {
+        must_exist("tls.crls", p);
+    }
+    if keyring.is_empty() {
+        problems.push("keys.keyring: name at least the partners' public key files".into());
+    }
+    let mut api_clients = Vec::new();
+    for (i, c) in raw.api.clients.iter().enumerate() {
+        match unhex::<32>(&c.token_sha256) {
+            Some(h) if !c.name.trim().is_empty() => {
+                api_clients.push(ApiClient { name: c.name.clone(), token_sha256: Digest(h) })
+            }
+            Some(_) => problems.push(format!("api.clients[{i}].name: must not be empty")),
+            None => {
+                problems.push(format!("api.clients[{i}].token_sha256: expected 64 hex digits (sha256 of the token)"))
+            }
+        }
+    }
+    if api_clients.is_empty() && problems.is_empty() {
+        problems.push("api.clients: no client is configured; the local API would refuse everyone".into());
+    }
+    let mut partners = Vec::new();
+    for (i, p) in raw.partners.iter().enumerate() {
+        let id = p.id.parse::<NodeId>().map_err(|e| problems.push(format!("partners[{i}].id: {e}"))).ok();
+        let addr = p
+            .addr
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("partners[{i}].addr {:?}: {e}", p.addr)))
+            .ok();
+        if let (Some(id), Some(addr)) = (id, addr) {
+            if Some(&id) == node.as_ref() {
+                problems.push(format!("partners[{i}].id: {id} is this node"));
+            } else if partners.iter().any(|(n, _)| *n == id) {
+                problems.push(format!("partners[{i}].id: {id} is listed twice"));
+            } else {
+                partners.push((id, addr));
+            }
+        }
+    }
+    let d = &raw.delivery;
+    if d.initial_backoff_ms == 0 || d.max_backoff_ms < d.initial_backoff_ms {
+        problems.push("delivery: need 0 < initial_backoff_ms <= max_backoff_ms".into());
+    }
+    if d.receipt_timeout_ms < 100 {
+        problems.push("delivery.receipt_timeout_ms: at least 100".into());
+    }
+    let log_format = match raw.log.format.as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            problems.push(format!("log.format {other:?}: expected \"text\" or \"json\""));
+            LogFormat::Text
+        }
+    };
+    match (node, listen, api_listen) {
+        (Some(node), Some(listen), Some(api_listen)) if problems.is_empty() => Ok(Settings {
+            node,
+            listen,
+            data_dir: rel(&raw.node.data_dir),
+            keys_dir,
+            keyring,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            tls_crls,
+            api_listen,
+            api_clients,
+            partners,
+            retry: RetryPolicy {
+                initial_backoff: d.initial_backoff_ms,
+                max_backoff: d.max_backoff_ms,
+                receipt_timeout: d.receipt_timeout_ms,
+            },
+            log_format,
+            log_level: raw.log.level,
+        }),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("node.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn no_env() -> config::Environment {
+        config::Environment::with_prefix("LIAISON_TEST_NONE").prefix_separator("__").separator("__")
+    }
+
+    #[test]
+    fn the_demo_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for n in ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"] {
+            let s = Settings::load_with_env(&root.join(format!("configs/{n}.toml")), no_env()).unwrap();
+            assert_eq!(s.node.as_str(), n);
+            assert_eq!(s.partners.len(), 2);
+            assert!(s.api_listen.ip().is_loopback());
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            r#"
+            [node]
+            id = "italy"
+            listen = "nowhere"
+            data_dir = "data"
+            [keys]
+            dir = "missing-keys"
+            keyring = []
+            [tls]
+            ca = "ca.crt"
+            cert = "c.crt"
+            key = "c.key"
+            [api]
+            listen = "0.0.0.0:8080"
+            clients = [{ name = "x", token_sha256 = "abc" }]
+            [[partners]]
+            id = "ES-UDYCO"
+            addr = "127.0.0.1:1"
+            [[partners]]
+            id = "ES-UDYCO"
+            addr = "127.0.0.1:2"
+            [log]
+            format = "xml"
+            "#,
+        );
+        let err = Settings::load_with_env(&f, no_env()).unwrap_err();
+        let text = err.to_string();
+        for want in [
+            "node.id",
+            "node.listen",
+            "api.listen",
+            "loopback",
+            "keys.dir",
+            "tls.ca",
+            "keys.keyring",
+            "token_sha256",
+            "listed twice",
+            "log.format",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(err.problems.len() >= 10, "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Settings::load_with_env(&dir.path().join("absent.toml"), no_env()).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        let f = write(
+            dir.path(),
+            "[node]\nid = \"IT-DCSA\"\nlisten = \"127.0.0.1:1\"\ndata_dir = \"d\"\ncolour = \"red\"\n",
+        );
+        let err = Settings::load_with_env(&f, no_env()).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let env = config::Environment::with_prefix("LIAISON")
+            .prefix_separator("__")
+            .separator("__")
+            .source(Some([("LIAISON__NODE__LISTEN".to_owned(), "127.0.0.1:9999".to_owned())].into()));
+        let s = Settings::load_with_env(&root.join("configs/IT-DCSA.toml"), env).unwrap();
+        assert_eq!(s.listen.port(), 9999);
+    }
+}

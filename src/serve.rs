@@ -1,0 +1,109 @@
+//! `liaison serve`: one node, from validated settings, until SIGINT or SIGTERM.
+//!
+//! Order of shutdown: stop accepting API requests and connections, let in-flight work finish
+//! (up to a grace period), close the QUIC endpoint, then close the store (every commit already
+//! answered is on disk).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::config::Settings;
+use crate::keys::{Keyring, NodeKeys};
+use crate::node::{Node, NodeConfig, Partner};
+use crate::seal::SealContext;
+use crate::transport::TlsMaterial;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Keys could not be loaded.
+    #[error("keys: {0}")]
+    Keys(#[from] crate::keys::KeyError),
+    /// TLS material could not be loaded.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::transport::TransportError),
+    /// The node failed to start.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// The API address could not be bound.
+    #[error("api: cannot listen on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A partner has no public keys in the keyring.
+    #[error("partner {0} has no public keys in the keyring")]
+    PartnerWithoutKeys(crate::ids::NodeId),
+}
+
+/// Loads what the settings name and builds the node's configuration.
+pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
+    let keys = NodeKeys::load_from_dir(&s.keys_dir, &s.node)?;
+    let keyring = Keyring::load(&s.keyring)?;
+    for (p, _) in &s.partners {
+        if keyring.node(p).is_none() {
+            return Err(ServeError::PartnerWithoutKeys(p.clone()));
+        }
+    }
+    let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
+    let tls = TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key)?;
+    Ok(NodeConfig {
+        seal: SealContext::new(keys, keyring)?,
+        tls,
+        listen: s.listen,
+        socket: None,
+        data_dir: s.data_dir.clone(),
+        partners: s.partners.iter().map(|(node, addr)| Partner { node: node.clone(), addr: *addr }).collect(),
+        retry: s.retry,
+    })
+}
+
+/// Runs the node and its API until `stop` resolves (the binary passes SIGINT/SIGTERM).
+pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+    let config = node_config(&settings)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let node = Node::start(config, shutdown_rx).await?;
+    let listener = tokio::net::TcpListener::bind(settings.api_listen)
+        .await
+        .map_err(|source| ServeError::Api { addr: settings.api_listen, source })?;
+    let api_addr = listener.local_addr().unwrap_or(settings.api_listen);
+    // The line tests and the demo wait for; it names both addresses.
+    info!(node = %settings.node, quic = %node.local_addr(), api = %api_addr, "ready");
+    let app = crate::api::router(node.clone(), settings.api_clients.clone());
+    let mut api_stop = shutdown_tx.subscribe();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            })
+            .await;
+    });
+    stop.await;
+    info!("shutting down: no new requests or connections");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
