@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | POST | `/v1/packets?to=A,B` | submit a JSON packet (a draft: id, created, due_by, originator node may be left out); 201 once on disk |
 //! | GET | `/v1/packets/{id}` | per-recipient status |
+//! | GET | `/v1/outbox` | how many copies are queued, in flight, delivered, rejected, expired, read |
 //! | GET | `/v1/inbox` | packets received |
 //! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence |
 //! | POST | `/v1/inbox/{id}/ack` | `{"officer": "..."}`: acknowledge it; a signed ReadAck goes to the originator |
@@ -49,6 +50,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
     Router::new()
         .route("/v1/packets", post(submit))
         .route("/v1/packets/{id}", get(status))
+        .route("/v1/outbox", get(outbox_summary))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
         .route("/v1/inbox/{id}/ack", post(ack))
@@ -199,6 +201,10 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl I
     let entries = api.node.status(id)?;
     let recipients: Vec<RecipientStatus> = entries.iter().map(recipient_status).collect();
     Ok(Json(json!({ "id": id.to_string(), "recipients": recipients })))
+}
+
+async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
+    Json(json!(api.node.outbox_summary()))
 }
 
 async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {

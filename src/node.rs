@@ -239,6 +239,20 @@ impl Node {
         Ok(entries)
     }
 
+    /// How many outbox entries are in each state (queued, in_flight, delivered, rejected,
+    /// expired), and how many were read.
+    pub fn outbox_summary(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let outbox = lock(&self.inner.outbox);
+        let mut m = std::collections::BTreeMap::new();
+        for e in outbox.entries() {
+            *m.entry(e.state.name()).or_default() += 1;
+            if e.read.is_some() {
+                *m.entry("read").or_default() += 1;
+            }
+        }
+        m
+    }
+
     /// Packets received, oldest first: id, sender, when, read by whom.
     pub fn inbox(&self) -> Result<Vec<(PacketId, InboxRecord)>, NodeError> {
         let mut v = Vec::new();

@@ -1,0 +1,399 @@
+//! Real node processes (`liaison serve`) on loopback with real sled stores and the demo
+//! certificates: packets through the CLI and the local API, receipts, acknowledgements, kill -9
+//! of either side in the middle of a stream of 1,000 packets, and the API's refusals.
+
+use std::collections::HashSet;
+use std::fs;
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use liaison::client::call;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_liaison");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct NodeProc {
+    name: String,
+    config: PathBuf,
+    log: PathBuf,
+    api: String,
+    token: String,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let starts = fs::read_to_string(&self.log).unwrap_or_default().matches("\"message\":\"ready\"").count();
+        wait_for(&format!("{} ready", self.name), Duration::from_secs(20), || {
+            fs::read_to_string(&self.log).unwrap_or_default().matches("\"message\":\"ready\"").count() > starts
+        });
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap(); // SIGKILL
+            c.wait().unwrap();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            c.kill().unwrap();
+            panic!("{} did not stop on SIGTERM", self.name);
+        }
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        call(&self.api, &self.token, method, path, body).unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env("LIAISON_API", &self.api).env("LIAISON_TOKEN", &self.token).output().unwrap()
+    }
+
+    fn summary(&self) -> Value {
+        self.api("GET", "/v1/outbox", None).1
+    }
+
+    fn inbox_ids(&self) -> Vec<String> {
+        let (code, v) = self.api("GET", "/v1/inbox", None);
+        assert_eq!(code, 200, "{v}");
+        v.as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            fs::copy(&p, &dest).unwrap();
+            #[cfg(unix)]
+            if p.extension().is_some_and(|x| x == "key") {
+                use std::os::unix::fs::PermissionsExt as _;
+                fs::set_permissions(&dest, fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+}
+
+/// A federation of node processes in a temporary directory, with fast retries.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    fn new(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let material = dir.path().join("certs");
+        copy_dir(&root().join("certs-example"), &material);
+        let ports: Vec<(String, u16, u16)> = names.iter().map(|n| (n.to_string(), free_udp(), free_tcp())).collect();
+        let mut nodes = Vec::new();
+        for (name, quic, api) in &ports {
+            let token = format!("test-token-{name}");
+            let partners: String = ports
+                .iter()
+                .filter(|(n, _, _)| n != name)
+                .map(|(n, q, _)| format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\n"))
+                .collect();
+            let hash = liaison::encoding::hex(&liaison::encoding::Digest::of(token.as_bytes()).0);
+            let config = format!(
+                r#"[node]
+id = "{name}"
+listen = "127.0.0.1:{quic}"
+data_dir = "data/{name}"
+[keys]
+dir = "certs/nodes/{name}"
+keyring = ["certs/federation"]
+[tls]
+ca = "certs/tls/ca.crt"
+cert = "certs/tls/{name}.crt"
+key = "certs/tls/{name}.key"
+crls = ["certs/tls/crl.pem"]
+[api]
+listen = "127.0.0.1:{api}"
+clients = [{{ name = "test", token_sha256 = "{hash}" }}]
+{partners}
+[delivery]
+initial_backoff_ms = 50
+max_backoff_ms = 1000
+receipt_timeout_ms = 3000
+[log]
+format = "json"
+level = "info"
+"#
+            );
+            let path = dir.path().join(format!("{name}.toml"));
+            fs::write(&path, config).unwrap();
+            nodes.push(NodeProc {
+                name: name.clone(),
+                config: path,
+                log: dir.path().join(format!("{name}.log")),
+                api: format!("http://127.0.0.1:{api}"),
+                token,
+                child: None,
+            });
+        }
+        for n in &mut nodes {
+            n.start();
+        }
+        Cluster { _dir: dir, nodes }
+    }
+
+    fn node(&mut self, name: &str) -> &mut NodeProc {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+}
+
+/// An example packet as a draft: no id, created, due_by or originator node; fresh expiry.
+fn draft(example: &str) -> Value {
+    let mut v: Value =
+        serde_json::from_str(&fs::read_to_string(root().join("schemas/examples").join(example)).unwrap()).unwrap();
+    let env = v["envelope"].as_object_mut().unwrap();
+    for k in ["id", "created", "due_by"] {
+        env.remove(k);
+    }
+    env["originator"].as_object_mut().unwrap().remove("node");
+    let expires = liaison::timestamp::Timestamp::now().plus_secs(7 * 86_400);
+    env.insert("expires".into(), expires.to_string().into());
+    v
+}
+
+fn delivered_count(n: &NodeProc) -> u64 {
+    n.summary()["delivered"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn two_nodes_exchange_every_packet_type_through_the_cli() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    let types = [
+        "controlled-delivery-alert.json",
+        "jit-notice.json",
+        "information-request.json",
+        "information-response.json",
+        "refusal.json",
+        "delay-notice.json",
+        "clarification-request.json",
+    ];
+    for (i, t) in types.iter().enumerate() {
+        let f = dir.path().join(t);
+        fs::write(&f, draft(t).to_string()).unwrap();
+        let o = c.node("IT-DCSA").cli(&["send", "--to", "ES-UDYCO", "--json", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{t}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        sent.push(v["id"].as_str().unwrap().to_owned());
+        assert_eq!(sent.len(), i + 1);
+    }
+    let it = c.node("IT-DCSA");
+    wait_for("all delivered", Duration::from_secs(30), || delivered_count(it) == types.len() as u64);
+
+    // status tells the truth: delivered, with the receipt's time and digest.
+    let o = it.cli(&["status", &sent[0]]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("ES-UDYCO") && text.contains("delivered") && text.contains("sha256:"), "{text}");
+
+    let es = c.node("ES-UDYCO");
+    let inbox = es.inbox_ids();
+    assert_eq!(inbox.iter().collect::<HashSet<_>>(), sent.iter().collect::<HashSet<_>>());
+    let o = es.cli(&["inbox"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(text.matches("UNREAD").count(), types.len(), "{text}");
+    let o = es.cli(&["show", &sent[2]]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("InformationRequest"));
+    let o = es.cli(&["ack", "--officer", "Subinspector Gómez", &sent[0]]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let it = c.node("IT-DCSA");
+    wait_for("read ack", Duration::from_secs(20), || {
+        let (_, v) = it.api("GET", &format!("/v1/packets/{}", sent[0]), None);
+        v["recipients"][0]["read_by"] == "Subinspector Gómez"
+    });
+    let o = it.cli(&["status", &sent[0]]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("read by Subinspector Gómez"));
+
+    // Ordered shutdown on SIGTERM.
+    for n in &mut c.nodes {
+        n.terminate();
+        let log = fs::read_to_string(&n.log).unwrap();
+        assert!(log.contains("node stopped"), "{log}");
+    }
+}
+
+#[test]
+fn a_flash_alert_to_two_partners_gets_two_receipts() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let co = c.node("CO-DIJIN");
+    let (code, v) =
+        co.api("POST", "/v1/packets?to=ES-UDYCO,IT-DCSA", Some(&draft("controlled-delivery-alert.json").to_string()));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for("both delivered", Duration::from_secs(20), || {
+        let (_, s) = co.api("GET", &format!("/v1/packets/{id}"), None);
+        s["recipients"].as_array().unwrap().iter().all(|r| r["state"] == "delivered")
+    });
+    let (_, s) = co.api("GET", &format!("/v1/packets/{id}"), None);
+    let recipients: Vec<&str> =
+        s["recipients"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+    assert_eq!(recipients, ["ES-UDYCO", "IT-DCSA"]);
+    assert_eq!(c.node("ES-UDYCO").inbox_ids(), std::slice::from_ref(&id));
+    assert_eq!(c.node("IT-DCSA").inbox_ids(), [id]);
+}
+
+#[test]
+fn the_api_refuses_the_unauthenticated_and_names_bad_fields() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let it = c.node("IT-DCSA");
+    for token in ["", "wrong", "test-token-ES-UDYCO"] {
+        let (code, v) = call(&it.api, token, "GET", "/v1/inbox", None).unwrap();
+        assert_eq!(code, 401, "{v}");
+        let (code, _) = call(&it.api, token, "POST", "/v1/packets", Some(&draft("refusal.json").to_string())).unwrap();
+        assert_eq!(code, 401);
+    }
+    let mut bad = draft("information-request.json");
+    bad["envelope"]["recipients"] = json!(["es-udyco"]);
+    let (code, v) = it.api("POST", "/v1/packets", Some(&bad.to_string()));
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["field"], "envelope.recipients[0]");
+    let (code, v) = it.api("POST", "/v1/packets", Some("{not json"));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = it.api("POST", "/v1/packets?to=DE-BKA", Some(&draft("refusal.json").to_string()));
+    assert_eq!(code, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not a partner"), "{v}");
+    let (code, _) = it.api("GET", "/v1/packets/019ac0a1-5c00-7000-8000-00000000dead", None);
+    assert_eq!(code, 404);
+    let o = it.cli(&["status", "not-an-id"]);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A small packet from `from` to `to`, numbered `i`.
+fn small(to: &str, i: usize) -> String {
+    let mut body = draft("clarification-request.json");
+    body["envelope"]["recipients"] = json!([to]);
+    body["body"]["ClarificationRequest"]["questions"] = json!([format!("question {i}")]);
+    body.to_string()
+}
+
+/// Submits packets `range` from `api` to `to`; returns the ids the node acknowledged.
+fn stream(api: &str, token: &str, to: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range
+        .map(|i| {
+            let (code, v) = call(api, token, "POST", "/v1/packets", Some(&small(to, i))).unwrap();
+            assert_eq!(code, 201, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn assert_exactly_once(sent: &[String], inbox: &[String]) {
+    let unique: HashSet<&String> = inbox.iter().collect();
+    assert_eq!(unique.len(), inbox.len(), "a packet is in the inbox twice");
+    assert_eq!(unique, sent.iter().collect::<HashSet<_>>(), "inbox differs from what was sent");
+}
+
+#[test]
+fn kill_9_of_the_receiver_mid_stream_loses_nothing_and_shows_nothing_twice() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let (api, token) = (c.node("IT-DCSA").api.clone(), c.node("IT-DCSA").token.clone());
+    // IT-DCSA keeps submitting while ES-UDYCO is killed and restarted.
+    let submitter = std::thread::spawn(move || stream(&api, &token, "ES-UDYCO", 0..1000));
+    let es = c.node("ES-UDYCO");
+    wait_for("the stream to start arriving", Duration::from_secs(60), || es.inbox_ids().len() >= 50);
+    es.kill_9();
+    let at_kill = delivered_count(c.node("IT-DCSA"));
+    assert!(at_kill < 1000, "the kill came too late to test anything ({at_kill} delivered)");
+    std::thread::sleep(Duration::from_millis(300));
+    c.node("ES-UDYCO").start();
+    let sent = submitter.join().unwrap();
+    let it = c.node("IT-DCSA");
+    wait_for("all delivered after restart", Duration::from_secs(120), || delivered_count(it) == 1000);
+    assert_exactly_once(&sent, &c.node("ES-UDYCO").inbox_ids());
+    eprintln!("receiver killed with {at_kill} of 1000 delivered");
+}
+
+#[test]
+fn kill_9_of_the_sender_mid_stream_loses_nothing_and_shows_nothing_twice() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let (api, token) = (c.node("IT-DCSA").api.clone(), c.node("IT-DCSA").token.clone());
+    // A backlog builds up while ES-UDYCO is down; IT-DCSA is killed while it drains it.
+    c.node("ES-UDYCO").kill_9();
+    let mut sent = stream(&api, &token, "ES-UDYCO", 0..600);
+    c.node("ES-UDYCO").start();
+    let es = c.node("ES-UDYCO");
+    wait_for("the backlog to start arriving", Duration::from_secs(60), || !es.inbox_ids().is_empty());
+    c.node("IT-DCSA").kill_9();
+    let at_kill = c.node("ES-UDYCO").inbox_ids().len();
+    assert!(at_kill < 600, "the kill came too late to test anything");
+    c.node("IT-DCSA").start();
+    sent.extend(stream(&api, &token, "ES-UDYCO", 600..1000));
+    let it = c.node("IT-DCSA");
+    wait_for("all delivered after restart", Duration::from_secs(120), || delivered_count(it) == 1000);
+    assert_exactly_once(&sent, &c.node("ES-UDYCO").inbox_ids());
+    eprintln!("sender killed with {at_kill} of a 600-packet backlog delivered");
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_every_problem_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.toml");
+    fs::write(&f, "[node]\nid = \"italy\"\nlisten = \"x\"\ndata_dir = \"d\"\n[keys]\ndir = \"k\"\nkeyring = []\n[tls]\nca = \"a\"\ncert = \"b\"\nkey = \"c\"\n[api]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+    let o = Command::new(BIN).args(["serve", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in ["node.id", "node.listen", "keys.dir", "tls.ca", "loopback"] {
+        assert!(err.contains(want), "{want} missing from:\n{err}");
+    }
+    assert!(!dir.path().join("d").exists(), "nothing was created");
+    let o = Command::new(BIN).args(["serve", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64));
+}
