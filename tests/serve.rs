@@ -20,6 +20,7 @@ fn root() -> PathBuf {
 
 struct NodeProc {
     name: String,
+    quic: u16,
     config: PathBuf,
     log: PathBuf,
     api: String,
@@ -176,6 +177,7 @@ level = "info"
             fs::write(&path, config).unwrap();
             nodes.push(NodeProc {
                 name: name.clone(),
+                quic: *quic,
                 config: path,
                 log: dir.path().join(format!("{name}.log")),
                 api: format!("http://127.0.0.1:{api}"),
@@ -396,4 +398,155 @@ fn a_bad_configuration_is_refused_with_every_problem_before_binding() {
     assert!(!dir.path().join("d").exists(), "nothing was created");
     let o = Command::new(BIN).args(["serve", "--config", "/nonexistent.toml"]).output().unwrap();
     assert_eq!(o.status.code(), Some(64));
+}
+
+/// A peer speaking to a node process directly over QUIC, with the certificate and keys of
+/// `who` (from certs-example), to send crafted packets.
+struct RawPeer {
+    endpoint: quinn::Endpoint,
+}
+
+fn demo_material(cert: &str, key: &str) -> liaison::transport::TlsMaterial {
+    let tls = root().join("certs-example/tls");
+    liaison::transport::TlsMaterial::load(&tls.join("ca.crt"), &[&tls.join("crl.pem")], &tls.join(cert), &tls.join(key))
+        .unwrap()
+}
+
+fn seal_context(who: &str) -> liaison::seal::SealContext {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&root().join("certs-example/nodes").join(who), tmp.path());
+    let keys = liaison::keys::NodeKeys::load_single(tmp.path()).unwrap();
+    let ring = liaison::keys::Keyring::load(&[root().join("certs-example/federation")]).unwrap();
+    liaison::seal::SealContext::new(keys, ring).unwrap()
+}
+
+impl RawPeer {
+    fn new(client: quinn::ClientConfig) -> Self {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client);
+        Self { endpoint }
+    }
+
+    /// Sends `bytes` on a new stream of a new connection to the node; returns its answer.
+    async fn send(&self, port: u16, node: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
+        let name = liaison::transport::server_name(&node.parse().unwrap());
+        let conn =
+            self.endpoint.connect(format!("127.0.0.1:{port}").parse().unwrap(), &name).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(bytes).await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            recv.read_to_end(1 << 24).await.map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "timeout".to_owned())?
+    }
+}
+
+fn packet_from(who: &str, to: &str) -> liaison::packet::Packet {
+    let mut v = draft("information-request.json");
+    v["envelope"]["originator"]["node"] = json!(who);
+    v["envelope"]["recipients"] = json!([to]);
+    liaison::packet::Packet::from_json_draft(
+        &v.to_string(),
+        liaison::timestamp::Timestamp::now(),
+        &mut rand_core::OsRng,
+    )
+    .unwrap()
+}
+
+fn receipt_outcome(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::packet::ReceiptOutcome {
+    let opened = es.open(answer, liaison::timestamp::Timestamp::now()).expect("the answer is a sealed, signed packet");
+    assert_eq!(opened.signed.packet.envelope.originator.node.as_str(), "IT-DCSA", "signed by the receiver");
+    match opened.signed.packet.body {
+        liaison::packet::Body::DeliveryReceipt(r) => r.outcome,
+        other => panic!("not a receipt: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_spoofed_and_replayed_packets() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    c.node("ES-UDYCO").kill_9(); // this test speaks for ES-UDYCO itself
+    let port = c.node("IT-DCSA").quic;
+    let es = seal_context("ES-UDYCO");
+    let peer = RawPeer::new(liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key")).unwrap());
+
+    // Tampered in transit: a signed rejection naming the check, and nothing stored.
+    let mut tampered = es.seal(&packet_from("ES-UDYCO", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
+    let at = tampered.len() - 30;
+    tampered[at] ^= 0x01;
+    let answer = peer.send(port, "IT-DCSA", &tampered).await.unwrap();
+    match receipt_outcome(&es, &answer) {
+        liaison::packet::ReceiptOutcome::Rejected { code, .. } => assert_eq!(code, "decryption_failed"),
+        other => panic!("{other:?}"),
+    }
+    assert!(c.node("IT-DCSA").inbox_ids().is_empty());
+
+    // A packet sealed by CO-DIJIN, pushed over ES-UDYCO's connection: refused.
+    let co = seal_context("CO-DIJIN");
+    let foreign = co.seal(&packet_from("CO-DIJIN", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
+    let answer = peer.send(port, "IT-DCSA", &foreign).await.unwrap();
+    match receipt_outcome(&es, &answer) {
+        liaison::packet::ReceiptOutcome::Rejected { code, reason } => {
+            assert_eq!(code, "header_mismatch");
+            assert!(reason.contains("over the connection of ES-UDYCO"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A valid packet, replayed: receipted both times with the same receipt, shown once.
+    let good = es.seal(&packet_from("ES-UDYCO", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
+    let first = peer.send(port, "IT-DCSA", &good).await.unwrap();
+    assert_eq!(receipt_outcome(&es, &first), liaison::packet::ReceiptOutcome::Accepted);
+    let again = peer.send(port, "IT-DCSA", &good).await.unwrap();
+    assert_eq!(again, first, "the stored receipt is repeated");
+    assert_eq!(c.node("IT-DCSA").inbox_ids().len(), 1);
+    let log = fs::read_to_string(&c.node("IT-DCSA").log).unwrap();
+    assert!(
+        log.contains("decryption_failed") && log.contains("header_mismatch"),
+        "rejections are logged with their reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_valid_enrolled_certificate_are_refused() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    c.node("ES-UDYCO").kill_9();
+    let port = c.node("IT-DCSA").quic;
+    let es = seal_context("ES-UDYCO");
+    let packet = es.seal(&packet_from("ES-UDYCO", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
+    let clients = [
+        (
+            "another CA",
+            liaison::transport::client_config(&demo_material("bad/foreign.crt", "bad/foreign.key")).unwrap(),
+        ),
+        (
+            "another node id",
+            liaison::transport::client_config(&demo_material("bad/not-enrolled.crt", "bad/not-enrolled.key")).unwrap(),
+        ),
+        ("expired", liaison::transport::client_config(&demo_material("bad/expired.crt", "bad/expired.key")).unwrap()),
+        ("revoked", liaison::transport::client_config(&demo_material("bad/revoked.crt", "bad/revoked.key")).unwrap()),
+        (
+            "no certificate",
+            liaison::transport::client_config_without_certificate(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key"))
+                .unwrap(),
+        ),
+    ];
+    for (what, client) in clients {
+        let result = RawPeer::new(client).send(port, "IT-DCSA", &packet).await;
+        assert!(result.is_err(), "{what}: got an answer");
+    }
+    assert!(c.node("IT-DCSA").inbox_ids().is_empty());
+    let log = fs::read_to_string(&c.node("IT-DCSA").log).unwrap();
+    assert_eq!(log.matches("refused connection").count(), 5, "each refusal is logged with its reason:\n{log}");
+    for reason in ["UnknownIssuer", "names no enrolled partner", "expired", "Revoked", "no certificates"] {
+        assert!(log.contains(reason), "{reason} missing from the log");
+    }
+    // The genuine ES-UDYCO certificate still gets in.
+    let ok = RawPeer::new(liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key")).unwrap());
+    assert!(ok.send(port, "IT-DCSA", &packet).await.is_ok());
 }
