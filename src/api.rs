@@ -210,13 +210,12 @@ async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
 async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
     let mut out = Vec::new();
     for (id, rec) in api.node.inbox()? {
-        let packet = api.node.show(id).map(|(p, _)| p).ok();
         out.push(json!({
             "id": id.to_string(),
             "from": rec.sender,
-            "type": packet.as_ref().map(|p| p.packet_type().as_str()),
-            "priority": packet.as_ref().map(|p| p.envelope.priority.as_str()),
-            "due_by": packet.as_ref().and_then(|p| p.envelope.due_by),
+            "type": rec.packet_type,
+            "priority": rec.priority.as_str(),
+            "due_by": rec.due_by,
             "received_at": ms_to_text(rec.received_at),
             "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
         }));

@@ -141,7 +141,10 @@ impl<'de> Deserialize<'de> for Blob {
                     Ok(Blob(v))
                 }
             }
-            d.deserialize_bytes(V)
+            // Not deserialize_bytes: ciborium serves that only for byte strings up to its 4 KiB
+            // scratch buffer; byte_buf takes any length (read in chunks, never pre-allocated
+            // from the length header).
+            d.deserialize_byte_buf(V)
         }
     }
 }
@@ -227,6 +230,16 @@ mod tests {
         // A byte string header claiming 2^63 bytes, with none present.
         let huge = [0x5b, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert!(from_cbor_exact::<Blob>(&huge, 100).is_err());
+    }
+
+    #[test]
+    fn large_byte_and_text_strings_decode() {
+        let big = Blob((0..100_000u32).map(|i| i as u8).collect());
+        assert_eq!(from_cbor_exact::<Blob>(&to_cbor(&big), 1 << 20).unwrap(), big);
+        let text = "ñ".repeat(20_000);
+        assert_eq!(from_cbor_exact::<String>(&to_cbor(&text), 1 << 20).unwrap(), text);
+        let cow: std::borrow::Cow<'static, str> = from_cbor_exact(&to_cbor(&text), 1 << 20).unwrap();
+        assert_eq!(cow, text);
     }
 
     #[test]

@@ -266,7 +266,8 @@ impl Node {
     /// A received packet, verified again from the stored evidence.
     pub fn show(&self, packet_id: PacketId) -> Result<(Packet, InboxRecord), NodeError> {
         let rec = self.inner.store.inbox_record(packet_id)?.ok_or(NodeError::UnknownPacket(packet_id))?;
-        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &rec.signed)
+        let evidence = self.inner.store.get(Tree::Evidence, packet_id.as_bytes())?.unwrap_or_default();
+        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &evidence)
             .map_err(|e| NodeError::Evidence(packet_id, e))?;
         Ok((signed.packet, rec))
     }
@@ -385,10 +386,13 @@ impl Node {
                             sender: peer.clone(),
                             sealed_digest: digest,
                             received_at: now_ms(),
-                            signed: opened.signed.bytes.clone(),
+                            packet_type: packet.packet_type().as_str().into(),
+                            priority: packet.envelope.priority,
+                            due_by: packet.envelope.due_by,
                             read: None,
                         };
                         let mut ops = vec![
+                            Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes.clone()),
                             store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec),
                             Op::Put(Tree::Issued, id.as_bytes().to_vec(), receipt.clone()),
                         ];

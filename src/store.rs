@@ -16,7 +16,8 @@
 //! | `outbox` | packet id ‖ recipient | [`Entry`] (delivery state) |
 //! | `sealed` | packet id ‖ recipient | the sealed copy to send |
 //! | `receipts` | packet id ‖ recipient | the receipt received (sealed, verified), evidence |
-//! | `inbox` | packet id | [`InboxRecord`]: sender, digest, time, the signed packet |
+//! | `inbox` | packet id | [`InboxRecord`]: sender, digest, time, type, priority, due-by, read |
+//! | `evidence` | packet id | the signed packet (COSE_Sign1) exactly as received |
 //! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
 //! | `meta` | name | store format version |
 
@@ -71,13 +72,16 @@ pub enum Tree {
     Inbox,
     /// Receipts issued.
     Issued,
+    /// Signed packets received (COSE_Sign1), kept apart so listings never read payloads.
+    Evidence,
     /// Format version and other metadata.
     Meta,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 6] = [Tree::Outbox, Tree::Sealed, Tree::Receipts, Tree::Inbox, Tree::Issued, Tree::Meta];
+    pub const ALL: [Tree; 7] =
+        [Tree::Outbox, Tree::Sealed, Tree::Receipts, Tree::Inbox, Tree::Issued, Tree::Evidence, Tree::Meta];
 
     /// The tree's name on disk.
     pub fn name(self) -> &'static str {
@@ -87,6 +91,7 @@ impl Tree {
             Self::Receipts => "receipts",
             Self::Inbox => "inbox",
             Self::Issued => "issued",
+            Self::Evidence => "evidence",
             Self::Meta => "meta",
         }
     }
@@ -214,7 +219,8 @@ impl Backend for MemoryBackend {
     }
 }
 
-/// A packet received and stored.
+/// A packet received and stored: what a listing needs, without the payload (which is in
+/// [`Tree::Evidence`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxRecord {
     /// The node that sent it.
@@ -223,23 +229,14 @@ pub struct InboxRecord {
     pub sealed_digest: Digest,
     /// When it was stored (ms).
     pub received_at: Millis,
-    /// The signed packet (COSE_Sign1), exactly as received: the evidence.
-    #[serde(with = "serde_bytes_compat")]
-    pub signed: Vec<u8>,
+    /// Its packet type.
+    pub packet_type: String,
+    /// Its priority.
+    pub priority: crate::markings::Priority,
+    /// When an answer is due, for a request.
+    pub due_by: Option<crate::timestamp::Timestamp>,
     /// Who acknowledged it, and when.
     pub read: Option<(OfficerId, Millis)>,
-}
-
-mod serde_bytes_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(b)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        crate::encoding::Blob::deserialize(d).map(|b| b.0)
-    }
 }
 
 /// The key of a (packet, recipient) pair.
@@ -464,7 +461,9 @@ mod tests {
             sender: "IT-DCSA".parse().unwrap(),
             sealed_digest: Digest::of(b"s"),
             received_at: 42,
-            signed: vec![0xd2, 1, 2, 3],
+            packet_type: "InformationRequest".into(),
+            priority: crate::markings::Priority::Urgent,
+            due_by: None,
             read: Some(("Isp. Rossi".parse().unwrap(), 50)),
         };
         store.commit_blocking(vec![put(Tree::Inbox, id.as_bytes().to_vec(), &rec)]).unwrap();

@@ -213,3 +213,54 @@ async fn submitting_to_a_node_that_is_not_a_partner_is_refused() {
     assert_eq!(err.to_string(), "DE-BKA is not a partner of this node");
     let _ = fed.stop.send(true);
 }
+
+/// A ROUTINE information response from IT-DCSA carrying `mib` MiB of attachment.
+fn bulk(i: usize, mib: usize) -> Packet {
+    let mut p = example("information-response.json", "IT-DCSA", &["ES-UDYCO"]);
+    p.envelope.priority = liaison::markings::Priority::Routine;
+    p.envelope.urgency_reason = None;
+    let content: Vec<u8> = (0..mib * 1024 * 1024).map(|j| (j * 31 + i) as u8).collect();
+    if let liaison::packet::Body::InformationResponse(r) = &mut p.body {
+        r.attachments = vec![liaison::packet::Attachment {
+            name: format!("case-file-{i}.bin"),
+            media_type: "application/octet-stream".into(),
+            digest: liaison::encoding::Digest::of(&content),
+            content: liaison::encoding::Blob(content),
+        }];
+    }
+    p
+}
+
+/// Guarantee 5: urgent beats bulk. 200 MiB of ROUTINE case files are queued while the receiver
+/// is down and start flowing when it is back; a FLASH alert submitted once the transfer is under
+/// way is receipted long before the bulk is done (its stream has the higher QUIC priority).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_is_receipted_ahead_of_200_mib_of_routine_traffic() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let mut routine = Vec::new();
+    for i in 0..50 {
+        routine.push(it.submit(&bulk(i, 4)).await.unwrap());
+    }
+    let es = fed.start("ES-UDYCO").await;
+    until("the bulk transfer to start", || !es.inbox().unwrap().is_empty()).await;
+    let flash = it.submit(&example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap();
+    let mut routine_done = 0;
+    until("the FLASH receipt", || {
+        routine_done =
+            routine.iter().filter(|id| matches!(state(&it, **id, "ES-UDYCO"), EntryState::Delivered { .. })).count();
+        matches!(state(&it, flash, "ES-UDYCO"), EntryState::Delivered { .. })
+    })
+    .await;
+    eprintln!("FLASH receipted when {routine_done} of 50 routine files (4 MiB each) were");
+    assert!(routine_done < 50, "the FLASH waited for the whole bulk transfer");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while routine.iter().any(|id| !matches!(state(&it, *id, "ES-UDYCO"), EntryState::Delivered { .. })) {
+        assert!(tokio::time::Instant::now() < deadline, "bulk not delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let order: Vec<_> = es.inbox().unwrap().into_iter().map(|(id, _)| id).collect();
+    let pos = order.iter().position(|id| *id == flash).unwrap();
+    assert!(pos < 50, "FLASH stored at position {pos} of 51");
+    let _ = fed.stop.send(true);
+}

@@ -237,8 +237,12 @@ fn body() -> impl Strategy<Value = Body> {
                 })
             }
         ),
-        (text(), vec(entity(), 0..8), vec((text(), vec(any::<u8>(), 0..64)), 0..2)).prop_map(
-            |(summary, entities, files)| {
+        (
+            text(),
+            vec(entity(), 0..8),
+            vec((text(), prop_oneof![vec(any::<u8>(), 0..64), vec(any::<u8>(), 4_000..9_000)]), 0..2)
+        )
+            .prop_map(|(summary, entities, files)| {
                 Body::InformationResponse(InformationResponse {
                     summary,
                     entities,
@@ -252,8 +256,7 @@ fn body() -> impl Strategy<Value = Body> {
                         })
                         .collect(),
                 })
-            }
-        ),
+            }),
         text().prop_map(|explanation| Body::Refusal(Refusal { ground: RefusalGround::NotAvailable, explanation })),
         vec(text(), 1..3).prop_map(|questions| Body::ClarificationRequest(ClarificationRequest { questions })),
     ]

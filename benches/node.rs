@@ -1,0 +1,176 @@
+//! Two nodes on loopback, real QUIC + mutual TLS, real sled stores with group commit: sustained
+//! 1 KiB packets/s with durable signed receipts, and FLASH submit-to-verified-receipt latency,
+//! idle and while a bulk transfer runs on the same link.
+//!
+//! `cargo bench --bench node` (add `-- --quick` for a short run). Both nodes share this
+//! process's tokio runtime on the machine's cores, as two nodes on one machine would share it.
+//! Prints figures; asserts nothing (shared machines are noisy).
+
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use liaison::delivery::{EntryState, RetryPolicy};
+use liaison::ids::{NodeId, PacketId};
+use liaison::keys::{Keyring, NodeKeys};
+use liaison::node::{Node, NodeConfig, Partner};
+use liaison::packet::{Body, Packet};
+use liaison::pki::Ca;
+use liaison::seal::SealContext;
+use liaison::timestamp::Timestamp;
+use liaison::transport::TlsMaterial;
+use rand_core::OsRng;
+use time::OffsetDateTime;
+
+fn node_id(s: &str) -> NodeId {
+    s.parse().unwrap()
+}
+
+async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::Sender<bool>) {
+    let now = OffsetDateTime::now_utc();
+    let ca = Ca::generate("bench", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
+    let names = ["IT-DCSA", "ES-UDYCO"];
+    let keys: Vec<NodeKeys> = names.iter().map(|n| NodeKeys::generate(node_id(n), &mut OsRng)).collect();
+    let mut ring = Keyring::new();
+    for k in &keys {
+        ring.add(k.public().clone()).unwrap();
+    }
+    let sockets: Vec<UdpSocket> = names.iter().map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let addrs: Vec<_> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let mut nodes = Vec::new();
+    for (i, (k, socket)) in keys.into_iter().zip(sockets).enumerate() {
+        let cert = ca.issue(&node_id(names[i]), now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
+        let tls = TlsMaterial::from_pem(ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
+        let other = 1 - i;
+        let config = NodeConfig {
+            seal: SealContext::new(k, ring.clone()).unwrap(),
+            tls,
+            listen: addrs[i],
+            socket: Some(socket),
+            data_dir: dir.join(names[i]),
+            partners: vec![Partner { node: node_id(names[other]), addr: addrs[other] }],
+            retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },
+        };
+        nodes.push(Node::start(config, stop.subscribe()).await.unwrap());
+    }
+    let es = nodes.pop().unwrap();
+    let it = nodes.pop().unwrap();
+    (it, es, stop)
+}
+
+/// A packet of about `size` bytes of CBOR from IT-DCSA to ES-UDYCO.
+fn packet(priority: &str, size: usize) -> Packet {
+    let text = include_str!("../schemas/examples/clarification-request.json");
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    let env = v["envelope"].as_object_mut().unwrap();
+    for k in ["id", "created"] {
+        env.remove(k);
+    }
+    env.insert("originator".into(), serde_json::json!({"node": "IT-DCSA", "officer": "bench"}));
+    env.insert("recipients".into(), serde_json::json!(["ES-UDYCO"]));
+    env.insert("priority".into(), priority.into());
+    if priority == "ROUTINE" {
+        env.remove("urgency_reason");
+    }
+    env.insert("expires".into(), Timestamp::now().plus_secs(86_400).to_string().into());
+    let mut p = Packet::from_json_draft(&v.to_string(), Timestamp::now(), &mut OsRng).unwrap();
+    let pad = size.saturating_sub(p.to_cbor().len());
+    if let Body::ClarificationRequest(c) = &mut p.body {
+        c.questions[0].push_str(&"x".repeat(pad.min(16_000)));
+        let rest = pad.saturating_sub(16_000);
+        let mut left = rest;
+        while left > 0 {
+            let n = left.min(16_000);
+            c.questions.push("y".repeat(n));
+            left -= n;
+        }
+    }
+    p
+}
+
+fn delivered(n: &Node, id: PacketId) -> bool {
+    n.status(id).map(|s| matches!(s[0].state, EntryState::Delivered { .. })).unwrap_or(false)
+}
+
+async fn flash_latencies(it: &Node, samples: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let p = packet("FLASH", 1024);
+        let t = Instant::now();
+        let id = it.submit(&p).await.unwrap();
+        while !delivered(it, id) {
+            tokio::time::sleep(Duration::from_micros(50)).await;
+        }
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn pct(v: &[Duration], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (n_packets, samples, bulk_mib) = if quick { (2_000, 50, 32) } else { (20_000, 300, 256) };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (it, es, stop) = start_pair(dir.path()).await;
+
+        // Warm up: connection, caches.
+        let _ = flash_latencies(&it, 20).await;
+
+        println!("-- sustained: {n_packets} packets of 1 KiB, IT-DCSA -> ES-UDYCO, durable at both ends");
+        let packets: Vec<Packet> = (0..n_packets).map(|_| packet("ROUTINE", 1024)).collect();
+        let before = it.outbox_summary().get("delivered").copied().unwrap_or(0);
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for chunk in packets.chunks(n_packets / 64) {
+            let it = it.clone();
+            let chunk = chunk.to_vec();
+            tasks.push(tokio::spawn(async move {
+                for p in chunk {
+                    it.submit(&p).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let submitted = t.elapsed();
+        while it.outbox_summary().get("delivered").copied().unwrap_or(0) < before + n_packets {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let total = t.elapsed();
+        println!(
+            "submitted (sealed + flushed) in {:.2} s = {:.0}/s; all receipted in {:.2} s = {:.0} packets/s",
+            submitted.as_secs_f64(),
+            n_packets as f64 / submitted.as_secs_f64(),
+            total.as_secs_f64(),
+            n_packets as f64 / total.as_secs_f64()
+        );
+        assert!(es.inbox().unwrap().len() >= n_packets);
+
+        println!("\n-- FLASH submit -> verified receipt, idle link ({samples} samples)");
+        let idle = flash_latencies(&it, samples).await;
+        println!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&idle, 0.5), pct(&idle, 0.99), pct(&idle, 1.0));
+
+        println!("\n-- FLASH while {bulk_mib} MiB of ROUTINE (1 MiB packets) is in transfer on the same link");
+        let bulk: Vec<Packet> = (0..bulk_mib).map(|_| packet("ROUTINE", 1024 * 1024)).collect();
+        let mut ids = Vec::new();
+        for p in &bulk {
+            ids.push(it.submit(p).await.unwrap());
+        }
+        let busy = flash_latencies(&it, samples).await;
+        let bulk_done = ids.iter().filter(|id| delivered(&it, **id)).count();
+        println!(
+            "p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (bulk files delivered by the end of the samples: {bulk_done} of {bulk_mib})",
+            pct(&busy, 0.5),
+            pct(&busy, 0.99),
+            pct(&busy, 1.0)
+        );
+        let _ = stop.send(true);
+    });
+}
