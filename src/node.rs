@@ -605,12 +605,23 @@ impl Node {
         }
     }
 
+    /// Store writes for the outbox entries changed since the last call. In-flight is not worth
+    /// a flush: after a restart an in-flight entry is queued again anyway, which is exactly what
+    /// its last persisted (queued) state says.
+    fn dirty_ops(&self) -> Vec<Op> {
+        lock(&self.inner.outbox)
+            .take_dirty()
+            .iter()
+            .filter(|e| !matches!(e.state, crate::delivery::EntryState::InFlight { .. }))
+            .map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e))
+            .collect()
+    }
+
     async fn persist_dirty(&self) {
-        let dirty = lock(&self.inner.outbox).take_dirty();
-        if dirty.is_empty() {
+        let ops = self.dirty_ops();
+        if ops.is_empty() {
             return;
         }
-        let ops = dirty.iter().map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e)).collect();
         if let Err(e) = self.inner.store.commit(ops).await {
             // The in-memory state is ahead of the disk; after a restart the older state is
             // retried, which is safe (the receiver dedups).
