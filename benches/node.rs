@@ -2,7 +2,8 @@
 //! 1 KiB packets/s with durable signed receipts, and FLASH submit-to-verified-receipt latency,
 //! idle and while a bulk transfer runs on the same link.
 //!
-//! `cargo bench --bench node` (add `-- --quick` for a short run). Both nodes share this
+//! `cargo bench --bench node` (add `-- --quick` for a short run, `-- --throughput-only` to
+//! profile the sustained phase alone). Both nodes share this
 //! process's tokio runtime on the machine's cores, as two nodes on one machine would share it.
 //! Prints figures; asserts nothing (shared machines are noisy).
 
@@ -152,6 +153,10 @@ fn main() {
             n_packets as f64 / total.as_secs_f64()
         );
         assert!(es.inbox().unwrap().len() >= n_packets);
+        if std::env::args().any(|a| a == "--throughput-only") {
+            let _ = stop.send(true);
+            return;
+        }
 
         println!("\n-- FLASH submit -> verified receipt, idle link ({samples} samples)");
         let idle = flash_latencies(&it, samples).await;
