@@ -142,7 +142,7 @@ fn main() {
         }
         let submitted = t.elapsed();
         while it.outbox_summary().get("delivered").copied().unwrap_or(0) < before + n_packets {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let total = t.elapsed();
         println!(

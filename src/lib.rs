@@ -21,6 +21,7 @@
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
+//! - [`wire`] — framing on the lane streams: length-prefixed sealed packets and receipts.
 //! - [`config`] — node configuration (TOML + environment) validated into `Settings`.
 //! - [`serve`] — `liaison serve`: node + local API until SIGINT/SIGTERM, ordered shutdown.
 //! - [`api`] — the local HTTP+JSON API with per-client bearer tokens.
@@ -50,3 +51,4 @@ pub mod serve;
 pub mod store;
 pub mod timestamp;
 pub mod transport;
+pub mod wire;

@@ -3,16 +3,19 @@
 //! This is the I/O shell around [`crate::delivery`]: it moves bytes and time into the state
 //! machines and carries out what they ask. It never decides delivery policy itself.
 //!
-//! One packet copy travels on its own bidirectional QUIC stream: the sender writes the sealed
-//! bytes and finishes the stream; the receiver answers on the same stream with a sealed, signed
-//! `DeliveryReceipt` and finishes. A FLASH copy's stream gets a higher QUIC stream priority, so
-//! it is not stuck behind a large ROUTINE one on the same connection.
+//! To each partner, the node keeps one connection and on it one long-lived bidirectional stream
+//! per priority lane (see [`crate::wire`]). A lane writes sealed copies as frames, up to
+//! [`WINDOW`] of them ahead of their receipts; the receiver reads what has arrived, commits the
+//! whole batch with one flush, and answers with one sealed, signed `DeliveryReceipt` listing
+//! every copy of the batch. The FLASH lane's stream has the highest QUIC stream priority, so a
+//! FLASH alert is not stuck behind a large ROUTINE copy on the same connection.
 //!
 //! Durability, in order:
 //! - submit: the sealed copies and their outbox entries are committed (flushed) before the
 //!   packet id is returned and before anything is sent;
-//! - receive: the packet and the receipt are committed before the receipt leaves the node;
-//! - receipt at the sender: stored (with the new entry state) as soon as it is verified.
+//! - receive: the packets of a batch and the receipt are committed before the receipt leaves
+//!   the node;
+//! - receipt at the sender: stored (with the new entry states) as soon as it is verified.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,21 +23,32 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::delivery::{Entry, Inbox, Incoming, Millis, Outbox, ReceiptOutcome as Outcome, RetryPolicy, Transmit};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
-use crate::packet::{Body, Packet, ReceiptOutcome};
+use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
 use crate::seal::{peek_route, OpenError, SealContext, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
 use crate::transport::{self, TlsMaterial};
+use crate::wire;
 
-/// Most copies in flight to one partner at a time.
-const WINDOW: usize = 256;
+/// Most copies written ahead of their receipts, per lane.
+pub const WINDOW: usize = 256;
+
+/// Most bytes a receiving lane reads ahead of what it has committed.
+const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// A receiving lane closes a batch (commits and receipts it) at this many bytes, so large
+/// copies are receipted one or two at a time and the sender sees steady progress.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// The lanes, highest first; the index is the lane's slot.
+const LANES: [Priority; 3] = [Priority::Flash, Priority::Urgent, Priority::Routine];
 
 /// Why the node failed, or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -139,8 +153,7 @@ impl Node {
         for (k, v) in store.scan(Tree::Inbox, &[])? {
             let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
             let id = packet_id_of(&k)?;
-            let receipt = store.get(Tree::Issued, &k)?.unwrap_or_default();
-            inbox.record(id, rec.sender, rec.sealed_digest, receipt);
+            inbox.record(id, rec.sender, rec.sealed_digest, rec.received_at);
         }
         let server = transport::server_config(&config.tls)?;
         let client = transport::client_config(&config.tls)?;
@@ -338,125 +351,213 @@ impl Node {
         while let Ok((send, recv)) = conn.accept_bi().await {
             let node = self.clone();
             let peer = peer.clone();
-            tokio::spawn(async move {
-                if let Err(e) = node.receive(peer, send, recv).await {
-                    debug!(error = %e, "stream ended without a receipt");
-                }
-            });
+            tokio::spawn(async move { node.serve_stream(peer, send, recv).await });
         }
     }
 
-    /// One incoming copy: open, dedup, store, flush, receipt.
-    async fn receive(
-        &self,
-        peer: NodeId,
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-    ) -> Result<(), String> {
-        let bytes = recv.read_to_end(MAX_SEALED_BYTES).await.map_err(|e| e.to_string())?;
-        let digest = Digest::of(&bytes);
-        let now = Timestamp::now();
-        let opened = self.inner.seal.open(&bytes, now).and_then(|o| {
-            if o.route.sender == peer {
-                Ok(o)
-            } else {
-                Err(OpenError::HeaderMismatch(format!("sent by {} over the connection of {peer}", o.route.sender)))
-            }
-        });
-        let receipt = match opened {
-            Ok(opened) => {
-                let packet = &opened.signed.packet;
-                let id = packet.envelope.id;
-                let span = info_span!("packet", packet_id = %id, kind = %packet.packet_type());
-                let _enter = span.enter();
-                let class = lock(&self.inner.inbox).classify(id, &peer, &digest);
-                match class {
-                    Incoming::Duplicate { receipt } => {
-                        debug!("duplicate; receipted again");
-                        receipt
-                    }
-                    Incoming::DuplicateWithOtherBytes { receipt, .. } => {
-                        warn!("same packet id with other bytes; first receipt repeated");
-                        receipt
-                    }
-                    Incoming::New => {
-                        let receipt =
-                            self.receipt(&peer, id, packet.envelope.priority, digest, ReceiptOutcome::Accepted, now)?;
-                        let rec = InboxRecord {
-                            sender: peer.clone(),
-                            sealed_digest: digest,
-                            received_at: now_ms(),
-                            packet_type: packet.packet_type().as_str().into(),
-                            priority: packet.envelope.priority,
-                            due_by: packet.envelope.due_by,
-                            read: None,
-                        };
-                        let mut ops = vec![
-                            Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes.clone()),
-                            store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec),
-                            Op::Put(Tree::Issued, id.as_bytes().to_vec(), receipt.clone()),
-                        ];
-                        if let Body::ReadAck(ack) = &packet.body {
-                            let mut outbox = lock(&self.inner.outbox);
-                            outbox.handle_read_ack(
-                                ack.packet_id,
-                                &peer,
-                                ack.officer.clone(),
-                                crate::delivery::millis(ack.read_at),
-                            );
-                            ops.extend(
-                                outbox
-                                    .take_dirty()
-                                    .iter()
-                                    .map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e)),
-                            );
-                        }
-                        drop(_enter);
-                        self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
-                        lock(&self.inner.inbox).record(id, peer.clone(), digest, receipt.clone());
-                        info!(parent: &span, from = %peer, "stored and receipted");
-                        receipt
-                    }
+    /// One incoming lane: a reader task reads frames ahead (bounded in bytes), this task takes
+    /// whatever has arrived as one batch, commits it with one flush, and answers with one receipt.
+    async fn serve_stream(self, peer: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(MAX_RECEIPT_ITEMS);
+        let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES >> 10));
+        let reader = tokio::spawn(async move {
+            loop {
+                let len = match wire::read_len(&mut recv, MAX_SEALED_BYTES).await {
+                    Ok(Some(len)) => len,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                let kib = u32::try_from((len >> 10) + 1).unwrap_or(u32::MAX).min((READ_AHEAD_BYTES >> 10) as u32);
+                let Ok(permit) = budget.clone().acquire_many_owned(kib).await else { return Ok(()) };
+                let frame = wire::read_body(&mut recv, len).await?;
+                if tx.send((frame, permit)).await.is_err() {
+                    return Ok(());
                 }
             }
-            Err(e) => {
-                let Ok(route) = peek_route(&bytes) else {
-                    warn!(error = %e, "unreadable packet; no receipt possible");
-                    let _ = send.reset(quinn::VarInt::from_u32(2));
-                    return Err(e.to_string());
-                };
-                warn!(packet_id = %route.packet_id, code = e.code(), error = %e, "rejected");
-                let outcome = ReceiptOutcome::Rejected { code: e.code().into(), reason: e.to_string() };
-                self.receipt(&peer, route.packet_id, route.priority, digest, outcome, now)?
+        });
+        let mut prioritised = false;
+        while let Some(first) = rx.recv().await {
+            let mut bytes = first.0.len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_RECEIPT_ITEMS && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(f) => {
+                        bytes += f.0.len();
+                        batch.push(f);
+                    }
+                    Err(_) => break,
+                }
             }
-        };
-        send.write_all(&receipt).await.map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())?;
-        Ok(())
+            let frames: Vec<Vec<u8>> = batch.into_iter().map(|(f, _permit)| f).collect();
+            let (receipt, lane) = match self.receive_batch(&peer, frames).await {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Nothing of the batch was acknowledged; the sender will send it again.
+                    warn!(error = %e, "could not store a batch; closing the lane");
+                    let _ = send.reset(quinn::VarInt::from_u32(3));
+                    break;
+                }
+            };
+            if !prioritised {
+                let _ = send.set_priority(lane_priority(lane));
+                prioritised = true;
+            }
+            if let Err(e) = wire::write_frame(&mut send, &receipt).await {
+                debug!(error = %e, "lane closed before its receipt");
+                break;
+            }
+        }
+        match reader.await {
+            Ok(Err(e)) => {
+                debug!(error = %e, "lane ended");
+                let _ = send.reset(quinn::VarInt::from_u32(2));
+            }
+            _ => {
+                let _ = send.finish();
+            }
+        }
     }
 
-    fn receipt(
+    /// One batch of incoming copies: open each, dedup, store all, flush once, and sign one
+    /// receipt listing every copy (or `None` if no copy could even be attributed to a packet).
+    async fn receive_batch(
         &self,
-        to: &NodeId,
-        about: PacketId,
-        priority: Priority,
-        digest: Digest,
-        outcome: ReceiptOutcome,
-        now: Timestamp,
-    ) -> Result<Vec<u8>, String> {
-        let p =
-            Packet::delivery_receipt(&self.inner.me, to, about, priority, digest, outcome, now, &mut rand_core::OsRng);
-        let mut sealed = self.inner.seal.seal(&p, &mut rand_core::OsRng).map_err(|e| e.to_string())?;
-        Ok(sealed.pop().map(|s| s.bytes).unwrap_or_default())
+        peer: &NodeId,
+        frames: Vec<Vec<u8>>,
+    ) -> Result<Option<(Vec<u8>, Priority)>, NodeError> {
+        let received_ms = now_ms();
+        let now = Timestamp::from_unix((received_ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now());
+        let mut items = Vec::with_capacity(frames.len());
+        let mut ops = Vec::new();
+        let mut new: HashMap<PacketId, (Digest, InboxRecord)> = HashMap::new();
+        let mut lane = Priority::Routine;
+        for bytes in frames {
+            let digest = Digest::of(&bytes);
+            let opened = self.inner.seal.open(&bytes, now).and_then(|o| {
+                if o.route.sender == *peer {
+                    Ok(o)
+                } else {
+                    Err(OpenError::HeaderMismatch(format!("sent by {} over the connection of {peer}", o.route.sender)))
+                }
+            });
+            let opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    let Ok(route) = peek_route(&bytes) else {
+                        warn!(error = %e, "unreadable packet; no receipt possible");
+                        continue;
+                    };
+                    warn!(packet_id = %route.packet_id, code = e.code(), error = %e, "rejected");
+                    lane = lane.min(route.priority);
+                    let outcome = ReceiptOutcome::Rejected { code: e.code().into(), reason: e.to_string() };
+                    items.push(ReceiptItem {
+                        packet_id: route.packet_id,
+                        received_at: now,
+                        sealed_digest: digest,
+                        outcome,
+                    });
+                    continue;
+                }
+            };
+            let packet = &opened.signed.packet;
+            let id = packet.envelope.id;
+            lane = lane.min(packet.envelope.priority);
+            let span = info_span!("packet", packet_id = %id, kind = %packet.packet_type());
+            let _enter = span.enter();
+            let class = match new.get(&id) {
+                // A copy sent twice within one batch.
+                Some((first, rec)) if first.ct_eq(&digest) => {
+                    crate::delivery::Incoming::Duplicate { received_at: rec.received_at }
+                }
+                Some((first, rec)) => {
+                    crate::delivery::Incoming::DuplicateWithOtherBytes { received_at: rec.received_at, first: *first }
+                }
+                None => lock(&self.inner.inbox).classify(id, peer, &digest),
+            };
+            let item = match class {
+                Incoming::Duplicate { received_at } => {
+                    debug!("duplicate; receipted again");
+                    ReceiptItem {
+                        packet_id: id,
+                        received_at: timestamp_of(received_at),
+                        sealed_digest: digest,
+                        outcome: ReceiptOutcome::Accepted,
+                    }
+                }
+                Incoming::DuplicateWithOtherBytes { received_at, first } => {
+                    warn!("same packet id with other bytes; receipted as the first copy");
+                    ReceiptItem {
+                        packet_id: id,
+                        received_at: timestamp_of(received_at),
+                        sealed_digest: first,
+                        outcome: ReceiptOutcome::Accepted,
+                    }
+                }
+                Incoming::New => {
+                    let rec = InboxRecord {
+                        sender: peer.clone(),
+                        sealed_digest: digest,
+                        received_at: received_ms,
+                        packet_type: packet.packet_type().as_str().into(),
+                        priority: packet.envelope.priority,
+                        due_by: packet.envelope.due_by,
+                        read: None,
+                    };
+                    ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes));
+                    ops.push(store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec));
+                    if let Body::ReadAck(ack) = &packet.body {
+                        let mut outbox = lock(&self.inner.outbox);
+                        outbox.handle_read_ack(
+                            ack.packet_id,
+                            peer,
+                            ack.officer.clone(),
+                            crate::delivery::millis(ack.read_at),
+                        );
+                        ops.extend(
+                            outbox
+                                .take_dirty()
+                                .iter()
+                                .map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e)),
+                        );
+                    }
+                    new.insert(id, (digest, rec));
+                    ReceiptItem {
+                        packet_id: id,
+                        received_at: now,
+                        sealed_digest: digest,
+                        outcome: ReceiptOutcome::Accepted,
+                    }
+                }
+            };
+            items.push(item);
+        }
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let count = items.len();
+        let receipt = Packet::delivery_receipt(&self.inner.me, peer, lane, items, now, &mut rand_core::OsRng);
+        let receipt_id = receipt.envelope.id;
+        let sealed = self.inner.seal.seal(&receipt, &mut rand_core::OsRng)?.pop().map(|s| s.bytes).unwrap_or_default();
+        ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
+        self.inner.store.commit(ops).await?;
+        {
+            let mut inbox = lock(&self.inner.inbox);
+            for (id, (digest, rec)) in &new {
+                inbox.record(*id, peer.clone(), *digest, rec.received_at);
+            }
+        }
+        info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
+        Ok(Some((sealed, lane)))
     }
 
-    /// Keeps a connection to `peer` while there is something to send, and sends.
+    /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
     async fn sender_loop(self, peer: NodeId) {
         let Some(addr) = self.inner.partners.get(&peer).copied() else { return };
         let Some(wake) = self.inner.wake.get(&peer).cloned() else { return };
-        let window = Arc::new(Semaphore::new(WINDOW));
         let mut shutdown = self.inner.shutdown.clone();
         let mut conn: Option<quinn::Connection> = None;
+        let mut lanes: [Option<LaneHandle>; 3] = [None, None, None];
         let mut failures = 0u32;
         loop {
             if *shutdown.borrow() {
@@ -468,14 +569,16 @@ impl Node {
                 outbox.poll_timeout()
             };
             self.persist_dirty().await;
+            let idle = |next: Option<Millis>| {
+                next.map_or(Duration::from_secs(1), |t| {
+                    Duration::from_millis(t.saturating_sub(now_ms()).clamp(1, 1000))
+                })
+            };
             let has_ready = lock(&self.inner.outbox).ready_recipients(now_ms()).contains(&peer);
             if !has_ready {
-                let sleep = next.map_or(Duration::from_secs(1), |t| {
-                    Duration::from_millis(t.saturating_sub(now_ms()).clamp(1, 1000))
-                });
                 tokio::select! {
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(sleep) => {}
+                    _ = tokio::time::sleep(idle(next)) => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
@@ -486,6 +589,7 @@ impl Node {
                     Ok(c) => {
                         failures = 0;
                         conn = Some(c.clone());
+                        lanes = [None, None, None];
                         c
                     }
                     Err(e) => {
@@ -505,22 +609,33 @@ impl Node {
                     }
                 },
             };
-            loop {
-                let Ok(permit) = window.clone().try_acquire_owned() else {
-                    // Window full: wait for a slot.
-                    let _ = window.clone().acquire_owned().await.map(drop);
-                    break;
-                };
-                let t = lock(&self.inner.outbox).poll_transmit(now_ms(), &peer);
-                let Some(t) = t else { break };
-                let node = self.clone();
-                let c = c.clone();
-                tokio::spawn(async move {
-                    node.transmit(c, t).await;
-                    drop(permit);
-                });
+            let mut fed = 0usize;
+            for (slot, lane) in LANES.into_iter().enumerate() {
+                loop {
+                    let handle = match &lanes[slot] {
+                        Some(h) if !h.jobs.is_closed() => h,
+                        _ => lanes[slot].insert(self.open_lane(c.clone(), peer.clone(), lane)),
+                    };
+                    let Ok(permit) = handle.window.clone().try_acquire_owned() else { break };
+                    let t = lock(&self.inner.outbox).poll_transmit_lane(now_ms(), &peer, lane);
+                    let Some(t) = t else { break };
+                    if let Err(mpsc::error::SendError(job)) = handle.jobs.send(Job { t, _permit: permit }) {
+                        // The lane ended between the check and the send: try again later.
+                        lock(&self.inner.outbox).handle_send_failed(now_ms(), job.t.packet_id, &peer);
+                        break;
+                    }
+                    fed += 1;
+                }
             }
             self.persist_dirty().await;
+            if fed == 0 {
+                // Every lane with something to send has a full window: wait for a receipt.
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(idle(next)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
         }
     }
 
@@ -534,75 +649,190 @@ impl Node {
         Ok(conn)
     }
 
-    /// Sends one copy and processes its receipt.
-    async fn transmit(&self, conn: quinn::Connection, t: Transmit) {
-        let span = info_span!("transmit", packet_id = %t.packet_id, to = %t.recipient, attempt = t.attempt);
-        let result = self.try_transmit(&conn, &t).instrument(span.clone()).await;
-        let _enter = span.enter();
-        match result {
-            Ok(()) => {}
-            Err(e) => {
-                debug!(error = %e, "send failed; will retry");
-                lock(&self.inner.outbox).handle_send_failed(now_ms(), t.packet_id, &t.recipient);
+    /// Starts a lane task; its stream is opened with the first copy.
+    fn open_lane(&self, conn: quinn::Connection, peer: NodeId, lane: Priority) -> LaneHandle {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let window = Arc::new(Semaphore::new(WINDOW));
+        let span = info_span!("lane", peer = %peer, lane = lane.as_str());
+        tokio::spawn(self.clone().run_lane(conn, peer, lane, rx).instrument(span));
+        LaneHandle { jobs, window }
+    }
+
+    /// One outgoing lane: writes copies as they come, reads the receipts as they come back.
+    /// When the stream fails, every copy still waiting in it goes back to the queue.
+    async fn run_lane(
+        self,
+        conn: quinn::Connection,
+        peer: NodeId,
+        lane: Priority,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+    ) {
+        let in_flight: Mutex<InFlight> = Mutex::new(InFlight::default());
+        let result = async {
+            let Some(first) = jobs.recv().await else { return Ok(()) };
+            let (mut send, mut recv) = match conn.open_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    lock(&in_flight).written(first);
+                    return Err(e.to_string());
+                }
+            };
+            let _ = send.set_priority(lane_priority(lane));
+            let writer = async {
+                let mut next = Some(first);
+                while let Some(job) = next {
+                    self.write_copy(&mut send, job, &in_flight).await?;
+                    next = jobs.recv().await;
+                }
+                // The node is closing this lane: finish, then let the reader collect receipts.
+                let _ = send.finish();
+                std::future::pending::<Result<(), String>>().await
+            };
+            let reader = async {
+                let wait = Duration::from_millis(self.inner.retry.receipt_timeout);
+                loop {
+                    let frame = match tokio::time::timeout(wait, wire::read_frame(&mut recv, MAX_SEALED_BYTES)).await {
+                        Err(_) if lock(&in_flight).jobs.is_empty() => continue,
+                        Err(_) => return Err("no receipt in time".to_owned()),
+                        Ok(r) => r.map_err(|e| e.to_string())?,
+                    };
+                    let Some(frame) = frame else { return Ok(()) };
+                    self.apply_receipt(&peer, &frame, &in_flight).await?;
+                }
+            };
+            tokio::select! {
+                r = writer => r,
+                r = reader => r,
             }
         }
-        drop(_enter);
+        .await;
+        if let Err(e) = &result {
+            debug!(error = %e, "lane failed; its copies will be sent again");
+        }
+        jobs.close();
+        let mut failed: Vec<Transmit> = lock(&in_flight).jobs.drain().map(|(_, (_, j))| j.t).collect();
+        while let Ok(job) = jobs.try_recv() {
+            failed.push(job.t);
+        }
+        {
+            let mut outbox = lock(&self.inner.outbox);
+            for t in &failed {
+                outbox.handle_send_failed(now_ms(), t.packet_id, &t.recipient);
+            }
+        }
         self.persist_dirty().await;
-        if let Some(w) = self.inner.wake.get(&t.recipient) {
+        if let Some(w) = self.inner.wake.get(&peer) {
             w.notify_one();
         }
     }
 
-    async fn try_transmit(&self, conn: &quinn::Connection, t: &Transmit) -> Result<(), String> {
-        let key = pair_key(t.packet_id, &t.recipient);
-        let bytes =
-            self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())?.ok_or("sealed copy missing")?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        let _ = send.set_priority(match t.priority {
-            Priority::Flash => 2,
-            Priority::Urgent => 1,
-            Priority::Routine => 0,
-        });
-        send.write_all(&bytes).await.map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())?;
-        let wait = Duration::from_millis(self.inner.retry.receipt_timeout);
-        let receipt = tokio::time::timeout(wait, recv.read_to_end(MAX_SEALED_BYTES))
-            .await
-            .map_err(|_| "no receipt in time".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let opened = self.inner.seal.open(&receipt, Timestamp::now()).map_err(|e| format!("receipt refused: {e}"))?;
+    /// Writes one copy on its lane, unless it stopped being in flight while it waited.
+    async fn write_copy(
+        &self,
+        send: &mut quinn::SendStream,
+        job: Job,
+        in_flight: &Mutex<InFlight>,
+    ) -> Result<(), String> {
+        if !lock(&self.inner.outbox).is_in_flight(&job.t) {
+            // Timed out or expired while it waited in the lane: its window slot is free again.
+            let peer = job.t.recipient.clone();
+            drop(job);
+            if let Some(w) = self.inner.wake.get(&peer) {
+                w.notify_one();
+            }
+            return Ok(());
+        }
+        let key = pair_key(job.t.packet_id, &job.t.recipient);
+        let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
+            warn!(packet_id = %job.t.packet_id, "sealed copy missing from the store; cannot send");
+            return Ok(());
+        };
+        let t = job.t.clone();
+        lock(in_flight).written(job);
+        wire::write_frame(send, &bytes).await.map_err(|e| e.to_string())?;
+        lock(&self.inner.outbox).handle_written(now_ms(), &t);
+        debug!(packet_id = %t.packet_id, attempt = t.attempt, bytes = bytes.len(), "copy written");
+        Ok(())
+    }
+
+    /// A receipt came back on a lane: verify it, apply each item, store it with the new entry
+    /// states in one commit, and free the window.
+    async fn apply_receipt(&self, peer: &NodeId, bytes: &[u8], in_flight: &Mutex<InFlight>) -> Result<(), String> {
+        let opened = self.inner.seal.open(bytes, Timestamp::now()).map_err(|e| format!("receipt refused: {e}"))?;
         let Body::DeliveryReceipt(r) = &opened.signed.packet.body else {
             return Err("answer is not a delivery receipt".into());
         };
-        if opened.route.sender != t.recipient || r.receiver != t.recipient || r.packet_id != t.packet_id {
-            return Err("receipt names another packet or receiver".into());
+        if opened.route.sender != *peer || r.receiver != *peer {
+            return Err("receipt signed by another node".into());
         }
-        let outcome = match &r.outcome {
-            ReceiptOutcome::Accepted => Outcome::Accepted { received_at: crate::delivery::millis(r.received_at) },
-            ReceiptOutcome::Rejected { code, reason } => {
-                Outcome::Rejected { code: code.clone(), reason: reason.clone() }
+        let receipt_id = opened.signed.packet.envelope.id;
+        let mut done = Vec::with_capacity(r.receipts.len());
+        let mut ops = Vec::new();
+        {
+            let mut outbox = lock(&self.inner.outbox);
+            let mut waiting = lock(in_flight);
+            let mut last = None;
+            for item in &r.receipts {
+                if let Some((seq, job)) = waiting.jobs.remove(&item.packet_id) {
+                    last = last.max(Some(seq));
+                    done.push(job);
+                }
+                let outcome = match &item.outcome {
+                    ReceiptOutcome::Accepted => {
+                        Outcome::Accepted { received_at: crate::delivery::millis(item.received_at) }
+                    }
+                    ReceiptOutcome::Rejected { code, reason } => {
+                        Outcome::Rejected { code: code.clone(), reason: reason.clone() }
+                    }
+                };
+                let span = info_span!("receipt", packet_id = %item.packet_id, receipt = %receipt_id);
+                let _enter = span.enter();
+                match outbox.handle_receipt(now_ms(), item.packet_id, peer, item.sealed_digest, outcome) {
+                    crate::delivery::ReceiptMatch::Completed => {
+                        ops.push(Op::Put(
+                            Tree::ReceiptIndex,
+                            pair_key(item.packet_id, peer),
+                            receipt_id.as_bytes().to_vec(),
+                        ));
+                        match &item.outcome {
+                            ReceiptOutcome::Accepted => info!("delivered"),
+                            ReceiptOutcome::Rejected { code, .. } => warn!(%code, "rejected by the partner"),
+                        }
+                    }
+                    crate::delivery::ReceiptMatch::DigestMismatch => {
+                        warn!("receipt names other bytes than were sent; will send again")
+                    }
+                    other => debug!(?other, "receipt item not applied"),
+                }
             }
-        };
-        let m = lock(&self.inner.outbox).handle_receipt(now_ms(), t.packet_id, &t.recipient, r.sealed_digest, outcome);
-        match m {
-            crate::delivery::ReceiptMatch::Completed => {
-                self.inner
-                    .store
-                    .commit(vec![Op::Put(Tree::Receipts, key, receipt)])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                info!(
-                    outcome = if matches!(r.outcome, ReceiptOutcome::Accepted) { "delivered" } else { "rejected" },
-                    "receipt verified and stored"
-                );
-                Ok(())
-            }
-            crate::delivery::ReceiptMatch::DigestMismatch => Err("receipt names other bytes than were sent".into()),
-            other => {
-                debug!(?other, "receipt not applied");
-                Ok(())
+            // The stream is ordered: a copy written before the last one receipted here, and not
+            // receipted itself, was dropped by the receiver (unreadable) and must be sent again;
+            // a copy written after it is still on its way, and the receipt timer restarts.
+            if let Some(last) = last {
+                let now = now_ms();
+                let skipped: Vec<PacketId> =
+                    waiting.jobs.iter().filter(|(_, (seq, _))| *seq < last).map(|(id, _)| *id).collect();
+                for id in skipped {
+                    if let Some((_, job)) = waiting.jobs.remove(&id) {
+                        outbox.handle_send_failed(now, id, peer);
+                        done.push(job);
+                    }
+                }
+                for (_, job) in waiting.jobs.values() {
+                    outbox.handle_written(now, &job.t);
+                }
             }
         }
+        if !ops.is_empty() {
+            ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), bytes.to_vec()));
+            ops.extend(self.dirty_ops());
+            self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
+        }
+        drop(done);
+        if let Some(w) = self.inner.wake.get(peer) {
+            w.notify_one();
+        }
+        Ok(())
     }
 
     /// Store writes for the outbox entries changed since the last call. In-flight is not worth
@@ -628,6 +858,46 @@ impl Node {
             warn!(error = %e, "could not persist outbox state");
         }
     }
+}
+
+/// A copy handed to a lane, holding its slot in the lane's window until receipted or failed.
+struct Job {
+    t: Transmit,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The copies a lane has written and not yet seen receipted, with their write order.
+#[derive(Default)]
+struct InFlight {
+    next: u64,
+    jobs: HashMap<PacketId, (u64, Job)>,
+}
+
+impl InFlight {
+    fn written(&mut self, job: Job) {
+        self.next += 1;
+        self.jobs.insert(job.t.packet_id, (self.next, job));
+    }
+}
+
+/// The sender loop's handle on a lane task.
+struct LaneHandle {
+    jobs: mpsc::UnboundedSender<Job>,
+    window: Arc<Semaphore>,
+}
+
+/// The QUIC stream priority of a lane: FLASH highest.
+fn lane_priority(lane: Priority) -> i32 {
+    match lane {
+        Priority::Flash => 2,
+        Priority::Urgent => 1,
+        Priority::Routine => 0,
+    }
+}
+
+/// A [`Millis`] as a receipt's (whole-second) timestamp.
+fn timestamp_of(ms: Millis) -> Timestamp {
+    Timestamp::from_unix((ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now())
 }
 
 fn packet_id_of(key: &[u8]) -> Result<PacketId, StoreError> {

@@ -31,8 +31,9 @@ use crate::delivery::{Entry, Millis};
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 
-/// The store format this code writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The store format this code writes. 2: receipts cover batches (`receipts` by receipt id plus
+/// `receipt_index`; `issued` by receipt id).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,11 +67,13 @@ pub enum Tree {
     Outbox,
     /// Sealed copies waiting to be (re)sent.
     Sealed,
-    /// Receipts received.
+    /// Signed receipts received, by the receipt's own packet id (one receipt covers a batch).
     Receipts,
+    /// Which receipt delivered each (packet, recipient): pair key -> receipt packet id.
+    ReceiptIndex,
     /// Packets received.
     Inbox,
-    /// Receipts issued.
+    /// Signed receipts issued, by the receipt's own packet id.
     Issued,
     /// Signed packets received (COSE_Sign1), kept apart so listings never read payloads.
     Evidence,
@@ -80,8 +83,16 @@ pub enum Tree {
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 7] =
-        [Tree::Outbox, Tree::Sealed, Tree::Receipts, Tree::Inbox, Tree::Issued, Tree::Evidence, Tree::Meta];
+    pub const ALL: [Tree; 8] = [
+        Tree::Outbox,
+        Tree::Sealed,
+        Tree::Receipts,
+        Tree::ReceiptIndex,
+        Tree::Inbox,
+        Tree::Issued,
+        Tree::Evidence,
+        Tree::Meta,
+    ];
 
     /// The tree's name on disk.
     pub fn name(self) -> &'static str {
@@ -89,6 +100,7 @@ impl Tree {
             Self::Outbox => "outbox",
             Self::Sealed => "sealed",
             Self::Receipts => "receipts",
+            Self::ReceiptIndex => "receipt_index",
             Self::Inbox => "inbox",
             Self::Issued => "issued",
             Self::Evidence => "evidence",

@@ -52,7 +52,7 @@ impl Receiver {
     fn restart(&mut self, sender: &NodeId) {
         self.inbox = Inbox::new();
         for (id, (digest, accepted)) in &self.receipts {
-            self.inbox.record(*id, sender.clone(), *digest, vec![u8::from(*accepted)]);
+            self.inbox.record(*id, sender.clone(), *digest, u64::from(*accepted));
         }
     }
 }
@@ -219,7 +219,7 @@ impl Sim {
                                 assert_eq!(*times, 1, "seed {}: {} shows {id} twice", self.seed, r.name);
                             }
                             r.receipts.insert(id, (digest, accepted));
-                            r.inbox.record(id, sender, digest, vec![u8::from(accepted)]);
+                            r.inbox.record(id, sender, digest, now);
                         }
                         Incoming::Duplicate { .. } | Incoming::DuplicateWithOtherBytes { .. } => {}
                     }

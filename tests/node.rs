@@ -81,7 +81,7 @@ impl Federation {
             socket: Some(socket),
             data_dir: self.dir.path().join(name),
             partners,
-            retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 2_000 },
+            retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 10_000 },
         };
         Node::start(config, self.stop.subscribe()).await.unwrap()
     }

@@ -427,7 +427,8 @@ impl RawPeer {
         Self { endpoint }
     }
 
-    /// Sends `bytes` on a new stream of a new connection to the node; returns its answer.
+    /// Sends `bytes` as one frame on a new lane stream of a new connection to the node; returns
+    /// the receipt frame it answers with.
     async fn send(&self, port: u16, node: &str, bytes: &[u8]) -> Result<Vec<u8>, String> {
         let name = liaison::transport::server_name(&node.parse().unwrap());
         let conn =
@@ -438,9 +439,10 @@ impl RawPeer {
             .map_err(|e| e.to_string())?;
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            send.write_all(bytes).await.map_err(|e| e.to_string())?;
+            liaison::wire::write_frame(&mut send, bytes).await.map_err(|e| e.to_string())?;
             send.finish().map_err(|e| e.to_string())?;
-            recv.read_to_end(1 << 24).await.map_err(|e| e.to_string())
+            let answer = liaison::wire::read_frame(&mut recv, 1 << 24).await.map_err(|e| e.to_string())?;
+            answer.ok_or_else(|| "lane closed without a receipt".to_owned())
         };
         tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "timeout".to_owned())?
     }
@@ -458,13 +460,21 @@ fn packet_from(who: &str, to: &str) -> liaison::packet::Packet {
     .unwrap()
 }
 
-fn receipt_outcome(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::packet::ReceiptOutcome {
+/// The one item of a receipt for one copy, checked to be signed by IT-DCSA.
+fn receipt_item(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::packet::ReceiptItem {
     let opened = es.open(answer, liaison::timestamp::Timestamp::now()).expect("the answer is a sealed, signed packet");
     assert_eq!(opened.signed.packet.envelope.originator.node.as_str(), "IT-DCSA", "signed by the receiver");
     match opened.signed.packet.body {
-        liaison::packet::Body::DeliveryReceipt(r) => r.outcome,
+        liaison::packet::Body::DeliveryReceipt(mut r) => {
+            assert_eq!(r.receipts.len(), 1, "one copy sent, one item");
+            r.receipts.remove(0)
+        }
         other => panic!("not a receipt: {other:?}"),
     }
+}
+
+fn receipt_outcome(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::packet::ReceiptOutcome {
+    receipt_item(es, answer).outcome
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,12 +508,14 @@ async fn tampered_spoofed_and_replayed_packets() {
         other => panic!("{other:?}"),
     }
 
-    // A valid packet, replayed: receipted both times with the same receipt, shown once.
+    // A valid packet, replayed: receipted both times with the same statement, shown once.
     let good = es.seal(&packet_from("ES-UDYCO", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
-    let first = peer.send(port, "IT-DCSA", &good).await.unwrap();
-    assert_eq!(receipt_outcome(&es, &first), liaison::packet::ReceiptOutcome::Accepted);
-    let again = peer.send(port, "IT-DCSA", &good).await.unwrap();
-    assert_eq!(again, first, "the stored receipt is repeated");
+    let first = receipt_item(&es, &peer.send(port, "IT-DCSA", &good).await.unwrap());
+    assert_eq!(first.outcome, liaison::packet::ReceiptOutcome::Accepted);
+    assert_eq!(first.sealed_digest, liaison::encoding::Digest::of(&good));
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a later second, so a new time would show
+    let again = receipt_item(&es, &peer.send(port, "IT-DCSA", &good).await.unwrap());
+    assert_eq!(again, first, "the replay is receipted as the first arrival (same time, same digest)");
     assert_eq!(c.node("IT-DCSA").inbox_ids().len(), 1);
     let log = fs::read_to_string(&c.node("IT-DCSA").log).unwrap();
     assert!(

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use super::Millis;
 use crate::encoding::Digest;
 use crate::ids::{NodeId, PacketId};
 
@@ -10,23 +11,23 @@ use crate::ids::{NodeId, PacketId};
 pub enum Incoming {
     /// First time: store it, flush, then sign and send a receipt, then [`Inbox::record`] it.
     New,
-    /// Already stored: send the receipt issued the first time; do not show it again.
+    /// Already stored: receipt it again as the first time; do not show it again.
     Duplicate {
-        /// The receipt issued the first time (sealed bytes, as stored).
-        receipt: Vec<u8>,
+        /// When it was stored the first time.
+        received_at: Millis,
     },
     /// The same packet id from the same sender, but other sealed bytes than the first time
     /// (a sender that re-sealed after losing its state, or a replay of another copy). Shown once:
-    /// answered with the first receipt, and logged.
+    /// answered as the first time, and logged.
     DuplicateWithOtherBytes {
-        /// The receipt issued the first time.
-        receipt: Vec<u8>,
+        /// When it was stored the first time.
+        received_at: Millis,
         /// The digest stored the first time.
         first: Digest,
     },
 }
 
-/// Packet ids received, with the receipt issued for each. Backed by the store: the driver loads
+/// Packet ids received, with when each was stored (what its receipt says). Backed by the store: the driver loads
 /// it at start-up and persists each record before the receipt leaves the node.
 #[derive(Debug, Default)]
 pub struct Inbox {
@@ -37,7 +38,7 @@ pub struct Inbox {
 struct Seen {
     sender: NodeId,
     digest: Digest,
-    receipt: Vec<u8>,
+    received_at: Millis,
 }
 
 impl Inbox {
@@ -51,16 +52,16 @@ impl Inbox {
         match self.seen.get(&packet_id) {
             None => Incoming::New,
             Some(s) if s.sender == *sender && s.digest.ct_eq(digest) => {
-                Incoming::Duplicate { receipt: s.receipt.clone() }
+                Incoming::Duplicate { received_at: s.received_at }
             }
-            Some(s) => Incoming::DuplicateWithOtherBytes { receipt: s.receipt.clone(), first: s.digest },
+            Some(s) => Incoming::DuplicateWithOtherBytes { received_at: s.received_at, first: s.digest },
         }
     }
 
-    /// Records that `packet_id` was stored and receipted with `receipt`. Called with what was
-    /// persisted, at start-up and after each new packet.
-    pub fn record(&mut self, packet_id: PacketId, sender: NodeId, digest: Digest, receipt: Vec<u8>) {
-        self.seen.entry(packet_id).or_insert(Seen { sender, digest, receipt });
+    /// Records that `packet_id` was stored at `received_at`. Called with what was persisted, at
+    /// start-up and after each new packet.
+    pub fn record(&mut self, packet_id: PacketId, sender: NodeId, digest: Digest, received_at: Millis) {
+        self.seen.entry(packet_id).or_insert(Seen { sender, digest, received_at });
     }
 
     /// How many packets have been received.
@@ -85,15 +86,12 @@ mod tests {
         let it: NodeId = "IT-DCSA".parse().unwrap();
         let d = Digest::of(b"sealed");
         assert_eq!(inbox.classify(id, &it, &d), Incoming::New);
-        inbox.record(id, it.clone(), d, b"receipt-1".to_vec());
-        assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { receipt: b"receipt-1".to_vec() });
+        inbox.record(id, it.clone(), d, 1);
+        assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 });
         let other = Digest::of(b"resealed");
-        assert_eq!(
-            inbox.classify(id, &it, &other),
-            Incoming::DuplicateWithOtherBytes { receipt: b"receipt-1".to_vec(), first: d }
-        );
-        inbox.record(id, it.clone(), other, b"receipt-2".to_vec());
-        assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { receipt: b"receipt-1".to_vec() }, "first wins");
+        assert_eq!(inbox.classify(id, &it, &other), Incoming::DuplicateWithOtherBytes { received_at: 1, first: d });
+        inbox.record(id, it.clone(), other, 2);
+        assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 }, "first wins");
         assert_eq!(inbox.len(), 1);
     }
 }

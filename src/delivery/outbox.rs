@@ -152,8 +152,8 @@ pub struct Outbox {
     entries: HashMap<Key, Entry>,
     /// Queued entries whose backoff has not passed: (not_before, key).
     waiting: BTreeSet<(Millis, Key)>,
-    /// Queued entries ready to send, per recipient: (lane, submitted, key).
-    ready: HashMap<NodeId, BTreeSet<(Priority, Millis, Key)>>,
+    /// Queued entries ready to send, per recipient and lane: (submitted, key).
+    ready: HashMap<(NodeId, Priority), BTreeSet<(Millis, Key)>>,
     /// In-flight entries by receipt deadline.
     deadlines: BTreeSet<(Millis, Key)>,
     /// Non-terminal entries by expiry.
@@ -249,10 +249,25 @@ impl Outbox {
     /// The next copy to send to `recipient`, FLASH first, oldest first within a lane. Marks it in
     /// flight. The driver calls this when it has a connection to `recipient` and room to send.
     pub fn poll_transmit(&mut self, now: Millis, recipient: &NodeId) -> Option<Transmit> {
+        self.poll(now, recipient, None)
+    }
+
+    /// Like [`Outbox::poll_transmit`], for one lane only: the driver has room in that lane's
+    /// window but perhaps not in the others.
+    pub fn poll_transmit_lane(&mut self, now: Millis, recipient: &NodeId, lane: Priority) -> Option<Transmit> {
+        self.poll(now, recipient, Some(lane))
+    }
+
+    fn poll(&mut self, now: Millis, recipient: &NodeId, lane: Option<Priority>) -> Option<Transmit> {
         self.wake(now);
         self.expire(now);
-        let queue = self.ready.get_mut(recipient)?;
-        let (_, _, k) = queue.pop_first()?;
+        let lanes = match lane {
+            Some(lane) => vec![lane],
+            None => vec![Priority::Flash, Priority::Urgent, Priority::Routine],
+        };
+        let (_, k) = lanes
+            .into_iter()
+            .find_map(|lane| self.ready.get_mut(&(recipient.clone(), lane)).and_then(BTreeSet::pop_first))?;
         let deadline = now.saturating_add(self.policy.receipt_timeout);
         let e = self.entries.get_mut(&k)?;
         e.attempts = e.attempts.saturating_add(1);
@@ -268,11 +283,41 @@ impl Outbox {
         Some(t)
     }
 
+    /// The copy of `t` has been written to the network, or its connection showed progress: its
+    /// receipt is awaited from `now` (a copy can wait in its lane before it is written, and
+    /// behind large copies after). Returns `false` if the copy is no
+    /// longer in flight for this attempt (it timed out, expired or was receipted meanwhile), in
+    /// which case the driver must not write it.
+    pub fn handle_written(&mut self, now: Millis, t: &Transmit) -> bool {
+        let k = (t.packet_id, t.recipient.clone());
+        let Some(e) = self.entries.get_mut(&k) else { return false };
+        let EntryState::InFlight { since, deadline } = e.state else { return false };
+        if e.attempts != t.attempt {
+            return false;
+        }
+        let new_deadline = now.saturating_add(self.policy.receipt_timeout).max(deadline);
+        self.deadlines.remove(&(deadline, k.clone()));
+        self.deadlines.insert((new_deadline, k));
+        e.state = EntryState::InFlight { since, deadline: new_deadline };
+        true
+    }
+
+    /// Whether `t` is still in flight for its attempt (nothing else happened to it meanwhile).
+    pub fn is_in_flight(&self, t: &Transmit) -> bool {
+        self.entries
+            .get(&(t.packet_id, t.recipient.clone()))
+            .is_some_and(|e| e.attempts == t.attempt && matches!(e.state, EntryState::InFlight { .. }))
+    }
+
     /// Recipients that have copies ready to send now.
     pub fn ready_recipients(&mut self, now: Millis) -> Vec<NodeId> {
         self.wake(now);
         self.expire(now);
-        self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|(n, _)| n.clone()).collect()
+        let mut v: Vec<NodeId> =
+            self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|((n, _), _)| n.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// A send failed (connection lost, stream reset, peer unreachable): retry after backoff.
@@ -398,7 +443,7 @@ impl Outbox {
             }
             self.waiting.pop_first();
             if let Some(e) = self.entries.get(&k) {
-                self.ready.entry(k.1.clone()).or_default().insert((e.priority, e.submitted, k));
+                self.ready.entry((k.1.clone(), e.priority)).or_default().insert((e.submitted, k));
             }
         }
     }
@@ -429,8 +474,8 @@ impl Outbox {
         match e.state {
             EntryState::Queued { not_before } => {
                 self.waiting.remove(&(not_before, k.clone()));
-                if let Some(q) = self.ready.get_mut(&k.1) {
-                    q.remove(&(e.priority, e.submitted, k.clone()));
+                if let Some(q) = self.ready.get_mut(&(k.1.clone(), e.priority)) {
+                    q.remove(&(e.submitted, k.clone()));
                 }
             }
             EntryState::InFlight { deadline, .. } => {

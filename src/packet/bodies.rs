@@ -522,14 +522,29 @@ pub struct ClarificationRequest {
     pub questions: Vec<String>,
 }
 
-/// Signed proof that a node received (and stored) or rejected a packet.
+/// Signed proof that a node received (and stored) or rejected packets.
+///
+/// A receiver signs one receipt for every batch of copies it committed together (one flush), so
+/// a busy link costs one signature per batch instead of one per packet; each item is still a
+/// complete statement about one packet copy, and the receipt as a whole is the evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryReceipt {
-    /// The packet this receipt is about.
-    pub packet_id: PacketId,
     /// The receiving node.
     pub receiver: NodeId,
+    /// One item per packet copy, at most [`MAX_RECEIPT_ITEMS`].
+    pub receipts: Vec<ReceiptItem>,
+}
+
+/// Most items in one [`DeliveryReceipt`].
+pub const MAX_RECEIPT_ITEMS: usize = 1024;
+
+/// What a receiver says about one packet copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptItem {
+    /// The packet this item is about.
+    pub packet_id: PacketId,
     /// When it was received (stored, for an accepted packet).
     pub received_at: Timestamp,
     /// SHA-256 of the exact sealed bytes received.
@@ -585,10 +600,16 @@ impl ClarificationRequest {
 
 impl DeliveryReceipt {
     pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
-        if let ReceiptOutcome::Rejected { code, reason } = &self.outcome {
-            let rc = c.at("outcome").at("rejected");
-            text(&rc.at("code"), code, SHORT)?;
-            text(&rc.at("reason"), reason, LONG)?;
+        let items = c.at("receipts");
+        if self.receipts.is_empty() || self.receipts.len() > MAX_RECEIPT_ITEMS {
+            return Err(items.invalid(format!("must hold 1 to {MAX_RECEIPT_ITEMS} items")));
+        }
+        for (i, item) in self.receipts.iter().enumerate() {
+            if let ReceiptOutcome::Rejected { code, reason } = &item.outcome {
+                let rc = items.idx(i).at("outcome").at("rejected");
+                text(&rc.at("code"), code, SHORT)?;
+                text(&rc.at("reason"), reason, LONG)?;
+            }
         }
         Ok(())
     }

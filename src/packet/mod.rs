@@ -343,26 +343,18 @@ impl Packet {
         Ok(packet)
     }
 
-    /// A delivery receipt from `receiver` to `to` about packet `about` (which had `priority`),
-    /// naming the digest of the exact sealed bytes received.
-    #[allow(clippy::too_many_arguments)]
+    /// A signed receipt from `receiver` to `to` for a batch of copies `to` sent; `in_reply_to`
+    /// names the first. `items` must not be empty (checked when sealed).
     pub fn delivery_receipt(
         receiver: &NodeId,
         to: &NodeId,
-        about: PacketId,
         priority: Priority,
-        sealed_digest: crate::encoding::Digest,
-        outcome: ReceiptOutcome,
+        items: Vec<ReceiptItem>,
         now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
-        let body = Body::DeliveryReceipt(DeliveryReceipt {
-            packet_id: about,
-            receiver: receiver.clone(),
-            received_at: now,
-            sealed_digest,
-            outcome,
-        });
+        let about = items.first().map_or(PacketId::from_bytes([0; 16]), |i| i.packet_id);
+        let body = Body::DeliveryReceipt(DeliveryReceipt { receiver: receiver.clone(), receipts: items });
         Self::system(receiver, to, about, priority, body, now, rng)
     }
 
@@ -543,8 +535,8 @@ impl Packet {
             }
             Body::ClarificationRequest(x) => x.check(&b),
             Body::DeliveryReceipt(x) => {
-                if e.in_reply_to != Some(x.packet_id) {
-                    return Err(c.at("in_reply_to").invalid("must equal the receipted packet_id"));
+                if e.in_reply_to.is_none() || e.in_reply_to != x.receipts.first().map(|i| i.packet_id) {
+                    return Err(c.at("in_reply_to").invalid("must equal the first receipted packet_id"));
                 }
                 if x.receiver != e.originator.node {
                     return Err(b.at("receiver").invalid("a receipt is issued by the receiving node itself"));

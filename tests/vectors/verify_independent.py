@@ -92,8 +92,8 @@ def check(name):
         a["content"] = base64.b64encode(a["content"]).decode()
         a["digest"] = "sha256:" + a["digest"].hex()
     if "DeliveryReceipt" in packet["body"]:
-        d = packet["body"]["DeliveryReceipt"]
-        d["sealed_digest"] = "sha256:" + d["sealed_digest"].hex()
+        for item in packet["body"]["DeliveryReceipt"]["receipts"]:
+            item["sealed_digest"] = "sha256:" + item["sealed_digest"].hex()
     assert packet == expected, f"payload differs from {name}.json"
     assert route["packet_id"] == packet["envelope"]["id"]
     print(f"ok  {name}: {route['sender']} -> {route['recipient']}, decrypted, signature by {s_prot[4].decode()} valid")

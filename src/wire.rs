@@ -1,0 +1,80 @@
+//! Framing on a QUIC stream: what `liaison/1` puts on the wire.
+//!
+//! A sender keeps one long-lived bidirectional stream per priority lane (FLASH, URGENT, ROUTINE)
+//! to each partner. On it, each sealed packet copy is one frame: a 4-byte big-endian length, then
+//! that many bytes. The receiver answers on the same stream with frames too, each a sealed
+//! `DeliveryReceipt` covering one batch of the copies it received (in order). A stream that ends
+//! between two frames ended cleanly; one that ends inside a frame did not.
+//!
+//! The length is checked against a limit **before** anything is allocated or read, so a peer
+//! cannot make a node buffer more than one maximal packet per frame.
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The frame announces more bytes than allowed.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The stream failed (reset, connection lost).
+    #[error("stream: {0}")]
+    Stream(String),
+}
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), WireError> {
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| WireError::TooLarge { len: bytes.len(), limit: u32::MAX as usize })?;
+    let stream = |e: quinn::WriteError| WireError::Stream(e.to_string());
+    if bytes.len() <= 64 * 1024 {
+        // One write for small frames: one QUIC STREAM frame where it fits.
+        let mut frame = Vec::with_capacity(4 + bytes.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(bytes);
+        send.write_all(&frame).await.map_err(stream)
+    } else {
+        send.write_all(&len.to_be_bytes()).await.map_err(stream)?;
+        send.write_all(bytes).await.map_err(stream)
+    }
+}
+
+/// Reads the next frame's length: `None` if the stream ended cleanly before it.
+pub async fn read_len(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<usize>, WireError> {
+    let mut header = [0u8; 4];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(WireError::Stream(e.to_string())),
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > limit {
+        return Err(WireError::TooLarge { len, limit });
+    }
+    Ok(Some(len))
+}
+
+/// Reads a frame body of `len` bytes (announced by [`read_len`]).
+pub async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, WireError> {
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => Ok(body),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(WireError::Truncated),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(WireError::Stream(e.to_string())),
+    }
+}
+
+/// Reads one whole frame: `None` if the stream ended cleanly before it.
+pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<Vec<u8>>, WireError> {
+    match read_len(recv, limit).await? {
+        None => Ok(None),
+        Some(len) => read_body(recv, len).await.map(Some),
+    }
+}
