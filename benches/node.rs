@@ -99,9 +99,8 @@ async fn flash_latencies(it: &Node, samples: usize) -> Vec<Duration> {
         let p = packet("FLASH", 1024);
         let t = Instant::now();
         let id = it.submit(&p).await.unwrap();
-        while !delivered(it, id) {
-            tokio::time::sleep(Duration::from_micros(50)).await;
-        }
+        let status = it.wait_final(id, Duration::from_secs(30)).await.unwrap();
+        assert!(matches!(status[0].state, EntryState::Delivered { .. }), "{status:?}");
         out.push(t.elapsed());
     }
     out.sort();
@@ -112,12 +111,29 @@ fn pct(v: &[Duration], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
+/// What one durable commit costs on this disk: the floor under every FLASH hop.
+async fn commit_latency(dir: &std::path::Path, samples: usize) -> Vec<Duration> {
+    use liaison::store::{Op, Store, Tree};
+    let store = Store::open(&dir.join("commit-probe")).unwrap();
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        store.commit(vec![Op::Put(Tree::Meta, format!("probe-{i}").into_bytes(), vec![0; 200])]).await.unwrap();
+        out.push(t.elapsed());
+    }
+    out.sort();
+    out
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n_packets, samples, bulk_mib) = if quick { (2_000, 50, 32) } else { (20_000, 300, 256) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
+        let c = commit_latency(dir.path(), samples).await;
+        println!("-- store commit (one 200-byte write + flush), {samples} samples");
+        println!("p50 {:.3} ms  p99 {:.3} ms\n", pct(&c, 0.5), pct(&c, 0.99));
         let (it, es, stop) = start_pair(dir.path()).await;
 
         // Warm up: connection, caches.

@@ -8,11 +8,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use ed25519_dalek::{Signer, SigningKey};
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::packet::{Body, Packet};
+use liaison::seal::aead;
 use liaison::seal::SealContext;
 use liaison::timestamp::Timestamp;
 use rand_core::{OsRng, RngCore};
@@ -59,14 +58,14 @@ fn main() {
     let verify = bench("Ed25519 verify_strict", &mut || {
         vk.verify_strict(black_box(&payload), &sig).unwrap();
     });
-    let key = ChaCha20Poly1305::new(&[7u8; 32].into());
+    let key = [7u8; 32];
     let nonce = [1u8; 12];
-    let ct = key.encrypt((&nonce).into(), Payload { msg: &payload, aad: b"aad" }).unwrap();
+    let ct = aead::seal(&key, &nonce, &payload, b"aad").unwrap();
     let seal_aead = bench("ChaCha20-Poly1305 encrypt", &mut || {
-        black_box(key.encrypt((&nonce).into(), Payload { msg: black_box(&payload), aad: b"aad" }).unwrap());
+        black_box(aead::seal(&key, &nonce, black_box(&payload), b"aad").unwrap());
     });
     let open_aead = bench("ChaCha20-Poly1305 decrypt", &mut || {
-        black_box(key.decrypt((&nonce).into(), Payload { msg: black_box(&ct), aad: b"aad" }).unwrap());
+        black_box(aead::open(&key, &nonce, black_box(&ct), b"aad").unwrap());
     });
     let xs = x25519_dalek::StaticSecret::random_from_rng(OsRng);
     let xp = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(OsRng));

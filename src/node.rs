@@ -129,6 +129,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     shutdown: watch::Receiver<bool>,
     retry: RetryPolicy,
+    /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
+    receipts_applied: watch::Sender<u64>,
 }
 
 fn now_ms() -> Millis {
@@ -180,6 +182,7 @@ impl Node {
                 endpoint,
                 shutdown,
                 retry: config.retry,
+                receipts_applied: watch::channel(0).0,
             }),
         };
         info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
@@ -250,6 +253,23 @@ impl Node {
             return Err(NodeError::UnknownPacket(packet_id));
         }
         Ok(entries)
+    }
+
+    /// Waits until every copy of `packet_id` is delivered, rejected or expired (or `timeout`
+    /// passes), and returns the status then.
+    pub async fn wait_final(&self, packet_id: PacketId, timeout: Duration) -> Result<Status, NodeError> {
+        let mut applied = self.inner.receipts_applied.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(packet_id)?;
+            if status.iter().all(|e| e.state.is_terminal()) {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(status),
+            }
+        }
     }
 
     /// How many outbox entries are in each state (queued, in_flight, delivered, rejected,
@@ -829,6 +849,7 @@ impl Node {
             self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
         }
         drop(done);
+        self.inner.receipts_applied.send_modify(|n| *n += 1);
         if let Some(w) = self.inner.wake.get(peer) {
             w.notify_one();
         }

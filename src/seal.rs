@@ -57,8 +57,6 @@
 
 use std::collections::HashMap;
 
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use ciborium::Value;
 use coset::{
     iana, CborSerializable, CoseEncrypt, CoseEncryptBuilder, CoseError, CoseKdfContextBuilder, CoseRecipient,
@@ -401,13 +399,12 @@ impl SealContext {
             .content_type(CONTENT_TYPE_SIGN1.into())
             .text_value(LABEL_ROUTE.into(), route_value)
             .build();
-        let cipher = ChaCha20Poly1305::new((&*cek).into());
         let bytes = CoseEncryptBuilder::new()
             .protected(protected)
             .unprotected(HeaderBuilder::new().iv(iv.to_vec()).build())
             .add_recipient(cose_recipient)
             .try_create_ciphertext(&signed.bytes, b"", |pt, aad| {
-                cipher.encrypt((&iv).into(), Payload { msg: pt, aad }).map_err(|_| SealError::Encoding("AEAD".into()))
+                aead::seal(&cek, &iv, pt, aad).ok_or_else(|| SealError::Encoding("AEAD".into()))
             })?
             .build()
             .to_tagged_vec()
@@ -459,11 +456,10 @@ impl SealContext {
             .as_slice()
             .try_into()
             .map_err(|_| malformed(Layer::Encrypted, format!("iv must be {IV_LEN} bytes")))?;
-        let cipher = ChaCha20Poly1305::new((&*cek).into());
         let plaintext = enc.decrypt_ciphertext(
             b"",
             || malformed(Layer::Encrypted, "no ciphertext".into()),
-            |ct, aad| cipher.decrypt((&iv).into(), Payload { msg: ct, aad }).map_err(|_| OpenError::DecryptionFailed),
+            |ct, aad| aead::open(&cek, &iv, ct, aad).ok_or(OpenError::DecryptionFailed),
         )?;
 
         let signed = verify_signed(&self.keyring, &plaintext)?;
@@ -645,4 +641,34 @@ fn malformed(layer: Layer, reason: String) -> OpenError {
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).chars().take(80).collect()
+}
+
+/// ChaCha20-Poly1305 (RFC 8439), through aws-lc-rs: the same provider as TLS, assembly-optimised,
+/// and not generic code compiled into this crate (which is what made large packets slow in
+/// unoptimised builds).
+pub mod aead {
+    use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+
+    /// Tag length in bytes.
+    pub const TAG_LEN: usize = 16;
+
+    fn key(k: &[u8; 32]) -> Option<LessSafeKey> {
+        UnboundKey::new(&CHACHA20_POLY1305, k).ok().map(LessSafeKey::new)
+    }
+
+    /// Encrypts `plaintext`; returns ciphertext with the tag appended.
+    pub fn seal(k: &[u8; 32], iv: &[u8; 12], plaintext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
+        out.extend_from_slice(plaintext);
+        key(k)?.seal_in_place_append_tag(Nonce::assume_unique_for_key(*iv), Aad::from(aad), &mut out).ok()?;
+        Some(out)
+    }
+
+    /// Decrypts and authenticates `ciphertext` (with its tag); `None` if it does not authenticate.
+    pub fn open(k: &[u8; 32], iv: &[u8; 12], ciphertext: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let mut buf = ciphertext.to_vec();
+        let len = key(k)?.open_in_place(Nonce::assume_unique_for_key(*iv), Aad::from(aad), &mut buf).ok()?.len();
+        buf.truncate(len);
+        Some(buf)
+    }
 }

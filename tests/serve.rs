@@ -562,3 +562,53 @@ async fn peers_without_a_valid_enrolled_certificate_are_refused() {
     let ok = RawPeer::new(liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key")).unwrap());
     assert!(ok.send(port, "IT-DCSA", &packet).await.is_ok());
 }
+
+fn state_of(n: &NodeProc, id: &str) -> String {
+    let (code, v) = n.api("GET", &format!("/v1/packets/{id}"), None);
+    assert_eq!(code, 200, "{v}");
+    v["recipients"][0]["state"].as_str().unwrap().to_owned()
+}
+
+/// Guarantee 5 with real processes: 200 MiB of ROUTINE case files (50 × 4 MiB) are queued at
+/// IT-DCSA while ES-UDYCO is down. ES-UDYCO comes back, the transfer starts, and a FLASH alert
+/// submitted then is receipted while most of the bulk is still on its way (the FLASH lane's
+/// stream has the higher QUIC priority and its own receipts).
+#[test]
+fn flash_is_receipted_ahead_of_200_mib_of_queued_routine_traffic() {
+    use base64::Engine as _;
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    c.node("ES-UDYCO").kill_9();
+    let it = c.node("IT-DCSA");
+    let mut routine = Vec::new();
+    for i in 0..50usize {
+        let content: Vec<u8> = (0..4 * 1024 * 1024).map(|j: usize| (j * 31 + i) as u8).collect();
+        let mut p = draft("information-response.json");
+        p["envelope"]["priority"] = json!("ROUTINE");
+        p["envelope"].as_object_mut().unwrap().remove("urgency_reason");
+        p["body"]["InformationResponse"]["attachments"] = json!([{
+            "name": format!("case-file-{i}.bin"),
+            "media_type": "application/octet-stream",
+            "digest": liaison::encoding::Digest::of(&content).to_string(),
+            "content": base64::engine::general_purpose::STANDARD.encode(&content),
+        }]);
+        let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&p.to_string()));
+        assert_eq!(code, 201, "{v}");
+        routine.push(v["id"].as_str().unwrap().to_owned());
+    }
+    c.node("ES-UDYCO").start();
+    let it = c.node("IT-DCSA");
+    wait_for("the bulk transfer to start", Duration::from_secs(120), || delivered_count(it) > 0);
+    let mut alert = draft("controlled-delivery-alert.json");
+    alert["envelope"]["recipients"] = json!(["ES-UDYCO"]);
+    let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&alert.to_string()));
+    assert_eq!(code, 201, "{v}");
+    let flash = v["id"].as_str().unwrap().to_owned();
+    wait_for("the FLASH receipt", Duration::from_secs(60), || state_of(it, &flash) == "delivered");
+    let routine_done = routine.iter().filter(|id| state_of(it, id) == "delivered").count();
+    eprintln!("FLASH receipted when {routine_done} of 50 routine files (4 MiB each) were");
+    assert!(routine_done < 25, "the FLASH waited behind {routine_done} of 50 bulk files");
+    wait_for("the whole bulk", Duration::from_secs(300), || delivered_count(it) == 51);
+    let order = c.node("ES-UDYCO").inbox_ids();
+    let pos = order.iter().position(|id| *id == flash).unwrap();
+    assert!(pos < 25, "FLASH stored at position {pos} of 51");
+}
