@@ -18,6 +18,8 @@
 //! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
 //!   receipt matching, inbox dedup; driven by the node with events and the current time.
 //! - [`node`] — the runtime: QUIC streams, store and clock driving the delivery core.
+//! - [`policy`] — per-partner sharing policies (files, rate limits) and `evaluate`, the one
+//!   function that decides what goes to and comes from each partner.
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
@@ -46,6 +48,7 @@ pub mod markings;
 pub mod node;
 pub mod packet;
 pub mod pki;
+pub mod policy;
 pub mod seal;
 pub mod serve;
 pub mod store;

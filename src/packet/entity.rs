@@ -56,6 +56,11 @@ impl Entity {
         }
     }
 
+    /// Whether the entity, on its own, passes its rules (used after a policy redacted fields).
+    pub(crate) fn is_valid(&self) -> bool {
+        self.check(&Check::root()).is_ok()
+    }
+
     pub(crate) fn check(&self, c: &Check) -> Result<(), super::PacketError> {
         let c = c.at(self.kind());
         match self {
@@ -142,6 +147,11 @@ pub struct Person {
 }
 
 impl Person {
+    /// Whether the person, on its own, passes its rules.
+    pub(crate) fn is_valid(&self) -> bool {
+        self.check(&Check::root()).is_ok()
+    }
+
     pub(crate) fn check(&self, c: &Check) -> Result<(), super::PacketError> {
         text(&c.at("family_name"), &self.family_name, SHORT)?;
         opt_text(&c.at("given_names"), &self.given_names, SHORT)?;

@@ -220,6 +220,12 @@ pub enum PacketType {
     ReadAck,
 }
 
+impl Serialize for PacketType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl PacketType {
     /// Every packet type.
     pub const ALL: [PacketType; 9] = [

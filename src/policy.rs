@@ -1,0 +1,872 @@
+//! Per-partner sharing policies, and the one function that applies them.
+//!
+//! Every bilateral agreement says what may be shared with whom. A node holds one [`Policy`] per
+//! partner (a TOML file named from the node config), with two sets of [`Rules`]: `send` (what
+//! this node may send to the partner) and `receive` (what it accepts from the partner). A
+//! partner without a policy gets nothing and sends nothing.
+//!
+//! [`evaluate`] is the **only** code path that decides: the node calls it before sealing, for
+//! each recipient separately ([`Direction::Send`]), and after opening, for each arriving packet
+//! ([`Direction::Receive`]); the dry run (`liaison policy check`) calls it too. It walks every
+//! nested entity wherever a body carries one (the walk matches every body variant explicitly, so
+//! a new body with entities cannot be forgotten silently). Sending, a field the rules redact is
+//! removed from the packet before it is signed, so it is absent from the bytes sent; receiving,
+//! the same field's presence is a violation (the receiver cannot redact what the originator
+//! signed, and will not store what it agreed not to receive).
+//!
+//! The policy's version hash ([`Policy::hash`], SHA-256 of its canonical form, so comments and
+//! layout do not change it) travels in the signed packet's protected header and in receipts, so
+//! both sides can prove which rules applied.
+//!
+//! This module never does I/O beyond reading a policy file, and never logs packet contents.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::Millis;
+use crate::encoding::Digest;
+use crate::ids::NodeId;
+use crate::markings::{Classification, HandlingCode, Tlp};
+use crate::packet::{Body, Entity, Packet, PacketType, Person};
+
+/// Why a policy file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("policy {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid policy; every problem found is listed.
+    #[error("policy {path}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, each naming the key.
+        problems: Vec<String>,
+    },
+}
+
+/// Which way a packet goes, seen from this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// To the partner (egress): the `send` rules.
+    Send,
+    /// From the partner (ingress): the `receive` rules.
+    Receive,
+}
+
+impl Direction {
+    /// The policy section name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Receive => "receive",
+        }
+    }
+}
+
+/// The agreement with one partner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// The partner this policy is about.
+    pub partner: NodeId,
+    /// A label for people (the agreement's name).
+    pub title: Option<String>,
+    /// What this node may send to the partner.
+    pub send: Rules,
+    /// What this node accepts from the partner.
+    pub receive: Rules,
+    /// SHA-256 of the canonical form (everything above, as JSON with sorted keys).
+    #[serde(skip)]
+    pub hash: Digest,
+}
+
+/// The rules for one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rules {
+    /// Packet types allowed. System packets (receipts, read acknowledgements) are always allowed:
+    /// they carry only ids.
+    pub packet_types: BTreeSet<PacketType>,
+    /// Highest classification allowed.
+    pub max_classification: Classification,
+    /// Highest TLP allowed (a packet without TLP passes this rule).
+    pub max_tlp: Tlp,
+    /// Handling codes allowed: every code on the packet must be listed.
+    pub handling_codes: BTreeSet<HandlingCode>,
+    /// Whether the envelope must carry a grading.
+    pub require_grading: bool,
+    /// Whether the envelope must name its legal basis.
+    pub require_legal_basis: bool,
+    /// Whether attachments (files) may be included.
+    pub attachments: bool,
+    /// Largest packet (its CBOR encoding), in bytes.
+    pub max_packet_bytes: usize,
+    /// Most packets per minute in this direction (0: none).
+    pub max_packets_per_minute: u32,
+    /// Per entity kind: fields removed when sending (refused when receiving); `*` = the whole
+    /// entity.
+    pub redact: BTreeMap<String, Redaction>,
+}
+
+/// What to take out of one kind of entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redaction {
+    /// The whole entity (for example: no bank accounts at all).
+    Entity,
+    /// These optional fields.
+    Fields(BTreeSet<String>),
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Allowed as it is.
+    Allow,
+    /// Allowed once the listed fields are removed (sending); the packet has been redacted.
+    Redact(Vec<Redacted>),
+    /// Refused.
+    Deny(Denial),
+}
+
+/// One field or entity a send rule removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Redacted {
+    /// Where it was: `body.InformationResponse.entities[2].person.date_of_birth`.
+    pub path: String,
+    /// The rule: `send.redact.person`.
+    pub rule: String,
+}
+
+/// Why a packet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// The rule, as its key in the policy file: `send.max_classification`, or `no_policy`.
+    pub rule: String,
+    /// Why, for people.
+    pub reason: String,
+}
+
+impl Denial {
+    fn new(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { rule: rule.into(), reason: reason.into() }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.rule, self.reason)
+    }
+}
+
+/// Fields a policy may redact, per entity kind: the optional ones. A required field can only go
+/// with its entity (`*`).
+pub const REDACTABLE: [(&str, &[&str]); 7] = [
+    (
+        "person",
+        &[
+            "given_names",
+            "aliases",
+            "date_of_birth",
+            "place_of_birth",
+            "nationalities",
+            "sex",
+            "role",
+            "biometrics",
+        ],
+    ),
+    ("organisation", &["country", "registration_number"]),
+    ("vehicle", &["registration", "registration_country", "vin", "make", "model", "colour"]),
+    ("document", &["expires_on"]),
+    ("location", &["address", "country", "coordinates"]),
+    ("phone", &["imei", "imsi"]),
+    ("account", &["institution", "country", "holder"]),
+];
+
+/// Decides for (packet, partner, direction). Sending, redactions are applied to `packet`;
+/// receiving, `packet` is left as it was unless the decision is a denial (what a denied
+/// packet contains afterwards is unspecified: it is dropped).
+pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Decision {
+    let d = direction.as_str();
+    let kind = packet.packet_type();
+    if kind.is_system() {
+        return Decision::Allow;
+    }
+    let env = &packet.envelope;
+    if !rules.packet_types.contains(&kind) {
+        return Decision::Deny(Denial::new(format!("{d}.packet_types"), format!("{kind} is not allowed")));
+    }
+    if env.classification > rules.max_classification {
+        return Decision::Deny(Denial::new(
+            format!("{d}.max_classification"),
+            format!("{} is above {}", name(&env.classification), name(&rules.max_classification)),
+        ));
+    }
+    if let Some(tlp) = env.tlp {
+        if tlp > rules.max_tlp {
+            return Decision::Deny(Denial::new(
+                format!("{d}.max_tlp"),
+                format!("TLP:{} is above TLP:{}", name(&tlp), name(&rules.max_tlp)),
+            ));
+        }
+    }
+    if let Some(code) = env.handling.codes.iter().find(|c| !rules.handling_codes.contains(c)) {
+        return Decision::Deny(Denial::new(format!("{d}.handling_codes"), format!("{code:?} is not accepted")));
+    }
+    if rules.require_grading && env.grading.is_none() {
+        return Decision::Deny(Denial::new(format!("{d}.require_grading"), "the envelope carries no grading"));
+    }
+    if rules.require_legal_basis && env.legal_basis.is_none() {
+        return Decision::Deny(Denial::new(format!("{d}.require_legal_basis"), "the envelope names no legal basis"));
+    }
+    if !rules.attachments {
+        if let Body::InformationResponse(r) = &packet.body {
+            if !r.attachments.is_empty() {
+                return Decision::Deny(Denial::new(
+                    format!("{d}.attachments"),
+                    format!("{} attachment(s); none are allowed", r.attachments.len()),
+                ));
+            }
+        }
+    }
+    let redacted = redact(rules, direction, packet);
+    if direction == Direction::Receive {
+        if let Some(r) = redacted.first() {
+            return Decision::Deny(Denial::new(
+                format!("receive.redact.{}", r.rule.rsplit('.').next().unwrap_or_default()),
+                format!("{} is present; this node does not receive it from this partner", r.path),
+            ));
+        }
+    }
+    let size = packet.to_cbor().len();
+    if size > rules.max_packet_bytes {
+        return Decision::Deny(Denial::new(
+            format!("{d}.max_packet_bytes"),
+            format!("{size} bytes is more than {}", rules.max_packet_bytes),
+        ));
+    }
+    if redacted.is_empty() {
+        return Decision::Allow;
+    }
+    // Safety net: whatever the redactions did, what is sealed must be a valid packet.
+    if let Err(e) = packet.check() {
+        return Decision::Deny(Denial::new(format!("{d}.redact"), format!("the redacted packet is not valid: {e}")));
+    }
+    Decision::Redact(redacted)
+}
+
+/// A marking as it is written in packets and policy files (`EU_RESTRICTED`, `AMBER+STRICT`).
+fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Removes what `rules.redact` names from every entity of `packet`, wherever it sits; returns
+/// what was removed.
+fn redact(rules: &Rules, direction: Direction, packet: &mut Packet) -> Vec<Redacted> {
+    let mut out = Vec::new();
+    if rules.redact.is_empty() {
+        return out;
+    }
+    let d = direction.as_str();
+    // Every body variant is listed, so a new body must say whether it carries entities.
+    let (entities, couriers, at): (Option<&mut Vec<Entity>>, Option<&mut Vec<Person>>, &str) = match &mut packet.body {
+        Body::ControlledDeliveryAlert(a) => (None, Some(&mut a.couriers), "body.ControlledDeliveryAlert.couriers"),
+        Body::InformationRequest(r) => (Some(&mut r.entities), None, "body.InformationRequest.entities"),
+        Body::InformationResponse(r) => (Some(&mut r.entities), None, "body.InformationResponse.entities"),
+        Body::JitNotice(_)
+        | Body::Refusal(_)
+        | Body::DelayNotice(_)
+        | Body::ClarificationRequest(_)
+        | Body::DeliveryReceipt(_)
+        | Body::ReadAck(_) => (None, None, ""),
+    };
+    if let Some(list) = entities {
+        let mut index = 0;
+        list.retain_mut(|e| {
+            let kind = e.kind();
+            let path = format!("{at}[{index}].{kind}");
+            index += 1;
+            match rules.redact.get(kind) {
+                Some(Redaction::Entity) => {
+                    out.push(Redacted { path, rule: format!("{d}.redact.{kind}") });
+                    false
+                }
+                Some(Redaction::Fields(fields)) => {
+                    for f in fields {
+                        if clear(e, f) {
+                            out.push(Redacted { path: format!("{path}.{f}"), rule: format!("{d}.redact.{kind}") });
+                        }
+                    }
+                    // What is left may no longer identify anything (a vehicle without
+                    // registration, VIN or make): then the entity goes as a whole.
+                    if e.is_valid() {
+                        true
+                    } else {
+                        out.push(Redacted { path, rule: format!("{d}.redact.{kind}") });
+                        false
+                    }
+                }
+                None => true,
+            }
+        });
+    }
+    if let Some(list) = couriers {
+        let mut index = 0;
+        list.retain_mut(|p| {
+            let path = format!("{at}[{index}]");
+            index += 1;
+            match rules.redact.get("person") {
+                Some(Redaction::Entity) => {
+                    out.push(Redacted { path, rule: format!("{d}.redact.person") });
+                    false
+                }
+                Some(Redaction::Fields(fields)) => {
+                    for f in fields {
+                        if clear_person(p, f) {
+                            out.push(Redacted { path: format!("{path}.{f}"), rule: format!("{d}.redact.person") });
+                        }
+                    }
+                    if p.is_valid() {
+                        true
+                    } else {
+                        out.push(Redacted { path, rule: format!("{d}.redact.person") });
+                        false
+                    }
+                }
+                None => true,
+            }
+        });
+    }
+    out
+}
+
+/// Clears one optional field; returns whether it held something.
+fn clear(e: &mut Entity, field: &str) -> bool {
+    fn take<T>(v: &mut Option<T>) -> bool {
+        v.take().is_some()
+    }
+    match e {
+        Entity::Person(p) => clear_person(p, field),
+        Entity::Organisation(o) => match field {
+            "country" => take(&mut o.country),
+            "registration_number" => take(&mut o.registration_number),
+            _ => false,
+        },
+        Entity::Vehicle(v) => match field {
+            "registration" => take(&mut v.registration),
+            "registration_country" => take(&mut v.registration_country),
+            "vin" => take(&mut v.vin),
+            "make" => take(&mut v.make),
+            "model" => take(&mut v.model),
+            "colour" => take(&mut v.colour),
+            _ => false,
+        },
+        Entity::Document(d) => match field {
+            "expires_on" => take(&mut d.expires_on),
+            _ => false,
+        },
+        Entity::Location(l) => match field {
+            "address" => take(&mut l.address),
+            "country" => take(&mut l.country),
+            "coordinates" => take(&mut l.coordinates),
+            _ => false,
+        },
+        Entity::Phone(p) => match field {
+            "imei" => take(&mut p.imei),
+            "imsi" => take(&mut p.imsi),
+            _ => false,
+        },
+        Entity::Account(a) => match field {
+            "institution" => take(&mut a.institution),
+            "country" => take(&mut a.country),
+            "holder" => take(&mut a.holder),
+            _ => false,
+        },
+    }
+}
+
+fn clear_person(p: &mut Person, field: &str) -> bool {
+    fn take<T>(v: &mut Option<T>) -> bool {
+        v.take().is_some()
+    }
+    fn drain<T>(v: &mut Vec<T>) -> bool {
+        !std::mem::take(v).is_empty()
+    }
+    match field {
+        "given_names" => take(&mut p.given_names),
+        "aliases" => drain(&mut p.aliases),
+        "date_of_birth" => take(&mut p.date_of_birth),
+        "place_of_birth" => take(&mut p.place_of_birth),
+        "nationalities" => drain(&mut p.nationalities),
+        "sex" => take(&mut p.sex),
+        "role" => take(&mut p.role),
+        "biometrics" => drain(&mut p.biometrics),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy files
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    partner: String,
+    #[serde(default)]
+    title: Option<String>,
+    send: RawRules,
+    receive: RawRules,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    packet_types: Vec<String>,
+    max_classification: Classification,
+    max_tlp: Tlp,
+    handling_codes: Vec<HandlingCode>,
+    require_grading: bool,
+    require_legal_basis: bool,
+    attachments: bool,
+    max_packet_bytes: usize,
+    max_packets_per_minute: u32,
+    #[serde(default)]
+    redact: BTreeMap<String, Vec<String>>,
+}
+
+impl Policy {
+    /// Loads a policy file; `partner`, when given, must be the partner the file names.
+    pub fn load(path: &Path, partner: Option<&NodeId>) -> Result<Policy, PolicyError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: p.clone(), source })?;
+        Self::from_toml(&text, partner).map_err(|problems| PolicyError::Invalid { path: p, problems })
+    }
+
+    /// Parses a policy; every problem is reported, each naming its key.
+    pub fn from_toml(text: &str, partner: Option<&NodeId>) -> Result<Policy, Vec<String>> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![e.to_string().trim().replace('\n', " ")])?;
+        let mut problems = Vec::new();
+        let node = raw.partner.parse::<NodeId>().map_err(|e| problems.push(format!("partner: {e}"))).ok();
+        if let (Some(node), Some(expected)) = (&node, partner) {
+            if node != expected {
+                problems.push(format!("partner: the file is about {node}, but is configured for {expected}"));
+            }
+        }
+        let send = rules(raw.send, "send", &mut problems);
+        let receive = rules(raw.receive, "receive", &mut problems);
+        match (node, problems.is_empty()) {
+            (Some(partner), true) => {
+                let mut policy = Policy { partner, title: raw.title, send, receive, hash: Digest([0; 32]) };
+                let canonical = serde_json::to_vec(&policy).map_err(|e| vec![e.to_string()])?;
+                policy.hash = Digest::of(&canonical);
+                Ok(policy)
+            }
+            _ => Err(problems),
+        }
+    }
+
+    /// The rules for `direction`.
+    pub fn rules(&self, direction: Direction) -> &Rules {
+        match direction {
+            Direction::Send => &self.send,
+            Direction::Receive => &self.receive,
+        }
+    }
+}
+
+fn rules(raw: RawRules, section: &str, problems: &mut Vec<String>) -> Rules {
+    let mut packet_types = BTreeSet::new();
+    for t in &raw.packet_types {
+        match PacketType::ALL.iter().find(|k| k.as_str() == t) {
+            Some(k) if k.is_system() => {
+                problems.push(format!("{section}.packet_types: {t} is a system packet, always allowed; remove it"))
+            }
+            Some(k) => {
+                packet_types.insert(*k);
+            }
+            None => problems.push(format!(
+                "{section}.packet_types: unknown packet type {t:?} (known: {})",
+                PacketType::ALL.iter().filter(|k| !k.is_system()).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+    if raw.handling_codes.is_empty() {
+        problems.push(format!("{section}.handling_codes: name at least one (every packet carries one)"));
+    }
+    if raw.max_packet_bytes == 0 || raw.max_packet_bytes > crate::packet::MAX_PACKET_BYTES {
+        problems.push(format!(
+            "{section}.max_packet_bytes: must be 1 to {} (the largest packet there is)",
+            crate::packet::MAX_PACKET_BYTES
+        ));
+    }
+    let mut redact = BTreeMap::new();
+    for (kind, fields) in raw.redact {
+        let Some((_, allowed)) = REDACTABLE.iter().find(|(k, _)| *k == kind) else {
+            problems.push(format!(
+                "{section}.redact.{kind}: unknown entity kind (known: {})",
+                REDACTABLE.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        };
+        if fields.iter().any(|f| f == "*") {
+            if fields.len() > 1 {
+                problems.push(format!("{section}.redact.{kind}: \"*\" (the whole entity) stands alone"));
+            }
+            redact.insert(kind, Redaction::Entity);
+            continue;
+        }
+        if fields.is_empty() {
+            problems.push(format!("{section}.redact.{kind}: empty; name fields, or \"*\" for the whole entity"));
+        }
+        let mut set = BTreeSet::new();
+        for f in fields {
+            if allowed.contains(&f.as_str()) {
+                set.insert(f);
+            } else {
+                problems.push(format!(
+                    "{section}.redact.{kind}: {f:?} is not a redactable field (optional fields: {}; \"*\" removes the whole entity)",
+                    allowed.join(", ")
+                ));
+            }
+        }
+        redact.insert(kind, Redaction::Fields(set));
+    }
+    Rules {
+        packet_types,
+        max_classification: raw.max_classification,
+        max_tlp: raw.max_tlp,
+        handling_codes: raw.handling_codes.into_iter().collect(),
+        require_grading: raw.require_grading,
+        require_legal_basis: raw.require_legal_basis,
+        attachments: raw.attachments,
+        max_packet_bytes: raw.max_packet_bytes,
+        max_packets_per_minute: raw.max_packets_per_minute,
+        redact,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The node's policies
+
+/// The policies of a node, one per partner, with the per-partner rate limits. Deny by default.
+#[derive(Debug, Default)]
+pub struct PolicyBook {
+    policies: BTreeMap<NodeId, Policy>,
+    buckets: Mutex<BTreeMap<(NodeId, &'static str), Bucket>>,
+}
+
+/// The decision of the book for one packet and one partner, with the policy version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// What was decided.
+    pub decision: Decision,
+    /// The version hash of the policy applied (`None`: the partner has no policy).
+    pub policy: Option<Digest>,
+}
+
+impl PolicyBook {
+    /// A book with these policies.
+    pub fn new(policies: impl IntoIterator<Item = Policy>) -> Self {
+        Self { policies: policies.into_iter().map(|p| (p.partner.clone(), p)).collect(), buckets: Mutex::default() }
+    }
+
+    /// The policy for `partner`.
+    pub fn policy(&self, partner: &NodeId) -> Option<&Policy> {
+        self.policies.get(partner)
+    }
+
+    /// Applies the policy for `partner` in `direction` to `packet` at time `now` (for the rate
+    /// limit): [`evaluate`] plus the rate limit, or a denial if there is no policy.
+    pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {
+        let Some(policy) = self.policies.get(partner) else {
+            return Verdict {
+                decision: Decision::Deny(Denial::new(
+                    "no_policy",
+                    format!("no sharing policy with {partner}: nothing is exchanged with a partner without one"),
+                )),
+                policy: None,
+            };
+        };
+        let rules = policy.rules(direction);
+        let mut decision = evaluate(rules, direction, packet);
+        if !matches!(decision, Decision::Deny(_)) && !packet.packet_type().is_system() {
+            let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let bucket = buckets
+                .entry((partner.clone(), direction.as_str()))
+                .or_insert_with(|| Bucket::new(rules.max_packets_per_minute, now));
+            if !bucket.take(now) {
+                decision = Decision::Deny(Denial::new(
+                    format!("{}.max_packets_per_minute", direction.as_str()),
+                    format!("more than {} packets in a minute", rules.max_packets_per_minute),
+                ));
+            }
+        }
+        Verdict { decision, policy: Some(policy.hash) }
+    }
+}
+
+/// A token bucket: `per_minute` tokens, refilled continuously. Counted in 1/60,000 of a token,
+/// so the refill of `elapsed` ms is exactly `elapsed × per_minute` units.
+#[derive(Debug)]
+struct Bucket {
+    per_minute: u32,
+    units: u64,
+    at: Millis,
+}
+
+/// One token, in bucket units.
+const TOKEN: u64 = 60_000;
+
+impl Bucket {
+    fn new(per_minute: u32, now: Millis) -> Self {
+        Self { per_minute, units: u64::from(per_minute) * TOKEN, at: now }
+    }
+
+    fn take(&mut self, now: Millis) -> bool {
+        let cap = u64::from(self.per_minute) * TOKEN;
+        let refill = now.saturating_sub(self.at).saturating_mul(u64::from(self.per_minute));
+        self.units = self.units.saturating_add(refill).min(cap);
+        self.at = self.at.max(now);
+        if self.units >= TOKEN {
+            self.units -= TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPEN: &str = r#"
+partner = "ES-UDYCO"
+[send]
+packet_types = ["ControlledDeliveryAlert", "JitNotice", "InformationRequest", "InformationResponse", "Refusal", "DelayNotice", "ClarificationRequest"]
+max_classification = "EU_CONFIDENTIAL"
+max_tlp = "RED"
+handling_codes = ["H0", "H1", "H2", "H3"]
+require_grading = false
+require_legal_basis = false
+attachments = true
+max_packet_bytes = 16777216
+max_packets_per_minute = 100000
+[receive]
+packet_types = ["ControlledDeliveryAlert", "JitNotice", "InformationRequest", "InformationResponse", "Refusal", "DelayNotice", "ClarificationRequest"]
+max_classification = "EU_CONFIDENTIAL"
+max_tlp = "RED"
+handling_codes = ["H0", "H1", "H2", "H3"]
+require_grading = false
+require_legal_basis = false
+attachments = true
+max_packet_bytes = 16777216
+max_packets_per_minute = 100000
+"#;
+
+    fn open_rules() -> Rules {
+        Policy::from_toml(OPEN, None).unwrap().send
+    }
+
+    fn example(name: &str) -> Packet {
+        let text = match name {
+            "response" => include_str!("../schemas/examples/information-response.json"),
+            "alert" => include_str!("../schemas/examples/controlled-delivery-alert.json"),
+            "request" => include_str!("../schemas/examples/information-request.json"),
+            "ack" => include_str!("../schemas/examples/read-ack.json"),
+            other => panic!("{other}"),
+        };
+        Packet::from_json(text).unwrap()
+    }
+
+    fn denied_by(d: &Decision) -> Option<&str> {
+        match d {
+            Decision::Deny(d) => Some(d.rule.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Every rule that refuses, in both directions: (what to change in the rules, what to change
+    /// in the packet, the rule that must be named).
+    #[test]
+    fn every_refusing_rule_is_named() {
+        type Case = (&'static str, fn(&mut Rules), fn(&mut Packet), &'static str);
+        let cases: &[Case] = &[
+            ("type", |r| {
+                r.packet_types.remove(&PacketType::InformationResponse);
+            }, |_| {}, "packet_types"),
+            ("classification", |r| r.max_classification = Classification::Unclassified, |_| {}, "max_classification"),
+            ("tlp", |r| r.max_tlp = Tlp::Green, |_| {}, "max_tlp"),
+            ("handling", |r| {
+                r.handling_codes.remove(&HandlingCode::H2);
+            }, |_| {}, "handling_codes"),
+            ("grading", |r| r.require_grading = true, |p| p.envelope.grading = None, "require_grading"),
+            ("legal basis", |r| r.require_legal_basis = true, |p| p.envelope.legal_basis = None, "require_legal_basis"),
+            ("attachments", |r| r.attachments = false, |_| {}, "attachments"),
+            ("size", |r| r.max_packet_bytes = 1000, |_| {}, "max_packet_bytes"),
+        ];
+        for direction in [Direction::Send, Direction::Receive] {
+            for (what, rules_change, packet_change, rule) in cases {
+                let mut rules = open_rules();
+                let mut p = example("response");
+                assert_eq!(evaluate(&rules, direction, &mut p.clone()), Decision::Allow, "{what}: open rules allow");
+                rules_change(&mut rules);
+                packet_change(&mut p);
+                let d = evaluate(&rules, direction, &mut p);
+                assert_eq!(denied_by(&d), Some(format!("{}.{rule}", direction.as_str()).as_str()), "{what}: {d:?}");
+            }
+        }
+    }
+
+    /// Every classification and TLP against every ceiling: allowed exactly when not above it.
+    #[test]
+    fn every_marking_against_every_ceiling() {
+        use Classification::*;
+        let classes = [Unclassified, BasicProtection, EuRestricted, EuConfidential];
+        for (i, have) in classes.iter().enumerate() {
+            for (j, max) in classes.iter().enumerate() {
+                let mut r = open_rules();
+                r.max_classification = *max;
+                let mut p = example("request");
+                p.envelope.classification = *have;
+                let d = evaluate(&r, Direction::Send, &mut p);
+                assert_eq!(d == Decision::Allow, i <= j, "{have:?} under {max:?}: {d:?}");
+            }
+        }
+        let tlps = [Tlp::Clear, Tlp::Green, Tlp::Amber, Tlp::AmberStrict, Tlp::Red];
+        for (i, have) in tlps.iter().enumerate() {
+            for (j, max) in tlps.iter().enumerate() {
+                let mut r = open_rules();
+                r.max_tlp = *max;
+                let mut p = example("request");
+                p.envelope.tlp = Some(*have);
+                assert_eq!(evaluate(&r, Direction::Send, &mut p) == Decision::Allow, i <= j, "{have:?} under {max:?}");
+            }
+        }
+        let mut p = example("request");
+        p.envelope.tlp = None;
+        let mut r = open_rules();
+        r.max_tlp = Tlp::Clear;
+        assert_eq!(evaluate(&r, Direction::Send, &mut p), Decision::Allow, "no TLP passes the TLP rule");
+        let codes = [HandlingCode::H0, HandlingCode::H1, HandlingCode::H2, HandlingCode::H3];
+        for code in codes {
+            let mut r = open_rules();
+            r.handling_codes = codes.iter().copied().filter(|c| *c != code).collect();
+            let mut p = example("request");
+            p.envelope.handling.codes = [code].into();
+            let d = evaluate(&r, Direction::Receive, &mut p);
+            assert_eq!(denied_by(&d), Some("receive.handling_codes"), "{code:?}");
+            r.handling_codes.insert(code);
+            assert_eq!(evaluate(&r, Direction::Receive, &mut p), Decision::Allow, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn sending_redacts_every_nested_entity_and_names_each_field() {
+        let mut r = open_rules();
+        r.redact.insert("person".into(), Redaction::Fields(["date_of_birth".into(), "biometrics".into()].into()));
+        r.redact.insert("account".into(), Redaction::Entity);
+        let mut p = example("response");
+        let Decision::Redact(list) = evaluate(&r, Direction::Send, &mut p) else { panic!() };
+        let paths: Vec<&str> = list.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "body.InformationResponse.entities[0].person.biometrics",
+                "body.InformationResponse.entities[0].person.date_of_birth",
+                "body.InformationResponse.entities[6].account",
+            ]
+        );
+        let Body::InformationResponse(body) = &p.body else { panic!() };
+        assert!(body.entities.iter().all(|e| e.kind() != "account"));
+        let Entity::Person(person) = &body.entities[0] else { panic!() };
+        assert!(person.date_of_birth.is_none() && person.biometrics.is_empty());
+        assert!(person.given_names.is_some(), "only what the rule names goes");
+        p.check().expect("a redacted packet is still a valid packet");
+
+        // Couriers of an alert are persons too.
+        let mut alert = example("alert");
+        let Decision::Redact(list) = evaluate(&r, Direction::Send, &mut alert) else { panic!() };
+        assert_eq!(list[0].path, "body.ControlledDeliveryAlert.couriers[0].date_of_birth");
+        // Receiving, the same field is a violation instead.
+        let mut alert = example("alert");
+        let d = evaluate(&r, Direction::Receive, &mut alert);
+        assert_eq!(denied_by(&d), Some("receive.redact.person"), "{d:?}");
+    }
+
+    #[test]
+    fn system_packets_pass_and_a_partner_without_policy_gets_nothing() {
+        let mut r = open_rules();
+        r.packet_types.clear();
+        r.max_classification = Classification::Unclassified;
+        assert_eq!(evaluate(&r, Direction::Receive, &mut example("ack")), Decision::Allow);
+        let book = PolicyBook::new([Policy::from_toml(OPEN, None).unwrap()]);
+        let v = book.decide(&"CO-DIJIN".parse().unwrap(), Direction::Send, &mut example("ack"), 0);
+        assert_eq!(denied_by(&v.decision), Some("no_policy"));
+        assert_eq!(v.policy, None);
+    }
+
+    #[test]
+    fn rate_limit_per_partner_and_direction() {
+        let text = OPEN.replacen("max_packets_per_minute = 100000", "max_packets_per_minute = 2", 1);
+        let book = PolicyBook::new([Policy::from_toml(&text, None).unwrap()]);
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let send = |t| book.decide(&es, Direction::Send, &mut example("request"), t).decision;
+        assert_eq!(send(0), Decision::Allow);
+        assert_eq!(send(1), Decision::Allow);
+        assert_eq!(denied_by(&send(2)), Some("send.max_packets_per_minute"));
+        assert_eq!(denied_by(&send(29_999)), Some("send.max_packets_per_minute"), "not quite 30 s yet");
+        assert_eq!(send(30_001), Decision::Allow, "one token back after 30 s at 2/min");
+        assert_eq!(denied_by(&send(30_002)), Some("send.max_packets_per_minute"));
+        assert_eq!(
+            book.decide(&es, Direction::Receive, &mut example("request"), 2).decision,
+            Decision::Allow,
+            "receiving has its own bucket"
+        );
+    }
+
+    #[test]
+    fn policy_files_refuse_unknown_keys_markings_fields_and_the_wrong_partner() {
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let it: NodeId = "IT-DCSA".parse().unwrap();
+        let bad = [
+            (OPEN.replacen("[receive]", "secret = 1\n[receive]", 1), "unknown field `secret`"),
+            (OPEN.replacen("EU_CONFIDENTIAL", "TOP_SECRET", 1), "unknown variant `TOP_SECRET`"),
+            (OPEN.replacen("\"H3\"", "\"H9\"", 1), "unknown variant `H9`"),
+            (OPEN.replacen("\"Refusal\"", "\"Gossip\"", 1), "send.packet_types: unknown packet type \"Gossip\""),
+            (OPEN.replacen("\"Refusal\"", "\"ReadAck\"", 1), "ReadAck is a system packet"),
+            (format!("{OPEN}[receive.redact]\nperson = [\"shoe_size\"]\n"), "receive.redact.person: \"shoe_size\""),
+            (format!("{OPEN}[receive.redact]\nperson = [\"family_name\"]\n"), "not a redactable field"),
+            (format!("{OPEN}[receive.redact]\npet = [\"*\"]\n"), "receive.redact.pet: unknown entity kind"),
+            (format!("{OPEN}[receive.redact]\nperson = [\"*\", \"sex\"]\n"), "stands alone"),
+            (OPEN.replacen("max_packet_bytes = 16777216", "max_packet_bytes = 0", 1), "send.max_packet_bytes"),
+            (OPEN.replacen("require_grading = false", "", 1), "missing field `require_grading`"),
+        ];
+        for (text, expect) in bad {
+            let problems = Policy::from_toml(&text, Some(&es)).unwrap_err().join("; ");
+            assert!(problems.contains(expect), "{expect:?} not in {problems:?}");
+        }
+        let problems = Policy::from_toml(OPEN, Some(&it)).unwrap_err().join("; ");
+        assert!(problems.contains("the file is about ES-UDYCO, but is configured for IT-DCSA"), "{problems}");
+        // Several problems are reported together.
+        let two = format!("{}[send.redact]\npet = [\"*\"]\n", OPEN.replacen("\"Refusal\"", "\"Gossip\"", 1));
+        assert_eq!(Policy::from_toml(&two, None).unwrap_err().len(), 2);
+    }
+
+    #[test]
+    fn the_version_hash_follows_the_rules_not_the_layout() {
+        let a = Policy::from_toml(OPEN, None).unwrap();
+        let b = Policy::from_toml(&format!("# a comment\n\n{}", OPEN.replace(" = ", "=")), None).unwrap();
+        assert_eq!(a.hash, b.hash);
+        let c = Policy::from_toml(&OPEN.replacen("require_grading = false", "require_grading = true", 1), None).unwrap();
+        assert_ne!(a.hash, c.hash);
+    }
+}
