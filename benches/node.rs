@@ -50,6 +50,7 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
             socket: Some(socket),
             data_dir: dir.join(names[i]),
             partners: vec![Partner { node: node_id(names[other]), addr: addrs[other] }],
+            policies: liaison::policy::PolicyBook::new([bench_policy(names[i], names[other])]),
             retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },
         };
         nodes.push(Node::start(config, stop.subscribe()).await.unwrap());
@@ -57,6 +58,16 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
     let es = nodes.pop().unwrap();
     let it = nodes.pop().unwrap();
     (it, es, stop)
+}
+
+/// The demo policy of `me` with `partner`, with a rate limit the bench cannot reach: every
+/// packet is policy-checked on both sides, as in production.
+fn bench_policy(me: &str, partner: &str) -> liaison::policy::Policy {
+    let path = format!("{}/configs/policies/{me}/{partner}.toml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("max_packets_per_minute = 60000", "max_packets_per_minute = 100000000");
+    liaison::policy::Policy::from_toml(&text, Some(&node_id(partner))).unwrap()
 }
 
 /// A packet of about `size` bytes of CBOR from IT-DCSA to ES-UDYCO.
@@ -98,7 +109,7 @@ async fn flash_latencies(it: &Node, samples: usize) -> Vec<Duration> {
     for _ in 0..samples {
         let p = packet("FLASH", 1024);
         let t = Instant::now();
-        let id = it.submit(&p).await.unwrap();
+        let id = it.submit(&p).await.unwrap().id;
         let status = it.wait_final(id, Duration::from_secs(30)).await.unwrap();
         assert!(matches!(status[0].state, EntryState::Delivered { .. }), "{status:?}");
         out.push(t.elapsed());
@@ -182,7 +193,7 @@ fn main() {
         let bulk: Vec<Packet> = (0..bulk_mib).map(|_| packet("ROUTINE", 1024 * 1024)).collect();
         let mut ids = Vec::new();
         for p in &bulk {
-            ids.push(it.submit(p).await.unwrap());
+            ids.push(it.submit(p).await.unwrap().id);
         }
         let busy = flash_latencies(&it, samples).await;
         let bulk_done = ids.iter().filter(|id| delivered(&it, **id)).count();

@@ -30,9 +30,10 @@ use tracing::{info, warn};
 use crate::config::ApiClient;
 use crate::delivery::{Entry, EntryState};
 use crate::encoding::Digest;
-use crate::ids::{OfficerId, PacketId};
+use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::node::{Node, NodeError};
 use crate::packet::{Packet, PacketError};
+use crate::policy::{Decision, Direction};
 use crate::timestamp::Timestamp;
 
 /// Largest request body accepted.
@@ -50,6 +51,8 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
     Router::new()
         .route("/v1/packets", post(submit))
         .route("/v1/packets/{id}", get(status))
+        .route("/v1/policy/check", post(policy_check))
+        .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
@@ -114,12 +117,10 @@ struct SubmitQuery {
     to: Option<String>,
 }
 
-async fn submit(
-    State(api): State<Api>,
-    Query(q): Query<SubmitQuery>,
-    body: String,
-) -> Result<impl IntoResponse, ApiError> {
-    let mut v: Value = serde_json::from_str(&body)
+/// A packet draft from an API body: the originator node defaults to this node, `?to=` sets the
+/// recipients.
+fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Packet, ApiError> {
+    let mut v: Value = serde_json::from_str(body)
         .map_err(|e| bad_packet(PacketError::Json { field: String::new(), reason: e.to_string() }))?;
     if let Some(env) = v.get_mut("envelope").and_then(Value::as_object_mut) {
         if let Some(o) = env.get_mut("originator").and_then(Value::as_object_mut) {
@@ -139,14 +140,77 @@ async fn submit(
             Some("envelope.originator.node".into()),
         ));
     }
-    let id = api.node.submit(&packet).await?;
-    info!(packet_id = %id, "accepted from api");
+    Ok(packet)
+}
+
+async fn submit(
+    State(api): State<Api>,
+    Query(q): Query<SubmitQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    let packet = draft_packet(&api, &q, &body)?;
+    let done = match api.node.submit(&packet).await {
+        Ok(done) => done,
+        Err(NodeError::Denied(denied)) => {
+            let e = NodeError::Denied(denied.clone());
+            let body = json!({ "error": e.to_string(), "denied": denied });
+            return Ok((StatusCode::FORBIDDEN, Json(body)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    info!(packet_id = %done.id, sent = done.sent.len(), refused = done.denied.len(), "accepted from api");
+    let recipients: Vec<&NodeId> = done.sent.iter().map(|c| &c.recipient).collect();
     Ok((
         StatusCode::CREATED,
-        Json(
-            json!({ "id": id.to_string(), "recipients": packet.envelope.recipients, "due_by": packet.envelope.due_by }),
-        ),
+        Json(json!({
+            "id": done.id.to_string(),
+            "recipients": recipients,
+            "due_by": packet.envelope.due_by,
+            "sent": done.sent,
+            "denied": done.denied,
+        })),
     ))
+}
+
+/// The dry run: what each recipient's policy would decide, without sending or counting.
+async fn policy_check(
+    State(api): State<Api>,
+    Query(q): Query<SubmitQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
+    let packet = draft_packet(&api, &q, &body)?;
+    let mut out = Vec::new();
+    for r in &packet.envelope.recipients {
+        let mut copy = packet.clone();
+        let v = api.node.policies().dry_run(r, Direction::Send, &mut copy);
+        let (decision, redacted, denial) = match v.decision {
+            Decision::Allow => ("allow", Vec::new(), None),
+            Decision::Redact(list) => ("allow_with_redactions", list, None),
+            Decision::Deny(d) => ("deny", Vec::new(), Some(d)),
+        };
+        out.push(
+            json!({ "recipient": r, "decision": decision, "redacted": redacted, "denied": denial, "policy": v.policy }),
+        );
+    }
+    Ok(Json(json!({ "packet_type": packet.packet_type().as_str(), "recipients": out })))
+}
+
+/// The effective policy with a partner.
+async fn policy_show(State(api): State<Api>, Path(partner): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let node: NodeId = partner
+        .parse()
+        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("partner".into())))?;
+    let Some(policy) = api.node.policies().policy(&node) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no sharing policy with {node}: nothing is sent to or accepted from it"),
+            None,
+        ));
+    };
+    let mut v =
+        serde_json::to_value(policy).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
+    v["hash"] = policy.hash.to_string().into();
+    Ok(Json(v))
 }
 
 fn parse_id(s: &str) -> Result<PacketId, ApiError> {

@@ -78,6 +78,9 @@ enum Command {
         /// The packet id.
         id: String,
     },
+    /// Sharing policies: dry-run a packet against them, or print one.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Manage node keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -87,6 +90,29 @@ enum Command {
     /// Make federation TLS material.
     #[command(subcommand)]
     Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// What the policies would decide for a JSON packet, per recipient (allow, allow with
+    /// redactions, or deny naming the rule), without sending anything. Exit 1 if any recipient
+    /// would be refused.
+    Check {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Recipients, comma separated (replaces the packet's recipients).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+        /// The JSON packet ("-" for stdin).
+        file: PathBuf,
+    },
+    /// The effective policy with a partner, and its version hash.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The partner node id.
+        partner: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,8 +292,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     v["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
                 let due = v["due_by"].as_str().map(|d| format!(", answer due by {d}")).unwrap_or_default();
                 println!("accepted {} for {}{due}", v["id"].as_str().unwrap_or("?"), to.join(", "));
+                for c in v["sent"].as_array().into_iter().flatten() {
+                    for r in c["redacted"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {}: removed {} ({})",
+                            c["recipient"].as_str().unwrap_or("?"),
+                            r["path"].as_str().unwrap_or("?"),
+                            r["rule"].as_str().unwrap_or("?")
+                        );
+                    }
+                }
             }
-            Ok(())
+            refusals(&v)
         }
         Command::Status { api, id } => {
             let v = api_call(&api, "GET", &format!("/v1/packets/{id}"), None)?;
@@ -333,6 +369,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Packet(cmd) => packet(cmd),
+        Command::Policy(cmd) => policy(cmd),
         Command::Pki(PkiCommand::Demo { out, nodes, days }) => {
             let nodes = nodes
                 .iter()
@@ -458,6 +495,133 @@ fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Resu
         401 => Err(CliError::Usage(format!("refused by the node: {msg}; check --token / LIAISON_TOKEN"))),
         503 => Err(CliError::Unavailable(format!("the node cannot take it now: {msg}"))),
         _ => Err(CliError::Rejected(format!("rejected ({status}): {msg}{field}"))),
+    }
+}
+
+/// Recipients refused by policy, from a submit or dry-run answer: each on stderr, and an error.
+fn refusals(v: &serde_json::Value) -> Result<(), CliError> {
+    let denied: Vec<String> = v["denied"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let denial = if d["denial"].is_object() { &d["denial"] } else { &d["denied"] };
+            format!(
+                "{}: {}: {}",
+                d["recipient"].as_str().unwrap_or("?"),
+                denial["rule"].as_str().unwrap_or("?"),
+                denial["reason"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Rejected(format!("refused by policy, nothing sent to: {}", denied.join("; "))))
+    }
+}
+
+fn policy(cmd: PolicyCommand) -> Result<(), CliError> {
+    match cmd {
+        PolicyCommand::Check { api, to, file } => {
+            let body =
+                String::from_utf8(read_input(&file)?).map_err(|_| CliError::Rejected("input is not UTF-8".into()))?;
+            let path = if to.is_empty() {
+                "/v1/policy/check".to_owned()
+            } else {
+                format!("/v1/policy/check?to={}", to.join(","))
+            };
+            let v = api_call(&api, "POST", &path, Some(&body))?;
+            if api.json {
+                println!("{v}");
+            }
+            let mut denied = Vec::new();
+            for r in v["recipients"].as_array().into_iter().flatten() {
+                let who = r["recipient"].as_str().unwrap_or("?");
+                let hash = r["policy"].as_str().unwrap_or("no policy");
+                match r["decision"].as_str().unwrap_or("?") {
+                    "deny" => {
+                        let d = &r["denied"];
+                        let line = format!(
+                            "{who}: deny ({}: {})",
+                            d["rule"].as_str().unwrap_or("?"),
+                            d["reason"].as_str().unwrap_or("?")
+                        );
+                        if !api.json {
+                            println!("{line}  [policy {hash}]");
+                        }
+                        denied.push(line);
+                    }
+                    decision if !api.json => {
+                        println!("{who}: {}  [policy {hash}]", decision.replace('_', " "));
+                        for x in r["redacted"].as_array().into_iter().flatten() {
+                            println!(
+                                "  removes {} ({})",
+                                x["path"].as_str().unwrap_or("?"),
+                                x["rule"].as_str().unwrap_or("?")
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if denied.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Rejected(format!("would be refused: {}", denied.join("; "))))
+            }
+        }
+        PolicyCommand::Show { api, partner } => {
+            let v = api_call(&api, "GET", &format!("/v1/policy/{partner}"), None)?;
+            if api.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("policy with {}  {}", v["partner"].as_str().unwrap_or("?"), v["hash"].as_str().unwrap_or("?"));
+            if let Some(t) = v["title"].as_str() {
+                println!("  {t}");
+            }
+            for dir in ["send", "receive"] {
+                let r = &v[dir];
+                let list = |k: &str| {
+                    r[k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+                };
+                println!("{dir}:");
+                println!("  packet types      {}", list("packet_types"));
+                println!(
+                    "  at most           {} / TLP:{}",
+                    r["max_classification"].as_str().unwrap_or("?"),
+                    r["max_tlp"].as_str().unwrap_or("?")
+                );
+                println!("  handling codes    {}", list("handling_codes"));
+                println!(
+                    "  requires          grading: {}, legal basis: {}; attachments allowed: {}",
+                    r["require_grading"], r["require_legal_basis"], r["attachments"]
+                );
+                println!(
+                    "  limits            {} bytes per packet, {} packets per minute",
+                    r["max_packet_bytes"], r["max_packets_per_minute"]
+                );
+                if let Some(m) = r["redact"].as_object() {
+                    for (kind, red) in m {
+                        let what = if red == "entity" {
+                            "the whole entity".to_owned()
+                        } else {
+                            red["fields"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        let verb = if dir == "send" { "removed" } else { "refused" };
+                        println!("  {kind:<17} {verb}: {what}");
+                    }
+                }
+            }
+            Ok(())
+        }
     }
 }
 

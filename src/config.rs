@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::delivery::RetryPolicy;
 use crate::encoding::{unhex, Digest};
 use crate::ids::NodeId;
+use crate::policy::Policy;
 
 /// The configuration could not be used; every problem found is listed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +85,8 @@ struct RawClient {
 struct RawPartner {
     id: String,
     addr: String,
+    #[serde(default)]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,14 +181,25 @@ pub struct Settings {
     pub api_listen: SocketAddr,
     /// Local API clients.
     pub api_clients: Vec<ApiClient>,
-    /// Partners and where to reach them.
-    pub partners: Vec<(NodeId, SocketAddr)>,
+    /// Partners, where to reach them, and the sharing policy agreed with each.
+    pub partners: Vec<PartnerSettings>,
     /// Retry spacing.
     pub retry: RetryPolicy,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `liaison=debug`...).
     pub log_level: String,
+}
+
+/// One enrolled partner.
+#[derive(Debug, Clone)]
+pub struct PartnerSettings {
+    /// Its node id.
+    pub id: NodeId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// The sharing policy with it; `None`: nothing is exchanged (deny by default).
+    pub policy: Option<Policy>,
 }
 
 impl Settings {
@@ -268,13 +282,19 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             .parse::<SocketAddr>()
             .map_err(|e| problems.push(format!("partners[{i}].addr {:?}: {e}", p.addr)))
             .ok();
+        let policy = match (&p.policy, &id) {
+            (Some(file), Some(id)) => {
+                Policy::load(&rel(file), Some(id)).map_err(|e| problems.push(format!("partners[{i}].policy: {e}"))).ok()
+            }
+            _ => None,
+        };
         if let (Some(id), Some(addr)) = (id, addr) {
             if Some(&id) == node.as_ref() {
                 problems.push(format!("partners[{i}].id: {id} is this node"));
-            } else if partners.iter().any(|(n, _)| *n == id) {
+            } else if partners.iter().any(|p: &PartnerSettings| p.id == id) {
                 problems.push(format!("partners[{i}].id: {id} is listed twice"));
             } else {
-                partners.push((id, addr));
+                partners.push(PartnerSettings { id, addr, policy });
             }
         }
     }

@@ -36,6 +36,15 @@ macro_rules! material {
 /// signing key, encryption key, public keys, TLS certificate and TLS key.
 const NODES: [(&str, [&str; 5]); 3] =
     [("CO-DIJIN", material!("CO-DIJIN")), ("ES-UDYCO", material!("ES-UDYCO")), ("IT-DCSA", material!("IT-DCSA"))];
+/// The demo sharing policies: (node, partner, policy file).
+const POLICIES: [(&str, &str, &str); 6] = [
+    ("IT-DCSA", "ES-UDYCO", include_str!("../configs/policies/IT-DCSA/ES-UDYCO.toml")),
+    ("IT-DCSA", "CO-DIJIN", include_str!("../configs/policies/IT-DCSA/CO-DIJIN.toml")),
+    ("ES-UDYCO", "IT-DCSA", include_str!("../configs/policies/ES-UDYCO/IT-DCSA.toml")),
+    ("ES-UDYCO", "CO-DIJIN", include_str!("../configs/policies/ES-UDYCO/CO-DIJIN.toml")),
+    ("CO-DIJIN", "IT-DCSA", include_str!("../configs/policies/CO-DIJIN/IT-DCSA.toml")),
+    ("CO-DIJIN", "ES-UDYCO", include_str!("../configs/policies/CO-DIJIN/ES-UDYCO.toml")),
+];
 const CA: &str = include_str!("../certs-example/tls/ca.crt");
 const CRL: &str = include_str!("../certs-example/tls/crl.pem");
 const ALERT: &str = include_str!("../schemas/examples/controlled-delivery-alert.json");
@@ -81,11 +90,17 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         write_file(&nd.join("tls.key"), key, 0o600)?;
         write_file(&nd.join("ca.crt"), CA, 0o644)?;
         write_file(&nd.join("crl.pem"), CRL, 0o644)?;
+        mkdir_private(&nd.join("policies"))?;
+        for (_, partner, text) in POLICIES.iter().filter(|(me, _, _)| *me == name) {
+            write_file(&nd.join("policies").join(format!("{partner}.toml")), text, 0o644)?;
+        }
         let token = format!("demo-token-{}", name.to_ascii_lowercase());
         let partners: String = ports
             .iter()
             .filter(|(n, _, _)| *n != name)
-            .map(|(n, q, _)| format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\n"))
+            .map(|(n, q, _)| {
+                format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\npolicy = \"policies/{n}.toml\"\n")
+            })
             .collect();
         let config = format!(
             "[node]\nid = \"{name}\"\nlisten = \"127.0.0.1:{quic}\"\ndata_dir = \"data\"\n\

@@ -31,6 +31,7 @@ use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
 use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
+use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
 use crate::seal::{peek_route, OpenError, SealContext, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
@@ -79,6 +80,42 @@ pub enum NodeError {
     /// A stored signed packet no longer verifies (keyring changed, or corruption).
     #[error("stored packet {0} does not verify: {1}")]
     Evidence(PacketId, OpenError),
+    /// The sharing policy refuses the packet for every recipient; nothing was sent.
+    #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
+    Denied(Vec<Refused>),
+}
+
+/// What a submit did, recipient by recipient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Submitted {
+    /// The packet id.
+    pub id: PacketId,
+    /// Recipients a copy was sealed and stored for.
+    pub sent: Vec<SentCopy>,
+    /// Recipients the policy refused: nothing was sealed for them.
+    pub denied: Vec<Refused>,
+}
+
+/// A copy sealed for one recipient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SentCopy {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// What its policy removed before signing.
+    pub redacted: Vec<Redacted>,
+    /// The version hash of the policy applied.
+    pub policy: Option<Digest>,
+}
+
+/// A recipient refused by policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refused {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// The rule and why.
+    pub denial: Denial,
+    /// The version hash of the policy applied (`None`: no policy with this partner).
+    pub policy: Option<Digest>,
 }
 
 /// A partner node: its id and where to reach it.
@@ -105,6 +142,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Enrolled partners.
     pub partners: Vec<Partner>,
+    /// The sharing policies with the partners (a partner without one gets and sends nothing).
+    pub policies: PolicyBook,
     /// Retry spacing.
     pub retry: RetryPolicy,
 }
@@ -129,6 +168,7 @@ struct Inner {
     endpoint: quinn::Endpoint,
     shutdown: watch::Receiver<bool>,
     retry: RetryPolicy,
+    policies: PolicyBook,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
 }
@@ -182,12 +222,16 @@ impl Node {
                 endpoint,
                 shutdown,
                 retry: config.retry,
+                policies: config.policies,
                 receipts_applied: watch::channel(0).0,
             }),
         };
         info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
         tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
+            if node.inner.policies.policy(peer).is_none() {
+                warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
+            }
             let span = info_span!("sender", node = %me, peer = %peer);
             tokio::spawn(node.clone().sender_loop(peer.clone()).instrument(span));
         }
@@ -204,19 +248,54 @@ impl Node {
         &self.inner.me
     }
 
-    /// Seals `packet` for each recipient and stores the copies; returns once they are on disk.
-    pub async fn submit(&self, packet: &Packet) -> Result<PacketId, NodeError> {
+    /// The sharing policies with the partners.
+    pub fn policies(&self) -> &PolicyBook {
+        &self.inner.policies
+    }
+
+    /// Checks `packet` against the sharing policy of each recipient, seals the copy each may
+    /// have (redacted where its policy says so, signed naming that policy), and stores the
+    /// copies; returns once they are on disk. Recipients the policy refuses get nothing and are
+    /// listed in [`Submitted::denied`]; if every recipient is refused the submit fails.
+    pub async fn submit(&self, packet: &Packet) -> Result<Submitted, NodeError> {
         for r in &packet.envelope.recipients {
             if !self.inner.partners.contains_key(r) {
                 return Err(NodeError::NotAPartner(r.clone()));
             }
         }
-        let sealed = self.inner.seal.seal(packet, &mut rand_core::OsRng)?;
         let now = now_ms();
+        let id = packet.envelope.id;
+        let mut copies = Vec::new();
+        let mut denied = Vec::new();
+        for r in &packet.envelope.recipients {
+            let mut copy = packet.clone();
+            let verdict = self.inner.policies.decide(r, Direction::Send, &mut copy, now);
+            match verdict.decision {
+                Decision::Deny(denial) => {
+                    warn!(packet_id = %id, recipient = %r, rule = %denial.rule, "refused by policy; nothing sent to this partner");
+                    denied.push(Refused { recipient: r.clone(), denial, policy: verdict.policy });
+                }
+                Decision::Allow => {
+                    copies.push((copy, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }))
+                }
+                Decision::Redact(redacted) => {
+                    info!(packet_id = %id, recipient = %r, fields = redacted.len(), "redacted by policy");
+                    copies.push((copy, SentCopy { recipient: r.clone(), redacted, policy: verdict.policy }));
+                }
+            }
+        }
+        if copies.is_empty() {
+            return Err(NodeError::Denied(denied));
+        }
+        // Each copy names the recipients that actually get the packet.
+        let receiving: Vec<NodeId> = copies.iter().map(|(_, c)| c.recipient.clone()).collect();
         let expires = crate::delivery::millis(packet.envelope.expires);
         let mut ops = Vec::new();
         let mut entries = Vec::new();
-        for s in &sealed {
+        for (copy, sent) in &mut copies {
+            copy.envelope.recipients.clone_from(&receiving);
+            let signed = self.inner.seal.sign_under(copy, sent.policy)?;
+            let s = self.inner.seal.encrypt_for(&signed, &sent.recipient, &mut rand_core::OsRng)?;
             let e = Outbox::new_entry(
                 now,
                 s.route.packet_id,
@@ -226,7 +305,7 @@ impl Node {
                 Digest::of(&s.bytes),
             );
             let key = pair_key(e.packet_id, &e.recipient);
-            ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes.clone()));
+            ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
             ops.push(store::put(Tree::Outbox, key, &e));
             entries.push(e);
         }
@@ -237,13 +316,13 @@ impl Node {
                 outbox.admit(now, e);
             }
         }
-        for r in &packet.envelope.recipients {
+        for r in &receiving {
             if let Some(w) = self.inner.wake.get(r) {
                 w.notify_one();
             }
         }
-        info!(packet_id = %packet.envelope.id, kind = %packet.packet_type(), priority = packet.envelope.priority.as_str(), recipients = sealed.len(), "submitted");
-        Ok(packet.envelope.id)
+        info!(packet_id = %id, kind = %packet.packet_type(), priority = packet.envelope.priority.as_str(), recipients = receiving.len(), refused = denied.len(), "submitted");
+        Ok(Submitted { id, sent: copies.into_iter().map(|(_, c)| c).collect(), denied })
     }
 
     /// Per-recipient delivery status of a packet this node sent.
@@ -253,6 +332,28 @@ impl Node {
             return Err(NodeError::UnknownPacket(packet_id));
         }
         Ok(entries)
+    }
+
+    /// The signed receipt `recipient` returned for `packet_id` (verified again from the store),
+    /// and its item about this packet.
+    pub fn receipt(
+        &self,
+        packet_id: PacketId,
+        recipient: &NodeId,
+    ) -> Result<Option<(crate::seal::SignedPacket, ReceiptItem)>, NodeError> {
+        let Some(receipt_id) = self.inner.store.get(Tree::ReceiptIndex, &pair_key(packet_id, recipient))? else {
+            return Ok(None);
+        };
+        let bytes = self.inner.store.get(Tree::Receipts, &receipt_id)?.unwrap_or_default();
+        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &bytes)
+            .map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let item = match &signed.packet.body {
+            Body::DeliveryReceipt(r) if r.receiver == *recipient => {
+                r.receipts.iter().find(|i| i.packet_id == packet_id).cloned()
+            }
+            _ => None,
+        };
+        Ok(item.map(|i| (signed, i)))
     }
 
     /// Waits until every copy of `packet_id` is delivered, rejected or expired (or `timeout`
@@ -476,14 +577,15 @@ impl Node {
                         received_at: now,
                         sealed_digest: digest,
                         outcome,
+                        policy: None,
                     });
                     continue;
                 }
             };
-            let packet = &opened.signed.packet;
-            let id = packet.envelope.id;
-            lane = lane.min(packet.envelope.priority);
-            let span = info_span!("packet", packet_id = %id, kind = %packet.packet_type());
+            let mut opened = opened;
+            let id = opened.signed.packet.envelope.id;
+            lane = lane.min(opened.signed.packet.envelope.priority);
+            let span = info_span!("packet", packet_id = %id, kind = %opened.signed.packet.packet_type());
             let _enter = span.enter();
             let class = match new.get(&id) {
                 // A copy sent twice within one batch.
@@ -503,6 +605,7 @@ impl Node {
                         received_at: timestamp_of(received_at),
                         sealed_digest: digest,
                         outcome: ReceiptOutcome::Accepted,
+                        policy: self.admitted_under(id, &new),
                     }
                 }
                 Incoming::DuplicateWithOtherBytes { received_at, first } => {
@@ -512,9 +615,29 @@ impl Node {
                         received_at: timestamp_of(received_at),
                         sealed_digest: first,
                         outcome: ReceiptOutcome::Accepted,
+                        policy: self.admitted_under(id, &new),
                     }
                 }
                 Incoming::New => {
+                    // The receiving side of the agreement: checked once, on first arrival (a
+                    // retransmission gets the answer the first copy got).
+                    let verdict =
+                        self.inner.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms);
+                    if let Decision::Deny(denial) = verdict.decision {
+                        warn!(rule = %denial.rule, "refused by policy; not stored");
+                        items.push(ReceiptItem {
+                            packet_id: id,
+                            received_at: now,
+                            sealed_digest: digest,
+                            outcome: ReceiptOutcome::Rejected {
+                                code: format!("policy.{}", denial.rule),
+                                reason: denial.reason,
+                            },
+                            policy: verdict.policy,
+                        });
+                        continue;
+                    }
+                    let packet = &opened.signed.packet;
                     let rec = InboxRecord {
                         sender: peer.clone(),
                         sealed_digest: digest,
@@ -523,6 +646,7 @@ impl Node {
                         priority: packet.envelope.priority,
                         due_by: packet.envelope.due_by,
                         read: None,
+                        policy: verdict.policy,
                     };
                     ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes));
                     ops.push(store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec));
@@ -547,6 +671,7 @@ impl Node {
                         received_at: now,
                         sealed_digest: digest,
                         outcome: ReceiptOutcome::Accepted,
+                        policy: verdict.policy,
                     }
                 }
             };
@@ -569,6 +694,15 @@ impl Node {
         }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
         Ok(Some((sealed, lane)))
+    }
+
+    /// The policy version under which a packet already received was admitted (for repeating
+    /// its receipt), from this batch or the store.
+    fn admitted_under(&self, id: PacketId, batch: &HashMap<PacketId, (Digest, InboxRecord)>) -> Option<Digest> {
+        match batch.get(&id) {
+            Some((_, rec)) => rec.policy,
+            None => self.inner.store.inbox_record(id).ok().flatten().and_then(|r| r.policy),
+        }
     }
 
     /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
@@ -844,7 +978,9 @@ impl Node {
             }
         }
         if !ops.is_empty() {
-            ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), bytes.to_vec()));
+            // The signed receipt (COSE_Sign1) is the evidence: anyone with the partner's public
+            // key can verify it later, without this node's decryption key.
+            ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), opened.signed.bytes.clone()));
             ops.extend(self.dirty_ops());
             self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
         }

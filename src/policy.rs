@@ -172,16 +172,7 @@ impl std::fmt::Display for Denial {
 pub const REDACTABLE: [(&str, &[&str]); 7] = [
     (
         "person",
-        &[
-            "given_names",
-            "aliases",
-            "date_of_birth",
-            "place_of_birth",
-            "nationalities",
-            "sex",
-            "role",
-            "biometrics",
-        ],
+        &["given_names", "aliases", "date_of_birth", "place_of_birth", "nationalities", "sex", "role", "biometrics"],
     ),
     ("organisation", &["country", "registration_number"]),
     ("vehicle", &["registration", "registration_country", "vin", "make", "model", "colour"]),
@@ -586,6 +577,26 @@ impl PolicyBook {
     /// Applies the policy for `partner` in `direction` to `packet` at time `now` (for the rate
     /// limit): [`evaluate`] plus the rate limit, or a denial if there is no policy.
     pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {
+        let mut verdict = self.dry_run(partner, direction, packet);
+        let Some(policy) = self.policies.get(partner) else { return verdict };
+        if !matches!(verdict.decision, Decision::Deny(_)) && !packet.packet_type().is_system() {
+            let rules = policy.rules(direction);
+            let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let bucket = buckets
+                .entry((partner.clone(), direction.as_str()))
+                .or_insert_with(|| Bucket::new(rules.max_packets_per_minute, now));
+            if !bucket.take(now) {
+                verdict.decision = Decision::Deny(Denial::new(
+                    format!("{}.max_packets_per_minute", direction.as_str()),
+                    format!("more than {} packets in a minute", rules.max_packets_per_minute),
+                ));
+            }
+        }
+        verdict
+    }
+
+    /// [`PolicyBook::decide`] without the rate limit and without counting: the dry run.
+    pub fn dry_run(&self, partner: &NodeId, direction: Direction, packet: &mut Packet) -> Verdict {
         let Some(policy) = self.policies.get(partner) else {
             return Verdict {
                 decision: Decision::Deny(Denial::new(
@@ -595,21 +606,7 @@ impl PolicyBook {
                 policy: None,
             };
         };
-        let rules = policy.rules(direction);
-        let mut decision = evaluate(rules, direction, packet);
-        if !matches!(decision, Decision::Deny(_)) && !packet.packet_type().is_system() {
-            let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let bucket = buckets
-                .entry((partner.clone(), direction.as_str()))
-                .or_insert_with(|| Bucket::new(rules.max_packets_per_minute, now));
-            if !bucket.take(now) {
-                decision = Decision::Deny(Denial::new(
-                    format!("{}.max_packets_per_minute", direction.as_str()),
-                    format!("more than {} packets in a minute", rules.max_packets_per_minute),
-                ));
-            }
-        }
-        Verdict { decision, policy: Some(policy.hash) }
+        Verdict { decision: evaluate(policy.rules(direction), direction, packet), policy: Some(policy.hash) }
     }
 }
 
@@ -700,14 +697,24 @@ max_packets_per_minute = 100000
     fn every_refusing_rule_is_named() {
         type Case = (&'static str, fn(&mut Rules), fn(&mut Packet), &'static str);
         let cases: &[Case] = &[
-            ("type", |r| {
-                r.packet_types.remove(&PacketType::InformationResponse);
-            }, |_| {}, "packet_types"),
+            (
+                "type",
+                |r| {
+                    r.packet_types.remove(&PacketType::InformationResponse);
+                },
+                |_| {},
+                "packet_types",
+            ),
             ("classification", |r| r.max_classification = Classification::Unclassified, |_| {}, "max_classification"),
             ("tlp", |r| r.max_tlp = Tlp::Green, |_| {}, "max_tlp"),
-            ("handling", |r| {
-                r.handling_codes.remove(&HandlingCode::H2);
-            }, |_| {}, "handling_codes"),
+            (
+                "handling",
+                |r| {
+                    r.handling_codes.remove(&HandlingCode::H2);
+                },
+                |_| {},
+                "handling_codes",
+            ),
             ("grading", |r| r.require_grading = true, |p| p.envelope.grading = None, "require_grading"),
             ("legal basis", |r| r.require_legal_basis = true, |p| p.envelope.legal_basis = None, "require_legal_basis"),
             ("attachments", |r| r.attachments = false, |_| {}, "attachments"),
@@ -866,7 +873,8 @@ max_packets_per_minute = 100000
         let a = Policy::from_toml(OPEN, None).unwrap();
         let b = Policy::from_toml(&format!("# a comment\n\n{}", OPEN.replace(" = ", "=")), None).unwrap();
         assert_eq!(a.hash, b.hash);
-        let c = Policy::from_toml(&OPEN.replacen("require_grading = false", "require_grading = true", 1), None).unwrap();
+        let c =
+            Policy::from_toml(&OPEN.replacen("require_grading = false", "require_grading = true", 1), None).unwrap();
         assert_ne!(a.hash, c.hash);
     }
 }

@@ -88,6 +88,9 @@ pub const LABEL_PACKET_ID: &str = "liaison.pid";
 pub const LABEL_ORIGINATOR: &str = "liaison.orig";
 /// Protected-header label of the packet type in the COSE_Sign1 layer.
 pub const LABEL_TYPE: &str = "liaison.type";
+/// Protected-header label (COSE_Sign1) of the version hash of the sharing policy under which the
+/// originator sent this copy (32-byte SHA-256; absent for system packets).
+pub const LABEL_POLICY: &str = "liaison.policy";
 /// Content type of the COSE_Sign1 payload.
 pub const CONTENT_TYPE_PACKET: &str = "application/vnd.liaison.packet+cbor";
 /// Content type of the COSE_Encrypt plaintext.
@@ -255,6 +258,9 @@ pub struct SignedPacket {
     pub packet: Packet,
     /// The kid of the signing key.
     pub signer: KeyId,
+    /// The version hash of the originator's sharing policy for this copy's recipient, from the
+    /// protected header.
+    pub policy: Option<Digest>,
 }
 
 /// One recipient's sealed copy.
@@ -322,6 +328,11 @@ impl SealContext {
 
     /// Signs a packet this node originates (COSE_Sign1, Ed25519).
     pub fn sign(&self, packet: &Packet) -> Result<SignedPacket, SealError> {
+        self.sign_under(packet, None)
+    }
+
+    /// Signs `packet`, naming in the protected header the sharing policy it was checked against.
+    pub fn sign_under(&self, packet: &Packet, policy: Option<Digest>) -> Result<SignedPacket, SealError> {
         packet.check()?;
         let me = self.keys.node();
         if &packet.envelope.originator.node != me {
@@ -337,8 +348,12 @@ impl SealContext {
             .content_type(CONTENT_TYPE_PACKET.into())
             .text_value(LABEL_PACKET_ID.into(), Value::Text(packet.envelope.id.to_string()))
             .text_value(LABEL_ORIGINATOR.into(), Value::Text(me.to_string()))
-            .text_value(LABEL_TYPE.into(), Value::Text(packet.packet_type().as_str().into()))
-            .build();
+            .text_value(LABEL_TYPE.into(), Value::Text(packet.packet_type().as_str().into()));
+        let protected = match policy {
+            Some(d) => protected.text_value(LABEL_POLICY.into(), Value::Bytes(d.0.to_vec())),
+            None => protected,
+        }
+        .build();
         let sk = self.keys.signing().key();
         let bytes = CoseSign1Builder::new()
             .protected(protected)
@@ -347,7 +362,7 @@ impl SealContext {
             .build()
             .to_tagged_vec()
             .map_err(|e| SealError::Encoding(e.to_string()))?;
-        Ok(SignedPacket { bytes, packet: packet.clone(), signer: kid })
+        Ok(SignedPacket { bytes, packet: packet.clone(), signer: kid, policy })
     }
 
     /// Encrypts a signed packet for one of its recipients (COSE_Encrypt, ECDH-SS + HKDF-256,
@@ -550,7 +565,14 @@ pub fn verify_signed(keyring: &Keyring, bytes: &[u8]) -> Result<SignedPacket, Op
             keys.node, e.originator.node
         )));
     }
-    Ok(SignedPacket { bytes: bytes.to_vec(), packet, signer })
+    let policy = match h.rest.iter().find(|(l, _)| *l == Label::Text(LABEL_POLICY.into())) {
+        None => None,
+        Some((_, Value::Bytes(b))) => Some(Digest(
+            b.as_slice().try_into().map_err(|_| malformed(Layer::Signed, "policy hash must be 32 bytes".into()))?,
+        )),
+        Some(_) => return Err(malformed(Layer::Signed, "policy hash must be a byte string".into())),
+    };
+    Ok(SignedPacket { bytes: bytes.to_vec(), packet, signer, policy })
 }
 
 fn parse_encrypt(bytes: &[u8]) -> Result<CoseEncrypt, OpenError> {

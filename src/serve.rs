@@ -12,6 +12,7 @@ use tracing::info;
 use crate::config::Settings;
 use crate::keys::{Keyring, NodeKeys};
 use crate::node::{Node, NodeConfig, Partner};
+use crate::policy::PolicyBook;
 use crate::seal::SealContext;
 use crate::transport::TlsMaterial;
 
@@ -44,9 +45,9 @@ pub enum ServeError {
 pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     let keys = NodeKeys::load_from_dir(&s.keys_dir, &s.node)?;
     let keyring = Keyring::load(&s.keyring)?;
-    for (p, _) in &s.partners {
-        if keyring.node(p).is_none() {
-            return Err(ServeError::PartnerWithoutKeys(p.clone()));
+    for p in &s.partners {
+        if keyring.node(&p.id).is_none() {
+            return Err(ServeError::PartnerWithoutKeys(p.id.clone()));
         }
     }
     let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
@@ -57,7 +58,8 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         listen: s.listen,
         socket: None,
         data_dir: s.data_dir.clone(),
-        partners: s.partners.iter().map(|(node, addr)| Partner { node: node.clone(), addr: *addr }).collect(),
+        partners: s.partners.iter().map(|p| Partner { node: p.id.clone(), addr: p.addr }).collect(),
+        policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
     })
 }

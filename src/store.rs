@@ -249,6 +249,9 @@ pub struct InboxRecord {
     pub due_by: Option<crate::timestamp::Timestamp>,
     /// Who acknowledged it, and when.
     pub read: Option<(OfficerId, Millis)>,
+    /// The version hash of this node's policy for the sender that admitted it.
+    #[serde(default)]
+    pub policy: Option<Digest>,
 }
 
 /// The key of a (packet, recipient) pair.
@@ -477,6 +480,7 @@ mod tests {
             priority: crate::markings::Priority::Urgent,
             due_by: None,
             read: Some(("Isp. Rossi".parse().unwrap(), 50)),
+            policy: Some(Digest::of(b"policy")),
         };
         store.commit_blocking(vec![put(Tree::Inbox, id.as_bytes().to_vec(), &rec)]).unwrap();
         assert_eq!(store.inbox_record(id).unwrap(), Some(rec));

@@ -63,6 +63,10 @@ impl Federation {
     }
 
     async fn start(&self, name: &str) -> Node {
+        self.start_with(name, demo_policies(name)).await
+    }
+
+    async fn start_with(&self, name: &str, policies: liaison::policy::PolicyBook) -> Node {
         let now = OffsetDateTime::now_utc();
         let cert = self.ca.issue(&node(name), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
         let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
@@ -81,10 +85,22 @@ impl Federation {
             socket: Some(socket),
             data_dir: self.dir.path().join(name),
             partners,
+            policies,
             retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 10_000 },
         };
         Node::start(config, self.stop.subscribe()).await.unwrap()
     }
+}
+
+/// The demo sharing policies of `name` (configs/policies/<name>/*.toml).
+fn demo_policies(name: &str) -> liaison::policy::PolicyBook {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/policies").join(name);
+    liaison::policy::PolicyBook::new(
+        NODES
+            .iter()
+            .filter(|n| **n != name)
+            .map(|n| liaison::policy::Policy::load(&dir.join(format!("{n}.toml")), Some(&node(n))).unwrap()),
+    )
 }
 
 /// The port was learnt by binding once; bind it again (retrying briefly if the OS is slow to free it).
@@ -133,7 +149,7 @@ async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
     let es = fed.start("ES-UDYCO").await;
 
     let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
-    let id = it.submit(&p).await.unwrap();
+    let id = it.submit(&p).await.unwrap().id;
     until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
 
     let inbox = es.inbox().unwrap();
@@ -160,7 +176,7 @@ async fn every_packet_type_and_a_multi_recipient_alert() {
     let co = fed.start("CO-DIJIN").await;
 
     let alert = example("controlled-delivery-alert.json", "CO-DIJIN", &["ES-UDYCO", "IT-DCSA"]);
-    let alert_id = co.submit(&alert).await.unwrap();
+    let alert_id = co.submit(&alert).await.unwrap().id;
     let mut sent = vec![];
     for f in [
         "jit-notice.json",
@@ -171,7 +187,7 @@ async fn every_packet_type_and_a_multi_recipient_alert() {
         "clarification-request.json",
     ] {
         let p = example(f, "ES-UDYCO", &["IT-DCSA"]);
-        sent.push(es.submit(&p).await.unwrap());
+        sent.push(es.submit(&p).await.unwrap().id);
     }
     until("alert at both", || {
         co.status(alert_id).unwrap().iter().all(|e| matches!(e.state, EntryState::Delivered { .. }))
@@ -191,7 +207,7 @@ async fn a_receiver_that_is_down_gets_it_after_restart_exactly_once() {
     let it = fed.start("IT-DCSA").await;
     // ES-UDYCO is not running yet.
     let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
-    let id = it.submit(&p).await.unwrap();
+    let id = it.submit(&p).await.unwrap().id;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(matches!(state(&it, id, "ES-UDYCO"), EntryState::Queued { .. } | EntryState::InFlight { .. }));
     let es = fed.start("ES-UDYCO").await;
@@ -211,5 +227,100 @@ async fn submitting_to_a_node_that_is_not_a_partner_is_refused() {
     p.envelope.recipients = vec![node("DE-BKA")];
     let err = it.submit(&p).await.unwrap_err();
     assert_eq!(err.to_string(), "DE-BKA is not a partner of this node");
+    let _ = fed.stop.send(true);
+}
+
+/// Egress: one recipient refused by its policy gets nothing, the other recipient is unaffected
+/// and its copy does not even name the refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_denial_refuses_one_partner_and_not_the_other() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let co = fed.start("CO-DIJIN").await;
+    // EU RESTRICTED, TLP:RED: fine for ES-UDYCO, above what IT-DCSA may send to CO-DIJIN.
+    let alert = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO", "CO-DIJIN"]);
+    let done = it.submit(&alert).await.unwrap();
+    assert_eq!(done.sent.iter().map(|c| c.recipient.as_str()).collect::<Vec<_>>(), ["ES-UDYCO"]);
+    assert_eq!(done.denied.len(), 1);
+    assert_eq!(done.denied[0].recipient.as_str(), "CO-DIJIN");
+    assert_eq!(done.denied[0].denial.rule, "send.max_classification");
+    assert_eq!(it.status(done.id).unwrap().len(), 1, "no outbox entry for the refused partner");
+    until("delivered to ES", || matches!(state(&it, done.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let (shown, _) = es.show(done.id).unwrap();
+    assert_eq!(shown.envelope.recipients, [node("ES-UDYCO")], "the copy names only who gets it");
+    assert!(co.inbox().unwrap().is_empty());
+    // Refused for every recipient: the submit fails and nothing is stored.
+    let alert = example("controlled-delivery-alert.json", "IT-DCSA", &["CO-DIJIN"]);
+    let err = it.submit(&alert).await.unwrap_err();
+    assert!(err.to_string().contains("CO-DIJIN: send.max_classification"), "{err}");
+    assert!(it.status(alert.envelope.id).is_err());
+    let _ = fed.stop.send(true);
+}
+
+/// Ingress: a sender whose own policy is laxer than the receiver's gets a signed rejection
+/// naming the receiver's rule, and the packet is neither stored nor shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_rejects_what_the_receiver_does_not_accept() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    // CO-DIJIN believes it may send JIT notices to IT-DCSA (IT-DCSA's policy says no).
+    let lax =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/policies/CO-DIJIN/IT-DCSA.toml"))
+            .unwrap()
+            .replacen(
+                "packet_types = [\"ControlledDeliveryAlert\"",
+                "packet_types = [\"JitNotice\", \"ControlledDeliveryAlert\"",
+                1,
+            );
+    let lax = liaison::policy::Policy::from_toml(&lax, Some(&node("IT-DCSA"))).unwrap();
+    let co = fed.start_with("CO-DIJIN", liaison::policy::PolicyBook::new([lax])).await;
+    let mut notice = example("jit-notice.json", "CO-DIJIN", &["IT-DCSA"]);
+    notice.envelope.classification = liaison::markings::Classification::BasicProtection;
+    let id = co.submit(&notice).await.unwrap().id;
+    until("answered", || state(&co, id, "IT-DCSA").is_terminal()).await;
+    let EntryState::Rejected { code, reason, .. } = state(&co, id, "IT-DCSA") else {
+        panic!("{:?}", state(&co, id, "IT-DCSA"))
+    };
+    assert_eq!(code, "policy.receive.packet_types");
+    assert!(reason.contains("JitNotice"), "{reason}");
+    let (receipt, item) = co.receipt(id, &node("IT-DCSA")).unwrap().expect("the rejection is a stored, signed receipt");
+    assert_eq!(receipt.packet.envelope.originator.node.as_str(), "IT-DCSA", "signed by the receiver");
+    let it_policy = it.policies().policy(&node("CO-DIJIN")).unwrap().hash;
+    assert_eq!(item.policy, Some(it_policy), "the receipt names the receiver's policy version");
+    assert!(it.inbox().unwrap().is_empty(), "not stored, not shown");
+    let _ = fed.stop.send(true);
+}
+
+/// Redaction: what the policy removes is not in the packet the partner stores, the copy is
+/// signed naming the sender's policy, and the receipt names the receiver's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_fields_never_reach_the_partner() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let co = fed.start("CO-DIJIN").await;
+    let mut answer = example("information-response.json", "IT-DCSA", &["CO-DIJIN"]);
+    if let liaison::packet::Body::InformationResponse(r) = &mut answer.body {
+        r.attachments.clear(); // IT-DCSA sends no files to CO-DIJIN
+    }
+    let done = it.submit(&answer).await.unwrap();
+    let paths: Vec<&str> = done.sent[0].redacted.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "body.InformationResponse.entities[0].person.biometrics",
+            "body.InformationResponse.entities[0].person.date_of_birth",
+            "body.InformationResponse.entities[6].account",
+        ]
+    );
+    until("delivered", || matches!(state(&it, done.id, "CO-DIJIN"), EntryState::Delivered { .. })).await;
+    let (shown, _) = co.show(done.id).unwrap();
+    let liaison::packet::Body::InformationResponse(r) = &shown.body else { panic!() };
+    assert!(r.entities.iter().all(|e| e.kind() != "account"));
+    let liaison::packet::Entity::Person(p) = &r.entities[0] else { panic!() };
+    assert!(p.date_of_birth.is_none() && p.biometrics.is_empty() && p.given_names.is_some());
+    let (_, item) = it.receipt(done.id, &node("CO-DIJIN")).unwrap().unwrap();
+    assert_eq!(item.policy, Some(co.policies().policy(&node("IT-DCSA")).unwrap().hash));
+    assert_eq!(done.sent[0].policy, Some(it.policies().policy(&node("CO-DIJIN")).unwrap().hash));
     let _ = fed.stop.send(true);
 }

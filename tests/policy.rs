@@ -46,18 +46,20 @@ fn rules() -> impl Strategy<Value = Rules> {
         proptest::sample::select(vec![2_000usize, 8_000, 16 * 1024 * 1024]),
         redactions(),
     )
-        .prop_map(|(packet_types, max_classification, max_tlp, handling_codes, (g, l, a), max_packet_bytes, redact)| Rules {
-            packet_types,
-            max_classification,
-            max_tlp,
-            handling_codes,
-            require_grading: g,
-            require_legal_basis: l,
-            attachments: a,
-            max_packet_bytes,
-            max_packets_per_minute: 1000,
-            redact,
-        })
+        .prop_map(
+            |(packet_types, max_classification, max_tlp, handling_codes, (g, l, a), max_packet_bytes, redact)| Rules {
+                packet_types,
+                max_classification,
+                max_tlp,
+                handling_codes,
+                require_grading: g,
+                require_legal_basis: l,
+                attachments: a,
+                max_packet_bytes,
+                max_packets_per_minute: 1000,
+                redact,
+            },
+        )
 }
 
 /// An example with entities (a response with every kind and an attachment, a request, an alert

@@ -39,8 +39,12 @@ fn forge_sign1(seed: &[u8; 32], kid: &[u8], payload: Vec<u8>, tweak: impl FnOnce
 
 /// Encrypts arbitrary inner bytes from `from` to `to`, with the routing header of `packet`.
 fn encrypt_raw(from: &str, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
-    let signed =
-        SignedPacket { bytes: inner, packet: packet.clone(), signer: common::keys(from).public().signing_kid.clone() };
+    let signed = SignedPacket {
+        bytes: inner,
+        packet: packet.clone(),
+        signer: common::keys(from).public().signing_kid.clone(),
+        policy: None,
+    };
     common::ctx(from).encrypt_for(&signed, &common::node(to), &mut common::rng(3)).unwrap().bytes
 }
 

@@ -137,6 +137,9 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let material = dir.path().join("certs");
         copy_dir(&root().join("certs-example"), &material);
+        // The demo sharing policies (configs/policies): IT-DCSA and ES-UDYCO share everything up
+        // to EU RESTRICTED; CO-DIJIN gets less, and redacted.
+        copy_dir(&root().join("configs/policies"), &dir.path().join("policies"));
         let ports: Vec<(String, u16, u16)> = names.iter().map(|n| (n.to_string(), free_udp(), free_tcp())).collect();
         let mut nodes = Vec::new();
         for (name, quic, api) in &ports {
@@ -144,7 +147,11 @@ impl Cluster {
             let partners: String = ports
                 .iter()
                 .filter(|(n, _, _)| n != name)
-                .map(|(n, q, _)| format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\n"))
+                .map(|(n, q, _)| {
+                    format!(
+                        "[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\npolicy = \"policies/{name}/{n}.toml\"\n"
+                    )
+                })
                 .collect();
             let hash = liaison::encoding::hex(&liaison::encoding::Digest::of(token.as_bytes()).0);
             let config = format!(
@@ -611,4 +618,58 @@ fn flash_is_receipted_ahead_of_200_mib_of_queued_routine_traffic() {
     let order = c.node("ES-UDYCO").inbox_ids();
     let pos = order.iter().position(|id| *id == flash).unwrap();
     assert!(pos < 25, "FLASH stored at position {pos} of 51");
+}
+
+/// The policies through the CLI: the dry run names the rule and the redactions, `policy show`
+/// prints the agreement with its version hash, and `send` refuses one partner while the other
+/// gets the packet.
+#[test]
+fn policy_dry_run_show_and_refusals_through_the_cli() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let dir = tempfile::tempdir().unwrap();
+    let alert = dir.path().join("alert.json");
+    fs::write(&alert, draft("controlled-delivery-alert.json").to_string()).unwrap();
+    let mut answer = draft("information-response.json");
+    answer["body"]["InformationResponse"].as_object_mut().unwrap().remove("attachments");
+    let answer_file = dir.path().join("answer.json");
+    fs::write(&answer_file, answer.to_string()).unwrap();
+    let it = c.node("IT-DCSA");
+
+    let o = it.cli(&["policy", "check", "--to", "ES-UDYCO,CO-DIJIN", alert.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("ES-UDYCO: allow "), "{out}");
+    assert!(out.contains("CO-DIJIN: deny (send.max_classification: EU_RESTRICTED is above BASIC_PROTECTION)"), "{out}");
+    let o = it.cli(&["policy", "check", "--to", "CO-DIJIN", answer_file.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("CO-DIJIN: allow with redactions"), "{out}");
+    assert!(
+        out.contains("removes body.InformationResponse.entities[0].person.date_of_birth (send.redact.person)"),
+        "{out}"
+    );
+    assert_eq!(delivered_count(it), 0, "a dry run sends nothing");
+
+    let o = it.cli(&["policy", "show", "CO-DIJIN"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("policy with CO-DIJIN  sha256:"), "{out}");
+    assert!(out.contains("person            removed: biometrics, date_of_birth"), "{out}");
+    assert!(out.contains("account           removed: the whole entity"), "{out}");
+    let o = it.cli(&["policy", "show", "DE-BKA"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no sharing policy with DE-BKA"));
+
+    // One partner refused, the other served; the officer is told which and why.
+    let o = it.cli(&["send", "--to", "ES-UDYCO,CO-DIJIN", alert.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("for ES-UDYCO"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("refused by policy, nothing sent to: CO-DIJIN: send.max_classification"), "{err}");
+    let o = it.cli(&["send", "--to", "CO-DIJIN", answer_file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("CO-DIJIN: removed body.InformationResponse.entities[6].account")
+    );
+    wait_for("both delivered", Duration::from_secs(30), || delivered_count(it) == 2);
+    assert_eq!(c.node("CO-DIJIN").inbox_ids().len(), 1, "only the redacted answer reached CO-DIJIN");
 }

@@ -551,6 +551,10 @@ pub struct ReceiptItem {
     pub sealed_digest: Digest,
     /// Accepted, or rejected with the rule that rejected it.
     pub outcome: ReceiptOutcome,
+    /// The version hash of the receiver's sharing policy for the sender, which this copy was
+    /// checked against (absent if the copy failed before the policy check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Digest>,
 }
 
 /// What the receiver did with a packet.
