@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::config::ApiClient;
+use crate::deadlines::{Deadline, Role};
 use crate::delivery::{Entry, EntryState};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
@@ -52,6 +53,9 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/packets", post(submit))
         .route("/v1/packets/{id}", get(status))
         .route("/v1/policy/check", post(policy_check))
+        .route("/v1/deadlines", get(deadlines))
+        .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/audit/export", get(audit_export))
         .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
         .route("/v1/inbox", get(inbox))
@@ -90,7 +94,11 @@ fn bad_packet(e: PacketError) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, e.to_string(), e.field().map(str::to_owned))
 }
 
-async fn authenticate(State(api): State<Api>, headers: HeaderMap, req: Request, next: Next) -> Response {
+/// The authenticated API client's name (from the config), for the audit trail.
+#[derive(Clone)]
+struct Client(String);
+
+async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Request, next: Next) -> Response {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -103,6 +111,7 @@ async fn authenticate(State(api): State<Api>, headers: HeaderMap, req: Request, 
     match client {
         Some(name) => {
             tracing::debug!(client = %name, method = %req.method(), path = %req.uri().path(), "api request");
+            req.extensions_mut().insert(Client(name));
             next.run(req).await
         }
         None => {
@@ -195,6 +204,54 @@ async fn policy_check(
     Ok(Json(json!({ "packet_type": packet.packet_type().as_str(), "recipients": out })))
 }
 
+/// Verifies the whole audit trail; the check itself is recorded.
+async fn audit_verify(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+) -> Result<impl IntoResponse, ApiError> {
+    let result = api.node.audit_verify()?;
+    let body = match &result {
+        Ok(v) => json!({ "ok": true, "verified": v }),
+        Err(b) => json!({ "ok": false, "broken": { "seq": b.seq, "reason": b.reason } }),
+    };
+    let detail = match &result {
+        Ok(v) => format!("intact: entries {}..{}, {} checkpoints", v.first, v.last, v.checkpoints),
+        Err(b) => format!("BROKEN: {b}"),
+    };
+    api.node.audit_admin("audit verify", &client.0, detail).await?;
+    Ok(Json(body))
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A self-contained, offline-verifiable excerpt of the audit trail.
+async fn audit_export(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Query(q): Query<ExportQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let bound = |name: &str, v: &Option<String>, default: u64| -> Result<u64, ApiError> {
+        match v {
+            None => Ok(default),
+            Some(t) => t
+                .parse::<Timestamp>()
+                .map(crate::delivery::millis)
+                .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("{t:?}: {e}"), Some(name.into()))),
+        }
+    };
+    let (from, to) = (bound("from", &q.from, 0)?, bound("to", &q.to, u64::MAX)?);
+    if from > to {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "from is after to".into(), Some("from".into())));
+    }
+    let range = format!("from {} to {}", q.from.as_deref().unwrap_or("the start"), q.to.as_deref().unwrap_or("now"));
+    api.node.audit_admin("audit export", &client.0, range).await?;
+    Ok(Json(api.node.audit_export(from, to).await?))
+}
+
 /// The effective policy with a partner.
 async fn policy_show(State(api): State<Api>, Path(partner): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let node: NodeId = partner
@@ -264,7 +321,9 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl I
     let id = parse_id(&id)?;
     let entries = api.node.status(id)?;
     let recipients: Vec<RecipientStatus> = entries.iter().map(recipient_status).collect();
-    Ok(Json(json!({ "id": id.to_string(), "recipients": recipients })))
+    let now = crate::node::now_ms();
+    let deadlines: Vec<Value> = api.node.deadlines_of(id).iter().map(|d| deadline_json(d, now)).collect();
+    Ok(Json(json!({ "id": id.to_string(), "recipients": recipients, "deadlines": deadlines })))
 }
 
 async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
@@ -272,19 +331,44 @@ async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
 }
 
 async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
+    let now = crate::node::now_ms();
     let mut out = Vec::new();
     for (id, rec) in api.node.inbox()? {
+        let deadline =
+            api.node.deadlines_of(id).into_iter().find(|d| d.role == Role::Answer && d.counterpart == rec.sender);
         out.push(json!({
             "id": id.to_string(),
             "from": rec.sender,
             "type": rec.packet_type,
             "priority": rec.priority.as_str(),
             "due_by": rec.due_by,
+            "deadline": deadline.map(|d| deadline_json(&d, now)),
             "received_at": ms_to_text(rec.received_at),
             "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
         }));
     }
     Ok(Json(Value::Array(out)))
+}
+
+/// A deadline as the API shows it: where it stands now, and what moved it.
+pub fn deadline_json(d: &Deadline, now: u64) -> Value {
+    json!({
+        "request": d.request.to_string(),
+        "counterpart": d.counterpart,
+        "role": d.role,
+        "due_by": ms_to_text(d.due_by),
+        "due": d.due(now),
+        "paused_by": d.paused.map(|(_, c)| c.to_string()),
+        "answered_by": d.answered.map(|(a, _)| a.to_string()),
+        "delays": d.delays.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+/// Open deadlines on both sides, soonest first: what this node must answer, and what it awaits.
+async fn deadlines(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
+    let now = crate::node::now_ms();
+    let list = |role| api.node.open_deadlines(role).iter().map(|d| deadline_json(d, now)).collect::<Vec<_>>();
+    Ok(Json(json!({ "answer": list(Role::Answer), "await": list(Role::Await) })))
 }
 
 async fn show(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {

@@ -46,12 +46,14 @@ enum Command {
         /// The JSON packet ("-" for stdin).
         file: PathBuf,
     },
-    /// Delivery status of a packet this node sent, per recipient.
+    /// Delivery status of a packet this node sent, per recipient, with its answer deadline;
+    /// without an id, every open answer deadline (what this node must answer and what it
+    /// awaits), overdue and due-soon first.
     Status {
         #[command(flatten)]
         api: ApiArgs,
         /// The packet id.
-        id: String,
+        id: Option<String>,
     },
     /// Packets received from partners.
     Inbox {
@@ -81,6 +83,9 @@ enum Command {
     /// Sharing policies: dry-run a packet against them, or print one.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit trail: verify it, or export a range that can be verified offline.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage node keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -90,6 +95,38 @@ enum Command {
     /// Make federation TLS material.
     #[command(subcommand)]
     Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the whole trail of the running node (every link, the head, every signed
+    /// checkpoint) and name the first broken entry; or, with --file, check an export offline.
+    /// Exit 1 if anything is broken.
+    Verify {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// An export (from `liaison audit export`) to check offline instead.
+        #[arg(long, requires = "key")]
+        file: Option<PathBuf>,
+        /// The node's public key file (NODE.pub.toml, as the federation published it).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Write the entries recorded between two times, up to a signed checkpoint, to a
+    /// self-contained JSON file.
+    Export {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// From (RFC 3339, e.g. 2026-11-01T00:00:00Z); default: the beginning.
+        #[arg(long)]
+        from: Option<String>,
+        /// To (RFC 3339); default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Where to write it (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,9 +188,9 @@ struct ApiArgs {
     /// The node's local API.
     #[arg(long, env = "LIAISON_API", default_value = "http://127.0.0.1:7481")]
     api: String,
-    /// This client's bearer token.
+    /// This client's bearer token (required for every command that talks to the node).
     #[arg(long, env = "LIAISON_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// Print the API's JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -305,7 +342,28 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             refusals(&v)
         }
-        Command::Status { api, id } => {
+        Command::Status { api, id: None } => {
+            let v = api_call(&api, "GET", "/v1/deadlines", None)?;
+            if api.json {
+                println!("{v}");
+                return Ok(());
+            }
+            for (role, title) in [("answer", "to answer"), ("await", "awaiting answers")] {
+                let list = v[role].as_array().cloned().unwrap_or_default();
+                println!("{title}: {}", if list.is_empty() { "none".to_owned() } else { list.len().to_string() });
+                for d in &list {
+                    println!(
+                        "  {}  {:<9} due {}  {}",
+                        d["request"].as_str().unwrap_or("?"),
+                        d["counterpart"].as_str().unwrap_or("?"),
+                        d["due_by"].as_str().unwrap_or("?"),
+                        due_text(&d["due"])
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Status { api, id: Some(id) } => {
             let v = api_call(&api, "GET", &format!("/v1/packets/{id}"), None)?;
             if api.json {
                 println!("{v}");
@@ -325,6 +383,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     line += &format!("  read by {} at {}", s("read_by"), s("read_at"));
                 }
                 println!("{line}");
+            }
+            for d in v["deadlines"].as_array().into_iter().flatten() {
+                println!(
+                    "  answer from {} due {}  {}",
+                    d["counterpart"].as_str().unwrap_or("?"),
+                    d["due_by"].as_str().unwrap_or("?"),
+                    due_text(&d["due"])
+                );
             }
             Ok(())
         }
@@ -370,6 +436,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Packet(cmd) => packet(cmd),
         Command::Policy(cmd) => policy(cmd),
+        Command::Audit(cmd) => audit(cmd),
         Command::Pki(PkiCommand::Demo { out, nodes, days }) => {
             let nodes = nodes
                 .iter()
@@ -482,7 +549,11 @@ fn init_tracing(s: &crate::config::Settings) -> Result<(), CliError> {
 }
 
 fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, CliError> {
-    let (status, v) = crate::client::call(&api.api, &api.token, method, path, body).map_err(|e| match e {
+    let token = api
+        .token
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("a bearer token is required: --token or LIAISON_TOKEN".into()))?;
+    let (status, v) = crate::client::call(&api.api, token, method, path, body).map_err(|e| match e {
         crate::client::ClientError::Url(_) => CliError::Usage(e.to_string()),
         _ => CliError::Unavailable(e.to_string()),
     })?;
@@ -495,6 +566,27 @@ fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Resu
         401 => Err(CliError::Usage(format!("refused by the node: {msg}; check --token / LIAISON_TOKEN"))),
         503 => Err(CliError::Unavailable(format!("the node cannot take it now: {msg}"))),
         _ => Err(CliError::Rejected(format!("rejected ({status}): {msg}{field}"))),
+    }
+}
+
+/// A deadline's state for people: `OVERDUE by 2h10m`, `due soon (1h05m left)`...
+fn due_text(due: &serde_json::Value) -> String {
+    let span = |ms: &serde_json::Value| {
+        let m = ms.as_u64().unwrap_or(0) / 60_000;
+        if m >= 48 * 60 {
+            format!("{}d{}h", m / 1440, m % 1440 / 60)
+        } else {
+            format!("{}h{:02}m", m / 60, m % 60)
+        }
+    };
+    match due["state"].as_str().unwrap_or("?") {
+        "answered" if due["late"] == true => "answered (late)".into(),
+        "answered" => "answered".into(),
+        "paused" => "paused (clarification requested)".into(),
+        "overdue" => format!("OVERDUE by {}", span(&due["by"])),
+        "due_soon" => format!("DUE SOON ({} left)", span(&due["left"])),
+        "open" => format!("({} left)", span(&due["left"])),
+        other => other.to_owned(),
     }
 }
 
@@ -518,6 +610,85 @@ fn refusals(v: &serde_json::Value) -> Result<(), CliError> {
         Ok(())
     } else {
         Err(CliError::Rejected(format!("refused by policy, nothing sent to: {}", denied.join("; "))))
+    }
+}
+
+fn audit(cmd: AuditCommand) -> Result<(), CliError> {
+    match cmd {
+        AuditCommand::Verify { file: Some(file), key: Some(key), api } => {
+            let keys = crate::keys::PublicKeys::load(&key).map_err(|e| CliError::Usage(e.to_string()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let export: crate::audit::Export = serde_json::from_str(&text)
+                .map_err(|e| CliError::Rejected(format!("{}: not an audit export: {e}", file.display())))?;
+            if export.node != keys.node {
+                return Err(CliError::Rejected(format!(
+                    "the export is from {}, the key is {}'s",
+                    export.node, keys.node
+                )));
+            }
+            match export.verify(&keys.signing) {
+                Ok(v) => {
+                    if api.json {
+                        println!("{}", serde_json::json!({ "ok": true, "verified": v }));
+                    } else {
+                        println!(
+                            "intact: {} entries ({}..{}) of {}, {} signed checkpoint(s), signed by {}",
+                            v.last + 1 - v.first.min(v.last + 1),
+                            v.first,
+                            v.last,
+                            export.node,
+                            v.checkpoints,
+                            keys.signing_kid
+                        );
+                    }
+                    Ok(())
+                }
+                Err(b) => Err(CliError::Rejected(format!("BROKEN: {b}"))),
+            }
+        }
+        AuditCommand::Verify { api, .. } => {
+            let v = api_call(&api, "GET", "/v1/audit/verify", None)?;
+            if api.json {
+                println!("{v}");
+            }
+            if v["ok"] == true {
+                if !api.json {
+                    let x = &v["verified"];
+                    println!(
+                        "intact: entries {}..{}, {} signed checkpoint(s), signed up to entry {}",
+                        x["first"], x["last"], x["checkpoints"], x["signed_up_to"]
+                    );
+                }
+                Ok(())
+            } else {
+                Err(CliError::Rejected(format!(
+                    "BROKEN: audit entry {}: {}",
+                    v["broken"]["seq"],
+                    v["broken"]["reason"].as_str().unwrap_or("?")
+                )))
+            }
+        }
+        AuditCommand::Export { api, from, to, out } => {
+            let mut q = Vec::new();
+            if let Some(f) = &from {
+                q.push(format!("from={f}"));
+            }
+            if let Some(t) = &to {
+                q.push(format!("to={t}"));
+            }
+            let v = api_call(&api, "GET", &format!("/v1/audit/export?{}", q.join("&")), None)?;
+            let text = serde_json::to_string_pretty(&v).map_err(|e| CliError::Rejected(e.to_string()))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&out)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| CliError::Usage(e.to_string()))?;
+            let n = v["entries"].as_array().map_or(0, Vec::len);
+            println!("wrote {n} audit entries to {}", out.display());
+            Ok(())
+        }
     }
 }
 
@@ -641,8 +812,12 @@ fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
             let s = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
             let mut line =
                 format!("{id}  {:<9} {:<8} {:<24} {}", s("from"), s("priority"), s("type"), s("received_at"));
-            if p["due_by"].is_string() {
-                line += &format!("  due {}", s("due_by"));
+            if p["deadline"].is_object() {
+                line += &format!(
+                    "  answer due {} {}",
+                    p["deadline"]["due_by"].as_str().unwrap_or("?"),
+                    due_text(&p["deadline"]["due"])
+                );
             }
             line += &match p["read_by"].as_str() {
                 Some(r) => format!("  read by {r}"),

@@ -24,8 +24,11 @@
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
 //! - [`wire`] — framing on the lane streams: length-prefixed sealed packets and receipts.
+//! - [`deadlines`] — answer deadlines of requests: due, moved by delay notices, paused by
+//!   clarification requests, answered; without I/O.
 //! - [`config`] — node configuration (TOML + environment) validated into `Settings`.
 //! - [`serve`] — `liaison serve`: node + local API until SIGINT/SIGTERM, ordered shutdown.
+//! - [`audit`] — the hash-chained audit trail, signed checkpoints, verification and export.
 //! - [`api`] — the local HTTP+JSON API with per-client bearer tokens.
 //! - [`client`] — the CLI's minimal HTTP client for the local API.
 //! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
@@ -36,9 +39,11 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deadlines;
 pub mod delivery;
 pub mod demo;
 pub mod encoding;

@@ -26,6 +26,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
+use crate::deadlines::{Deadline, Deadlines, Flow, Role};
 use crate::delivery::{Entry, Inbox, Incoming, Millis, Outbox, ReceiptOutcome as Outcome, RetryPolicy, Transmit};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
@@ -169,11 +171,13 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     retry: RetryPolicy,
     policies: PolicyBook,
+    deadlines: Mutex<Deadlines>,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
 }
 
-fn now_ms() -> Millis {
+/// The node's clock, in ms since the Unix epoch.
+pub fn now_ms() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
@@ -197,6 +201,11 @@ impl Node {
             let id = packet_id_of(&k)?;
             inbox.record(id, rec.sender, rec.sealed_digest, rec.received_at);
         }
+        let mut kept = Vec::new();
+        for (_, v) in store.scan(Tree::Deadlines, &[])? {
+            kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
+        }
+        let deadlines = Deadlines::restore(kept);
         let server = transport::server_config(&config.tls)?;
         let client = transport::client_config(&config.tls)?;
         let bind = |source| NodeError::Bind { addr: config.listen, source };
@@ -223,10 +232,24 @@ impl Node {
                 shutdown,
                 retry: config.retry,
                 policies: config.policies,
+                deadlines: Mutex::new(deadlines),
                 receipts_applied: watch::channel(0).0,
             }),
         };
+        let with: Vec<(NodeId, Digest)> = node
+            .inner
+            .partners
+            .keys()
+            .filter_map(|p| node.inner.policies.policy(p).map(|x| (p.clone(), x.hash)))
+            .collect();
+        let without: Vec<NodeId> =
+            node.inner.partners.keys().filter(|p| node.inner.policies.policy(p).is_none()).cloned().collect();
+        node.inner
+            .store
+            .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
+            .await?;
         info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
+        tokio::spawn(node.clone().checkpoint_loop().instrument(info_span!("audit", node = %me)));
         tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.inner.policies.policy(peer).is_none() {
@@ -246,6 +269,16 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.inner.me
+    }
+
+    /// The answer deadlines of `request` (one per counterpart).
+    pub fn deadlines_of(&self, request: PacketId) -> Vec<Deadline> {
+        lock(&self.inner.deadlines).of(request).into_iter().cloned().collect()
+    }
+
+    /// Open deadlines in `role`, soonest first.
+    pub fn open_deadlines(&self, role: Role) -> Vec<Deadline> {
+        lock(&self.inner.deadlines).open(role).into_iter().cloned().collect()
     }
 
     /// The sharing policies with the partners.
@@ -284,7 +317,21 @@ impl Node {
                 }
             }
         }
+        let mut decisions: Vec<Decided> = denied
+            .iter()
+            .map(|r| Decided {
+                to: r.recipient.clone(),
+                decision: "deny".into(),
+                rules: vec![r.denial.rule.clone()],
+                redacted: Vec::new(),
+                policy: r.policy,
+                sealed: None,
+            })
+            .collect();
         if copies.is_empty() {
+            // Nothing is sent, but the refusal is on record.
+            let event = AuditEvent::Submitted { packet_id: id, kind: packet.packet_type().as_str().into(), decisions };
+            self.inner.store.commit(vec![Op::Audit(event)]).await?;
             return Err(NodeError::Denied(denied));
         }
         // Each copy names the recipients that actually get the packet.
@@ -305,9 +352,32 @@ impl Node {
                 Digest::of(&s.bytes),
             );
             let key = pair_key(e.packet_id, &e.recipient);
+            let mut rules: Vec<String> = sent.redacted.iter().map(|r| r.rule.clone()).collect();
+            rules.dedup();
+            decisions.push(Decided {
+                to: sent.recipient.clone(),
+                decision: if sent.redacted.is_empty() { "allow" } else { "redact" }.into(),
+                rules,
+                redacted: sent.redacted.iter().map(|r| r.path.clone()).collect(),
+                policy: sent.policy,
+                sealed: Some(e.sealed_digest),
+            });
             ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
             ops.push(store::put(Tree::Outbox, key, &e));
             entries.push(e);
+        }
+        ops.push(Op::Audit(AuditEvent::Submitted {
+            packet_id: id,
+            kind: packet.packet_type().as_str().into(),
+            decisions,
+        }));
+        {
+            let mut deadlines = lock(&self.inner.deadlines);
+            for (copy, sent) in &copies {
+                for d in deadlines.on_packet(copy, Flow::Sent, &sent.recipient, now) {
+                    ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
+                }
+            }
         }
         self.inner.store.commit(ops).await?;
         {
@@ -354,6 +424,108 @@ impl Node {
             _ => None,
         };
         Ok(item.map(|i| (signed, i)))
+    }
+
+    /// Signs a checkpoint of the audit trail's head, unless the head is already signed; returns
+    /// the head signed.
+    pub async fn checkpoint(&self) -> Result<AuditHead, NodeError> {
+        let head = self.inner.store.audit_head()?;
+        if head.seq == 0 || self.inner.store.get(Tree::AuditCheckpoints, &crate::audit::key(head.seq))?.is_some() {
+            return Ok(head);
+        }
+        let at = now_ms();
+        let signature = self.inner.seal.sign_detached(&Checkpoint::message(&self.inner.me, &head, at));
+        let c = Checkpoint { node: self.inner.me.clone(), head, at, signature };
+        self.inner.store.commit(vec![store::put(Tree::AuditCheckpoints, crate::audit::key(head.seq), &c)]).await?;
+        debug!(seq = head.seq, "audit checkpoint signed");
+        Ok(head)
+    }
+
+    /// Records an administrative action in the audit trail.
+    pub async fn audit_admin(&self, action: &str, by: &str, detail: String) -> Result<(), NodeError> {
+        let event = AuditEvent::Admin { action: action.into(), by: by.into(), detail };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        Ok(())
+    }
+
+    /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
+    pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
+        let entries = self.inner.store.scan(Tree::Audit, &[])?;
+        let head = self.inner.store.audit_head()?;
+        let checkpoints = self.checkpoints()?;
+        Ok(crate::audit::verify(
+            AuditHead::GENESIS,
+            &entries,
+            Some(head),
+            &checkpoints,
+            &self.inner.me,
+            &self.inner.seal.public().signing,
+        ))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>, NodeError> {
+        let mut v = Vec::new();
+        for (_, bytes) in self.inner.store.scan(Tree::AuditCheckpoints, &[])? {
+            v.push(store::decode::<Checkpoint>(Tree::AuditCheckpoints, &bytes)?);
+        }
+        Ok(v)
+    }
+
+    /// The entries recorded between `from` and `to` (ms), extended to the next signed
+    /// checkpoint (signed now if needed), as a self-contained export.
+    pub async fn audit_export(&self, from: Millis, to: Millis) -> Result<crate::audit::Export, NodeError> {
+        self.checkpoint().await?;
+        let checkpoints = self.checkpoints()?;
+        let mut all = Vec::new();
+        for (_, bytes) in self.inner.store.scan(Tree::Audit, &[])? {
+            let e: crate::audit::Entry = store::decode(Tree::Audit, &bytes)?;
+            all.push((e.seq, e.at, bytes));
+        }
+        let first = all.iter().position(|(_, at, _)| *at >= from);
+        let last = all.iter().rposition(|(_, at, _)| *at <= to);
+        let (start, entries) = match (first, last) {
+            (Some(first), Some(last)) if first <= last => {
+                let start = match first.checked_sub(1).and_then(|i| all.get(i)) {
+                    Some((seq, _, bytes)) => AuditHead { seq: *seq, hash: Digest::of(bytes) },
+                    None => AuditHead::GENESIS,
+                };
+                // Extend to the first signed entry at or after the last one in range, so the
+                // export ends at a signature (the head was just signed, so there is one).
+                let end = (last..all.len())
+                    .find(|i| checkpoints.iter().any(|c| c.head.seq == all[*i].0))
+                    .unwrap_or(all.len() - 1);
+                let entries = all[first..=end]
+                    .iter()
+                    .map(|(seq, _, bytes)| (*seq, crate::encoding::Blob(bytes.clone())))
+                    .collect::<Vec<_>>();
+                (start, entries)
+            }
+            _ => (self.inner.store.audit_head()?, Vec::new()),
+        };
+        let (first, last) = (start.seq, entries.last().map_or(start.seq, |(s, _)| *s));
+        let public_key = crate::encoding::hex(self.inner.seal.public().signing.as_bytes());
+        Ok(crate::audit::Export {
+            format: crate::audit::EXPORT_FORMAT.into(),
+            node: self.inner.me.clone(),
+            public_key,
+            start,
+            entries,
+            checkpoints: checkpoints.into_iter().filter(|c| c.head.seq > first && c.head.seq <= last).collect(),
+        })
+    }
+
+    /// Signs a checkpoint every 30 s while the trail grows.
+    async fn checkpoint_loop(self) {
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.checkpoint().await {
+                warn!(error = %e, "could not sign an audit checkpoint");
+            }
+        }
     }
 
     /// Waits until every copy of `packet_id` is delivered, rejected or expired (or `timeout`
@@ -415,7 +587,13 @@ impl Node {
         }
         let now = Timestamp::now();
         rec.read = Some((officer.clone(), now_ms()));
-        self.inner.store.commit(vec![store::put(Tree::Inbox, packet_id.as_bytes().to_vec(), &rec)]).await?;
+        self.inner
+            .store
+            .commit(vec![
+                store::put(Tree::Inbox, packet_id.as_bytes().to_vec(), &rec),
+                Op::Audit(AuditEvent::Acknowledged { packet_id, officer: officer.clone() }),
+            ])
+            .await?;
         let ack = Packet::read_ack(
             &self.inner.me,
             &rec.sender,
@@ -429,10 +607,17 @@ impl Node {
         Ok(())
     }
 
-    /// Closes the endpoint (after in-flight work) and the store.
+    /// Closes the endpoint (after in-flight work), records the stop in the audit trail and
+    /// signs a last checkpoint.
     pub async fn shutdown(self) {
         self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.endpoint.wait_idle()).await;
+        if let Err(e) = self.inner.store.commit(vec![Op::Audit(AuditEvent::Stopped)]).await {
+            warn!(error = %e, "could not record the stop in the audit trail");
+        }
+        if let Err(e) = self.checkpoint().await {
+            warn!(error = %e, "could not sign the last audit checkpoint");
+        }
         info!(node = %self.inner.me, "node stopped");
     }
 
@@ -650,6 +835,9 @@ impl Node {
                     };
                     ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes));
                     ops.push(store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec));
+                    for d in lock(&self.inner.deadlines).on_packet(packet, Flow::Received, peer, received_ms) {
+                        ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
+                    }
                     if let Body::ReadAck(ack) = &packet.body {
                         let mut outbox = lock(&self.inner.outbox);
                         outbox.handle_read_ack(
@@ -681,8 +869,15 @@ impl Node {
             return Ok(None);
         }
         let count = items.len();
+        let audited: Vec<Receipted> = items.iter().map(receipted).collect();
         let receipt = Packet::delivery_receipt(&self.inner.me, peer, lane, items, now, &mut rand_core::OsRng);
         let receipt_id = receipt.envelope.id;
+        ops.push(Op::Audit(AuditEvent::Received {
+            from: peer.clone(),
+            receipt: receipt_id,
+            items: audited,
+            policy: self.inner.policies.policy(peer).map(|p| p.hash),
+        }));
         let sealed = self.inner.seal.seal(&receipt, &mut rand_core::OsRng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
         self.inner.store.commit(ops).await?;
@@ -982,8 +1177,14 @@ impl Node {
             // key can verify it later, without this node's decryption key.
             ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), opened.signed.bytes.clone()));
             ops.extend(self.dirty_ops());
-            self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
         }
+        ops.push(Op::Audit(AuditEvent::Receipts {
+            from: peer.clone(),
+            receipt: receipt_id,
+            digest: Digest::of(&opened.signed.bytes),
+            items: r.receipts.iter().map(receipted).collect(),
+        }));
+        self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
         drop(done);
         self.inner.receipts_applied.send_modify(|n| *n += 1);
         if let Some(w) = self.inner.wake.get(peer) {
@@ -1014,6 +1215,18 @@ impl Node {
             // retried, which is safe (the receiver dedups).
             warn!(error = %e, "could not persist outbox state");
         }
+    }
+}
+
+/// A receipt item as the audit trail records it.
+fn receipted(i: &ReceiptItem) -> Receipted {
+    Receipted {
+        packet_id: i.packet_id,
+        digest: i.sealed_digest,
+        outcome: match &i.outcome {
+            ReceiptOutcome::Accepted => "accepted".into(),
+            ReceiptOutcome::Rejected { code, .. } => code.clone(),
+        },
     }
 }
 

@@ -326,6 +326,19 @@ impl SealContext {
         &self.keyring
     }
 
+    /// This node's public keys.
+    pub fn public(&self) -> &crate::keys::PublicKeys {
+        self.keys.public()
+    }
+
+    /// An Ed25519 signature by this node over `message`, for statements that are not packets
+    /// (audit checkpoints). Callers put a context string in `message` so a signature made for
+    /// one purpose cannot be passed off as another (packets are signed as COSE structures,
+    /// which begin differently).
+    pub fn sign_detached(&self, message: &[u8]) -> [u8; 64] {
+        self.keys.signing().key().sign(message).to_bytes()
+    }
+
     /// Signs a packet this node originates (COSE_Sign1, Ed25519).
     pub fn sign(&self, packet: &Packet) -> Result<SignedPacket, SealError> {
         self.sign_under(packet, None)

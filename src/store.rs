@@ -27,12 +27,13 @@ use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit;
 use crate::delivery::{Entry, Millis};
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 
 /// The store format this code writes. 2: receipts cover batches (`receipts` by receipt id plus
-/// `receipt_index`; `issued` by receipt id).
+/// `receipt_index`; `issued` by receipt id); the audit trail (`audit`, `audit_checkpoints`).
 pub const FORMAT_VERSION: u8 = 2;
 
 /// Why the store failed.
@@ -77,13 +78,19 @@ pub enum Tree {
     Issued,
     /// Signed packets received (COSE_Sign1), kept apart so listings never read payloads.
     Evidence,
+    /// Answer deadlines: (request, counterpart) -> [`crate::deadlines::Deadline`].
+    Deadlines,
+    /// The audit trail: entry seq (big-endian) -> entry CBOR (see [`crate::audit`]).
+    Audit,
+    /// Signed checkpoints of the audit trail: head seq (big-endian) -> checkpoint CBOR.
+    AuditCheckpoints,
     /// Format version and other metadata.
     Meta,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 8] = [
+    pub const ALL: [Tree; 11] = [
         Tree::Outbox,
         Tree::Sealed,
         Tree::Receipts,
@@ -91,6 +98,9 @@ impl Tree {
         Tree::Inbox,
         Tree::Issued,
         Tree::Evidence,
+        Tree::Deadlines,
+        Tree::Audit,
+        Tree::AuditCheckpoints,
         Tree::Meta,
     ];
 
@@ -104,6 +114,9 @@ impl Tree {
             Self::Inbox => "inbox",
             Self::Issued => "issued",
             Self::Evidence => "evidence",
+            Self::Deadlines => "deadlines",
+            Self::Audit => "audit",
+            Self::AuditCheckpoints => "audit_checkpoints",
             Self::Meta => "meta",
         }
     }
@@ -122,6 +135,10 @@ pub enum Op {
     Put(Tree, Vec<u8>, Vec<u8>),
     /// Remove (absent is fine).
     Delete(Tree, Vec<u8>),
+    /// Append an event to the audit trail. The writer turns it into an entry of the hash chain
+    /// (next sequence number, previous entry's hash) as it applies the commit, so entries are
+    /// chained in the order their changes reach the disk.
+    Audit(crate::audit::Event),
 }
 
 /// A storage backend. Methods take `&self`: backends synchronise internally.
@@ -161,6 +178,7 @@ impl Backend for SledBackend {
             match op {
                 Op::Put(t, k, v) => self.tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
                 Op::Delete(t, k) => self.tree(*t).remove(k.as_slice()).map(drop),
+                Op::Audit(_) => return Err(unchained()),
             }
             .map_err(backend)?;
         }
@@ -179,6 +197,11 @@ impl Backend for SledBackend {
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.tree(tree).scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
     }
+}
+
+/// An audit event reached a backend without going through the writer's chain.
+fn unchained() -> StoreError {
+    StoreError::Backend("an audit event must be committed through Store::commit".into())
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -209,6 +232,7 @@ impl Backend for MemoryBackend {
             match op {
                 Op::Put(tree, k, v) => t.insert((*tree, k.clone()), v.clone()),
                 Op::Delete(tree, k) => t.remove(&(*tree, k.clone())),
+                Op::Audit(_) => return Err(unchained()),
             };
         }
         Ok(())
@@ -288,11 +312,15 @@ impl Store {
                 backend.flush()?;
             }
         }
+        let head = match backend.get(Tree::Meta, AUDIT_HEAD)? {
+            Some(v) => decode(Tree::Meta, &v)?,
+            None => audit::Head::GENESIS,
+        };
         let (tx, rx) = mpsc::channel::<Commit>();
         let b = backend.clone();
         let writer = std::thread::Builder::new()
             .name("liaison-store".into())
-            .spawn(move || writer_loop(&*b, &rx))
+            .spawn(move || writer_loop(&*b, &rx, head))
             .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
         Ok(Self { tx, backend, writer: Arc::new(Mutex::new(Some(writer))) })
     }
@@ -325,6 +353,14 @@ impl Store {
     /// Every outbox entry (for [`crate::delivery::Outbox::restore`] at start-up).
     pub fn outbox_entries(&self) -> Result<Vec<Entry>, StoreError> {
         self.scan(Tree::Outbox, &[])?.into_iter().map(|(_, v)| decode(Tree::Outbox, &v)).collect()
+    }
+
+    /// The audit chain's committed head.
+    pub fn audit_head(&self) -> Result<audit::Head, StoreError> {
+        Ok(match self.get(Tree::Meta, AUDIT_HEAD)? {
+            Some(v) => decode(Tree::Meta, &v)?,
+            None => audit::Head::GENESIS,
+        })
     }
 
     /// An inbox record.
@@ -361,8 +397,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 
 /// Group commit: block for one commit, take every other one already waiting, apply them all,
 /// flush once, answer everyone. A failed batch is answered with the error and nothing in it is
-/// acknowledged.
-fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>) {
+/// acknowledged; the audit chain's head goes back to where it was, so the next entries reuse
+/// the sequence numbers the failed batch could not write.
+fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: audit::Head) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -371,13 +408,36 @@ fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>) {
                 Err(_) => break,
             }
         }
-        let ops: Vec<Op> = batch.iter().flat_map(|c| c.ops.iter().cloned()).collect();
+        let before = head;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut ops = Vec::with_capacity(batch.iter().map(|c| c.ops.len()).sum::<usize>() + 1);
+        for c in &mut batch {
+            for op in std::mem::take(&mut c.ops) {
+                match op {
+                    Op::Audit(event) => {
+                        let (k, v) = head.append(now, event);
+                        ops.push(Op::Put(Tree::Audit, k, v));
+                    }
+                    other => ops.push(other),
+                }
+            }
+        }
+        if head != before {
+            ops.push(Op::Put(Tree::Meta, AUDIT_HEAD.to_vec(), encoding::to_cbor(&head)));
+        }
         let result = backend.apply(&ops).and_then(|()| backend.flush());
+        if result.is_err() {
+            head = before;
+        }
         for c in batch {
             let _ = c.reply.send(result.clone());
         }
     }
 }
+
+/// The Meta key of the audit chain's head.
+const AUDIT_HEAD: &[u8] = b"audit_head";
 
 #[cfg(test)]
 mod tests {

@@ -673,3 +673,205 @@ fn policy_dry_run_show_and_refusals_through_the_cli() {
     wait_for("both delivered", Duration::from_secs(30), || delivered_count(it) == 2);
     assert_eq!(c.node("CO-DIJIN").inbox_ids().len(), 1, "only the redacted answer reached CO-DIJIN");
 }
+
+/// Opens a stopped node's sled store directly (what an intruder with disk access could do).
+fn with_audit_tree(n: &NodeProc, f: impl FnOnce(&sled::Tree)) {
+    let dir = n.config.parent().unwrap().join("data").join(&n.name);
+    let db = sled::open(&dir).unwrap();
+    f(&db.open_tree("audit").unwrap());
+    db.flush().unwrap();
+}
+
+/// The audit trail records what happened, verifies while intact, and `liaison audit verify`
+/// names the entry when one is changed, deleted, or two are swapped on disk; an export verifies
+/// offline with the node's published key, and not once altered.
+#[test]
+fn the_audit_trail_detects_tampering_deletion_and_reordering() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("request.json");
+    fs::write(&f, draft("information-request.json").to_string()).unwrap();
+    for _ in 0..3 {
+        let o = c.node("IT-DCSA").cli(&["send", "--to", "ES-UDYCO", f.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    wait_for("delivered", Duration::from_secs(30), || delivered_count(c.node("IT-DCSA")) == 3);
+    let o = c.node("IT-DCSA").cli(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("intact: entries 1.."));
+
+    // Export everything and check it offline with the key the federation published.
+    let export = dir.path().join("audit.json");
+    let o = c.node("IT-DCSA").cli(&["audit", "export", "--out", export.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let key = root().join("certs-example/federation/IT-DCSA.pub.toml");
+    let offline = |file: &Path| {
+        Command::new(BIN).args(["audit", "verify", "--file"]).arg(file).arg("--key").arg(&key).output().unwrap()
+    };
+    let o = offline(&export);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signed by IT-DCSA/sig/"));
+    let text = fs::read_to_string(&export).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let kinds: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let bytes = liaison::encoding::Blob(base64_decode(e[1].as_str().unwrap()));
+            let entry: liaison::audit::Entry = liaison::encoding::from_cbor_exact(&bytes.0, usize::MAX).unwrap();
+            serde_json::to_value(&entry.event).unwrap().as_object().unwrap().keys().next().unwrap().clone()
+        })
+        .collect();
+    for k in ["started", "submitted", "receipts"] {
+        assert!(kinds.iter().any(|x| x == k), "{k} not in {kinds:?}");
+    }
+    assert!(!text.contains("Subject of the request"), "no payload in the audit trail");
+    let mut altered: Value = v.clone();
+    let s = altered["entries"][2][1].as_str().unwrap().to_owned();
+    let mut b = base64_decode(&s);
+    let at = b.len() - 2;
+    b[at] ^= 1;
+    altered["entries"][2][1] = base64_encode(&b).into();
+    let altered_file = dir.path().join("altered.json");
+    fs::write(&altered_file, altered.to_string()).unwrap();
+    let o = offline(&altered_file);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("BROKEN: audit entry 3"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // On disk: change entry 2, delete entry 4, swap entries 5 and 6 — each named.
+    type Tamper = fn(&sled::Tree);
+    let cases: [(Tamper, &str); 3] = [
+        (
+            |t| {
+                let mut v = t.get(2u64.to_be_bytes()).unwrap().unwrap().to_vec();
+                let at = v.len() - 2;
+                v[at] ^= 1;
+                t.insert(2u64.to_be_bytes(), v).unwrap();
+            },
+            "BROKEN: audit entry 2",
+        ),
+        (
+            |t| {
+                t.remove(4u64.to_be_bytes()).unwrap();
+            },
+            "BROKEN: audit entry 4: missing",
+        ),
+        (
+            |t| {
+                let a = t.get(5u64.to_be_bytes()).unwrap().unwrap();
+                let b = t.get(6u64.to_be_bytes()).unwrap().unwrap();
+                t.insert(5u64.to_be_bytes(), b).unwrap();
+                t.insert(6u64.to_be_bytes(), a).unwrap();
+            },
+            "BROKEN: audit entry 5",
+        ),
+    ];
+    for (tamper, expect) in cases {
+        let it = c.node("IT-DCSA");
+        it.terminate();
+        let saved: Vec<(sled::IVec, sled::IVec)> = {
+            let mut v = Vec::new();
+            with_audit_tree(it, |t| v = t.iter().map(Result::unwrap).collect());
+            v
+        };
+        with_audit_tree(it, tamper);
+        it.start();
+        let o = it.cli(&["audit", "verify"]);
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(expect), "{expect:?} not in {err}");
+        // Put the trail back as it was (the restart and the verification added entries after it).
+        it.terminate();
+        with_audit_tree(it, |t| {
+            for (k, v) in &saved {
+                t.insert(k, v.clone()).unwrap();
+            }
+        });
+        it.start();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Answer deadlines (Directive 2023/977): an urgent request is due in 8 hours at both ends; a
+/// delay notice moves it, a clarification request pauses it until the requester replies, the
+/// answer closes it. `inbox` and `status` show where it stands.
+#[test]
+fn answer_deadlines_move_pause_and_close_through_the_cli() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, v: &Value| {
+        let p = dir.path().join(name);
+        fs::write(&p, v.to_string()).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let send = |n: &NodeProc, f: &str| -> String {
+        let o = n.cli(&["send", "--json", f]);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let reply = |example: &str, to: &str, in_reply_to: &str| -> Value {
+        let mut v = draft(example);
+        v["envelope"]["recipients"] = json!([to]);
+        v["envelope"]["in_reply_to"] = json!(in_reply_to);
+        v
+    };
+    let mut request = draft("information-request.json");
+    request["envelope"]["recipients"] = json!(["ES-UDYCO"]);
+    let request_id = send(c.node("IT-DCSA"), &file("request.json", &request));
+    wait_for("delivered", Duration::from_secs(30), || delivered_count(c.node("IT-DCSA")) == 1);
+
+    let es_inbox = |c: &mut Cluster| String::from_utf8_lossy(&c.node("ES-UDYCO").cli(&["inbox"]).stdout).into_owned();
+    let it_status = |c: &mut Cluster| String::from_utf8_lossy(&c.node("IT-DCSA").cli(&["status"]).stdout).into_owned();
+    let out = es_inbox(&mut c);
+    assert!(out.contains("answer due") && out.contains("left)"), "{out}");
+    let out = it_status(&mut c);
+    assert!(out.contains("awaiting answers: 1") && out.contains(&request_id), "{out}");
+
+    // A delay notice from ES-UDYCO moves the deadline by two days, at both ends.
+    let new_due = liaison::timestamp::Timestamp::now().plus_secs(2 * 86_400);
+    let mut delay = reply("delay-notice.json", "IT-DCSA", &request_id);
+    delay["body"]["DelayNotice"]["new_due_by"] = json!(new_due.to_string());
+    send(c.node("ES-UDYCO"), &file("delay.json", &delay));
+    wait_for("delay at IT", Duration::from_secs(30), || it_status(&mut c).contains(&format!("due {new_due}")));
+    assert!(es_inbox(&mut c).contains(&format!("answer due {new_due}")));
+
+    // A clarification request pauses it; IT-DCSA's reply resumes it.
+    let clarification =
+        send(c.node("ES-UDYCO"), &file("clar.json", &reply("clarification-request.json", "IT-DCSA", &request_id)));
+    wait_for("paused at IT", Duration::from_secs(30), || {
+        it_status(&mut c).contains("paused (clarification requested)")
+    });
+    assert!(es_inbox(&mut c).contains("paused"));
+    let mut clarified = reply("information-response.json", "ES-UDYCO", &clarification);
+    clarified["body"]["InformationResponse"].as_object_mut().unwrap().remove("attachments");
+    send(c.node("IT-DCSA"), &file("clarified.json", &clarified));
+    wait_for("resumed at ES", Duration::from_secs(30), || !es_inbox(&mut c).contains("paused"));
+
+    // The answer closes it at both ends.
+    let mut answer = reply("information-response.json", "IT-DCSA", &request_id);
+    answer["body"]["InformationResponse"].as_object_mut().unwrap().remove("attachments");
+    send(c.node("ES-UDYCO"), &file("answer.json", &answer));
+    wait_for("answered at IT", Duration::from_secs(30), || it_status(&mut c).contains("awaiting answers: none"));
+    let o = c.node("IT-DCSA").cli(&["status", &request_id]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("answer from ES-UDYCO due"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("answered"));
+    assert!(String::from_utf8_lossy(&c.node("ES-UDYCO").cli(&["status"]).stdout).contains("to answer: none"));
+}

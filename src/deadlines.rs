@@ -1,0 +1,355 @@
+//! Answer deadlines of information requests (Directive (EU) 2023/977), without I/O.
+//!
+//! A request's `due_by` is computed from its urgency when it is made (8 hours, 3 days or 7 days;
+//! see [`crate::packet`]). Each (request, counterpart) pair has one [`Deadline`], on both sides:
+//! the requested node must answer ([`Role::Answer`]), the requesting node waits
+//! ([`Role::Await`]). The packets exchanged about the request change it:
+//!
+//! - an `InformationResponse` or a `Refusal` in reply to the request answers it;
+//! - a `DelayNotice` in reply to it moves `due_by` to the notice's `new_due_by`;
+//! - a `ClarificationRequest` in reply to it pauses the clock; any packet from the requester in
+//!   reply to that clarification request resumes it, and `due_by` moves by the time it was
+//!   paused.
+//!
+//! Only the counterpart of a deadline can change it (a third node's "answer" is not one). The
+//! node feeds every packet it sends or stores to [`Deadlines::on_packet`], persists what comes
+//! back, and asks [`Deadline::due`] what to show.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::{millis, Millis};
+use crate::ids::{NodeId, PacketId};
+use crate::packet::{Body, Packet};
+
+/// Who owes the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// This node was asked and must answer.
+    Answer,
+    /// This node asked and waits for the answer.
+    Await,
+}
+
+/// The deadline of one request towards one counterpart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// The request.
+    pub request: PacketId,
+    /// Who owes whom.
+    pub role: Role,
+    /// The other node.
+    pub counterpart: NodeId,
+    /// When the answer is due (ms), as moved by delay notices and pauses.
+    pub due_by: Millis,
+    /// The original window (due_by - created), for "due soon".
+    pub window: Millis,
+    /// Since when the clock is paused, and by which clarification request.
+    pub paused: Option<(Millis, PacketId)>,
+    /// The answer (response or refusal) and when it was sent or received.
+    pub answered: Option<(PacketId, Millis)>,
+    /// The delay notices that moved it, in order.
+    pub delays: Vec<PacketId>,
+}
+
+/// Where a deadline stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Due {
+    /// Answered, on time or not.
+    Answered {
+        /// Whether after `due_by`.
+        late: bool,
+    },
+    /// Waiting for clarification; the clock stands still.
+    Paused,
+    /// Past `due_by` without an answer.
+    Overdue {
+        /// By how long (ms).
+        by: Millis,
+    },
+    /// Less than a quarter of the window left.
+    DueSoon {
+        /// Time left (ms).
+        left: Millis,
+    },
+    /// More time left.
+    Open {
+        /// Time left (ms).
+        left: Millis,
+    },
+}
+
+impl Deadline {
+    /// Where it stands at `now`.
+    pub fn due(&self, now: Millis) -> Due {
+        if let Some((_, at)) = self.answered {
+            return Due::Answered { late: at > self.due_by };
+        }
+        if self.paused.is_some() {
+            return Due::Paused;
+        }
+        if now > self.due_by {
+            return Due::Overdue { by: now - self.due_by };
+        }
+        let left = self.due_by - now;
+        if left.saturating_mul(4) < self.window {
+            Due::DueSoon { left }
+        } else {
+            Due::Open { left }
+        }
+    }
+
+    /// Whether it still needs someone's attention (not answered).
+    pub fn is_open(&self) -> bool {
+        self.answered.is_none()
+    }
+}
+
+/// Whether this node sent the packet or received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Sent by this node to the counterpart.
+    Sent,
+    /// Received by this node from the counterpart.
+    Received,
+}
+
+/// All deadlines of a node, by (request, counterpart).
+#[derive(Debug, Default)]
+pub struct Deadlines {
+    by_key: HashMap<(PacketId, NodeId), Deadline>,
+    /// Clarification request -> the request it is about.
+    clarifications: HashMap<PacketId, PacketId>,
+}
+
+impl Deadlines {
+    /// Rebuilds from persisted deadlines.
+    pub fn restore(all: impl IntoIterator<Item = Deadline>) -> Self {
+        let mut d = Self::default();
+        for x in all {
+            if let Some((_, c)) = x.paused {
+                d.clarifications.insert(c, x.request);
+            }
+            d.by_key.insert((x.request, x.counterpart.clone()), x);
+        }
+        d
+    }
+
+    /// What `packet`, sent to or received from `counterpart` at `now`, does to the deadlines;
+    /// returns the deadlines that changed (to persist).
+    pub fn on_packet(&mut self, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> Vec<Deadline> {
+        let e = &packet.envelope;
+        if let Some(changed) = self.resume(packet, flow, counterpart, now) {
+            return changed;
+        }
+        // The role the counterpart's answer would settle: if we receive it, we were waiting.
+        let settles = match flow {
+            Flow::Sent => Role::Answer,
+            Flow::Received => Role::Await,
+        };
+        match &packet.body {
+            Body::InformationRequest(_) => {
+                let Some(due) = e.due_by else { return Vec::new() };
+                let role = match flow {
+                    Flow::Sent => Role::Await,
+                    Flow::Received => Role::Answer,
+                };
+                let d = Deadline {
+                    request: e.id,
+                    role,
+                    counterpart: counterpart.clone(),
+                    due_by: millis(due),
+                    window: millis(due).saturating_sub(millis(e.created)),
+                    paused: None,
+                    answered: None,
+                    delays: Vec::new(),
+                };
+                let key = (e.id, counterpart.clone());
+                if self.by_key.contains_key(&key) {
+                    return Vec::new(); // a retransmission
+                }
+                self.by_key.insert(key, d.clone());
+                vec![d]
+            }
+            Body::InformationResponse(_) | Body::Refusal(_) => self.change(e.in_reply_to, counterpart, settles, |d| {
+                if d.answered.is_none() {
+                    d.answered = Some((e.id, now));
+                    d.paused = None;
+                }
+            }),
+            Body::DelayNotice(n) => self.change(e.in_reply_to, counterpart, settles, |d| {
+                if d.answered.is_none() && !d.delays.contains(&e.id) {
+                    d.due_by = millis(n.new_due_by);
+                    d.delays.push(e.id);
+                }
+            }),
+            Body::ClarificationRequest(_) => {
+                let changed = self.change(e.in_reply_to, counterpart, settles, |d| {
+                    if d.answered.is_none() && d.paused.is_none() {
+                        d.paused = Some((now, e.id));
+                    }
+                });
+                if let Some(request) = e.in_reply_to {
+                    if !changed.is_empty() {
+                        self.clarifications.insert(e.id, request);
+                    }
+                }
+                changed
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A reply to one of our clarification requests (or the requester's reply to theirs)
+    /// resumes the clock of the request it was about; it comes from the side that asked the
+    /// question, so it settles the role opposite to a normal answer.
+    fn resume(&mut self, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> Option<Vec<Deadline>> {
+        let clarification = packet.envelope.in_reply_to?;
+        let request = self.clarifications.get(&clarification).copied()?;
+        let resumes = match flow {
+            Flow::Sent => Role::Await,
+            Flow::Received => Role::Answer,
+        };
+        let changed = self.change(Some(request), counterpart, resumes, |d| {
+            if let Some((since, c)) = d.paused {
+                if c == clarification {
+                    d.due_by = d.due_by.saturating_add(now.saturating_sub(since));
+                    d.paused = None;
+                }
+            }
+        });
+        if !changed.is_empty() {
+            self.clarifications.remove(&clarification);
+        }
+        Some(changed)
+    }
+
+    fn change(
+        &mut self,
+        request: Option<PacketId>,
+        counterpart: &NodeId,
+        role: Role,
+        f: impl FnOnce(&mut Deadline),
+    ) -> Vec<Deadline> {
+        let Some(request) = request else { return Vec::new() };
+        let Some(d) = self.by_key.get_mut(&(request, counterpart.clone())) else { return Vec::new() };
+        if d.role != role {
+            return Vec::new();
+        }
+        let before = d.clone();
+        f(d);
+        if *d == before {
+            Vec::new()
+        } else {
+            vec![d.clone()]
+        }
+    }
+
+    /// The deadline of `request` towards `counterpart`.
+    pub fn get(&self, request: PacketId, counterpart: &NodeId) -> Option<&Deadline> {
+        self.by_key.get(&(request, counterpart.clone()))
+    }
+
+    /// Every deadline of `request` (one per counterpart).
+    pub fn of(&self, request: PacketId) -> Vec<&Deadline> {
+        let mut v: Vec<&Deadline> = self.by_key.values().filter(|d| d.request == request).collect();
+        v.sort_by(|a, b| a.counterpart.cmp(&b.counterpart));
+        v
+    }
+
+    /// Open deadlines in `role`, soonest first.
+    pub fn open(&self, role: Role) -> Vec<&Deadline> {
+        let mut v: Vec<&Deadline> = self.by_key.values().filter(|d| d.role == role && d.is_open()).collect();
+        v.sort_by_key(|d| (d.paused.is_some(), d.due_by));
+        v
+    }
+
+    /// The store key of a deadline.
+    pub fn key(d: &Deadline) -> Vec<u8> {
+        crate::store::pair_key(d.request, &d.counterpart)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Millis = 3_600_000;
+
+    fn example(name: &str) -> Packet {
+        let text = match name {
+            "request" => include_str!("../schemas/examples/information-request.json"),
+            "response" => include_str!("../schemas/examples/information-response.json"),
+            "delay" => include_str!("../schemas/examples/delay-notice.json"),
+            "clarification" => include_str!("../schemas/examples/clarification-request.json"),
+            "refusal" => include_str!("../schemas/examples/refusal.json"),
+            other => panic!("{other}"),
+        };
+        Packet::from_json(text).unwrap()
+    }
+
+    fn node(s: &str) -> NodeId {
+        s.parse().unwrap()
+    }
+
+    fn reply(name: &str, to: PacketId, id: u8) -> Packet {
+        let mut p = example(name);
+        p.envelope.in_reply_to = Some(to);
+        p.envelope.id = PacketId::from_bytes([id; 16]);
+        p
+    }
+
+    #[test]
+    fn answered_delayed_paused_and_overdue() {
+        let request = example("request");
+        let created = millis(request.envelope.created);
+        let due = millis(request.envelope.due_by.unwrap());
+        let es = node("ES-UDYCO");
+        let mut d = Deadlines::default();
+        // The requested side (ES-UDYCO received it from IT-DCSA).
+        let it = node("IT-DCSA");
+        assert_eq!(d.on_packet(&request, Flow::Received, &it, created).len(), 1);
+        assert!(d.on_packet(&request, Flow::Received, &it, created + 5).is_empty(), "a retransmission changes nothing");
+        let dl = d.get(request.envelope.id, &it).unwrap().clone();
+        assert_eq!((dl.role, dl.due_by, dl.window), (Role::Answer, due, due - created));
+        assert!(matches!(dl.due(created), Due::Open { .. }));
+        assert!(matches!(dl.due(due - dl.window / 8), Due::DueSoon { .. }));
+        assert_eq!(dl.due(due + H), Due::Overdue { by: H });
+
+        // A third node cannot move it; the counterpart's direction matters too.
+        assert!(d.on_packet(&reply("delay", request.envelope.id, 1), Flow::Received, &es, created).is_empty());
+        assert!(d.on_packet(&reply("delay", request.envelope.id, 1), Flow::Received, &it, created).is_empty());
+        // We send a delay notice: due_by moves to its new_due_by.
+        let delay = reply("delay", request.envelope.id, 1);
+        let Body::DelayNotice(n) = &delay.body else { panic!() };
+        let moved = millis(n.new_due_by);
+        d.on_packet(&delay, Flow::Sent, &it, created + H);
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().due_by, moved);
+
+        // We ask for clarification: paused; the requester answers the clarification 5 h later:
+        // resumed, and due_by moved by 5 h.
+        let clar = reply("clarification", request.envelope.id, 2);
+        d.on_packet(&clar, Flow::Sent, &it, created + 2 * H);
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().due(moved + 10 * H), Due::Paused);
+        let clarified = reply("request", clar.envelope.id, 3);
+        d.on_packet(&clarified, Flow::Received, &it, created + 7 * H);
+        let dl = d.get(request.envelope.id, &it).unwrap();
+        assert_eq!((dl.paused, dl.due_by), (None, moved + 5 * H));
+
+        // We answer: answered, on time.
+        d.on_packet(&reply("response", request.envelope.id, 4), Flow::Sent, &it, created + 8 * H);
+        let dl = d.get(request.envelope.id, &it).unwrap();
+        assert_eq!(dl.due(created + 1000 * H), Due::Answered { late: false });
+        assert!(d.open(Role::Answer).is_empty());
+
+        // The requesting side sees the same from its end, and a late refusal is late.
+        let mut r = Deadlines::default();
+        r.on_packet(&request, Flow::Sent, &es, created);
+        assert_eq!(r.open(Role::Await).len(), 1);
+        r.on_packet(&reply("refusal", request.envelope.id, 5), Flow::Received, &es, due + H);
+        assert_eq!(r.get(request.envelope.id, &es).unwrap().due(due + 2 * H), Due::Answered { late: true });
+    }
+}
