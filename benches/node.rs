@@ -136,12 +136,46 @@ async fn commit_latency(dir: &std::path::Path, samples: usize) -> Vec<Duration> 
     out
 }
 
+/// Mean time of one policy decision (`dry_run`: evaluate, without the rate limit), per packet.
+fn policy_cost(policy: liaison::policy::Policy, packet: &Packet, n: usize) -> Duration {
+    use liaison::policy::{Direction, PolicyBook};
+    let partner = policy.partner.clone();
+    let book = PolicyBook::new([policy]);
+    let t = Instant::now();
+    for _ in 0..n {
+        let mut p = packet.clone();
+        std::hint::black_box(book.dry_run(&partner, Direction::Send, &mut p));
+    }
+    let clone_only = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(packet.clone());
+    }
+    (t.elapsed().saturating_sub(clone_only.elapsed())) / n as u32
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (n_packets, samples, bulk_mib) = if quick { (2_000, 50, 32) } else { (20_000, 300, 256) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
+        let n = if quick { 2_000 } else { 20_000 };
+        let routine = policy_cost(bench_policy("IT-DCSA", "ES-UDYCO"), &packet("ROUTINE", 1024), n);
+        let response = {
+            let text = include_str!("../schemas/examples/information-response.json");
+            let mut p = Packet::from_json(text).unwrap();
+            if let Body::InformationResponse(r) = &mut p.body {
+                r.attachments.clear();
+            }
+            p
+        };
+        let redacting = policy_cost(bench_policy("IT-DCSA", "CO-DIJIN"), &response, n);
+        println!("-- policy decision per packet and recipient ({n} runs, the packet copy excluded)");
+        println!(
+            "1 KiB request, IT-DCSA -> ES-UDYCO policy: {:.2} us; response with 7 entities, IT-DCSA -> CO-DIJIN (3 redactions): {:.2} us\n",
+            routine.as_secs_f64() * 1e6,
+            redacting.as_secs_f64() * 1e6
+        );
         let c = commit_latency(dir.path(), samples).await;
         println!("-- store commit (one 200-byte write + flush), {samples} samples");
         println!("p50 {:.3} ms  p99 {:.3} ms\n", pct(&c, 0.5), pct(&c, 0.99));

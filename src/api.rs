@@ -52,6 +52,8 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
     Router::new()
         .route("/v1/packets", post(submit))
         .route("/v1/packets/{id}", get(status))
+        .route("/v1/packets/{id}/consent", post(consent))
+        .route("/v1/inbox/{id}/forward", post(forward))
         .route("/v1/policy/check", post(policy_check))
         .route("/v1/deadlines", get(deadlines))
         .route("/v1/audit/verify", get(audit_verify))
@@ -388,6 +390,71 @@ async fn show(State(api): State<Api>, Path(id): Path<String>) -> Result<impl Int
 #[serde(deny_unknown_fields)]
 struct AckBody {
     officer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardBody {
+    to: Vec<String>,
+    officer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentBody {
+    holder: String,
+    allowed: Vec<String>,
+    until: String,
+    officer: String,
+}
+
+fn field<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e: T::Err| ApiError(StatusCode::BAD_REQUEST, format!("{v:?}: {e}"), Some(name.into())))
+}
+
+/// A submit-like answer: 201 with what was sent and refused, or 403 when nothing was sent.
+fn submitted(result: Result<crate::node::Submitted, NodeError>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match result {
+        Ok(done) => {
+            let recipients: Vec<&NodeId> = done.sent.iter().map(|c| &c.recipient).collect();
+            Ok((
+                StatusCode::CREATED,
+                Json(
+                    json!({ "id": done.id.to_string(), "recipients": recipients, "sent": done.sent, "denied": done.denied }),
+                ),
+            ))
+        }
+        Err(NodeError::Denied(denied)) => {
+            let e = NodeError::Denied(denied.clone());
+            Ok((StatusCode::FORBIDDEN, Json(json!({ "error": e.to_string(), "denied": denied }))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Passes a received packet on to further partners.
+async fn forward(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let b: ForwardBody =
+        serde_json::from_str(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let to = b.to.iter().map(|t| field::<NodeId>("to", t)).collect::<Result<Vec<_>, _>>()?;
+    let officer: OfficerId = field("officer", &b.officer)?;
+    submitted(api.node.forward(id, &to, officer).await)
+}
+
+/// Consents that a packet this node sent may be passed on.
+async fn consent(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let b: ConsentBody =
+        serde_json::from_str(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
+    let holder: NodeId = field("holder", &b.holder)?;
+    let allowed = b.allowed.iter().map(|t| field::<NodeId>("allowed", t)).collect::<Result<Vec<_>, _>>()?;
+    let until: Timestamp = field("until", &b.until)?;
+    let officer: OfficerId = field("officer", &b.officer)?;
+    submitted(api.node.consent(id, &holder, allowed, until, officer).await)
 }
 
 async fn ack(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {

@@ -80,6 +80,39 @@ enum Command {
         /// The packet id.
         id: String,
     },
+    /// Pass a received packet on to further partners (with its originator's consent where
+    /// needed: H2, or the policy with the originator says so).
+    Forward {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The new recipients, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// Who passes it on.
+        #[arg(long, env = "LIAISON_OFFICER")]
+        officer: String,
+        /// The received packet's id.
+        id: String,
+    },
+    /// Consent that a packet this node sent may be passed on by one of its recipients.
+    Consent {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The recipient that holds the packet and may pass it on.
+        #[arg(long)]
+        holder: String,
+        /// The nodes it may be passed on to, comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        allow: Vec<String>,
+        /// Until when (RFC 3339).
+        #[arg(long)]
+        until: String,
+        /// Who consents.
+        #[arg(long, env = "LIAISON_OFFICER")]
+        officer: String,
+        /// The packet's id.
+        id: String,
+    },
     /// Sharing policies: dry-run a packet against them, or print one.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -436,6 +469,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Packet(cmd) => packet(cmd),
         Command::Policy(cmd) => policy(cmd),
+        Command::Forward { api, to, officer, id } => {
+            let body = serde_json::json!({ "to": to, "officer": officer }).to_string();
+            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/forward"), Some(&body))?;
+            if api.json {
+                println!("{v}");
+            } else {
+                let to: Vec<&str> =
+                    v["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
+                println!("passed on as {} to {}", v["id"].as_str().unwrap_or("?"), to.join(", "));
+            }
+            refusals(&v)
+        }
+        Command::Consent { api, holder, allow, until, officer, id } => {
+            let body = serde_json::json!({ "holder": holder, "allowed": allow, "until": until, "officer": officer })
+                .to_string();
+            let v = api_call(&api, "POST", &format!("/v1/packets/{id}/consent"), Some(&body))?;
+            if api.json {
+                println!("{v}");
+            } else {
+                println!(
+                    "consent {} sent to {holder}: {id} may go to {} until {until}",
+                    v["id"].as_str().unwrap_or("?"),
+                    allow.join(", ")
+                );
+            }
+            refusals(&v)
+        }
         Command::Audit(cmd) => audit(cmd),
         Command::Pki(PkiCommand::Demo { out, nodes, days }) => {
             let nodes = nodes

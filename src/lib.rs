@@ -17,6 +17,8 @@
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
 //! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
 //!   receipt matching, inbox dedup; driven by the node with events and the current time.
+//! - [`onward`] — passing packets on: forwards carrying the original and the originator's
+//!   signed consent, checked at every hop.
 //! - [`node`] — the runtime: QUIC streams, store and clock driving the delivery core.
 //! - [`policy`] — per-partner sharing policies (files, rate limits) and `evaluate`, the one
 //!   function that decides what goes to and comes from each partner.
@@ -51,6 +53,7 @@ pub mod ids;
 pub mod keys;
 pub mod markings;
 pub mod node;
+pub mod onward;
 pub mod packet;
 pub mod pki;
 pub mod policy;

@@ -34,7 +34,7 @@ use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
 use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
 use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
-use crate::seal::{peek_route, OpenError, SealContext, MAX_SEALED_BYTES};
+use crate::seal::{peek_route, OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
 use crate::transport::{self, TlsMaterial};
@@ -249,7 +249,7 @@ impl Node {
             .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
             .await?;
         info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
-        tokio::spawn(node.clone().checkpoint_loop().instrument(info_span!("audit", node = %me)));
+        tokio::spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.inner.policies.policy(peer).is_none() {
@@ -317,17 +317,21 @@ impl Node {
                 }
             }
         }
-        let mut decisions: Vec<Decided> = denied
-            .iter()
-            .map(|r| Decided {
-                to: r.recipient.clone(),
-                decision: "deny".into(),
-                rules: vec![r.denial.rule.clone()],
-                redacted: Vec::new(),
-                policy: r.policy,
-                sealed: None,
-            })
-            .collect();
+        self.seal_and_store(packet, copies, denied, now).await
+    }
+
+    /// Seals and stores the copies decided for `packet` (one per allowed recipient; each names
+    /// the recipients that actually get the packet), records the decisions in the audit trail,
+    /// and hands the copies to the outbox. With no copy, only the refusal is recorded.
+    async fn seal_and_store(
+        &self,
+        packet: &Packet,
+        mut copies: Vec<(Packet, SentCopy)>,
+        denied: Vec<Refused>,
+        now: Millis,
+    ) -> Result<Submitted, NodeError> {
+        let id = packet.envelope.id;
+        let mut decisions = denied_decisions(&denied);
         if copies.is_empty() {
             // Nothing is sent, but the refusal is on record.
             let event = AuditEvent::Submitted { packet_id: id, kind: packet.packet_type().as_str().into(), decisions };
@@ -514,10 +518,18 @@ impl Node {
         })
     }
 
-    /// Signs a checkpoint every 30 s while the trail grows.
-    async fn checkpoint_loop(self) {
+    /// Housekeeping: signs an audit checkpoint every 30 s while the trail grows, and deletes
+    /// received packets past their policy's retention at start and every 10 minutes.
+    async fn maintenance_loop(self) {
         let mut shutdown = self.inner.shutdown.clone();
+        let mut rounds = 0u64;
         loop {
+            if rounds % 20 == 0 {
+                if let Err(e) = self.purge_expired(now_ms()).await {
+                    warn!(error = %e, "could not apply the retention rules");
+                }
+            }
+            rounds += 1;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 _ = shutdown.changed() => return,
@@ -526,6 +538,38 @@ impl Node {
                 warn!(error = %e, "could not sign an audit checkpoint");
             }
         }
+    }
+
+    /// Deletes the received packets (inbox record, evidence, deadline) older than the retention
+    /// of the policy with their sender; the deletion is recorded in the audit trail (ids only).
+    /// Packets from a partner without a policy are kept (nothing says how long). Returns how
+    /// many were deleted.
+    pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
+        let mut ops = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        for (id, rec) in self.inbox()? {
+            let Some(policy) = self.inner.policies.policy(&rec.sender) else { continue };
+            let keep = u64::from(policy.retention_days) * 86_400_000;
+            if rec.received_at.saturating_add(keep) >= now {
+                continue;
+            }
+            ops.push(Op::Delete(Tree::Inbox, id.as_bytes().to_vec()));
+            ops.push(Op::Delete(Tree::Evidence, id.as_bytes().to_vec()));
+            ops.push(Op::Delete(Tree::Deadlines, pair_key(id, &rec.sender)));
+            gone.push(format!("{id} from {} ({} days)", rec.sender, policy.retention_days));
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let n = gone.len();
+        ops.push(Op::Audit(AuditEvent::Admin {
+            action: "retention purge".into(),
+            by: "node".into(),
+            detail: format!("deleted {n} received packet(s) past retention: {}", gone.join(", ")),
+        }));
+        self.inner.store.commit(ops).await?;
+        info!(deleted = n, "received packets past their retention deleted");
+        Ok(n)
     }
 
     /// Waits until every copy of `packet_id` is delivered, rejected or expired (or `timeout`
@@ -572,10 +616,223 @@ impl Node {
     /// A received packet, verified again from the stored evidence.
     pub fn show(&self, packet_id: PacketId) -> Result<(Packet, InboxRecord), NodeError> {
         let rec = self.inner.store.inbox_record(packet_id)?.ok_or(NodeError::UnknownPacket(packet_id))?;
-        let evidence = self.inner.store.get(Tree::Evidence, packet_id.as_bytes())?.unwrap_or_default();
-        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &evidence)
-            .map_err(|e| NodeError::Evidence(packet_id, e))?;
-        Ok((signed.packet, rec))
+        let (original, _) = self.held(packet_id)?;
+        Ok((original.packet, rec))
+    }
+
+    /// A received packet as its originator signed it (for a forward: the original it carried,
+    /// verified again), and the consent that came with it.
+    fn held(&self, packet_id: PacketId) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
+        let evidence =
+            self.inner.store.get(Tree::Evidence, packet_id.as_bytes())?.ok_or(NodeError::UnknownPacket(packet_id))?;
+        let ring = self.inner.seal.keyring();
+        let signed = crate::seal::verify_signed(ring, &evidence).map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let Body::Forward(f) = &signed.packet.body else { return Ok((signed, None)) };
+        let original =
+            crate::seal::verify_signed(ring, &f.original.0).map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let consent = match &f.consent {
+            Some(c) => Some(crate::seal::verify_signed(ring, &c.0).map_err(|e| NodeError::Evidence(packet_id, e))?),
+            None => None,
+        };
+        Ok((original, consent))
+    }
+
+    /// Passes a received packet on to `to` (partners that were not among its recipients), as a
+    /// [`crate::packet::Forward`] carrying the original as its originator signed it and, where
+    /// needed, the originator's consent (found among the consents this node received). Each
+    /// recipient is checked on its own: the `[onward]` rule for the originator, H2, the consent,
+    /// and this node's send policy for the recipient applied to the original (which cannot be
+    /// redacted: another node signed it).
+    pub async fn forward(
+        &self,
+        packet_id: PacketId,
+        to: &[NodeId],
+        officer: OfficerId,
+    ) -> Result<Submitted, NodeError> {
+        for r in to {
+            if !self.inner.partners.contains_key(r) {
+                return Err(NodeError::NotAPartner(r.clone()));
+            }
+        }
+        let rec = self.inner.store.inbox_record(packet_id)?.ok_or(NodeError::UnknownPacket(packet_id))?;
+        let (original, carried) = self.held(packet_id)?;
+        let p = &original.packet;
+        let originator = &p.envelope.originator.node;
+        // The rule of the agreement with the originator, or with whoever passed it to us.
+        let policy = self.inner.policies.policy(originator).or_else(|| self.inner.policies.policy(&rec.sender));
+        let rule = policy.map_or(crate::policy::OnwardRule::Never, |p| p.onward.from_partner);
+        let consents = self.consents_about(p.envelope.id, originator, carried)?;
+        let now = now_ms();
+        let now_ts = Timestamp::now();
+        let mut copies = Vec::new();
+        let mut denied = Vec::new();
+        let deny = |denied: &mut Vec<Refused>, r: &NodeId, rule: &str, reason: String, policy: Option<Digest>| {
+            warn!(packet_id = %packet_id, recipient = %r, %rule, "not passed on");
+            denied.push(Refused { recipient: r.clone(), denial: Denial { rule: rule.into(), reason }, policy });
+        };
+        let id = PacketId::new_v7(now, &mut rand_core::OsRng);
+        for r in to {
+            let policy_hash = self.inner.policies.policy(r).map(|x| x.hash);
+            if r == originator || p.envelope.recipients.contains(r) {
+                deny(
+                    &mut denied,
+                    r,
+                    "onward.already_a_recipient",
+                    format!("{r} already had it from {originator}"),
+                    policy_hash,
+                );
+                continue;
+            }
+            let needed = match crate::onward::consent_needed(p, rule) {
+                Ok(n) => n,
+                Err(d) => {
+                    deny(&mut denied, r, &d.rule, d.reason, policy_hash);
+                    continue;
+                }
+            };
+            let consent = consents.iter().find(|c| crate::onward::consent_for(c, p, r, now_ts).is_ok());
+            if needed && consent.is_none() {
+                let why = if p.envelope.handling.codes.contains(&crate::markings::HandlingCode::H2) {
+                    "it is marked H2"
+                } else {
+                    "the policy with its originator requires consent"
+                };
+                deny(
+                    &mut denied,
+                    r,
+                    "onward.consent_required",
+                    format!("{why}, and no consent of {originator} covering {r} was received"),
+                    policy_hash,
+                );
+                continue;
+            }
+            let mut check = p.clone();
+            let verdict = self.inner.policies.decide(r, Direction::Send, &mut check, now);
+            match verdict.decision {
+                Decision::Deny(d) => {
+                    deny(&mut denied, r, &d.rule, d.reason, verdict.policy);
+                    continue;
+                }
+                Decision::Redact(list) => {
+                    let fields: Vec<String> = list.iter().map(|x| x.path.clone()).collect();
+                    deny(
+                        &mut denied,
+                        r,
+                        &list[0].rule,
+                        format!("{} would have to be removed, but {originator} signed the packet", fields.join(", ")),
+                        verdict.policy,
+                    );
+                    continue;
+                }
+                Decision::Allow => {}
+            }
+            let e = &p.envelope;
+            let forward = Packet {
+                version: p.version,
+                envelope: crate::packet::Envelope {
+                    id,
+                    case_ref: e.case_ref.clone(),
+                    in_reply_to: None,
+                    related: vec![e.id],
+                    originator: crate::packet::Originator {
+                        node: self.inner.me.clone(),
+                        officer: Some(officer.clone()),
+                    },
+                    recipients: vec![r.clone()],
+                    created: now_ts,
+                    expires: e.expires,
+                    priority: e.priority,
+                    urgency_reason: e.urgency_reason,
+                    due_by: None,
+                    classification: e.classification,
+                    tlp: e.tlp,
+                    handling: e.handling.clone(),
+                    grading: e.grading,
+                    legal_basis: e.legal_basis.clone(),
+                    purpose: e.purpose.clone(),
+                    language: e.language,
+                },
+                body: Body::Forward(crate::packet::Forward {
+                    original: crate::encoding::Blob(original.bytes.clone()),
+                    consent: consent.map(|c| crate::encoding::Blob(c.bytes.clone())),
+                }),
+            };
+            copies.push((forward, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }));
+        }
+        let Some((first, _)) = copies.first() else {
+            let event =
+                AuditEvent::Submitted { packet_id: id, kind: "Forward".into(), decisions: denied_decisions(&denied) };
+            self.inner.store.commit(vec![Op::Audit(event)]).await?;
+            return Err(NodeError::Denied(denied));
+        };
+        let first = first.clone();
+        self.seal_and_store(&first, copies, denied, now).await
+    }
+
+    /// Verified consents of `originator` about `packet`: the one that came with it, and any it
+    /// sent this node.
+    fn consents_about(
+        &self,
+        packet: PacketId,
+        originator: &NodeId,
+        carried: Option<SignedPacket>,
+    ) -> Result<Vec<SignedPacket>, NodeError> {
+        let mut out: Vec<SignedPacket> = carried.into_iter().collect();
+        for (id, rec) in self.inbox()? {
+            if rec.packet_type != crate::packet::PacketType::OnwardConsent.as_str() || rec.sender != *originator {
+                continue;
+            }
+            let (c, _) = self.held(id)?;
+            if matches!(&c.packet.body, Body::OnwardConsent(x) if x.packet_id == packet) {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives consent that `packet` (sent by this node) may be passed on by `holder` (one of its
+    /// recipients) to `allowed`, until `until`: a signed `OnwardConsent` sent to `holder`.
+    pub async fn consent(
+        &self,
+        packet: PacketId,
+        holder: &NodeId,
+        allowed: Vec<NodeId>,
+        until: Timestamp,
+        officer: OfficerId,
+    ) -> Result<Submitted, NodeError> {
+        let entries = self.status(packet)?;
+        if !entries.iter().any(|e| e.recipient == *holder) {
+            return Err(NodeError::NotAPartner(holder.clone()));
+        }
+        let now = Timestamp::now();
+        let consent = Packet {
+            version: crate::packet::PACKET_VERSION,
+            envelope: crate::packet::Envelope {
+                id: PacketId::new_v7(now_ms(), &mut rand_core::OsRng),
+                case_ref: None,
+                in_reply_to: Some(packet),
+                related: Vec::new(),
+                originator: crate::packet::Originator { node: self.inner.me.clone(), officer: Some(officer) },
+                recipients: vec![holder.clone()],
+                created: now,
+                expires: until,
+                priority: entries.first().map_or(Priority::Routine, |e| e.priority),
+                urgency_reason: None,
+                due_by: None,
+                classification: crate::markings::Classification::Unclassified,
+                tlp: None,
+                handling: crate::markings::Handling {
+                    codes: [crate::markings::HandlingCode::H0].into(),
+                    h3_text: None,
+                },
+                grading: None,
+                legal_basis: None,
+                purpose: None,
+                language: "en".parse().map_err(|_| NodeError::UnknownPacket(packet))?,
+            },
+            body: Body::OnwardConsent(crate::packet::OnwardConsent { packet_id: packet, allowed, until }),
+        };
+        self.submit(&consent).await
     }
 
     /// An officer acknowledges a received packet: recorded here, and a signed `ReadAck` is sent
@@ -806,8 +1063,32 @@ impl Node {
                 Incoming::New => {
                     // The receiving side of the agreement: checked once, on first arrival (a
                     // retransmission gets the answer the first copy got).
-                    let verdict =
-                        self.inner.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms);
+                    // A forward is checked as the packet it carries (and its consent), under
+                    // the rules for the partner that passed it on.
+                    let mut forwarded_from = None;
+                    let mut forwarded_kind = None;
+                    let checked = match self.unwrap_forward(peer, &opened.signed.packet, now) {
+                        Ok(Some(mut original)) => {
+                            forwarded_from = Some(original.envelope.originator.node.clone());
+                            forwarded_kind = Some(original.packet_type());
+                            self.inner.policies.decide(peer, Direction::Receive, &mut original, received_ms)
+                        }
+                        Ok(None) => {
+                            self.inner.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms)
+                        }
+                        Err((code, reason)) => {
+                            warn!(%code, "forward refused; not stored");
+                            items.push(ReceiptItem {
+                                packet_id: id,
+                                received_at: now,
+                                sealed_digest: digest,
+                                outcome: ReceiptOutcome::Rejected { code, reason },
+                                policy: self.inner.policies.policy(peer).map(|p| p.hash),
+                            });
+                            continue;
+                        }
+                    };
+                    let verdict = checked;
                     if let Decision::Deny(denial) = verdict.decision {
                         warn!(rule = %denial.rule, "refused by policy; not stored");
                         items.push(ReceiptItem {
@@ -827,11 +1108,12 @@ impl Node {
                         sender: peer.clone(),
                         sealed_digest: digest,
                         received_at: received_ms,
-                        packet_type: packet.packet_type().as_str().into(),
+                        packet_type: forwarded_kind.unwrap_or(packet.packet_type()).as_str().into(),
                         priority: packet.envelope.priority,
                         due_by: packet.envelope.due_by,
                         read: None,
                         policy: verdict.policy,
+                        originator: forwarded_from.clone(),
                     };
                     ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes));
                     ops.push(store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec));
@@ -889,6 +1171,33 @@ impl Node {
         }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
         Ok(Some((sealed, lane)))
+    }
+
+    /// If `packet` (from `peer`) is a forward: whether this node takes forwards from `peer`, and
+    /// the hop's checks ([`crate::onward::unwrap`]); the original on success. `Ok(None)` for any
+    /// other packet.
+    fn unwrap_forward(
+        &self,
+        peer: &NodeId,
+        packet: &Packet,
+        now: Timestamp,
+    ) -> Result<Option<Packet>, (String, String)> {
+        if packet.packet_type() != crate::packet::PacketType::Forward {
+            return Ok(None);
+        }
+        match self.inner.policies.policy(peer) {
+            Some(p) if p.onward.accept_forwarded => {}
+            Some(_) => {
+                return Err((
+                    "policy.onward.accept_forwarded".into(),
+                    format!("this node does not take packets {peer} passes on from other originators"),
+                ))
+            }
+            None => return Err(("policy.no_policy".into(), format!("no sharing policy with {peer}"))),
+        }
+        crate::onward::unwrap(self.inner.seal.keyring(), packet, peer, &self.inner.me, now)
+            .map(|u| Some(u.original.packet))
+            .map_err(|e| (e.code().to_owned(), e.to_string()))
     }
 
     /// The policy version under which a packet already received was admitted (for repeating
@@ -1216,6 +1525,21 @@ impl Node {
             warn!(error = %e, "could not persist outbox state");
         }
     }
+}
+
+/// Refusals as audit decisions.
+fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
+    denied
+        .iter()
+        .map(|r| Decided {
+            to: r.recipient.clone(),
+            decision: "deny".into(),
+            rules: vec![r.denial.rule.clone()],
+            redacted: Vec::new(),
+            policy: r.policy,
+            sealed: None,
+        })
+        .collect()
 }
 
 /// A receipt item as the audit trail records it.

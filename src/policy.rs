@@ -84,9 +84,38 @@ pub struct Policy {
     pub send: Rules,
     /// What this node accepts from the partner.
     pub receive: Rules,
+    /// Passing packets on to third nodes.
+    pub onward: Onward,
+    /// How long packets received from the partner are kept, in days; then they are deleted
+    /// (their audit entries, which hold no content, stay).
+    pub retention_days: u32,
     /// SHA-256 of the canonical form (everything above, as JSON with sorted keys).
     #[serde(skip)]
     pub hash: Digest,
+}
+
+/// The onward-transmission rules with one partner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onward {
+    /// What this node may do with packets this partner originated: pass them on to third nodes
+    /// freely (H2 packets still need the originator's consent), only with the originator's
+    /// signed consent, or never.
+    pub from_partner: OnwardRule,
+    /// Whether this node accepts packets this partner passes on from other originators.
+    pub accept_forwarded: bool,
+}
+
+/// May a packet be passed on?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnwardRule {
+    /// Yes (H2 still needs consent).
+    Free,
+    /// Only with the originator's signed consent.
+    Consent,
+    /// No.
+    Never,
 }
 
 /// The rules for one direction.
@@ -188,7 +217,13 @@ pub const REDACTABLE: [(&str, &[&str]); 7] = [
 pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Decision {
     let d = direction.as_str();
     let kind = packet.packet_type();
-    if kind.is_system() {
+    if kind == PacketType::Forward {
+        return Decision::Deny(Denial::new(
+            "onward",
+            "a forward is checked as the packet it carries, through forwarding, not as a packet of its own",
+        ));
+    }
+    if kind.is_policy_exempt() {
         return Decision::Allow;
     }
     let env = &packet.envelope;
@@ -277,7 +312,11 @@ fn redact(rules: &Rules, direction: Direction, packet: &mut Packet) -> Vec<Redac
         | Body::DelayNotice(_)
         | Body::ClarificationRequest(_)
         | Body::DeliveryReceipt(_)
-        | Body::ReadAck(_) => (None, None, ""),
+        | Body::ReadAck(_)
+        | Body::OnwardConsent(_) => (None, None, ""),
+        // A forward's entities are inside the originator's signed packet: the node evaluates
+        // that packet itself (and cannot redact what another node signed).
+        Body::Forward(_) => (None, None, ""),
     };
     if let Some(list) = entities {
         let mut index = 0;
@@ -413,8 +452,10 @@ struct RawPolicy {
     partner: String,
     #[serde(default)]
     title: Option<String>,
+    retention_days: u32,
     send: RawRules,
     receive: RawRules,
+    onward: Onward,
 }
 
 #[derive(Deserialize)]
@@ -451,11 +492,22 @@ impl Policy {
                 problems.push(format!("partner: the file is about {node}, but is configured for {expected}"));
             }
         }
+        if raw.retention_days == 0 || raw.retention_days > 36_500 {
+            problems.push("retention_days: must be 1 to 36500".into());
+        }
         let send = rules(raw.send, "send", &mut problems);
         let receive = rules(raw.receive, "receive", &mut problems);
         match (node, problems.is_empty()) {
             (Some(partner), true) => {
-                let mut policy = Policy { partner, title: raw.title, send, receive, hash: Digest([0; 32]) };
+                let mut policy = Policy {
+                    partner,
+                    title: raw.title,
+                    send,
+                    receive,
+                    onward: raw.onward,
+                    retention_days: raw.retention_days,
+                    hash: Digest([0; 32]),
+                };
                 let canonical = serde_json::to_vec(&policy).map_err(|e| vec![e.to_string()])?;
                 policy.hash = Digest::of(&canonical);
                 Ok(policy)
@@ -477,15 +529,15 @@ fn rules(raw: RawRules, section: &str, problems: &mut Vec<String>) -> Rules {
     let mut packet_types = BTreeSet::new();
     for t in &raw.packet_types {
         match PacketType::ALL.iter().find(|k| k.as_str() == t) {
-            Some(k) if k.is_system() => {
-                problems.push(format!("{section}.packet_types: {t} is a system packet, always allowed; remove it"))
-            }
+            Some(k) if k.is_policy_exempt() => problems.push(format!(
+                "{section}.packet_types: {t} is not governed by packet_types (system packets and consents always pass; forwards follow [onward]); remove it"
+            )),
             Some(k) => {
                 packet_types.insert(*k);
             }
             None => problems.push(format!(
                 "{section}.packet_types: unknown packet type {t:?} (known: {})",
-                PacketType::ALL.iter().filter(|k| !k.is_system()).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                PacketType::ALL.iter().filter(|k| !k.is_policy_exempt()).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
             )),
         }
     }
@@ -579,7 +631,7 @@ impl PolicyBook {
     pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {
         let mut verdict = self.dry_run(partner, direction, packet);
         let Some(policy) = self.policies.get(partner) else { return verdict };
-        if !matches!(verdict.decision, Decision::Deny(_)) && !packet.packet_type().is_system() {
+        if !matches!(verdict.decision, Decision::Deny(_)) && !packet.packet_type().is_policy_exempt() {
             let rules = policy.rules(direction);
             let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bucket = buckets
@@ -647,6 +699,7 @@ mod tests {
 
     const OPEN: &str = r#"
 partner = "ES-UDYCO"
+retention_days = 365
 [send]
 packet_types = ["ControlledDeliveryAlert", "JitNotice", "InformationRequest", "InformationResponse", "Refusal", "DelayNotice", "ClarificationRequest"]
 max_classification = "EU_CONFIDENTIAL"
@@ -667,6 +720,9 @@ require_legal_basis = false
 attachments = true
 max_packet_bytes = 16777216
 max_packets_per_minute = 100000
+[onward]
+from_partner = "free"
+accept_forwarded = true
 "#;
 
     fn open_rules() -> Rules {
@@ -849,7 +905,7 @@ max_packets_per_minute = 100000
             (OPEN.replacen("EU_CONFIDENTIAL", "TOP_SECRET", 1), "unknown variant `TOP_SECRET`"),
             (OPEN.replacen("\"H3\"", "\"H9\"", 1), "unknown variant `H9`"),
             (OPEN.replacen("\"Refusal\"", "\"Gossip\"", 1), "send.packet_types: unknown packet type \"Gossip\""),
-            (OPEN.replacen("\"Refusal\"", "\"ReadAck\"", 1), "ReadAck is a system packet"),
+            (OPEN.replacen("\"Refusal\"", "\"ReadAck\"", 1), "ReadAck is not governed by packet_types"),
             (format!("{OPEN}[receive.redact]\nperson = [\"shoe_size\"]\n"), "receive.redact.person: \"shoe_size\""),
             (format!("{OPEN}[receive.redact]\nperson = [\"family_name\"]\n"), "not a redactable field"),
             (format!("{OPEN}[receive.redact]\npet = [\"*\"]\n"), "receive.redact.pet: unknown entity kind"),

@@ -276,6 +276,9 @@ pub struct InboxRecord {
     /// The version hash of this node's policy for the sender that admitted it.
     #[serde(default)]
     pub policy: Option<Digest>,
+    /// For a packet passed on by `sender`: the node that originated it.
+    #[serde(default)]
+    pub originator: Option<NodeId>,
 }
 
 /// The key of a (packet, recipient) pair.
@@ -541,6 +544,7 @@ mod tests {
             due_by: None,
             read: Some(("Isp. Rossi".parse().unwrap(), 50)),
             policy: Some(Digest::of(b"policy")),
+            originator: None,
         };
         store.commit_blocking(vec![put(Tree::Inbox, id.as_bytes().to_vec(), &rec)]).unwrap();
         assert_eq!(store.inbox_record(id).unwrap(), Some(rec));

@@ -324,3 +324,109 @@ async fn redacted_fields_never_reach_the_partner() {
     assert_eq!(done.sent[0].policy, Some(it.policies().policy(&node("CO-DIJIN")).unwrap().hash));
     let _ = fed.stop.send(true);
 }
+
+impl Federation {
+    /// Sends `bytes` as one frame over a fresh connection with `from`'s certificate to `to`,
+    /// bypassing `from`'s node (what a faulty or hostile partner could do); returns the answer.
+    async fn raw_send(&self, from: &str, to: &str, bytes: &[u8]) -> Vec<u8> {
+        let now = OffsetDateTime::now_utc();
+        let cert = self.ca.issue(&node(from), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
+        let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(liaison::transport::client_config(&tls).unwrap());
+        let addr = self.sockets.iter().find(|(n, _)| n == to).unwrap().1;
+        let conn = endpoint.connect(addr, &liaison::transport::server_name(&node(to))).unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        liaison::wire::write_frame(&mut send, bytes).await.unwrap();
+        send.finish().unwrap();
+        liaison::wire::read_frame(&mut recv, 1 << 24).await.unwrap().unwrap()
+    }
+
+    fn seal_context(&self, name: &str) -> SealContext {
+        let mut ring = Keyring::new();
+        for n in NODES {
+            ring.add(self.node_keys(n).public().clone()).unwrap();
+        }
+        SealContext::new(self.node_keys(name), ring).unwrap()
+    }
+}
+
+/// Onward transmission of H2 material: refused without the originator's consent, allowed with
+/// it, and checked again by the receiving hop (a forward that skipped the check is rejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_is_passed_on_only_with_the_originators_consent() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let co = fed.start("CO-DIJIN").await;
+    // CO-DIJIN alerts ES-UDYCO only; the alert is marked H0 + H2.
+    let alert = example("controlled-delivery-alert.json", "CO-DIJIN", &["ES-UDYCO"]);
+    assert!(alert.envelope.handling.codes.contains(&liaison::markings::HandlingCode::H2));
+    let alert_id = co.submit(&alert).await.unwrap().id;
+    until("alert at ES", || matches!(state(&co, alert_id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let officer: liaison::ids::OfficerId = "Subinspector Gómez".parse().unwrap();
+
+    // Without consent: refused at ES-UDYCO, nothing reaches IT-DCSA.
+    let err = es.forward(alert_id, &[node("IT-DCSA")], officer.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("IT-DCSA: onward.consent_required"), "{err}");
+
+    // A hop that skips the check (a forward built by hand with ES-UDYCO's keys) is refused by
+    // IT-DCSA itself, with a signed rejection naming the rule.
+    let original = es.show(alert_id).unwrap().0;
+    let signed_original = fed.seal_context("CO-DIJIN").sign(&original).unwrap();
+    let mut forged = example("controlled-delivery-alert.json", "ES-UDYCO", &["IT-DCSA"]);
+    forged.envelope.related = vec![alert_id];
+    forged.envelope.handling = original.envelope.handling.clone();
+    forged.body = liaison::packet::Body::Forward(liaison::packet::Forward {
+        original: liaison::encoding::Blob(signed_original.bytes.clone()),
+        consent: None,
+    });
+    let es_ctx = fed.seal_context("ES-UDYCO");
+    let sealed = es_ctx.seal(&forged, &mut rand_core::OsRng).unwrap().remove(0);
+    let answer = fed.raw_send("ES-UDYCO", "IT-DCSA", &sealed.bytes).await;
+    let opened = es_ctx.open(&answer, liaison::timestamp::Timestamp::now()).unwrap();
+    let liaison::packet::Body::DeliveryReceipt(r) = opened.signed.packet.body else { panic!() };
+    match &r.receipts[0].outcome {
+        liaison::packet::ReceiptOutcome::Rejected { code, .. } => assert_eq!(code, "onward.consent_required"),
+        other => panic!("{other:?}"),
+    }
+    assert!(it.inbox().unwrap().is_empty());
+
+    // CO-DIJIN consents to IT-DCSA; ES-UDYCO can now pass it on, and IT-DCSA shows the original.
+    let until_ts = liaison::timestamp::Timestamp::now().plus_secs(86_400);
+    let consent = co
+        .consent(alert_id, &node("ES-UDYCO"), vec![node("IT-DCSA")], until_ts, "My. Andrea Salcedo".parse().unwrap())
+        .await
+        .unwrap();
+    until("consent at ES", || matches!(state(&co, consent.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let done = es.forward(alert_id, &[node("IT-DCSA")], officer.clone()).await.unwrap();
+    until("forward at IT", || matches!(state(&es, done.id, "IT-DCSA"), EntryState::Delivered { .. })).await;
+    let (shown, rec) = it.show(done.id).unwrap();
+    assert_eq!(shown, original, "IT-DCSA sees the original exactly as CO-DIJIN signed it");
+    assert_eq!((rec.sender.as_str(), rec.originator.as_ref().map(|n| n.as_str())), ("ES-UDYCO", Some("CO-DIJIN")));
+    assert_eq!(rec.packet_type, "ControlledDeliveryAlert");
+    // The consent names IT-DCSA only: CO-DIJIN itself is not a "new" recipient either way.
+    let err = es.forward(alert_id, &[node("CO-DIJIN")], officer).await.unwrap_err();
+    assert!(err.to_string().contains("onward.already_a_recipient"), "{err}");
+    let _ = fed.stop.send(true);
+}
+
+/// Retention: received packets older than the policy's `retention_days` are deleted (inbox and
+/// evidence), the deletion is in the audit trail, and the trail still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_packets_are_deleted_after_their_retention() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let id = it.submit(&example("information-request.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id;
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let days = es.policies().policy(&node("IT-DCSA")).unwrap().retention_days;
+    let now = liaison::node::now_ms();
+    assert_eq!(es.purge_expired(now + u64::from(days - 1) * 86_400_000).await.unwrap(), 0, "not yet");
+    assert_eq!(es.purge_expired(now + u64::from(days + 1) * 86_400_000).await.unwrap(), 1);
+    assert!(es.inbox().unwrap().is_empty());
+    assert!(matches!(es.show(id), Err(liaison::node::NodeError::UnknownPacket(_))));
+    let verified = es.audit_verify().unwrap().expect("the trail still verifies");
+    assert!(verified.last >= 3, "{verified:?}");
+    let _ = fed.stop.send(true);
+}

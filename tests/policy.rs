@@ -35,7 +35,7 @@ fn redactions() -> impl Strategy<Value = BTreeMap<String, Redaction>> {
 
 fn rules() -> impl Strategy<Value = Rules> {
     use Classification::*;
-    let types: Vec<PacketType> = PacketType::ALL.iter().copied().filter(|t| !t.is_system()).collect();
+    let types: Vec<PacketType> = PacketType::ALL.iter().copied().filter(|t| !t.is_policy_exempt()).collect();
     (
         subset(types),
         proptest::sample::select(vec![Unclassified, BasicProtection, EuRestricted, EuConfidential]),
@@ -165,7 +165,7 @@ proptest! {
 #[test]
 fn named_values_are_gone_from_the_bytes_sent() {
     let mut rules = Rules {
-        packet_types: PacketType::ALL.iter().copied().filter(|t| !t.is_system()).collect(),
+        packet_types: PacketType::ALL.iter().copied().filter(|t| !t.is_policy_exempt()).collect(),
         max_classification: Classification::EuConfidential,
         max_tlp: Tlp::Red,
         handling_codes: [HandlingCode::H0, HandlingCode::H1, HandlingCode::H2, HandlingCode::H3].into(),

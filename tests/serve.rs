@@ -560,7 +560,12 @@ async fn peers_without_a_valid_enrolled_certificate_are_refused() {
         assert!(result.is_err(), "{what}: got an answer");
     }
     assert!(c.node("IT-DCSA").inbox_ids().is_empty());
-    let log = fs::read_to_string(&c.node("IT-DCSA").log).unwrap();
+    // The client may see its refusal before the node has written the log line: wait for it.
+    let log_file = c.node("IT-DCSA").log.clone();
+    wait_for("five refusals logged", Duration::from_secs(10), || {
+        fs::read_to_string(&log_file).unwrap().matches("refused connection").count() >= 5
+    });
+    let log = fs::read_to_string(&log_file).unwrap();
     assert_eq!(log.matches("refused connection").count(), 5, "each refusal is logged with its reason:\n{log}");
     for reason in ["UnknownIssuer", "names no enrolled partner", "expired", "Revoked", "no certificates"] {
         assert!(log.contains(reason), "{reason} missing from the log");

@@ -572,6 +572,55 @@ pub enum ReceiptOutcome {
     },
 }
 
+/// The originator's signed consent that one of its packets may be passed on to further nodes
+/// (Europol handling code H2: "not to be disseminated without the provider's permission").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnwardConsent {
+    /// The packet (originated by the consenting node).
+    pub packet_id: PacketId,
+    /// The nodes it may now be passed on to, by whoever holds it.
+    pub allowed: Vec<NodeId>,
+    /// Until when the consent holds.
+    pub until: Timestamp,
+}
+
+impl OnwardConsent {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        if self.allowed.is_empty() || self.allowed.len() > 64 {
+            return Err(c.at("allowed").invalid("must name 1 to 64 nodes"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = self.allowed.iter().find(|n| !seen.insert(*n)) {
+            return Err(c.at("allowed").invalid(format!("{dup} is listed twice")));
+        }
+        Ok(())
+    }
+}
+
+/// A packet of another originator, passed on by this node: the original exactly as its
+/// originator signed it, and the originator's signed consent when one is needed. The receiver
+/// verifies both signatures against the originator's key, so the forwarder can neither change
+/// the packet nor invent the consent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    /// The original packet's COSE_Sign1, tagged, as received.
+    pub original: Blob,
+    /// The originator's signed `OnwardConsent` (COSE_Sign1), if the packet needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<Blob>,
+}
+
+impl Forward {
+    pub(crate) fn check(&self, c: &Check) -> Result<(), PacketError> {
+        if self.original.0.is_empty() {
+            return Err(c.at("original").invalid("must not be empty"));
+        }
+        Ok(())
+    }
+}
+
 /// An officer at the receiving node has read the packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

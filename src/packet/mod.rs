@@ -195,6 +195,10 @@ pub enum Body {
     DeliveryReceipt(DeliveryReceipt),
     /// An officer acknowledged a packet (system packet).
     ReadAck(ReadAck),
+    /// The originator's consent to pass one of its packets on to further nodes.
+    OnwardConsent(OnwardConsent),
+    /// A packet of another originator passed on, with its originator's consent where needed.
+    Forward(Forward),
 }
 
 /// The type of a packet, without its content.
@@ -218,6 +222,10 @@ pub enum PacketType {
     DeliveryReceipt,
     /// See [`Body::ReadAck`].
     ReadAck,
+    /// See [`Body::OnwardConsent`].
+    OnwardConsent,
+    /// See [`Body::Forward`].
+    Forward,
 }
 
 impl Serialize for PacketType {
@@ -228,7 +236,7 @@ impl Serialize for PacketType {
 
 impl PacketType {
     /// Every packet type.
-    pub const ALL: [PacketType; 9] = [
+    pub const ALL: [PacketType; 11] = [
         Self::ControlledDeliveryAlert,
         Self::JitNotice,
         Self::InformationRequest,
@@ -238,6 +246,8 @@ impl PacketType {
         Self::ClarificationRequest,
         Self::DeliveryReceipt,
         Self::ReadAck,
+        Self::OnwardConsent,
+        Self::Forward,
     ];
 
     /// The type's name as on the wire.
@@ -252,6 +262,8 @@ impl PacketType {
             Self::ClarificationRequest => "ClarificationRequest",
             Self::DeliveryReceipt => "DeliveryReceipt",
             Self::ReadAck => "ReadAck",
+            Self::OnwardConsent => "OnwardConsent",
+            Self::Forward => "Forward",
         }
     }
 
@@ -262,8 +274,21 @@ impl PacketType {
 
     /// Replies must name the packet they answer in `in_reply_to`.
     pub fn is_reply(self) -> bool {
-        matches!(self, Self::InformationResponse | Self::Refusal | Self::DelayNotice | Self::ClarificationRequest)
-            || self.is_system()
+        matches!(
+            self,
+            Self::InformationResponse
+                | Self::Refusal
+                | Self::DelayNotice
+                | Self::ClarificationRequest
+                | Self::OnwardConsent
+        ) || self.is_system()
+    }
+
+    /// Types the sharing policies' `packet_types` do not govern: system packets (ids only),
+    /// consents (ids only), and forwards (their content is checked as the packet they carry,
+    /// under the `[onward]` rules).
+    pub fn is_policy_exempt(self) -> bool {
+        self.is_system() || matches!(self, Self::OnwardConsent | Self::Forward)
     }
 }
 
@@ -286,6 +311,8 @@ impl Body {
             Self::ClarificationRequest(_) => PacketType::ClarificationRequest,
             Self::DeliveryReceipt(_) => PacketType::DeliveryReceipt,
             Self::ReadAck(_) => PacketType::ReadAck,
+            Self::OnwardConsent(_) => PacketType::OnwardConsent,
+            Self::Forward(_) => PacketType::Forward,
         }
     }
 }
@@ -502,7 +529,8 @@ impl Packet {
         opt_text(&c.at("legal_basis"), &e.legal_basis, LONG)?;
         opt_text(&c.at("purpose"), &e.purpose, LONG)?;
         if !kind.is_system() {
-            if e.case_ref.is_none() {
+            // A consent is about a packet, which carries the case reference.
+            if e.case_ref.is_none() && kind != PacketType::OnwardConsent {
                 return Err(c.at("case_ref").invalid(format!("required on a {kind}")));
             }
             if e.originator.officer.is_none() {
@@ -555,6 +583,16 @@ impl Packet {
                 }
                 Ok(())
             }
+            Body::OnwardConsent(x) => {
+                if e.in_reply_to != Some(x.packet_id) {
+                    return Err(c.at("in_reply_to").invalid("must equal the packet the consent is about"));
+                }
+                if x.until <= e.created {
+                    return Err(b.at("until").invalid("must be after the consent was given"));
+                }
+                x.check(&b)
+            }
+            Body::Forward(x) => x.check(&b),
         }
     }
 }

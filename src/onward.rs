@@ -1,0 +1,157 @@
+//! Onward transmission: passing a packet of another originator on to a third node.
+//!
+//! A node that holds a packet it received (from its originator, or forwarded) may pass it on
+//! only as a [`Forward`]: the original exactly as its originator signed it, plus — when needed —
+//! the originator's signed [`OnwardConsent`] naming the new recipient and an expiry. The
+//! forwarding node signs the forward itself, so the receiver knows who passed it on, and
+//! verifies the originator's signatures, so the forwarder can neither alter the packet nor
+//! invent the consent. The same checks run at every hop ([`unwrap`]); the forwarding node runs
+//! them before it sends ([`consent_needed`], [`consent_for`]).
+//!
+//! Consent is needed when the packet carries handling code H2 ("not to be disseminated without
+//! the provider's permission"), or when the forwarding node's policy with the originator says
+//! so (`[onward] from_partner = "consent"`); `"never"` forbids passing on at all.
+
+use crate::ids::NodeId;
+use crate::keys::Keyring;
+use crate::markings::HandlingCode;
+use crate::packet::{Body, Forward, OnwardConsent, Packet, PacketType};
+use crate::policy::{Denial, OnwardRule};
+use crate::seal::{verify_signed, SignedPacket};
+use crate::timestamp::Timestamp;
+
+/// Why a forward is refused (at the forwarding node or at a receiving hop).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OnwardError {
+    /// The carried original does not verify against its originator's key.
+    #[error("the original packet does not verify: {0}")]
+    OriginalInvalid(String),
+    /// The forwarder is the original's originator (it should send the packet itself).
+    #[error("{0} originated the packet; this is not a forward")]
+    NotAForward(NodeId),
+    /// The packet needs its originator's consent and none (valid) came with it.
+    #[error("{0}")]
+    ConsentRequired(String),
+    /// The carried consent does not cover this hop.
+    #[error("the consent does not cover this: {0}")]
+    ConsentInvalid(String),
+    /// The forward's envelope claims other markings than the original carries.
+    #[error("the forward's markings differ from the original's ({0})")]
+    MarkingsDiffer(&'static str),
+}
+
+impl OnwardError {
+    /// A stable code, for rejection receipts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::OriginalInvalid(_) => "onward.original_invalid",
+            Self::NotAForward(_) => "onward.not_a_forward",
+            Self::ConsentRequired(_) => "onward.consent_required",
+            Self::ConsentInvalid(_) => "onward.consent_invalid",
+            Self::MarkingsDiffer(_) => "onward.markings_differ",
+        }
+    }
+}
+
+/// Whether passing `original` on needs its originator's consent, under the forwarding node's
+/// rule for that originator; a denial if it may not be passed on at all.
+pub fn consent_needed(original: &Packet, rule: OnwardRule) -> Result<bool, Denial> {
+    let h2 = original.envelope.handling.codes.contains(&HandlingCode::H2);
+    match rule {
+        OnwardRule::Never => Err(Denial {
+            rule: "onward.from_partner".into(),
+            reason: format!(
+                "packets of {} are never passed on under the policy with it",
+                original.envelope.originator.node
+            ),
+        }),
+        OnwardRule::Consent => Ok(true),
+        OnwardRule::Free => Ok(h2),
+    }
+}
+
+/// Checks that `consent` (verified) is the originator's consent for `original` to reach
+/// `recipient` at `now`.
+pub fn consent_for(
+    consent: &SignedPacket,
+    original: &Packet,
+    recipient: &NodeId,
+    now: Timestamp,
+) -> Result<(), String> {
+    let Body::OnwardConsent(OnwardConsent { packet_id, allowed, until }) = &consent.packet.body else {
+        return Err(format!("a {} is not a consent", consent.packet.packet_type()));
+    };
+    if consent.packet.envelope.originator.node != original.envelope.originator.node {
+        return Err(format!(
+            "given by {}, not by the originator {}",
+            consent.packet.envelope.originator.node, original.envelope.originator.node
+        ));
+    }
+    if *packet_id != original.envelope.id {
+        return Err(format!("it is about packet {packet_id}, not {}", original.envelope.id));
+    }
+    if !allowed.contains(recipient) {
+        return Err(format!("{recipient} is not among the nodes it allows"));
+    }
+    if now >= *until {
+        return Err(format!("it expired at {until}"));
+    }
+    Ok(())
+}
+
+/// What a verified forward carries.
+#[derive(Debug, Clone)]
+pub struct Unwrapped {
+    /// The original, verified against its originator's key.
+    pub original: SignedPacket,
+    /// The consent, verified, if one came.
+    pub consent: Option<SignedPacket>,
+}
+
+/// The checks of one hop: `forward` (already opened and verified as `forwarder`'s packet)
+/// carries an original that verifies, with a consent that covers `me` now if the original needs
+/// one (H2), and the forward's markings are the original's.
+pub fn unwrap(
+    keyring: &Keyring,
+    forward: &Packet,
+    forwarder: &NodeId,
+    me: &NodeId,
+    now: Timestamp,
+) -> Result<Unwrapped, OnwardError> {
+    let Body::Forward(Forward { original, consent }) = &forward.body else {
+        return Err(OnwardError::OriginalInvalid(format!("a {} is not a forward", forward.packet_type())));
+    };
+    let original = verify_signed(keyring, &original.0).map_err(|e| OnwardError::OriginalInvalid(e.to_string()))?;
+    let p = &original.packet;
+    if &p.envelope.originator.node == forwarder {
+        return Err(OnwardError::NotAForward(forwarder.clone()));
+    }
+    if p.packet_type() == PacketType::Forward || p.packet_type().is_system() {
+        return Err(OnwardError::OriginalInvalid(format!("a {} cannot be passed on", p.packet_type())));
+    }
+    let (e, o) = (&forward.envelope, &p.envelope);
+    if e.classification != o.classification {
+        return Err(OnwardError::MarkingsDiffer("classification"));
+    }
+    if e.tlp != o.tlp {
+        return Err(OnwardError::MarkingsDiffer("tlp"));
+    }
+    if e.handling != o.handling {
+        return Err(OnwardError::MarkingsDiffer("handling"));
+    }
+    let consent = match consent {
+        None => None,
+        Some(bytes) => {
+            let c = verify_signed(keyring, &bytes.0).map_err(|e| OnwardError::ConsentInvalid(e.to_string()))?;
+            consent_for(&c, p, me, now).map_err(OnwardError::ConsentInvalid)?;
+            Some(c)
+        }
+    };
+    if consent.is_none() && o.handling.codes.contains(&HandlingCode::H2) {
+        return Err(OnwardError::ConsentRequired(format!(
+            "{} is marked H2 and came without {}'s consent",
+            p.envelope.id, p.envelope.originator.node
+        )));
+    }
+    Ok(Unwrapped { original, consent })
+}
