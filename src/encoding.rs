@@ -61,6 +61,26 @@ pub fn from_cbor_exact<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Resul
     Ok(value)
 }
 
+/// The length of `value`'s CBOR encoding, without building it (byte strings are counted, not
+/// copied).
+pub fn cbor_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    match ciborium::into_writer(value, &mut c) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Encodes `value` as CBOR. Our types have no map with non-text keys and no failing `Serialize`,
 /// and writing to a `Vec` cannot fail, so an error here is a bug in this crate.
 pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {

@@ -272,7 +272,7 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
             ));
         }
     }
-    let size = packet.to_cbor().len();
+    let size = crate::encoding::cbor_len(packet);
     if size > rules.max_packet_bytes {
         return Decision::Deny(Denial::new(
             format!("{d}.max_packet_bytes"),
