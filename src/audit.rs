@@ -87,6 +87,13 @@ pub enum Event {
         /// The version of this node's policy for `from` that was applied.
         policy: Option<Digest>,
     },
+    /// A copy expired before a receipt came: it will not be sent again.
+    Expired {
+        /// The packet.
+        packet_id: PacketId,
+        /// The recipient.
+        to: NodeId,
+    },
     /// An officer acknowledged a received packet.
     Acknowledged {
         /// The packet.
@@ -131,6 +138,18 @@ pub struct Receipted {
     pub digest: Digest,
     /// `accepted`, or the rejection code (`decryption_failed`, `policy.receive.max_tlp`...).
     pub outcome: String,
+    /// At the sender: which attempt was receipted and when it was written to the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Sent>,
+}
+
+/// When a copy was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// Attempt number (1 = first).
+    pub attempt: u32,
+    /// When it was written (ms).
+    pub at: Millis,
 }
 
 /// The chain's state: what the next entry links to.

@@ -1121,19 +1121,13 @@ impl Node {
                         ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
                     }
                     if let Body::ReadAck(ack) = &packet.body {
-                        let mut outbox = lock(&self.inner.outbox);
-                        outbox.handle_read_ack(
+                        lock(&self.inner.outbox).handle_read_ack(
                             ack.packet_id,
                             peer,
                             ack.officer.clone(),
                             crate::delivery::millis(ack.read_at),
                         );
-                        ops.extend(
-                            outbox
-                                .take_dirty()
-                                .iter()
-                                .map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e)),
-                        );
+                        ops.extend(self.dirty_ops());
                     }
                     new.insert(id, (digest, rec));
                     ReceiptItem {
@@ -1277,7 +1271,9 @@ impl Node {
                     let Ok(permit) = handle.window.clone().try_acquire_owned() else { break };
                     let t = lock(&self.inner.outbox).poll_transmit_lane(now_ms(), &peer, lane);
                     let Some(t) = t else { break };
-                    if let Err(mpsc::error::SendError(job)) = handle.jobs.send(Job { t, _permit: permit }) {
+                    if let Err(mpsc::error::SendError(job)) =
+                        handle.jobs.send(Job { t, _permit: permit, written_at: 0 })
+                    {
                         // The lane ended between the check and the send: try again later.
                         lock(&self.inner.outbox).handle_send_failed(now_ms(), job.t.packet_id, &peer);
                         break;
@@ -1331,7 +1327,7 @@ impl Node {
             let (mut send, mut recv) = match conn.open_bi().await {
                 Ok(s) => s,
                 Err(e) => {
-                    lock(&in_flight).written(first);
+                    lock(&in_flight).written(first, now_ms());
                     return Err(e.to_string());
                 }
             };
@@ -1406,7 +1402,7 @@ impl Node {
             return Ok(());
         };
         let t = job.t.clone();
-        lock(in_flight).written(job);
+        lock(in_flight).written(job, now_ms());
         wire::write_frame(send, &bytes).await.map_err(|e| e.to_string())?;
         lock(&self.inner.outbox).handle_written(now_ms(), &t);
         debug!(packet_id = %t.packet_id, attempt = t.attempt, bytes = bytes.len(), "copy written");
@@ -1491,7 +1487,17 @@ impl Node {
             from: peer.clone(),
             receipt: receipt_id,
             digest: Digest::of(&opened.signed.bytes),
-            items: r.receipts.iter().map(receipted).collect(),
+            items: r
+                .receipts
+                .iter()
+                .map(|i| Receipted {
+                    sent: done
+                        .iter()
+                        .find(|j| j.t.packet_id == i.packet_id)
+                        .map(|j| crate::audit::Sent { attempt: j.t.attempt, at: j.written_at }),
+                    ..receipted(i)
+                })
+                .collect(),
         }));
         self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
         drop(done);
@@ -1506,12 +1512,20 @@ impl Node {
     /// a flush: after a restart an in-flight entry is queued again anyway, which is exactly what
     /// its last persisted (queued) state says.
     fn dirty_ops(&self) -> Vec<Op> {
-        lock(&self.inner.outbox)
-            .take_dirty()
-            .iter()
-            .filter(|e| !matches!(e.state, crate::delivery::EntryState::InFlight { .. }))
-            .map(|e| store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e))
-            .collect()
+        let mut ops = Vec::new();
+        for e in lock(&self.inner.outbox).take_dirty() {
+            match e.state {
+                crate::delivery::EntryState::InFlight { .. } => continue,
+                // An entry becomes expired once; that is the moment to record it.
+                crate::delivery::EntryState::Expired { .. } => {
+                    warn!(packet_id = %e.packet_id, to = %e.recipient, "expired before a receipt came");
+                    ops.push(Op::Audit(AuditEvent::Expired { packet_id: e.packet_id, to: e.recipient.clone() }));
+                }
+                _ => {}
+            }
+            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
+        }
+        ops
     }
 
     async fn persist_dirty(&self) {
@@ -1551,6 +1565,7 @@ fn receipted(i: &ReceiptItem) -> Receipted {
             ReceiptOutcome::Accepted => "accepted".into(),
             ReceiptOutcome::Rejected { code, .. } => code.clone(),
         },
+        sent: None,
     }
 }
 
@@ -1558,6 +1573,8 @@ fn receipted(i: &ReceiptItem) -> Receipted {
 struct Job {
     t: Transmit,
     _permit: OwnedSemaphorePermit,
+    /// When it was written to the stream (0: not yet).
+    written_at: Millis,
 }
 
 /// The copies a lane has written and not yet seen receipted, with their write order.
@@ -1568,8 +1585,9 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn written(&mut self, job: Job) {
+    fn written(&mut self, mut job: Job, at: Millis) {
         self.next += 1;
+        job.written_at = at;
         self.jobs.insert(job.t.packet_id, (self.next, job));
     }
 }

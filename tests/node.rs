@@ -430,3 +430,41 @@ async fn received_packets_are_deleted_after_their_retention() {
     assert!(verified.last >= 3, "{verified:?}");
     let _ = fed.stop.send(true);
 }
+
+/// The sender's audit trail records each copy's fate: the attempt that was receipted and when
+/// it was written, and a copy that expired undelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_sends_and_expiries() {
+    use liaison::audit::Event;
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    // CO-DIJIN is down: a packet that expires in 2 s is never delivered.
+    let mut doomed = example("information-request.json", "IT-DCSA", &["CO-DIJIN"]);
+    doomed.envelope.expires = liaison::timestamp::Timestamp::now().plus_secs(2);
+    let doomed = it.submit(&doomed).await.unwrap().id;
+    let es = fed.start("ES-UDYCO").await;
+    let sent = it.submit(&example("information-request.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id;
+    until("delivered and expired", || {
+        matches!(state(&it, sent, "ES-UDYCO"), EntryState::Delivered { .. })
+            && matches!(state(&it, doomed, "CO-DIJIN"), EntryState::Expired { .. })
+    })
+    .await;
+    let export = it.audit_export(0, u64::MAX).await.unwrap();
+    let events: Vec<Event> = export.decoded().into_iter().map(|e| e.event).collect();
+    let receipted = events.iter().find_map(|e| match e {
+        Event::Receipts { items, .. } => items.iter().find(|i| i.packet_id == sent).cloned(),
+        _ => None,
+    });
+    let sent_info = receipted.expect("the receipt is recorded").sent.expect("with the send");
+    assert_eq!(sent_info.attempt, 1);
+    assert!(sent_info.at > 0);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, Event::Expired { packet_id, to } if *packet_id == doomed && to.as_str() == "CO-DIJIN")
+        ),
+        "{events:?}"
+    );
+    assert!(export.verify(&fed.node_keys("IT-DCSA").public().signing).is_ok());
+    let _ = es;
+    let _ = fed.stop.send(true);
+}
