@@ -48,6 +48,7 @@ const POLICIES: [(&str, &str, &str); 6] = [
 const CA: &str = include_str!("../certs-example/tls/ca.crt");
 const CRL: &str = include_str!("../certs-example/tls/crl.pem");
 const ALERT: &str = include_str!("../schemas/examples/controlled-delivery-alert.json");
+const RESPONSE: &str = include_str!("../schemas/examples/information-response.json");
 
 struct Proc {
     name: &'static str,
@@ -226,7 +227,79 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         )?;
     }
 
-    p(out, "== 6. Shutting down (SIGTERM)".into())?;
+    p(out, "== 6. Sharing policy: IT-DCSA answers CO-DIJIN; passing the alert on is checked too".into())?;
+    let mut answer: Value = serde_json::from_str(RESPONSE).map_err(|e| e.to_string())?;
+    if let Some(env) = answer.get_mut("envelope").and_then(Value::as_object_mut) {
+        for k in ["id", "created", "due_by"] {
+            env.remove(k);
+        }
+        env.insert("in_reply_to".into(), id.clone().into());
+        env.insert("originator".into(), json!({ "node": "IT-DCSA", "officer": "Isp. Giulia Rossi" }));
+        env.insert("expires".into(), crate::timestamp::Timestamp::now().plus_secs(7 * 86_400).to_string().into());
+    }
+    if let Some(body) = answer.pointer_mut("/body/InformationResponse").and_then(Value::as_object_mut) {
+        body.remove("attachments"); // the policy with CO-DIJIN allows no files
+    }
+    let v = api("IT-DCSA", "POST", "/v1/packets?to=CO-DIJIN", Some(&answer.to_string()))?;
+    let answer_id = v["id"].as_str().ok_or("no id")?.to_owned();
+    let removed: Vec<String> = v["sent"][0]["redacted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{} ({})", r["path"].as_str().unwrap_or("?"), r["rule"].as_str().unwrap_or("?")))
+        .collect();
+    if removed.is_empty() {
+        return Err("the policy with CO-DIJIN removed nothing from the answer".into());
+    }
+    p(
+        out,
+        format!("   answer {answer_id} to CO-DIJIN, signed under IT-DCSA's policy for it; removed before signing:"),
+    )?;
+    for r in &removed {
+        p(out, format!("     - {r}"))?;
+    }
+    let pr = node("IT-DCSA")?;
+    let (code, v) = call(
+        &pr.api,
+        &pr.token,
+        "POST",
+        &format!("/v1/inbox/{id}/forward"),
+        Some(&json!({ "to": ["ES-UDYCO"], "officer": "Isp. Giulia Rossi" }).to_string()),
+    )
+    .map_err(|e| e.to_string())?;
+    let refusal = v["denied"][0]["denial"]["rule"].as_str().unwrap_or("?").to_owned();
+    if code != 403 {
+        return Err(format!("passing on an alert ES-UDYCO already has should be refused, got {code} {v}"));
+    }
+    p(
+        out,
+        format!(
+            "   passing CO-DIJIN's alert on to ES-UDYCO: REFUSED ({refusal}: {})",
+            v["denied"][0]["denial"]["reason"].as_str().unwrap_or("?")
+        ),
+    )?;
+    wait_for("the answer's receipt", Duration::from_secs(30), || {
+        api("IT-DCSA", "GET", &format!("/v1/packets/{answer_id}"), None)
+            .map(|s| s["recipients"][0]["state"] == "delivered")
+            .unwrap_or(false)
+    })?;
+    let shown = api("CO-DIJIN", "GET", &format!("/v1/inbox/{answer_id}"), None)?;
+    let person = &shown["packet"]["body"]["InformationResponse"]["entities"][0]["person"];
+    if !person["date_of_birth"].is_null() {
+        return Err("CO-DIJIN received a date of birth the policy removes".into());
+    }
+    p(out, "   CO-DIJIN stored the answer without the removed fields; receipt verified at IT-DCSA".into())?;
+
+    p(out, "== 7. Audit trails (hash-chained, signed checkpoints) verified at every node".into())?;
+    for name in ["CO-DIJIN", "ES-UDYCO", "IT-DCSA"] {
+        let v = api(name, "GET", "/v1/audit/verify", None)?;
+        if v["ok"] != true {
+            return Err(format!("{name}: audit trail broken: {v}"));
+        }
+        p(out, format!("   {name:<9} intact: entries {}..{}", v["verified"]["first"], v["verified"]["last"]))?;
+    }
+
+    p(out, "== 8. Shutting down (SIGTERM)".into())?;
     for pr in &mut procs {
         #[cfg(unix)]
         let _ = Command::new("kill").args(["-TERM", &pr.child.id().to_string()]).status();

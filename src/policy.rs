@@ -865,6 +865,25 @@ accept_forwarded = true
         assert_eq!(denied_by(&d), Some("receive.redact.person"), "{d:?}");
     }
 
+    /// Every field a policy may name is really removed by `clear` (a name `clear` did not know
+    /// would be silently kept: the worst failure a redaction can have).
+    #[test]
+    fn every_redactable_field_is_really_cleared() {
+        let Body::InformationResponse(r) = example("response").body else { panic!() };
+        for (kind, fields) in REDACTABLE {
+            let mut e = r.entities.iter().find(|e| e.kind() == kind).cloned().unwrap_or_else(|| panic!("{kind}"));
+            if let Entity::Phone(p) = &mut e {
+                p.imsi = Some("214070123456789".into());
+            }
+            for f in fields {
+                let mut x = e.clone();
+                assert!(clear(&mut x, f), "{kind}.{f} was not cleared");
+                assert!(!clear(&mut x, f), "{kind}.{f} is still there");
+            }
+            assert!(!clear(&mut e.clone(), "no_such_field"));
+        }
+    }
+
     #[test]
     fn system_packets_pass_and_a_partner_without_policy_gets_nothing() {
         let mut r = open_rules();

@@ -218,7 +218,7 @@ fn demo_runs_every_step() {
     let o = liaison(&["demo"]);
     let out = text(&o.stdout);
     assert_eq!(code(&o), 0, "{out}\n{}", text(&o.stderr));
-    for step in 1..=6 {
+    for step in 1..=8 {
         assert!(out.contains(&format!("== {step}.")), "step {step} missing:\n{out}");
     }
     assert_eq!(out.matches(" ready").count(), 3, "three node processes started:\n{out}");
@@ -228,6 +228,11 @@ fn demo_runs_every_step() {
     assert!(out.contains("READ by Isp. Giulia Rossi at IT-DCSA"), "{out}");
     assert_eq!(out.matches(" delivered 20").count(), 2, "{out}");
     assert!(out.contains("read by Isp. Giulia Rossi"), "{out}");
+    assert!(out.contains("person.date_of_birth (send.redact.person)"), "{out}");
+    assert!(out.contains("entities[6].account (send.redact.account)"), "{out}");
+    assert!(out.contains("REFUSED (onward."), "{out}");
+    assert!(out.contains("CO-DIJIN stored the answer without the removed fields"), "{out}");
+    assert_eq!(out.matches(" intact: entries 1..").count(), 3, "{out}");
     assert_eq!(out.matches("stopped cleanly").count(), 3, "{out}");
     assert!(out.trim_end().ends_with("demo complete: every step verified"), "{out}");
 }
