@@ -87,6 +87,13 @@ pub enum Event {
         /// The version of this node's policy for `from` that was applied.
         policy: Option<Digest>,
     },
+    /// Copies were written to a partner (every attempt; a burst per entry).
+    Sent {
+        /// The partner.
+        to: NodeId,
+        /// What was written.
+        copies: Vec<SentCopy>,
+    },
     /// A copy expired before a receipt came: it will not be sent again.
     Expired {
         /// The packet.
@@ -141,6 +148,17 @@ pub struct Receipted {
     /// At the sender: which attempt was receipted and when it was written to the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent: Option<Sent>,
+}
+
+/// One copy written to the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentCopy {
+    /// The packet.
+    pub packet_id: PacketId,
+    /// Attempt number (1 = first).
+    pub attempt: u32,
+    /// When (ms).
+    pub at: Millis,
 }
 
 /// When a copy was sent.

@@ -1334,8 +1334,16 @@ impl Node {
             let _ = send.set_priority(lane_priority(lane));
             let writer = async {
                 let mut next = Some(first);
+                let mut sent = Vec::new();
                 while let Some(job) = next {
-                    self.write_copy(&mut send, job, &in_flight).await?;
+                    let t = job.t.clone();
+                    if self.write_copy(&mut send, job, &in_flight).await? {
+                        sent.push(crate::audit::SentCopy { packet_id: t.packet_id, attempt: t.attempt, at: now_ms() });
+                    }
+                    // Record a burst of sends once the lane has nothing more waiting.
+                    if jobs.is_empty() && !sent.is_empty() {
+                        self.record_sends(&peer, std::mem::take(&mut sent));
+                    }
                     next = jobs.recv().await;
                 }
                 // The node is closing this lane: finish, then let the reader collect receipts.
@@ -1380,13 +1388,26 @@ impl Node {
         }
     }
 
-    /// Writes one copy on its lane, unless it stopped being in flight while it waited.
+    /// Appends the sends of a burst to the audit trail, without holding up the lane (the record
+    /// is a log of what was done, not a condition for doing it).
+    fn record_sends(&self, to: &NodeId, copies: Vec<crate::audit::SentCopy>) {
+        let store = self.inner.store.clone();
+        let event = AuditEvent::Sent { to: to.clone(), copies };
+        tokio::spawn(async move {
+            if let Err(e) = store.commit(vec![Op::Audit(event)]).await {
+                warn!(error = %e, "could not record sends in the audit trail");
+            }
+        });
+    }
+
+    /// Writes one copy on its lane, unless it stopped being in flight while it waited; returns
+    /// whether it was written.
     async fn write_copy(
         &self,
         send: &mut quinn::SendStream,
         job: Job,
         in_flight: &Mutex<InFlight>,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         if !lock(&self.inner.outbox).is_in_flight(&job.t) {
             // Timed out or expired while it waited in the lane: its window slot is free again.
             let peer = job.t.recipient.clone();
@@ -1394,19 +1415,19 @@ impl Node {
             if let Some(w) = self.inner.wake.get(&peer) {
                 w.notify_one();
             }
-            return Ok(());
+            return Ok(false);
         }
         let key = pair_key(job.t.packet_id, &job.t.recipient);
         let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
             warn!(packet_id = %job.t.packet_id, "sealed copy missing from the store; cannot send");
-            return Ok(());
+            return Ok(false);
         };
         let t = job.t.clone();
         lock(in_flight).written(job, now_ms());
         wire::write_frame(send, &bytes).await.map_err(|e| e.to_string())?;
         lock(&self.inner.outbox).handle_written(now_ms(), &t);
         debug!(packet_id = %t.packet_id, attempt = t.attempt, bytes = bytes.len(), "copy written");
-        Ok(())
+        Ok(true)
     }
 
     /// A receipt came back on a lane: verify it, apply each item, store it with the new entry

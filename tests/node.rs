@@ -455,6 +455,10 @@ async fn the_audit_trail_records_sends_and_expiries() {
         Event::Receipts { items, .. } => items.iter().find(|i| i.packet_id == sent).cloned(),
         _ => None,
     });
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Sent { to, copies } if to.as_str() == "ES-UDYCO" && copies.iter().any(|c| c.packet_id == sent && c.attempt == 1))),
+        "the send itself is recorded: {events:?}"
+    );
     let sent_info = receipted.expect("the receipt is recorded").sent.expect("with the send");
     assert_eq!(sent_info.attempt, 1);
     assert!(sent_info.at > 0);
