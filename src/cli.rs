@@ -934,3 +934,36 @@ fn at_or_now(at: Option<&str>) -> Result<Timestamp, CliError> {
 fn join(nodes: &[NodeId]) -> String {
     nodes.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deadlines::{Deadline, Role};
+
+    /// What an officer reads for each state of a deadline, from the API's JSON.
+    #[test]
+    fn deadlines_read_as_overdue_due_soon_paused_and_answered() {
+        let h = 3_600_000;
+        let d = Deadline {
+            request: crate::ids::PacketId::from_bytes([1; 16]),
+            role: Role::Answer,
+            counterpart: "IT-DCSA".parse().unwrap(),
+            due_by: 100 * h,
+            window: 8 * h,
+            paused: None,
+            answered: None,
+            delays: Vec::new(),
+        };
+        let text = |d: &Deadline, now| due_text(&serde_json::to_value(d.due(now)).unwrap());
+        assert_eq!(text(&d, 90 * h), "(10h00m left)");
+        assert_eq!(text(&d, 99 * h), "DUE SOON (1h00m left)");
+        assert_eq!(text(&d, 102 * h + 10 * 60_000), "OVERDUE by 2h10m");
+        assert_eq!(text(&d, 200 * h), "OVERDUE by 4d4h");
+        let paused = Deadline { paused: Some((95 * h, d.request)), ..d.clone() };
+        assert_eq!(text(&paused, 200 * h), "paused (clarification requested)");
+        let late = Deadline { answered: Some((d.request, 101 * h)), ..d.clone() };
+        assert_eq!(text(&late, 200 * h), "answered (late)");
+        let on_time = Deadline { answered: Some((d.request, 99 * h)), ..d };
+        assert_eq!(text(&on_time, 200 * h), "answered");
+    }
+}

@@ -716,6 +716,25 @@ fn the_audit_trail_detects_tampering_deletion_and_reordering() {
     let o = offline(&export);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("signed by IT-DCSA/sig/"));
+    // A time range: from an hour ago to now, extended to the next signed checkpoint.
+    let from = liaison::timestamp::Timestamp::from_unix(liaison::timestamp::Timestamp::now().unix() - 3600).unwrap();
+    let ranged = dir.path().join("ranged.json");
+    let o = c.node("IT-DCSA").cli(&[
+        "audit",
+        "export",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &liaison::timestamp::Timestamp::now().to_string(),
+        "--out",
+        ranged.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = offline(&ranged);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = c.node("IT-DCSA").cli(&["audit", "export", "--from", "yesterday", "--out", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(1), "a bad time is refused");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("field from"), "{}", String::from_utf8_lossy(&o.stderr));
     let text = fs::read_to_string(&export).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let kinds: Vec<String> = v["entries"]
