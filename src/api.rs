@@ -160,27 +160,12 @@ async fn submit(
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let packet = draft_packet(&api, &q, &body)?;
-    let done = match api.node.submit(&packet).await {
-        Ok(done) => done,
-        Err(NodeError::Denied(denied)) => {
-            let e = NodeError::Denied(denied.clone());
-            let body = json!({ "error": e.to_string(), "denied": denied });
-            return Ok((StatusCode::FORBIDDEN, Json(body)));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    info!(packet_id = %done.id, sent = done.sent.len(), refused = done.denied.len(), "accepted from api");
-    let recipients: Vec<&NodeId> = done.sent.iter().map(|c| &c.recipient).collect();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": done.id.to_string(),
-            "recipients": recipients,
-            "due_by": packet.envelope.due_by,
-            "sent": done.sent,
-            "denied": done.denied,
-        })),
-    ))
+    let (code, Json(mut v)) = submitted(api.node.submit(&packet).await)?;
+    if code == StatusCode::CREATED {
+        info!(packet_id = %packet.envelope.id, "accepted from api");
+        v["due_by"] = json!(packet.envelope.due_by);
+    }
+    Ok((code, Json(v)))
 }
 
 /// The dry run: what each recipient's policy would decide, without sending or counting.

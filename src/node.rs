@@ -996,8 +996,13 @@ impl Node {
         let mut new: HashMap<PacketId, (Digest, InboxRecord)> = HashMap::new();
         let mut lane = Priority::Routine;
         for bytes in frames {
-            let digest = Digest::of(&bytes);
-            let opened = self.inner.seal.open(&bytes, now).and_then(|o| {
+            // `open` hashes the bytes it opened; hash here only what it could not open.
+            let opened = self.inner.seal.open(&bytes, now);
+            let digest = match &opened {
+                Ok(o) => o.sealed_digest,
+                Err(_) => Digest::of(&bytes),
+            };
+            let opened = opened.and_then(|o| {
                 if o.route.sender == *peer {
                     Ok(o)
                 } else {
