@@ -454,8 +454,11 @@ impl Node {
 
     /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
     pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
-        let entries = self.inner.store.scan(Tree::Audit, &[])?;
+        // The head first: entries appended while this runs (the node keeps working) are beyond
+        // it and left out, instead of looking like a chain that ends too late.
         let head = self.inner.store.audit_head()?;
+        let mut entries = self.inner.store.scan(Tree::Audit, &[])?;
+        entries.retain(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).map_or(true, |b| u64::from_be_bytes(b) <= head.seq));
         let checkpoints = self.checkpoints()?;
         Ok(crate::audit::verify(
             AuditHead::GENESIS,
@@ -478,11 +481,16 @@ impl Node {
     /// The entries recorded between `from` and `to` (ms), extended to the next signed
     /// checkpoint (signed now if needed), as a self-contained export.
     pub async fn audit_export(&self, from: Millis, to: Millis) -> Result<crate::audit::Export, NodeError> {
-        self.checkpoint().await?;
+        // Entries appended after this checkpoint (the node keeps working) are left for the next
+        // export: an export ends at a signature.
+        let signed = self.checkpoint().await?;
         let checkpoints = self.checkpoints()?;
         let mut all = Vec::new();
         for (_, bytes) in self.inner.store.scan(Tree::Audit, &[])? {
             let e: crate::audit::Entry = store::decode(Tree::Audit, &bytes)?;
+            if e.seq > signed.seq {
+                break;
+            }
             all.push((e.seq, e.at, bytes));
         }
         let first = all.iter().position(|(_, at, _)| *at >= from);
