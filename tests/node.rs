@@ -449,8 +449,18 @@ async fn the_audit_trail_records_sends_and_expiries() {
             && matches!(state(&it, doomed, "CO-DIJIN"), EntryState::Expired { .. })
     })
     .await;
-    let export = it.audit_export(0, u64::MAX).await.unwrap();
-    let events: Vec<Event> = export.decoded().into_iter().map(|e| e.event).collect();
+    // The state changes are in memory first; their audit entries follow with the next commit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (export, events) = loop {
+        let export = it.audit_export(0, u64::MAX).await.unwrap();
+        let events: Vec<Event> = export.decoded().into_iter().map(|e| e.event).collect();
+        let expired = events.iter().any(|e| matches!(e, Event::Expired { packet_id, .. } if *packet_id == doomed));
+        let sent_recorded = events.iter().any(|e| matches!(e, Event::Sent { .. }));
+        if (expired && sent_recorded) || tokio::time::Instant::now() > deadline {
+            break (export, events);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let receipted = events.iter().find_map(|e| match e {
         Event::Receipts { items, .. } => items.iter().find(|i| i.packet_id == sent).cloned(),
         _ => None,
