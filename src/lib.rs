@@ -1,9 +1,12 @@
 //! liaison — a secure cross-border intelligence exchange broker.
 //!
 //! Police units in different countries each run one node; nodes sign, encrypt and route
-//! structured intelligence packets to each other. This crate is, so far, the **packet core**:
-//! the typed packets, their JSON and CBOR faces, and sealing (COSE sign-then-encrypt). The node
-//! (QUIC transport, durable outbox, receipts in sled), policies and the audit trail build on it.
+//! structured intelligence packets to each other. This crate is the whole node: the typed
+//! packets and their sealing (COSE sign-then-encrypt), the delivery core, the QUIC transport with
+//! mutual TLS, the durable store with signed receipts, per-partner sharing policies, onward
+//! transmission with consent, answer deadlines, the audit trail, the local API and the CLI. The
+//! pure parts (`packet`, `delivery`, `policy`, `onward`, `deadlines`, `audit`) do no I/O; `node`
+//! drives them.
 //!
 //! # Layout
 //!
