@@ -244,7 +244,8 @@ async fn policy_show(State(api): State<Api>, Path(partner): Path<String>) -> Res
     let node: NodeId = partner
         .parse()
         .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("partner".into())))?;
-    let Some(policy) = api.node.policies().policy(&node) else {
+    let book = api.node.policies();
+    let Some(policy) = book.policy(&node) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no sharing policy with {node}: nothing is sent to or accepted from it"),

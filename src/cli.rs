@@ -30,7 +30,7 @@ pub struct Cli {
 enum Command {
     /// Run the local demo federation (IT-DCSA, ES-UDYCO, CO-DIJIN) on embedded demo keys.
     Demo,
-    /// Run a node until SIGINT or SIGTERM.
+    /// Run a node until SIGINT or SIGTERM; SIGHUP reloads the sharing policies.
     Serve {
         /// The node's configuration file (TOML; LIAISON__SECTION__KEY overrides).
         #[arg(long)]
@@ -593,7 +593,7 @@ fn serve(config: &Path) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Unavailable(format!("cannot start the runtime: {e}")))?;
     runtime
-        .block_on(crate::serve::run(settings, crate::serve::signals()))
+        .block_on(crate::serve::run(settings, Some(config.to_owned()), crate::serve::signals()))
         .map_err(|e| CliError::Unavailable(e.to_string()))
 }
 

@@ -170,7 +170,8 @@ struct Inner {
     endpoint: quinn::Endpoint,
     shutdown: watch::Receiver<bool>,
     retry: RetryPolicy,
-    policies: PolicyBook,
+    /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
+    policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
@@ -231,19 +232,15 @@ impl Node {
                 endpoint,
                 shutdown,
                 retry: config.retry,
-                policies: config.policies,
+                policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
                 receipts_applied: watch::channel(0).0,
             }),
         };
-        let with: Vec<(NodeId, Digest)> = node
-            .inner
-            .partners
-            .keys()
-            .filter_map(|p| node.inner.policies.policy(p).map(|x| (p.clone(), x.hash)))
-            .collect();
+        let with: Vec<(NodeId, Digest)> =
+            node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (p.clone(), x.hash))).collect();
         let without: Vec<NodeId> =
-            node.inner.partners.keys().filter(|p| node.inner.policies.policy(p).is_none()).cloned().collect();
+            node.inner.partners.keys().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
         node.inner
             .store
             .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
@@ -252,7 +249,7 @@ impl Node {
         tokio::spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
-            if node.inner.policies.policy(peer).is_none() {
+            if node.policies().policy(peer).is_none() {
                 warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
             }
             let span = info_span!("sender", node = %me, peer = %peer);
@@ -281,9 +278,35 @@ impl Node {
         lock(&self.inner.deadlines).open(role).into_iter().cloned().collect()
     }
 
-    /// The sharing policies with the partners.
-    pub fn policies(&self) -> &PolicyBook {
-        &self.inner.policies
+    /// The sharing policies with the partners, as now in force.
+    pub fn policies(&self) -> Arc<PolicyBook> {
+        self.inner.policies.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts `book` in force in place of the current policies (an administrator edited the
+    /// files). The change is recorded in the audit trail first, with each partner's old and new
+    /// version, so the trail says from which entry on the new rules applied. Policies for nodes
+    /// that are not enrolled partners are ignored (enrolling needs a restart). Returns the
+    /// changes.
+    pub async fn reload_policies(&self, book: PolicyBook, by: &str) -> Result<Vec<String>, NodeError> {
+        let old = self.policies();
+        let version =
+            |b: &PolicyBook, p: &NodeId| b.policy(p).map_or_else(|| "none".to_owned(), |x| x.hash.to_string());
+        let mut partners: Vec<&NodeId> = self.inner.partners.keys().collect();
+        partners.sort();
+        let changes: Vec<String> = partners
+            .into_iter()
+            .filter(|p| old.policy(p) != book.policy(p))
+            .map(|p| format!("{p}: {} -> {}", version(&old, p), version(&book, p)))
+            .collect();
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let event = AuditEvent::Admin { action: "policy reload".into(), by: by.into(), detail: changes.join("; ") };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
+        info!(changes = %changes.join("; "), "sharing policies reloaded");
+        Ok(changes)
     }
 
     /// Checks `packet` against the sharing policy of each recipient, seals the copy each may
@@ -302,7 +325,7 @@ impl Node {
         let mut denied = Vec::new();
         for r in &packet.envelope.recipients {
             let mut copy = packet.clone();
-            let verdict = self.inner.policies.decide(r, Direction::Send, &mut copy, now);
+            let verdict = self.policies().decide(r, Direction::Send, &mut copy, now);
             match verdict.decision {
                 Decision::Deny(denial) => {
                     warn!(packet_id = %id, recipient = %r, rule = %denial.rule, "refused by policy; nothing sent to this partner");
@@ -555,8 +578,9 @@ impl Node {
     pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
         let mut ops = Vec::new();
         let mut gone: Vec<String> = Vec::new();
+        let book = self.policies();
         for (id, rec) in self.inbox()? {
-            let Some(policy) = self.inner.policies.policy(&rec.sender) else { continue };
+            let Some(policy) = book.policy(&rec.sender) else { continue };
             let keep = u64::from(policy.retention_days) * 86_400_000;
             if rec.received_at.saturating_add(keep) >= now {
                 continue;
@@ -667,7 +691,8 @@ impl Node {
         let p = &original.packet;
         let originator = &p.envelope.originator.node;
         // The rule of the agreement with the originator, or with whoever passed it to us.
-        let policy = self.inner.policies.policy(originator).or_else(|| self.inner.policies.policy(&rec.sender));
+        let book = self.policies();
+        let policy = book.policy(originator).or_else(|| book.policy(&rec.sender));
         let rule = policy.map_or(crate::policy::OnwardRule::Never, |p| p.onward.from_partner);
         let consents = self.consents_about(p.envelope.id, originator, carried)?;
         let now = now_ms();
@@ -680,7 +705,7 @@ impl Node {
         };
         let id = PacketId::new_v7(now, &mut rand_core::OsRng);
         for r in to {
-            let policy_hash = self.inner.policies.policy(r).map(|x| x.hash);
+            let policy_hash = self.policies().policy(r).map(|x| x.hash);
             if r == originator || p.envelope.recipients.contains(r) {
                 deny(
                     &mut denied,
@@ -715,7 +740,7 @@ impl Node {
                 continue;
             }
             let mut check = p.clone();
-            let verdict = self.inner.policies.decide(r, Direction::Send, &mut check, now);
+            let verdict = self.policies().decide(r, Direction::Send, &mut check, now);
             match verdict.decision {
                 Decision::Deny(d) => {
                     deny(&mut denied, r, &d.rule, d.reason, verdict.policy);
@@ -1084,10 +1109,10 @@ impl Node {
                         Ok(Some(mut original)) => {
                             forwarded_from = Some(original.envelope.originator.node.clone());
                             forwarded_kind = Some(original.packet_type());
-                            self.inner.policies.decide(peer, Direction::Receive, &mut original, received_ms)
+                            self.policies().decide(peer, Direction::Receive, &mut original, received_ms)
                         }
                         Ok(None) => {
-                            self.inner.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms)
+                            self.policies().decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms)
                         }
                         Err((code, reason)) => {
                             warn!(%code, "forward refused; not stored");
@@ -1096,7 +1121,7 @@ impl Node {
                                 received_at: now,
                                 sealed_digest: digest,
                                 outcome: ReceiptOutcome::Rejected { code, reason },
-                                policy: self.inner.policies.policy(peer).map(|p| p.hash),
+                                policy: self.policies().policy(peer).map(|p| p.hash),
                             });
                             continue;
                         }
@@ -1165,7 +1190,7 @@ impl Node {
             from: peer.clone(),
             receipt: receipt_id,
             items: audited,
-            policy: self.inner.policies.policy(peer).map(|p| p.hash),
+            policy: self.policies().policy(peer).map(|p| p.hash),
         }));
         let sealed = self.inner.seal.seal(&receipt, &mut rand_core::OsRng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
@@ -1192,7 +1217,7 @@ impl Node {
         if packet.packet_type() != crate::packet::PacketType::Forward {
             return Ok(None);
         }
-        match self.inner.policies.policy(peer) {
+        match self.policies().policy(peer) {
             Some(p) if p.onward.accept_forwarded => {}
             Some(_) => {
                 return Err((

@@ -64,11 +64,19 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     })
 }
 
-/// Runs the node and its API until `stop` resolves (the binary passes SIGINT/SIGTERM).
-pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>) -> Result<(), ServeError> {
+/// Runs the node and its API until `stop` resolves (the binary passes SIGINT/SIGTERM). With
+/// `config_file`, SIGHUP reloads the sharing policies it names.
+pub async fn run(
+    settings: Settings,
+    config_file: Option<std::path::PathBuf>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
     let config = node_config(&settings)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Node::start(config, shutdown_rx).await?;
+    if let Some(file) = config_file {
+        tokio::spawn(reload_on_hangup(node.clone(), file, shutdown_tx.subscribe()));
+    }
     let listener = tokio::net::TcpListener::bind(settings.api_listen)
         .await
         .map_err(|source| ServeError::Api { addr: settings.api_listen, source })?;
@@ -90,6 +98,39 @@ pub async fn run(settings: Settings, stop: impl std::future::Future<Output = ()>
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     node.shutdown().await;
     Ok(())
+}
+
+/// On SIGHUP: reads the configuration again and puts its sharing policies in force. A
+/// configuration or policy with any problem is refused as a whole (every problem logged) and the
+/// policies in force stay. Only policies change this way: partners, addresses, keys and ports
+/// need a restart.
+async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = shutdown.changed() => return,
+            }
+            match Settings::load(&file) {
+                Err(e) => tracing::error!(error = %e, "policy reload refused; the policies in force stay"),
+                Ok(s) => {
+                    let book = PolicyBook::new(s.partners.into_iter().filter_map(|p| p.policy));
+                    match node.reload_policies(book, "SIGHUP").await {
+                        Ok(changes) if changes.is_empty() => info!("policy reload: nothing changed"),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "policy reload failed; the policies in force stay"),
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (node, file, shutdown.changed().await);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -899,3 +899,73 @@ fn answer_deadlines_move_pause_and_close_through_the_cli() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("answered"));
     assert!(String::from_utf8_lossy(&c.node("ES-UDYCO").cli(&["status"]).stdout).contains("to answer: none"));
 }
+
+/// An administrator edits a policy and sends SIGHUP: the new rules apply at once, with their new
+/// version, and the reload is in the audit trail; a broken policy file is refused as a whole and
+/// the rules in force stay.
+#[test]
+fn sighup_reloads_the_sharing_policies() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let dir = tempfile::tempdir().unwrap();
+    let alert = dir.path().join("alert.json");
+    fs::write(&alert, draft("controlled-delivery-alert.json").to_string()).unwrap();
+    let it = c.node("IT-DCSA");
+    let policy_file = it.config.parent().unwrap().join("policies/IT-DCSA/ES-UDYCO.toml");
+    let version = |n: &NodeProc| n.api("GET", "/v1/policy/ES-UDYCO", None).1["hash"].as_str().unwrap().to_owned();
+    let hup = |n: &NodeProc| {
+        let pid = n.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    };
+    let before = version(it);
+    let o = it.cli(&["policy", "check", "--to", "ES-UDYCO", alert.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // Nothing above BASIC PROTECTION may go to ES-UDYCO any more.
+    let text = fs::read_to_string(&policy_file).unwrap();
+    fs::write(
+        &policy_file,
+        text.replacen("max_classification = \"EU_RESTRICTED\"", "max_classification = \"BASIC_PROTECTION\"", 1),
+    )
+    .unwrap();
+    hup(it);
+    wait_for("the new policy", Duration::from_secs(10), || version(it) != before);
+    let after = version(it);
+    let o = it.cli(&["policy", "check", "--to", "ES-UDYCO", alert.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("deny (send.max_classification"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // A broken file: refused, every problem logged, the policy in force stays.
+    fs::write(&policy_file, text.replacen("max_tlp = \"RED\"", "max_tlp = \"PURPLE\"", 1)).unwrap();
+    hup(it);
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        fs::read_to_string(&it.log).unwrap().contains("policy reload refused")
+    });
+    assert!(fs::read_to_string(&it.log).unwrap().contains("PURPLE"));
+    assert_eq!(version(it), after);
+
+    // The reload is on record, with both versions, and the trail verifies.
+    let export = dir.path().join("audit.json");
+    let o = it.cli(&["audit", "export", "--out", export.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: Value = serde_json::from_str(&fs::read_to_string(&export).unwrap()).unwrap();
+    let reloads: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let entry: liaison::audit::Entry =
+                liaison::encoding::from_cbor_exact(&base64_decode(e[1].as_str().unwrap()), usize::MAX).unwrap();
+            match entry.event {
+                liaison::audit::Event::Admin { action, detail, .. } if action == "policy reload" => Some(detail),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(reloads.len(), 1, "{reloads:?}");
+    assert!(reloads[0].contains(&format!("ES-UDYCO: {before} -> {after}")), "{reloads:?}");
+    assert_eq!(it.cli(&["audit", "verify"]).status.code(), Some(0));
+}
