@@ -482,3 +482,46 @@ async fn the_audit_trail_records_sends_and_expiries() {
     let _ = es;
     let _ = fed.stop.send(true);
 }
+
+/// Hostile framing on a lane: a frame announcing more than any packet may be, and a stream that
+/// ends inside a frame, are refused (the stream is reset, nothing is stored) and the node keeps
+/// serving the same partner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_truncated_frames_are_refused_and_the_node_carries_on() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let now = OffsetDateTime::now_utc();
+    let cert = fed.ca.issue(&node("ES-UDYCO"), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
+    let tls = TlsMaterial::from_pem(fed.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(liaison::transport::client_config(&tls).unwrap());
+    let addr = fed.sockets.iter().find(|(n, _)| n == "IT-DCSA").unwrap().1;
+    let conn = endpoint.connect(addr, &liaison::transport::server_name(&node("IT-DCSA"))).unwrap().await.unwrap();
+    let answer = |bytes: Vec<u8>| {
+        let conn = conn.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&bytes).await.unwrap();
+            send.finish().unwrap();
+            tokio::time::timeout(Duration::from_secs(10), liaison::wire::read_frame(&mut recv, 1 << 24)).await.unwrap()
+        }
+    };
+    // 1 GiB announced: refused before anything is allocated.
+    let r = answer((1u32 << 30).to_be_bytes().to_vec()).await;
+    assert!(r.is_err(), "{r:?}");
+    // 100 bytes announced, 10 sent, then the stream ends.
+    let mut truncated = 100u32.to_be_bytes().to_vec();
+    truncated.extend([0u8; 10]);
+    let r = answer(truncated).await;
+    assert!(matches!(r, Err(_) | Ok(None)), "{r:?}");
+    // The same connection still delivers a real packet.
+    let p = example("information-request.json", "ES-UDYCO", &["IT-DCSA"]);
+    let sealed = fed.seal_context("ES-UDYCO").seal(&p, &mut rand_core::OsRng).unwrap().remove(0);
+    let mut frame = (sealed.bytes.len() as u32).to_be_bytes().to_vec();
+    frame.extend(&sealed.bytes);
+    let receipt = answer(frame).await.unwrap().expect("a receipt");
+    let opened = fed.seal_context("ES-UDYCO").open(&receipt, liaison::timestamp::Timestamp::now()).unwrap();
+    assert!(matches!(opened.signed.packet.body, liaison::packet::Body::DeliveryReceipt(_)));
+    assert_eq!(it.inbox().unwrap().len(), 1, "only the real packet was stored");
+    let _ = fed.stop.send(true);
+}
