@@ -168,6 +168,11 @@ struct Inner {
     wake: HashMap<NodeId, Arc<Notify>>,
     partners: HashMap<NodeId, SocketAddr>,
     endpoint: quinn::Endpoint,
+    /// The client side of TLS, replaced on a reload (connections are dialled with it).
+    client: std::sync::RwLock<quinn::ClientConfig>,
+    /// Bumped when the TLS material is reloaded: every live connection is closed and made again
+    /// under the new material (a revoked partner cannot come back).
+    tls_generation: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
     retry: RetryPolicy,
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
@@ -217,7 +222,7 @@ impl Node {
         let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime")))?;
         let mut endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
-        endpoint.set_default_client_config(client);
+        endpoint.set_default_client_config(client.clone());
         let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node.clone(), p.addr)).collect();
         let wake = partners.keys().map(|n| (n.clone(), Arc::new(Notify::new()))).collect();
         let node = Node {
@@ -230,6 +235,8 @@ impl Node {
                 wake,
                 partners,
                 endpoint,
+                client: std::sync::RwLock::new(client),
+                tls_generation: watch::channel(0).0,
                 shutdown,
                 retry: config.retry,
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
@@ -281,6 +288,26 @@ impl Node {
     /// The sharing policies with the partners, as now in force.
     pub fn policies(&self) -> Arc<PolicyBook> {
         self.inner.policies.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Puts new TLS material in force — typically a new CRL after a partner was revoked, or a
+    /// renewed certificate: new handshakes use it at once, and every live connection is closed
+    /// and made again under it, so a revoked partner is cut off now rather than at its next
+    /// reconnect. Copies in flight are sent again (the receiver dedups). Recorded in the audit
+    /// trail.
+    pub async fn reload_tls(&self, tls: &TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
+        let server = transport::server_config(tls)?;
+        let client = transport::client_config(tls)?;
+        let event = AuditEvent::Admin { action: "tls reload".into(), by: by.into(), detail };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        self.inner.tls_generation.send_modify(|g| *g += 1);
+        for w in self.inner.wake.values() {
+            w.notify_one();
+        }
+        info!("TLS material reloaded; live connections are made again");
+        Ok(())
     }
 
     /// Puts `book` in force in place of the current policies (an administrator edited the
@@ -944,7 +971,17 @@ impl Node {
     }
 
     async fn serve_connection(self, conn: quinn::Connection, peer: NodeId) {
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        let mut reloaded = self.inner.tls_generation.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                a = conn.accept_bi() => a,
+                _ = reloaded.changed() => {
+                    info!("closing the connection: TLS material reloaded");
+                    conn.close(quinn::VarInt::from_u32(4), b"TLS material reloaded; reconnect");
+                    return;
+                }
+            };
+            let Ok((send, recv)) = accepted else { return };
             let node = self.clone();
             let peer = peer.clone();
             tokio::spawn(async move { node.serve_stream(peer, send, recv).await });
@@ -1247,6 +1284,7 @@ impl Node {
         let Some(wake) = self.inner.wake.get(&peer).cloned() else { return };
         let mut shutdown = self.inner.shutdown.clone();
         let mut conn: Option<quinn::Connection> = None;
+        let mut tls_seen = *self.inner.tls_generation.borrow();
         let mut lanes: [Option<LaneHandle>; 3] = [None, None, None];
         let mut failures = 0u32;
         loop {
@@ -1272,6 +1310,13 @@ impl Node {
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            if tls_seen != *self.inner.tls_generation.borrow() {
+                tls_seen = *self.inner.tls_generation.borrow();
+                if let Some(c) = conn.take() {
+                    info!("closing the connection: TLS material reloaded");
+                    c.close(quinn::VarInt::from_u32(4), b"TLS material reloaded; reconnect");
+                }
             }
             let c = match &conn {
                 Some(c) if c.close_reason().is_none() => c.clone(),
@@ -1332,7 +1377,9 @@ impl Node {
     }
 
     async fn connect(&self, addr: SocketAddr, peer: &NodeId) -> Result<quinn::Connection, String> {
-        let connecting = self.inner.endpoint.connect(addr, &transport::server_name(peer)).map_err(|e| e.to_string())?;
+        let client = self.inner.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let connecting =
+            self.inner.endpoint.connect_with(client, addr, &transport::server_name(peer)).map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| "connection timed out".to_owned())?

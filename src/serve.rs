@@ -100,30 +100,51 @@ pub async fn run(
     Ok(())
 }
 
-/// On SIGHUP: reads the configuration again and puts its sharing policies in force. A
-/// configuration or policy with any problem is refused as a whole (every problem logged) and the
-/// policies in force stay. Only policies change this way: partners, addresses, keys and ports
-/// need a restart.
+/// On SIGHUP: reads the configuration again and puts in force its sharing policies and, if the
+/// files changed, its TLS material (a new CRL after a revocation, a renewed certificate). A
+/// configuration, policy or TLS file with any problem is refused as a whole (every problem
+/// logged) and what is in force stays. Partners, addresses, keys and ports need a restart.
 async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let mut tls_files = Settings::load(&file).ok().and_then(|s| tls_fingerprint(&s));
         loop {
             tokio::select! {
                 _ = hup.recv() => {}
                 _ = shutdown.changed() => return,
             }
-            match Settings::load(&file) {
-                Err(e) => tracing::error!(error = %e, "policy reload refused; the policies in force stay"),
-                Ok(s) => {
-                    let book = PolicyBook::new(s.partners.into_iter().filter_map(|p| p.policy));
-                    match node.reload_policies(book, "SIGHUP").await {
-                        Ok(changes) if changes.is_empty() => info!("policy reload: nothing changed"),
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "policy reload failed; the policies in force stay"),
+            let s = match Settings::load(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the policies and TLS material in force stay");
+                    continue;
+                }
+            };
+            let now = tls_fingerprint(&s);
+            if now.is_some() && now != tls_files {
+                let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
+                let loaded = TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key);
+                match loaded {
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload refused; the policies and TLS material in force stay");
+                        continue;
+                    }
+                    Ok(tls) => {
+                        let detail = format!("CA, certificate and {} CRL file(s) read again", s.tls_crls.len());
+                        match node.reload_tls(&tls, "SIGHUP", detail).await {
+                            Ok(()) => tls_files = now,
+                            Err(e) => tracing::error!(error = %e, "TLS reload failed; the material in force stays"),
+                        }
                     }
                 }
+            }
+            let book = PolicyBook::new(s.partners.into_iter().filter_map(|p| p.policy));
+            match node.reload_policies(book, "SIGHUP").await {
+                Ok(changes) if changes.is_empty() => info!("reload: the policies did not change"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "policy reload failed; the policies in force stay"),
             }
         }
     }
@@ -131,6 +152,17 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
     {
         let _ = (node, file, shutdown.changed().await);
     }
+}
+
+/// A digest of the TLS files the settings name (to reload them only when they changed); `None`
+/// if one cannot be read.
+fn tls_fingerprint(s: &Settings) -> Option<crate::encoding::Digest> {
+    let mut all = zeroize::Zeroizing::new(Vec::new()); // holds the TLS key for a moment
+    for p in [&s.tls_ca, &s.tls_cert, &s.tls_key].into_iter().chain(s.tls_crls.iter()) {
+        all.extend(std::fs::read(p).ok()?);
+        all.push(0);
+    }
+    Some(crate::encoding::Digest::of(&all))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -28,6 +28,8 @@ struct Federation {
     keys: Vec<(String, [u8; 32], [u8; 32])>,
     sockets: Vec<(String, std::net::SocketAddr)>,
     stop: watch::Sender<bool>,
+    /// The certificate each started node runs with.
+    certs: std::sync::Mutex<std::collections::HashMap<String, liaison::pki::NodeCert>>,
 }
 
 impl Federation {
@@ -54,7 +56,7 @@ impl Federation {
             })
             .collect();
         let (stop, _) = watch::channel(false);
-        Self { dir: tempfile::tempdir().unwrap(), ca, keys, sockets, stop }
+        Self { dir: tempfile::tempdir().unwrap(), ca, keys, sockets, stop, certs: Default::default() }
     }
 
     fn node_keys(&self, name: &str) -> NodeKeys {
@@ -70,6 +72,7 @@ impl Federation {
         let now = OffsetDateTime::now_utc();
         let cert = self.ca.issue(&node(name), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
         let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
+        self.certs.lock().unwrap().insert(name.to_owned(), cert);
         let mut ring = Keyring::new();
         for n in NODES {
             ring.add(self.node_keys(n).public().clone()).unwrap();
@@ -523,5 +526,52 @@ async fn oversized_and_truncated_frames_are_refused_and_the_node_carries_on() {
     let opened = fed.seal_context("ES-UDYCO").open(&receipt, liaison::timestamp::Timestamp::now()).unwrap();
     assert!(matches!(opened.signed.packet.body, liaison::packet::Body::DeliveryReceipt(_)));
     assert_eq!(it.inbox().unwrap().len(), 1, "only the real packet was stored");
+    let _ = fed.stop.send(true);
+}
+
+/// Revoking a partner takes effect at once: after a TLS reload with the new CRL, the live
+/// connections are closed, the revoked partner cannot connect again, and this node no longer
+/// accepts the revoked partner's certificate when it dials out either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_reload_with_a_new_crl_cuts_off_a_revoked_partner_at_once() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let first = es.submit(&example("information-request.json", "ES-UDYCO", &["IT-DCSA"])).await.unwrap().id;
+    until("connected and delivered", || matches!(state(&es, first, "IT-DCSA"), EntryState::Delivered { .. })).await;
+
+    // ES-UDYCO's key is compromised: the CA revokes its certificate; IT-DCSA reloads.
+    let now = OffsetDateTime::now_utc();
+    let (crl, it_cert) = {
+        let certs = fed.certs.lock().unwrap();
+        let crl = fed
+            .ca
+            .crl(
+                &[certs["ES-UDYCO"].serial.clone()],
+                now - time::Duration::minutes(1),
+                now + time::Duration::days(7),
+                2,
+            )
+            .unwrap();
+        (crl, (certs["IT-DCSA"].cert_pem.clone(), certs["IT-DCSA"].key_pem.clone()))
+    };
+    let tls = TlsMaterial::from_pem(fed.ca.cert_pem(), &[&crl], &it_cert.0, &it_cert.1).unwrap();
+    it.reload_tls(&tls, "test", "CRL 2 revokes ES-UDYCO".into()).await.unwrap();
+
+    // Nothing from ES-UDYCO gets in any more, and IT-DCSA does not deliver to it either.
+    let refused = es.submit(&example("information-request.json", "ES-UDYCO", &["IT-DCSA"])).await.unwrap().id;
+    let outgoing = it.submit(&example("information-request.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id;
+    tokio::time::sleep(Duration::from_secs(2)).await; // give a revoked partner every chance to get through
+    assert!(!matches!(state(&es, refused, "IT-DCSA"), EntryState::Delivered { .. }), "the revoked partner got in");
+    assert!(
+        !matches!(state(&it, outgoing, "ES-UDYCO"), EntryState::Delivered { .. }),
+        "delivered to a revoked partner"
+    );
+    assert_eq!(it.inbox().unwrap().len(), 1, "only what came before the revocation");
+    let export = it.audit_export(0, u64::MAX).await.unwrap();
+    assert!(export
+        .decoded()
+        .iter()
+        .any(|e| matches!(&e.event, liaison::audit::Event::Admin { action, .. } if action == "tls reload")));
     let _ = fed.stop.send(true);
 }

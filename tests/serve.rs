@@ -942,7 +942,7 @@ fn sighup_reloads_the_sharing_policies() {
     fs::write(&policy_file, text.replacen("max_tlp = \"RED\"", "max_tlp = \"PURPLE\"", 1)).unwrap();
     hup(it);
     wait_for("the refusal in the log", Duration::from_secs(10), || {
-        fs::read_to_string(&it.log).unwrap().contains("policy reload refused")
+        fs::read_to_string(&it.log).unwrap().contains("reload refused")
     });
     assert!(fs::read_to_string(&it.log).unwrap().contains("PURPLE"));
     assert_eq!(version(it), after);
