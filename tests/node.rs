@@ -332,17 +332,22 @@ impl Federation {
     /// Sends `bytes` as one frame over a fresh connection with `from`'s certificate to `to`,
     /// bypassing `from`'s node (what a faulty or hostile partner could do); returns the answer.
     async fn raw_send(&self, from: &str, to: &str, bytes: &[u8]) -> Vec<u8> {
+        let conn = self.raw_connection(from, to).await;
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        liaison::wire::write_frame(&mut send, bytes).await.unwrap();
+        send.finish().unwrap();
+        liaison::wire::read_frame(&mut recv, 1 << 24).await.unwrap().unwrap()
+    }
+
+    /// A QUIC connection to `to` with a fresh certificate for `from`, outside `from`'s node.
+    async fn raw_connection(&self, from: &str, to: &str) -> quinn::Connection {
         let now = OffsetDateTime::now_utc();
         let cert = self.ca.issue(&node(from), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
         let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(liaison::transport::client_config(&tls).unwrap());
         let addr = self.sockets.iter().find(|(n, _)| n == to).unwrap().1;
-        let conn = endpoint.connect(addr, &liaison::transport::server_name(&node(to))).unwrap().await.unwrap();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        liaison::wire::write_frame(&mut send, bytes).await.unwrap();
-        send.finish().unwrap();
-        liaison::wire::read_frame(&mut recv, 1 << 24).await.unwrap().unwrap()
+        endpoint.connect(addr, &liaison::transport::server_name(&node(to))).unwrap().await.unwrap()
     }
 
     fn seal_context(&self, name: &str) -> SealContext {
@@ -493,13 +498,7 @@ async fn the_audit_trail_records_sends_and_expiries() {
 async fn oversized_and_truncated_frames_are_refused_and_the_node_carries_on() {
     let fed = Federation::new();
     let it = fed.start("IT-DCSA").await;
-    let now = OffsetDateTime::now_utc();
-    let cert = fed.ca.issue(&node("ES-UDYCO"), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
-    let tls = TlsMaterial::from_pem(fed.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(liaison::transport::client_config(&tls).unwrap());
-    let addr = fed.sockets.iter().find(|(n, _)| n == "IT-DCSA").unwrap().1;
-    let conn = endpoint.connect(addr, &liaison::transport::server_name(&node("IT-DCSA"))).unwrap().await.unwrap();
+    let conn = fed.raw_connection("ES-UDYCO", "IT-DCSA").await;
     let answer = |bytes: Vec<u8>| {
         let conn = conn.clone();
         async move {
