@@ -85,7 +85,9 @@ impl From<NodeError> for ApiError {
         let code = match &e {
             NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
-            NodeError::NotAPartner(_) | NodeError::Seal(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeError::NotAPartner(_) | NodeError::NotARecipient { .. } | NodeError::Seal(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string(), None)

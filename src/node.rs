@@ -68,6 +68,14 @@ pub enum NodeError {
     /// No such packet.
     #[error("no packet {0}")]
     UnknownPacket(PacketId),
+    /// The node named is not a recipient of the packet.
+    #[error("{node} is not a recipient of {packet}")]
+    NotARecipient {
+        /// The packet.
+        packet: PacketId,
+        /// The node.
+        node: NodeId,
+    },
     /// The transport could not be set up.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
@@ -862,7 +870,7 @@ impl Node {
     ) -> Result<Submitted, NodeError> {
         let entries = self.status(packet)?;
         if !entries.iter().any(|e| e.recipient == *holder) {
-            return Err(NodeError::NotAPartner(holder.clone()));
+            return Err(NodeError::NotARecipient { packet, node: holder.clone() });
         }
         let now = Timestamp::now();
         let consent = Packet {
@@ -888,7 +896,7 @@ impl Node {
                 grading: None,
                 legal_basis: None,
                 purpose: None,
-                language: "en".parse().map_err(|_| NodeError::UnknownPacket(packet))?,
+                language: crate::ids::Language::ENGLISH,
             },
             body: Body::OnwardConsent(crate::packet::OnwardConsent { packet_id: packet, allowed, until }),
         };

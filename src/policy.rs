@@ -319,63 +319,62 @@ fn redact(rules: &Rules, direction: Direction, packet: &mut Packet) -> Vec<Redac
         Body::Forward(_) => (None, None, ""),
     };
     if let Some(list) = entities {
-        let mut index = 0;
-        list.retain_mut(|e| {
-            let kind = e.kind();
-            let path = format!("{at}[{index}].{kind}");
-            index += 1;
-            match rules.redact.get(kind) {
-                Some(Redaction::Entity) => {
-                    out.push(Redacted { path, rule: format!("{d}.redact.{kind}") });
-                    false
-                }
-                Some(Redaction::Fields(fields)) => {
-                    for f in fields {
-                        if clear(e, f) {
-                            out.push(Redacted { path: format!("{path}.{f}"), rule: format!("{d}.redact.{kind}") });
-                        }
-                    }
-                    // What is left may no longer identify anything (a vehicle without
-                    // registration, VIN or make): then the entity goes as a whole.
-                    if e.is_valid() {
-                        true
-                    } else {
-                        out.push(Redacted { path, rule: format!("{d}.redact.{kind}") });
-                        false
-                    }
-                }
-                None => true,
-            }
-        });
+        redact_list(
+            list,
+            rules,
+            d,
+            &mut out,
+            |i, e| (format!("{at}[{i}].{}", e.kind()), e.kind()),
+            clear,
+            Entity::is_valid,
+        );
     }
     if let Some(list) = couriers {
-        let mut index = 0;
-        list.retain_mut(|p| {
-            let path = format!("{at}[{index}]");
-            index += 1;
-            match rules.redact.get("person") {
-                Some(Redaction::Entity) => {
-                    out.push(Redacted { path, rule: format!("{d}.redact.person") });
-                    false
-                }
-                Some(Redaction::Fields(fields)) => {
-                    for f in fields {
-                        if clear_person(p, f) {
-                            out.push(Redacted { path: format!("{path}.{f}"), rule: format!("{d}.redact.person") });
-                        }
-                    }
-                    if p.is_valid() {
-                        true
-                    } else {
-                        out.push(Redacted { path, rule: format!("{d}.redact.person") });
-                        false
-                    }
-                }
-                None => true,
-            }
-        });
+        redact_list(list, rules, d, &mut out, |i, _| (format!("{at}[{i}]"), "person"), clear_person, Person::is_valid);
     }
     out
+}
+
+/// Applies `rules.redact` to each item of `list`: `locate` gives an item's path and entity
+/// kind, `clear` removes one named field, `valid` says whether what is left still stands on its
+/// own (if not, the item goes as a whole, like one the rules remove entirely).
+fn redact_list<T>(
+    list: &mut Vec<T>,
+    rules: &Rules,
+    d: &str,
+    out: &mut Vec<Redacted>,
+    locate: impl Fn(usize, &T) -> (String, &'static str),
+    clear: impl Fn(&mut T, &str) -> bool,
+    valid: impl Fn(&T) -> bool,
+) {
+    let mut index = 0;
+    list.retain_mut(|item| {
+        let (path, kind) = locate(index, item);
+        index += 1;
+        let rule = format!("{d}.redact.{kind}");
+        match rules.redact.get(kind) {
+            None => true,
+            Some(Redaction::Entity) => {
+                out.push(Redacted { path, rule });
+                false
+            }
+            Some(Redaction::Fields(fields)) => {
+                for f in fields {
+                    if clear(item, f) {
+                        out.push(Redacted { path: format!("{path}.{f}"), rule: rule.clone() });
+                    }
+                }
+                // What is left may no longer identify anything (a vehicle without registration,
+                // VIN or make): then it goes as a whole.
+                if valid(item) {
+                    true
+                } else {
+                    out.push(Redacted { path, rule });
+                    false
+                }
+            }
+        }
+    });
 }
 
 /// Clears one optional field; returns whether it held something.
