@@ -104,7 +104,7 @@ enum Command {
         /// The nodes it may be passed on to, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
         allow: Vec<String>,
-        /// Until when (RFC 3339).
+        /// Until when: RFC 3339, or relative to now (now+30d, now+12h).
         #[arg(long)]
         until: String,
         /// Who consents.
@@ -150,10 +150,11 @@ enum AuditCommand {
     Export {
         #[command(flatten)]
         api: ApiArgs,
-        /// From (RFC 3339, e.g. 2026-11-01T00:00:00Z); default: the beginning.
+        /// From: RFC 3339 (2026-11-01T00:00:00Z) or relative to now (now-7d); default: the
+        /// beginning.
         #[arg(long)]
         from: Option<String>,
-        /// To (RFC 3339); default: now.
+        /// To: RFC 3339 or relative to now (now-1h); default: now.
         #[arg(long)]
         to: Option<String>,
         /// Where to write it (must not exist).
@@ -267,7 +268,8 @@ enum PacketCommand {
     Open {
         #[command(flatten)]
         keys: KeyArgs,
-        /// Check expiry at this time (RFC 3339) instead of now, e.g. to re-open stored evidence.
+        /// Check expiry at this time instead of now (RFC 3339, or relative: now+400d), e.g. to
+        /// re-open stored evidence.
         #[arg(long)]
         at: Option<String>,
         /// Also write the inner signed packet (COSE_Sign1, the evidence) to this file.
@@ -285,7 +287,7 @@ enum PacketCommand {
         /// This node's key directory: needed for a sealed (encrypted) packet.
         #[arg(long)]
         keys: Option<PathBuf>,
-        /// Check expiry of a sealed packet at this time (RFC 3339) instead of now.
+        /// Check expiry of a sealed packet at this time instead of now (RFC 3339, or now±N[smhd]).
         #[arg(long)]
         at: Option<String>,
         /// The signed or sealed packet ("-" for stdin).
@@ -482,6 +484,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             refusals(&v)
         }
         Command::Consent { api, holder, allow, until, officer, id } => {
+            let until = when("--until", &until)?;
             let body = serde_json::json!({ "holder": holder, "allowed": allow, "until": until, "officer": officer })
                 .to_string();
             let v = api_call(&api, "POST", &format!("/v1/packets/{id}/consent"), Some(&body))?;
@@ -732,10 +735,10 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
         AuditCommand::Export { api, from, to, out } => {
             let mut q = Vec::new();
             if let Some(f) = &from {
-                q.push(format!("from={f}"));
+                q.push(format!("from={}", when("--from", f)?));
             }
             if let Some(t) = &to {
-                q.push(format!("to={t}"));
+                q.push(format!("to={}", when("--to", t)?));
             }
             let v = api_call(&api, "GET", &format!("/v1/audit/export?{}", q.join("&")), None)?;
             let text = serde_json::to_string_pretty(&v).map_err(|e| CliError::Rejected(e.to_string()))?;
@@ -927,8 +930,14 @@ fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
 fn at_or_now(at: Option<&str>) -> Result<Timestamp, CliError> {
     match at {
         None => Ok(Timestamp::now()),
-        Some(s) => s.parse().map_err(|e: crate::timestamp::TimeError| CliError::Usage(format!("--at: {e}"))),
+        Some(s) => when("--at", s),
     }
+}
+
+/// A time given on the command line: RFC 3339, `now`, or `now±N[smhd]` (see
+/// [`Timestamp::parse_relative`]).
+fn when(flag: &str, s: &str) -> Result<Timestamp, CliError> {
+    Timestamp::parse_relative(s, Timestamp::now()).map_err(|e| CliError::Usage(format!("{flag}: {e}")))
 }
 
 fn join(nodes: &[NodeId]) -> String {

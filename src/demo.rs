@@ -145,12 +145,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     };
 
     p(out, "== 2. CO-DIJIN sends a FLASH controlled-delivery alert to ES-UDYCO and IT-DCSA".into())?;
-    let mut alert: Value = serde_json::from_str(ALERT).map_err(|e| e.to_string())?;
-    if let Some(env) = alert.get_mut("envelope").and_then(Value::as_object_mut) {
-        env.remove("id");
-        env.remove("created");
-        env.insert("expires".into(), crate::timestamp::Timestamp::now().plus_secs(7 * 86_400).to_string().into());
-    }
+    let alert = draft(ALERT)?;
     let started = Instant::now();
     let v = api("CO-DIJIN", "POST", "/v1/packets?to=ES-UDYCO,IT-DCSA", Some(&alert.to_string()))?;
     let id = v["id"].as_str().ok_or("no id")?.to_owned();
@@ -228,14 +223,10 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     }
 
     p(out, "== 6. Sharing policy: IT-DCSA answers CO-DIJIN; passing the alert on is checked too".into())?;
-    let mut answer: Value = serde_json::from_str(RESPONSE).map_err(|e| e.to_string())?;
+    let mut answer = draft(RESPONSE)?;
     if let Some(env) = answer.get_mut("envelope").and_then(Value::as_object_mut) {
-        for k in ["id", "created", "due_by"] {
-            env.remove(k);
-        }
         env.insert("in_reply_to".into(), id.clone().into());
         env.insert("originator".into(), json!({ "node": "IT-DCSA", "officer": "Isp. Giulia Rossi" }));
-        env.insert("expires".into(), crate::timestamp::Timestamp::now().plus_secs(7 * 86_400).to_string().into());
     }
     if let Some(body) = answer.pointer_mut("/body/InformationResponse").and_then(Value::as_object_mut) {
         body.remove("attachments"); // the policy with CO-DIJIN allows no files
@@ -320,6 +311,27 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     }
     p(out, "demo complete: every step verified".into())?;
     Ok(())
+}
+
+/// An example packet as a draft written now: every date and time in it moved by the same amount
+/// (so its route windows, deadlines and expiry lie as far ahead as when it was written), without
+/// the id, creation time and deadline the node fills in.
+fn draft(example: &str) -> Result<Value, String> {
+    let mut v: Value = serde_json::from_str(example).map_err(|e| e.to_string())?;
+    let created: crate::timestamp::Timestamp = v
+        .pointer("/envelope/created")
+        .and_then(Value::as_str)
+        .ok_or("example without envelope.created")?
+        .parse()
+        .map_err(|e: crate::timestamp::TimeError| e.to_string())?;
+    crate::packet::shift_times(&mut v, crate::timestamp::Timestamp::now().unix() - created.unix())
+        .map_err(|e| e.to_string())?;
+    if let Some(env) = v.get_mut("envelope").and_then(Value::as_object_mut) {
+        for k in ["id", "created", "due_by"] {
+            env.remove(k);
+        }
+    }
+    Ok(v)
 }
 
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Result<(), String> {

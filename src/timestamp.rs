@@ -27,6 +27,9 @@ pub enum TimeError {
     /// Not a `YYYY-MM-DD` calendar date.
     #[error("invalid date {0:?}: expected YYYY-MM-DD")]
     Date(String),
+    /// Neither RFC 3339 nor a time relative to now.
+    #[error("invalid time {0:?}: expected RFC 3339 (2026-11-26T13:38:28Z), now, or now±N with s, m, h or d (now+30d, now-12h)")]
+    Relative(String),
 }
 
 const MAX_UNIX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
@@ -59,6 +62,42 @@ impl Timestamp {
     /// This time plus `secs` seconds, saturating at the end of the range.
     pub fn plus_secs(self, secs: i64) -> Self {
         Self(self.0.saturating_add(secs).clamp(0, MAX_UNIX))
+    }
+
+    /// This time moved by `secs` seconds, or an error if that leaves the range (unlike
+    /// [`Timestamp::plus_secs`], nothing is clamped: a moved time keeps its distance to others).
+    pub fn shifted(self, secs: i64) -> Result<Self, TimeError> {
+        Self::from_unix(self.0.saturating_add(secs))
+    }
+
+    /// A time as a person types it: RFC 3339, `now`, or `now` plus or minus a whole number of
+    /// seconds, minutes, hours or days (`now+30d`, `now-12h`). Commands take times this way so
+    /// that a command written down (in a runbook, a README) does not go stale on a fixed date.
+    pub fn parse_relative(s: &str, now: Timestamp) -> Result<Self, TimeError> {
+        let Some(rest) = s.strip_prefix("now") else { return s.parse() };
+        if rest.is_empty() {
+            return Ok(now);
+        }
+        let err = || TimeError::Relative(s.to_owned());
+        let (sign, rest) = match rest.as_bytes().first() {
+            Some(b'+') => (1, &rest[1..]),
+            Some(b'-') => (-1, &rest[1..]),
+            _ => return Err(err()),
+        };
+        let unit = match rest.as_bytes().last() {
+            Some(b's') => 1,
+            Some(b'm') => 60,
+            Some(b'h') => 3600,
+            Some(b'd') => 86_400,
+            _ => return Err(err()),
+        };
+        let digits = &rest[..rest.len() - 1];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let n: i64 = digits.parse().map_err(|_| err())?;
+        let secs = n.checked_mul(unit).and_then(|x| x.checked_mul(sign)).ok_or_else(err)?;
+        now.shifted(secs)
     }
 }
 
@@ -112,6 +151,15 @@ impl Date {
     /// Midnight UTC at the start of this date.
     pub fn start(self) -> Timestamp {
         Timestamp(self.0.midnight().assume_utc().unix_timestamp().clamp(0, MAX_UNIX))
+    }
+
+    /// This date moved by `days` days, or an error if that leaves the calendar.
+    pub fn shifted(self, days: i64) -> Result<Self, TimeError> {
+        self.0
+            .checked_add(time::Duration::days(days))
+            .filter(|d| (1970..=9999).contains(&d.year()))
+            .map(Self)
+            .ok_or_else(|| TimeError::Date(format!("{self} moved by {days} days")))
     }
 }
 
@@ -180,6 +228,33 @@ mod tests {
         let mut untagged = Vec::new();
         ciborium::into_writer(&1_764_164_308i64, &mut untagged).unwrap();
         assert!(ciborium::from_reader::<Timestamp, _>(&untagged[..]).is_err());
+    }
+
+    #[test]
+    fn relative_times() {
+        let now: Timestamp = "2026-11-26T13:38:28Z".parse().unwrap();
+        let at = |s: &str| Timestamp::parse_relative(s, now);
+        assert_eq!(at("now"), Ok(now));
+        assert_eq!(at("now+30d"), Ok(now.plus_secs(30 * 86_400)));
+        assert_eq!(at("now-12h"), Ok(now.plus_secs(-12 * 3600)));
+        assert_eq!(at("now+90m"), Ok(now.plus_secs(90 * 60)));
+        assert_eq!(at("now+5s"), Ok(now.plus_secs(5)));
+        assert_eq!(at("2027-01-01T00:00:00Z"), "2027-01-01T00:00:00Z".parse());
+        for bad in ["now+", "now+d", "now30d", "now+30", "now+30w", "now+-3d", "now+3.5d", "now+99999999999999999d"] {
+            assert!(matches!(at(bad), Err(TimeError::Relative(_) | TimeError::Range(_))), "{bad}");
+        }
+        assert!(at("yesterday").is_err());
+    }
+
+    #[test]
+    fn shifted_dates_and_times_keep_their_distance() {
+        let d: Date = "2026-02-28".parse().unwrap();
+        assert_eq!(d.shifted(1).unwrap().to_string(), "2026-03-01");
+        assert_eq!(d.shifted(-365).unwrap().to_string(), "2025-02-28");
+        assert!(d.shifted(10_000 * 366).is_err());
+        let t: Timestamp = "2026-11-26T13:38:28Z".parse().unwrap();
+        assert_eq!(t.shifted(-t.unix()), Ok(Timestamp::from_unix(0).unwrap()));
+        assert!(t.shifted(-t.unix() - 1).is_err(), "not clamped");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use liaison::packet::{Packet, PacketError, PacketType};
+use liaison::timestamp::{Date, Timestamp};
 
 #[test]
 fn one_valid_example_per_packet_type() {
@@ -24,6 +25,52 @@ fn valid_examples_round_trip_through_json_and_cbor() {
         assert_eq!(Packet::from_json(&p.to_json()).unwrap(), p, "{name}: JSON round trip");
         assert_eq!(p.to_cbor(), cbor, "{name}: encoding is stable");
         assert!(cbor.len() < text.len(), "{name}: CBOR is smaller than the JSON");
+    }
+}
+
+/// The one way tests make an example current: every date and time in it, envelope and body,
+/// moves by the same amount, so the rules that relate two of them still hold years later, and
+/// signed bytes inside (a Forward's original) are untouched.
+#[test]
+fn examples_moved_in_time_keep_every_gap() {
+    let shift = 3 * 366 * 86_400 + 12_345;
+    for (name, text) in common::valid_examples() {
+        let before = Packet::from_json(&text).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        liaison::packet::shift_times(&mut v, shift).unwrap();
+        let after = Packet::from_json(&v.to_string()).unwrap_or_else(|e| panic!("{name} moved: {e}"));
+        let (b, a) = (&before.envelope, &after.envelope);
+        assert_eq!(a.created.unix() - b.created.unix(), shift, "{name}: created");
+        assert_eq!(a.expires.unix() - b.expires.unix(), shift, "{name}: expires");
+        assert_eq!(a.due_by.map(|t| t.unix() - shift), b.due_by.map(|t| t.unix()), "{name}: due_by");
+        assert_eq!(a.id, b.id, "{name}: ids are not times");
+        let moved = |p: &Packet| {
+            let mut strings = Vec::new();
+            collect_strings(&serde_json::to_value(p).unwrap(), &mut strings);
+            strings
+        };
+        let (sb, sa) = (moved(&before), moved(&after));
+        assert_eq!(sb.len(), sa.len());
+        for (x, y) in sb.iter().zip(&sa) {
+            if let (Ok(x), Ok(y)) = (x.parse::<Timestamp>(), y.parse::<Timestamp>()) {
+                assert_eq!(y.unix() - x.unix(), shift, "{name}: every timestamp moves by the same amount");
+            } else if let (Ok(x), Ok(y)) = (x.parse::<Date>(), y.parse::<Date>()) {
+                let days = (y.start().unix() - x.start().unix()) / 86_400;
+                assert_eq!(days, (shift as f64 / 86_400.0).round() as i64, "{name}: dates move by whole days");
+            } else {
+                assert_eq!(x, y, "{name}: what is not a time is untouched");
+            }
+        }
+    }
+    assert!(liaison::packet::shift_times(&mut serde_json::json!(["9999-12-31T00:00:00Z"]), 86_400).is_err());
+}
+
+fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
     }
 }
 
@@ -64,14 +111,8 @@ fn unknown_packet_type_is_reported_as_such() {
 
 #[test]
 fn draft_gets_id_created_and_due_by() {
-    let mut v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(common::root().join("schemas/examples/information-request.json")).unwrap(),
-    )
-    .unwrap();
-    let env = v["envelope"].as_object_mut().unwrap();
-    env.remove("id");
-    env.remove("created");
-    env.remove("due_by");
+    let mut v = common::draft("information-request.json");
+    v["envelope"]["originator"]["node"] = "IT-DCSA".into();
     v.as_object_mut().unwrap().remove("version");
     let now = common::now();
     let p = Packet::from_json_draft(&v.to_string(), now, &mut common::rng(1)).unwrap();

@@ -1,12 +1,13 @@
 //! Nodes in one process, over real QUIC on loopback, with real sled stores and certificates:
 //! submit, delivery, signed receipts, inbox, acknowledgement, restart.
 
+mod common;
+
 use std::net::UdpSocket;
 use std::path::Path;
 use std::time::Duration;
 
 use liaison::delivery::{EntryState, RetryPolicy};
-use liaison::ids::NodeId;
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::node::{Node, NodeConfig, Partner};
 use liaison::packet::Packet;
@@ -18,9 +19,7 @@ use tokio::sync::watch;
 
 const NODES: [&str; 3] = ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"];
 
-fn node(s: &str) -> NodeId {
-    s.parse().unwrap()
-}
+use common::node;
 
 struct Federation {
     dir: tempfile::TempDir,
@@ -117,19 +116,12 @@ fn bind_again(addr: std::net::SocketAddr) -> UdpSocket {
     panic!("cannot bind {addr}");
 }
 
+/// An example made current (`common::draft`) as a packet from `from` to `to`, created now.
 fn example(name: &str, from: &str, to: &[&str]) -> Packet {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples").join(name)).unwrap();
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let env = v["envelope"].as_object_mut().unwrap();
-    env.remove("id");
-    env.remove("created");
-    env.remove("due_by");
-    let now = liaison::timestamp::Timestamp::now();
-    env.insert("expires".into(), now.plus_secs(86_400).to_string().into());
-    env.insert("originator".into(), serde_json::json!({ "node": from, "officer": "Officer 1" }));
-    env.insert("recipients".into(), serde_json::json!(to));
-    Packet::from_json_draft(&v.to_string(), now, &mut rand_core::OsRng).unwrap()
+    let mut v = common::draft(name);
+    v["envelope"]["originator"]["node"] = from.into();
+    v["envelope"]["recipients"] = serde_json::json!(to);
+    Packet::from_json_draft(&v.to_string(), common::now(), &mut rand_core::OsRng).unwrap()
 }
 
 /// Polls `f` until it is true or 20 s pass.

@@ -329,6 +329,39 @@ pub fn answer_due(created: Timestamp, urgent: bool, access: DataAccess) -> Times
     created.plus_secs(secs)
 }
 
+/// Moves every date and time in a packet's JSON face by the same amount: timestamps by `secs`,
+/// calendar dates (`YYYY-MM-DD`, e.g. a JIT's start and end, a date of birth) by `secs` rounded to
+/// whole days. Their order and the gaps between them stay, so a packet written on one day (the
+/// examples in `schemas/examples/`) can be made current on any other without breaking a rule that
+/// relates two of its times (`expires` after `created`, `due_by`, a route's time windows, a delay
+/// notice's `new_due_by`). Every string that parses as a time is moved, wherever it is, so a new
+/// field cannot be forgotten. Signed bytes inside (a `Forward`'s original) are left as they are.
+pub fn shift_times(value: &mut serde_json::Value, secs: i64) -> Result<(), crate::timestamp::TimeError> {
+    use crate::timestamp::Date;
+    let days = (secs as f64 / 86_400.0).round() as i64;
+    match value {
+        serde_json::Value::String(s) => {
+            if let Ok(t) = s.parse::<Timestamp>() {
+                *s = t.shifted(secs)?.to_string();
+            } else if let Ok(d) = s.parse::<Date>() {
+                *s = d.shifted(days)?.to_string();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                shift_times(v, secs)?;
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for v in fields.values_mut() {
+                shift_times(v, secs)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 impl Packet {
     /// Parses the JSON face of a complete packet. Nothing is filled in.
     pub fn from_json(text: &str) -> Result<Self, PacketError> {

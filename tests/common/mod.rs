@@ -35,9 +35,47 @@ fn read_dir_json(dir: &Path) -> Vec<(String, String)> {
     v
 }
 
-pub fn example(name: &str) -> Packet {
+/// When the examples in `schemas/examples/` were written: each of them is alive then.
+pub const EXAMPLES_WRITTEN: &str = "2026-11-26T17:00:00Z";
+
+/// The moment the test vectors in `tests/vectors/` are opened at, as `--at` on the command line
+/// does: they are signed bytes, so their dates cannot be moved (tests/vectors/README.md).
+pub fn vectors_at() -> Timestamp {
+    EXAMPLES_WRITTEN.parse().unwrap()
+}
+
+/// Now, from the real clock. No test may depend on today's date: take every time from here or
+/// from [`example`] / [`draft`], which move the examples' dates to it.
+pub fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The JSON of example `name` made current: every date and time in it (envelope and body) moved
+/// by the same amount, so that it is as old now as it was when the examples were written. The one
+/// way tests take dates from the examples.
+pub fn example_json(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(root().join("schemas/examples").join(name)).unwrap();
-    Packet::from_json(&text).unwrap()
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let written: Timestamp = EXAMPLES_WRITTEN.parse().unwrap();
+    liaison::packet::shift_times(&mut v, now().unix() - written.unix()).unwrap();
+    v
+}
+
+/// Example `name`, made current (see [`example_json`]).
+pub fn example(name: &str) -> Packet {
+    Packet::from_json(&example_json(name).to_string()).unwrap()
+}
+
+/// Example `name` made current, as a draft a node completes: id, created, due_by and the
+/// originator's node are left out for the node to fill in.
+pub fn draft(name: &str) -> serde_json::Value {
+    let mut v = example_json(name);
+    let env = v["envelope"].as_object_mut().unwrap();
+    for k in ["id", "created", "due_by"] {
+        env.remove(k);
+    }
+    env["originator"].as_object_mut().unwrap().remove("node");
+    v
 }
 
 pub fn node(s: &str) -> NodeId {
@@ -70,11 +108,6 @@ pub fn keyring() -> Keyring {
 /// A seal context for `name` knowing the three demo nodes.
 pub fn ctx(name: &str) -> SealContext {
     SealContext::new(keys(name), keyring()).unwrap()
-}
-
-/// A moment when every example is alive: one hour after they were written.
-pub fn now() -> Timestamp {
-    "2026-11-26T17:00:00Z".parse().unwrap()
 }
 
 pub fn rng(seed: u64) -> rand_chacha::ChaCha20Rng {
