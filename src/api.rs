@@ -331,7 +331,7 @@ async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
             "from": rec.sender,
             "type": rec.packet_type,
             "priority": rec.priority.as_str(),
-            "due_by": rec.due_by,
+            "sender_due_by": rec.due_by,
             "deadline": deadline.map(|d| deadline_json(&d, now)),
             "received_at": ms_to_text(rec.received_at),
             "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
@@ -351,6 +351,7 @@ pub fn deadline_json(d: &Deadline, now: u64) -> Value {
         "paused_by": d.paused.map(|(_, c)| c.to_string()),
         "answered_by": d.answered.map(|(a, _)| a.to_string()),
         "delays": d.delays.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "sender_due_by": d.sender_due_by.map(ms_to_text),
     })
 }
 

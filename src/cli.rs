@@ -876,11 +876,11 @@ fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
             let mut line =
                 format!("{id}  {:<9} {:<8} {:<24} {}", s("from"), s("priority"), s("type"), s("received_at"));
             if p["deadline"].is_object() {
-                line += &format!(
-                    "  answer due {} {}",
-                    p["deadline"]["due_by"].as_str().unwrap_or("?"),
-                    due_text(&p["deadline"]["due"])
-                );
+                let d = &p["deadline"];
+                line += &format!("  answer due {} {}", d["due_by"].as_str().unwrap_or("?"), due_text(&d["due"]));
+                if let Some(theirs) = d["sender_due_by"].as_str().filter(|t| Some(*t) != d["due_by"].as_str()) {
+                    line += &format!(" (the requester expects it by {theirs})");
+                }
             }
             line += &match p["read_by"].as_str() {
                 Some(r) => format!("  read by {r}"),
@@ -962,6 +962,7 @@ mod tests {
             paused: None,
             answered: None,
             delays: Vec::new(),
+            sender_due_by: None,
         };
         let text = |d: &Deadline, now| due_text(&serde_json::to_value(d.due(now)).unwrap());
         assert_eq!(text(&d, 90 * h), "(10h00m left)");

@@ -213,15 +213,60 @@ impl Settings {
         if !file.is_file() {
             return Err(fail("the file does not exist or is not a regular file".into()));
         }
+        // Syntax first, with our own message: the TOML parser's would quote the offending line,
+        // and a path that points at the wrong file (a secret one) must not echo its content.
+        let text = std::fs::read_to_string(file).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        if let Err(e) = toml::from_str::<toml::Table>(&text) {
+            return Err(fail(toml_problem(&e, &text)));
+        }
         let raw: Raw = config::Config::builder()
             .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
             .add_source(env)
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(quoted_values_hidden(&e.to_string())))?;
         let base = file.parent().unwrap_or(Path::new("."));
         validate(raw, base).map_err(|problems| ConfigError { file: file.to_owned(), problems })
     }
+}
+
+/// A TOML error as "line L, column C: what", without the excerpt of the file the parser's own
+/// message carries and without the values it quotes: a path that names the wrong file (say a
+/// secret one) must not put that file's content into an error message or a log.
+pub fn toml_problem(e: &toml::de::Error, text: &str) -> String {
+    let message = quoted_values_hidden(e.message().trim());
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// `message` with every quoted string value replaced by `"…"`: serde writes the values it could
+/// not use as `string "…"`; key names and variant names, which it quotes otherwise, stay.
+fn quoted_values_hidden(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("string \"") {
+        let (head, tail) = rest.split_at(at + "string \"".len());
+        out.push_str(head);
+        match tail.find('"') {
+            Some(end) => {
+                out.push_str("…\"");
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push_str("…\"");
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
@@ -351,6 +396,32 @@ mod tests {
 
     fn no_env() -> config::Environment {
         config::Environment::with_prefix("LIAISON_TEST_NONE").prefix_separator("__").separator("__")
+    }
+
+    /// A path that points at the wrong file names the file and the line, and echoes nothing of
+    /// it: not the line (the TOML parser's excerpt), not a value.
+    #[test]
+    fn a_wrong_file_is_named_without_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "root:$6$SECRET-HASH-4f9a:19700:0:99999:7:::";
+        let f = write(dir.path(), &format!("{secret}\ndaemon:*:19700:0:99999:7:::\n"));
+        let err = Settings::load_with_env(&f, no_env()).unwrap_err().to_string();
+        assert!(err.contains("node.toml") && err.contains("line 1, column"), "{err}");
+        assert!(!err.contains("SECRET") && !err.contains("root"), "{err}");
+
+        // Valid TOML of the wrong shape: serde's message would quote the value.
+        let f = write(dir.path(), "[node]\nid = \"hunter2-SECRET\"\nlisten = 5\n");
+        let err = Settings::load_with_env(&f, no_env()).unwrap_err().to_string();
+        assert!(!err.contains("SECRET"), "{err}");
+
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, format!("# a comment\n{secret}\n")).unwrap();
+        let err = crate::policy::Policy::load(&policy, None).unwrap_err().to_string();
+        assert!(err.contains("policy.toml") && err.contains("line 2, column"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
+        std::fs::write(&policy, "partner = 5\nsecret = \"SECRET-VALUE\"\n").unwrap();
+        let err = crate::policy::Policy::load(&policy, None).unwrap_err().to_string();
+        assert!(!err.contains("SECRET-VALUE"), "{err}");
     }
 
     #[test]

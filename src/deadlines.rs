@@ -1,7 +1,10 @@
 //! Answer deadlines of information requests (Directive (EU) 2023/977), without I/O.
 //!
 //! A request's `due_by` is computed from its urgency when it is made (8 hours, 3 days or 7 days;
-//! see [`crate::packet`]). Each (request, counterpart) pair has one [`Deadline`], on both sides:
+//! see [`crate::packet`]). The requested node counts that window from when it stored the request
+//! (Directive 2023/977 art. 5 counts from receipt), and shows the requester's `due_by` as what
+//! the requester expects: a sender's clock, or a sender that dates its packets, does not set
+//! another node's deadline. Each (request, counterpart) pair has one [`Deadline`], on both sides:
 //! the requested node must answer ([`Role::Answer`]), the requesting node waits
 //! ([`Role::Await`]). The packets exchanged about the request change it:
 //!
@@ -52,6 +55,12 @@ pub struct Deadline {
     pub answered: Option<(PacketId, Millis)>,
     /// The delay notices that moved it, in order.
     pub delays: Vec<PacketId>,
+    /// For a request this node received: the deadline the requester stated (`due_by` in its
+    /// packet), shown as what it expects. This node's own clock runs from when it stored the
+    /// request (`due_by` above): the directive counts from receipt, and a requester must not be
+    /// able to shorten or stretch it by dating its packet.
+    #[serde(default)]
+    pub sender_due_by: Option<Millis>,
 }
 
 /// Where a deadline stands at a moment.
@@ -153,19 +162,24 @@ impl Deadlines {
         match &packet.body {
             Body::InformationRequest(_) => {
                 let Some(due) = e.due_by else { return Vec::new() };
-                let role = match flow {
-                    Flow::Sent => Role::Await,
-                    Flow::Received => Role::Answer,
+                // The window follows from the request's urgency (8 h / 3 d / 7 d: `due_by` is
+                // checked to be `created` plus that window).
+                let window = millis(due).saturating_sub(millis(e.created));
+                let (role, due_by, sender_due_by) = match flow {
+                    Flow::Sent => (Role::Await, millis(due), None),
+                    // Counted from when this node stored it, whatever the sender's clock says.
+                    Flow::Received => (Role::Answer, now.saturating_add(window), Some(millis(due))),
                 };
                 let d = Deadline {
                     request: e.id,
                     role,
                     counterpart: counterpart.clone(),
-                    due_by: millis(due),
-                    window: millis(due).saturating_sub(millis(e.created)),
+                    due_by,
+                    window,
                     paused: None,
                     answered: None,
                     delays: Vec::new(),
+                    sender_due_by,
                 };
                 let key = (e.id, counterpart.clone());
                 if self.by_key.contains_key(&key) {
@@ -300,6 +314,29 @@ mod tests {
         p.envelope.in_reply_to = Some(to);
         p.envelope.id = PacketId::from_bytes([id; 16]);
         p
+    }
+
+    /// The requested node's clock starts when it stores the request: a backdated request does
+    /// not arrive overdue, a future-dated one does not get longer; the requester's own
+    /// deadline is kept as what it expects.
+    #[test]
+    fn a_received_request_is_due_a_window_after_it_was_stored() {
+        let request = example("request");
+        let created = millis(request.envelope.created);
+        let stated = millis(request.envelope.due_by.unwrap());
+        let window = stated - created;
+        assert_eq!(window, 8 * H, "urgent, direct access");
+        let it = node("IT-DCSA");
+        for stored in [created + 240 * H, created.saturating_sub(4800 * H), created] {
+            let mut d = Deadlines::default();
+            let dl = d.on_packet(&request, Flow::Received, &it, stored).remove(0);
+            assert_eq!((dl.due_by, dl.window, dl.sender_due_by), (stored + window, window, Some(stated)));
+            assert!(matches!(dl.due(stored), Due::Open { .. }), "not overdue on arrival");
+        }
+        // The requester's side is its own deadline.
+        let mut d = Deadlines::default();
+        let dl = d.on_packet(&request, Flow::Sent, &it, created + 5).remove(0);
+        assert_eq!((dl.due_by, dl.sender_due_by), (stated, None));
     }
 
     #[test]

@@ -41,6 +41,150 @@ pub enum CborError {
     /// Bytes left after the item.
     #[error("{0} trailing bytes after the CBOR item")]
     TrailingBytes(usize),
+    /// An indefinite-length string, array or map: everything this node reads has definite
+    /// lengths, so a reader never has to guess where an item ends.
+    #[error("indefinite-length item at byte {0}; only definite lengths are accepted")]
+    Indefinite(usize),
+    /// An integer, length or tag written with more bytes than it needs (RFC 8949 §4.2.1
+    /// preferred serialization): two encodings of one value would let a peer vary the bytes of
+    /// what it signs or sends without changing its meaning.
+    #[error("integer at byte {0} is not in its shortest form")]
+    NotPreferred(usize),
+    /// A tag this item may not carry (a bignum, or any tag not part of the format).
+    #[error("tag {tag} at byte {at} is not accepted here")]
+    UnknownTag {
+        /// The tag number.
+        tag: u64,
+        /// Where.
+        at: usize,
+    },
+    /// A simple value other than false, true and null, or `undefined`.
+    #[error("simple value {value} at byte {at} is not accepted")]
+    UnknownSimple {
+        /// The value.
+        value: u64,
+        /// Where.
+        at: usize,
+    },
+    /// A map with the same key twice (which one would count?).
+    #[error("map key repeated at byte {0}")]
+    DuplicateKey(usize),
+}
+
+impl CborError {
+    /// A stable code for the rule a strict decoder applies (rejection receipts name it), or
+    /// `None` for errors that are not about strictness.
+    pub fn strict_code(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Indefinite(_) => "cbor_indefinite_length",
+            Self::NotPreferred(_) => "cbor_not_preferred",
+            Self::UnknownTag { .. } => "cbor_unknown_tag",
+            Self::UnknownSimple { .. } => "cbor_unknown_simple",
+            Self::DuplicateKey(_) => "cbor_duplicate_key",
+            _ => return None,
+        })
+    }
+}
+
+/// The only tag in the serde faces of this crate's types: epoch time (`Timestamp`).
+pub const TAG_EPOCH_TIME: u64 = 1;
+
+/// Checks that `bytes` is exactly one CBOR item written the one way this crate writes it:
+/// definite lengths, integers and lengths in their shortest form, no tag but those in `tags`,
+/// no simple value but false/true/null, no repeated map key, nesting within [`MAX_CBOR_DEPTH`],
+/// nothing after it. ciborium alone accepts all of these (it ignores unknown tags, takes a
+/// bignum for an integer, reads indefinite lengths); every decoder of untrusted CBOR in this
+/// crate runs this check first. Byte and text string contents are skipped, not inspected.
+pub fn check_strict(bytes: &[u8], tags: &[u64]) -> Result<(), CborError> {
+    let mut at = 0;
+    strict_item(bytes, &mut at, tags, 0)?;
+    if at != bytes.len() {
+        return Err(CborError::TrailingBytes(bytes.len() - at));
+    }
+    Ok(())
+}
+
+/// Reads the head of the item at `*at`: (major type, argument, or `None` for indefinite).
+fn strict_head(bytes: &[u8], at: &mut usize) -> Result<(u8, Option<u64>), CborError> {
+    let start = *at;
+    let first = *bytes.get(start).ok_or(CborError::Truncated)?;
+    let (major, info) = (first >> 5, first & 0x1f);
+    let take = |n: usize, at: &mut usize| -> Result<u64, CborError> {
+        let b = bytes.get(*at + 1..*at + 1 + n).ok_or(CborError::Truncated)?;
+        *at += 1 + n;
+        Ok(b.iter().fold(0u64, |v, x| v << 8 | u64::from(*x)))
+    };
+    let arg = match info {
+        0..=23 => {
+            *at += 1;
+            Some(u64::from(info))
+        }
+        24..=27 => {
+            let n = 1usize << (info - 24);
+            let v = take(n, at)?;
+            // Floats (major 7, 25-27) have their own widths; everything else must be shortest.
+            let min = [24u64, 0x100, 0x1_0000, 0x1_0000_0000][usize::from(info - 24)];
+            if major != 7 && v < min {
+                return Err(CborError::NotPreferred(start));
+            }
+            Some(v)
+        }
+        31 if matches!(major, 2..=5) => return Err(CborError::Indefinite(start)),
+        _ => return Err(CborError::Syntax(start)),
+    };
+    Ok((major, arg))
+}
+
+fn strict_item(bytes: &[u8], at: &mut usize, tags: &[u64], depth: usize) -> Result<(), CborError> {
+    if depth > MAX_CBOR_DEPTH {
+        return Err(CborError::TooDeep);
+    }
+    let start = *at;
+    let (major, arg) = strict_head(bytes, at)?;
+    let arg = arg.unwrap_or_default();
+    let len = |n: u64| usize::try_from(n).map_err(|_| CborError::Truncated);
+    match major {
+        0 | 1 => {}
+        2 | 3 => {
+            let end = at.checked_add(len(arg)?).filter(|e| *e <= bytes.len()).ok_or(CborError::Truncated)?;
+            if major == 3 && std::str::from_utf8(&bytes[*at..end]).is_err() {
+                return Err(CborError::Syntax(start));
+            }
+            *at = end;
+        }
+        4 => {
+            for _ in 0..arg {
+                strict_item(bytes, at, tags, depth + 1)?;
+            }
+        }
+        5 => {
+            // A hash set: a peer's map of 100,000 keys must not cost 10^10 comparisons.
+            let mut keys: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+            for _ in 0..arg {
+                let k = *at;
+                strict_item(bytes, at, tags, depth + 1)?;
+                if !keys.insert(&bytes[k..*at]) {
+                    return Err(CborError::DuplicateKey(k));
+                }
+                strict_item(bytes, at, tags, depth + 1)?;
+            }
+        }
+        6 => {
+            if !tags.contains(&arg) {
+                return Err(CborError::UnknownTag { tag: arg, at: start });
+            }
+            strict_item(bytes, at, tags, depth + 1)?;
+        }
+        _ => {
+            // Major 7: false, true, null and floats; `undefined` and other simple values are
+            // not part of any format here.
+            let info = bytes[start] & 0x1f;
+            if !matches!(info, 20..=22 | 25..=27) {
+                return Err(CborError::UnknownSimple { value: arg, at: start });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes exactly one CBOR item of type `T` that fills `bytes` completely.
@@ -48,6 +192,7 @@ pub fn from_cbor_exact<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Resul
     if bytes.len() > limit {
         return Err(CborError::TooLarge { len: bytes.len(), limit });
     }
+    check_strict(bytes, &[TAG_EPOCH_TIME])?;
     let mut rest = bytes;
     let value = ciborium::de::from_reader_with_recursion_limit(&mut rest, MAX_CBOR_DEPTH).map_err(|e| match e {
         ciborium::de::Error::Io(_) => CborError::Truncated,
@@ -250,6 +395,37 @@ mod tests {
         // A byte string header claiming 2^63 bytes, with none present.
         let huge = [0x5b, 0x80, 0, 0, 0, 0, 0, 0, 0];
         assert!(from_cbor_exact::<Blob>(&huge, 100).is_err());
+    }
+
+    /// One item, one encoding: what ciborium would let through is refused, each with its code.
+    #[test]
+    fn strict_cbor() {
+        let ok = |b: &[u8]| check_strict(b, &[TAG_EPOCH_TIME]);
+        let code = |b: &[u8]| ok(b).unwrap_err().strict_code();
+        assert_eq!(ok(&to_cbor(&(1u64 << 40, -5i32, "t", vec![1.5f64], Blob(vec![1; 300]), None::<u8>))), Ok(()));
+        assert_eq!(ok(&[0xc1, 0x1a, 0x69, 0x27, 0x42, 0x00]), Ok(()), "epoch time, tag 1");
+        assert_eq!(code(&[0x9f, 0x01, 0xff]), Some("cbor_indefinite_length"), "indefinite array");
+        assert_eq!(code(&[0xbf, 0x61, 0x61, 0x01, 0xff]), Some("cbor_indefinite_length"), "indefinite map");
+        assert_eq!(code(&[0x5f, 0x41, 0x00, 0xff]), Some("cbor_indefinite_length"), "chunked bytes");
+        assert_eq!(code(&[0x18, 0x01]), Some("cbor_not_preferred"), "1 in two bytes");
+        assert_eq!(code(&[0x19, 0x00, 0xff]), Some("cbor_not_preferred"), "255 in three bytes");
+        assert_eq!(code(&[0x1b, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), Some("cbor_not_preferred"));
+        assert_eq!(code(&[0x58, 0x01, 0x00]), Some("cbor_not_preferred"), "a length too");
+        assert_eq!(code(&[0xc2, 0x41, 0x01]), Some("cbor_unknown_tag"), "bignum 1");
+        assert_eq!(code(&[0xd9, 0xd9, 0xf7, 0x01]), Some("cbor_unknown_tag"), "self-described CBOR");
+        assert_eq!(code(&[0x81, 0xc0, 0x61, 0x78]), Some("cbor_unknown_tag"), "nested");
+        assert_eq!(code(&[0xf7]), Some("cbor_unknown_simple"), "undefined");
+        assert_eq!(code(&[0xf8, 0x20]), Some("cbor_unknown_simple"));
+        assert_eq!(code(&[0xa2, 0x01, 0x01, 0x01, 0x02]), Some("cbor_duplicate_key"));
+        assert_eq!(ok(&[0xa2, 0x01, 0x01, 0x02, 0x02]), Ok(()));
+        assert_eq!(ok(&[0x01, 0x01]), Err(CborError::TrailingBytes(1)));
+        assert_eq!(ok(&[0x1c]), Err(CborError::Syntax(0)), "reserved additional information");
+        assert_eq!(ok(&[0x62, 0xff, 0xfe]), Err(CborError::Syntax(0)), "text that is not UTF-8");
+        // The decoder runs the check first.
+        assert_eq!(from_cbor_exact::<u8>(&[0x18, 0x01], 10), Err(CborError::NotPreferred(0)));
+        // A map of many keys is checked in linear time (a hash set), not pairwise.
+        let big: std::collections::BTreeMap<u32, u8> = (0..200_000).map(|i| (i, 0)).collect();
+        assert_eq!(ok(&to_cbor(&big)), Ok(()));
     }
 
     #[test]

@@ -185,7 +185,8 @@ impl PublicKeys {
             encryption_key: String,
         }
         let fmt_err = |reason: String| KeyError::Format { path: path.to_owned(), reason };
-        let raw: Raw = toml::from_str(text).map_err(|e| fmt_err(format!("not a public key file: {e}")))?;
+        let raw: Raw = toml::from_str(text)
+            .map_err(|e| fmt_err(format!("not a public key file: {}", crate::config::toml_problem(&e, text))))?;
         let s = unhex::<32>(&raw.signing_key).ok_or_else(|| fmt_err("signing_key: expected 64 hex digits".into()))?;
         let e =
             unhex::<32>(&raw.encryption_key).ok_or_else(|| fmt_err("encryption_key: expected 64 hex digits".into()))?;
@@ -354,8 +355,8 @@ fn read_secret(path: &Path, node: &NodeId, algorithm: &str) -> Result<Zeroizing<
     let mut text = Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut &file, &mut text)
         .map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
-    let raw: SecretFile =
-        toml::from_str(&text).map_err(|e| fmt_err(format!("not a secret key file: {}", e.message())))?;
+    let raw: SecretFile = toml::from_str(&text)
+        .map_err(|e| fmt_err(format!("not a secret key file: {}", crate::config::toml_problem(&e, &text))))?;
     if &raw.node != node {
         return Err(fmt_err(format!("holds a key of {}, expected {node}", raw.node)));
     }

@@ -741,6 +741,10 @@ impl Node {
         let id = PacketId::new_v7(now, &mut rand_core::OsRng);
         for r in to {
             let policy_hash = self.policies().policy(r).map(|x| x.hash);
+            if let Err(e) = crate::seal::check_times(p, now_ts) {
+                deny(&mut denied, r, "onward.original_expired", e.to_string(), policy_hash);
+                continue;
+            }
             if r == originator || p.envelope.recipients.contains(r) {
                 deny(
                     &mut denied,
@@ -758,7 +762,7 @@ impl Node {
                     continue;
                 }
             };
-            let consent = consents.iter().find(|c| crate::onward::consent_for(c, p, r, now_ts).is_ok());
+            let consent = consents.iter().find(|c| crate::onward::consent_for(c, p, &self.inner.me, r, now_ts).is_ok());
             if needed && consent.is_none() {
                 let why = if p.envelope.handling.codes.contains(&crate::markings::HandlingCode::H2) {
                     "it is marked H2"

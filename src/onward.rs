@@ -26,6 +26,12 @@ pub enum OnwardError {
     /// The carried original does not verify against its originator's key.
     #[error("the original packet does not verify: {0}")]
     OriginalInvalid(String),
+    /// The carried original has expired.
+    #[error("the original packet: {0}")]
+    OriginalExpired(String),
+    /// The carried original claims a creation time ahead of the clock.
+    #[error("the original packet: {0}")]
+    OriginalCreatedInFuture(String),
     /// The forwarder is the original's originator (it should send the packet itself).
     #[error("{0} originated the packet; this is not a forward")]
     NotAForward(NodeId),
@@ -45,6 +51,8 @@ impl OnwardError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::OriginalInvalid(_) => "onward.original_invalid",
+            Self::OriginalExpired(_) => "onward.original_expired",
+            Self::OriginalCreatedInFuture(_) => "onward.original_created_in_future",
             Self::NotAForward(_) => "onward.not_a_forward",
             Self::ConsentRequired(_) => "onward.consent_required",
             Self::ConsentInvalid(_) => "onward.consent_invalid",
@@ -70,11 +78,13 @@ pub fn consent_needed(original: &Packet, rule: OnwardRule) -> Result<bool, Denia
     }
 }
 
-/// Checks that `consent` (verified) is the originator's consent for `original` to reach
-/// `recipient` at `now`.
+/// Checks that `consent` (verified) is the originator's consent for `holder` to pass
+/// `original` on to `recipient` at `now`. A consent is given to one holder (the node it was
+/// sent to): another node that obtained it cannot use it.
 pub fn consent_for(
     consent: &SignedPacket,
     original: &Packet,
+    holder: &NodeId,
     recipient: &NodeId,
     now: Timestamp,
 ) -> Result<(), String> {
@@ -87,6 +97,13 @@ pub fn consent_for(
             consent.packet.envelope.originator.node, original.envelope.originator.node
         ));
     }
+    if !consent.packet.envelope.recipients.contains(holder) {
+        return Err(format!(
+            "it was given to {}, not to {holder}",
+            consent.packet.envelope.recipients.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    crate::seal::check_times(&consent.packet, now).map_err(|e| format!("the consent packet: {e}"))?;
     if *packet_id != original.envelope.id {
         return Err(format!("it is about packet {packet_id}, not {}", original.envelope.id));
     }
@@ -109,8 +126,9 @@ pub struct Unwrapped {
 }
 
 /// The checks of one hop: `forward` (already opened and verified as `forwarder`'s packet)
-/// carries an original that verifies, with a consent that covers `me` now if the original needs
-/// one (H2), and the forward's markings are the original's.
+/// carries an original that verifies and is alive now (not expired, not dated ahead of the
+/// clock), with a consent given to `forwarder` that covers `me` now if the original needs one
+/// (H2), and the forward's markings are the original's.
 pub fn unwrap(
     keyring: &Keyring,
     forward: &Packet,
@@ -122,6 +140,10 @@ pub fn unwrap(
         return Err(OnwardError::OriginalInvalid(format!("a {} is not a forward", forward.packet_type())));
     };
     let original = verify_signed(keyring, &original.0).map_err(|e| OnwardError::OriginalInvalid(e.to_string()))?;
+    crate::seal::check_times(&original.packet, now).map_err(|e| match e {
+        crate::seal::OpenError::CreatedInFuture { .. } => OnwardError::OriginalCreatedInFuture(e.to_string()),
+        e => OnwardError::OriginalExpired(e.to_string()),
+    })?;
     let p = &original.packet;
     if &p.envelope.originator.node == forwarder {
         return Err(OnwardError::NotAForward(forwarder.clone()));
@@ -143,7 +165,7 @@ pub fn unwrap(
         None => None,
         Some(bytes) => {
             let c = verify_signed(keyring, &bytes.0).map_err(|e| OnwardError::ConsentInvalid(e.to_string()))?;
-            consent_for(&c, p, me, now).map_err(OnwardError::ConsentInvalid)?;
+            consent_for(&c, p, forwarder, me, now).map_err(OnwardError::ConsentInvalid)?;
             Some(c)
         }
     };
@@ -154,4 +176,48 @@ pub fn unwrap(
         )));
     }
     Ok(Unwrapped { original, consent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::NodeKeys;
+    use crate::seal::SealContext;
+
+    fn ctx(node: &str, ring: &Keyring) -> SealContext {
+        let seed: [u8; 32] = crate::encoding::Digest::of(node.as_bytes()).0;
+        let keys = NodeKeys::from_secret_bytes(node.parse().unwrap(), &seed, seed);
+        SealContext::new(keys, ring.clone()).unwrap()
+    }
+
+    /// A consent is given to one holder: the node it was sent to. Another node that obtained
+    /// it cannot pass the packet on with it.
+    #[test]
+    fn a_consent_covers_only_its_holder() {
+        let mut ring = Keyring::new();
+        for n in ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"] {
+            ring.add(ctx(n, &Keyring::new()).public().clone()).unwrap();
+        }
+        let original = Packet::from_json(include_str!("../schemas/examples/information-request.json")).unwrap();
+        let mut consent = Packet::from_json(include_str!("../schemas/examples/onward-consent.json")).unwrap();
+        consent.envelope.originator.node = original.envelope.originator.node.clone();
+        consent.envelope.recipients = vec!["CO-DIJIN".parse().unwrap()];
+        consent.envelope.in_reply_to = Some(original.envelope.id);
+        let until = consent.envelope.expires;
+        consent.body = Body::OnwardConsent(OnwardConsent {
+            packet_id: original.envelope.id,
+            allowed: vec!["ES-UDYCO".parse().unwrap()],
+            until,
+        });
+        let signed = ctx("IT-DCSA", &ring).sign(&consent).unwrap();
+        let now = consent.envelope.created.plus_secs(60);
+        let (es, co): (NodeId, NodeId) = ("ES-UDYCO".parse().unwrap(), "CO-DIJIN".parse().unwrap());
+        assert_eq!(consent_for(&signed, &original, &co, &es, now), Ok(()));
+        let err = consent_for(&signed, &original, &es, &es, now).unwrap_err();
+        assert!(err.contains("given to CO-DIJIN, not to ES-UDYCO"), "{err}");
+        let err = consent_for(&signed, &original, &co, &es, until).unwrap_err();
+        assert!(err.contains("expired"), "{err}");
+        let err = consent_for(&signed, &original, &co, &es, consent.envelope.created.plus_secs(-3600)).unwrap_err();
+        assert!(err.contains("ahead of this node's clock"), "{err}");
+    }
 }

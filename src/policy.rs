@@ -483,7 +483,7 @@ impl Policy {
 
     /// Parses a policy; every problem is reported, each naming its key.
     pub fn from_toml(text: &str, partner: Option<&NodeId>) -> Result<Policy, Vec<String>> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![e.to_string().trim().replace('\n', " ")])?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![crate::config::toml_problem(&e, text)])?;
         let mut problems = Vec::new();
         let node = raw.partner.parse::<NodeId>().map_err(|e| problems.push(format!("partner: {e}"))).ok();
         if let (Some(node), Some(expected)) = (&node, partner) {

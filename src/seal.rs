@@ -48,7 +48,7 @@
 //! 9. The payload is a valid packet.
 //! 10. Headers agree with the packet (id, originator, type, recipient, priority, expiry) and the
 //!     signer is the originator.
-//! 11. Not expired at `now`.
+//! 11. Not expired at `now`, and not created more than [`MAX_CLOCK_SKEW_SECS`] ahead of it.
 //!
 //! The issue listed the kid check after the signature check; a signature cannot be verified
 //! before its key is found, so the kid is looked up first. The recipient is checked first on the
@@ -70,7 +70,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::encoding::Digest;
+use crate::encoding::{CborError, Digest};
 use crate::ids::{NodeId, PacketId};
 use crate::keys::{KeyId, KeyUse, Keyring, NodeKeys};
 use crate::markings::Priority;
@@ -220,11 +220,38 @@ pub enum OpenError {
     /// A header disagrees with the packet, or the signer is not the originator.
     #[error("header mismatch: {0}")]
     HeaderMismatch(String),
+    /// CBOR that a strict reader refuses (indefinite length, integer not in its shortest form,
+    /// unknown tag or simple value, repeated map key), in a COSE layer.
+    #[error("{layer}: {error}")]
+    NotStrict {
+        /// Where.
+        layer: Layer,
+        /// What.
+        error: CborError,
+    },
+    /// A COSE `crit` header names a parameter this node does not process (RFC 9052 §3.1: the
+    /// message must then be refused), or `crit` is not in the protected header.
+    #[error("{layer}: critical header parameter {label} is not understood")]
+    UnknownCritical {
+        /// Where.
+        layer: Layer,
+        /// The label, as text.
+        label: String,
+    },
     /// The packet's expiry has passed.
     #[error("packet expired at {expires} (now {now})")]
     Expired {
         /// Expiry.
         expires: Timestamp,
+        /// The time of the check.
+        now: Timestamp,
+    },
+    /// The packet says it was created further ahead of this node's clock than clocks differ
+    /// ([`MAX_CLOCK_SKEW_SECS`]).
+    #[error("packet created at {created}, more than {MAX_CLOCK_SKEW_SECS} s ahead of this node's clock ({now})")]
+    CreatedInFuture {
+        /// What the packet says.
+        created: Timestamp,
         /// The time of the check.
         now: Timestamp,
     },
@@ -242,9 +269,13 @@ impl OpenError {
             Self::UnknownKey { .. } => "unknown_key",
             Self::DecryptionFailed => "decryption_failed",
             Self::SignatureInvalid { .. } => "signature_invalid",
+            Self::InvalidPacket(PacketError::Cbor(e)) => e.strict_code().unwrap_or("invalid_packet"),
             Self::InvalidPacket(_) => "invalid_packet",
+            Self::NotStrict { error, .. } => error.strict_code().unwrap_or("malformed"),
+            Self::UnknownCritical { .. } => "cose_unknown_crit",
             Self::HeaderMismatch(_) => "header_mismatch",
             Self::Expired { .. } => "expired",
+            Self::CreatedInFuture { .. } => "created_in_future",
         }
     }
 }
@@ -510,11 +541,30 @@ impl SealContext {
         if route.priority != p.priority || route.expires != p.expires {
             return Err(OpenError::HeaderMismatch("routing priority or expiry differs from the signed packet".into()));
         }
-        if now >= p.expires {
-            return Err(OpenError::Expired { expires: p.expires, now });
-        }
+        check_times(&signed.packet, now)?;
         Ok(Opened { route, signed, sealed_digest: Digest::of(bytes) })
     }
+}
+
+/// How far ahead of this node's clock a packet's `created` may lie. Partner nodes keep their
+/// clocks with NTP, within seconds of each other; five minutes leaves room for a badly kept one.
+/// Further ahead is refused: a sender must not date its packets into the future (a request's
+/// answer deadline, and every "when" in the audit trail, would follow).
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+
+/// The checks of a packet's times against the clock at `now`: not expired, and not created
+/// more than [`MAX_CLOCK_SKEW_SECS`] ahead. [`SealContext::open`] runs them on every packet;
+/// onward transmission runs them on the originals and consents a forward carries (which
+/// [`verify_signed`], the check of evidence that outlives packets, does not).
+pub fn check_times(p: &Packet, now: Timestamp) -> Result<(), OpenError> {
+    let e = &p.envelope;
+    if now >= e.expires {
+        return Err(OpenError::Expired { expires: e.expires, now });
+    }
+    if e.created.unix() > now.unix().saturating_add(MAX_CLOCK_SKEW_SECS) {
+        return Err(OpenError::CreatedInFuture { created: e.created, now });
+    }
+    Ok(())
 }
 
 /// Reads the routing header of a sealed packet without decrypting it (what a relay does). The
@@ -530,7 +580,10 @@ pub fn verify_signed(keyring: &Keyring, bytes: &[u8]) -> Result<SignedPacket, Op
     if bytes.len() > MAX_SEALED_BYTES {
         return Err(OpenError::TooLarge { len: bytes.len(), limit: MAX_SEALED_BYTES });
     }
+    strict(Layer::Signed, bytes, &[TAG_SIGN1])?;
     let s1 = CoseSign1::from_tagged_slice(bytes).map_err(|e| cose_error(Layer::Signed, e))?;
+    strict_protected(Layer::Signed, &s1.protected, &[])?;
+    critical(Layer::Signed, &s1.protected.header, &s1.unprotected, SIGN1_PROCESSED)?;
     let h = &s1.protected.header;
     if h.alg != Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::Ed25519)) {
         return Err(OpenError::Unsupported(format!("signature algorithm {:?}; only Ed25519 (-19) is accepted", h.alg)));
@@ -592,7 +645,15 @@ fn parse_encrypt(bytes: &[u8]) -> Result<CoseEncrypt, OpenError> {
     if bytes.len() > MAX_SEALED_BYTES {
         return Err(OpenError::TooLarge { len: bytes.len(), limit: MAX_SEALED_BYTES });
     }
+    strict(Layer::Encrypted, bytes, &[TAG_ENCRYPT])?;
     let enc = CoseEncrypt::from_tagged_slice(bytes).map_err(|e| cose_error(Layer::Encrypted, e))?;
+    // The routing header carries its expiry as an epoch time (tag 1).
+    strict_protected(Layer::Encrypted, &enc.protected, &[crate::encoding::TAG_EPOCH_TIME])?;
+    critical(Layer::Encrypted, &enc.protected.header, &enc.unprotected, ENCRYPT_PROCESSED)?;
+    for r in &enc.recipients {
+        strict_protected(Layer::Encrypted, &r.protected, &[])?;
+        critical(Layer::Encrypted, &r.protected.header, &r.unprotected, RECIPIENT_PROCESSED)?;
+    }
     if enc.protected.header.alg != Some(RegisteredLabelWithPrivate::Assigned(iana::Algorithm::ChaCha20Poly1305)) {
         return Err(OpenError::Unsupported(format!(
             "content encryption {:?}; only ChaCha20/Poly1305 (24) is accepted",
@@ -657,6 +718,72 @@ fn derive_cek(
     let mut cek = Zeroizing::new([0u8; 32]);
     Hkdf::<Sha256>::new(Some(salt), shared).expand(&info, &mut cek[..]).map_err(|_| CoseError::EncodeFailed)?;
     Ok(cek)
+}
+
+/// CBOR tag of a COSE_Sign1 (RFC 9052).
+const TAG_SIGN1: u64 = 18;
+/// CBOR tag of a COSE_Encrypt (RFC 9052).
+const TAG_ENCRYPT: u64 = 96;
+
+/// The header parameters each layer processes; a `crit` naming any other is refused.
+const SIGN1_PROCESSED: &[Processed] = &[
+    Processed::Int(iana::HeaderParameter::Alg),
+    Processed::Int(iana::HeaderParameter::Kid),
+    Processed::Int(iana::HeaderParameter::ContentType),
+    Processed::Text(LABEL_PACKET_ID),
+    Processed::Text(LABEL_ORIGINATOR),
+    Processed::Text(LABEL_TYPE),
+    Processed::Text(LABEL_POLICY),
+];
+const ENCRYPT_PROCESSED: &[Processed] = &[
+    Processed::Int(iana::HeaderParameter::Alg),
+    Processed::Int(iana::HeaderParameter::ContentType),
+    Processed::Text(LABEL_ROUTE),
+];
+const RECIPIENT_PROCESSED: &[Processed] = &[Processed::Int(iana::HeaderParameter::Alg)];
+
+/// A header parameter label this node processes.
+enum Processed {
+    Int(iana::HeaderParameter),
+    Text(&'static str),
+}
+
+/// RFC 9052 §3.1: every label in `crit` must be one the recipient processes, and `crit` itself
+/// belongs in the protected header.
+fn critical(layer: Layer, protected: &Header, unprotected: &Header, processed: &[Processed]) -> Result<(), OpenError> {
+    if let Some(label) = unprotected.crit.first() {
+        return Err(OpenError::UnknownCritical { layer, label: format!("{label:?} (crit in the unprotected header)") });
+    }
+    for label in &protected.crit {
+        let known = processed.iter().any(|p| match (p, label) {
+            (Processed::Int(a), RegisteredLabelWithPrivate::Assigned(b)) => a == b,
+            (Processed::Text(a), RegisteredLabelWithPrivate::Text(b)) => a == b,
+            _ => false,
+        });
+        if !known {
+            return Err(OpenError::UnknownCritical { layer, label: format!("{label:?}") });
+        }
+    }
+    Ok(())
+}
+
+/// The strict CBOR check ([`crate::encoding::check_strict`]) of one COSE layer.
+fn strict(layer: Layer, bytes: &[u8], tags: &[u64]) -> Result<(), OpenError> {
+    crate::encoding::check_strict(bytes, tags).map_err(|error| match error {
+        CborError::TrailingBytes(_) => OpenError::TrailingBytes(layer),
+        CborError::Truncated => malformed(layer, "truncated CBOR".into()),
+        CborError::TooDeep => malformed(layer, "CBOR nested too deeply".into()),
+        e if e.strict_code().is_some() => OpenError::NotStrict { layer, error: e },
+        e => malformed(layer, e.to_string()),
+    })
+}
+
+/// The strict check of a protected header's bytes (a CBOR map inside a byte string).
+fn strict_protected(layer: Layer, h: &ProtectedHeader, tags: &[u64]) -> Result<(), OpenError> {
+    match h.original_data.as_deref() {
+        Some(b) if !b.is_empty() => strict(layer, b, tags),
+        _ => Ok(()),
+    }
 }
 
 fn cose_error(layer: Layer, e: CoseError) -> OpenError {

@@ -49,6 +49,14 @@ pub enum TransportError {
     /// The peer's certificate names no enrolled partner, or several.
     #[error("peer certificate {0}")]
     NotEnrolled(String),
+    /// The TLS private key file is readable by group or others.
+    #[error("{path}: permissions {mode:o} are too open; the TLS private key file must be 0600 (chmod 600)")]
+    Permissions {
+        /// The file.
+        path: String,
+        /// Its mode bits.
+        mode: u32,
+    },
 }
 
 /// The PEM material a node needs: the federation CA, CRLs, its certificate chain and key.
@@ -93,12 +101,23 @@ impl TlsMaterial {
         Ok(Self { roots: Arc::new(roots), crls, chain, key })
     }
 
-    /// From files.
+    /// From files. The private key file must be readable by its owner only (0600), as the node's
+    /// signing and encryption keys must: it is what lets a machine speak as this node.
     pub fn load(ca: &Path, crls: &[&Path], chain: &Path, key: &Path) -> Result<Self, TransportError> {
         let read = |p: &Path| {
             std::fs::read_to_string(p)
                 .map_err(|e| TransportError::Pem { what: p.display().to_string(), reason: e.to_string() })
         };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let meta = std::fs::metadata(key)
+                .map_err(|e| TransportError::Pem { what: key.display().to_string(), reason: e.to_string() })?;
+            let mode = meta.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(TransportError::Permissions { path: key.display().to_string(), mode: mode & 0o777 });
+            }
+        }
         let crl_texts = crls.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
         let key_text = zeroize::Zeroizing::new(read(key)?);
         Self::from_pem(&read(ca)?, &crl_texts.iter().map(String::as_str).collect::<Vec<_>>(), &read(chain)?, &key_text)

@@ -5,7 +5,6 @@ mod common;
 
 use ciborium::Value;
 use coset::{CoseEncrypt, CoseSign1, TaggedCborSerializable};
-use ed25519_dalek::Signer as _;
 use liaison::encoding::Digest;
 use liaison::keys::Keyring;
 use liaison::packet::Packet;
@@ -21,40 +20,6 @@ fn sealed_request() -> (Packet, Vec<u8>) {
 
 fn open_at_es(bytes: &[u8]) -> Result<liaison::seal::Opened, OpenError> {
     common::ctx("ES-UDYCO").open(bytes, common::now())
-}
-
-/// A COSE_Sign1 over `payload` with any protected header, signed by the Ed25519 seed `seed`.
-fn forge_sign1(seed: &[u8; 32], kid: &[u8], payload: Vec<u8>, tweak: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
-    let sk = ed25519_dalek::SigningKey::from_bytes(seed);
-    let mut h = coset::HeaderBuilder::new().algorithm(coset::iana::Algorithm::Ed25519).key_id(kid.to_vec()).build();
-    tweak(&mut h);
-    coset::CoseSign1Builder::new()
-        .protected(h)
-        .payload(payload)
-        .create_signature(b"", |tbs| sk.sign(tbs).to_bytes().to_vec())
-        .build()
-        .to_tagged_vec()
-        .unwrap()
-}
-
-/// Encrypts arbitrary inner bytes from `from` to `to`, with the routing header of `packet`.
-fn encrypt_raw(from: &str, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
-    let signed = SignedPacket {
-        bytes: inner,
-        packet: packet.clone(),
-        signer: common::keys(from).public().signing_kid.clone(),
-        policy: None,
-    };
-    common::ctx(from).encrypt_for(&signed, &common::node(to), &mut common::rng(3)).unwrap().bytes
-}
-
-/// The headers a genuine signature carries, for a packet.
-fn genuine_headers(p: &Packet) -> impl FnOnce(&mut coset::Header) + '_ {
-    move |h| {
-        h.rest.push((coset::Label::Text("liaison.pid".into()), Value::Text(p.envelope.id.to_string())));
-        h.rest.push((coset::Label::Text("liaison.orig".into()), Value::Text(p.envelope.originator.node.to_string())));
-        h.rest.push((coset::Label::Text("liaison.type".into()), Value::Text(p.packet_type().as_str().into())));
-    }
 }
 
 #[test]
@@ -133,9 +98,9 @@ fn trailing_bytes_are_refused() {
     let (p, _) = sealed_request();
     let (seed, _) = common::secret_bytes("IT-DCSA");
     let kid = common::keys("IT-DCSA").public().signing_kid.clone();
-    let mut inner = forge_sign1(&seed, kid.as_bytes(), p.to_cbor(), genuine_headers(&p));
+    let mut inner = common::forge_sign1(&seed, kid.as_bytes(), p.to_cbor(), common::genuine_headers(&p));
     inner.push(0x00);
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::TrailingBytes(Layer::Signed)), "{err}");
 
     let mut payload = p.to_cbor();
@@ -152,7 +117,8 @@ fn wrong_types_are_refused() {
     // A bare COSE_Sign1 is not a sealed packet.
     let (p, _) = sealed_request();
     let signed = common::ctx("IT-DCSA").sign(&p).unwrap();
-    assert!(matches!(open_at_es(&signed.bytes), Err(OpenError::Malformed { .. })));
+    let err = open_at_es(&signed.bytes).unwrap_err();
+    assert_eq!(err.code(), "cbor_unknown_tag", "tag 18 where tag 96 belongs: {err}");
     // A packet whose fields have the wrong CBOR types.
     let mut v: Value = ciborium::from_reader(&p.to_cbor()[..]).unwrap();
     v.as_map_mut().unwrap()[0].1 = Value::Text("one".into());
@@ -181,8 +147,8 @@ fn unknown_packet_type_inside_a_valid_signature_is_refused() {
     ciborium::into_writer(&v, &mut payload).unwrap();
     let (seed, _) = common::secret_bytes("IT-DCSA");
     let kid = common::keys("IT-DCSA").public().signing_kid.clone();
-    let inner = forge_sign1(&seed, kid.as_bytes(), payload, genuine_headers(&p));
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+    let inner = common::forge_sign1(&seed, kid.as_bytes(), payload, common::genuine_headers(&p));
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::InvalidPacket(_)), "{err}");
     assert!(err.to_string().contains("unknown variant `CashCourierAlert`"), "{err}");
 }
@@ -235,14 +201,14 @@ fn tampered_signed_header_fails_the_signature() {
     let mut s1 = CoseSign1::from_tagged_slice(&signed.bytes).unwrap();
     s1.protected.original_data = None;
     s1.protected.header.content_type = Some(coset::ContentType::Text("text/plain".into()));
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, s1.to_tagged_vec().unwrap())).unwrap_err();
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, s1.to_tagged_vec().unwrap())).unwrap_err();
     assert!(matches!(err, OpenError::SignatureInvalid { .. }), "{err}");
     // And a tampered payload under an intact header.
     let mut s1 = CoseSign1::from_tagged_slice(&signed.bytes).unwrap();
     let payload = s1.payload.as_mut().unwrap();
     let at = payload.len() - 3;
     payload[at] ^= 1;
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, s1.to_tagged_vec().unwrap())).unwrap_err();
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, s1.to_tagged_vec().unwrap())).unwrap_err();
     assert!(matches!(err, OpenError::SignatureInvalid { .. }), "{err}");
 }
 
@@ -251,19 +217,23 @@ fn signature_by_an_unknown_key_is_refused() {
     let (p, _) = sealed_request();
     // A stranger's key, claiming a kid nobody enrolled.
     let stranger = [7u8; 32];
-    let inner =
-        forge_sign1(&stranger, b"IT-DCSA/sig/00000000000000000000000000000000", p.to_cbor(), genuine_headers(&p));
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+    let inner = common::forge_sign1(
+        &stranger,
+        b"IT-DCSA/sig/00000000000000000000000000000000",
+        p.to_cbor(),
+        common::genuine_headers(&p),
+    );
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::UnknownKey { .. }), "{err}");
     // A stranger's key under IT-DCSA's real kid: the signature does not verify.
     let kid = common::keys("IT-DCSA").public().signing_kid.clone();
-    let inner = forge_sign1(&stranger, kid.as_bytes(), p.to_cbor(), genuine_headers(&p));
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+    let inner = common::forge_sign1(&stranger, kid.as_bytes(), p.to_cbor(), common::genuine_headers(&p));
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::SignatureInvalid { .. }), "{err}");
     // A known node's encryption kid used as a signing kid.
     let ekid = common::keys("IT-DCSA").public().encryption_kid.clone();
-    let inner = forge_sign1(&stranger, ekid.as_bytes(), p.to_cbor(), genuine_headers(&p));
-    let err = open_at_es(&encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+    let inner = common::forge_sign1(&stranger, ekid.as_bytes(), p.to_cbor(), common::genuine_headers(&p));
+    let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
     assert!(matches!(err, OpenError::UnknownKey { .. }), "{err}");
 }
 
@@ -291,10 +261,10 @@ fn signer_must_be_the_originator() {
     let (p, _) = sealed_request();
     let (seed, _) = common::secret_bytes("ES-UDYCO");
     let kid = common::keys("ES-UDYCO").public().signing_kid.clone();
-    let inner = forge_sign1(&seed, kid.as_bytes(), p.to_cbor(), genuine_headers(&p));
+    let inner = common::forge_sign1(&seed, kid.as_bytes(), p.to_cbor(), common::genuine_headers(&p));
     let mut q = p.clone();
     q.envelope.recipients = vec![common::node("CO-DIJIN")];
-    let err = common::ctx("CO-DIJIN").open(&encrypt_raw("IT-DCSA", "CO-DIJIN", &q, inner), common::now());
+    let err = common::ctx("CO-DIJIN").open(&common::encrypt_raw("IT-DCSA", "CO-DIJIN", &q, inner), common::now());
     // IT-DCSA encrypts, but the routing header's packet matches; the signature is by ES-UDYCO.
     assert!(matches!(err, Err(OpenError::HeaderMismatch(_))), "{err:?}");
     // And SealContext refuses to sign for another originator in the first place.
@@ -325,6 +295,19 @@ fn expired_packets_are_refused() {
     let err = es.open(&bytes, p.envelope.expires).unwrap_err();
     assert!(matches!(err, OpenError::Expired { .. }), "{err}");
     assert_eq!(err.code(), "expired");
+}
+
+/// A packet dated further ahead of the receiver's clock than clocks differ is refused with its
+/// own code; within the window it is taken.
+#[test]
+fn packets_created_ahead_of_the_clock_are_refused() {
+    let (p, bytes) = sealed_request();
+    let es = common::ctx("ES-UDYCO");
+    let skew = liaison::seal::MAX_CLOCK_SKEW_SECS;
+    assert!(es.open(&bytes, p.envelope.created.plus_secs(-skew)).is_ok(), "within the window");
+    let err = es.open(&bytes, p.envelope.created.plus_secs(-skew - 1)).unwrap_err();
+    assert!(matches!(err, OpenError::CreatedInFuture { .. }), "{err}");
+    assert_eq!(err.code(), "created_in_future");
 }
 
 #[test]
@@ -368,6 +351,9 @@ fn error_codes_are_distinct() {
         OpenError::InvalidPacket(liaison::packet::PacketError::Invalid { field: "x".into(), reason: "y".into() }),
         OpenError::HeaderMismatch(String::new()),
         OpenError::Expired { expires: common::now(), now: common::now() },
+        OpenError::CreatedInFuture { created: common::now(), now: common::now() },
+        OpenError::NotStrict { layer: Layer::Signed, error: liaison::encoding::CborError::Indefinite(0) },
+        OpenError::UnknownCritical { layer: Layer::Signed, label: String::new() },
     ];
     let codes: HashSet<_> = errs.iter().map(OpenError::code).collect();
     assert_eq!(codes.len(), errs.len());
@@ -387,4 +373,58 @@ fn unsupported_algorithms_are_refused() {
         Some(coset::RegisteredLabelWithPrivate::Assigned(coset::iana::Algorithm::ECDH_ES_HKDF_256));
     let err = open_at_es(&enc.to_tagged_vec().unwrap()).unwrap_err();
     assert!(matches!(err, OpenError::Unsupported(_)), "{err}");
+}
+
+/// RFC 9052 §3.1: a `crit` parameter naming a label this node does not process means the
+/// message must be refused; so must `crit` outside the protected header. A `crit` naming only
+/// what is processed passes.
+#[test]
+fn critical_header_parameters_this_node_does_not_process_are_refused() {
+    let (p, _) = sealed_request();
+    let open = |tweak: fn(&mut coset::Header)| {
+        let inner = common::sign_as("IT-DCSA", &p, p.to_cbor(), tweak);
+        open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner))
+    };
+    let err = open(|h| {
+        h.crit.push(coset::RegisteredLabelWithPrivate::PrivateUse(-65_537));
+        h.rest.push((coset::Label::Int(-65_537), Value::Bool(true)));
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "cose_unknown_crit", "{err}");
+    let err = open(|h| {
+        h.crit.push(coset::RegisteredLabelWithPrivate::Text("liaison.sealed-until".into()));
+        h.rest.push((coset::Label::Text("liaison.sealed-until".into()), Value::Integer(5.into())));
+    })
+    .unwrap_err();
+    assert_eq!(err.code(), "cose_unknown_crit", "{err}");
+    assert!(
+        open(|h| h.crit.push(coset::RegisteredLabelWithPrivate::Assigned(coset::iana::HeaderParameter::Alg))).is_ok()
+    );
+    assert!(open(|h| h.crit.push(coset::RegisteredLabelWithPrivate::Text("liaison.pid".into()))).is_ok());
+}
+
+/// The signed payload is read strictly too: a bignum where an integer belongs, an unknown tag,
+/// an indefinite length and an integer not in its shortest form are each refused, with a
+/// stable code, though the signature over them is valid.
+#[test]
+fn signed_payloads_in_non_strict_cbor_are_refused() {
+    let (p, _) = sealed_request();
+    let good = p.to_cbor();
+    assert_eq!(good[0], 0xa3, "a packet is a map of three: version, envelope, body");
+    assert_eq!(&good[1..9], b"\x67version", "version first");
+    assert_eq!(good[9], 0x01, "version 1, one byte");
+    let variants: [(&str, Vec<u8>); 4] = [
+        ("cbor_unknown_tag", [&good[..9], &[0xc2, 0x41, 0x01], &good[10..]].concat()),
+        ("cbor_not_preferred", [&good[..9], &[0x18, 0x01], &good[10..]].concat()),
+        ("cbor_unknown_tag", [&good[..9], &[0xd8, 0x40, 0x01], &good[10..]].concat()),
+        ("cbor_indefinite_length", [&[0xbf], &good[1..], &[0xff]].concat()),
+    ];
+    for (code, payload) in variants {
+        let inner = common::sign_as("IT-DCSA", &p, payload, |_| {});
+        let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+    // The same bytes well-formed open.
+    let inner = common::sign_as("IT-DCSA", &p, good, |_| {});
+    assert!(open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).is_ok());
 }

@@ -176,9 +176,13 @@ async fn the_client_refuses_a_server_that_is_not_the_node_it_dialled() {
 #[tokio::test]
 async fn the_demo_material_in_certs_example() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example/tls");
+    let private = tempfile::tempdir().unwrap();
     let load = |cert: &str, key: &str| {
-        // git does not keep the 0600 mode of the keys; TlsMaterial reads them regardless.
-        TlsMaterial::load(&dir.join("ca.crt"), &[&dir.join("crl.pem")], &dir.join(cert), &dir.join(key)).unwrap()
+        // git does not keep the 0600 mode of the keys, and TlsMaterial refuses any other.
+        let copy = private.path().join(key.replace('/', "_"));
+        std::fs::copy(dir.join(key), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        TlsMaterial::load(&dir.join("ca.crt"), &[&dir.join("crl.pem")], &dir.join(cert), &copy).unwrap()
     };
     let it_name = transport::server_name(&node("IT-DCSA"));
     let cases = [
@@ -197,6 +201,27 @@ async fn the_demo_material_in_certs_example() {
             (Ok(w), Ok(g)) => assert_eq!(w, g, "{cert}"),
             (Err(w), Err(g)) => assert!(g.contains(w), "{cert}: {g}"),
             (w, g) => panic!("{cert}: wanted {w:?}, got {g:?}"),
+        }
+    }
+}
+
+/// The TLS private key is held to the same rule as the node's own keys: 0600 or refused.
+#[test]
+fn a_tls_key_readable_by_others_is_refused() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs-example/tls");
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("IT-DCSA.key");
+    std::fs::copy(dir.join("IT-DCSA.key"), &key).unwrap();
+    for (mode, ok) in [(0o644, false), (0o640, false), (0o604, false), (0o600, true), (0o400, true)] {
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        let r = TlsMaterial::load(&dir.join("ca.crt"), &[&dir.join("crl.pem")], &dir.join("IT-DCSA.crt"), &key);
+        match r {
+            Ok(_) => assert!(ok, "{mode:o} accepted"),
+            Err(e) => {
+                assert!(!ok, "{mode:o} refused: {e}");
+                assert!(matches!(e, TransportError::Permissions { .. }), "{e}");
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
         }
     }
 }

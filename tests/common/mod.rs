@@ -5,6 +5,7 @@ pub mod cluster;
 
 use std::path::{Path, PathBuf};
 
+use coset::TaggedCborSerializable as _;
 use liaison::ids::NodeId;
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::packet::Packet;
@@ -114,4 +115,54 @@ pub fn ctx(name: &str) -> SealContext {
 
 pub fn rng(seed: u64) -> rand_chacha::ChaCha20Rng {
     rand_chacha::ChaCha20Rng::seed_from_u64(seed)
+}
+
+/// A COSE_Sign1 over `payload` with any protected header, signed by the Ed25519 seed `seed`.
+pub fn forge_sign1(seed: &[u8; 32], kid: &[u8], payload: Vec<u8>, tweak: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
+    let sk = ed25519_dalek::SigningKey::from_bytes(seed);
+    let mut h = coset::HeaderBuilder::new().algorithm(coset::iana::Algorithm::Ed25519).key_id(kid.to_vec()).build();
+    tweak(&mut h);
+    coset::CoseSign1Builder::new()
+        .protected(h)
+        .payload(payload)
+        .create_signature(b"", |tbs| ed25519_dalek::Signer::sign(&sk, tbs).to_bytes().to_vec())
+        .build()
+        .to_tagged_vec()
+        .unwrap()
+}
+
+/// Encrypts arbitrary inner bytes from `from` to `to`, with the routing header of `packet`.
+pub fn encrypt_raw(from: &str, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
+    let signed = liaison::seal::SignedPacket {
+        bytes: inner,
+        packet: packet.clone(),
+        signer: keys(from).public().signing_kid.clone(),
+        policy: None,
+    };
+    ctx(from).encrypt_for(&signed, &node(to), &mut rng(3)).unwrap().bytes
+}
+
+/// The headers a genuine signature carries, for a packet.
+pub fn genuine_headers(p: &Packet) -> impl FnOnce(&mut coset::Header) + '_ {
+    move |h| {
+        h.rest.push((coset::Label::Text("liaison.pid".into()), ciborium::Value::Text(p.envelope.id.to_string())));
+        h.rest.push((
+            coset::Label::Text("liaison.orig".into()),
+            ciborium::Value::Text(p.envelope.originator.node.to_string()),
+        ));
+        h.rest
+            .push((coset::Label::Text("liaison.type".into()), ciborium::Value::Text(p.packet_type().as_str().into())));
+    }
+}
+
+/// A COSE_Sign1 by demo node `who` over `payload` (any bytes), with the headers a genuine
+/// signature of `p` carries plus `tweak`: what a hostile partner, which holds its own keys, can
+/// sign.
+pub fn sign_as(who: &str, p: &Packet, payload: Vec<u8>, tweak: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
+    let (seed, _) = secret_bytes(who);
+    let kid = keys(who).public().signing_kid.clone();
+    forge_sign1(&seed, kid.as_bytes(), payload, |h| {
+        genuine_headers(p)(h);
+        tweak(h);
+    })
 }
