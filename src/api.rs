@@ -11,9 +11,15 @@
 //! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence |
 //! | POST | `/v1/inbox/{id}/ack` | `{"officer": "..."}`: acknowledge it; a signed ReadAck goes to the originator |
 //!
+//! A received packet is identified by its id and its sender: where two partners used one id (a
+//! collision, or one squatting the other's id; both packets are kept and listed with
+//! `also_from`), the `/v1/inbox/{id}...` routes take `?from=NODE`, and answer 409 naming the
+//! senders without it.
+//!
 //! Errors are JSON `{"error": "...", "field": "..."}`: 400 for a bad packet (the field named), 401
-//! unauthenticated, 404 unknown id, 422 for a packet that cannot go where asked, 503 when the
-//! store cannot take it (nothing was accepted).
+//! unauthenticated, 404 unknown id, 409 for an ambiguous id or a repeated acknowledgement, 422
+//! for a packet that cannot go where asked, 503 when the store cannot take it (nothing was
+//! accepted).
 
 use std::sync::Arc;
 
@@ -85,6 +91,7 @@ impl From<NodeError> for ApiError {
         let code = match &e {
             NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
+            NodeError::Ambiguous { .. } | NodeError::AckRefused(_) => StatusCode::CONFLICT,
             NodeError::NotAPartner(_) | NodeError::NotARecipient { .. } | NodeError::Seal(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -279,10 +286,26 @@ pub struct RecipientStatus {
     pub digest: Option<String>,
     /// Why it was rejected.
     pub reason: Option<String>,
-    /// Who read it, and when.
+    /// The first officer who acknowledged it.
     pub read_by: Option<String>,
-    /// When it was read.
+    /// When they did.
     pub read_at: Option<String>,
+    /// Every officer's acknowledgement, in order.
+    #[serde(default)]
+    pub reads: Vec<ReadBy>,
+}
+
+/// One officer's acknowledgement.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadBy {
+    /// Who.
+    pub officer: String,
+    /// When.
+    pub at: String,
+}
+
+fn reads_json(reads: &[(OfficerId, u64)]) -> Vec<ReadBy> {
+    reads.iter().map(|(o, t)| ReadBy { officer: o.to_string(), at: ms_to_text(*t) }).collect()
 }
 
 fn ms_to_text(ms: u64) -> String {
@@ -302,8 +325,9 @@ fn recipient_status(e: &Entry) -> RecipientStatus {
         delivered_at,
         digest,
         reason,
-        read_by: e.read.as_ref().map(|(o, _)| o.to_string()),
-        read_at: e.read.as_ref().map(|(_, t)| ms_to_text(*t)),
+        read_by: e.reads.first().map(|(o, _)| o.to_string()),
+        read_at: e.reads.first().map(|(_, t)| ms_to_text(*t)),
+        reads: reads_json(&e.reads),
     }
 }
 
@@ -334,7 +358,9 @@ async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
             "sender_due_by": rec.due_by,
             "deadline": deadline.map(|d| deadline_json(&d, now)),
             "received_at": ms_to_text(rec.received_at),
-            "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
+            "read_by": rec.reads.first().map(|(o, _)| o.to_string()),
+            "reads": reads_json(&rec.reads),
+            "also_from": api.node.also_from(id, &rec.sender),
         }));
     }
     Ok(Json(Value::Array(out)))
@@ -362,16 +388,35 @@ async fn deadlines(State(api): State<Api>) -> Result<impl IntoResponse, ApiError
     Ok(Json(json!({ "answer": list(Role::Answer), "await": list(Role::Await) })))
 }
 
-async fn show(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// `?from=NODE`: which sender's packet, where two partners used one id.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromQuery {
+    from: Option<String>,
+}
+
+impl FromQuery {
+    fn sender(&self) -> Result<Option<NodeId>, ApiError> {
+        self.from.as_deref().map(|f| field::<NodeId>("from", f)).transpose()
+    }
+}
+
+async fn show(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let (packet, rec) = api.node.show(id)?;
+    let (packet, rec) = api.node.show(id, q.sender()?.as_ref())?;
     let packet: Value = serde_json::from_str(&packet.to_json()).unwrap_or(Value::Null);
     Ok(Json(json!({
         "packet": packet,
         "from": rec.sender,
         "received_at": ms_to_text(rec.received_at),
         "sealed_digest": rec.sealed_digest.to_string(),
-        "read_by": rec.read.as_ref().map(|(o, _)| o.to_string()),
+        "read_by": rec.reads.first().map(|(o, _)| o.to_string()),
+        "reads": reads_json(&rec.reads),
+        "also_from": api.node.also_from(id, &rec.sender),
     })))
 }
 
@@ -425,13 +470,19 @@ fn submitted(result: Result<crate::node::Submitted, NodeError>) -> Result<(Statu
 }
 
 /// Passes a received packet on to further partners.
-async fn forward(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+async fn forward(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
+    let from = q.sender()?;
     let b: ForwardBody =
         serde_json::from_str(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
     let to = b.to.iter().map(|t| field::<NodeId>("to", t)).collect::<Result<Vec<_>, _>>()?;
     let officer: OfficerId = field("officer", &b.officer)?;
-    submitted(api.node.forward(id, &to, officer).await)
+    submitted(api.node.forward(id, from.as_ref(), &to, officer).await)
 }
 
 /// Consents that a packet this node sent may be passed on.
@@ -446,14 +497,20 @@ async fn consent(State(api): State<Api>, Path(id): Path<String>, body: String) -
     submitted(api.node.consent(id, &holder, allowed, until, officer).await)
 }
 
-async fn ack(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+async fn ack(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
+    let from = q.sender()?;
     let b: AckBody = serde_json::from_str(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
     let officer: OfficerId = b
         .officer
         .parse()
         .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
-    api.node.ack(id, officer).await?;
-    Ok(Json(json!({ "id": id.to_string(), "acknowledged": true })))
+    api.node.ack(id, from.as_ref(), officer.clone()).await?;
+    Ok(Json(json!({ "id": id.to_string(), "acknowledged": true, "officer": officer })))
 }

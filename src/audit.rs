@@ -107,6 +107,21 @@ pub enum Event {
         packet_id: PacketId,
         /// Who.
         officer: OfficerId,
+        /// The partner that sent it (absent in entries written before packets were identified
+        /// by id and sender).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<NodeId>,
+    },
+    /// A partner sent a packet under an id another partner had already used: both are kept
+    /// (a packet is identified by its id and its sender), and both are shown as suspicious. A
+    /// partner that learnt another's packet id and sent first is squatting it.
+    IdCollision {
+        /// The packet id.
+        packet_id: PacketId,
+        /// The partner whose packet just arrived.
+        from: NodeId,
+        /// The partners that used the id before.
+        also_from: Vec<NodeId>,
     },
     /// An administrative action (audit export, verification...).
     Admin {
@@ -400,7 +415,7 @@ mod tests {
         for i in 0..n {
             let officer: OfficerId = format!("Officer {i}").parse().unwrap();
             let packet_id = PacketId::from_bytes([i as u8; 16]);
-            v.push(head.append(1000 + i, Event::Acknowledged { packet_id, officer }));
+            v.push(head.append(1000 + i, Event::Acknowledged { packet_id, officer, from: None }));
         }
         (v, head)
     }

@@ -67,16 +67,23 @@ enum Command {
     Show {
         #[command(flatten)]
         api: ApiArgs,
+        /// The sender, where two partners sent packets with this id (the inbox marks them).
+        #[arg(long)]
+        from: Option<String>,
         /// The packet id.
         id: String,
     },
-    /// Acknowledge a received packet as an officer; the originator gets a signed ReadAck.
+    /// Acknowledge a received packet as an officer; the originator gets a signed ReadAck. Each
+    /// officer acknowledges once.
     Ack {
         #[command(flatten)]
         api: ApiArgs,
         /// Who acknowledges it.
         #[arg(long, env = "LIAISON_OFFICER")]
         officer: String,
+        /// The sender, where two partners sent packets with this id (the inbox marks them).
+        #[arg(long)]
+        from: Option<String>,
         /// The packet id.
         id: String,
     },
@@ -91,6 +98,9 @@ enum Command {
         /// Who passes it on.
         #[arg(long, env = "LIAISON_OFFICER")]
         officer: String,
+        /// The sender, where two partners sent packets with this id (the inbox marks them).
+        #[arg(long)]
+        from: Option<String>,
         /// The received packet's id.
         id: String,
     },
@@ -414,8 +424,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     "queued" | "in_flight" => line += &format!(" after {} attempt(s)", r["attempts"]),
                     _ => {}
                 }
-                if r["read_by"].is_string() {
-                    line += &format!("  read by {} at {}", s("read_by"), s("read_at"));
+                let reads = reads_text(&r["reads"]);
+                if !reads.is_empty() {
+                    line += &format!("  read by {reads}");
                 }
                 println!("{line}");
             }
@@ -430,8 +441,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Inbox { api, watch } => inbox(&api, watch),
-        Command::Show { api, id } => {
-            let v = api_call(&api, "GET", &format!("/v1/inbox/{id}"), None)?;
+        Command::Show { api, from, id } => {
+            let v = api_call(&api, "GET", &format!("/v1/inbox/{id}{}", from_query(from.as_deref())), None)?;
             if api.json {
                 println!("{v}");
             } else {
@@ -441,16 +452,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     v["received_at"].as_str().unwrap_or("?"),
                     v["sealed_digest"].as_str().unwrap_or("?")
                 );
-                if let Some(r) = v["read_by"].as_str() {
-                    println!("acknowledged by {r}");
+                let reads = reads_text(&v["reads"]);
+                if !reads.is_empty() {
+                    println!("acknowledged by {reads}");
+                }
+                let others = nodes_text(&v["also_from"]);
+                if !others.is_empty() {
+                    println!("SUSPICIOUS: {others} also sent a packet with this id; check with them which is genuine");
                 }
                 println!("{}", serde_json::to_string_pretty(&v["packet"]).unwrap_or_default());
             }
             Ok(())
         }
-        Command::Ack { api, officer, id } => {
+        Command::Ack { api, officer, from, id } => {
             let body = serde_json::json!({ "officer": officer }).to_string();
-            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/ack"), Some(&body))?;
+            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/ack{}", from_query(from.as_deref())), Some(&body))?;
             if api.json {
                 println!("{v}");
             } else {
@@ -471,9 +487,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Packet(cmd) => packet(cmd),
         Command::Policy(cmd) => policy(cmd),
-        Command::Forward { api, to, officer, id } => {
+        Command::Forward { api, to, officer, from, id } => {
             let body = serde_json::json!({ "to": to, "officer": officer }).to_string();
-            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/forward"), Some(&body))?;
+            let path = format!("/v1/inbox/{id}/forward{}", from_query(from.as_deref()));
+            let v = api_call(&api, "POST", &path, Some(&body))?;
             if api.json {
                 println!("{v}");
             } else {
@@ -609,6 +626,27 @@ fn init_tracing(s: &crate::config::Settings) -> Result<(), CliError> {
         crate::config::LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     result.map_err(|e| CliError::Usage(format!("logging: {e}")))
+}
+
+/// `?from=NODE` for the inbox routes, or nothing.
+fn from_query(from: Option<&str>) -> String {
+    from.map(|f| format!("?from={f}")).unwrap_or_default()
+}
+
+/// `A at T, B at T2` from the API's `reads` list.
+fn reads_text(reads: &serde_json::Value) -> String {
+    let list: Vec<String> = reads
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| format!("{} at {}", r["officer"].as_str().unwrap_or("?"), r["at"].as_str().unwrap_or("?")))
+        .collect();
+    list.join(", ")
+}
+
+/// `A, B` from a JSON list of node ids.
+fn nodes_text(nodes: &serde_json::Value) -> String {
+    nodes.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, CliError> {
@@ -865,7 +903,8 @@ fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
         let v = api_call(api, "GET", "/v1/inbox", None)?;
         for p in v.as_array().into_iter().flatten() {
             let id = p["id"].as_str().unwrap_or("?").to_owned();
-            if !seen.insert(id.clone()) {
+            // A packet is its id and its sender (two partners may have used one id).
+            if !seen.insert((id.clone(), p["from"].as_str().unwrap_or("?").to_owned())) {
                 continue;
             }
             if api.json {
@@ -882,10 +921,13 @@ fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
                     line += &format!(" (the requester expects it by {theirs})");
                 }
             }
-            line += &match p["read_by"].as_str() {
-                Some(r) => format!("  read by {r}"),
-                None => "  UNREAD".to_owned(),
-            };
+            let reads: Vec<&str> =
+                p["reads"].as_array().into_iter().flatten().filter_map(|r| r["officer"].as_str()).collect();
+            line += &if reads.is_empty() { "  UNREAD".to_owned() } else { format!("  read by {}", reads.join(", ")) };
+            let others = nodes_text(&p["also_from"]);
+            if !others.is_empty() {
+                line += &format!("  SUSPICIOUS: same id as a packet from {others} (--from {})", s("from"));
+            }
             println!("{line}");
         }
         if !watch {

@@ -28,7 +28,9 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
 use crate::deadlines::{Deadline, Deadlines, Flow, Role};
-use crate::delivery::{Entry, Inbox, Incoming, Millis, Outbox, ReceiptOutcome as Outcome, RetryPolicy, Transmit};
+use crate::delivery::{
+    Entry, Inbox, Incoming, Millis, Outbox, ReadAckMatch, ReceiptOutcome as Outcome, RetryPolicy, Transmit,
+};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
@@ -68,6 +70,18 @@ pub enum NodeError {
     /// No such packet.
     #[error("no packet {0}")]
     UnknownPacket(PacketId),
+    /// Several partners sent a packet with this id (a collision, or one squatting another's
+    /// id): say whose.
+    #[error("packet id {packet} was used by {}: name the sender", .senders.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" and "))]
+    Ambiguous {
+        /// The packet id.
+        packet: PacketId,
+        /// Who sent a packet with it.
+        senders: Vec<NodeId>,
+    },
+    /// This officer's acknowledgement is already recorded, or as many as are kept.
+    #[error("{0}")]
+    AckRefused(String),
     /// The node named is not a recipient of the packet.
     #[error("{node} is not a recipient of {packet}")]
     NotARecipient {
@@ -613,6 +627,7 @@ impl Node {
     pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
         let mut ops = Vec::new();
         let mut gone: Vec<String> = Vec::new();
+        let mut forgotten = Vec::new();
         let book = self.policies();
         for (id, rec) in self.inbox()? {
             let Some(policy) = book.policy(&rec.sender) else { continue };
@@ -620,10 +635,11 @@ impl Node {
             if rec.received_at.saturating_add(keep) >= now {
                 continue;
             }
-            ops.push(Op::Delete(Tree::Inbox, id.as_bytes().to_vec()));
-            ops.push(Op::Delete(Tree::Evidence, id.as_bytes().to_vec()));
+            ops.push(Op::Delete(Tree::Inbox, pair_key(id, &rec.sender)));
+            ops.push(Op::Delete(Tree::Evidence, pair_key(id, &rec.sender)));
             ops.push(Op::Delete(Tree::Deadlines, pair_key(id, &rec.sender)));
             gone.push(format!("{id} from {} ({} days)", rec.sender, policy.retention_days));
+            forgotten.push((id, rec.sender));
         }
         if gone.is_empty() {
             return Ok(0);
@@ -635,6 +651,12 @@ impl Node {
             detail: format!("deleted {n} received packet(s) past retention: {}", gone.join(", ")),
         }));
         self.inner.store.commit(ops).await?;
+        {
+            let mut inbox = lock(&self.inner.inbox);
+            for (id, sender) in &forgotten {
+                inbox.forget(*id, sender);
+            }
+        }
         info!(deleted = n, "received packets past their retention deleted");
         Ok(n)
     }
@@ -663,7 +685,7 @@ impl Node {
         let mut m = std::collections::BTreeMap::new();
         for e in outbox.entries() {
             *m.entry(e.state.name()).or_default() += 1;
-            if e.read.is_some() {
+            if !e.reads.is_empty() {
                 *m.entry("read").or_default() += 1;
             }
         }
@@ -680,18 +702,43 @@ impl Node {
         Ok(v)
     }
 
+    /// The inbox record of the packet `packet_id` from `from`, or from whichever partner sent
+    /// one with that id if `from` is `None` and there is only one.
+    pub fn received(&self, packet_id: PacketId, from: Option<&NodeId>) -> Result<InboxRecord, NodeError> {
+        let mut found = self.inner.store.inbox_records(packet_id)?;
+        if let Some(from) = from {
+            found.retain(|r| r.sender == *from);
+        }
+        match found.len() {
+            0 => Err(NodeError::UnknownPacket(packet_id)),
+            1 => Ok(found.remove(0)),
+            _ => {
+                Err(NodeError::Ambiguous { packet: packet_id, senders: found.into_iter().map(|r| r.sender).collect() })
+            }
+        }
+    }
+
+    /// Other partners that sent a packet with the same id as `packet_id` from `sender` (a
+    /// collision; shown as suspicious).
+    pub fn also_from(&self, packet_id: PacketId, sender: &NodeId) -> Vec<NodeId> {
+        lock(&self.inner.inbox).senders(packet_id).into_iter().filter(|n| n != sender).collect()
+    }
+
     /// A received packet, verified again from the stored evidence.
-    pub fn show(&self, packet_id: PacketId) -> Result<(Packet, InboxRecord), NodeError> {
-        let rec = self.inner.store.inbox_record(packet_id)?.ok_or(NodeError::UnknownPacket(packet_id))?;
-        let (original, _) = self.held(packet_id)?;
+    pub fn show(&self, packet_id: PacketId, from: Option<&NodeId>) -> Result<(Packet, InboxRecord), NodeError> {
+        let rec = self.received(packet_id, from)?;
+        let (original, _) = self.held(packet_id, &rec.sender)?;
         Ok((original.packet, rec))
     }
 
     /// A received packet as its originator signed it (for a forward: the original it carried,
     /// verified again), and the consent that came with it.
-    fn held(&self, packet_id: PacketId) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
-        let evidence =
-            self.inner.store.get(Tree::Evidence, packet_id.as_bytes())?.ok_or(NodeError::UnknownPacket(packet_id))?;
+    fn held(&self, packet_id: PacketId, sender: &NodeId) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
+        let evidence = self
+            .inner
+            .store
+            .get(Tree::Evidence, &pair_key(packet_id, sender))?
+            .ok_or(NodeError::UnknownPacket(packet_id))?;
         let ring = self.inner.seal.keyring();
         let signed = crate::seal::verify_signed(ring, &evidence).map_err(|e| NodeError::Evidence(packet_id, e))?;
         let Body::Forward(f) = &signed.packet.body else { return Ok((signed, None)) };
@@ -713,6 +760,7 @@ impl Node {
     pub async fn forward(
         &self,
         packet_id: PacketId,
+        from: Option<&NodeId>,
         to: &[NodeId],
         officer: OfficerId,
     ) -> Result<Submitted, NodeError> {
@@ -721,8 +769,8 @@ impl Node {
                 return Err(NodeError::NotAPartner(r.clone()));
             }
         }
-        let rec = self.inner.store.inbox_record(packet_id)?.ok_or(NodeError::UnknownPacket(packet_id))?;
-        let (original, carried) = self.held(packet_id)?;
+        let rec = self.received(packet_id, from)?;
+        let (original, carried) = self.held(packet_id, &rec.sender)?;
         let p = &original.packet;
         let originator = &p.envelope.originator.node;
         // The rule of the agreement with the originator, or with whoever passed it to us.
@@ -854,7 +902,7 @@ impl Node {
             if rec.packet_type != crate::packet::PacketType::OnwardConsent.as_str() || rec.sender != *originator {
                 continue;
             }
-            let (c, _) = self.held(id)?;
+            let (c, _) = self.held(id, &rec.sender)?;
             if matches!(&c.packet.body, Body::OnwardConsent(x) if x.packet_id == packet) {
                 out.push(c);
             }
@@ -908,19 +956,30 @@ impl Node {
     }
 
     /// An officer acknowledges a received packet: recorded here, and a signed `ReadAck` is sent
-    /// to the originator. Acknowledging twice keeps the first acknowledgement.
-    pub async fn ack(&self, packet_id: PacketId, officer: OfficerId) -> Result<(), NodeError> {
-        let (packet, mut rec) = self.show(packet_id)?;
-        if rec.read.is_some() {
-            return Ok(());
+    /// to the originator. Every officer who reads it may acknowledge it (up to
+    /// [`store::MAX_READS`]); an officer's second acknowledgement is refused, and nothing is sent.
+    pub async fn ack(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
+        let (packet, mut rec) = self.show(packet_id, from)?;
+        if let Some((_, at)) = rec.reads.iter().find(|(o, _)| *o == officer) {
+            return Err(NodeError::AckRefused(format!(
+                "{officer} already acknowledged {packet_id} at {}; nothing was sent again",
+                timestamp_of(*at)
+            )));
+        }
+        if rec.reads.len() >= store::MAX_READS {
+            return Err(NodeError::AckRefused(format!(
+                "{packet_id} already holds {} acknowledgements, as many as are kept",
+                store::MAX_READS
+            )));
         }
         let now = Timestamp::now();
-        rec.read = Some((officer.clone(), now_ms()));
+        rec.reads.push((officer.clone(), now_ms()));
+        let sender = rec.sender.clone();
         self.inner
             .store
             .commit(vec![
-                store::put(Tree::Inbox, packet_id.as_bytes().to_vec(), &rec),
-                Op::Audit(AuditEvent::Acknowledged { packet_id, officer: officer.clone() }),
+                store::put(Tree::Inbox, pair_key(packet_id, &sender), &rec),
+                Op::Audit(AuditEvent::Acknowledged { packet_id, officer: officer.clone(), from: Some(sender) }),
             ])
             .await?;
         let ack = Packet::read_ack(
@@ -1076,6 +1135,9 @@ impl Node {
         let mut items = Vec::with_capacity(frames.len());
         let mut ops = Vec::new();
         let mut new: HashMap<PacketId, (Digest, InboxRecord)> = HashMap::new();
+        // Outbox entries that ReadAcks of this batch change, written with the batch and put in
+        // memory once it is on disk.
+        let mut acked: HashMap<(PacketId, NodeId), Entry> = HashMap::new();
         let mut lane = Priority::Routine;
         for bytes in frames {
             // `open` hashes the bytes it opened; hash here only what it could not open.
@@ -1126,6 +1188,10 @@ impl Node {
                 }
                 None => lock(&self.inner.inbox).classify(id, peer, &digest),
             };
+            let also_from = match &class {
+                Incoming::New { also_from } => also_from.clone(),
+                _ => Vec::new(),
+            };
             let item = match class {
                 Incoming::Duplicate { received_at } => {
                     debug!("duplicate; receipted again");
@@ -1134,7 +1200,7 @@ impl Node {
                         received_at: timestamp_of(received_at),
                         sealed_digest: digest,
                         outcome: ReceiptOutcome::Accepted,
-                        policy: self.admitted_under(id, &new),
+                        policy: self.admitted_under(id, peer, &new),
                     }
                 }
                 Incoming::DuplicateWithOtherBytes { received_at, first } => {
@@ -1144,10 +1210,10 @@ impl Node {
                         received_at: timestamp_of(received_at),
                         sealed_digest: first,
                         outcome: ReceiptOutcome::Accepted,
-                        policy: self.admitted_under(id, &new),
+                        policy: self.admitted_under(id, peer, &new),
                     }
                 }
-                Incoming::New => {
+                Incoming::New { .. } => {
                     // The receiving side of the agreement: checked once, on first arrival (a
                     // retransmission gets the answer the first copy got).
                     // A forward is checked as the packet it carries (and its consent), under
@@ -1191,6 +1257,76 @@ impl Node {
                         continue;
                     }
                     let packet = &opened.signed.packet;
+                    // System packets are about something this node holds: a ReadAck about a
+                    // copy it sent to this partner (each officer once, a bounded number), a
+                    // consent about a packet this partner sent it. Anything else is refused
+                    // and not stored.
+                    let system = match &packet.body {
+                        Body::ReadAck(ack) => {
+                            let key = (ack.packet_id, peer.clone());
+                            let entry = acked
+                                .get(&key)
+                                .cloned()
+                                .or_else(|| lock(&self.inner.outbox).entry(ack.packet_id, peer).cloned());
+                            match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
+                                ReadAckMatch::New => {
+                                    if let Some(mut e) = entry {
+                                        e.reads.push((ack.officer.clone(), crate::delivery::millis(ack.read_at)));
+                                        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
+                                        acked.insert(key, e);
+                                    }
+                                    Ok(())
+                                }
+                                ReadAckMatch::Unknown => Err((
+                                    "system.unknown_packet",
+                                    format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),
+                                )),
+                                ReadAckMatch::Already => Err((
+                                    "system.duplicate_ack",
+                                    format!("{} already acknowledged {}", ack.officer, ack.packet_id),
+                                )),
+                                ReadAckMatch::Full => Err((
+                                    "system.too_many_acks",
+                                    format!("{} already holds {} acknowledgements", ack.packet_id, store::MAX_READS),
+                                )),
+                            }
+                        }
+                        Body::OnwardConsent(c) => {
+                            let held = new.contains_key(&c.packet_id)
+                                || lock(&self.inner.inbox).senders(c.packet_id).contains(peer);
+                            if held {
+                                Ok(())
+                            } else {
+                                Err((
+                                    "system.unknown_packet",
+                                    format!("a consent about {}, which {peer} did not send this node", c.packet_id),
+                                ))
+                            }
+                        }
+                        _ => Ok(()),
+                    };
+                    if let Err((code, reason)) = system {
+                        warn!(%code, "system packet refused; not stored");
+                        items.push(ReceiptItem {
+                            packet_id: id,
+                            received_at: now,
+                            sealed_digest: digest,
+                            outcome: ReceiptOutcome::Rejected { code: code.into(), reason },
+                            policy: verdict.policy,
+                        });
+                        continue;
+                    }
+                    if !also_from.is_empty() {
+                        // Kept apart from the other sender's packet, and recorded: someone may
+                        // be squatting another partner's packet id.
+                        let others = also_from.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ");
+                        warn!(also_from = %others, "packet id already used by another partner; both kept, both shown as suspicious");
+                        ops.push(Op::Audit(AuditEvent::IdCollision {
+                            packet_id: id,
+                            from: peer.clone(),
+                            also_from: also_from.clone(),
+                        }));
+                    }
                     let rec = InboxRecord {
                         sender: peer.clone(),
                         sealed_digest: digest,
@@ -1198,23 +1334,14 @@ impl Node {
                         packet_type: forwarded_kind.unwrap_or(packet.packet_type()).as_str().into(),
                         priority: packet.envelope.priority,
                         due_by: packet.envelope.due_by,
-                        read: None,
+                        reads: Vec::new(),
                         policy: verdict.policy,
                         originator: forwarded_from.clone(),
                     };
-                    ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), opened.signed.bytes));
-                    ops.push(store::put(Tree::Inbox, id.as_bytes().to_vec(), &rec));
+                    ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
+                    ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
                     for d in lock(&self.inner.deadlines).on_packet(packet, Flow::Received, peer, received_ms) {
                         ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
-                    }
-                    if let Body::ReadAck(ack) = &packet.body {
-                        lock(&self.inner.outbox).handle_read_ack(
-                            ack.packet_id,
-                            peer,
-                            ack.officer.clone(),
-                            crate::delivery::millis(ack.read_at),
-                        );
-                        ops.extend(self.dirty_ops());
                     }
                     new.insert(id, (digest, rec));
                     ReceiptItem {
@@ -1250,6 +1377,13 @@ impl Node {
                 inbox.record(*id, peer.clone(), *digest, rec.received_at);
             }
         }
+        if !acked.is_empty() {
+            // On disk now: the officers' acknowledgements go into memory.
+            let mut outbox = lock(&self.inner.outbox);
+            for ((id, to), e) in acked {
+                outbox.set_reads(id, &to, e.reads);
+            }
+        }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
         Ok(Some((sealed, lane)))
     }
@@ -1283,10 +1417,15 @@ impl Node {
 
     /// The policy version under which a packet already received was admitted (for repeating
     /// its receipt), from this batch or the store.
-    fn admitted_under(&self, id: PacketId, batch: &HashMap<PacketId, (Digest, InboxRecord)>) -> Option<Digest> {
+    fn admitted_under(
+        &self,
+        id: PacketId,
+        peer: &NodeId,
+        batch: &HashMap<PacketId, (Digest, InboxRecord)>,
+    ) -> Option<Digest> {
         match batch.get(&id) {
             Some((_, rec)) => rec.policy,
-            None => self.inner.store.inbox_record(id).ok().flatten().and_then(|r| r.policy),
+            None => self.inner.store.inbox_record(id, peer).ok().flatten().and_then(|r| r.policy),
         }
     }
 

@@ -16,8 +16,8 @@
 //! | `outbox` | packet id ‖ recipient | [`Entry`] (delivery state) |
 //! | `sealed` | packet id ‖ recipient | the sealed copy to send |
 //! | `receipts` | packet id ‖ recipient | the receipt received (sealed, verified), evidence |
-//! | `inbox` | packet id | [`InboxRecord`]: sender, digest, time, type, priority, due-by, read |
-//! | `evidence` | packet id | the signed packet (COSE_Sign1) exactly as received |
+//! | `inbox` | packet id ‖ sender | [`InboxRecord`]: sender, digest, time, type, priority, due-by, reads |
+//! | `evidence` | packet id ‖ sender | the signed packet (COSE_Sign1) exactly as received |
 //! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
 //! | `meta` | name | store format version |
 
@@ -34,7 +34,9 @@ use crate::ids::{NodeId, OfficerId, PacketId};
 
 /// The store format this code writes. 2: receipts cover batches (`receipts` by receipt id plus
 /// `receipt_index`; `issued` by receipt id); the audit trail (`audit`, `audit_checkpoints`).
-pub const FORMAT_VERSION: u8 = 2;
+/// 3: a received packet is identified by its id and its sender (`inbox` and `evidence` keyed by
+/// packet id ‖ sender); a format-2 store is migrated when it is opened.
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -271,14 +273,36 @@ pub struct InboxRecord {
     pub priority: crate::markings::Priority,
     /// When an answer is due, for a request.
     pub due_by: Option<crate::timestamp::Timestamp>,
-    /// Who acknowledged it, and when.
-    pub read: Option<(OfficerId, Millis)>,
+    /// The officers who acknowledged it, and when, in order (each once).
+    #[serde(default, alias = "read", deserialize_with = "reads")]
+    pub reads: Vec<(OfficerId, Millis)>,
     /// The version hash of this node's policy for the sender that admitted it.
     #[serde(default)]
     pub policy: Option<Digest>,
     /// For a packet passed on by `sender`: the node that originated it.
     #[serde(default)]
     pub originator: Option<NodeId>,
+}
+
+/// Most officers' acknowledgements kept per packet and partner (every officer of a unit may read
+/// an alert; a partner must not be able to grow a record without end).
+pub const MAX_READS: usize = 32;
+
+/// Reads a list of acknowledgements, or the single one (or none) a format-2 store holds.
+pub fn reads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(OfficerId, Millis)>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reads {
+        Many(Vec<(OfficerId, Millis)>),
+        One((OfficerId, Millis)),
+        #[allow(dead_code)] // only its shape matters: null
+        None(Option<()>),
+    }
+    Ok(match Reads::deserialize(d)? {
+        Reads::Many(v) => v,
+        Reads::One(r) => vec![r],
+        Reads::None(_) => Vec::new(),
+    })
 }
 
 /// The key of a (packet, recipient) pair.
@@ -309,6 +333,7 @@ impl Store {
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Self, StoreError> {
         match backend.get(Tree::Meta, b"format")? {
             Some(v) if v.as_slice() == [FORMAT_VERSION] => {}
+            Some(v) if v.as_slice() == [2] => migrate_2_to_3(&*backend)?,
             Some(v) => return Err(StoreError::Version { found: v.first().copied().unwrap_or(0) }),
             None => {
                 backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
@@ -366,9 +391,14 @@ impl Store {
         })
     }
 
-    /// An inbox record.
-    pub fn inbox_record(&self, packet_id: PacketId) -> Result<Option<InboxRecord>, StoreError> {
-        self.get(Tree::Inbox, packet_id.as_bytes())?.map(|v| decode(Tree::Inbox, &v)).transpose()
+    /// The inbox record of `packet_id` from `sender`.
+    pub fn inbox_record(&self, packet_id: PacketId, sender: &NodeId) -> Result<Option<InboxRecord>, StoreError> {
+        self.get(Tree::Inbox, &pair_key(packet_id, sender))?.map(|v| decode(Tree::Inbox, &v)).transpose()
+    }
+
+    /// Every inbox record of packets with this id (one per sender; more than one is a collision).
+    pub fn inbox_records(&self, packet_id: PacketId) -> Result<Vec<InboxRecord>, StoreError> {
+        self.scan(Tree::Inbox, packet_id.as_bytes())?.into_iter().map(|(_, v)| decode(Tree::Inbox, &v)).collect()
     }
 
     /// Stops the writer after it has answered every commit already sent, and waits for it to
@@ -385,6 +415,29 @@ impl Store {
             }
         }
     }
+}
+
+/// Format 2 keyed the inbox and the evidence by packet id alone; 3 keys them by packet id and
+/// sender. Done in one flushed batch before the store is used; a crash during it leaves the old
+/// format (and possibly some values under both keys), which is migrated again at the next start.
+fn migrate_2_to_3(backend: &dyn Backend) -> Result<(), StoreError> {
+    let mut ops = Vec::new();
+    for (k, v) in backend.scan(Tree::Inbox, &[])? {
+        let Ok(id) = <[u8; 16]>::try_from(k.as_slice()) else { continue };
+        let rec: InboxRecord = decode(Tree::Inbox, &v)?;
+        let key = pair_key(PacketId::from_bytes(id), &rec.sender);
+        // Each value is written under its new key before the old one goes, so whatever prefix
+        // of the batch a crash keeps loses nothing.
+        if let Some(evidence) = backend.get(Tree::Evidence, &k)? {
+            ops.push(Op::Put(Tree::Evidence, key.clone(), evidence));
+            ops.push(Op::Delete(Tree::Evidence, k.clone()));
+        }
+        ops.push(put(Tree::Inbox, key, &rec));
+        ops.push(Op::Delete(Tree::Inbox, k));
+    }
+    ops.push(Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION]));
+    backend.apply(&ops)?;
+    backend.flush()
 }
 
 /// An `Op::Put` of a CBOR-encoded value.
@@ -457,7 +510,7 @@ mod tests {
             submitted: 5,
             attempts: 1,
             state: crate::delivery::EntryState::Queued { not_before: 7 },
-            read: None,
+            reads: Vec::new(),
         }
     }
 
@@ -542,11 +595,64 @@ mod tests {
             packet_type: "InformationRequest".into(),
             priority: crate::markings::Priority::Urgent,
             due_by: None,
-            read: Some(("Isp. Rossi".parse().unwrap(), 50)),
+            reads: vec![("Isp. Rossi".parse().unwrap(), 50), ("Isp. Bianchi".parse().unwrap(), 60)],
             policy: Some(Digest::of(b"policy")),
             originator: None,
         };
-        store.commit_blocking(vec![put(Tree::Inbox, id.as_bytes().to_vec(), &rec)]).unwrap();
-        assert_eq!(store.inbox_record(id).unwrap(), Some(rec));
+        let other = InboxRecord { sender: "CO-DIJIN".parse().unwrap(), reads: Vec::new(), ..rec.clone() };
+        store
+            .commit_blocking(vec![
+                put(Tree::Inbox, pair_key(id, &rec.sender), &rec),
+                put(Tree::Inbox, pair_key(id, &other.sender), &other),
+            ])
+            .unwrap();
+        assert_eq!(store.inbox_record(id, &rec.sender).unwrap(), Some(rec.clone()));
+        assert_eq!(store.inbox_records(id).unwrap(), vec![other, rec], "one per sender, in key order");
+    }
+
+    /// A format-2 store (inbox and evidence keyed by packet id, one acknowledgement per record)
+    /// opens as format 3: keyed by packet id and sender, the acknowledgement kept.
+    #[test]
+    fn a_format_2_store_is_migrated() {
+        #[derive(Serialize)]
+        struct V2 {
+            sender: NodeId,
+            sealed_digest: Digest,
+            received_at: Millis,
+            packet_type: String,
+            priority: crate::markings::Priority,
+            due_by: Option<crate::timestamp::Timestamp>,
+            read: Option<(OfficerId, Millis)>,
+            policy: Option<Digest>,
+            originator: Option<NodeId>,
+        }
+        let mem = Arc::new(MemoryBackend::default());
+        let ids: Vec<PacketId> = (1..=2u8).map(|i| PacketId::from_bytes([i; 16])).collect();
+        let mut ops = vec![Op::Put(Tree::Meta, b"format".to_vec(), vec![2])];
+        for (i, id) in ids.iter().enumerate() {
+            let v2 = V2 {
+                sender: "ES-UDYCO".parse().unwrap(),
+                sealed_digest: Digest::of(b"s"),
+                received_at: 42,
+                packet_type: "ReadAck".into(),
+                priority: crate::markings::Priority::Flash,
+                due_by: None,
+                read: (i == 0).then(|| ("Isp. Rossi".parse().unwrap(), 50)),
+                policy: None,
+                originator: None,
+            };
+            ops.push(put(Tree::Inbox, id.as_bytes().to_vec(), &v2));
+            ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), vec![i as u8]));
+        }
+        mem.apply(&ops).unwrap();
+        let store = Store::with_backend(mem.clone()).unwrap();
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let first = store.inbox_record(ids[0], &es).unwrap().unwrap();
+        assert_eq!(first.reads, vec![("Isp. Rossi".parse().unwrap(), 50)]);
+        assert!(store.inbox_record(ids[1], &es).unwrap().unwrap().reads.is_empty());
+        assert_eq!(store.get(Tree::Evidence, &pair_key(ids[1], &es)).unwrap(), Some(vec![1]));
+        assert!(store.get(Tree::Inbox, ids[0].as_bytes()).unwrap().is_none(), "old keys gone");
+        assert!(store.get(Tree::Evidence, ids[0].as_bytes()).unwrap().is_none());
+        assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
     }
 }

@@ -211,7 +211,7 @@ impl Sim {
                     let r = self.receivers.iter_mut().find(|r| r.name == to).unwrap();
                     let accepted = !refused(&id);
                     match r.inbox.classify(id, &sender, &digest) {
-                        Incoming::New => {
+                        Incoming::New { .. } => {
                             // Store (and flush) first, then receipt: the order guarantee 1 needs.
                             if accepted {
                                 let times = r.stored.entry(id).or_default();

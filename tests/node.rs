@@ -150,15 +150,15 @@ async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
     let inbox = es.inbox().unwrap();
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].0, id);
-    let (shown, rec) = es.show(id).unwrap();
+    let (shown, rec) = es.show(id, None).unwrap();
     assert_eq!(shown, p);
     assert_eq!(rec.sender, node("IT-DCSA"));
     let EntryState::Delivered { digest, .. } = state(&it, id, "ES-UDYCO") else { unreachable!() };
     assert_eq!(digest, rec.sealed_digest, "the receipt names the bytes ES stored");
 
-    es.ack(id, "Subinspector Gómez".parse().unwrap()).await.unwrap();
-    until("read ack", || it.status(id).unwrap()[0].read.is_some()).await;
-    assert_eq!(it.status(id).unwrap()[0].read.as_ref().unwrap().0.as_str(), "Subinspector Gómez");
+    es.ack(id, None, "Subinspector Gómez".parse().unwrap()).await.unwrap();
+    until("read ack", || !it.status(id).unwrap()[0].reads.is_empty()).await;
+    assert_eq!(it.status(id).unwrap()[0].reads[0].0.as_str(), "Subinspector Gómez");
     // The ReadAck itself was delivered with its own receipt.
     let _ = fed.stop.send(true);
 }
@@ -242,7 +242,7 @@ async fn egress_denial_refuses_one_partner_and_not_the_other() {
     assert_eq!(done.denied[0].denial.rule, "send.max_classification");
     assert_eq!(it.status(done.id).unwrap().len(), 1, "no outbox entry for the refused partner");
     until("delivered to ES", || matches!(state(&it, done.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let (shown, _) = es.show(done.id).unwrap();
+    let (shown, _) = es.show(done.id, None).unwrap();
     assert_eq!(shown.envelope.recipients, [node("ES-UDYCO")], "the copy names only who gets it");
     assert!(co.inbox().unwrap().is_empty());
     // Refused for every recipient: the submit fails and nothing is stored.
@@ -309,7 +309,7 @@ async fn redacted_fields_never_reach_the_partner() {
         ]
     );
     until("delivered", || matches!(state(&it, done.id, "CO-DIJIN"), EntryState::Delivered { .. })).await;
-    let (shown, _) = co.show(done.id).unwrap();
+    let (shown, _) = co.show(done.id, None).unwrap();
     let liaison::packet::Body::InformationResponse(r) = &shown.body else { panic!() };
     assert!(r.entities.iter().all(|e| e.kind() != "account"));
     let liaison::packet::Entity::Person(p) = &r.entities[0] else { panic!() };
@@ -367,12 +367,12 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
     let officer: liaison::ids::OfficerId = "Subinspector Gómez".parse().unwrap();
 
     // Without consent: refused at ES-UDYCO, nothing reaches IT-DCSA.
-    let err = es.forward(alert_id, &[node("IT-DCSA")], officer.clone()).await.unwrap_err();
+    let err = es.forward(alert_id, None, &[node("IT-DCSA")], officer.clone()).await.unwrap_err();
     assert!(err.to_string().contains("IT-DCSA: onward.consent_required"), "{err}");
 
     // A hop that skips the check (a forward built by hand with ES-UDYCO's keys) is refused by
     // IT-DCSA itself, with a signed rejection naming the rule.
-    let original = es.show(alert_id).unwrap().0;
+    let original = es.show(alert_id, None).unwrap().0;
     let signed_original = fed.seal_context("CO-DIJIN").sign(&original).unwrap();
     let mut forged = example("controlled-delivery-alert.json", "ES-UDYCO", &["IT-DCSA"]);
     forged.envelope.related = vec![alert_id];
@@ -399,14 +399,14 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
         .await
         .unwrap();
     until("consent at ES", || matches!(state(&co, consent.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let done = es.forward(alert_id, &[node("IT-DCSA")], officer.clone()).await.unwrap();
+    let done = es.forward(alert_id, None, &[node("IT-DCSA")], officer.clone()).await.unwrap();
     until("forward at IT", || matches!(state(&es, done.id, "IT-DCSA"), EntryState::Delivered { .. })).await;
-    let (shown, rec) = it.show(done.id).unwrap();
+    let (shown, rec) = it.show(done.id, None).unwrap();
     assert_eq!(shown, original, "IT-DCSA sees the original exactly as CO-DIJIN signed it");
     assert_eq!((rec.sender.as_str(), rec.originator.as_ref().map(|n| n.as_str())), ("ES-UDYCO", Some("CO-DIJIN")));
     assert_eq!(rec.packet_type, "ControlledDeliveryAlert");
     // The consent names IT-DCSA only: CO-DIJIN itself is not a "new" recipient either way.
-    let err = es.forward(alert_id, &[node("CO-DIJIN")], officer).await.unwrap_err();
+    let err = es.forward(alert_id, None, &[node("CO-DIJIN")], officer).await.unwrap_err();
     assert!(err.to_string().contains("onward.already_a_recipient"), "{err}");
     let _ = fed.stop.send(true);
 }
@@ -425,7 +425,7 @@ async fn received_packets_are_deleted_after_their_retention() {
     assert_eq!(es.purge_expired(now + u64::from(days - 1) * 86_400_000).await.unwrap(), 0, "not yet");
     assert_eq!(es.purge_expired(now + u64::from(days + 1) * 86_400_000).await.unwrap(), 1);
     assert!(es.inbox().unwrap().is_empty());
-    assert!(matches!(es.show(id), Err(liaison::node::NodeError::UnknownPacket(_))));
+    assert!(matches!(es.show(id, None), Err(liaison::node::NodeError::UnknownPacket(_))));
     let verified = es.audit_verify().unwrap().expect("the trail still verifies");
     assert!(verified.last >= 3, "{verified:?}");
     let _ = fed.stop.send(true);

@@ -382,7 +382,7 @@ fn unsupported_algorithms_are_refused() {
 fn critical_header_parameters_this_node_does_not_process_are_refused() {
     let (p, _) = sealed_request();
     let open = |tweak: fn(&mut coset::Header)| {
-        let inner = common::sign_as("IT-DCSA", &p, p.to_cbor(), tweak);
+        let inner = common::sign_as(&common::ctx("IT-DCSA"), &p, p.to_cbor(), tweak);
         open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner))
     };
     let err = open(|h| {
@@ -420,11 +420,11 @@ fn signed_payloads_in_non_strict_cbor_are_refused() {
         ("cbor_indefinite_length", [&[0xbf], &good[1..], &[0xff]].concat()),
     ];
     for (code, payload) in variants {
-        let inner = common::sign_as("IT-DCSA", &p, payload, |_| {});
+        let inner = common::sign_as(&common::ctx("IT-DCSA"), &p, payload, |_| {});
         let err = open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).unwrap_err();
         assert_eq!(err.code(), code, "{err}");
     }
     // The same bytes well-formed open.
-    let inner = common::sign_as("IT-DCSA", &p, good, |_| {});
+    let inner = common::sign_as(&common::ctx("IT-DCSA"), &p, good, |_| {});
     assert!(open_at_es(&common::encrypt_raw("IT-DCSA", "ES-UDYCO", &p, inner)).is_ok());
 }

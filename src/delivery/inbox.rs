@@ -1,6 +1,14 @@
 //! The receiver's dedup: a packet is shown once, however often it arrives.
+//!
+//! A packet's identity is its originator and its id: two partners choose their packet ids
+//! independently, and a partner that learnt another's packet id (as a co-recipient, say) must
+//! not be able to take that id over. So the index is keyed by (packet id, sender) — on this
+//! node's connections the sender is the originator: `open` refuses anything else, and a packet
+//! passed on travels as a `Forward` the forwarder originates. A second sender using an id
+//! already seen is a collision: both packets are kept and shown, each marked with the other
+//! sender, and the node records it in the audit trail.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::Millis;
 use crate::encoding::Digest;
@@ -9,8 +17,13 @@ use crate::ids::{NodeId, PacketId};
 /// What to do with a packet that passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    /// First time: store it, flush, then sign and send a receipt, then [`Inbox::record`] it.
-    New,
+    /// First time from this sender: store it, flush, then sign and send a receipt, then
+    /// [`Inbox::record`] it. `also_from` lists other senders that used the same packet id
+    /// before (a collision, or an attempt to squat the id): empty normally.
+    New {
+        /// Other senders of a packet with this id.
+        also_from: Vec<NodeId>,
+    },
     /// Already stored: receipt it again as the first time; do not show it again.
     Duplicate {
         /// When it was stored the first time.
@@ -27,16 +40,16 @@ pub enum Incoming {
     },
 }
 
-/// Packet ids received, with when each was stored (what its receipt says). Backed by the store: the driver loads
-/// it at start-up and persists each record before the receipt leaves the node.
+/// Packets received, by (packet id, sender), with when each was stored (what its receipt
+/// says). Backed by the store: the driver loads it at start-up and persists each record before
+/// the receipt leaves the node.
 #[derive(Debug, Default)]
 pub struct Inbox {
-    seen: HashMap<PacketId, Seen>,
+    seen: HashMap<PacketId, BTreeMap<NodeId, Seen>>,
 }
 
 #[derive(Debug, Clone)]
 struct Seen {
-    sender: NodeId,
     digest: Digest,
     received_at: Millis,
 }
@@ -49,24 +62,37 @@ impl Inbox {
 
     /// Classifies a verified packet from `sender` whose sealed bytes hash to `digest`.
     pub fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Incoming {
-        match self.seen.get(&packet_id) {
-            None => Incoming::New,
-            Some(s) if s.sender == *sender && s.digest.ct_eq(digest) => {
-                Incoming::Duplicate { received_at: s.received_at }
-            }
+        match self.seen.get(&packet_id).and_then(|by| by.get(sender)) {
+            None => Incoming::New { also_from: self.senders(packet_id).into_iter().collect() },
+            Some(s) if s.digest.ct_eq(digest) => Incoming::Duplicate { received_at: s.received_at },
             Some(s) => Incoming::DuplicateWithOtherBytes { received_at: s.received_at, first: s.digest },
         }
     }
 
-    /// Records that `packet_id` was stored at `received_at`. Called with what was persisted, at
-    /// start-up and after each new packet.
+    /// Every sender of a packet with this id (more than one: a collision).
+    pub fn senders(&self, packet_id: PacketId) -> BTreeSet<NodeId> {
+        self.seen.get(&packet_id).map(|by| by.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Records that `packet_id` from `sender` was stored at `received_at`. Called with what was
+    /// persisted, at start-up and after each new packet.
     pub fn record(&mut self, packet_id: PacketId, sender: NodeId, digest: Digest, received_at: Millis) {
-        self.seen.entry(packet_id).or_insert(Seen { sender, digest, received_at });
+        self.seen.entry(packet_id).or_default().entry(sender).or_insert(Seen { digest, received_at });
+    }
+
+    /// Forgets a packet (deleted by the retention rules).
+    pub fn forget(&mut self, packet_id: PacketId, sender: &NodeId) {
+        if let Some(by) = self.seen.get_mut(&packet_id) {
+            by.remove(sender);
+            if by.is_empty() {
+                self.seen.remove(&packet_id);
+            }
+        }
     }
 
     /// How many packets have been received.
     pub fn len(&self) -> usize {
-        self.seen.len()
+        self.seen.values().map(BTreeMap::len).sum()
     }
 
     /// Whether nothing has been received.
@@ -85,7 +111,7 @@ mod tests {
         let id: PacketId = "019ac0a1-5c00-7000-8000-000000000001".parse().unwrap();
         let it: NodeId = "IT-DCSA".parse().unwrap();
         let d = Digest::of(b"sealed");
-        assert_eq!(inbox.classify(id, &it, &d), Incoming::New);
+        assert_eq!(inbox.classify(id, &it, &d), Incoming::New { also_from: vec![] });
         inbox.record(id, it.clone(), d, 1);
         assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 });
         let other = Digest::of(b"resealed");
@@ -93,5 +119,24 @@ mod tests {
         inbox.record(id, it.clone(), other, 2);
         assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 }, "first wins");
         assert_eq!(inbox.len(), 1);
+    }
+
+    /// Another sender's packet under an id already seen is a packet of its own: new, marked
+    /// with the first sender; neither takes the other's place.
+    #[test]
+    fn the_same_id_from_another_sender_is_another_packet() {
+        let mut inbox = Inbox::new();
+        let id: PacketId = "019ac0a1-5c00-7000-8000-000000000001".parse().unwrap();
+        let (co, es): (NodeId, NodeId) = ("CO-DIJIN".parse().unwrap(), "ES-UDYCO".parse().unwrap());
+        inbox.record(id, co.clone(), Digest::of(b"squatter"), 1);
+        let genuine = Digest::of(b"genuine");
+        assert_eq!(inbox.classify(id, &es, &genuine), Incoming::New { also_from: vec![co.clone()] });
+        inbox.record(id, es.clone(), genuine, 2);
+        assert_eq!(inbox.classify(id, &es, &genuine), Incoming::Duplicate { received_at: 2 });
+        assert_eq!(inbox.classify(id, &co, &Digest::of(b"squatter")), Incoming::Duplicate { received_at: 1 });
+        assert_eq!(inbox.senders(id), [co, es].into_iter().collect());
+        let next: PacketId = "019ac0a1-5c00-7000-8000-000000000002".parse().unwrap();
+        assert!(inbox.senders(next).is_empty());
+        assert_eq!(inbox.len(), 2);
     }
 }

@@ -18,7 +18,7 @@ mod inbox;
 mod outbox;
 
 pub use inbox::{Inbox, Incoming};
-pub use outbox::{Entry, EntryState, Outbox, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
 
 /// Milliseconds since the Unix epoch, as the driver's clock reads them.
 pub type Millis = u64;

@@ -111,8 +111,23 @@ pub struct Entry {
     pub attempts: u32,
     /// Where it stands.
     pub state: EntryState,
-    /// The officer acknowledgement, once a `ReadAck` arrives: who, when.
-    pub read: Option<(OfficerId, Millis)>,
+    /// The officers' acknowledgements (`ReadAck`s) received: who, when; each officer once, at
+    /// most [`crate::store::MAX_READS`].
+    #[serde(default, alias = "read", deserialize_with = "crate::store::reads")]
+    pub reads: Vec<(OfficerId, Millis)>,
+}
+
+/// What an officer's acknowledgement from a recipient would do to its entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAckMatch {
+    /// A new officer: recorded.
+    New,
+    /// This officer's acknowledgement is already recorded.
+    Already,
+    /// The entry holds as many acknowledgements as it keeps.
+    Full,
+    /// No copy of that packet was sent to that recipient.
+    Unknown,
 }
 
 /// What the driver should send now.
@@ -231,7 +246,7 @@ impl Outbox {
             submitted: now,
             attempts: 0,
             state: EntryState::Queued { not_before: now },
-            read: None,
+            reads: Vec::new(),
         }
     }
 
@@ -355,15 +370,41 @@ impl Outbox {
         ReceiptMatch::Completed
     }
 
-    /// An officer at `receiver` acknowledged `packet_id`. Returns whether it matched an entry.
-    pub fn handle_read_ack(&mut self, packet_id: PacketId, receiver: &NodeId, officer: OfficerId, at: Millis) -> bool {
+    /// What an acknowledgement by `officer` at `receiver` would do to `entry` (the entry as it
+    /// stands, perhaps with acknowledgements of the same batch added), without changing anything.
+    pub fn read_ack_match(entry: Option<&Entry>, officer: &OfficerId) -> ReadAckMatch {
+        match entry {
+            None => ReadAckMatch::Unknown,
+            Some(e) if e.reads.iter().any(|(o, _)| o == officer) => ReadAckMatch::Already,
+            Some(e) if e.reads.len() >= crate::store::MAX_READS => ReadAckMatch::Full,
+            Some(_) => ReadAckMatch::New,
+        }
+    }
+
+    /// An officer at `receiver` acknowledged `packet_id`: recorded if it is a new officer and
+    /// there is room, and the entry is marked dirty.
+    pub fn handle_read_ack(
+        &mut self,
+        packet_id: PacketId,
+        receiver: &NodeId,
+        officer: OfficerId,
+        at: Millis,
+    ) -> ReadAckMatch {
         let k = (packet_id, receiver.clone());
-        let Some(e) = self.entries.get_mut(&k) else { return false };
-        if e.read.is_none() {
-            e.read = Some((officer, at));
+        let m = Self::read_ack_match(self.entries.get(&k), &officer);
+        if let (ReadAckMatch::New, Some(e)) = (m, self.entries.get_mut(&k)) {
+            e.reads.push((officer, at));
             self.dirty.insert(k);
         }
-        true
+        m
+    }
+
+    /// Puts in memory the acknowledgements of an entry that the caller has already persisted
+    /// (the entry is not marked dirty).
+    pub fn set_reads(&mut self, packet_id: PacketId, receiver: &NodeId, reads: Vec<(OfficerId, Millis)>) {
+        if let Some(e) = self.entries.get_mut(&(packet_id, receiver.clone())) {
+            e.reads = reads;
+        }
     }
 
     /// Time passed: in-flight copies whose receipt is overdue go back to the queue with backoff,

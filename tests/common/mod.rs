@@ -133,13 +133,19 @@ pub fn forge_sign1(seed: &[u8; 32], kid: &[u8], payload: Vec<u8>, tweak: impl Fn
 
 /// Encrypts arbitrary inner bytes from `from` to `to`, with the routing header of `packet`.
 pub fn encrypt_raw(from: &str, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
+    encrypt_as(&ctx(from), to, packet, inner)
+}
+
+/// Encrypts arbitrary inner bytes with `ctx`'s keys for `to`, with the routing header of
+/// `packet`: what a partner holding its own keys can send.
+pub fn encrypt_as(ctx: &SealContext, to: &str, packet: &Packet, inner: Vec<u8>) -> Vec<u8> {
     let signed = liaison::seal::SignedPacket {
         bytes: inner,
         packet: packet.clone(),
-        signer: keys(from).public().signing_kid.clone(),
+        signer: ctx.public().signing_kid.clone(),
         policy: None,
     };
-    ctx(from).encrypt_for(&signed, &node(to), &mut rng(3)).unwrap().bytes
+    ctx.encrypt_for(&signed, &node(to), &mut rand_core::OsRng).unwrap().bytes
 }
 
 /// The headers a genuine signature carries, for a packet.
@@ -155,14 +161,20 @@ pub fn genuine_headers(p: &Packet) -> impl FnOnce(&mut coset::Header) + '_ {
     }
 }
 
-/// A COSE_Sign1 by demo node `who` over `payload` (any bytes), with the headers a genuine
-/// signature of `p` carries plus `tweak`: what a hostile partner, which holds its own keys, can
-/// sign.
-pub fn sign_as(who: &str, p: &Packet, payload: Vec<u8>, tweak: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
-    let (seed, _) = secret_bytes(who);
-    let kid = keys(who).public().signing_kid.clone();
-    forge_sign1(&seed, kid.as_bytes(), payload, |h| {
-        genuine_headers(p)(h);
-        tweak(h);
-    })
+/// A COSE_Sign1 by `ctx`'s node over `payload` (any bytes), with the headers a genuine
+/// signature of `p` carries plus `tweak`: what a partner, which holds its own keys, can sign.
+pub fn sign_as(ctx: &SealContext, p: &Packet, payload: Vec<u8>, tweak: impl FnOnce(&mut coset::Header)) -> Vec<u8> {
+    let mut h = coset::HeaderBuilder::new()
+        .algorithm(coset::iana::Algorithm::Ed25519)
+        .key_id(ctx.public().signing_kid.as_bytes().to_vec())
+        .build();
+    genuine_headers(p)(&mut h);
+    tweak(&mut h);
+    coset::CoseSign1Builder::new()
+        .protected(h)
+        .payload(payload)
+        .create_signature(b"", |tbs| ctx.sign_detached(tbs).to_vec())
+        .build()
+        .to_tagged_vec()
+        .unwrap()
 }
