@@ -52,6 +52,7 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
             partners: vec![Partner { node: node_id(names[other]), addr: addrs[other] }],
             policies: liaison::policy::PolicyBook::new([bench_policy(names[i], names[other])]),
             retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },
+            limits: liaison::limits::Limits::default(),
         };
         nodes.push(Node::start(config, stop.subscribe()).await.unwrap());
     }

@@ -31,7 +31,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::ApiClient;
 use crate::deadlines::{Deadline, Role};
@@ -126,7 +126,12 @@ async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Reque
             next.run(req).await
         }
         None => {
-            warn!(method = %req.method(), path = %req.uri().path(), "api request refused: no valid bearer token");
+            // Anyone on the machine can cause this: logged within the budget for
+            // unauthenticated events, never one line per request without end.
+            crate::limits::log_refusal(
+                "api request refused: no valid bearer token",
+                &format!("{} {}", req.method(), req.uri().path()),
+            );
             ApiError(StatusCode::UNAUTHORIZED, "a valid bearer token is required".into(), None).into_response()
         }
     }

@@ -37,7 +37,40 @@ struct Raw {
     #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "d_partner_memory")]
+    partner_memory_mib: u64,
+    #[serde(default = "d_frame_stall")]
+    frame_stall_secs: u64,
+    #[serde(default = "d_connections")]
+    connections_per_partner: u64,
+}
+
+fn d_partner_memory() -> u64 {
+    (crate::limits::Limits::default().partner_memory >> 20) as u64
+}
+fn d_frame_stall() -> u64 {
+    crate::limits::Limits::default().frame_stall.as_secs()
+}
+fn d_connections() -> u64 {
+    crate::limits::Limits::default().connections_per_partner as u64
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            partner_memory_mib: d_partner_memory(),
+            frame_stall_secs: d_frame_stall(),
+            connections_per_partner: d_connections(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,6 +218,8 @@ pub struct Settings {
     pub partners: Vec<PartnerSettings>,
     /// Retry spacing.
     pub retry: RetryPolicy,
+    /// What each partner may make the node hold or do.
+    pub limits: crate::limits::Limits,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `liaison=debug`...).
@@ -350,6 +385,24 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
     if d.receipt_timeout_ms < 100 {
         problems.push("delivery.receipt_timeout_ms: at least 100".into());
     }
+    let l = &raw.limits;
+    let min_mib = crate::limits::Limits::MIN_PARTNER_MEMORY.div_ceil(1 << 20) as u64;
+    if !(min_mib..=65_536).contains(&l.partner_memory_mib) {
+        problems.push(format!(
+            "limits.partner_memory_mib: {min_mib} to 65536 (at least one frame of the largest packet must fit)"
+        ));
+    }
+    if !(1..=3600).contains(&l.frame_stall_secs) {
+        problems.push("limits.frame_stall_secs: 1 to 3600".into());
+    }
+    if !(1..=16).contains(&l.connections_per_partner) {
+        problems.push("limits.connections_per_partner: 1 to 16".into());
+    }
+    let limits = crate::limits::Limits {
+        partner_memory: (l.partner_memory_mib.min(65_536) as usize) << 20,
+        frame_stall: std::time::Duration::from_secs(l.frame_stall_secs),
+        connections_per_partner: l.connections_per_partner as usize,
+    };
     let log_format = match raw.log.format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -377,6 +430,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
                 max_backoff: d.max_backoff_ms,
                 receipt_timeout: d.receipt_timeout_ms,
             },
+            limits,
             log_format,
             log_level: raw.log.level,
         }),

@@ -28,6 +28,8 @@
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
+//! - [`limits`] — what a partner (or anyone unauthenticated) can make the node hold or do:
+//!   memory, stalls, connections, pace, log lines.
 //! - [`wire`] — framing on the lane streams: length-prefixed sealed packets and receipts.
 //! - [`deadlines`] — answer deadlines of requests: due, moved by delay notices, paused by
 //!   clarification requests, answered; without I/O.
@@ -54,6 +56,7 @@ pub mod demo;
 pub mod encoding;
 pub mod ids;
 pub mod keys;
+pub mod limits;
 pub mod markings;
 pub mod node;
 pub mod onward;

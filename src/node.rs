@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::limits::{ConnectionSlots, Limits, LogBudget, MemoryBudget, Pacer};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
@@ -45,8 +47,9 @@ use crate::wire;
 /// Most copies written ahead of their receipts, per lane.
 pub const WINDOW: usize = 256;
 
-/// Most bytes a receiving lane reads ahead of what it has committed.
-const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
+/// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
+/// each with a rejection reason, with room to spare.
+const MAX_RECEIPT_FRAME: usize = 4 << 20;
 
 /// A receiving lane closes a batch (commits and receipts it) at this many bytes, so large
 /// copies are receipted one or two at a time and the sender sees steady progress.
@@ -170,6 +173,8 @@ pub struct NodeConfig {
     pub policies: PolicyBook,
     /// Retry spacing.
     pub retry: RetryPolicy,
+    /// What each partner may make this node hold or do.
+    pub limits: Limits,
 }
 
 /// Per-recipient status of a packet this node sent.
@@ -202,6 +207,27 @@ struct Inner {
     deadlines: Mutex<Deadlines>,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
+    limits: Limits,
+    /// Per partner: the budgets its traffic draws on.
+    budgets: HashMap<NodeId, PartnerBudget>,
+}
+
+/// What one partner's traffic may hold (see [`crate::limits`]).
+struct PartnerBudget {
+    /// Frames being read or waiting to be stored, across all its connections and streams.
+    memory: MemoryBudget,
+    /// Frames it may send a minute.
+    pacer: Mutex<Pacer>,
+    /// Log lines about it being paced.
+    paced_log: Mutex<LogBudget>,
+    /// Its open connections to this node.
+    connections: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    slots: ConnectionSlots,
+    open: HashMap<u64, quinn::Connection>,
 }
 
 /// The node's clock, in ms since the Unix epoch.
@@ -234,7 +260,8 @@ impl Node {
             kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
         }
         let deadlines = Deadlines::restore(kept);
-        let server = transport::server_config(&config.tls)?;
+        let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node.clone()).collect();
+        let server = transport::server_config(&config.tls, &enrolled, refusals_logged())?;
         let client = transport::client_config(&config.tls)?;
         let bind = |source| NodeError::Bind { addr: config.listen, source };
         let socket = match config.socket {
@@ -247,6 +274,23 @@ impl Node {
         endpoint.set_default_client_config(client.clone());
         let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node.clone(), p.addr)).collect();
         let wake = partners.keys().map(|n| (n.clone(), Arc::new(Notify::new()))).collect();
+        let budgets = partners
+            .keys()
+            .map(|n| {
+                let b = PartnerBudget {
+                    memory: MemoryBudget::new(config.limits.partner_memory),
+                    pacer: Mutex::new(Pacer::new(
+                        crate::limits::pace_per_minute(
+                            config.policies.policy(n).map(|p| p.receive.max_packets_per_minute),
+                        ),
+                        now,
+                    )),
+                    paced_log: Mutex::new(LogBudget::new()),
+                    connections: Mutex::new(Connections::default()),
+                };
+                (n.clone(), b)
+            })
+            .collect();
         let node = Node {
             inner: Arc::new(Inner {
                 me: me.clone(),
@@ -264,6 +308,8 @@ impl Node {
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
                 receipts_applied: watch::channel(0).0,
+                limits: config.limits,
+                budgets,
             }),
         };
         let with: Vec<(NodeId, Digest)> =
@@ -318,7 +364,8 @@ impl Node {
     /// reconnect. Copies in flight are sent again (the receiver dedups). Recorded in the audit
     /// trail.
     pub async fn reload_tls(&self, tls: &TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
-        let server = transport::server_config(tls)?;
+        let enrolled: Vec<NodeId> = self.inner.partners.keys().cloned().collect();
+        let server = transport::server_config(tls, &enrolled, refusals_logged())?;
         let client = transport::client_config(tls)?;
         let event = AuditEvent::Admin { action: "tls reload".into(), by: by.into(), detail };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
@@ -617,6 +664,7 @@ impl Node {
             if let Err(e) = self.checkpoint().await {
                 warn!(error = %e, "could not sign an audit checkpoint");
             }
+            crate::limits::flush_refusals();
         }
     }
 
@@ -1023,20 +1071,44 @@ impl Node {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        warn!(%remote, error = %e, "refused connection: TLS handshake failed");
+                        // A refused certificate was logged, with its reason, by the verifier;
+                        // the peer was told only that it is refused.
+                        let text = e.to_string();
+                        if !text.contains(&transport::REFUSED.to_string()) {
+                            crate::limits::log_refusal(
+                                "refused connection: TLS handshake failed",
+                                &format!("{remote}: {text}"),
+                            );
+                        }
                         return;
                     }
                 };
                 let peer = match transport::identify_peer(&conn, node.inner.partners.keys()) {
                     Ok(p) => p,
                     Err(e) => {
-                        warn!(%remote, error = %e, "refused connection");
-                        conn.close(quinn::VarInt::from_u32(1), b"certificate names no enrolled partner");
+                        crate::limits::log_refusal("refused connection", &format!("{remote}: {e}"));
+                        conn.close(quinn::VarInt::from_u32(1), b"refused");
                         return;
                     }
                 };
                 debug!(%remote, %peer, "partner connected");
-                node.serve_connection(conn, peer.clone()).instrument(info_span!("conn", %peer)).await;
+                let Some(budget) = node.inner.budgets.get(&peer) else { return };
+                let connections = &budget.connections;
+                let id = conn.stable_id() as u64;
+                let replaced: Vec<quinn::Connection> = {
+                    let mut c = lock(connections);
+                    c.open.insert(id, conn.clone());
+                    let old = c.slots.admit(id, node.inner.limits.connections_per_partner);
+                    old.iter().filter_map(|o| c.open.remove(o)).collect()
+                };
+                for old in replaced {
+                    info!(%peer, max = node.inner.limits.connections_per_partner, "closing the partner's oldest connection: a newer one replaces it");
+                    old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
+                }
+                node.clone().serve_connection(conn, peer.clone()).instrument(info_span!("conn", %peer)).await;
+                let mut c = lock(connections);
+                c.slots.release(id);
+                c.open.remove(&id);
             });
         }
     }
@@ -1062,19 +1134,27 @@ impl Node {
     /// One incoming lane: a reader task reads frames ahead (bounded in bytes), this task takes
     /// whatever has arrived as one batch, commits it with one flush, and answers with one receipt.
     async fn serve_stream(self, peer: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(MAX_RECEIPT_ITEMS);
-        let budget = Arc::new(Semaphore::new(READ_AHEAD_BYTES >> 10));
+        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, [OwnedSemaphorePermit; 2])>(MAX_RECEIPT_ITEMS);
+        let Some(budget) = self.inner.budgets.get(&peer) else { return };
+        // The stream's share keeps one lane from taking the whole partner budget (its FLASH
+        // lane reads on while its bulk lane waits to commit); the partner budget bounds them all.
+        let stream_memory = MemoryBudget::new(self.inner.limits.stream_memory());
+        let partner_memory = budget.memory.clone();
+        let stall = self.inner.limits.frame_stall;
+        let node = self.clone();
+        let from = peer.clone();
         let reader = tokio::spawn(async move {
             loop {
+                node.pace(&from).await;
                 let len = match wire::read_len(&mut recv, MAX_SEALED_BYTES).await {
                     Ok(Some(len)) => len,
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(e),
                 };
-                let kib = u32::try_from((len >> 10) + 1).unwrap_or(u32::MAX).min((READ_AHEAD_BYTES >> 10) as u32);
-                let Ok(permit) = budget.clone().acquire_many_owned(kib).await else { return Ok(()) };
-                let frame = wire::read_body(&mut recv, len).await?;
-                if tx.send((frame, permit)).await.is_err() {
+                let Some(own) = stream_memory.take(len).await else { return Ok(()) };
+                let Some(shared) = partner_memory.take(len).await else { return Ok(()) };
+                let frame = wire::read_body(&mut recv, len, stall).await?;
+                if tx.send((frame, [own, shared])).await.is_err() {
                     return Ok(());
                 }
             }
@@ -1114,12 +1194,31 @@ impl Node {
         }
         match reader.await {
             Ok(Err(e)) => {
-                debug!(error = %e, "lane ended");
+                match e {
+                    wire::WireError::Stalled(_) => warn!(error = %e, "partner stopped sending a frame; stream reset"),
+                    _ => debug!(error = %e, "lane ended"),
+                }
                 let _ = send.reset(quinn::VarInt::from_u32(2));
             }
             _ => {
                 let _ = send.finish();
             }
+        }
+    }
+
+    /// Waits until `peer` may send another frame (see [`crate::limits`]: twice its agreed
+    /// receive rate).
+    async fn pace(&self, peer: &NodeId) {
+        let Some(budget) = self.inner.budgets.get(peer) else { return };
+        loop {
+            let agreed = self.policies().policy(peer).map(|p| p.receive.max_packets_per_minute);
+            let per_minute = crate::limits::pace_per_minute(agreed);
+            let wait = lock(&budget.pacer).take(per_minute, now_ms());
+            let Some(wait) = wait else { return };
+            if let crate::limits::LogLine::Write { suppressed } = lock(&budget.paced_log).event(now_ms()) {
+                warn!(%peer, per_minute, suppressed, "partner sends more than twice its agreed rate; reading from it is paced");
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -1589,7 +1688,8 @@ impl Node {
             let reader = async {
                 let wait = Duration::from_millis(self.inner.retry.receipt_timeout);
                 loop {
-                    let frame = match tokio::time::timeout(wait, wire::read_frame(&mut recv, MAX_SEALED_BYTES)).await {
+                    let read = wire::read_frame(&mut recv, MAX_RECEIPT_FRAME, self.inner.limits.frame_stall);
+                    let frame = match tokio::time::timeout(wait, read).await {
                         Err(_) if lock(&in_flight).jobs.is_empty() => continue,
                         Err(_) => return Err("no receipt in time".to_owned()),
                         Ok(r) => r.map_err(|e| e.to_string())?,
@@ -1853,6 +1953,11 @@ impl InFlight {
 struct LaneHandle {
     jobs: mpsc::UnboundedSender<Job>,
     window: Arc<Semaphore>,
+}
+
+/// Refused client certificates, logged within the budget for unauthenticated events.
+fn refusals_logged() -> transport::OnRefusal {
+    Arc::new(|reason: &str| crate::limits::log_refusal("refused connection: client certificate", reason))
 }
 
 /// The QUIC stream priority of a lane: FLASH highest.

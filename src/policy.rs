@@ -121,8 +121,9 @@ pub enum OnwardRule {
 /// The rules for one direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rules {
-    /// Packet types allowed. System packets (receipts, read acknowledgements) are always allowed:
-    /// they carry only ids.
+    /// Packet types allowed. System packets (receipts, read acknowledgements) and consents are
+    /// not listed: every partner exchanges them, in one fixed shape (ids only); the marking, size
+    /// and (receiving) rate rules apply to them too.
     pub packet_types: BTreeSet<PacketType>,
     /// Highest classification allowed.
     pub max_classification: Classification,
@@ -223,11 +224,19 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
             "a forward is checked as the packet it carries, through forwarding, not as a packet of its own",
         ));
     }
-    if kind.is_policy_exempt() {
-        return Decision::Allow;
+    // No packet type is exempt. System packets and consents are not listed in `packet_types`
+    // (every partner exchanges them; their shape is fixed by `Packet::check`: UNCLASSIFIED, H0,
+    // no free text, small), but the marking and size rules below apply to them as to anything
+    // else, and receiving, they count against the rate limit.
+    if kind == PacketType::DeliveryReceipt && direction == Direction::Receive {
+        return Decision::Deny(Denial::new(
+            "receive.system",
+            "a delivery receipt travels only as the answer on the lane that carried the copies, never as a packet",
+        ));
     }
+    let system = kind.is_policy_exempt();
     let env = &packet.envelope;
-    if !rules.packet_types.contains(&kind) {
+    if !system && !rules.packet_types.contains(&kind) {
         return Decision::Deny(Denial::new(format!("{d}.packet_types"), format!("{kind} is not allowed")));
     }
     if env.classification > rules.max_classification {
@@ -247,10 +256,10 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
     if let Some(code) = env.handling.codes.iter().find(|c| !rules.handling_codes.contains(c)) {
         return Decision::Deny(Denial::new(format!("{d}.handling_codes"), format!("{code:?} is not accepted")));
     }
-    if rules.require_grading && env.grading.is_none() {
+    if rules.require_grading && env.grading.is_none() && !system {
         return Decision::Deny(Denial::new(format!("{d}.require_grading"), "the envelope carries no grading"));
     }
-    if rules.require_legal_basis && env.legal_basis.is_none() {
+    if rules.require_legal_basis && env.legal_basis.is_none() && !system {
         return Decision::Deny(Denial::new(format!("{d}.require_legal_basis"), "the envelope names no legal basis"));
     }
     if !rules.attachments {
@@ -630,7 +639,11 @@ impl PolicyBook {
     pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {
         let mut verdict = self.dry_run(partner, direction, packet);
         let Some(policy) = self.policies.get(partner) else { return verdict };
-        if !matches!(verdict.decision, Decision::Deny(_)) && !packet.packet_type().is_policy_exempt() {
+        // Receiving, every packet counts, system packets too (a partner's ReadAcks weigh like
+        // its alerts). Sending, this node's own acknowledgements and consents do not: an officer's
+        // acknowledgement must not be lost to the rate of alerts going the same way.
+        let counted = direction == Direction::Receive || !packet.packet_type().is_policy_exempt();
+        if !matches!(verdict.decision, Decision::Deny(_)) && counted {
             let rules = policy.rules(direction);
             let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bucket = buckets
@@ -893,6 +906,34 @@ accept_forwarded = true
         let v = book.decide(&"CO-DIJIN".parse().unwrap(), Direction::Send, &mut example("ack"), 0);
         assert_eq!(denied_by(&v.decision), Some("no_policy"));
         assert_eq!(v.policy, None);
+    }
+
+    /// No packet type is exempt: a ReadAck is weighed by the size rule and, receiving, counts
+    /// against the rate; a receipt arriving as a packet is refused; this node's own
+    /// acknowledgements are not held up by its send rate.
+    #[test]
+    fn system_packets_follow_the_size_and_rate_rules() {
+        let mut r = open_rules();
+        r.max_packet_bytes = 100;
+        let denied = evaluate(&r, Direction::Receive, &mut example("ack"));
+        assert_eq!(denied_by(&denied), Some("receive.max_packet_bytes"));
+        let mut receipt = Packet::from_json(include_str!("../schemas/examples/delivery-receipt.json")).unwrap();
+        assert_eq!(denied_by(&evaluate(&open_rules(), Direction::Receive, &mut receipt)), Some("receive.system"));
+
+        let text = OPEN.replace("max_packets_per_minute = 100000", "max_packets_per_minute = 2");
+        let book = PolicyBook::new([Policy::from_toml(&text, None).unwrap()]);
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let receive = |t| book.decide(&es, Direction::Receive, &mut example("ack"), t).decision;
+        assert_eq!((receive(0), receive(1)), (Decision::Allow, Decision::Allow));
+        assert_eq!(denied_by(&receive(2)), Some("receive.max_packets_per_minute"), "ReadAcks count");
+        assert_eq!(
+            denied_by(&book.decide(&es, Direction::Receive, &mut example("request"), 3).decision),
+            Some("receive.max_packets_per_minute"),
+            "and take the room of other packets"
+        );
+        for t in 0..5 {
+            assert_eq!(book.decide(&es, Direction::Send, &mut example("ack"), t).decision, Decision::Allow);
+        }
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         partners: s.partners.iter().map(|p| Partner { node: p.id.clone(), addr: p.addr }).collect(),
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
+        limits: s.limits,
     })
 }
 

@@ -6,8 +6,14 @@
 //! - Both sides present certificates chaining to the federation CA, checked against the CRLs.
 //! - A CA-valid chain is not an identity: the client checks the server's certificate names the
 //!   node it meant to reach (rustls server-name check on `<node>.node.liaison`), and the server
-//!   maps the client's certificate to exactly one enrolled partner ([`identify_peer`]); everything
-//!   else is refused with a reason.
+//!   maps the client's certificate to exactly one enrolled partner ([`identify_peer`]), already
+//!   during the handshake; everything else is refused.
+//! - A refused client learns nothing: not whether its certificate passed the CA check, not the
+//!   server's clock (rustls would put both in the close reason). It gets one generic refusal;
+//!   the reason goes to the node ([`OnRefusal`]), which logs it within its budget for
+//!   unauthenticated events ([`crate::limits::log_refusal`]).
+//! - Per connection, the peer may open three bidirectional streams (the lanes) and no
+//!   unidirectional one; it may not open any on a connection this node dialled.
 //! - 0-RTT stays off (replayable); nothing that needs a receipt uses datagrams.
 //!
 //! CRLs are fixed when a config is built: on revocation the node builds new configs, swaps them in
@@ -20,8 +26,9 @@ use std::time::Duration;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::RootCertStore;
+use rustls::{CertificateError, DistinguishedName, RootCertStore};
 
 use crate::ids::NodeId;
 use crate::pki::node_dns_name;
@@ -129,22 +136,40 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// Bytes a peer may have in flight on one stream before this node reads them (QUIC flow
+/// control); with three streams per connection, what one connection can make QUIC buffer.
+const STREAM_WINDOW: u32 = 1_250_000;
+
+/// `streams`: the bidirectional streams the peer may open (the lanes on a connection it
+/// dialled; none on a connection this node dialled).
+fn transport_config(streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000)))); // ms
     t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(STREAM_WINDOW * crate::limits::STREAMS_PER_CONNECTION));
     Arc::new(t)
 }
 
-/// The server side: requires a client certificate from the federation CA, not revoked.
-pub fn server_config(m: &TlsMaterial) -> Result<quinn::ServerConfig, TransportError> {
+/// Told why a client certificate was refused (the client is not): the node logs it.
+pub type OnRefusal = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The server side: requires a client certificate from the federation CA, not revoked, that
+/// names exactly one of `enrolled` (when `enrolled` is empty, the identity is left to
+/// [`identify_peer`]). A refused client gets [`REFUSED`]; `on_refusal` gets the reason.
+pub fn server_config(
+    m: &TlsMaterial,
+    enrolled: &[NodeId],
+    on_refusal: OnRefusal,
+) -> Result<quinn::ServerConfig, TransportError> {
     let tls_err = |e: &dyn std::fmt::Display| TransportError::Tls(e.to_string());
-    let verifier = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider())
+    let inner = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider())
         .with_crls(m.crls.clone())
         .build()
         .map_err(|e| tls_err(&e))?;
+    let verifier = Arc::new(QuietVerifier { inner, enrolled: enrolled.to_vec(), on_refusal });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
@@ -155,7 +180,7 @@ pub fn server_config(m: &TlsMaterial) -> Result<quinn::ServerConfig, TransportEr
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(crate::limits::STREAMS_PER_CONNECTION));
     Ok(cfg)
 }
 
@@ -189,8 +214,80 @@ fn client_config_with(m: &TlsMaterial, with_cert: bool) -> Result<quinn::ClientC
     tls.enable_early_data = false;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(0));
     Ok(cfg)
+}
+
+/// The federation's client-certificate check, plus the identity check, that tells a refused
+/// client nothing: the reason is logged here, the client gets one generic error.
+struct QuietVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    enrolled: Vec<NodeId>,
+    on_refusal: OnRefusal,
+}
+
+impl std::fmt::Debug for QuietVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuietVerifier").field("enrolled", &self.enrolled).finish()
+    }
+}
+
+/// What a refused client is told.
+pub const REFUSED: rustls::Error = rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
+
+impl ClientCertVerifier for QuietVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let checked = self.inner.verify_client_cert(end_entity, intermediates, now).map_err(|e| e.to_string());
+        let checked = checked.and_then(|ok| {
+            if self.enrolled.is_empty() {
+                return Ok(ok);
+            }
+            identify_certificate(end_entity, &self.enrolled).map(|_| ok).map_err(|e| e.to_string())
+        });
+        checked.map_err(|reason| {
+            (self.on_refusal)(&reason);
+            REFUSED
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The TLS server name under which `node` is dialled.

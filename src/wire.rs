@@ -7,7 +7,8 @@
 //! between two frames ended cleanly; one that ends inside a frame did not.
 //!
 //! The length is checked against a limit **before** anything is allocated or read, so a peer
-//! cannot make a node buffer more than one maximal packet per frame.
+//! cannot make a node buffer more than one maximal packet per frame; the body is taken as it
+//! arrives, and abandoned if it stops arriving.
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,9 @@ pub enum WireError {
     /// The stream failed (reset, connection lost).
     #[error("stream: {0}")]
     Stream(String),
+    /// The frame's bytes stopped arriving.
+    #[error("no bytes of the frame for {0:?}; abandoned")]
+    Stalled(std::time::Duration),
 }
 
 /// Writes one frame.
@@ -61,20 +65,36 @@ pub async fn read_len(recv: &mut quinn::RecvStream, limit: usize) -> Result<Opti
     Ok(Some(len))
 }
 
-/// Reads a frame body of `len` bytes (announced by [`read_len`]).
-pub async fn read_body(recv: &mut quinn::RecvStream, len: usize) -> Result<Vec<u8>, WireError> {
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(body),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(WireError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(WireError::Stream(e.to_string())),
+/// Reads a frame body of `len` bytes (announced by [`read_len`]), chunk by chunk as QUIC
+/// delivers them: what is held is what has arrived (the announced length is reserved, never
+/// written to), and a frame whose bytes stop arriving for `stall` is abandoned.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    len: usize,
+    stall: std::time::Duration,
+) -> Result<Vec<u8>, WireError> {
+    let mut body = Vec::with_capacity(len);
+    while body.len() < len {
+        let chunk = match tokio::time::timeout(stall, recv.read_chunk(len - body.len(), true)).await {
+            Err(_) => return Err(WireError::Stalled(stall)),
+            Ok(Ok(Some(chunk))) => chunk,
+            Ok(Ok(None)) => return Err(WireError::Truncated),
+            Ok(Err(e)) => return Err(WireError::Stream(e.to_string())),
+        };
+        body.extend_from_slice(&chunk.bytes);
     }
+    Ok(body)
 }
 
-/// Reads one whole frame: `None` if the stream ended cleanly before it.
-pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<Vec<u8>>, WireError> {
+/// Reads one whole frame: `None` if the stream ended cleanly before it. A frame whose bytes
+/// stop arriving for `stall` is abandoned.
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Result<Option<Vec<u8>>, WireError> {
     match read_len(recv, limit).await? {
         None => Ok(None),
-        Some(len) => read_body(recv, len).await.map(Some),
+        Some(len) => read_body(recv, len, stall).await.map(Some),
     }
 }

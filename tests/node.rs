@@ -89,6 +89,7 @@ impl Federation {
             partners,
             policies,
             retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 10_000 },
+            limits: liaison::limits::Limits::default(),
         };
         Node::start(config, self.stop.subscribe()).await.unwrap()
     }
@@ -328,7 +329,7 @@ impl Federation {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         liaison::wire::write_frame(&mut send, bytes).await.unwrap();
         send.finish().unwrap();
-        liaison::wire::read_frame(&mut recv, 1 << 24).await.unwrap().unwrap()
+        liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)).await.unwrap().unwrap()
     }
 
     /// A QUIC connection to `to` with a fresh certificate for `from`, outside `from`'s node.
@@ -497,7 +498,12 @@ async fn oversized_and_truncated_frames_are_refused_and_the_node_carries_on() {
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
             send.write_all(&bytes).await.unwrap();
             send.finish().unwrap();
-            tokio::time::timeout(Duration::from_secs(10), liaison::wire::read_frame(&mut recv, 1 << 24)).await.unwrap()
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)),
+            )
+            .await
+            .unwrap()
         }
     };
     // 1 GiB announced: refused before anything is allocated.

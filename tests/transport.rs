@@ -33,14 +33,25 @@ async fn serve_once(pki: &Pki) -> (SocketAddr, tokio::task::JoinHandle<Result<No
     serve_with(material(&pki.ca, &[&pki.crl], &pki.it)).await
 }
 
+/// The server's side of one connection: the partner identified, or why it was refused (what the
+/// node logs: the verifier's reason, not what the client was told).
 async fn serve_with(m: TlsMaterial) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
-    let endpoint =
-        quinn::Endpoint::server(transport::server_config(&m).unwrap(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let enrolled = [node("ES-UDYCO"), node("CO-DIJIN")];
+    let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = reasons.clone();
+    let on_refusal: transport::OnRefusal = std::sync::Arc::new(move |r: &str| sink.lock().unwrap().push(r.to_owned()));
+    let config = transport::server_config(&m, &enrolled, on_refusal).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let incoming = endpoint.accept().await.ok_or("endpoint closed")?;
-        let conn = incoming.await.map_err(|e| format!("handshake: {e}"))?;
-        let enrolled = [node("ES-UDYCO"), node("CO-DIJIN")];
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                let why = reasons.lock().unwrap().pop();
+                return Err(why.unwrap_or_else(|| format!("handshake: {e}")));
+            }
+        };
         match identify_peer(&conn, &enrolled) {
             Ok(peer) => Ok(peer),
             Err(e) => {
@@ -170,6 +181,34 @@ async fn the_client_refuses_a_server_that_is_not_the_node_it_dialled() {
     let (client, _) = attempt(&pki, Some(&es), &transport::server_name(&node("CO-DIJIN"))).await;
     let err = client.unwrap_err();
     assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
+
+/// A refused client is told one thing, whatever the reason: not that its certificate passed
+/// the CA check, not the server's clock, not that it is revoked or unknown. The reason is the
+/// server's (logged there).
+#[tokio::test]
+async fn a_refused_client_learns_nothing_but_the_refusal() {
+    let pki = pki();
+    let rogue = Ca::generate("rogue CA", days(-1), days(365)).unwrap();
+    let cases = [
+        ("another CA", rogue.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap(), "UnknownIssuer"),
+        ("not enrolled", pki.ca.issue(&node("DE-BKA"), days(-1), days(90)).unwrap(), "no enrolled partner"),
+        ("expired", pki.ca.issue(&node("ES-UDYCO"), days(-100), days(-10)).unwrap(), "expired"),
+    ];
+    let mut told = std::collections::BTreeSet::new();
+    for (what, cert, reason) in cases {
+        let (client, server) = attempt(&pki, Some(&cert), &transport::server_name(&node("IT-DCSA"))).await;
+        assert!(server.unwrap_err().contains(reason), "{what}: the server knows why");
+        let seen = match client {
+            Err(e) => e,
+            Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap().to_string(),
+        };
+        for secret in ["UnknownIssuer", "enrolled", "xpired", "verification time", "not valid", "DE-BKA", "Revoked"] {
+            assert!(!seen.contains(secret), "{what}: the client was told {seen:?}");
+        }
+        told.insert(seen.replace(char::is_numeric, ""));
+    }
+    assert_eq!(told.len(), 1, "one answer for every refusal: {told:?}");
 }
 
 /// The committed demo material (certs-example/tls) works, and its bad/ cases are refused.

@@ -37,6 +37,10 @@ pub const PACKET_VERSION: u8 = 1;
 /// several packets or, later, as streamed attachments.
 pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
+/// Largest ReadAck or OnwardConsent (its CBOR): they carry ids, an officer's name, a node list.
+/// A node's own are well under 2 KiB; a bigger one is not one a node made.
+pub const MAX_SMALL_SYSTEM_PACKET_BYTES: usize = 8 * 1024;
+
 /// Most recipients one packet may name.
 pub const MAX_RECIPIENTS: usize = 64;
 
@@ -473,6 +477,55 @@ impl Packet {
         }
     }
 
+    /// System packets and consents carry ids, an officer's name, node lists: nothing a sharing
+    /// policy would weigh. So they have one fixed shape — UNCLASSIFIED, no TLP but CLEAR, H0
+    /// alone, no grading, no free text (case reference, legal basis, purpose, H3 text), no
+    /// related packets — and a ReadAck or consent is small. A packet of these types in any other
+    /// shape was not made by a node: it is refused wherever it is read.
+    fn check_system_shape(&self, c: &Check) -> Result<(), PacketError> {
+        let e = &self.envelope;
+        let kind = self.packet_type();
+        let why = |what: &str| format!("a {kind} carries {what} (it holds ids only)");
+        if e.classification != Classification::Unclassified {
+            return Err(c.at("classification").invalid(why("no classification but UNCLASSIFIED")));
+        }
+        if e.tlp.is_some_and(|t| t != Tlp::Clear) {
+            return Err(c.at("tlp").invalid(why("no TLP but CLEAR")));
+        }
+        if e.handling.codes.iter().ne([crate::markings::HandlingCode::H0].iter()) || e.handling.h3_text.is_some() {
+            return Err(c.at("handling").invalid(why("handling code H0 alone")));
+        }
+        let free_text = [
+            ("case_ref", e.case_ref.is_some()),
+            ("legal_basis", e.legal_basis.is_some()),
+            ("purpose", e.purpose.is_some()),
+            ("grading", e.grading.is_some()),
+            ("urgency_reason", e.urgency_reason.is_some()),
+            ("related", !e.related.is_empty()),
+        ];
+        if let Some((field, _)) = free_text.iter().find(|(_, present)| *present) {
+            return Err(c.at(field).invalid(why(&format!("no {field}"))));
+        }
+        if kind != PacketType::DeliveryReceipt {
+            let size = encoding::cbor_len(self);
+            if size > MAX_SMALL_SYSTEM_PACKET_BYTES {
+                return Err(Check::root()
+                    .at("body")
+                    .invalid(format!("a {kind} of {size} bytes; at most {MAX_SMALL_SYSTEM_PACKET_BYTES}")));
+            }
+        }
+        if let Body::ReadAck(a) = &self.body {
+            if a.read_at > e.created {
+                return Err(Check::root()
+                    .at("body")
+                    .at("ReadAck")
+                    .at("read_at")
+                    .invalid("after the acknowledgement was made"));
+            }
+        }
+        Ok(())
+    }
+
     /// The JSON face, pretty-printed.
     pub fn to_json(&self) -> String {
         // Serialising these types to JSON cannot fail: no non-string map keys, no failing Serialize.
@@ -585,6 +638,9 @@ impl Packet {
         }
         if kind.is_reply() && e.in_reply_to.is_none() {
             return Err(c.at("in_reply_to").invalid(format!("a {kind} must name the packet it answers")));
+        }
+        if kind.is_policy_exempt() && kind != PacketType::Forward {
+            self.check_system_shape(&c)?;
         }
 
         let b = root.at("body").at(kind.as_str());
@@ -706,6 +762,35 @@ mod tests {
         let err = Packet::from_cbor(&bytes).unwrap_err();
         assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
         assert!(err.to_string().contains("invalid node id"), "{err}");
+    }
+
+    /// ReadAcks, receipts and consents have one shape, whoever made them.
+    #[test]
+    fn system_packets_have_one_shape() {
+        let ack = Packet::from_json(include_str!("../../schemas/examples/read-ack.json")).unwrap();
+        let consent = Packet::from_json(include_str!("../../schemas/examples/onward-consent.json")).unwrap();
+        type Spoil = (&'static str, fn(&mut Packet));
+        let bad: [Spoil; 8] = [
+            ("envelope.classification", |p| p.envelope.classification = Classification::EuConfidential),
+            ("envelope.tlp", |p| p.envelope.tlp = Some(Tlp::Amber)),
+            ("envelope.handling", |p| {
+                p.envelope.handling.codes.insert(crate::markings::HandlingCode::H2).then_some(()).map_or((), drop)
+            }),
+            ("envelope.purpose", |p| p.envelope.purpose = Some("free text".parse().unwrap())),
+            ("envelope.case_ref", |p| p.envelope.case_ref = Some("IT-DCSA/2026/0042".parse().unwrap())),
+            ("envelope.legal_basis", |p| p.envelope.legal_basis = Some("art. 4".parse().unwrap())),
+            ("envelope.grading", |p| p.envelope.grading = Some("B2".parse().unwrap())),
+            ("envelope.related", |p| p.envelope.related.push(PacketId::from_bytes([9; 16]))),
+        ];
+        for base in [&ack, &consent] {
+            assert!(base.check().is_ok());
+            for (field, spoil) in &bad {
+                let mut p = base.clone();
+                spoil(&mut p);
+                let err = p.check().unwrap_err();
+                assert_eq!(err.field(), Some(*field), "{}: {err}", base.packet_type());
+            }
+        }
     }
 
     #[test]

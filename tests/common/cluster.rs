@@ -382,7 +382,9 @@ pub async fn send_frames(conn: &quinn::Connection, frames: &[&[u8]]) -> Result<V
         }
         send.finish().map_err(|e| e.to_string())?;
         let mut answers = Vec::new();
-        while let Some(a) = liaison::wire::read_frame(&mut recv, 1 << 24).await.map_err(|e| e.to_string())? {
+        while let Some(a) =
+            liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)).await.map_err(|e| e.to_string())?
+        {
             answers.push(a);
             if answers.len() >= frames.len() {
                 break;
