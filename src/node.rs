@@ -1777,6 +1777,9 @@ impl Node {
             return Err("receipt signed by another node".into());
         }
         let receipt_id = opened.signed.packet.envelope.id;
+        if self.inner.store.get(Tree::Receipts, receipt_id.as_bytes()).map_err(|e| e.to_string())?.is_some() {
+            return Err(format!("receipt {receipt_id} was already applied: a replay, refused"));
+        }
         let mut done = Vec::with_capacity(r.receipts.len());
         let mut ops = Vec::new();
         {
@@ -1784,10 +1787,14 @@ impl Node {
             let mut waiting = lock(in_flight);
             let mut last = None;
             for item in &r.receipts {
-                if let Some((seq, job)) = waiting.jobs.remove(&item.packet_id) {
-                    last = last.max(Some(seq));
-                    done.push(job);
-                }
+                // Only a copy this lane wrote and still waits for can be receipted here: an item
+                // about anything else (never sent, sent on another lane, already receipted)
+                // changes nothing.
+                let Some((seq, _)) = waiting.jobs.get(&item.packet_id) else {
+                    debug!(packet_id = %item.packet_id, "receipt item for no copy in flight on this lane; ignored");
+                    continue;
+                };
+                let seq = *seq;
                 let outcome = match &item.outcome {
                     ReceiptOutcome::Accepted => {
                         Outcome::Accepted { received_at: crate::delivery::millis(item.received_at) }
@@ -1800,6 +1807,10 @@ impl Node {
                 let _enter = span.enter();
                 match outbox.handle_receipt(now_ms(), item.packet_id, peer, item.sealed_digest, outcome) {
                     crate::delivery::ReceiptMatch::Completed => {
+                        if let Some((_, job)) = waiting.jobs.remove(&item.packet_id) {
+                            done.push(job);
+                        }
+                        last = last.max(Some(seq));
                         ops.push(Op::Put(
                             Tree::ReceiptIndex,
                             pair_key(item.packet_id, peer),
@@ -1811,10 +1822,23 @@ impl Node {
                         }
                     }
                     crate::delivery::ReceiptMatch::DigestMismatch => {
+                        // Not the bytes sent: the copy stays in flight and is sent again when
+                        // its receipt does not come.
                         warn!("receipt names other bytes than were sent; will send again")
                     }
-                    other => debug!(?other, "receipt item not applied"),
+                    other => {
+                        if let Some((_, job)) = waiting.jobs.remove(&item.packet_id) {
+                            done.push(job);
+                        }
+                        debug!(?other, "receipt item not applied")
+                    }
                 }
+            }
+            if done.is_empty() {
+                // A receipt must answer at least one copy this lane is waiting for: otherwise
+                // it is not an answer to what was sent (a partner replaying, inventing or
+                // flooding receipts), and the lane is closed; its copies are sent again.
+                return Err(format!("receipt {receipt_id} completes no copy in flight on this lane; refused"));
             }
             // The stream is ordered: a copy written before the last one receipted here, and not
             // receipted itself, was dropped by the receiver (unreadable) and must be sent again;

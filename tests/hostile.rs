@@ -129,3 +129,354 @@ fn several_officers_acknowledge_and_a_repeat_is_refused() {
     let acks = it.inbox().into_iter().filter(|p| p["type"] == "ReadAck").count();
     assert_eq!(acks, 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+use liaison::packet::{Body, Packet, ReceiptItem};
+use liaison::seal::SignedPacket;
+use liaison::timestamp::Timestamp;
+
+/// Every receipt item the node answers `frames` with, sent as `who` on one new lane of a new
+/// connection: until there is an item per frame, or nothing more comes for `idle`, or `idle`
+/// three times over has passed.
+async fn exchange(who: &str, port: u16, frames: &[Vec<u8>], idle: Duration) -> Vec<ReceiptItem> {
+    let deadline = tokio::time::Instant::now() + idle * 3;
+    let peer = RawPeer::as_node(who);
+    let conn = peer.connect(port, "IT-DCSA").await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let owned: Vec<Vec<u8>> = frames.to_vec();
+    let writer = tokio::spawn(async move {
+        for f in &owned {
+            if liaison::wire::write_frame(&mut send, f).await.is_err() {
+                return;
+            }
+        }
+        let _ = send.finish();
+        std::future::pending::<()>().await;
+    });
+    let me = ctx(who);
+    let mut items = Vec::new();
+    while items.len() < frames.len() {
+        let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, liaison::wire::read_frame(&mut recv, 1 << 24, idle)).await {
+            Ok(Ok(Some(answer))) => items.extend(receipt_items(&me, "IT-DCSA", &answer)),
+            _ => break,
+        }
+    }
+    writer.abort();
+    items
+}
+
+fn code(item: &ReceiptItem) -> String {
+    match &item.outcome {
+        ReceiptOutcome::Accepted => "accepted".into(),
+        ReceiptOutcome::Rejected { code, .. } => code.clone(),
+    }
+}
+
+/// `p` signed by `who` as it is (whatever `Packet::check` would say) and sealed for `to`:
+/// what a partner holding its own keys can send.
+fn forged(who: &str, to: &str, p: &Packet) -> Vec<u8> {
+    let c = ctx(who);
+    common::encrypt_as(&c, to, p, common::sign_as(&c, p, p.to_cbor(), |_| {}))
+}
+
+/// Sets the receive rate of the policy `text`.
+fn receive_rate(text: String, per_minute: u32) -> String {
+    let at = text.find("[receive]").unwrap();
+    let (head, tail) = text.split_at(at);
+    let tail = regex_replace_rate(tail, per_minute);
+    format!("{head}{tail}")
+}
+
+fn regex_replace_rate(section: &str, per_minute: u32) -> String {
+    section
+        .lines()
+        .map(|l| {
+            if l.starts_with("max_packets_per_minute") {
+                format!("max_packets_per_minute = {per_minute}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// IT-DCSA's policy for CO-DIJIN receives at most `per_minute` packets a minute.
+fn co_limited_to(per_minute: u32) -> Setup {
+    Setup {
+        stopped: vec!["CO-DIJIN"],
+        policy: Some(Box::new(move |node: &str, partner: &str, text: String| {
+            if node == "IT-DCSA" && partner == "CO-DIJIN" {
+                receive_rate(text, per_minute)
+            } else {
+                text
+            }
+        })),
+        ..Setup::default()
+    }
+}
+
+/// Submits a draft at `from` to `to`; returns the packet id.
+fn submit(n: &NodeProc, example: &str, to: &str) -> String {
+    let (code, v) = n.api("POST", &format!("/v1/packets?to={to}"), Some(&common::draft(example).to_string()));
+    assert_eq!(code, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn delivered(n: &NodeProc, id: &str, to: &str) -> bool {
+    state(n, id, to)["state"] == "delivered"
+}
+
+/// A packet from CO-DIJIN to IT-DCSA: the request example, made current.
+fn co_request() -> Packet {
+    packet_from("CO-DIJIN", "IT-DCSA")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 2: no packet type is exempt from the receive rules
+
+/// ReadAcks and consents have one strict shape (no classification but UNCLASSIFIED, no free
+/// text, small), and count against the partner's rate like everything else: CO-DIJIN's ReadAcks
+/// beyond its agreed rate are refused, and so is its next alert; a flood of 1 MB ReadAcks stores
+/// nothing. ES-UDYCO's traffic is delivered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_packets_follow_the_receive_rules() {
+    let mut c = Cluster::with(&ALL, co_limited_to(40));
+    let port = c.node("IT-DCSA").quic;
+    // A packet IT-DCSA really sent to CO-DIJIN (it stays queued: CO-DIJIN's node is not running),
+    // so that ReadAcks about it are well addressed.
+    let sent: PacketId = submit(c.node("IT-DCSA"), "information-request.json", "CO-DIJIN").parse().unwrap();
+    let (co, it) = (common::node("CO-DIJIN"), common::node("IT-DCSA"));
+    let ack = |officer: &str| {
+        Packet::read_ack(
+            &co,
+            &it,
+            sent,
+            liaison::markings::Priority::Flash,
+            officer.parse().unwrap(),
+            Timestamp::now(),
+            &mut rand_core::OsRng,
+        )
+    };
+
+    let mut confidential = ack("Officer A");
+    confidential.envelope.classification = liaison::markings::Classification::EuConfidential;
+    let mut chatty = ack("Officer B");
+    chatty.envelope.purpose = Some("Anything at all, in free text".parse().unwrap());
+    let mut consent = Packet::from_json(&common::example_json("onward-consent.json").to_string()).unwrap();
+    consent.envelope.originator.node = co.clone();
+    consent.envelope.recipients = vec![it.clone()];
+    consent.envelope.classification = liaison::markings::Classification::EuConfidential;
+    let shapes: Vec<Vec<u8>> =
+        [confidential, chatty, consent].iter().map(|p| forged("CO-DIJIN", "IT-DCSA", p)).collect();
+    let items = exchange("CO-DIJIN", port, &shapes, Duration::from_secs(5)).await;
+    assert_eq!(items.iter().map(code).collect::<Vec<_>>(), ["invalid_packet"; 3]);
+
+    // ReadAcks padded to 1 MB: refused, nothing stored.
+    let before = c.node("IT-DCSA").data_bytes();
+    let big: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            let mut p = ack(&format!("Padder {i}"));
+            p.envelope.related = (0..60_000u32).map(|j| PacketId::from_bytes([(j % 251) as u8; 16])).collect();
+            forged("CO-DIJIN", "IT-DCSA", &p)
+        })
+        .collect();
+    assert!(big[0].len() > 1_000_000);
+    let items = exchange("CO-DIJIN", port, &big, Duration::from_secs(10)).await;
+    assert_eq!(items.len(), 30);
+    assert!(items.iter().all(|i| code(i) == "invalid_packet"), "{:?}", items.iter().map(code).collect::<Vec<_>>());
+    let grown = c.node("IT-DCSA").data_bytes().saturating_sub(before);
+    assert!(grown < 4 << 20, "30 MB of ReadAcks grew the store by {grown} bytes");
+
+    // Well-formed ReadAcks count against the rate (40 a minute): 32 officers are recorded (as
+    // many as are kept), then the rest are refused, and the partner's next alert too.
+    let acks: Vec<Vec<u8>> = (0..45).map(|i| sealed("CO-DIJIN", &ack(&format!("Officer {i:02}")))).collect();
+    let items = exchange("CO-DIJIN", port, &acks, Duration::from_secs(5)).await;
+    let codes: Vec<String> = items.iter().map(code).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "accepted").count(), 32, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "system.too_many_acks").count(), 8, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| *c == "policy.receive.max_packets_per_minute").count(), 5, "{codes:?}");
+    let alert = exchange("CO-DIJIN", port, &[sealed("CO-DIJIN", &co_request())], Duration::from_secs(5)).await;
+    assert_eq!(code(&alert[0]), "policy.receive.max_packets_per_minute", "ReadAcks took the room of alerts");
+    assert_eq!(state(c.node("IT-DCSA"), &sent.to_string(), "CO-DIJIN")["reads"].as_array().unwrap().len(), 32);
+
+    // ES-UDYCO is not touched by any of it.
+    let id = submit(c.node("ES-UDYCO"), "controlled-delivery-alert.json", "IT-DCSA");
+    let es = c.node("ES-UDYCO");
+    wait_for("ES-UDYCO's alert delivered", Duration::from_secs(20), || delivered(es, &id, "IT-DCSA"));
+}
+
+/// Beyond twice its agreed rate, nothing more is read from a partner until the minute allows:
+/// a flood costs no CPU, no receipts, no disk, and another partner's traffic flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_paced_at_twice_the_agreed_rate() {
+    let mut c = Cluster::with(&ALL, co_limited_to(30));
+    let port = c.node("IT-DCSA").quic;
+    let flood: Vec<Vec<u8>> = (0..150).map(|_| sealed("CO-DIJIN", &co_request())).collect();
+    let started = std::time::Instant::now();
+    let items = exchange("CO-DIJIN", port, &flood, Duration::from_secs(2)).await;
+    let secs = started.elapsed().as_secs() + 1;
+    // 60 a minute: a minute's worth at once, then one a second.
+    assert!(items.len() as u64 <= 60 + secs, "{} answered in {secs} s", items.len());
+    assert!(items.len() >= 60, "the agreed rate and its margin are read: {}", items.len());
+    assert!(c.node("IT-DCSA").log_text().contains("reading from it is paced"));
+    let id = submit(c.node("ES-UDYCO"), "controlled-delivery-alert.json", "IT-DCSA");
+    let es = c.node("ES-UDYCO");
+    wait_for("ES-UDYCO's alert delivered", Duration::from_secs(20), || delivered(es, &id, "IT-DCSA"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items 4 and 5: consent bound to its holder; times checked against the clock
+
+/// `original`, signed by its originator, passed on by `by` to `to` with `consent`.
+fn forward(by: &str, to: &str, original: &SignedPacket, consent: Option<&SignedPacket>) -> Packet {
+    let o = &original.packet.envelope;
+    let mut e = o.clone();
+    e.id = PacketId::new_v7(liaison::node::now_ms(), &mut rand_core::OsRng);
+    e.in_reply_to = None;
+    e.related = vec![o.id];
+    e.originator =
+        liaison::packet::Originator { node: by.parse().unwrap(), officer: Some("Officer 1".parse().unwrap()) };
+    e.recipients = vec![to.parse().unwrap()];
+    e.created = Timestamp::now();
+    e.due_by = None;
+    Packet {
+        version: 1,
+        envelope: e,
+        body: Body::Forward(liaison::packet::Forward {
+            original: liaison::encoding::Blob(original.bytes.clone()),
+            consent: consent.map(|c| liaison::encoding::Blob(c.bytes.clone())),
+        }),
+    }
+}
+
+/// CO-DIJIN's H2 request to ES-UDYCO, signed; `created`/`expires` as given.
+fn co_original(created: Timestamp, expires: Timestamp, h2: bool) -> SignedPacket {
+    let mut p = packet_from("CO-DIJIN", "ES-UDYCO");
+    p.envelope.created = created;
+    p.envelope.expires = expires;
+    p.envelope.due_by = p.computed_due_by();
+    if h2 {
+        p.envelope.handling.codes.insert(liaison::markings::HandlingCode::H2);
+    }
+    ctx("CO-DIJIN").sign(&p).unwrap()
+}
+
+/// CO-DIJIN's consent, given to `holder`, that `original` may go to IT-DCSA.
+fn co_consent(original: &SignedPacket, holder: &str) -> SignedPacket {
+    let mut p = Packet::from_json(&common::example_json("onward-consent.json").to_string()).unwrap();
+    p.envelope.id = PacketId::new_v7(liaison::node::now_ms(), &mut rand_core::OsRng);
+    p.envelope.originator.node = common::node("CO-DIJIN");
+    p.envelope.recipients = vec![common::node(holder)];
+    p.envelope.in_reply_to = Some(original.packet.envelope.id);
+    p.envelope.created = Timestamp::now();
+    p.envelope.expires = Timestamp::now().plus_secs(86_400);
+    p.body = Body::OnwardConsent(liaison::packet::OnwardConsent {
+        packet_id: original.packet.envelope.id,
+        allowed: vec![common::node("IT-DCSA")],
+        until: Timestamp::now().plus_secs(86_400),
+    });
+    ctx("CO-DIJIN").sign(&p).unwrap()
+}
+
+/// Item 4: a consent is given to one holder. ES-UDYCO (hostile) passes CO-DIJIN's H2 packet to
+/// IT-DCSA with a valid CO-DIJIN consent that was given to another node: refused. The same with
+/// a consent given to ES-UDYCO is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_given_to_another_node_does_not_cover_a_forward() {
+    let mut c = Cluster::with(&ALL, Setup { stopped: vec!["ES-UDYCO", "CO-DIJIN"], ..Setup::default() });
+    let port = c.node("IT-DCSA").quic;
+    let now = Timestamp::now();
+    let original = co_original(now.plus_secs(-60), now.plus_secs(86_400), true);
+    let stolen = co_consent(&original, "IT-DCSA");
+    let f = forward("ES-UDYCO", "IT-DCSA", &original, Some(&stolen));
+    let items = exchange("ES-UDYCO", port, &[sealed("ES-UDYCO", &f)], Duration::from_secs(5)).await;
+    assert_eq!(code(&items[0]), "onward.consent_invalid");
+    let ReceiptOutcome::Rejected { reason, .. } = &items[0].outcome else { unreachable!() };
+    assert!(reason.contains("given to IT-DCSA, not to ES-UDYCO"), "{reason}");
+
+    let own = co_consent(&original, "ES-UDYCO");
+    let f = forward("ES-UDYCO", "IT-DCSA", &original, Some(&own));
+    let items = exchange("ES-UDYCO", port, &[sealed("ES-UDYCO", &f)], Duration::from_secs(5)).await;
+    assert_eq!(code(&items[0]), "accepted");
+    assert_eq!(c.node("IT-DCSA").inbox().len(), 1, "only the covered forward is stored");
+}
+
+/// Item 5: times are checked against the clock — a forwarded original that expired ten days ago
+/// is refused; a packet dated 200 days ahead is refused with its own code; a request dated ten
+/// days back is taken, and its answer deadline counts from when IT-DCSA stored it (the
+/// requester's due_by is shown as what it expects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_are_checked_against_the_clock() {
+    let mut c = Cluster::with(&ALL, Setup { stopped: vec!["ES-UDYCO", "CO-DIJIN"], ..Setup::default() });
+    let port = c.node("IT-DCSA").quic;
+    let now = Timestamp::now();
+    let day = 86_400;
+
+    let stale = co_original(now.plus_secs(-40 * day), now.plus_secs(-10 * day), false);
+    let mut f = forward("ES-UDYCO", "IT-DCSA", &stale, None);
+    f.envelope.expires = now.plus_secs(day); // the forward itself is fresh: the hostile hop says so
+    let items = exchange("ES-UDYCO", port, &[sealed("ES-UDYCO", &f)], Duration::from_secs(5)).await;
+    assert_eq!(code(&items[0]), "onward.original_expired");
+
+    let mut ahead = co_request();
+    ahead.envelope.created = now.plus_secs(200 * day);
+    ahead.envelope.expires = now.plus_secs(230 * day);
+    ahead.envelope.due_by = ahead.computed_due_by();
+    let mut back = co_request();
+    back.envelope.created = now.plus_secs(-10 * day);
+    back.envelope.due_by = back.computed_due_by();
+    let frames = [sealed("CO-DIJIN", &ahead), sealed("CO-DIJIN", &back)];
+    let items = exchange("CO-DIJIN", port, &frames, Duration::from_secs(5)).await;
+    assert_eq!(items.iter().map(code).collect::<Vec<_>>(), ["created_in_future", "accepted"]);
+
+    let it = c.node("IT-DCSA");
+    let entry = it.inbox().into_iter().find(|p| p["id"] == back.envelope.id.to_string().as_str()).unwrap();
+    let deadline = &entry["deadline"];
+    assert_eq!(deadline["due"]["state"], "open", "not overdue on arrival: {entry}");
+    let due: Timestamp = deadline["due_by"].as_str().unwrap().parse().unwrap();
+    assert!((due.unix() - now.unix() - 8 * 3600).abs() < 120, "8 hours from storage: {due}");
+    assert_eq!(deadline["sender_due_by"], back.envelope.due_by.unwrap().to_string());
+    assert_eq!(entry["sender_due_by"], back.envelope.due_by.unwrap().to_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: strict CBOR
+
+/// Bytes a lenient CBOR reader would take: a bignum for the version, an unknown tag, an
+/// indefinite length, an integer not in its shortest form, a COSE `crit` naming a parameter the
+/// node does not process. Each is refused with its own stable code, though validly signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lenient_cbor_and_unknown_critical_headers_are_refused() {
+    let mut c = with_hostile_co();
+    let port = c.node("IT-DCSA").quic;
+    let co = ctx("CO-DIJIN");
+    let p = co_request();
+    let good = p.to_cbor();
+    assert_eq!(&good[1..9], b"\x67version");
+    let payloads: [(&str, Vec<u8>); 4] = [
+        ("cbor_unknown_tag", [&good[..9], &[0xc2, 0x41, 0x01], &good[10..]].concat()),
+        ("cbor_unknown_tag", [&good[..9], &[0xd9, 0xd9, 0xf7, 0x01], &good[10..]].concat()),
+        ("cbor_indefinite_length", [&[0xbf], &good[1..], &[0xff]].concat()),
+        ("cbor_not_preferred", [&good[..9], &[0x18, 0x01], &good[10..]].concat()),
+    ];
+    let mut frames: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|(_, payload)| common::encrypt_as(&co, "IT-DCSA", &p, common::sign_as(&co, &p, payload.clone(), |_| {})))
+        .collect();
+    let crit = common::sign_as(&co, &p, good.clone(), |h| {
+        h.crit.push(coset::RegisteredLabelWithPrivate::PrivateUse(-65_537));
+        h.rest.push((coset::Label::Int(-65_537), ciborium::Value::Bool(true)));
+    });
+    frames.push(common::encrypt_as(&co, "IT-DCSA", &p, crit));
+    let items = exchange("CO-DIJIN", port, &frames, Duration::from_secs(5)).await;
+    let want: Vec<&str> = payloads.iter().map(|(c, _)| *c).chain(["cose_unknown_crit"]).collect();
+    assert_eq!(items.iter().map(code).collect::<Vec<_>>(), want);
+    assert!(c.node("IT-DCSA").inbox().is_empty());
+    // The same packet, well-formed, is taken.
+    let items = exchange("CO-DIJIN", port, &[sealed("CO-DIJIN", &p)], Duration::from_secs(5)).await;
+    assert_eq!(code(&items[0]), "accepted");
+}

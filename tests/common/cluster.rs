@@ -429,3 +429,77 @@ pub fn receipt_item(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::
 pub fn receipt_outcome(es: &liaison::seal::SealContext, answer: &[u8]) -> liaison::packet::ReceiptOutcome {
     receipt_item(es, answer).outcome
 }
+
+/// A lane a node opened to a [`HostileReceiver`]: the first copy on it, and the stream to
+/// answer on.
+pub struct Lane {
+    pub first: Vec<u8>,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    pub conn: quinn::Connection,
+}
+
+/// A partner that receives for demo node `who` on its configured port: it accepts the node's
+/// connections and hands each new lane to the test, which answers with whatever receipts it
+/// likes.
+pub struct HostileReceiver {
+    pub lanes: tokio::sync::mpsc::UnboundedReceiver<Lane>,
+    _endpoint: quinn::Endpoint,
+}
+
+impl HostileReceiver {
+    pub fn listen(who: &str, port: u16, enrolled: &[&str]) -> Self {
+        let m = demo_material(&format!("{who}.crt"), &format!("{who}.key"));
+        let enrolled: Vec<liaison::ids::NodeId> = enrolled.iter().map(|n| n.parse().unwrap()).collect();
+        let config = liaison::transport::server_config(&m, &enrolled, std::sync::Arc::new(|_: &str| {})).unwrap();
+        let endpoint = quinn::Endpoint::server(config, format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
+        let (tx, lanes) = tokio::sync::mpsc::unbounded_channel();
+        let ep = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((send, mut recv)) = conn.accept_bi().await {
+                        let first = liaison::wire::read_frame(&mut recv, 1 << 25, Duration::from_secs(10)).await;
+                        if let Ok(Some(first)) = first {
+                            let _ = tx.send(Lane { first, send, recv, conn: conn.clone() });
+                        }
+                    }
+                });
+            }
+        });
+        Self { lanes, _endpoint: endpoint }
+    }
+
+    /// The next lane the node opens (within 20 s).
+    pub async fn next_lane(&mut self) -> Lane {
+        tokio::time::timeout(Duration::from_secs(20), self.lanes.recv()).await.expect("a lane within 20 s").unwrap()
+    }
+}
+
+/// A receipt from `me` (a demo node's seal context) to `to` with `items`, sealed.
+pub fn receipt(me: &liaison::seal::SealContext, to: &str, items: Vec<liaison::packet::ReceiptItem>) -> Vec<u8> {
+    let now = liaison::timestamp::Timestamp::now();
+    let r = liaison::packet::Packet::delivery_receipt(
+        me.node(),
+        &to.parse().unwrap(),
+        liaison::markings::Priority::Routine,
+        items,
+        now,
+        &mut rand_core::OsRng,
+    );
+    me.seal(&r, &mut rand_core::OsRng).unwrap().remove(0).bytes
+}
+
+/// The item a genuine receiver would write for a copy it stored.
+pub fn accepted(copy: &[u8], me: &liaison::seal::SealContext) -> liaison::packet::ReceiptItem {
+    let opened = me.open(copy, liaison::timestamp::Timestamp::now()).unwrap();
+    liaison::packet::ReceiptItem {
+        packet_id: opened.signed.packet.envelope.id,
+        received_at: liaison::timestamp::Timestamp::now(),
+        sealed_digest: opened.sealed_digest,
+        outcome: liaison::packet::ReceiptOutcome::Accepted,
+        policy: None,
+    }
+}
