@@ -612,9 +612,13 @@ fn serve(config: &Path) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Unavailable(format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(crate::serve::run(settings, Some(config.to_owned()), crate::serve::signals()))
-        .map_err(|e| CliError::Unavailable(e.to_string()))
+    runtime.block_on(crate::serve::run(settings, Some(config.to_owned()), crate::serve::signals())).map_err(|e| {
+        if e.is_configuration() {
+            CliError::Usage(e.to_string())
+        } else {
+            CliError::Unavailable(e.to_string())
+        }
+    })
 }
 
 fn init_tracing(s: &crate::config::Settings) -> Result<(), CliError> {

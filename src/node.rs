@@ -218,7 +218,7 @@ struct PartnerBudget {
     memory: MemoryBudget,
     /// Frames it may send a minute.
     pacer: Mutex<Pacer>,
-    /// Log lines about it being paced.
+    /// Log lines about what it does beyond its limits (paced, too many connections).
     paced_log: Mutex<LogBudget>,
     /// Its open connections to this node.
     connections: Mutex<Connections>,
@@ -1102,7 +1102,10 @@ impl Node {
                     old.iter().filter_map(|o| c.open.remove(o)).collect()
                 };
                 for old in replaced {
-                    info!(%peer, max = node.inner.limits.connections_per_partner, "closing the partner's oldest connection: a newer one replaces it");
+                    // A partner can open connections as fast as it likes: logged within a budget.
+                    if let crate::limits::LogLine::Write { suppressed } = lock(&budget.paced_log).event(now_ms()) {
+                        info!(%peer, max = node.inner.limits.connections_per_partner, suppressed, "closing the partner's oldest connection: a newer one replaces it");
+                    }
                     old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
                 }
                 node.clone().serve_connection(conn, peer.clone()).instrument(info_span!("conn", %peer)).await;
@@ -1134,7 +1137,7 @@ impl Node {
     /// One incoming lane: a reader task reads frames ahead (bounded in bytes), this task takes
     /// whatever has arrived as one batch, commits it with one flush, and answers with one receipt.
     async fn serve_stream(self, peer: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, [OwnedSemaphorePermit; 2])>(MAX_RECEIPT_ITEMS);
+        let (tx, mut rx) = mpsc::channel::<(wire::Frame, [OwnedSemaphorePermit; 2])>(MAX_RECEIPT_ITEMS);
         let Some(budget) = self.inner.budgets.get(&peer) else { return };
         // The stream's share keeps one lane from taking the whole partner budget (its FLASH
         // lane reads on while its bulk lane waits to commit); the partner budget bounds them all.
@@ -1172,7 +1175,7 @@ impl Node {
                     Err(_) => break,
                 }
             }
-            let frames: Vec<Vec<u8>> = batch.into_iter().map(|(f, _permit)| f).collect();
+            let frames: Vec<wire::Frame> = batch.into_iter().map(|(f, _permit)| f).collect();
             let (receipt, lane) = match self.receive_batch(&peer, frames).await {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
@@ -1227,7 +1230,7 @@ impl Node {
     async fn receive_batch(
         &self,
         peer: &NodeId,
-        frames: Vec<Vec<u8>>,
+        frames: Vec<wire::Frame>,
     ) -> Result<Option<(Vec<u8>, Priority)>, NodeError> {
         let received_ms = now_ms();
         let now = Timestamp::from_unix((received_ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now());
@@ -1695,7 +1698,16 @@ impl Node {
                         Ok(r) => r.map_err(|e| e.to_string())?,
                     };
                     let Some(frame) = frame else { return Ok(()) };
-                    self.apply_receipt(&peer, &frame, &in_flight).await?;
+                    if let Err(e) = self.apply_receipt(&peer, &frame, &in_flight).await {
+                        // A partner answering with what is not a receipt for what was sent:
+                        // the administrator should know (within the partner's log budget).
+                        if let Some(b) = self.inner.budgets.get(&peer) {
+                            if let crate::limits::LogLine::Write { suppressed } = lock(&b.paced_log).event(now_ms()) {
+                                warn!(error = %e, suppressed, "receipt refused; the lane is closed and its copies sent again");
+                            }
+                        }
+                        return Err(e);
+                    }
                 }
             };
             tokio::select! {

@@ -41,6 +41,15 @@ pub enum ServeError {
     PartnerWithoutKeys(crate::ids::NodeId),
 }
 
+impl ServeError {
+    /// Whether the administrator's files are at fault (a key file, the TLS material, a partner
+    /// missing from the keyring) rather than the machine (a port taken, the store): the
+    /// binary exits 64 for these, as for any configuration error.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Keys(_) | Self::Tls(_) | Self::PartnerWithoutKeys(_))
+    }
+}
+
 /// Loads what the settings name and builds the node's configuration.
 pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     let keys = NodeKeys::load_from_dir(&s.keys_dir, &s.node)?;

@@ -65,25 +65,69 @@ pub async fn read_len(recv: &mut quinn::RecvStream, limit: usize) -> Result<Opti
     Ok(Some(len))
 }
 
+/// A frame's bytes. A large one lives in its own anonymous memory mapping: a partner decides
+/// how large its frames are and when their bytes stop, and what it made this node hold must go
+/// back to the operating system the moment the frame is dropped — glibc's allocator keeps freed
+/// blocks of this size for reuse (its mmap threshold rises to the largest block freed), so a
+/// burst of abandoned 16 MiB frames would otherwise stay resident. Pages of the mapping are
+/// only resident once written, so a frame announced and not sent costs what was sent.
+pub enum Frame {
+    /// A small frame.
+    Heap(Vec<u8>),
+    /// A large frame, in its own mapping.
+    Mapped(memmap2::MmapMut),
+}
+
+/// Frames at least this large get their own mapping.
+const MAPPED_FROM: usize = 64 * 1024;
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Heap(v) => v,
+            Self::Mapped(m) => m,
+        }
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({} bytes)", self.len())
+    }
+}
+
 /// Reads a frame body of `len` bytes (announced by [`read_len`]), chunk by chunk as QUIC
-/// delivers them: what is held is what has arrived (the announced length is reserved, never
-/// written to), and a frame whose bytes stop arriving for `stall` is abandoned.
+/// delivers them; a frame whose bytes stop arriving for `stall` is abandoned.
 pub async fn read_body(
     recv: &mut quinn::RecvStream,
     len: usize,
     stall: std::time::Duration,
-) -> Result<Vec<u8>, WireError> {
-    let mut body = Vec::with_capacity(len);
-    while body.len() < len {
-        let chunk = match tokio::time::timeout(stall, recv.read_chunk(len - body.len(), true)).await {
+) -> Result<Frame, WireError> {
+    let mut frame = if len >= MAPPED_FROM {
+        Frame::Mapped(
+            memmap2::MmapMut::map_anon(len).map_err(|e| WireError::Stream(format!("cannot map {len} bytes: {e}")))?,
+        )
+    } else {
+        Frame::Heap(vec![0; len])
+    };
+    let buf: &mut [u8] = match &mut frame {
+        Frame::Heap(v) => v,
+        Frame::Mapped(m) => m,
+    };
+    let mut filled = 0;
+    while filled < len {
+        let chunk = match tokio::time::timeout(stall, recv.read_chunk(len - filled, true)).await {
             Err(_) => return Err(WireError::Stalled(stall)),
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Err(WireError::Truncated),
             Ok(Err(e)) => return Err(WireError::Stream(e.to_string())),
         };
-        body.extend_from_slice(&chunk.bytes);
+        let n = chunk.bytes.len().min(len - filled);
+        buf[filled..filled + n].copy_from_slice(&chunk.bytes[..n]);
+        filled += n;
     }
-    Ok(body)
+    Ok(frame)
 }
 
 /// Reads one whole frame: `None` if the stream ended cleanly before it. A frame whose bytes
@@ -92,7 +136,7 @@ pub async fn read_frame(
     recv: &mut quinn::RecvStream,
     limit: usize,
     stall: std::time::Duration,
-) -> Result<Option<Vec<u8>>, WireError> {
+) -> Result<Option<Frame>, WireError> {
     match read_len(recv, limit).await? {
         None => Ok(None),
         Some(len) => read_body(recv, len, stall).await.map(Some),

@@ -480,3 +480,300 @@ async fn lenient_cbor_and_unknown_critical_headers_are_refused() {
     let items = exchange("CO-DIJIN", port, &[sealed("CO-DIJIN", &p)], Duration::from_secs(5)).await;
     assert_eq!(code(&items[0]), "accepted");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Item 3: stalled frames pin no more than the partner's budget
+
+/// The most RSS the node process reached while `f` ran, sampled every 50 ms.
+async fn peak_rss<F: std::future::Future>(pid: u32, f: F) -> (u64, F::Output) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            peak = peak.max(rss_of(pid));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
+    });
+    let out = f.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (sampler.join().unwrap(), out)
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Opens `connections` connections as CO-DIJIN and tries `streams` streams across them; on
+/// each stream it gets, announces a frame of the largest size and sends all of it but the last
+/// byte, then holds. Returns how many connections and streams the node let it have.
+async fn stall_attack(
+    port: u16,
+    connections: usize,
+    streams: usize,
+) -> (usize, usize, Vec<tokio::task::JoinHandle<()>>) {
+    let peer = RawPeer::as_node("CO-DIJIN");
+    let mut conns = Vec::new();
+    for _ in 0..connections {
+        if let Ok(c) = peer.connect(port, "IT-DCSA").await {
+            conns.push(c);
+        }
+    }
+    let open = conns.iter().filter(|c| c.close_reason().is_none()).count();
+    let len = liaison::seal::MAX_SEALED_BYTES;
+    let mut writers = Vec::new();
+    let mut opened = 0;
+    for i in 0..streams {
+        let conn = &conns[conns.len() - 1 - i % conns.len().min(8)];
+        let Ok(Ok((mut send, recv))) = tokio::time::timeout(Duration::from_millis(20), conn.open_bi()).await else {
+            continue;
+        };
+        opened += 1;
+        writers.push(tokio::spawn(async move {
+            let _recv = recv;
+            let _ = send.write_all(&(len as u32).to_be_bytes()).await;
+            let chunk = vec![0x5a; 64 * 1024];
+            let mut left = len - 1;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if send.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            std::future::pending::<()>().await;
+        }));
+    }
+    (open, opened, writers)
+}
+
+/// One partner holding 1,000 stalled streams over 400 connections keeps the node within its
+/// configured budget (32 MiB here) plus a stated overhead; the stalled frames are abandoned
+/// after `frame_stall_secs`, and the memory is given back. ES-UDYCO's alerts are delivered
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frames_pin_no_more_than_the_partner_budget() {
+    let setup = Setup {
+        stopped: vec!["CO-DIJIN"],
+        config: Some(Box::new(|name: &str, text: String| {
+            if name == "IT-DCSA" {
+                format!("{text}\n[limits]\npartner_memory_mib = 32\nframe_stall_secs = 4\n")
+            } else {
+                text
+            }
+        })),
+        ..Setup::default()
+    };
+    let mut c = Cluster::with(&ALL, setup);
+    let port = c.node("IT-DCSA").quic;
+    // Warm up: a few packets each way, so the baseline includes what normal traffic allocates.
+    for _ in 0..3 {
+        let id = submit(c.node("ES-UDYCO"), "controlled-delivery-alert.json", "IT-DCSA");
+        let es = c.node("ES-UDYCO");
+        wait_for("warm-up delivered", Duration::from_secs(20), || delivered(es, &id, "IT-DCSA"));
+    }
+    let baseline = c.get("IT-DCSA").rss_kib();
+    let (peak, (open, streams, writers)) = peak_rss(c.get("IT-DCSA").pid(), async {
+        let attack = stall_attack(port, 400, 1000).await;
+        // The node reads what its budget allows; the stall limit (4 s) abandons those frames,
+        // and the next ones are read in their place: the budget holds throughout.
+        let id = submit(c.get("ES-UDYCO"), "controlled-delivery-alert.json", "IT-DCSA");
+        let es = c.get("ES-UDYCO");
+        wait_for("ES-UDYCO's alert delivered during the attack", Duration::from_secs(20), || {
+            delivered(es, &id, "IT-DCSA")
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        attack
+    })
+    .await;
+    eprintln!("RSS: baseline {baseline} KiB, peak {peak} KiB; the partner had {open} connections, {streams} streams");
+    // Two connections (a third only for as long as it takes to close the oldest), three
+    // streams on each.
+    assert!(open <= 3 && streams <= 9, "{open} connections, {streams} streams");
+    // The stated overhead: QUIC buffers at most 3 × 1.25 MB per connection, plus connection and
+    // task state; 16 MiB covers them with room.
+    let (budget, overhead) = (32 << 10, 16 << 10);
+    assert!(peak <= baseline + budget + overhead, "peak {peak} KiB over baseline {baseline} KiB + budget + overhead");
+    let it = c.node("IT-DCSA");
+    assert!(it.log_text().contains("partner stopped sending a frame; stream reset"));
+    // The partner goes away: everything it made the node hold is given back.
+    for w in writers {
+        w.abort();
+    }
+    let it = c.node("IT-DCSA");
+    wait_for("memory given back", Duration::from_secs(15), || it.rss_kib() <= baseline + (8 << 10));
+    eprintln!("RSS after the partner left: {} KiB", it.rss_kib());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items 6, 7, 9: the node's own files, logs and error messages
+
+/// Item 6: the TLS private key is held to the node keys' rule: readable by group or others, the
+/// node does not start, and says why.
+#[test]
+fn a_tls_key_readable_by_others_stops_the_node() {
+    let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], Setup { stopped: vec!["IT-DCSA", "ES-UDYCO"], ..Setup::default() });
+    let key = c.dir.path().join("certs/tls/IT-DCSA.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = std::process::Command::new(BIN).args(["serve", "--config"]).arg(&c.get("IT-DCSA").config).output().unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("IT-DCSA.key") && err.contains("644") && err.contains("chmod 600"), "{err}");
+}
+
+/// Item 9: a path that names the wrong file (here a policy path pointing at a file of secrets)
+/// is refused naming the file and the line, without echoing a byte of it.
+#[test]
+fn a_wrong_file_is_named_without_its_content() {
+    let setup = Setup {
+        stopped: vec!["IT-DCSA", "ES-UDYCO"],
+        config: Some(Box::new(|_: &str, text: String| text.replace("policies/IT-DCSA/ES-UDYCO.toml", "shadow"))),
+        ..Setup::default()
+    };
+    let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], setup);
+    std::fs::write(c.dir.path().join("shadow"), "root:$6$SECRET-HASH:19700:0:99999:7:::\nbin:*:19700:0:99999:7:::\n")
+        .unwrap();
+    let o = std::process::Command::new(BIN).args(["serve", "--config"]).arg(&c.get("IT-DCSA").config).output().unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("shadow") && err.contains("line 1, column"), "{err}");
+    assert!(!err.contains("SECRET") && !err.contains("root"), "{err}");
+}
+
+/// Items 7 and 9: 300 handshakes with a certificate from another CA, 300 with an enrolled-looking
+/// certificate of a node nobody enrolled, and 300 API requests without a token: each refused;
+/// the client learns nothing but the refusal (not the server's clock, not that its certificate
+/// passed the CA check); the log grows by a few lines a minute, not a line per attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_clients_learn_nothing_and_do_not_grow_the_log() {
+    let mut c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], Setup { stopped: vec!["ES-UDYCO"], ..Setup::default() });
+    let it = c.node("IT-DCSA");
+    let (port, api) = (it.quic, it.api.clone());
+    let log_before = it.log_text();
+    let mut told = std::collections::BTreeSet::new();
+    let peers: Vec<RawPeer> =
+        [("bad/foreign.crt", "bad/foreign.key"), ("bad/not-enrolled.crt", "bad/not-enrolled.key")]
+            .iter()
+            .map(|(cert, key)| RawPeer::new(liaison::transport::client_config(&demo_material(cert, key)).unwrap()))
+            .collect();
+    for _ in 0..300 {
+        for peer in &peers {
+            let seen = match peer.connect(port, "IT-DCSA").await {
+                Err(e) => e,
+                Ok(conn) => tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap().to_string(),
+            };
+            told.insert(seen);
+        }
+    }
+    for _ in 0..300 {
+        let (code, _) = liaison::client::call(&api, "not-the-token", "GET", "/v1/inbox", None).unwrap();
+        assert_eq!(code, 401);
+    }
+    assert_eq!(told.len(), 1, "one answer for every refusal: {told:?}");
+    let answer = told.into_iter().next().unwrap();
+    for secret in ["UnknownIssuer", "enrolled", "xpired", "time", "DE-BKA"] {
+        assert!(!answer.contains(secret), "the client was told {answer:?}");
+    }
+    let log = c.node("IT-DCSA").log_text();
+    let grown = &log[log_before.len()..];
+    let lines = grown.lines().filter(|l| l.contains("refus")).count();
+    assert!(
+        lines <= 2 * liaison::limits::LogBudget::PER_MINUTE as usize + 2,
+        "{lines} lines for 900 refusals:\n{grown}"
+    );
+    assert!(grown.contains("UnknownIssuer") && grown.contains("names no enrolled partner"), "the reasons are logged");
+    assert!(grown.len() < 16 * 1024, "{} bytes of log for 900 refusals", grown.len());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The receipt side
+
+/// Waits until IT-DCSA gives up on `lane` (closes or resets it), at most 10 s.
+async fn refused(lane: &mut Lane) {
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match lane.recv.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the node did not close the lane");
+}
+
+/// CO-DIJIN receives IT-DCSA's packets and answers with false receipts: for a copy never sent,
+/// naming other bytes, signed by another partner, replayed from an earlier delivery, and a
+/// flood of them. Each is refused: the lane is closed, the packet is not delivered by it, no
+/// receipt is stored, the audit trail does not grow with them. A genuine receipt then delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_receipts_are_refused_and_change_nothing() {
+    let c = Cluster::with(&ALL, Setup { stopped: vec!["CO-DIJIN"], ..Setup::default() });
+    let mut hostile = HostileReceiver::listen("CO-DIJIN", c.get("CO-DIJIN").quic, &["IT-DCSA", "ES-UDYCO"]);
+    let (co, es) = (ctx("CO-DIJIN"), ctx("ES-UDYCO"));
+    let it = c.get("IT-DCSA");
+    let receipts_from_co =
+        || it.audit_events().iter().filter(|e| e.get("receipts").is_some_and(|r| r["from"] == "CO-DIJIN")).count();
+    let first = submit(it, "information-request.json", "CO-DIJIN");
+
+    let mut lane = hostile.next_lane().await;
+    let genuine = accepted(&lane.first, &co);
+    assert_eq!(genuine.packet_id.to_string(), first);
+    let never_sent = liaison::packet::ReceiptItem {
+        packet_id: PacketId::new_v7(liaison::node::now_ms(), &mut rand_core::OsRng),
+        ..genuine.clone()
+    };
+    let other_bytes = liaison::packet::ReceiptItem {
+        sealed_digest: liaison::encoding::Digest::of(b"other bytes"),
+        ..genuine.clone()
+    };
+    let false_receipts = [
+        ("a copy never sent", receipt(&co, "IT-DCSA", vec![never_sent.clone()])),
+        ("other bytes", receipt(&co, "IT-DCSA", vec![other_bytes])),
+        ("signed by another partner", receipt(&es, "IT-DCSA", vec![genuine.clone()])),
+    ];
+    for (what, bytes) in false_receipts {
+        liaison::wire::write_frame(&mut lane.send, &bytes).await.unwrap();
+        refused(&mut lane).await;
+        assert_ne!(state(it, &first, "CO-DIJIN")["state"], "delivered", "{what}");
+        lane = hostile.next_lane().await; // the copy comes again, on a new lane
+    }
+    // A flood on one lane: the first is refused and the lane closed; the rest is never read.
+    let flood = receipt(&co, "IT-DCSA", vec![never_sent]);
+    for _ in 0..500 {
+        if liaison::wire::write_frame(&mut lane.send, &flood).await.is_err() {
+            break;
+        }
+    }
+    refused(&mut lane).await;
+    assert_eq!(receipts_from_co(), 0, "no false receipt is recorded");
+    assert!(it.log_text().contains("completes no copy in flight on this lane"));
+
+    // The genuine receipt delivers.
+    let mut lane = hostile.next_lane().await;
+    let good = receipt(&co, "IT-DCSA", vec![accepted(&lane.first, &co)]);
+    liaison::wire::write_frame(&mut lane.send, &good).await.unwrap();
+    wait_for("delivered by the genuine receipt", Duration::from_secs(10), || delivered(it, &first, "CO-DIJIN"));
+    assert_eq!(state(it, &first, "CO-DIJIN")["digest"], liaison::encoding::Digest::of(&lane.first).to_string());
+
+    // That receipt, replayed for the next packet, is refused.
+    let second = submit(it, "information-request.json", "CO-DIJIN");
+    let mut lane = loop {
+        let l = hostile.next_lane().await;
+        if accepted(&l.first, &co).packet_id.to_string() == second {
+            break l;
+        }
+    };
+    liaison::wire::write_frame(&mut lane.send, &good).await.unwrap();
+    refused(&mut lane).await;
+    assert_ne!(state(it, &second, "CO-DIJIN")["state"], "delivered");
+    assert!(it.log_text().contains("already applied: a replay"));
+    assert_eq!(receipts_from_co(), 1, "only the genuine receipt is recorded");
+}

@@ -329,7 +329,7 @@ impl Federation {
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         liaison::wire::write_frame(&mut send, bytes).await.unwrap();
         send.finish().unwrap();
-        liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)).await.unwrap().unwrap()
+        liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)).await.unwrap().unwrap().to_vec()
     }
 
     /// A QUIC connection to `to` with a fresh certificate for `from`, outside `from`'s node.

@@ -305,6 +305,11 @@ level = "info"
         Cluster { dir, nodes }
     }
 
+    /// A node, to read from.
+    pub fn get(&self, name: &str) -> &NodeProc {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
     pub fn node(&mut self, name: &str) -> &mut NodeProc {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
     }
@@ -385,7 +390,7 @@ pub async fn send_frames(conn: &quinn::Connection, frames: &[&[u8]]) -> Result<V
         while let Some(a) =
             liaison::wire::read_frame(&mut recv, 1 << 24, Duration::from_secs(10)).await.map_err(|e| e.to_string())?
         {
-            answers.push(a);
+            answers.push(a.to_vec());
             if answers.len() >= frames.len() {
                 break;
             }
@@ -463,7 +468,7 @@ impl HostileReceiver {
                     while let Ok((send, mut recv)) = conn.accept_bi().await {
                         let first = liaison::wire::read_frame(&mut recv, 1 << 25, Duration::from_secs(10)).await;
                         if let Ok(Some(first)) = first {
-                            let _ = tx.send(Lane { first, send, recv, conn: conn.clone() });
+                            let _ = tx.send(Lane { first: first.to_vec(), send, recv, conn: conn.clone() });
                         }
                     }
                 });
