@@ -621,10 +621,31 @@ fn a_tls_key_readable_by_others_stops_the_node() {
     let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], Setup { stopped: vec!["IT-DCSA", "ES-UDYCO"], ..Setup::default() });
     let key = c.dir.path().join("certs/tls/IT-DCSA.key");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let o = std::process::Command::new(BIN).args(["serve", "--config"]).arg(&c.get("IT-DCSA").config).output().unwrap();
+    let o = serve_expecting_refusal(&c.get("IT-DCSA").config);
     assert_eq!(o.status.code(), Some(64));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("IT-DCSA.key") && err.contains("644") && err.contains("chmod 600"), "{err}");
+}
+
+/// Runs `liaison serve` on `config`, which must be refused: a node still running after 10 s
+/// is stopped and the test fails.
+fn serve_expecting_refusal(config: &std::path::Path) -> std::process::Output {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the node started: {:?}", child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// Item 9: a path that names the wrong file (here a policy path pointing at a file of secrets)
@@ -639,7 +660,7 @@ fn a_wrong_file_is_named_without_its_content() {
     let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], setup);
     std::fs::write(c.dir.path().join("shadow"), "root:$6$SECRET-HASH:19700:0:99999:7:::\nbin:*:19700:0:99999:7:::\n")
         .unwrap();
-    let o = std::process::Command::new(BIN).args(["serve", "--config"]).arg(&c.get("IT-DCSA").config).output().unwrap();
+    let o = serve_expecting_refusal(&c.get("IT-DCSA").config);
     assert_eq!(o.status.code(), Some(64));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("shadow") && err.contains("line 1, column"), "{err}");
