@@ -281,26 +281,24 @@ pub fn toml_problem(e: &toml::de::Error, text: &str) -> String {
     }
 }
 
-/// `message` with every quoted string value replaced by `"…"`: serde writes the values it could
-/// not use as `string "…"`; key names and variant names, which it quotes otherwise, stay.
+/// `message` without the values serde quotes from the file: `invalid type: string "…"`,
+/// `invalid value: integer `…``, `unknown variant `…``. Key names (`unknown field`, `missing
+/// field`) stay: they are what the reader must fix, and the line and column say where.
 fn quoted_values_hidden(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("string \"") {
-        let (head, tail) = rest.split_at(at + "string \"".len());
-        out.push_str(head);
-        match tail.find('"') {
-            Some(end) => {
-                out.push_str("…\"");
-                rest = &tail[end + 1..];
-            }
-            None => {
-                out.push_str("…\"");
-                rest = "";
-            }
+    let mut out = message.to_owned();
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(at) = out.find(lead) {
+            let start = at + lead.len();
+            let end = out[start..].find(", expected").map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "a value from the file");
         }
     }
-    out.push_str(rest);
+    if let Some(at) = out.find("unknown variant `") {
+        let start = at + "unknown variant `".len();
+        if let Some(len) = out[start..].find('`') {
+            out.replace_range(start..start + len, "…");
+        }
+    }
     out
 }
 
@@ -473,9 +471,20 @@ mod tests {
         let err = crate::policy::Policy::load(&policy, None).unwrap_err().to_string();
         assert!(err.contains("policy.toml") && err.contains("line 2, column"), "{err}");
         assert!(!err.contains("SECRET"), "{err}");
-        std::fs::write(&policy, "partner = 5\nsecret = \"SECRET-VALUE\"\n").unwrap();
-        let err = crate::policy::Policy::load(&policy, None).unwrap_err().to_string();
-        assert!(!err.contains("SECRET-VALUE"), "{err}");
+        for text in [
+            "partner = 5\nsecret = \"SECRET-VALUE\"\n",
+            "partner = \"SECRET-VALUE\"\nretention_days = \"SECRET-VALUE\"\n",
+            "partner = \"IT-DCSA\"\nretention_days = 12345678901234\n",
+        ] {
+            std::fs::write(&policy, text).unwrap();
+            let err = crate::policy::Policy::load(&policy, None).unwrap_err().to_string();
+            assert!(!err.contains("SECRET-VALUE") && !err.contains("12345678901234"), "{err}");
+            assert!(err.contains("line"), "{err}");
+        }
+        assert_eq!(
+            quoted_values_hidden("unknown variant `SECRET`, expected one of `A`, `B`"),
+            "unknown variant `…`, expected one of `A`, `B`"
+        );
     }
 
     #[test]

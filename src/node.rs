@@ -208,6 +208,8 @@ struct Inner {
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
+    /// Acknowledgements read, change and write an inbox record: one at a time.
+    acks: tokio::sync::Mutex<()>,
     /// Per partner: the budgets its traffic draws on.
     budgets: HashMap<NodeId, PartnerBudget>,
 }
@@ -218,8 +220,10 @@ struct PartnerBudget {
     memory: MemoryBudget,
     /// Frames it may send a minute.
     pacer: Mutex<Pacer>,
-    /// Log lines about what it does beyond its limits (paced, too many connections).
-    paced_log: Mutex<LogBudget>,
+    /// Log lines about what it sends that is refused, and what it does beyond its limits
+    /// (paced, too many connections, false receipts): a partner decides how many such events
+    /// there are, so at most [`LogBudget::PER_MINUTE`] lines a minute of each kind, then a count.
+    log: Mutex<HashMap<&'static str, LogBudget>>,
     /// Its open connections to this node.
     connections: Mutex<Connections>,
 }
@@ -285,7 +289,7 @@ impl Node {
                         ),
                         now,
                     )),
-                    paced_log: Mutex::new(LogBudget::new()),
+                    log: Mutex::new(HashMap::new()),
                     connections: Mutex::new(Connections::default()),
                 };
                 (n.clone(), b)
@@ -309,6 +313,7 @@ impl Node {
                 deadlines: Mutex::new(deadlines),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
+                acks: tokio::sync::Mutex::new(()),
                 budgets,
             }),
         };
@@ -665,6 +670,13 @@ impl Node {
                 warn!(error = %e, "could not sign an audit checkpoint");
             }
             crate::limits::flush_refusals();
+            for (peer, b) in &self.inner.budgets {
+                for (kind, budget) in lock(&b.log).iter_mut() {
+                    if let Some(n) = budget.flush(now_ms()) {
+                        warn!(%peer, kind, count = n, "{n} more events of this kind about the partner's traffic in the last minute, not logged one by one (the audit trail has each packet)");
+                    }
+                }
+            }
         }
     }
 
@@ -1007,6 +1019,7 @@ impl Node {
     /// to the originator. Every officer who reads it may acknowledge it (up to
     /// [`store::MAX_READS`]); an officer's second acknowledgement is refused, and nothing is sent.
     pub async fn ack(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
+        let _one_at_a_time = self.inner.acks.lock().await;
         let (packet, mut rec) = self.show(packet_id, from)?;
         if let Some((_, at)) = rec.reads.iter().find(|(o, _)| *o == officer) {
             return Err(NodeError::AckRefused(format!(
@@ -1103,7 +1116,7 @@ impl Node {
                 };
                 for old in replaced {
                     // A partner can open connections as fast as it likes: logged within a budget.
-                    if let crate::limits::LogLine::Write { suppressed } = lock(&budget.paced_log).event(now_ms()) {
+                    if let Some(suppressed) = node.partner_log(&peer, "connections") {
                         info!(%peer, max = node.inner.limits.connections_per_partner, suppressed, "closing the partner's oldest connection: a newer one replaces it");
                     }
                     old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
@@ -1163,6 +1176,7 @@ impl Node {
             }
         });
         let mut prioritised = false;
+        let mut failed = false;
         while let Some(first) = rx.recv().await {
             let mut bytes = first.0.len();
             let mut batch = vec![first];
@@ -1175,7 +1189,8 @@ impl Node {
                     Err(_) => break,
                 }
             }
-            let frames: Vec<wire::Frame> = batch.into_iter().map(|(f, _permit)| f).collect();
+            // The memory the frames hold is the partner's until the batch is stored and receipted.
+            let (frames, _held): (Vec<wire::Frame>, Vec<_>) = batch.into_iter().unzip();
             let (receipt, lane) = match self.receive_batch(&peer, frames).await {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
@@ -1183,6 +1198,7 @@ impl Node {
                     // Nothing of the batch was acknowledged; the sender will send it again.
                     warn!(error = %e, "could not store a batch; closing the lane");
                     let _ = send.reset(quinn::VarInt::from_u32(3));
+                    failed = true;
                     break;
                 }
             };
@@ -1192,13 +1208,27 @@ impl Node {
             }
             if let Err(e) = wire::write_frame(&mut send, &receipt).await {
                 debug!(error = %e, "lane closed before its receipt");
+                failed = true;
                 break;
             }
+        }
+        // Frames read ahead and not stored give their memory back now; a reader still waiting
+        // (for budget, or for the partner) is stopped: nothing is left holding the partner's
+        // budget or a stream slot.
+        drop(rx);
+        if failed {
+            reader.abort();
+            let _ = send.reset(quinn::VarInt::from_u32(3));
+            return;
         }
         match reader.await {
             Ok(Err(e)) => {
                 match e {
-                    wire::WireError::Stalled(_) => warn!(error = %e, "partner stopped sending a frame; stream reset"),
+                    wire::WireError::Stalled(_) => {
+                        if let Some(suppressed) = self.partner_log(&peer, "stalls") {
+                            warn!(error = %e, suppressed, "partner stopped sending a frame; stream reset")
+                        }
+                    }
                     _ => debug!(error = %e, "lane ended"),
                 }
                 let _ = send.reset(quinn::VarInt::from_u32(2));
@@ -1206,6 +1236,17 @@ impl Node {
             _ => {
                 let _ = send.finish();
             }
+        }
+    }
+
+    /// Whether a line about something `peer` sent may be written now, within its log budget
+    /// for that `kind` of event: `Some(n)` with the `n` events of the minute before that were
+    /// only counted.
+    fn partner_log(&self, peer: &NodeId, kind: &'static str) -> Option<u64> {
+        let b = self.inner.budgets.get(peer)?;
+        match lock(&b.log).entry(kind).or_default().event(now_ms()) {
+            crate::limits::LogLine::Write { suppressed } => Some(suppressed),
+            crate::limits::LogLine::Skip => None,
         }
     }
 
@@ -1218,7 +1259,7 @@ impl Node {
             let per_minute = crate::limits::pace_per_minute(agreed);
             let wait = lock(&budget.pacer).take(per_minute, now_ms());
             let Some(wait) = wait else { return };
-            if let crate::limits::LogLine::Write { suppressed } = lock(&budget.paced_log).event(now_ms()) {
+            if let Some(suppressed) = self.partner_log(peer, "pace") {
                 warn!(%peer, per_minute, suppressed, "partner sends more than twice its agreed rate; reading from it is paced");
             }
             tokio::time::sleep(wait).await;
@@ -1259,10 +1300,14 @@ impl Node {
                 Ok(o) => o,
                 Err(e) => {
                     let Ok(route) = peek_route(&bytes) else {
-                        warn!(error = %e, "unreadable packet; no receipt possible");
+                        if let Some(suppressed) = self.partner_log(peer, "unreadable") {
+                            warn!(error = %e, suppressed, "unreadable packet; no receipt possible");
+                        }
                         continue;
                     };
-                    warn!(packet_id = %route.packet_id, code = e.code(), error = %e, "rejected");
+                    if let Some(suppressed) = self.partner_log(peer, "rejected") {
+                        warn!(packet_id = %route.packet_id, code = e.code(), error = %e, suppressed, "rejected");
+                    }
                     lane = lane.min(route.priority);
                     let outcome = ReceiptOutcome::Rejected { code: e.code().into(), reason: e.to_string() };
                     items.push(ReceiptItem {
@@ -1306,7 +1351,9 @@ impl Node {
                     }
                 }
                 Incoming::DuplicateWithOtherBytes { received_at, first } => {
-                    warn!("same packet id with other bytes; receipted as the first copy");
+                    if let Some(suppressed) = self.partner_log(peer, "resealed") {
+                        warn!(suppressed, "same packet id with other bytes; receipted as the first copy");
+                    }
                     ReceiptItem {
                         packet_id: id,
                         received_at: timestamp_of(received_at),
@@ -1332,7 +1379,9 @@ impl Node {
                             self.policies().decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms)
                         }
                         Err((code, reason)) => {
-                            warn!(%code, "forward refused; not stored");
+                            if let Some(suppressed) = self.partner_log(peer, "forwards") {
+                                warn!(%code, suppressed, "forward refused; not stored");
+                            }
                             items.push(ReceiptItem {
                                 packet_id: id,
                                 received_at: now,
@@ -1345,7 +1394,9 @@ impl Node {
                     };
                     let verdict = checked;
                     if let Decision::Deny(denial) = verdict.decision {
-                        warn!(rule = %denial.rule, "refused by policy; not stored");
+                        if let Some(suppressed) = self.partner_log(peer, "policy") {
+                            warn!(rule = %denial.rule, suppressed, "refused by policy; not stored");
+                        }
                         items.push(ReceiptItem {
                             packet_id: id,
                             received_at: now,
@@ -1408,7 +1459,9 @@ impl Node {
                         _ => Ok(()),
                     };
                     if let Err((code, reason)) = system {
-                        warn!(%code, "system packet refused; not stored");
+                        if let Some(suppressed) = self.partner_log(peer, "system") {
+                            warn!(%code, suppressed, "system packet refused; not stored");
+                        }
                         items.push(ReceiptItem {
                             packet_id: id,
                             received_at: now,
@@ -1422,7 +1475,9 @@ impl Node {
                         // Kept apart from the other sender's packet, and recorded: someone may
                         // be squatting another partner's packet id.
                         let others = also_from.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ");
-                        warn!(also_from = %others, "packet id already used by another partner; both kept, both shown as suspicious");
+                        if let Some(suppressed) = self.partner_log(peer, "collisions") {
+                            warn!(also_from = %others, suppressed, "packet id already used by another partner; both kept, both shown as suspicious");
+                        }
                         ops.push(Op::Audit(AuditEvent::IdCollision {
                             packet_id: id,
                             from: peer.clone(),
@@ -1483,7 +1538,7 @@ impl Node {
             // On disk now: the officers' acknowledgements go into memory.
             let mut outbox = lock(&self.inner.outbox);
             for ((id, to), e) in acked {
-                outbox.set_reads(id, &to, e.reads);
+                outbox.add_reads(id, &to, e.reads);
             }
         }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
@@ -1701,10 +1756,8 @@ impl Node {
                     if let Err(e) = self.apply_receipt(&peer, &frame, &in_flight).await {
                         // A partner answering with what is not a receipt for what was sent:
                         // the administrator should know (within the partner's log budget).
-                        if let Some(b) = self.inner.budgets.get(&peer) {
-                            if let crate::limits::LogLine::Write { suppressed } = lock(&b.paced_log).event(now_ms()) {
-                                warn!(error = %e, suppressed, "receipt refused; the lane is closed and its copies sent again");
-                            }
+                        if let Some(suppressed) = self.partner_log(&peer, "receipts") {
+                            warn!(error = %e, suppressed, "receipt refused; the lane is closed and its copies sent again");
                         }
                         return Err(e);
                     }

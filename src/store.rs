@@ -418,27 +418,38 @@ impl Store {
 }
 
 /// Format 2 keyed the inbox and the evidence by packet id alone; 3 keys them by packet id and
-/// sender. Done in one flushed batch before the store is used; a crash during it leaves the old
-/// format (and possibly some values under both keys), which is migrated again at the next start.
+/// sender. Moved in batches of [`MIGRATION_BATCH`] records (the evidence of one may be 16 MiB),
+/// each flushed; the format is written last. Each value is written under its new key before the
+/// old one goes, so a crash at any point loses nothing, and the next start carries on (records
+/// still under a 16-byte key are the ones left).
 fn migrate_2_to_3(backend: &dyn Backend) -> Result<(), StoreError> {
-    let mut ops = Vec::new();
-    for (k, v) in backend.scan(Tree::Inbox, &[])? {
-        let Ok(id) = <[u8; 16]>::try_from(k.as_slice()) else { continue };
-        let rec: InboxRecord = decode(Tree::Inbox, &v)?;
-        let key = pair_key(PacketId::from_bytes(id), &rec.sender);
-        // Each value is written under its new key before the old one goes, so whatever prefix
-        // of the batch a crash keeps loses nothing.
-        if let Some(evidence) = backend.get(Tree::Evidence, &k)? {
-            ops.push(Op::Put(Tree::Evidence, key.clone(), evidence));
-            ops.push(Op::Delete(Tree::Evidence, k.clone()));
+    loop {
+        let old: Vec<KeyValue> =
+            backend.scan(Tree::Inbox, &[])?.into_iter().filter(|(k, _)| k.len() == 16).take(MIGRATION_BATCH).collect();
+        if old.is_empty() {
+            break;
         }
-        ops.push(put(Tree::Inbox, key, &rec));
-        ops.push(Op::Delete(Tree::Inbox, k));
+        let mut ops = Vec::new();
+        for (k, v) in old {
+            let Ok(id) = <[u8; 16]>::try_from(k.as_slice()) else { continue };
+            let rec: InboxRecord = decode(Tree::Inbox, &v)?;
+            let key = pair_key(PacketId::from_bytes(id), &rec.sender);
+            if let Some(evidence) = backend.get(Tree::Evidence, &k)? {
+                ops.push(Op::Put(Tree::Evidence, key.clone(), evidence));
+                ops.push(Op::Delete(Tree::Evidence, k.clone()));
+            }
+            ops.push(put(Tree::Inbox, key, &rec));
+            ops.push(Op::Delete(Tree::Inbox, k));
+        }
+        backend.apply(&ops)?;
+        backend.flush()?;
     }
-    ops.push(Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION]));
-    backend.apply(&ops)?;
+    backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
     backend.flush()
 }
+
+/// Records moved per flushed batch when a format-2 store is migrated.
+const MIGRATION_BATCH: usize = 256;
 
 /// An `Op::Put` of a CBOR-encoded value.
 pub fn put<T: Serialize>(tree: Tree, key: Vec<u8>, value: &T) -> Op {

@@ -374,7 +374,12 @@ impl Outbox {
     /// stands, perhaps with acknowledgements of the same batch added), without changing anything.
     pub fn read_ack_match(entry: Option<&Entry>, officer: &OfficerId) -> ReadAckMatch {
         match entry {
+            // A copy the partner rejected, or never got, it cannot have read. (One still in
+            // flight it can: the ReadAck may overtake the receipt.)
             None => ReadAckMatch::Unknown,
+            Some(e) if matches!(e.state, EntryState::Rejected { .. } | EntryState::Expired { .. }) => {
+                ReadAckMatch::Unknown
+            }
             Some(e) if e.reads.iter().any(|(o, _)| o == officer) => ReadAckMatch::Already,
             Some(e) if e.reads.len() >= crate::store::MAX_READS => ReadAckMatch::Full,
             Some(_) => ReadAckMatch::New,
@@ -399,12 +404,18 @@ impl Outbox {
         m
     }
 
-    /// Puts in memory the acknowledgements of an entry that the caller has already persisted
-    /// (the entry is not marked dirty).
-    pub fn set_reads(&mut self, packet_id: PacketId, receiver: &NodeId, reads: Vec<(OfficerId, Millis)>) {
-        if let Some(e) = self.entries.get_mut(&(packet_id, receiver.clone())) {
-            e.reads = reads;
+    /// Adds to memory the acknowledgements the caller has just persisted with the entry. Any it
+    /// did not have are merged in (another batch may have added others meanwhile), and the
+    /// entry is marked dirty, so that a snapshot of it taken before is written again with them.
+    pub fn add_reads(&mut self, packet_id: PacketId, receiver: &NodeId, reads: Vec<(OfficerId, Millis)>) {
+        let k = (packet_id, receiver.clone());
+        let Some(e) = self.entries.get_mut(&k) else { return };
+        for (officer, at) in reads {
+            if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
+                e.reads.push((officer, at));
+            }
         }
+        self.dirty.insert(k);
     }
 
     /// Time passed: in-flight copies whose receipt is overdue go back to the queue with backoff,
