@@ -17,12 +17,12 @@
 //!   (`max_packets_per_minute` of its policy) — whatever they are, valid or not. Up to the agreed
 //!   rate packets are taken; between it and twice it they are refused by the policy (a signed
 //!   rejection names the rule); beyond that nothing more is read until the minute allows
-//!   ([`Pacer`]), so a flood costs neither CPU nor receipts nor disk.
+//!   ([`TokenBucket`]), so a flood costs neither CPU nor receipts nor disk.
 //!
 //! For the unauthenticated: failed handshakes and refused API requests are logged through a
 //! [`LogBudget`], a few lines a minute and then one line that counts the rest.
 //!
-//! The pure parts ([`Pacer`], [`ConnectionSlots`], [`LogBudget`]) take the time as an argument.
+//! The pure parts ([`TokenBucket`], [`ConnectionSlots`], [`LogBudget`]) take the time as an argument.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -101,26 +101,31 @@ impl MemoryBudget {
     }
 }
 
-/// A token bucket for frames: `per_minute` tokens a minute, at most a minute's worth saved up.
-/// Counted in 1/60,000 of a token, so `elapsed ms × per_minute` is exact.
+/// A token bucket: `per_minute` tokens a minute, at most a minute's worth saved up. Counted in
+/// 1/60,000 of a token, so `elapsed ms × per_minute` is exact. The node paces a partner's frames
+/// with one; the sharing policies count packets against `max_packets_per_minute` with another.
 #[derive(Debug)]
-pub struct Pacer {
+pub struct TokenBucket {
     units: u64,
     at: Millis,
 }
 
 const TOKEN: u64 = 60_000;
 
-impl Pacer {
+impl TokenBucket {
     /// A full bucket at `now`.
     pub fn new(per_minute: u32, now: Millis) -> Self {
         Self { units: u64::from(per_minute) * TOKEN, at: now }
     }
 
-    /// Takes a token at `now` if there is one (`None`), or says how long until there is one;
-    /// `per_minute` may change between calls (a policy reload).
+    /// Takes a token at `now` if there is one (`None`), or says how long until there is one
+    /// (with a rate of 0 there never is: a minute is said); `per_minute` may change between calls
+    /// (a policy reload).
     pub fn take(&mut self, per_minute: u32, now: Millis) -> Option<Duration> {
-        let per_minute = u64::from(per_minute.max(1));
+        if per_minute == 0 {
+            return Some(Duration::from_secs(60));
+        }
+        let per_minute = u64::from(per_minute);
         let cap = per_minute * TOKEN;
         let refill = now.saturating_sub(self.at).saturating_mul(per_minute);
         self.units = self.units.saturating_add(refill).min(cap);
@@ -270,8 +275,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pacer_allows_a_minutes_worth_then_one_token_at_a_time() {
-        let mut p = Pacer::new(120, 0);
+    fn the_token_bucket_allows_a_minutes_worth_then_one_token_at_a_time() {
+        let mut p = TokenBucket::new(120, 0);
         for _ in 0..120 {
             assert_eq!(p.take(120, 0), None);
         }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::limits::{ConnectionSlots, Limits, LogBudget, MemoryBudget, Pacer};
+use crate::limits::{ConnectionSlots, Limits, LogBudget, MemoryBudget, TokenBucket};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
@@ -219,7 +219,7 @@ struct PartnerBudget {
     /// Frames being read or waiting to be stored, across all its connections and streams.
     memory: MemoryBudget,
     /// Frames it may send a minute.
-    pacer: Mutex<Pacer>,
+    pacer: Mutex<TokenBucket>,
     /// Log lines about what it sends that is refused, and what it does beyond its limits
     /// (paced, too many connections, false receipts): a partner decides how many such events
     /// there are, so at most [`LogBudget::PER_MINUTE`] lines a minute of each kind, then a count.
@@ -283,7 +283,7 @@ impl Node {
             .map(|n| {
                 let b = PartnerBudget {
                     memory: MemoryBudget::new(config.limits.partner_memory),
-                    pacer: Mutex::new(Pacer::new(
+                    pacer: Mutex::new(TokenBucket::new(
                         crate::limits::pace_per_minute(
                             config.policies.policy(n).map(|p| p.receive.max_packets_per_minute),
                         ),

@@ -613,7 +613,7 @@ fn rules(raw: RawRules, section: &str, problems: &mut Vec<String>) -> Rules {
 #[derive(Debug, Default)]
 pub struct PolicyBook {
     policies: BTreeMap<NodeId, Policy>,
-    buckets: Mutex<BTreeMap<(NodeId, &'static str), Bucket>>,
+    buckets: Mutex<BTreeMap<(NodeId, &'static str), crate::limits::TokenBucket>>,
 }
 
 /// The decision of the book for one packet and one partner, with the policy version.
@@ -650,8 +650,8 @@ impl PolicyBook {
             let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bucket = buckets
                 .entry((partner.clone(), direction.as_str()))
-                .or_insert_with(|| Bucket::new(rules.max_packets_per_minute, now));
-            if !bucket.take(now) {
+                .or_insert_with(|| crate::limits::TokenBucket::new(rules.max_packets_per_minute, now));
+            if bucket.take(rules.max_packets_per_minute, now).is_some() {
                 verdict.decision = Decision::Deny(Denial::new(
                     format!("{}.max_packets_per_minute", direction.as_str()),
                     format!("more than {} packets in a minute", rules.max_packets_per_minute),
@@ -673,37 +673,6 @@ impl PolicyBook {
             };
         };
         Verdict { decision: evaluate(policy.rules(direction), direction, packet), policy: Some(policy.hash) }
-    }
-}
-
-/// A token bucket: `per_minute` tokens, refilled continuously. Counted in 1/60,000 of a token,
-/// so the refill of `elapsed` ms is exactly `elapsed × per_minute` units.
-#[derive(Debug)]
-struct Bucket {
-    per_minute: u32,
-    units: u64,
-    at: Millis,
-}
-
-/// One token, in bucket units.
-const TOKEN: u64 = 60_000;
-
-impl Bucket {
-    fn new(per_minute: u32, now: Millis) -> Self {
-        Self { per_minute, units: u64::from(per_minute) * TOKEN, at: now }
-    }
-
-    fn take(&mut self, now: Millis) -> bool {
-        let cap = u64::from(self.per_minute) * TOKEN;
-        let refill = now.saturating_sub(self.at).saturating_mul(u64::from(self.per_minute));
-        self.units = self.units.saturating_add(refill).min(cap);
-        self.at = self.at.max(now);
-        if self.units >= TOKEN {
-            self.units -= TOKEN;
-            true
-        } else {
-            false
-        }
     }
 }
 
