@@ -22,10 +22,11 @@
 //! For the unauthenticated: failed handshakes and refused API requests are logged through a
 //! [`LogBudget`], a few lines a minute and then one line that counts the rest.
 //!
-//! The pure parts ([`TokenBucket`], [`ConnectionSlots`], [`LogBudget`]) take the time as an argument.
+//! [`PartnerLimits`] holds one partner's budgets as they stand. The pure parts
+//! ([`TokenBucket`], [`ConnectionSlots`], [`LogBudget`]) take the time as an argument.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -145,24 +146,30 @@ pub fn pace_per_minute(agreed: Option<u32>) -> u32 {
     agreed.unwrap_or(0).saturating_mul(2).max(60)
 }
 
-/// The open connections of one partner, oldest first.
-#[derive(Debug, Default)]
-pub struct ConnectionSlots {
-    open: VecDeque<u64>,
+/// The open connections of one partner, oldest first, by id.
+#[derive(Debug)]
+pub struct ConnectionSlots<C> {
+    open: VecDeque<(u64, C)>,
 }
 
-impl ConnectionSlots {
-    /// A new connection `id`; returns the connections to close so that at most `max` stay open
+impl<C> Default for ConnectionSlots<C> {
+    fn default() -> Self {
+        Self { open: VecDeque::new() }
+    }
+}
+
+impl<C> ConnectionSlots<C> {
+    /// A new connection; returns the connections to close so that at most `max` stay open
     /// (the oldest go).
-    pub fn admit(&mut self, id: u64, max: usize) -> Vec<u64> {
-        self.open.push_back(id);
+    pub fn admit(&mut self, id: u64, conn: C, max: usize) -> Vec<C> {
+        self.open.push_back((id, conn));
         let excess = self.open.len().saturating_sub(max.max(1));
-        self.open.drain(..excess).collect()
+        self.open.drain(..excess).map(|(_, c)| c).collect()
     }
 
     /// Connection `id` closed.
     pub fn release(&mut self, id: u64) {
-        self.open.retain(|c| *c != id);
+        self.open.retain(|(c, _)| *c != id);
     }
 
     /// How many are open.
@@ -173,6 +180,69 @@ impl ConnectionSlots {
     /// Whether none is open.
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+}
+
+/// What one partner's traffic may hold and do, as it stands: the budgets above, for one
+/// partner. `C` is a connection handle.
+#[derive(Debug)]
+pub struct PartnerLimits<C> {
+    /// Frames being read or waiting to be stored, across all its connections and streams.
+    pub memory: MemoryBudget,
+    /// Frames it may send a minute.
+    pacer: Mutex<TokenBucket>,
+    /// Log lines about what it sends that is refused and what it does beyond its limits: a
+    /// partner decides how many such events there are, so at most [`LogBudget::PER_MINUTE`]
+    /// lines a minute of each kind, then a count.
+    log: Mutex<HashMap<&'static str, LogBudget>>,
+    /// Its open connections to this node.
+    connections: Mutex<ConnectionSlots<C>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here holds an invariant a panic half-way could break: carry on with the data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<C> PartnerLimits<C> {
+    /// Fresh budgets under `limits`, the pace starting with a full minute at `per_minute`.
+    pub fn new(limits: &Limits, per_minute: u32, now: Millis) -> Self {
+        Self {
+            memory: MemoryBudget::new(limits.partner_memory),
+            pacer: Mutex::new(TokenBucket::new(per_minute, now)),
+            log: Mutex::new(HashMap::new()),
+            connections: Mutex::new(ConnectionSlots::default()),
+        }
+    }
+
+    /// Takes a frame's token at `now` (`None`), or says how long until the partner may send
+    /// another at `per_minute`.
+    pub fn pace(&self, per_minute: u32, now: Millis) -> Option<Duration> {
+        locked(&self.pacer).take(per_minute, now)
+    }
+
+    /// Whether a line about an event of `kind` may be written at `now`: `Some(n)` with the `n`
+    /// events of the minute before that were only counted.
+    pub fn log(&self, kind: &'static str, now: Millis) -> Option<u64> {
+        match locked(&self.log).entry(kind).or_default().event(now) {
+            LogLine::Write { suppressed } => Some(suppressed),
+            LogLine::Skip => None,
+        }
+    }
+
+    /// The counts of events, by kind, that were not logged in a minute that is over.
+    pub fn unlogged(&self, now: Millis) -> Vec<(&'static str, u64)> {
+        locked(&self.log).iter_mut().filter_map(|(k, b)| b.flush(now).map(|n| (*k, n))).collect()
+    }
+
+    /// A new connection `id`; returns the oldest ones to close so that at most `max` stay open.
+    pub fn admit(&self, id: u64, conn: C, max: usize) -> Vec<C> {
+        locked(&self.connections).admit(id, conn, max)
+    }
+
+    /// Connection `id` closed.
+    pub fn release(&self, id: u64) {
+        locked(&self.connections).release(id);
     }
 }
 
@@ -298,13 +368,24 @@ mod tests {
     #[test]
     fn the_newest_connection_wins() {
         let mut s = ConnectionSlots::default();
-        assert!(s.admit(1, 2).is_empty());
-        assert!(s.admit(2, 2).is_empty());
-        assert_eq!(s.admit(3, 2), vec![1]);
+        assert!(s.admit(1, "one", 2).is_empty());
+        assert!(s.admit(2, "two", 2).is_empty());
+        assert_eq!(s.admit(3, "three", 2), vec!["one"]);
         s.release(2);
-        assert!(s.admit(4, 2).is_empty());
-        assert_eq!(s.admit(5, 2), vec![3]);
+        assert!(s.admit(4, "four", 2).is_empty());
+        assert_eq!(s.admit(5, "five", 2), vec!["three"]);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn partner_logs_are_bounded_per_kind() {
+        let p: PartnerLimits<()> = PartnerLimits::new(&Limits::default(), 60, 0);
+        let written = |kind| (0..100).filter(|i| p.log(kind, *i).is_some()).count();
+        assert_eq!((written("pace"), written("policy")), (10, 10), "one kind does not silence another");
+        assert_eq!(
+            p.unlogged(60_000).into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            [("pace", 90), ("policy", 90)].into()
+        );
     }
 
     #[test]

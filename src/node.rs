@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::limits::{ConnectionSlots, Limits, LogBudget, MemoryBudget, TokenBucket};
+use crate::limits::{Limits, MemoryBudget, PartnerLimits};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
@@ -211,27 +211,7 @@ struct Inner {
     /// Acknowledgements read, change and write an inbox record: one at a time.
     acks: tokio::sync::Mutex<()>,
     /// Per partner: the budgets its traffic draws on.
-    budgets: HashMap<NodeId, PartnerBudget>,
-}
-
-/// What one partner's traffic may hold (see [`crate::limits`]).
-struct PartnerBudget {
-    /// Frames being read or waiting to be stored, across all its connections and streams.
-    memory: MemoryBudget,
-    /// Frames it may send a minute.
-    pacer: Mutex<TokenBucket>,
-    /// Log lines about what it sends that is refused, and what it does beyond its limits
-    /// (paced, too many connections, false receipts): a partner decides how many such events
-    /// there are, so at most [`LogBudget::PER_MINUTE`] lines a minute of each kind, then a count.
-    log: Mutex<HashMap<&'static str, LogBudget>>,
-    /// Its open connections to this node.
-    connections: Mutex<Connections>,
-}
-
-#[derive(Default)]
-struct Connections {
-    slots: ConnectionSlots,
-    open: HashMap<u64, quinn::Connection>,
+    budgets: HashMap<NodeId, PartnerLimits<quinn::Connection>>,
 }
 
 /// The node's clock, in ms since the Unix epoch.
@@ -281,18 +261,8 @@ impl Node {
         let budgets = partners
             .keys()
             .map(|n| {
-                let b = PartnerBudget {
-                    memory: MemoryBudget::new(config.limits.partner_memory),
-                    pacer: Mutex::new(TokenBucket::new(
-                        crate::limits::pace_per_minute(
-                            config.policies.policy(n).map(|p| p.receive.max_packets_per_minute),
-                        ),
-                        now,
-                    )),
-                    log: Mutex::new(HashMap::new()),
-                    connections: Mutex::new(Connections::default()),
-                };
-                (n.clone(), b)
+                let agreed = config.policies.policy(n).map(|p| p.receive.max_packets_per_minute);
+                (n.clone(), PartnerLimits::new(&config.limits, crate::limits::pace_per_minute(agreed), now))
             })
             .collect();
         let node = Node {
@@ -671,10 +641,8 @@ impl Node {
             }
             crate::limits::flush_refusals();
             for (peer, b) in &self.inner.budgets {
-                for (kind, budget) in lock(&b.log).iter_mut() {
-                    if let Some(n) = budget.flush(now_ms()) {
-                        warn!(%peer, kind, count = n, "{n} more events of this kind about the partner's traffic in the last minute, not logged one by one (the audit trail has each packet)");
-                    }
+                for (kind, n) in b.unlogged(now_ms()) {
+                    warn!(%peer, kind, count = n, "{n} more events of this kind about the partner's traffic in the last minute, not logged one by one (the audit trail has each packet)");
                 }
             }
         }
@@ -1106,15 +1074,8 @@ impl Node {
                 };
                 debug!(%remote, %peer, "partner connected");
                 let Some(budget) = node.inner.budgets.get(&peer) else { return };
-                let connections = &budget.connections;
                 let id = conn.stable_id() as u64;
-                let replaced: Vec<quinn::Connection> = {
-                    let mut c = lock(connections);
-                    c.open.insert(id, conn.clone());
-                    let old = c.slots.admit(id, node.inner.limits.connections_per_partner);
-                    old.iter().filter_map(|o| c.open.remove(o)).collect()
-                };
-                for old in replaced {
+                for old in budget.admit(id, conn.clone(), node.inner.limits.connections_per_partner) {
                     // A partner can open connections as fast as it likes: logged within a budget.
                     if let Some(suppressed) = node.partner_log(&peer, "connections") {
                         info!(%peer, max = node.inner.limits.connections_per_partner, suppressed, "closing the partner's oldest connection: a newer one replaces it");
@@ -1122,9 +1083,7 @@ impl Node {
                     old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
                 }
                 node.clone().serve_connection(conn, peer.clone()).instrument(info_span!("conn", %peer)).await;
-                let mut c = lock(connections);
-                c.slots.release(id);
-                c.open.remove(&id);
+                budget.release(id);
             });
         }
     }
@@ -1243,11 +1202,7 @@ impl Node {
     /// for that `kind` of event: `Some(n)` with the `n` events of the minute before that were
     /// only counted.
     fn partner_log(&self, peer: &NodeId, kind: &'static str) -> Option<u64> {
-        let b = self.inner.budgets.get(peer)?;
-        match lock(&b.log).entry(kind).or_default().event(now_ms()) {
-            crate::limits::LogLine::Write { suppressed } => Some(suppressed),
-            crate::limits::LogLine::Skip => None,
-        }
+        self.inner.budgets.get(peer)?.log(kind, now_ms())
     }
 
     /// Waits until `peer` may send another frame (see [`crate::limits`]: twice its agreed
@@ -1257,8 +1212,7 @@ impl Node {
         loop {
             let agreed = self.policies().policy(peer).map(|p| p.receive.max_packets_per_minute);
             let per_minute = crate::limits::pace_per_minute(agreed);
-            let wait = lock(&budget.pacer).take(per_minute, now_ms());
-            let Some(wait) = wait else { return };
+            let Some(wait) = budget.pace(per_minute, now_ms()) else { return };
             if let Some(suppressed) = self.partner_log(peer, "pace") {
                 warn!(%peer, per_minute, suppressed, "partner sends more than twice its agreed rate; reading from it is paced");
             }
@@ -1309,14 +1263,7 @@ impl Node {
                         warn!(packet_id = %route.packet_id, code = e.code(), error = %e, suppressed, "rejected");
                     }
                     lane = lane.min(route.priority);
-                    let outcome = ReceiptOutcome::Rejected { code: e.code().into(), reason: e.to_string() };
-                    items.push(ReceiptItem {
-                        packet_id: route.packet_id,
-                        received_at: now,
-                        sealed_digest: digest,
-                        outcome,
-                        policy: None,
-                    });
+                    items.push(rejection(route.packet_id, now, digest, e.code().into(), e.to_string(), None));
                     continue;
                 }
             };
@@ -1382,13 +1329,8 @@ impl Node {
                             if let Some(suppressed) = self.partner_log(peer, "forwards") {
                                 warn!(%code, suppressed, "forward refused; not stored");
                             }
-                            items.push(ReceiptItem {
-                                packet_id: id,
-                                received_at: now,
-                                sealed_digest: digest,
-                                outcome: ReceiptOutcome::Rejected { code, reason },
-                                policy: self.policies().policy(peer).map(|p| p.hash),
-                            });
+                            let policy = self.policies().policy(peer).map(|p| p.hash);
+                            items.push(rejection(id, now, digest, code, reason, policy));
                             continue;
                         }
                     };
@@ -1397,78 +1339,16 @@ impl Node {
                         if let Some(suppressed) = self.partner_log(peer, "policy") {
                             warn!(rule = %denial.rule, suppressed, "refused by policy; not stored");
                         }
-                        items.push(ReceiptItem {
-                            packet_id: id,
-                            received_at: now,
-                            sealed_digest: digest,
-                            outcome: ReceiptOutcome::Rejected {
-                                code: format!("policy.{}", denial.rule),
-                                reason: denial.reason,
-                            },
-                            policy: verdict.policy,
-                        });
+                        let code = format!("policy.{}", denial.rule);
+                        items.push(rejection(id, now, digest, code, denial.reason, verdict.policy));
                         continue;
                     }
                     let packet = &opened.signed.packet;
-                    // System packets are about something this node holds: a ReadAck about a
-                    // copy it sent to this partner (each officer once, a bounded number), a
-                    // consent about a packet this partner sent it. Anything else is refused
-                    // and not stored.
-                    let system = match &packet.body {
-                        Body::ReadAck(ack) => {
-                            let key = (ack.packet_id, peer.clone());
-                            let entry = acked
-                                .get(&key)
-                                .cloned()
-                                .or_else(|| lock(&self.inner.outbox).entry(ack.packet_id, peer).cloned());
-                            match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
-                                ReadAckMatch::New => {
-                                    if let Some(mut e) = entry {
-                                        e.reads.push((ack.officer.clone(), crate::delivery::millis(ack.read_at)));
-                                        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
-                                        acked.insert(key, e);
-                                    }
-                                    Ok(())
-                                }
-                                ReadAckMatch::Unknown => Err((
-                                    "system.unknown_packet",
-                                    format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),
-                                )),
-                                ReadAckMatch::Already => Err((
-                                    "system.duplicate_ack",
-                                    format!("{} already acknowledged {}", ack.officer, ack.packet_id),
-                                )),
-                                ReadAckMatch::Full => Err((
-                                    "system.too_many_acks",
-                                    format!("{} already holds {} acknowledgements", ack.packet_id, store::MAX_READS),
-                                )),
-                            }
-                        }
-                        Body::OnwardConsent(c) => {
-                            let held = new.contains_key(&c.packet_id)
-                                || lock(&self.inner.inbox).senders(c.packet_id).contains(peer);
-                            if held {
-                                Ok(())
-                            } else {
-                                Err((
-                                    "system.unknown_packet",
-                                    format!("a consent about {}, which {peer} did not send this node", c.packet_id),
-                                ))
-                            }
-                        }
-                        _ => Ok(()),
-                    };
-                    if let Err((code, reason)) = system {
+                    if let Err((code, reason)) = self.system_context(packet, peer, &new, &mut acked) {
                         if let Some(suppressed) = self.partner_log(peer, "system") {
                             warn!(%code, suppressed, "system packet refused; not stored");
                         }
-                        items.push(ReceiptItem {
-                            packet_id: id,
-                            received_at: now,
-                            sealed_digest: digest,
-                            outcome: ReceiptOutcome::Rejected { code: code.into(), reason },
-                            policy: verdict.policy,
-                        });
+                        items.push(rejection(id, now, digest, code.into(), reason, verdict.policy));
                         continue;
                     }
                     if !also_from.is_empty() {
@@ -1515,6 +1395,9 @@ impl Node {
         if items.is_empty() {
             return Ok(None);
         }
+        for e in acked.values() {
+            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
+        }
         let count = items.len();
         let audited: Vec<Receipted> = items.iter().map(receipted).collect();
         let receipt = Packet::delivery_receipt(&self.inner.me, peer, lane, items, now, &mut rand_core::OsRng);
@@ -1543,6 +1426,58 @@ impl Node {
         }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
         Ok(Some((sealed, lane)))
+    }
+
+    /// System packets are about something this node holds: a ReadAck about a copy it sent to
+    /// `peer` (each officer once, a bounded number), a consent about a packet `peer` sent it.
+    /// Anything else is refused (the code and why) and not stored. A ReadAck that is taken adds
+    /// its officer to the entry in `acked`, which the batch writes and, once on disk, puts in
+    /// memory.
+    fn system_context(
+        &self,
+        packet: &Packet,
+        peer: &NodeId,
+        batch: &HashMap<PacketId, (Digest, InboxRecord)>,
+        acked: &mut HashMap<(PacketId, NodeId), Entry>,
+    ) -> Result<(), (&'static str, String)> {
+        match &packet.body {
+            Body::ReadAck(ack) => {
+                let key = (ack.packet_id, peer.clone());
+                let entry =
+                    acked.get(&key).cloned().or_else(|| lock(&self.inner.outbox).entry(ack.packet_id, peer).cloned());
+                match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
+                    ReadAckMatch::New => {
+                        if let Some(mut e) = entry {
+                            e.reads.push((ack.officer.clone(), crate::delivery::millis(ack.read_at)));
+                            acked.insert(key, e);
+                        }
+                        Ok(())
+                    }
+                    ReadAckMatch::Unknown => Err((
+                        "system.unknown_packet",
+                        format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),
+                    )),
+                    ReadAckMatch::Already => {
+                        Err(("system.duplicate_ack", format!("{} already acknowledged {}", ack.officer, ack.packet_id)))
+                    }
+                    ReadAckMatch::Full => Err((
+                        "system.too_many_acks",
+                        format!("{} already holds {} acknowledgements", ack.packet_id, store::MAX_READS),
+                    )),
+                }
+            }
+            Body::OnwardConsent(c) => {
+                if batch.contains_key(&c.packet_id) || lock(&self.inner.inbox).has(c.packet_id, peer) {
+                    Ok(())
+                } else {
+                    Err((
+                        "system.unknown_packet",
+                        format!("a consent about {}, which {peer} did not send this node", c.packet_id),
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
     }
 
     /// If `packet` (from `peer`) is a forward: whether this node takes forwards from `peer`, and
@@ -2055,6 +1990,24 @@ fn lane_priority(lane: Priority) -> i32 {
         Priority::Flash => 2,
         Priority::Urgent => 1,
         Priority::Routine => 0,
+    }
+}
+
+/// A receipt item refusing a copy: the check's code and why.
+fn rejection(
+    packet_id: PacketId,
+    at: Timestamp,
+    digest: Digest,
+    code: String,
+    reason: String,
+    policy: Option<Digest>,
+) -> ReceiptItem {
+    ReceiptItem {
+        packet_id,
+        received_at: at,
+        sealed_digest: digest,
+        outcome: ReceiptOutcome::Rejected { code, reason },
+        policy,
     }
 }
 

@@ -74,6 +74,11 @@ impl Inbox {
         self.seen.get(&packet_id).map(|by| by.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// Whether `sender` sent a packet with this id.
+    pub fn has(&self, packet_id: PacketId, sender: &NodeId) -> bool {
+        self.seen.get(&packet_id).is_some_and(|by| by.contains_key(sender))
+    }
+
     /// Records that `packet_id` from `sender` was stored at `received_at`. Called with what was
     /// persisted, at start-up and after each new packet.
     pub fn record(&mut self, packet_id: PacketId, sender: NodeId, digest: Digest, received_at: Millis) {
@@ -134,6 +139,7 @@ mod tests {
         inbox.record(id, es.clone(), genuine, 2);
         assert_eq!(inbox.classify(id, &es, &genuine), Incoming::Duplicate { received_at: 2 });
         assert_eq!(inbox.classify(id, &co, &Digest::of(b"squatter")), Incoming::Duplicate { received_at: 1 });
+        assert!(inbox.has(id, &co) && inbox.has(id, &es));
         assert_eq!(inbox.senders(id), [co, es].into_iter().collect());
         let next: PacketId = "019ac0a1-5c00-7000-8000-000000000002".parse().unwrap();
         assert!(inbox.senders(next).is_empty());
