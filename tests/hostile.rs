@@ -182,16 +182,11 @@ fn forged(who: &str, to: &str, p: &Packet) -> Vec<u8> {
     common::encrypt_as(&c, to, p, common::sign_as(&c, p, p.to_cbor(), |_| {}))
 }
 
-/// Sets the receive rate of the policy `text`.
+/// The policy `text` with its receive rate set to `per_minute`.
 fn receive_rate(text: String, per_minute: u32) -> String {
     let at = text.find("[receive]").unwrap();
     let (head, tail) = text.split_at(at);
-    let tail = regex_replace_rate(tail, per_minute);
-    format!("{head}{tail}")
-}
-
-fn regex_replace_rate(section: &str, per_minute: u32) -> String {
-    section
+    let tail = tail
         .lines()
         .map(|l| {
             if l.starts_with("max_packets_per_minute") {
@@ -201,7 +196,8 @@ fn regex_replace_rate(section: &str, per_minute: u32) -> String {
             }
         })
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\n");
+    format!("{head}{tail}")
 }
 
 /// IT-DCSA's policy for CO-DIJIN receives at most `per_minute` packets a minute.
@@ -491,7 +487,7 @@ async fn peak_rss<F: std::future::Future>(pid: u32, f: F) -> (u64, F::Output) {
     let sampler = std::thread::spawn(move || {
         let mut peak = 0;
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            peak = peak.max(rss_of(pid));
+            peak = peak.max(rss_of(pid).unwrap_or(0));
             std::thread::sleep(Duration::from_millis(50));
         }
         peak
@@ -499,15 +495,6 @@ async fn peak_rss<F: std::future::Future>(pid: u32, f: F) -> (u64, F::Output) {
     let out = f.await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     (sampler.join().unwrap(), out)
-}
-
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// What a stall attack got from the node.

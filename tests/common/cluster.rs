@@ -82,12 +82,7 @@ impl NodeProc {
 
     /// Resident memory of the process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+        rss_of(self.pid()).expect("VmRSS in /proc/PID/status")
     }
 
     /// Bytes the node's data directory takes on disk.
@@ -138,6 +133,15 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         self.kill_9();
     }
+}
+
+/// Resident memory of process `pid`, in KiB, while it runs.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn dir_bytes(p: &Path) -> u64 {
