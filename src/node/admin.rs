@@ -1,0 +1,218 @@
+//! Administration: TLS and policy reloads, the audit trail (checkpoints, verify, export) and
+//! housekeeping (retention).
+
+use super::*;
+
+impl Node {
+    /// Puts new TLS material in force — typically a new CRL after a partner was revoked, or a
+    /// renewed certificate: new handshakes use it at once, and every live connection is closed
+    /// and made again under it, so a revoked partner is cut off now rather than at its next
+    /// reconnect. Copies in flight are sent again (the receiver dedups). Recorded in the audit
+    /// trail.
+    pub async fn reload_tls(&self, tls: &TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
+        let enrolled: Vec<NodeId> = self.inner.partners.keys().cloned().collect();
+        let server = transport::server_config(tls, &enrolled, refusals_logged())?;
+        let client = transport::client_config(tls)?;
+        let event = AuditEvent::Admin { action: "tls reload".into(), by: by.into(), detail };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        self.inner.tls_generation.send_modify(|g| *g += 1);
+        for w in self.inner.wake.values() {
+            w.notify_one();
+        }
+        info!("TLS material reloaded; live connections are made again");
+        Ok(())
+    }
+
+    /// Puts `book` in force in place of the current policies (an administrator edited the
+    /// files). The change is recorded in the audit trail first, with each partner's old and new
+    /// version, so the trail says from which entry on the new rules applied. Policies for nodes
+    /// that are not enrolled partners are ignored (enrolling needs a restart). Returns the
+    /// changes.
+    pub async fn reload_policies(&self, book: PolicyBook, by: &str) -> Result<Vec<String>, NodeError> {
+        let old = self.policies();
+        let version =
+            |b: &PolicyBook, p: &NodeId| b.policy(p).map_or_else(|| "none".to_owned(), |x| x.hash.to_string());
+        let mut partners: Vec<&NodeId> = self.inner.partners.keys().collect();
+        partners.sort();
+        let changes: Vec<String> = partners
+            .into_iter()
+            .filter(|p| old.policy(p) != book.policy(p))
+            .map(|p| format!("{p}: {} -> {}", version(&old, p), version(&book, p)))
+            .collect();
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let event = AuditEvent::Admin { action: "policy reload".into(), by: by.into(), detail: changes.join("; ") };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
+        info!(changes = %changes.join("; "), "sharing policies reloaded");
+        Ok(changes)
+    }
+
+    /// Signs a checkpoint of the audit trail's head, unless the head is already signed; returns
+    /// the head signed.
+    pub async fn checkpoint(&self) -> Result<AuditHead, NodeError> {
+        let head = self.inner.store.audit_head()?;
+        if head.seq == 0 || self.inner.store.get(Tree::AuditCheckpoints, &crate::audit::key(head.seq))?.is_some() {
+            return Ok(head);
+        }
+        let at = now_ms();
+        let signature = self.inner.seal.sign_detached(&Checkpoint::message(&self.inner.me, &head, at));
+        let c = Checkpoint { node: self.inner.me.clone(), head, at, signature };
+        self.inner.store.commit(vec![store::put(Tree::AuditCheckpoints, crate::audit::key(head.seq), &c)]).await?;
+        debug!(seq = head.seq, "audit checkpoint signed");
+        Ok(head)
+    }
+
+    /// Records an administrative action in the audit trail.
+    pub async fn audit_admin(&self, action: &str, by: &str, detail: String) -> Result<(), NodeError> {
+        let event = AuditEvent::Admin { action: action.into(), by: by.into(), detail };
+        self.inner.store.commit(vec![Op::Audit(event)]).await?;
+        Ok(())
+    }
+
+    /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
+    pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
+        // The head first: entries appended while this runs (the node keeps working) are beyond
+        // it and left out, instead of looking like a chain that ends too late.
+        let head = self.inner.store.audit_head()?;
+        let mut entries = self.inner.store.scan(Tree::Audit, &[])?;
+        entries.retain(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).map_or(true, |b| u64::from_be_bytes(b) <= head.seq));
+        let checkpoints = self.checkpoints()?;
+        Ok(crate::audit::verify(
+            AuditHead::GENESIS,
+            &entries,
+            Some(head),
+            &checkpoints,
+            &self.inner.me,
+            &self.inner.seal.public().signing,
+        ))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<Checkpoint>, NodeError> {
+        let mut v = Vec::new();
+        for (_, bytes) in self.inner.store.scan(Tree::AuditCheckpoints, &[])? {
+            v.push(store::decode::<Checkpoint>(Tree::AuditCheckpoints, &bytes)?);
+        }
+        Ok(v)
+    }
+
+    /// The entries recorded between `from` and `to` (ms), extended to the next signed
+    /// checkpoint (signed now if needed), as a self-contained export.
+    pub async fn audit_export(&self, from: Millis, to: Millis) -> Result<crate::audit::Export, NodeError> {
+        // Entries appended after this checkpoint (the node keeps working) are left for the next
+        // export: an export ends at a signature.
+        let signed = self.checkpoint().await?;
+        let checkpoints = self.checkpoints()?;
+        let mut all = Vec::new();
+        for (_, bytes) in self.inner.store.scan(Tree::Audit, &[])? {
+            let e: crate::audit::Entry = store::decode(Tree::Audit, &bytes)?;
+            if e.seq > signed.seq {
+                break;
+            }
+            all.push((e.seq, e.at, bytes));
+        }
+        let first = all.iter().position(|(_, at, _)| *at >= from);
+        let last = all.iter().rposition(|(_, at, _)| *at <= to);
+        let (start, entries) = match (first, last) {
+            (Some(first), Some(last)) if first <= last => {
+                let start = match first.checked_sub(1).and_then(|i| all.get(i)) {
+                    Some((seq, _, bytes)) => AuditHead { seq: *seq, hash: Digest::of(bytes) },
+                    None => AuditHead::GENESIS,
+                };
+                // Extend to the first signed entry at or after the last one in range, so the
+                // export ends at a signature (the head was just signed, so there is one).
+                let end = (last..all.len())
+                    .find(|i| checkpoints.iter().any(|c| c.head.seq == all[*i].0))
+                    .unwrap_or(all.len() - 1);
+                let entries = all[first..=end]
+                    .iter()
+                    .map(|(seq, _, bytes)| (*seq, crate::encoding::Blob(bytes.clone())))
+                    .collect::<Vec<_>>();
+                (start, entries)
+            }
+            _ => (self.inner.store.audit_head()?, Vec::new()),
+        };
+        let (first, last) = (start.seq, entries.last().map_or(start.seq, |(s, _)| *s));
+        let public_key = crate::encoding::hex(self.inner.seal.public().signing.as_bytes());
+        Ok(crate::audit::Export {
+            format: crate::audit::EXPORT_FORMAT.into(),
+            node: self.inner.me.clone(),
+            public_key,
+            start,
+            entries,
+            checkpoints: checkpoints.into_iter().filter(|c| c.head.seq > first && c.head.seq <= last).collect(),
+        })
+    }
+
+    /// Housekeeping: signs an audit checkpoint every 30 s while the trail grows, and deletes
+    /// received packets past their policy's retention at start and every 10 minutes.
+    pub(super) async fn maintenance_loop(self) {
+        let mut shutdown = self.inner.shutdown.clone();
+        let mut rounds = 0u64;
+        loop {
+            if rounds % 20 == 0 {
+                if let Err(e) = self.purge_expired(now_ms()).await {
+                    warn!(error = %e, "could not apply the retention rules");
+                }
+            }
+            rounds += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.checkpoint().await {
+                warn!(error = %e, "could not sign an audit checkpoint");
+            }
+            crate::limits::flush_refusals();
+            for (peer, b) in &self.inner.budgets {
+                for (kind, n) in b.unlogged(now_ms()) {
+                    warn!(%peer, kind, count = n, "{n} more events of this kind about the partner's traffic in the last minute, not logged one by one (the audit trail has each packet)");
+                }
+            }
+        }
+    }
+
+    /// Deletes the received packets (inbox record, evidence, deadline) older than the retention
+    /// of the policy with their sender; the deletion is recorded in the audit trail (ids only).
+    /// Packets from a partner without a policy are kept (nothing says how long). Returns how
+    /// many were deleted.
+    pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
+        let mut ops = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        let mut forgotten = Vec::new();
+        let book = self.policies();
+        for (id, rec) in self.inbox()? {
+            let Some(policy) = book.policy(&rec.sender) else { continue };
+            let keep = u64::from(policy.retention_days) * 86_400_000;
+            if rec.received_at.saturating_add(keep) >= now {
+                continue;
+            }
+            ops.push(Op::Delete(Tree::Inbox, pair_key(id, &rec.sender)));
+            ops.push(Op::Delete(Tree::Evidence, pair_key(id, &rec.sender)));
+            ops.push(Op::Delete(Tree::Deadlines, pair_key(id, &rec.sender)));
+            gone.push(format!("{id} from {} ({} days)", rec.sender, policy.retention_days));
+            forgotten.push((id, rec.sender));
+        }
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let n = gone.len();
+        ops.push(Op::Audit(AuditEvent::Admin {
+            action: "retention purge".into(),
+            by: "node".into(),
+            detail: format!("deleted {n} received packet(s) past retention: {}", gone.join(", ")),
+        }));
+        self.inner.store.commit(ops).await?;
+        {
+            let mut inbox = lock(&self.inner.inbox);
+            for (id, sender) in &forgotten {
+                inbox.forget(*id, sender);
+            }
+        }
+        info!(deleted = n, "received packets past their retention deleted");
+        Ok(n)
+    }
+}

@@ -1,0 +1,400 @@
+//! The node runtime: drives the delivery core with QUIC, the store and the clock.
+//!
+//! This is the I/O shell around [`crate::delivery`]: it moves bytes and time into the state
+//! machines and carries out what they ask. It never decides delivery policy itself.
+//!
+//! To each partner, the node keeps one connection and on it one long-lived bidirectional stream
+//! per priority lane (see [`crate::wire`]). A lane writes sealed copies as frames, up to
+//! [`WINDOW`] of them ahead of their receipts; the receiver reads what has arrived, commits the
+//! whole batch with one flush, and answers with one sealed, signed `DeliveryReceipt` listing
+//! every copy of the batch. The FLASH lane's stream has the highest QUIC stream priority, so a
+//! FLASH alert is not stuck behind a large ROUTINE copy on the same connection.
+//!
+//! Durability, in order:
+//! - submit: the sealed copies and their outbox entries are committed (flushed) before the
+//!   packet id is returned and before anything is sent;
+//! - receive: the packets of a batch and the receipt are committed before the receipt leaves
+//!   the node;
+//! - receipt at the sender: stored (with the new entry states) as soon as it is verified.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::limits::{Limits, MemoryBudget, PartnerLimits};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
+use crate::deadlines::{Deadline, Deadlines, Flow, Role};
+use crate::delivery::{
+    Entry, Inbox, Incoming, Millis, Outbox, ReadAckMatch, ReceiptOutcome as Outcome, RetryPolicy, Transmit,
+};
+use crate::encoding::Digest;
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::Priority;
+use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
+use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
+use crate::seal::{peek_route, OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
+use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
+use crate::timestamp::Timestamp;
+use crate::transport::{self, TlsMaterial};
+use crate::wire;
+
+mod admin;
+mod inbound;
+mod outbound;
+mod peer;
+mod queries;
+
+/// Most copies written ahead of their receipts, per lane.
+pub const WINDOW: usize = 256;
+
+/// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
+/// each with a rejection reason, with room to spare.
+const MAX_RECEIPT_FRAME: usize = 4 << 20;
+
+/// A receiving lane closes a batch (commits and receipts it) at this many bytes, so large
+/// copies are receipted one or two at a time and the sender sees steady progress.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// The lanes, highest first; the index is the lane's slot.
+const LANES: [Priority; 3] = [Priority::Flash, Priority::Urgent, Priority::Routine];
+
+/// Why the node failed, or refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The store failed; nothing of the request was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The packet could not be sealed (invalid, not ours, unknown recipient...).
+    #[error(transparent)]
+    Seal(#[from] crate::seal::SealError),
+    /// A recipient is not an enrolled partner of this node.
+    #[error("{0} is not a partner of this node")]
+    NotAPartner(NodeId),
+    /// No such packet.
+    #[error("no packet {0}")]
+    UnknownPacket(PacketId),
+    /// Several partners sent a packet with this id (a collision, or one squatting another's
+    /// id): say whose.
+    #[error("packet id {packet} was used by {}: name the sender", .senders.iter().map(NodeId::as_str).collect::<Vec<_>>().join(" and "))]
+    Ambiguous {
+        /// The packet id.
+        packet: PacketId,
+        /// Who sent a packet with it.
+        senders: Vec<NodeId>,
+    },
+    /// This officer's acknowledgement is already recorded, or as many as are kept.
+    #[error("{0}")]
+    AckRefused(String),
+    /// The node named is not a recipient of the packet.
+    #[error("{node} is not a recipient of {packet}")]
+    NotARecipient {
+        /// The packet.
+        packet: PacketId,
+        /// The node.
+        node: NodeId,
+    },
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// Binding the UDP socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A stored signed packet no longer verifies (keyring changed, or corruption).
+    #[error("stored packet {0} does not verify: {1}")]
+    Evidence(PacketId, OpenError),
+    /// The sharing policy refuses the packet for every recipient; nothing was sent.
+    #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
+    Denied(Vec<Refused>),
+}
+
+/// What a submit did, recipient by recipient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Submitted {
+    /// The packet id.
+    pub id: PacketId,
+    /// Recipients a copy was sealed and stored for.
+    pub sent: Vec<SentCopy>,
+    /// Recipients the policy refused: nothing was sealed for them.
+    pub denied: Vec<Refused>,
+}
+
+/// A copy sealed for one recipient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SentCopy {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// What its policy removed before signing.
+    pub redacted: Vec<Redacted>,
+    /// The version hash of the policy applied.
+    pub policy: Option<Digest>,
+}
+
+/// A recipient refused by policy.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refused {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// The rule and why.
+    pub denial: Denial,
+    /// The version hash of the policy applied (`None`: no policy with this partner).
+    pub policy: Option<Digest>,
+}
+
+/// A partner node: its id and where to reach it.
+#[derive(Debug, Clone)]
+pub struct Partner {
+    /// The partner's node id.
+    pub node: NodeId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+}
+
+/// What the runtime needs, already validated and loaded.
+pub struct NodeConfig {
+    /// Keys and keyring.
+    pub seal: SealContext,
+    /// TLS material.
+    pub tls: TlsMaterial,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// An already bound socket to use instead of binding `listen` (tests bind first to learn
+    /// their port).
+    pub socket: Option<std::net::UdpSocket>,
+    /// Where the store lives.
+    pub data_dir: PathBuf,
+    /// Enrolled partners.
+    pub partners: Vec<Partner>,
+    /// The sharing policies with the partners (a partner without one gets and sends nothing).
+    pub policies: PolicyBook,
+    /// Retry spacing.
+    pub retry: RetryPolicy,
+    /// What each partner may make this node hold or do.
+    pub limits: Limits,
+}
+
+/// Per-recipient status of a packet this node sent.
+pub type Status = Vec<Entry>;
+
+/// A running node. Cheap to clone; every clone drives the same node.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    me: NodeId,
+    seal: SealContext,
+    store: Store,
+    outbox: Mutex<Outbox>,
+    inbox: Mutex<Inbox>,
+    wake: HashMap<NodeId, Arc<Notify>>,
+    partners: HashMap<NodeId, SocketAddr>,
+    endpoint: quinn::Endpoint,
+    /// The client side of TLS, replaced on a reload (connections are dialled with it).
+    client: std::sync::RwLock<quinn::ClientConfig>,
+    /// Bumped when the TLS material is reloaded: every live connection is closed and made again
+    /// under the new material (a revoked partner cannot come back).
+    tls_generation: watch::Sender<u64>,
+    shutdown: watch::Receiver<bool>,
+    retry: RetryPolicy,
+    /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
+    policies: std::sync::RwLock<Arc<PolicyBook>>,
+    deadlines: Mutex<Deadlines>,
+    /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
+    receipts_applied: watch::Sender<u64>,
+    limits: Limits,
+    /// Acknowledgements read, change and write an inbox record: one at a time.
+    acks: tokio::sync::Mutex<()>,
+    /// Per partner: the budgets its traffic draws on.
+    budgets: HashMap<NodeId, PartnerLimits<quinn::Connection>>,
+}
+
+/// The node's clock, in ms since the Unix epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug; the state machines hold no invariant
+    // that a half-finished call could break, so carry on with the data.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Node {
+    /// Opens the store, restores the outbox and the inbox index, binds the endpoint, and starts
+    /// the accept loop and one sender per partner. Runs until `shutdown` becomes `true`.
+    pub async fn start(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Node, NodeError> {
+        let me = config.seal.node().clone();
+        let store = Store::open(&config.data_dir)?;
+        let now = now_ms();
+        let outbox = Outbox::restore(config.retry, now, store.outbox_entries()?, now);
+        let mut inbox = Inbox::new();
+        for (k, v) in store.scan(Tree::Inbox, &[])? {
+            let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
+            let id = packet_id_of(&k)?;
+            inbox.record(id, rec.sender, rec.sealed_digest, rec.received_at);
+        }
+        let mut kept = Vec::new();
+        for (_, v) in store.scan(Tree::Deadlines, &[])? {
+            kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
+        }
+        let deadlines = Deadlines::restore(kept);
+        let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node.clone()).collect();
+        let server = transport::server_config(&config.tls, &enrolled, refusals_logged())?;
+        let client = transport::client_config(&config.tls)?;
+        let bind = |source| NodeError::Bind { addr: config.listen, source };
+        let socket = match config.socket {
+            Some(s) => s,
+            None => std::net::UdpSocket::bind(config.listen).map_err(bind)?,
+        };
+        let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime")))?;
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
+        endpoint.set_default_client_config(client.clone());
+        let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node.clone(), p.addr)).collect();
+        let wake = partners.keys().map(|n| (n.clone(), Arc::new(Notify::new()))).collect();
+        let budgets = partners
+            .keys()
+            .map(|n| {
+                let agreed = config.policies.policy(n).map(|p| p.receive.max_packets_per_minute);
+                (n.clone(), PartnerLimits::new(&config.limits, crate::limits::pace_per_minute(agreed), now))
+            })
+            .collect();
+        let node = Node {
+            inner: Arc::new(Inner {
+                me: me.clone(),
+                seal: config.seal,
+                store,
+                outbox: Mutex::new(outbox),
+                inbox: Mutex::new(inbox),
+                wake,
+                partners,
+                endpoint,
+                client: std::sync::RwLock::new(client),
+                tls_generation: watch::channel(0).0,
+                shutdown,
+                retry: config.retry,
+                policies: std::sync::RwLock::new(Arc::new(config.policies)),
+                deadlines: Mutex::new(deadlines),
+                receipts_applied: watch::channel(0).0,
+                limits: config.limits,
+                acks: tokio::sync::Mutex::new(()),
+                budgets,
+            }),
+        };
+        let with: Vec<(NodeId, Digest)> =
+            node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (p.clone(), x.hash))).collect();
+        let without: Vec<NodeId> =
+            node.inner.partners.keys().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
+        node.inner
+            .store
+            .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
+            .await?;
+        info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
+        tokio::spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
+        tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
+        for peer in node.inner.partners.keys() {
+            if node.policies().policy(peer).is_none() {
+                warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
+            }
+            let span = info_span!("sender", node = %me, peer = %peer);
+            tokio::spawn(node.clone().sender_loop(peer.clone()).instrument(span));
+        }
+        Ok(node)
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.endpoint.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.me
+    }
+
+    /// The sharing policies with the partners, as now in force.
+    pub fn policies(&self) -> Arc<PolicyBook> {
+        self.inner.policies.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Closes the endpoint (after in-flight work), records the stop in the audit trail and
+    /// signs a last checkpoint.
+    pub async fn shutdown(self) {
+        self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.endpoint.wait_idle()).await;
+        if let Err(e) = self.inner.store.commit(vec![Op::Audit(AuditEvent::Stopped)]).await {
+            warn!(error = %e, "could not record the stop in the audit trail");
+        }
+        if let Err(e) = self.checkpoint().await {
+            warn!(error = %e, "could not sign the last audit checkpoint");
+        }
+        info!(node = %self.inner.me, "node stopped");
+    }
+}
+
+/// Refusals as audit decisions.
+fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
+    denied
+        .iter()
+        .map(|r| Decided {
+            to: r.recipient.clone(),
+            decision: "deny".into(),
+            rules: vec![r.denial.rule.clone()],
+            redacted: Vec::new(),
+            policy: r.policy,
+            sealed: None,
+        })
+        .collect()
+}
+
+/// A receipt item as the audit trail records it.
+fn receipted(i: &ReceiptItem) -> Receipted {
+    Receipted {
+        packet_id: i.packet_id,
+        digest: i.sealed_digest,
+        outcome: match &i.outcome {
+            ReceiptOutcome::Accepted => "accepted".into(),
+            ReceiptOutcome::Rejected { code, .. } => code.clone(),
+        },
+        sent: None,
+    }
+}
+
+/// Refused client certificates, logged within the budget for unauthenticated events.
+fn refusals_logged() -> transport::OnRefusal {
+    Arc::new(|reason: &str| crate::limits::log_refusal("refused connection: client certificate", reason))
+}
+
+/// The QUIC stream priority of a lane: FLASH highest.
+fn lane_priority(lane: Priority) -> i32 {
+    match lane {
+        Priority::Flash => 2,
+        Priority::Urgent => 1,
+        Priority::Routine => 0,
+    }
+}
+
+/// A [`Millis`] as a receipt's (whole-second) timestamp.
+fn timestamp_of(ms: Millis) -> Timestamp {
+    Timestamp::from_unix((ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now())
+}
+
+fn packet_id_of(key: &[u8]) -> Result<PacketId, StoreError> {
+    let b: [u8; 16] = key
+        .get(..16)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(StoreError::Corrupt { tree: "inbox", reason: "key is not a packet id".into() })?;
+    Ok(PacketId::from_bytes(b))
+}

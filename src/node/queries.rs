@@ -1,0 +1,141 @@
+//! What officers and clients read: delivery status and receipts of sent packets, the inbox,
+//! received packets verified again from their evidence, deadlines.
+
+use super::*;
+
+impl Node {
+    /// Per-recipient delivery status of a packet this node sent.
+    pub fn status(&self, packet_id: PacketId) -> Result<Status, NodeError> {
+        let entries: Vec<Entry> = lock(&self.inner.outbox).entries_of(packet_id).into_iter().cloned().collect();
+        if entries.is_empty() {
+            return Err(NodeError::UnknownPacket(packet_id));
+        }
+        Ok(entries)
+    }
+
+    /// The signed receipt `recipient` returned for `packet_id` (verified again from the store),
+    /// and its item about this packet.
+    pub fn receipt(
+        &self,
+        packet_id: PacketId,
+        recipient: &NodeId,
+    ) -> Result<Option<(crate::seal::SignedPacket, ReceiptItem)>, NodeError> {
+        let Some(receipt_id) = self.inner.store.get(Tree::ReceiptIndex, &pair_key(packet_id, recipient))? else {
+            return Ok(None);
+        };
+        let bytes = self.inner.store.get(Tree::Receipts, &receipt_id)?.unwrap_or_default();
+        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &bytes)
+            .map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let item = match &signed.packet.body {
+            Body::DeliveryReceipt(r) if r.receiver == *recipient => {
+                r.receipts.iter().find(|i| i.packet_id == packet_id).cloned()
+            }
+            _ => None,
+        };
+        Ok(item.map(|i| (signed, i)))
+    }
+
+    /// The answer deadlines of `request` (one per counterpart).
+    pub fn deadlines_of(&self, request: PacketId) -> Vec<Deadline> {
+        lock(&self.inner.deadlines).of(request).into_iter().cloned().collect()
+    }
+
+    /// Open deadlines in `role`, soonest first.
+    pub fn open_deadlines(&self, role: Role) -> Vec<Deadline> {
+        lock(&self.inner.deadlines).open(role).into_iter().cloned().collect()
+    }
+
+    /// Waits until every copy of `packet_id` is delivered, rejected or expired (or `timeout`
+    /// passes), and returns the status then.
+    pub async fn wait_final(&self, packet_id: PacketId, timeout: Duration) -> Result<Status, NodeError> {
+        let mut applied = self.inner.receipts_applied.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status(packet_id)?;
+            if status.iter().all(|e| e.state.is_terminal()) {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Ok(status),
+            }
+        }
+    }
+
+    /// How many outbox entries are in each state (queued, in_flight, delivered, rejected,
+    /// expired), and how many were read.
+    pub fn outbox_summary(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let outbox = lock(&self.inner.outbox);
+        let mut m = std::collections::BTreeMap::new();
+        for e in outbox.entries() {
+            *m.entry(e.state.name()).or_default() += 1;
+            if !e.reads.is_empty() {
+                *m.entry("read").or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Packets received, oldest first: id, sender, when, read by whom.
+    pub fn inbox(&self) -> Result<Vec<(PacketId, InboxRecord)>, NodeError> {
+        let mut v = Vec::new();
+        for (k, val) in self.inner.store.scan(Tree::Inbox, &[])? {
+            v.push((packet_id_of(&k)?, store::decode::<InboxRecord>(Tree::Inbox, &val)?));
+        }
+        v.sort_by_key(|(_, r)| r.received_at);
+        Ok(v)
+    }
+
+    /// The inbox record of the packet `packet_id` from `from`, or from whichever partner sent
+    /// one with that id if `from` is `None` and there is only one.
+    pub fn received(&self, packet_id: PacketId, from: Option<&NodeId>) -> Result<InboxRecord, NodeError> {
+        let mut found = self.inner.store.inbox_records(packet_id)?;
+        if let Some(from) = from {
+            found.retain(|r| r.sender == *from);
+        }
+        match found.len() {
+            0 => Err(NodeError::UnknownPacket(packet_id)),
+            1 => Ok(found.remove(0)),
+            _ => {
+                Err(NodeError::Ambiguous { packet: packet_id, senders: found.into_iter().map(|r| r.sender).collect() })
+            }
+        }
+    }
+
+    /// Other partners that sent a packet with the same id as `packet_id` from `sender` (a
+    /// collision; shown as suspicious).
+    pub fn also_from(&self, packet_id: PacketId, sender: &NodeId) -> Vec<NodeId> {
+        lock(&self.inner.inbox).senders(packet_id).into_iter().filter(|n| n != sender).collect()
+    }
+
+    /// A received packet, verified again from the stored evidence.
+    pub fn show(&self, packet_id: PacketId, from: Option<&NodeId>) -> Result<(Packet, InboxRecord), NodeError> {
+        let rec = self.received(packet_id, from)?;
+        let (original, _) = self.held(packet_id, &rec.sender)?;
+        Ok((original.packet, rec))
+    }
+
+    /// A received packet as its originator signed it (for a forward: the original it carried,
+    /// verified again), and the consent that came with it.
+    pub(super) fn held(
+        &self,
+        packet_id: PacketId,
+        sender: &NodeId,
+    ) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
+        let evidence = self
+            .inner
+            .store
+            .get(Tree::Evidence, &pair_key(packet_id, sender))?
+            .ok_or(NodeError::UnknownPacket(packet_id))?;
+        let ring = self.inner.seal.keyring();
+        let signed = crate::seal::verify_signed(ring, &evidence).map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let Body::Forward(f) = &signed.packet.body else { return Ok((signed, None)) };
+        let original =
+            crate::seal::verify_signed(ring, &f.original.0).map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let consent = match &f.consent {
+            Some(c) => Some(crate::seal::verify_signed(ring, &c.0).map_err(|e| NodeError::Evidence(packet_id, e))?),
+            None => None,
+        };
+        Ok((original, consent))
+    }
+}
