@@ -48,7 +48,7 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
             tls,
             listen: addrs[i],
             socket: Some(socket),
-            data_dir: dir.join(names[i]),
+            store: liaison::store::Store::open(&dir.join(names[i])).unwrap(),
             partners: vec![Partner { node: node_id(names[other]), addr: addrs[other] }],
             policies: liaison::policy::PolicyBook::new([bench_policy(names[i], names[other])]),
             retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },

@@ -15,8 +15,8 @@
 //!   paused.
 //!
 //! Only the counterpart of a deadline can change it (a third node's "answer" is not one). The
-//! node feeds every packet it sends or stores to [`Deadlines::on_packet`], persists what comes
-//! back, and asks [`Deadline::due`] what to show.
+//! node stages every packet it sends or stores ([`Deadlines::stage`]), persists the changes with
+//! the packet, puts them in force once they are on disk ([`Deadlines::apply`]), and asks [`Deadline::due`] what to show.
 
 use std::collections::HashMap;
 
@@ -126,6 +126,33 @@ pub enum Flow {
     Received,
 }
 
+/// Packets a node makes about other packets (receipts, acknowledgements, consents, forwards):
+/// none of them answers, delays or clarifies a request.
+fn node_business(packet: &Packet) -> bool {
+    matches!(packet.body, Body::DeliveryReceipt(_) | Body::ReadAck(_) | Body::OnwardConsent(_) | Body::Forward(_))
+}
+
+/// Deadline changes worked out but not yet in force: written with the commit that stores the
+/// packets causing them, put in force ([`Deadlines::apply`]) once that commit is on disk.
+#[derive(Debug, Default)]
+pub struct Staged {
+    changed: std::collections::BTreeMap<(PacketId, NodeId), Deadline>,
+    /// Clarification requests made (`Some(request)`) or answered (`None`).
+    clarifications: HashMap<PacketId, Option<PacketId>>,
+}
+
+impl Staged {
+    /// The deadlines changed, to persist.
+    pub fn changed(&self) -> impl Iterator<Item = &Deadline> {
+        self.changed.values()
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.clarifications.is_empty()
+    }
+}
+
 /// All deadlines of a node, by (request, counterpart).
 #[derive(Debug, Default)]
 pub struct Deadlines {
@@ -147,13 +174,33 @@ impl Deadlines {
         d
     }
 
-    /// What `packet`, sent to or received from `counterpart` at `now`, does to the deadlines;
-    /// returns the deadlines that changed (to persist).
-    pub fn on_packet(&mut self, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> Vec<Deadline> {
-        let e = &packet.envelope;
-        if let Some(changed) = self.resume(packet, flow, counterpart, now) {
-            return changed;
+    /// Whether `packet` can change a deadline at all: a request, an answer, a delay notice, a
+    /// clarification request, or a reply (to a clarification request). System packets never do:
+    /// an officer's acknowledgement of a clarification request is not the clarification. The
+    /// node serialises the commits of such packets (see [`Deadlines::stage`]).
+    pub fn concerns(packet: &Packet) -> bool {
+        match &packet.body {
+            Body::InformationRequest(_)
+            | Body::InformationResponse(_)
+            | Body::Refusal(_)
+            | Body::DelayNotice(_)
+            | Body::ClarificationRequest(_) => true,
+            _ => !node_business(packet) && packet.envelope.in_reply_to.is_some(),
         }
+    }
+
+    /// What `packet`, sent to or received from `counterpart` at `now`, would do to the
+    /// deadlines, on top of what is already in `staged` (earlier packets of the same batch),
+    /// without changing anything. The node writes [`Staged::changed`] with the commit that
+    /// stores the packet and calls [`Deadlines::apply`] once the store says it is on disk: a
+    /// commit that fails leaves the deadlines as they were, and the retransmission stages the
+    /// same change again. Callers must not stage two commits at once (the node holds a lock
+    /// from staging to applying), or one would stage over a state the other is changing.
+    pub fn stage(&self, staged: &mut Staged, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) {
+        if node_business(packet) || self.resume(staged, packet, flow, counterpart, now) {
+            return;
+        }
+        let e = &packet.envelope;
         // The role the counterpart's answer would settle: if we receive it, we were waiting.
         let settles = match flow {
             Flow::Sent => Role::Answer,
@@ -161,7 +208,7 @@ impl Deadlines {
         };
         match &packet.body {
             Body::InformationRequest(_) => {
-                let Some(due) = e.due_by else { return Vec::new() };
+                let Some(due) = e.due_by else { return };
                 // The window follows from the request's urgency (8 h / 3 d / 7 d: `due_by` is
                 // checked to be `created` plus that window).
                 let window = millis(due).saturating_sub(millis(e.created));
@@ -170,6 +217,10 @@ impl Deadlines {
                     // Counted from when this node stored it, whatever the sender's clock says.
                     Flow::Received => (Role::Answer, now.saturating_add(window), Some(millis(due))),
                 };
+                let key = (e.id, counterpart.clone());
+                if self.current(staged, &key).is_some() {
+                    return; // a retransmission
+                }
                 let d = Deadline {
                     request: e.id,
                     role,
@@ -181,53 +232,65 @@ impl Deadlines {
                     delays: Vec::new(),
                     sender_due_by,
                 };
-                let key = (e.id, counterpart.clone());
-                if self.by_key.contains_key(&key) {
-                    return Vec::new(); // a retransmission
-                }
-                self.by_key.insert(key, d.clone());
-                vec![d]
+                staged.changed.insert(key, d);
             }
-            Body::InformationResponse(_) | Body::Refusal(_) => self.change(e.in_reply_to, counterpart, settles, |d| {
-                if d.answered.is_none() {
-                    d.answered = Some((e.id, now));
-                    d.paused = None;
-                }
-            }),
-            Body::DelayNotice(n) => self.change(e.in_reply_to, counterpart, settles, |d| {
-                if d.answered.is_none() && !d.delays.contains(&e.id) {
-                    d.due_by = millis(n.new_due_by);
-                    d.delays.push(e.id);
-                }
-            }),
+            Body::InformationResponse(_) | Body::Refusal(_) => {
+                self.change(staged, e.in_reply_to, counterpart, settles, |d| {
+                    if d.answered.is_none() {
+                        d.answered = Some((e.id, now));
+                        d.paused = None;
+                    }
+                });
+            }
+            Body::DelayNotice(n) => {
+                self.change(staged, e.in_reply_to, counterpart, settles, |d| {
+                    if d.answered.is_none() && !d.delays.contains(&e.id) {
+                        d.due_by = millis(n.new_due_by);
+                        d.delays.push(e.id);
+                    }
+                });
+            }
             Body::ClarificationRequest(_) => {
-                let changed = self.change(e.in_reply_to, counterpart, settles, |d| {
+                let changed = self.change(staged, e.in_reply_to, counterpart, settles, |d| {
                     if d.answered.is_none() && d.paused.is_none() {
                         d.paused = Some((now, e.id));
                     }
                 });
-                if let Some(request) = e.in_reply_to {
-                    if !changed.is_empty() {
-                        self.clarifications.insert(e.id, request);
-                    }
+                if let (true, Some(request)) = (changed, e.in_reply_to) {
+                    staged.clarifications.insert(e.id, Some(request));
                 }
-                changed
             }
-            _ => Vec::new(),
+            _ => {}
         }
+    }
+
+    /// Puts staged changes in force (their commit is on disk).
+    pub fn apply(&mut self, staged: Staged) {
+        for (clarification, request) in staged.clarifications {
+            match request {
+                Some(r) => self.clarifications.insert(clarification, r),
+                None => self.clarifications.remove(&clarification),
+            };
+        }
+        self.by_key.extend(staged.changed);
     }
 
     /// A reply to one of our clarification requests (or the requester's reply to theirs)
     /// resumes the clock of the request it was about; it comes from the side that asked the
-    /// question, so it settles the role opposite to a normal answer.
-    fn resume(&mut self, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> Option<Vec<Deadline>> {
-        let clarification = packet.envelope.in_reply_to?;
-        let request = self.clarifications.get(&clarification).copied()?;
+    /// question, so it settles the role opposite to a normal answer. Returns whether the packet
+    /// was such a reply (then it does nothing else).
+    fn resume(&self, staged: &mut Staged, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> bool {
+        let Some(clarification) = packet.envelope.in_reply_to else { return false };
+        let request = match staged.clarifications.get(&clarification) {
+            Some(staged) => *staged,
+            None => self.clarifications.get(&clarification).copied(),
+        };
+        let Some(request) = request else { return false };
         let resumes = match flow {
             Flow::Sent => Role::Await,
             Flow::Received => Role::Answer,
         };
-        let changed = self.change(Some(request), counterpart, resumes, |d| {
+        let changed = self.change(staged, Some(request), counterpart, resumes, |d| {
             if let Some((since, c)) = d.paused {
                 if c == clarification {
                     d.due_by = d.due_by.saturating_add(now.saturating_sub(since));
@@ -235,31 +298,40 @@ impl Deadlines {
                 }
             }
         });
-        if !changed.is_empty() {
-            self.clarifications.remove(&clarification);
+        if changed {
+            staged.clarifications.insert(clarification, None);
         }
-        Some(changed)
+        true
     }
 
+    /// The deadline as staged, or as in force.
+    fn current(&self, staged: &Staged, key: &(PacketId, NodeId)) -> Option<Deadline> {
+        staged.changed.get(key).or_else(|| self.by_key.get(key)).cloned()
+    }
+
+    /// Stages `f` applied to the deadline of `request` towards `counterpart` in `role`;
+    /// whether that changed it.
     fn change(
-        &mut self,
+        &self,
+        staged: &mut Staged,
         request: Option<PacketId>,
         counterpart: &NodeId,
         role: Role,
         f: impl FnOnce(&mut Deadline),
-    ) -> Vec<Deadline> {
-        let Some(request) = request else { return Vec::new() };
-        let Some(d) = self.by_key.get_mut(&(request, counterpart.clone())) else { return Vec::new() };
+    ) -> bool {
+        let Some(request) = request else { return false };
+        let key = (request, counterpart.clone());
+        let Some(mut d) = self.current(staged, &key) else { return false };
         if d.role != role {
-            return Vec::new();
+            return false;
         }
         let before = d.clone();
-        f(d);
-        if *d == before {
-            Vec::new()
-        } else {
-            vec![d.clone()]
+        f(&mut d);
+        if d == before {
+            return false;
         }
+        staged.changed.insert(key, d);
+        true
     }
 
     /// The deadline of `request` towards `counterpart`.
@@ -290,6 +362,17 @@ impl Deadlines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Deadlines {
+        /// Stages and applies at once (nothing to persist here); the changed deadlines.
+        fn on_packet(&mut self, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) -> Vec<Deadline> {
+            let mut staged = Staged::default();
+            self.stage(&mut staged, packet, flow, counterpart, now);
+            let changed = staged.changed().cloned().collect();
+            self.apply(staged);
+            changed
+        }
+    }
 
     const H: Millis = 3_600_000;
 
@@ -388,5 +471,57 @@ mod tests {
         assert_eq!(r.open(Role::Await).len(), 1);
         r.on_packet(&reply("refusal", request.envelope.id, 5), Flow::Received, &es, due + H);
         assert_eq!(r.get(request.envelope.id, &es).unwrap().due(due + 2 * H), Due::Answered { late: true });
+    }
+
+    /// Staging changes nothing until applied: a commit that fails leaves the deadlines as they
+    /// were, and staging the retransmission gives the same change again.
+    #[test]
+    fn staged_changes_are_in_force_only_once_applied() {
+        let request = example("request");
+        let it = node("IT-DCSA");
+        let d = Deadlines::default();
+        let mut staged = Staged::default();
+        d.stage(&mut staged, &request, Flow::Received, &it, 1_000);
+        assert_eq!(staged.changed().count(), 1);
+        assert!(d.get(request.envelope.id, &it).is_none(), "not in force before the commit");
+        // The commit failed; the packet comes again.
+        let mut again = Staged::default();
+        d.stage(&mut again, &request, Flow::Received, &it, 2_000);
+        assert_eq!(again.changed().count(), 1, "staged again, not taken for a retransmission");
+        let mut d = d;
+        d.apply(again);
+        assert!(d.get(request.envelope.id, &it).is_some());
+        // Within one batch, later packets see what earlier ones staged.
+        let mut d = Deadlines::default();
+        let mut batch = Staged::default();
+        d.stage(&mut batch, &request, Flow::Received, &it, 1_000);
+        d.stage(&mut batch, &reply("clarification", request.envelope.id, 2), Flow::Sent, &it, 2_000);
+        d.apply(batch);
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().due(3_000), Due::Paused);
+    }
+
+    /// An officer's acknowledgement of a clarification request is not the clarification: the
+    /// clock stays paused.
+    #[test]
+    fn a_read_ack_does_not_resume_a_paused_deadline() {
+        let request = example("request");
+        let it = node("IT-DCSA");
+        let mut d = Deadlines::default();
+        d.on_packet(&request, Flow::Received, &it, 1_000);
+        let clar = reply("clarification", request.envelope.id, 2);
+        d.on_packet(&clar, Flow::Sent, &it, 2_000);
+        let officer: crate::ids::OfficerId = "Ispettore Rossi".parse().unwrap();
+        let ack = Packet::read_ack(
+            &it,
+            &node("ES-UDYCO"),
+            clar.envelope.id,
+            crate::markings::Priority::Urgent,
+            officer,
+            request.envelope.created,
+            &mut rand_core::OsRng,
+        );
+        assert!(!Deadlines::concerns(&ack));
+        assert!(d.on_packet(&ack, Flow::Received, &it, 3_000).is_empty());
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().due(4_000), Due::Paused);
     }
 }

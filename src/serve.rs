@@ -66,7 +66,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         tls,
         listen: s.listen,
         socket: None,
-        data_dir: s.data_dir.clone(),
+        store: crate::store::Store::open(&s.data_dir).map_err(crate::node::NodeError::from)?,
         partners: s.partners.iter().map(|p| Partner { node: p.id.clone(), addr: p.addr }).collect(),
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,

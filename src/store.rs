@@ -210,50 +210,115 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// An in-memory backend for tests of the layers above. Can be told to fail, like a full disk.
+/// An in-memory backend for tests and the simulation, with the faults of a real disk: writes
+/// that fail (a full disk), flushes that fail (an I/O error after the data was handed over),
+/// and a crash that loses everything applied since the last successful flush.
 #[derive(Default)]
 pub struct MemoryBackend {
-    trees: Mutex<MemoryMap>,
-    fail: std::sync::atomic::AtomicBool,
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    /// What reads see: everything applied.
+    live: MemoryMap,
+    /// What survives a crash: everything flushed.
+    durable: MemoryMap,
+    /// Applied since the last flush, in order.
+    unflushed: Vec<Op>,
+    fail_writes: bool,
+    fail_flushes: bool,
+    /// Writes and flushes refused so far.
+    refused: u64,
 }
 
 impl MemoryBackend {
     /// Makes every later `apply` fail (as a full disk would), or work again.
     pub fn set_failing(&self, failing: bool) {
-        self.fail.store(failing, std::sync::atomic::Ordering::SeqCst);
+        self.with(|s| s.fail_writes = failing);
+    }
+
+    /// Makes every later `flush` fail (the writes stay applied but not durable), or work again.
+    pub fn set_failing_flushes(&self, failing: bool) {
+        self.with(|s| s.fail_flushes = failing);
+    }
+
+    /// A crash (power cut, `kill -9`): everything not flushed is gone. The store must be opened
+    /// again over this backend ([`Store::with_backend`]), as after a restart.
+    pub fn crash(&self) {
+        self.with(|s| {
+            s.live = s.durable.clone();
+            s.unflushed.clear();
+        });
+    }
+
+    /// How many writes and flushes were refused so far.
+    pub fn refused(&self) -> u64 {
+        self.with(|s| s.refused)
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut MemoryState) -> R) -> R {
+        // A panic while holding this lock leaves a consistent map (every change is one insert
+        // or remove); carry on with it.
+        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+fn apply_to(map: &mut MemoryMap, op: &Op) {
+    match op {
+        Op::Put(tree, k, v) => {
+            map.insert((*tree, k.clone()), v.clone());
+        }
+        Op::Delete(tree, k) => {
+            map.remove(&(*tree, k.clone()));
+        }
+        Op::Audit(_) => {}
     }
 }
 
 impl Backend for MemoryBackend {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Backend("No space left on device (simulated)".into()));
+        if ops.iter().any(|op| matches!(op, Op::Audit(_))) {
+            return Err(unchained());
         }
-        let mut t = self.trees.lock().map_err(|_| StoreError::Closed)?;
-        for op in ops {
-            match op {
-                Op::Put(tree, k, v) => t.insert((*tree, k.clone()), v.clone()),
-                Op::Delete(tree, k) => t.remove(&(*tree, k.clone())),
-                Op::Audit(_) => return Err(unchained()),
-            };
-        }
-        Ok(())
+        self.with(|s| {
+            if s.fail_writes {
+                s.refused += 1;
+                return Err(StoreError::Backend("No space left on device (simulated)".into()));
+            }
+            for op in ops {
+                apply_to(&mut s.live, op);
+            }
+            s.unflushed.extend_from_slice(ops);
+            Ok(())
+        })
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.with(|s| {
+            if s.fail_flushes {
+                s.refused += 1;
+                return Err(StoreError::Backend("Input/output error (simulated flush failure)".into()));
+            }
+            for op in std::mem::take(&mut s.unflushed) {
+                apply_to(&mut s.durable, &op);
+            }
+            Ok(())
+        })
     }
 
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.trees.lock().map_err(|_| StoreError::Closed)?.get(&(tree, key.to_vec())).cloned())
+        Ok(self.with(|s| s.live.get(&(tree, key.to_vec())).cloned()))
     }
 
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        let t = self.trees.lock().map_err(|_| StoreError::Closed)?;
-        Ok(t.range((tree, prefix.to_vec())..)
-            .take_while(|((tr, k), _)| *tr == tree && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(self.with(|s| {
+            s.live
+                .range((tree, prefix.to_vec())..)
+                .take_while(|((tr, k), _)| *tr == tree && k.starts_with(prefix))
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()
+        }))
     }
 }
 

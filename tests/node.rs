@@ -5,6 +5,7 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use liaison::delivery::{EntryState, RetryPolicy};
@@ -13,6 +14,7 @@ use liaison::node::{Node, NodeConfig, Partner};
 use liaison::packet::Packet;
 use liaison::pki::Ca;
 use liaison::seal::SealContext;
+use liaison::store::{MemoryBackend, Store};
 use liaison::transport::TlsMaterial;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -68,6 +70,42 @@ impl Federation {
     }
 
     async fn start_with(&self, name: &str, policies: liaison::policy::PolicyBook) -> Node {
+        let store = Store::open(&self.dir.path().join(name)).unwrap();
+        self.start_on(name, policies, store, self.stop.subscribe()).await
+    }
+
+    /// `name` on an in-memory disk that the test can make fail or crash, with its own stop.
+    async fn start_faulty(&self, name: &str) -> (Node, Arc<MemoryBackend>, watch::Sender<bool>) {
+        let disk = Arc::new(MemoryBackend::default());
+        let (stop, rx) = watch::channel(false);
+        let store = Store::with_backend(disk.clone()).unwrap();
+        (self.start_on(name, demo_policies(name), store, rx).await, disk, stop)
+    }
+
+    /// Stops `node`, crashes its disk (everything not flushed is lost) and starts it again on
+    /// what is left.
+    async fn crash_and_restart(
+        &self,
+        node: Node,
+        disk: &Arc<MemoryBackend>,
+        stop: watch::Sender<bool>,
+    ) -> (Node, watch::Sender<bool>) {
+        let name = node.id().to_string();
+        let _ = stop.send(true);
+        node.shutdown().await;
+        disk.crash();
+        let (stop, rx) = watch::channel(false);
+        let store = Store::with_backend(disk.clone()).unwrap();
+        (self.start_on(&name, demo_policies(&name), store, rx).await, stop)
+    }
+
+    async fn start_on(
+        &self,
+        name: &str,
+        policies: liaison::policy::PolicyBook,
+        store: Store,
+        stop: watch::Receiver<bool>,
+    ) -> Node {
         let now = OffsetDateTime::now_utc();
         let cert = self.ca.issue(&node(name), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
         let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
@@ -85,13 +123,13 @@ impl Federation {
             tls,
             listen: addr,
             socket: Some(socket),
-            data_dir: self.dir.path().join(name),
+            store,
             partners,
             policies,
             retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 10_000 },
             limits: liaison::limits::Limits::default(),
         };
-        Node::start(config, self.stop.subscribe()).await.unwrap()
+        Node::start(config, stop).await.unwrap()
     }
 }
 
@@ -570,5 +608,95 @@ async fn a_tls_reload_with_a_new_crl_cuts_off_a_revoked_partner_at_once() {
         .decoded()
         .iter()
         .any(|e| matches!(&e.event, liaison::audit::Event::Admin { action, .. } if action == "tls reload")));
+    let _ = fed.stop.send(true);
+}
+
+/// A commit that fails must leave nothing behind in memory that the retransmission then takes
+/// for done. ES's disk refuses the batch carrying an information request; IT sends it again;
+/// ES must persist the request's answer deadline with it, so that it survives a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_is_persisted_when_a_failed_batch_comes_again() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let (es, disk, es_stop) = fed.start_faulty("ES-UDYCO").await;
+    disk.set_failing(true);
+    let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap().id;
+    until("ES refused to store the batch", || disk.refused() > 0).await;
+    disk.set_failing(false);
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    assert_eq!(es.deadlines_of(id).len(), 1);
+    let (es, _es_stop) = fed.crash_and_restart(es, &disk, es_stop).await;
+    assert_eq!(es.inbox().unwrap().len(), 1, "the request was stored once");
+    assert_eq!(es.deadlines_of(id).len(), 1, "its deadline was stored with it");
+    let _ = fed.stop.send(true);
+}
+
+/// The same for a submit: a submit the disk refused leaves no deadline behind, and submitting
+/// the packet again stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_submit_leaves_no_deadline_behind() {
+    let fed = Federation::new();
+    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
+    let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
+    disk.set_failing(true);
+    assert!(it.submit(&p).await.is_err(), "nothing is acknowledged that is not on disk");
+    assert!(it.deadlines_of(p.envelope.id).is_empty(), "nor is a deadline kept for it");
+    disk.set_failing(false);
+    it.submit(&p).await.unwrap();
+    let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
+    assert_eq!(it.deadlines_of(p.envelope.id).len(), 1, "the deadline is stored with the submit");
+    let _ = fed.stop.send(true);
+}
+
+/// A receipt whose commit fails changes nothing: the copy is not shown as delivered without its
+/// receipt on disk, and once the disk works again the copy ends delivered with its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_is_never_shown_without_the_receipt_on_disk() {
+    let fed = Federation::new();
+    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
+    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap().id;
+    disk.set_failing(true);
+    let es = fed.start("ES-UDYCO").await;
+    until("ES stored it", || es.inbox().unwrap().len() == 1).await;
+    // The receipt reaches IT within milliseconds on loopback; for two seconds IT must not say
+    // delivered, since it cannot store the receipt.
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch_until {
+        let delivered = matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. });
+        assert!(
+            !delivered || it.receipt(id, &node("ES-UDYCO")).unwrap().is_some(),
+            "delivered without a stored receipt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disk.set_failing(false);
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    assert!(it.receipt(id, &node("ES-UDYCO")).unwrap().is_some());
+    let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
+    assert!(matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. }), "and so it stays after a crash");
+    assert!(it.receipt(id, &node("ES-UDYCO")).unwrap().is_some());
+    assert_eq!(es.inbox().unwrap().len(), 1, "shown once");
+    let _ = fed.stop.send(true);
+}
+
+/// The issue's case: an officer's acknowledgement arrives in a batch whose commit fails; the
+/// partner sends it again, and it is persisted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
+    let fed = Federation::new();
+    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap().id;
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    disk.set_failing(true);
+    es.ack(id, None, "Subinspector Gómez".parse().unwrap()).await.unwrap();
+    until("IT refused to store the batch", || disk.refused() > 0).await;
+    disk.set_failing(false);
+    until("read", || !it.status(id).unwrap()[0].reads.is_empty()).await;
+    let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
+    assert_eq!(it.status(id).unwrap()[0].reads.len(), 1, "the acknowledgement was persisted");
     let _ = fed.stop.send(true);
 }

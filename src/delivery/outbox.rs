@@ -175,6 +175,9 @@ pub struct Outbox {
     expiries: BTreeSet<(Millis, Key)>,
     /// Entries changed since the last `take_dirty`: the driver persists them.
     dirty: HashSet<Key>,
+    /// Entries whose receipt is being committed, with the state they take once it is on disk;
+    /// expiry leaves them alone meanwhile.
+    prepared: HashMap<Key, EntryState>,
     rng: SplitMix64,
 }
 
@@ -189,6 +192,7 @@ impl Outbox {
             deadlines: BTreeSet::new(),
             expiries: BTreeSet::new(),
             dirty: HashSet::new(),
+            prepared: HashMap::new(),
             rng: SplitMix64(seed),
         }
     }
@@ -343,7 +347,9 @@ impl Outbox {
         }
     }
 
-    /// A verified receipt arrived from `receiver` for `packet_id`.
+    /// A verified receipt arrived from `receiver` for `packet_id`: applied at once, the entry
+    /// marked dirty. (The node uses [`Outbox::prepare_receipt`], so that nothing is applied
+    /// before the receipt is on disk.)
     pub fn handle_receipt(
         &mut self,
         now: Millis,
@@ -352,22 +358,66 @@ impl Outbox {
         digest: Digest,
         outcome: ReceiptOutcome,
     ) -> ReceiptMatch {
+        let (m, _) = self.prepare_receipt(now, packet_id, receiver, digest, outcome);
+        if m == ReceiptMatch::Completed {
+            self.apply_prepared(packet_id, receiver);
+            self.dirty.insert((packet_id, receiver.clone()));
+        }
+        m
+    }
+
+    /// What a receipt item from `receiver` for `packet_id` does, without doing it yet. For an
+    /// item that completes its entry, returns the entry as it will be, for the driver to store
+    /// with the receipt; the entry is held (expiry leaves it alone, a second item for it is a
+    /// duplicate) until the driver calls [`Outbox::apply_prepared`] once the commit is on disk,
+    /// or [`Outbox::abandon_prepared`] if it failed. So memory never shows a copy delivered
+    /// whose receipt is not stored.
+    pub fn prepare_receipt(
+        &mut self,
+        now: Millis,
+        packet_id: PacketId,
+        receiver: &NodeId,
+        digest: Digest,
+        outcome: ReceiptOutcome,
+    ) -> (ReceiptMatch, Option<Entry>) {
         let k = (packet_id, receiver.clone());
-        let Some(e) = self.entries.get(&k) else { return ReceiptMatch::Unknown };
+        let Some(e) = self.entries.get(&k) else { return (ReceiptMatch::Unknown, None) };
+        if self.prepared.contains_key(&k) {
+            return (ReceiptMatch::Duplicate, None);
+        }
         match &e.state {
-            EntryState::Delivered { .. } | EntryState::Rejected { .. } => return ReceiptMatch::Duplicate,
-            EntryState::Expired { .. } => return ReceiptMatch::AfterExpiry,
+            EntryState::Delivered { .. } | EntryState::Rejected { .. } => return (ReceiptMatch::Duplicate, None),
+            EntryState::Expired { .. } => return (ReceiptMatch::AfterExpiry, None),
             EntryState::Queued { .. } | EntryState::InFlight { .. } => {}
         }
         if !e.sealed_digest.ct_eq(&digest) {
-            return ReceiptMatch::DigestMismatch;
+            return (ReceiptMatch::DigestMismatch, None);
         }
         let state = match outcome {
             ReceiptOutcome::Accepted { received_at } => EntryState::Delivered { at: received_at, digest },
             ReceiptOutcome::Rejected { code, reason } => EntryState::Rejected { at: now, code, reason },
         };
-        self.set_terminal(k, state);
-        ReceiptMatch::Completed
+        let will_be = Entry { state: state.clone(), ..e.clone() };
+        self.prepared.insert(k, state);
+        (ReceiptMatch::Completed, Some(will_be))
+    }
+
+    /// The prepared receipt of `packet_id` at `receiver` is on disk: its entry takes the state
+    /// (already persisted with it).
+    pub fn apply_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
+        let k = (packet_id, receiver.clone());
+        let Some(state) = self.prepared.remove(&k) else { return };
+        // Written with the receipt; still dirty only if something else changed it meanwhile.
+        let was_dirty = self.dirty.contains(&k);
+        self.set_terminal(k.clone(), state);
+        if !was_dirty {
+            self.dirty.remove(&k);
+        }
+    }
+
+    /// The prepared receipt could not be stored: the entry stays as it was (and is sent again).
+    pub fn abandon_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
+        self.prepared.remove(&(packet_id, receiver.clone()));
     }
 
     /// What an acknowledgement by `officer` at `receiver` would do to `entry` (the entry as it
@@ -441,8 +491,14 @@ impl Outbox {
             .min()
     }
 
+    /// Entries taken by [`Outbox::take_dirty`] whose commit failed: they are to be persisted
+    /// again (with whatever they hold by then).
+    pub fn mark_dirty(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
+        self.dirty.extend(keys.into_iter().filter(|k| self.entries.contains_key(k)));
+    }
+
     /// Entries changed since the last call; the driver persists them (and flushes) before it
-    /// acts on the change.
+    /// acts on the change, and gives them back with [`Outbox::mark_dirty`] if the commit fails.
     pub fn take_dirty(&mut self) -> Vec<Entry> {
         let keys: Vec<Key> = self.dirty.drain().collect();
         keys.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
@@ -501,10 +557,16 @@ impl Outbox {
     }
 
     fn expire(&mut self, now: Millis) {
-        while let Some((t, k)) = self.expiries.first().cloned() {
-            if t > now {
-                break;
-            }
+        // An entry whose receipt is being committed is not expired under it: the receipt, once
+        // on disk, decides.
+        let due: Vec<Key> = self
+            .expiries
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .filter(|(_, k)| !self.prepared.contains_key(k))
+            .map(|(_, k)| k.clone())
+            .collect();
+        for k in due {
             self.set_terminal(k, EntryState::Expired { at: now });
         }
     }
@@ -694,5 +756,51 @@ mod tests {
         assert!(o.take_dirty().is_empty());
         o.poll_transmit(0, &es);
         assert_eq!(o.take_dirty()[0].state.name(), "in_flight");
+    }
+
+    /// A receipt is prepared, stored, then applied: before it is applied nothing shows it, an
+    /// abandoned one leaves the entry to be sent again, and expiry waits for a prepared one.
+    #[test]
+    fn receipts_take_effect_only_once_stored() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        let d = Digest::of(b"x");
+        o.submit(0, pid(1), es.clone(), Priority::Flash, 1_000, d);
+        o.poll_transmit(0, &es).unwrap();
+        o.take_dirty();
+        let accepted = ReceiptOutcome::Accepted { received_at: 5 };
+        let (m, will_be) = o.prepare_receipt(5, pid(1), &es, d, accepted.clone());
+        assert_eq!(m, ReceiptMatch::Completed);
+        assert_eq!(will_be.unwrap().state.name(), "delivered", "what to store with the receipt");
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "in_flight", "not before it is stored");
+        assert_eq!(o.prepare_receipt(5, pid(1), &es, d, accepted.clone()).0, ReceiptMatch::Duplicate);
+        // The commit failed: nothing changed, the copy is retried as usual.
+        o.abandon_prepared(pid(1), &es);
+        o.handle_send_failed(6, pid(1), &es);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "queued");
+        let t = o.poll_timeout().unwrap();
+        o.poll_transmit(t, &es).unwrap();
+        // Prepared again; its expiry passes while the commit runs: the receipt decides.
+        assert_eq!(o.prepare_receipt(900, pid(1), &es, d, accepted).0, ReceiptMatch::Completed);
+        o.handle_timeout(1_000);
+        assert_ne!(o.entry(pid(1), &es).unwrap().state.name(), "expired");
+        o.take_dirty();
+        o.apply_prepared(pid(1), &es);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "delivered");
+        assert!(o.take_dirty().is_empty(), "already stored with the receipt");
+        o.handle_timeout(2_000);
+        assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "delivered", "terminal");
+        assert_eq!(o.pending(), 0);
+    }
+
+    /// Entries taken for persisting and not stored are persisted again.
+    #[test]
+    fn dirty_entries_come_back_when_their_commit_fails() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, Digest::of(b"x"));
+        let taken = o.take_dirty();
+        o.mark_dirty(taken.iter().map(|e| (e.packet_id, e.recipient.clone())));
+        assert_eq!(o.take_dirty(), taken);
     }
 }

@@ -203,6 +203,8 @@ impl Node {
         // memory once it is on disk.
         let mut acked: HashMap<(PacketId, NodeId), Entry> = HashMap::new();
         let mut lane = Priority::Routine;
+        // Stored packets that may change a deadline, in order: staged after the loop.
+        let mut about_deadlines: Vec<Packet> = Vec::new();
         for bytes in frames {
             // `open` hashes the bytes it opened; hash here only what it could not open.
             let opened = self.inner.seal.open(&bytes, now);
@@ -344,8 +346,8 @@ impl Node {
                     };
                     ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
                     ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
-                    for d in lock(&self.inner.deadlines).on_packet(packet, Flow::Received, peer, received_ms) {
-                        ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
+                    if Deadlines::concerns(packet) {
+                        about_deadlines.push(packet.clone());
                     }
                     new.insert(id, (digest, rec));
                     ReceiptItem {
@@ -377,7 +379,19 @@ impl Node {
         }));
         let sealed = self.inner.seal.seal(&receipt, &mut rand_core::OsRng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
+        // Deadline changes go to disk with the packets and into force after them; a failed
+        // commit leaves them as they were, and the retransmission stages them again.
+        let _writer = if about_deadlines.is_empty() { None } else { Some(self.inner.deadline_writer.lock().await) };
+        let mut staged = crate::deadlines::Staged::default();
+        {
+            let deadlines = lock(&self.inner.deadlines);
+            for packet in &about_deadlines {
+                deadlines.stage(&mut staged, packet, Flow::Received, peer, received_ms);
+            }
+        }
+        ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
         self.inner.store.commit(ops).await?;
+        lock(&self.inner.deadlines).apply(staged);
         {
             let mut inbox = lock(&self.inner.inbox);
             for (id, (digest, rec)) in &new {

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,8 +170,9 @@ pub struct NodeConfig {
     /// An already bound socket to use instead of binding `listen` (tests bind first to learn
     /// their port).
     pub socket: Option<std::net::UdpSocket>,
-    /// Where the store lives.
-    pub data_dir: PathBuf,
+    /// The store, opened by the caller: sled in a data directory ([`Store::open`]) in
+    /// production, any [`crate::store::Backend`] in tests and the simulation.
+    pub store: Store,
     /// Enrolled partners.
     pub partners: Vec<Partner>,
     /// The sharing policies with the partners (a partner without one gets and sends nothing).
@@ -211,6 +211,10 @@ struct Inner {
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
     policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
+    /// Held from staging deadline changes to putting them in force after their commit, so
+    /// that two commits never stage over the same state (only packets that concern deadlines
+    /// take it: see [`Deadlines::concerns`]).
+    deadline_writer: tokio::sync::Mutex<()>,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
@@ -236,7 +240,7 @@ impl Node {
     /// the accept loop and one sender per partner. Runs until `shutdown` becomes `true`.
     pub async fn start(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Node, NodeError> {
         let me = config.seal.node().clone();
-        let store = Store::open(&config.data_dir)?;
+        let store = config.store;
         let now = now_ms();
         let outbox = Outbox::restore(config.retry, now, store.outbox_entries()?, now);
         let mut inbox = Inbox::new();
@@ -287,6 +291,7 @@ impl Node {
                 retry: config.retry,
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
+                deadline_writer: tokio::sync::Mutex::new(()),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
                 acks: tokio::sync::Mutex::new(()),

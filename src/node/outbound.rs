@@ -94,15 +94,19 @@ impl Node {
             kind: packet.packet_type().as_str().into(),
             decisions,
         }));
-        {
-            let mut deadlines = lock(&self.inner.deadlines);
+        // Deadline changes go to disk with the copies and into force after them.
+        let writer = if Deadlines::concerns(packet) { Some(self.inner.deadline_writer.lock().await) } else { None };
+        let mut staged = crate::deadlines::Staged::default();
+        if writer.is_some() {
+            let deadlines = lock(&self.inner.deadlines);
             for (copy, sent) in &copies {
-                for d in deadlines.on_packet(copy, Flow::Sent, &sent.recipient, now) {
-                    ops.push(store::put(Tree::Deadlines, Deadlines::key(&d), &d));
-                }
+                deadlines.stage(&mut staged, copy, Flow::Sent, &sent.recipient, now);
             }
         }
+        ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
         self.inner.store.commit(ops).await?;
+        lock(&self.inner.deadlines).apply(staged);
+        drop(writer);
         {
             let mut outbox = lock(&self.inner.outbox);
             for e in entries {

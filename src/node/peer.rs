@@ -266,6 +266,9 @@ impl Node {
         }
         let mut done = Vec::with_capacity(r.receipts.len());
         let mut ops = Vec::new();
+        // Entries this receipt completes: in force once it is on disk.
+        let mut prepared = Vec::new();
+        let mut dirty = Vec::new();
         {
             let mut outbox = lock(&self.inner.outbox);
             let mut waiting = lock(in_flight);
@@ -289,12 +292,16 @@ impl Node {
                 };
                 let span = info_span!("receipt", packet_id = %item.packet_id, receipt = %receipt_id);
                 let _enter = span.enter();
-                match outbox.handle_receipt(now_ms(), item.packet_id, peer, item.sealed_digest, outcome) {
-                    crate::delivery::ReceiptMatch::Completed => {
+                match outbox.prepare_receipt(now_ms(), item.packet_id, peer, item.sealed_digest, outcome) {
+                    (crate::delivery::ReceiptMatch::Completed, will_be) => {
                         if let Some((_, job)) = waiting.jobs.remove(&item.packet_id) {
                             done.push(job);
                         }
                         last = last.max(Some(seq));
+                        prepared.push(item.packet_id);
+                        if let Some(e) = will_be {
+                            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
+                        }
                         ops.push(Op::Put(
                             Tree::ReceiptIndex,
                             pair_key(item.packet_id, peer),
@@ -305,12 +312,12 @@ impl Node {
                             ReceiptOutcome::Rejected { code, .. } => warn!(%code, "rejected by the partner"),
                         }
                     }
-                    crate::delivery::ReceiptMatch::DigestMismatch => {
+                    (crate::delivery::ReceiptMatch::DigestMismatch, _) => {
                         // Not the bytes sent: the copy stays in flight and is sent again when
                         // its receipt does not come.
                         warn!("receipt names other bytes than were sent; will send again")
                     }
-                    other => {
+                    (other, _) => {
                         if let Some((_, job)) = waiting.jobs.remove(&item.packet_id) {
                             done.push(job);
                         }
@@ -346,7 +353,9 @@ impl Node {
             // The signed receipt (COSE_Sign1) is the evidence: anyone with the partner's public
             // key can verify it later, without this node's decryption key.
             ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), opened.signed.bytes.clone()));
-            ops.extend(self.dirty_ops());
+            let (more, keys) = self.dirty_ops();
+            ops.extend(more);
+            dirty = keys;
         }
         ops.push(Op::Audit(AuditEvent::Receipts {
             from: peer.clone(),
@@ -364,7 +373,20 @@ impl Node {
                 })
                 .collect(),
         }));
-        self.inner.store.commit(ops).await.map_err(|e| e.to_string())?;
+        let committed = self.inner.store.commit(ops).await;
+        {
+            let mut outbox = lock(&self.inner.outbox);
+            for id in &prepared {
+                match committed {
+                    Ok(()) => outbox.apply_prepared(*id, peer),
+                    Err(_) => outbox.abandon_prepared(*id, peer),
+                }
+            }
+            if committed.is_err() {
+                outbox.mark_dirty(dirty);
+            }
+        }
+        committed.map_err(|e| e.to_string())?;
         drop(done);
         self.inner.receipts_applied.send_modify(|n| *n += 1);
         if let Some(w) = self.inner.wake.get(peer) {
@@ -373,12 +395,15 @@ impl Node {
         Ok(())
     }
 
-    /// Store writes for the outbox entries changed since the last call. In-flight is not worth
-    /// a flush: after a restart an in-flight entry is queued again anyway, which is exactly what
-    /// its last persisted (queued) state says.
-    fn dirty_ops(&self) -> Vec<Op> {
+    /// Store writes for the outbox entries changed since the last call, and their keys (to
+    /// mark them dirty again if the commit fails). In-flight is not worth a flush: after a
+    /// restart an in-flight entry is queued again anyway, which is exactly what its last
+    /// persisted (queued) state says.
+    fn dirty_ops(&self) -> (Vec<Op>, Vec<(PacketId, NodeId)>) {
         let mut ops = Vec::new();
+        let mut keys = Vec::new();
         for e in lock(&self.inner.outbox).take_dirty() {
+            keys.push((e.packet_id, e.recipient.clone()));
             match e.state {
                 crate::delivery::EntryState::InFlight { .. } => continue,
                 // An entry becomes expired once; that is the moment to record it.
@@ -390,18 +415,19 @@ impl Node {
             }
             ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
         }
-        ops
+        (ops, keys)
     }
 
+    /// Persists the outbox entries changed since the last call; if the store fails they stay
+    /// dirty and are written by a later call.
     async fn persist_dirty(&self) {
-        let ops = self.dirty_ops();
+        let (ops, keys) = self.dirty_ops();
         if ops.is_empty() {
             return;
         }
         if let Err(e) = self.inner.store.commit(ops).await {
-            // The in-memory state is ahead of the disk; after a restart the older state is
-            // retried, which is safe (the receiver dedups).
-            warn!(error = %e, "could not persist outbox state");
+            warn!(error = %e, "could not persist outbox state; kept to write again");
+            lock(&self.inner.outbox).mark_dirty(keys);
         }
     }
 }
