@@ -16,9 +16,11 @@
 
 mod inbox;
 mod outbox;
+pub mod sender;
 
 pub use inbox::{Inbox, Incoming};
 pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+pub use sender::{LaneId, Link, PreparedReceipt, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
 
 /// Milliseconds since the Unix epoch, as the driver's clock reads them.
 pub type Millis = u64;

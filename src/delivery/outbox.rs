@@ -28,7 +28,7 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before attempt `attempts + 1`: exponential, capped, with jitter in [½, 1].
-    fn backoff(&self, attempts: u32, jitter: u64) -> Millis {
+    pub(super) fn backoff(&self, attempts: u32, jitter: u64) -> Millis {
         let exp = self.initial_backoff.saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
         let base = exp.min(self.max_backoff).max(1);
         base / 2 + jitter % (base / 2 + 1)
@@ -626,10 +626,10 @@ fn key(e: &Entry) -> Key {
 
 /// A tiny PRNG for backoff jitter (not for anything secret).
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub(super) struct SplitMix64(pub(super) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

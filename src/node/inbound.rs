@@ -400,9 +400,10 @@ impl Node {
         }
         if !acked.is_empty() {
             // On disk now: the officers' acknowledgements go into memory.
-            let mut outbox = lock(&self.inner.outbox);
             for ((id, to), e) in acked {
-                outbox.add_reads(id, &to, e.reads);
+                if let Some(sender) = self.sender(&to) {
+                    lock(sender).add_reads(id, e.reads);
+                }
             }
         }
         info!(from = %peer, copies = count, stored = new.len(), receipt = %receipt_id, "batch stored and receipted");
@@ -424,9 +425,11 @@ impl Node {
         match &packet.body {
             Body::ReadAck(ack) => {
                 let key = (ack.packet_id, peer.clone());
-                let entry =
-                    acked.get(&key).cloned().or_else(|| lock(&self.inner.outbox).entry(ack.packet_id, peer).cloned());
-                match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
+                let entry = acked
+                    .get(&key)
+                    .cloned()
+                    .or_else(|| self.sender(peer).and_then(|s| lock(s).entry(ack.packet_id).cloned()));
+                match crate::delivery::Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
                     ReadAckMatch::New => {
                         if let Some(mut e) = entry {
                             e.reads.push((ack.officer.clone(), crate::delivery::millis(ack.read_at)));

@@ -5,7 +5,7 @@
 //!
 //! To each partner, the node keeps one connection and on it one long-lived bidirectional stream
 //! per priority lane (see [`crate::wire`]). A lane writes sealed copies as frames, up to
-//! [`WINDOW`] of them ahead of their receipts; the receiver reads what has arrived, commits the
+//! [`crate::delivery::WINDOW`] of them ahead of their receipts; the receiver reads what has arrived, commits the
 //! whole batch with one flush, and answers with one sealed, signed `DeliveryReceipt` listing
 //! every copy of the batch. The FLASH lane's stream has the highest QUIC stream priority, so a
 //! FLASH alert is not stuck behind a large ROUTINE copy on the same connection.
@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 
 use crate::limits::{Limits, MemoryBudget, PartnerLimits};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -30,7 +30,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
 use crate::deadlines::{Deadline, Deadlines, Flow, Role};
 use crate::delivery::{
-    Entry, Inbox, Incoming, Millis, Outbox, ReadAckMatch, ReceiptOutcome as Outcome, RetryPolicy, Transmit,
+    Entry, Inbox, Incoming, Millis, Outbox, ReadAckMatch, ReceiptOutcome as Outcome, RetryPolicy, Sender, Transmit,
 };
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
@@ -49,9 +49,6 @@ mod outbound;
 mod peer;
 mod queries;
 
-/// Most copies written ahead of their receipts, per lane.
-pub const WINDOW: usize = 256;
-
 /// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
 /// each with a rejection reason, with room to spare.
 const MAX_RECEIPT_FRAME: usize = 4 << 20;
@@ -59,9 +56,6 @@ const MAX_RECEIPT_FRAME: usize = 4 << 20;
 /// A receiving lane closes a batch (commits and receipts it) at this many bytes, so large
 /// copies are receipted one or two at a time and the sender sees steady progress.
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
-
-/// The lanes, highest first; the index is the lane's slot.
-const LANES: [Priority; 3] = [Priority::Flash, Priority::Urgent, Priority::Routine];
 
 /// Why the node failed, or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +190,9 @@ struct Inner {
     me: NodeId,
     seal: SealContext,
     store: Store,
-    outbox: Mutex<Outbox>,
+    /// One sender machine per partner (and per former partner with entries left): its outbox
+    /// entries, lanes and link. Each has its own lock, so partners do not wait for each other.
+    senders: HashMap<NodeId, Mutex<Sender>>,
     inbox: Mutex<Inbox>,
     wake: HashMap<NodeId, Arc<Notify>>,
     partners: HashMap<NodeId, SocketAddr>,
@@ -207,7 +203,6 @@ struct Inner {
     /// under the new material (a revoked partner cannot come back).
     tls_generation: watch::Sender<u64>,
     shutdown: watch::Receiver<bool>,
-    retry: RetryPolicy,
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
     policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
@@ -236,13 +231,30 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Node {
+    /// The sender machine of `peer` (a partner, or a former one with entries left).
+    fn sender(&self, peer: &NodeId) -> Option<&Mutex<Sender>> {
+        self.inner.senders.get(peer)
+    }
+
     /// Opens the store, restores the outbox and the inbox index, binds the endpoint, and starts
     /// the accept loop and one sender per partner. Runs until `shutdown` becomes `true`.
     pub async fn start(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Node, NodeError> {
         let me = config.seal.node().clone();
         let store = config.store;
         let now = now_ms();
-        let outbox = Outbox::restore(config.retry, now, store.outbox_entries()?, now);
+        let mut by_partner: HashMap<NodeId, Vec<Entry>> =
+            config.partners.iter().map(|p| (p.node.clone(), Vec::new())).collect();
+        for e in store.outbox_entries()? {
+            by_partner.entry(e.recipient.clone()).or_default().push(e);
+        }
+        let senders: HashMap<NodeId, Mutex<Sender>> = by_partner
+            .into_iter()
+            .map(|(peer, entries)| {
+                let seed = now
+                    ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
+                (peer.clone(), Mutex::new(Sender::restore(peer, config.retry, seed, entries, now)))
+            })
+            .collect();
         let mut inbox = Inbox::new();
         for (k, v) in store.scan(Tree::Inbox, &[])? {
             let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
@@ -280,7 +292,7 @@ impl Node {
                 me: me.clone(),
                 seal: config.seal,
                 store,
-                outbox: Mutex::new(outbox),
+                senders,
                 inbox: Mutex::new(inbox),
                 wake,
                 partners,
@@ -288,7 +300,6 @@ impl Node {
                 client: std::sync::RwLock::new(client),
                 tls_generation: watch::channel(0).0,
                 shutdown,
-                retry: config.retry,
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
                 deadline_writer: tokio::sync::Mutex::new(()),
@@ -306,7 +317,7 @@ impl Node {
             .store
             .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
             .await?;
-        info!(node = %me, addr = %node.local_addr(), pending = lock(&node.inner.outbox).pending(), "node started");
+        info!(node = %me, addr = %node.local_addr(), pending = node.inner.senders.values().map(|s| lock(s).pending()).sum::<usize>(), "node started");
         tokio::spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {

@@ -41,7 +41,7 @@ impl Node {
 
     /// Seals and stores the copies decided for `packet` (one per allowed recipient; each names
     /// the recipients that actually get the packet), records the decisions in the audit trail,
-    /// and hands the copies to the outbox. With no copy, only the refusal is recorded.
+    /// and hands the copies to their partners' sender machines. With no copy, only the refusal is recorded.
     async fn seal_and_store(
         &self,
         packet: &Packet,
@@ -108,9 +108,10 @@ impl Node {
         lock(&self.inner.deadlines).apply(staged);
         drop(writer);
         {
-            let mut outbox = lock(&self.inner.outbox);
             for e in entries {
-                outbox.admit(now, e);
+                if let Some(sender) = self.sender(&e.recipient) {
+                    lock(sender).admit(now, e);
+                }
             }
         }
         for r in &receiving {

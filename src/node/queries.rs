@@ -6,7 +6,9 @@ use super::*;
 impl Node {
     /// Per-recipient delivery status of a packet this node sent.
     pub fn status(&self, packet_id: PacketId) -> Result<Status, NodeError> {
-        let entries: Vec<Entry> = lock(&self.inner.outbox).entries_of(packet_id).into_iter().cloned().collect();
+        let mut entries: Vec<Entry> =
+            self.inner.senders.values().filter_map(|s| lock(s).entry(packet_id).cloned()).collect();
+        entries.sort_by(|a, b| a.recipient.cmp(&b.recipient));
         if entries.is_empty() {
             return Err(NodeError::UnknownPacket(packet_id));
         }
@@ -65,12 +67,13 @@ impl Node {
     /// How many outbox entries are in each state (queued, in_flight, delivered, rejected,
     /// expired), and how many were read.
     pub fn outbox_summary(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        let outbox = lock(&self.inner.outbox);
         let mut m = std::collections::BTreeMap::new();
-        for e in outbox.entries() {
-            *m.entry(e.state.name()).or_default() += 1;
-            if !e.reads.is_empty() {
-                *m.entry("read").or_default() += 1;
+        for sender in self.inner.senders.values() {
+            for e in lock(sender).entries() {
+                *m.entry(e.state.name()).or_default() += 1;
+                if !e.reads.is_empty() {
+                    *m.entry("read").or_default() += 1;
+                }
             }
         }
         m

@@ -1,0 +1,603 @@
+//! The sender's machine for one partner: every decision about sending to it, without I/O.
+//!
+//! A [`Sender`] owns the partner's outbox entries and everything the node used to decide in its
+//! tasks: whether to dial (and when again, with exponential backoff and jitter), which copy goes
+//! on which lane next and how many may be written ahead of their receipts (the window), which
+//! copy a receipt completes, which copies it shows the receiver dropped, when a lane has waited
+//! too long for a receipt, and what goes back to the queue when a lane or the connection fails.
+//! The node's peer task only moves bytes: it dials when told, writes the copies it is given,
+//! hands back the receipts it reads, and stores what the machine says before telling it the
+//! commit is durable ([`Sender::apply_receipt`]) or failed ([`Sender::abandon_receipt`]).
+//!
+//! Lanes are identified with a generation ([`LaneId`]): a lane that failed or timed out is gone,
+//! and whatever its old stream still reports is ignored.
+
+use std::collections::HashMap;
+
+use super::outbox::SplitMix64;
+use super::{Entry, Millis, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+use crate::encoding::Digest;
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::Priority;
+
+/// Most copies handed to a lane and not yet receipted (written ahead of their receipts).
+pub const WINDOW: usize = 256;
+
+/// The lanes, highest first.
+pub const LANES: [Priority; 3] = [Priority::Flash, Priority::Urgent, Priority::Routine];
+
+/// One lane stream: its priority and which incarnation of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LaneId {
+    /// The lane.
+    pub priority: Priority,
+    /// Bumped each time the lane is opened again.
+    pub generation: u64,
+}
+
+/// Where the connection to the partner stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Not connected; dial when there is something to send, not before `not_before`.
+    Down {
+        /// End of the reconnect backoff.
+        not_before: Millis,
+    },
+    /// Dialling.
+    Connecting,
+    /// Connected.
+    Up,
+}
+
+/// A receipt item as the machine needs it.
+#[derive(Debug, Clone)]
+pub struct ReceiptItemIn {
+    /// The packet.
+    pub packet_id: PacketId,
+    /// The digest the receiver names.
+    pub digest: Digest,
+    /// Accepted or rejected.
+    pub outcome: ReceiptOutcome,
+}
+
+/// Why a receipt is not taken: the lane must be closed (its copies are already queued again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptRefused {
+    /// The lane is no longer open (it failed or timed out meanwhile).
+    #[error("the lane was closed meanwhile")]
+    StaleLane,
+    /// Not one item answers a copy written on this lane and not yet receipted: not an answer to
+    /// what was sent (a partner replaying, inventing or flooding receipts).
+    #[error("the receipt completes no copy in flight on this lane")]
+    CompletesNothing,
+}
+
+/// A receipt taken but not yet in force: the driver stores [`PreparedReceipt::entries`] with
+/// the receipt, then calls [`Sender::apply_receipt`] or [`Sender::abandon_receipt`].
+#[derive(Debug)]
+pub struct PreparedReceipt {
+    lane: LaneId,
+    /// Entries the receipt completes, as they will be.
+    completed: Vec<Entry>,
+    /// Copies written before the last one receipted and not receipted themselves: dropped by
+    /// the receiver; sent again.
+    skipped: Vec<Transmit>,
+    /// For every item that answered a copy this lane wrote: which attempt, written when.
+    sent: HashMap<PacketId, (u32, Millis)>,
+    /// Items naming bytes other than the copy sent.
+    mismatched: Vec<PacketId>,
+}
+
+impl PreparedReceipt {
+    /// The entries to store with the receipt.
+    pub fn entries(&self) -> &[Entry] {
+        &self.completed
+    }
+
+    /// Which attempt of `packet_id` the receipt answered, and when it was written.
+    pub fn sent(&self, packet_id: &PacketId) -> Option<(u32, Millis)> {
+        self.sent.get(packet_id).copied()
+    }
+
+    /// Items naming other bytes than were sent (logged; the copy stays in flight).
+    pub fn mismatched(&self) -> &[PacketId] {
+        &self.mismatched
+    }
+}
+
+/// A copy handed to a lane.
+#[derive(Debug, Clone)]
+struct Held {
+    t: Transmit,
+    /// Write order on the stream and when, once written.
+    written: Option<(u64, Millis)>,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    generation: u64,
+    open: bool,
+    next_seq: u64,
+    copies: HashMap<PacketId, Held>,
+    /// The last receipt, or the first write with nothing else awaited: the receipt timer runs
+    /// from here while written copies wait.
+    progress: Millis,
+}
+
+impl LaneState {
+    fn awaiting(&self) -> bool {
+        self.copies.values().any(|h| h.written.is_some())
+    }
+}
+
+/// The sender's machine for one partner.
+#[derive(Debug)]
+pub struct Sender {
+    peer: NodeId,
+    retry: RetryPolicy,
+    outbox: Outbox,
+    lanes: [LaneState; 3],
+    link: Link,
+    /// Dial failures in a row.
+    failures: u32,
+    rng: SplitMix64,
+}
+
+fn slot(p: Priority) -> usize {
+    match p {
+        Priority::Flash => 0,
+        Priority::Urgent => 1,
+        Priority::Routine => 2,
+    }
+}
+
+impl Sender {
+    /// A machine for `peer` with no entries. `seed` feeds the jitter of retries and redials.
+    pub fn new(peer: NodeId, retry: RetryPolicy, seed: u64) -> Self {
+        Self::restore(peer, retry, seed, Vec::new(), 0)
+    }
+
+    /// Rebuilds the machine from the partner's persisted entries after a restart (what was in
+    /// flight is queued again at once).
+    pub fn restore(peer: NodeId, retry: RetryPolicy, seed: u64, entries: Vec<Entry>, now: Millis) -> Self {
+        Self {
+            peer,
+            retry,
+            outbox: Outbox::restore(retry, seed, entries, now),
+            lanes: Default::default(),
+            link: Link::Down { not_before: now },
+            failures: 0,
+            rng: SplitMix64(seed ^ 0x5EED),
+        }
+    }
+
+    /// The partner.
+    pub fn peer(&self) -> &NodeId {
+        &self.peer
+    }
+
+    /// Where the connection stands.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
+    /// Adds an entry already persisted; `false` if the (packet, partner) is already known.
+    pub fn admit(&mut self, now: Millis, entry: Entry) -> bool {
+        entry.recipient == self.peer && self.outbox.admit(now, entry)
+    }
+
+    /// Whether a copy waits to be sent now.
+    pub fn has_ready(&mut self, now: Millis) -> bool {
+        !self.outbox.ready_recipients(now).is_empty()
+    }
+
+    /// Whether to dial now: something to send, not connected, the backoff over. The link is
+    /// then connecting until [`Sender::handle_connected`] or [`Sender::handle_connect_failed`].
+    pub fn poll_connect(&mut self, now: Millis) -> bool {
+        let due = matches!(self.link, Link::Down { not_before } if now >= not_before);
+        if due && self.has_ready(now) {
+            self.link = Link::Connecting;
+            return true;
+        }
+        false
+    }
+
+    /// The connection is up.
+    pub fn handle_connected(&mut self, _now: Millis) {
+        self.link = Link::Up;
+        self.failures = 0;
+    }
+
+    /// Dialling failed: the next dial waits an exponential backoff with jitter (so that nodes
+    /// that lost a partner together do not redial it in step). Returns the wait.
+    pub fn handle_connect_failed(&mut self, now: Millis) -> Millis {
+        self.failures = self.failures.saturating_add(1);
+        let wait = self.retry.backoff(self.failures, self.rng.next());
+        self.link = Link::Down { not_before: now.saturating_add(wait) };
+        wait
+    }
+
+    /// The connection is gone (closed by the partner, idle, a TLS reload): every lane fails and
+    /// its copies go back to the queue; the next dial may follow at once.
+    pub fn handle_connection_lost(&mut self, now: Millis) {
+        for p in LANES {
+            self.fail_lane(now, p);
+        }
+        self.link = Link::Down { not_before: now };
+    }
+
+    /// The next copy to hand to a lane: FLASH first, within each lane's window. The returned
+    /// [`LaneId`] says which stream (a new generation: the driver opens a new stream).
+    pub fn poll_transmit(&mut self, now: Millis) -> Option<(LaneId, Transmit)> {
+        if self.link != Link::Up {
+            return None;
+        }
+        for p in LANES {
+            let lane = &self.lanes[slot(p)];
+            if lane.copies.len() >= WINDOW {
+                continue;
+            }
+            let Some(t) = self.outbox.poll_transmit_lane(now, &self.peer, p) else { continue };
+            let lane = &mut self.lanes[slot(p)];
+            if !lane.open {
+                lane.open = true;
+                lane.generation += 1;
+                lane.next_seq = 0;
+                lane.progress = now;
+            }
+            lane.copies.insert(t.packet_id, Held { t: t.clone(), written: None });
+            return Some((LaneId { priority: p, generation: lane.generation }, t));
+        }
+        None
+    }
+
+    /// The driver is about to write `t` on `lane`: whether it should. A copy that stopped being
+    /// in flight while it waited in the lane (its receipt timer ran out, it expired) is not
+    /// written, and its window slot is free again; it comes back through the queue.
+    pub fn begin_write(&mut self, now: Millis, lane: LaneId, t: &Transmit) -> bool {
+        let in_flight = self.outbox.is_in_flight(t);
+        let Some(state) = self.lane_mut(lane) else { return false };
+        if !in_flight {
+            state.copies.remove(&t.packet_id);
+            return false;
+        }
+        let Some(held) = state.copies.get_mut(&t.packet_id) else { return false };
+        if held.t.attempt != t.attempt {
+            return false;
+        }
+        if !state.copies.values().any(|h| h.written.is_some()) {
+            state.progress = now;
+        }
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        if let Some(held) = state.copies.get_mut(&t.packet_id) {
+            held.written = Some((seq, now));
+        }
+        self.outbox.handle_written(now, t);
+        true
+    }
+
+    /// `t` has been written (a large copy takes a while): its receipt is awaited from now.
+    pub fn handle_written(&mut self, now: Millis, t: &Transmit) {
+        self.outbox.handle_written(now, t);
+    }
+
+    /// A receipt came back on `lane` (verified by the driver: signed by the partner, not a
+    /// replay). Works out what it completes without changing anything yet (see
+    /// [`PreparedReceipt`]).
+    pub fn prepare_receipt(
+        &mut self,
+        now: Millis,
+        lane: LaneId,
+        items: &[ReceiptItemIn],
+    ) -> Result<PreparedReceipt, ReceiptRefused> {
+        let Some(state) = self.lanes.get_mut(slot(lane.priority)) else { return Err(ReceiptRefused::StaleLane) };
+        if !state.open || state.generation != lane.generation {
+            return Err(ReceiptRefused::StaleLane);
+        }
+        let mut prepared = PreparedReceipt {
+            lane,
+            completed: Vec::new(),
+            skipped: Vec::new(),
+            sent: HashMap::new(),
+            mismatched: Vec::new(),
+        };
+        let mut last = None;
+        let mut answered = false;
+        for item in items {
+            // Only a copy this lane wrote and still waits for can be receipted here: an item
+            // about anything else (never sent, sent on another lane, already receipted)
+            // changes nothing.
+            let Some(Held { t, written: Some((seq, at)) }) = state.copies.get(&item.packet_id).cloned() else {
+                continue;
+            };
+            let (m, will_be) =
+                self.outbox.prepare_receipt(now, item.packet_id, &self.peer, item.digest, item.outcome.clone());
+            match m {
+                ReceiptMatch::DigestMismatch => {
+                    // Not the bytes sent: the copy stays in flight and is sent again when its
+                    // receipt does not come.
+                    prepared.mismatched.push(item.packet_id);
+                    continue;
+                }
+                ReceiptMatch::Completed => {
+                    last = last.max(Some(seq));
+                    prepared.completed.extend(will_be);
+                }
+                ReceiptMatch::Duplicate | ReceiptMatch::Unknown | ReceiptMatch::AfterExpiry => {}
+            }
+            answered = true;
+            state.copies.remove(&item.packet_id);
+            prepared.sent.insert(item.packet_id, (t.attempt, at));
+        }
+        if !answered {
+            return Err(ReceiptRefused::CompletesNothing);
+        }
+        // The stream is ordered: a copy written before the last one receipted here, and not
+        // receipted itself, was dropped by the receiver (unreadable) and must be sent again; a
+        // copy written after it is still on its way, and its receipt timer restarts.
+        if let Some(last) = last {
+            let skipped: Vec<PacketId> = state
+                .copies
+                .iter()
+                .filter(|(_, h)| h.written.is_some_and(|(seq, _)| seq < last))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in skipped {
+                if let Some(h) = state.copies.remove(&id) {
+                    prepared.skipped.push(h.t);
+                }
+            }
+        }
+        state.progress = now;
+        let waiting: Vec<Transmit> =
+            state.copies.values().filter(|h| h.written.is_some()).map(|h| h.t.clone()).collect();
+        for t in &waiting {
+            self.outbox.handle_written(now, t);
+        }
+        Ok(prepared)
+    }
+
+    /// The prepared receipt is on disk: the entries it completes take their new state, and the
+    /// copies it showed dropped go back to the queue.
+    pub fn apply_receipt(&mut self, now: Millis, prepared: PreparedReceipt) {
+        for e in &prepared.completed {
+            self.outbox.apply_prepared(e.packet_id, &self.peer);
+        }
+        for t in &prepared.skipped {
+            self.outbox.handle_send_failed(now, t.packet_id, &self.peer);
+        }
+    }
+
+    /// The prepared receipt could not be stored: nothing it said is in force; the lane is
+    /// closed and its copies, these among them, are sent again.
+    pub fn abandon_receipt(&mut self, now: Millis, prepared: PreparedReceipt) {
+        for e in &prepared.completed {
+            self.outbox.abandon_prepared(e.packet_id, &self.peer);
+            self.outbox.handle_send_failed(now, e.packet_id, &self.peer);
+        }
+        for t in &prepared.skipped {
+            self.outbox.handle_send_failed(now, t.packet_id, &self.peer);
+        }
+        self.handle_lane_failed(now, prepared.lane);
+    }
+
+    /// The lane's stream failed (or the driver closed it): its copies go back to the queue.
+    /// A lane that is already gone is ignored.
+    pub fn handle_lane_failed(&mut self, now: Millis, lane: LaneId) {
+        if self.lane_mut(lane).is_some() {
+            self.fail_lane(now, lane.priority);
+        }
+    }
+
+    /// Time passed: copies whose receipt is overdue or that expired are dealt with, and lanes
+    /// that waited `receipt_timeout` for a receipt with copies written are closed (their copies
+    /// queued again). Returns those lanes: the driver closes their streams.
+    pub fn handle_timeout(&mut self, now: Millis) -> Vec<LaneId> {
+        self.outbox.handle_timeout(now);
+        let mut closed = Vec::new();
+        for p in LANES {
+            let lane = &self.lanes[slot(p)];
+            if lane.open && lane.awaiting() && now >= lane.progress.saturating_add(self.retry.receipt_timeout) {
+                closed.push(LaneId { priority: p, generation: lane.generation });
+                self.fail_lane(now, p);
+            }
+        }
+        closed
+    }
+
+    /// When [`Sender::handle_timeout`] (or a dial) is next due, if anything is pending.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let lanes = self
+            .lanes
+            .iter()
+            .filter(|l| l.open && l.awaiting())
+            .map(|l| l.progress.saturating_add(self.retry.receipt_timeout));
+        let dial = match self.link {
+            Link::Down { not_before } if self.outbox.pending() > 0 => Some(not_before),
+            _ => None,
+        };
+        self.outbox.poll_timeout().into_iter().chain(lanes).chain(dial).min()
+    }
+
+    /// Whether `lane` is the lane now open at its priority.
+    pub fn is_current(&self, lane: LaneId) -> bool {
+        let l = &self.lanes[slot(lane.priority)];
+        l.open && l.generation == lane.generation
+    }
+
+    /// Copies handed to `lane` and not yet receipted.
+    pub fn lane_load(&self, priority: Priority) -> usize {
+        self.lanes[slot(priority)].copies.len()
+    }
+
+    /// Entries changed since the last call, to persist (see [`Outbox::take_dirty`]).
+    pub fn take_dirty(&mut self) -> Vec<Entry> {
+        self.outbox.take_dirty()
+    }
+
+    /// Entries whose commit failed: persisted again later.
+    pub fn mark_dirty(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
+        self.outbox.mark_dirty(keys);
+    }
+
+    /// The entry of `packet_id`.
+    pub fn entry(&self, packet_id: PacketId) -> Option<&Entry> {
+        self.outbox.entry(packet_id, &self.peer)
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.outbox.entries()
+    }
+
+    /// Entries not yet delivered, rejected or expired.
+    pub fn pending(&self) -> usize {
+        self.outbox.pending()
+    }
+
+    /// What the partner's acknowledgement by `officer` of `packet_id` would do (nothing is
+    /// changed).
+    pub fn read_ack_match(&self, packet_id: PacketId, officer: &OfficerId) -> ReadAckMatch {
+        Outbox::read_ack_match(self.entry(packet_id), officer)
+    }
+
+    /// Acknowledgements just persisted with the entry, put in force.
+    pub fn add_reads(&mut self, packet_id: PacketId, reads: Vec<(OfficerId, Millis)>) {
+        self.outbox.add_reads(packet_id, &self.peer, reads);
+    }
+
+    fn lane_mut(&mut self, lane: LaneId) -> Option<&mut LaneState> {
+        let l = &mut self.lanes[slot(lane.priority)];
+        (l.open && l.generation == lane.generation).then_some(l)
+    }
+
+    fn fail_lane(&mut self, now: Millis, p: Priority) {
+        let lane = &mut self.lanes[slot(p)];
+        lane.open = false;
+        let copies: Vec<Held> = lane.copies.drain().map(|(_, h)| h).collect();
+        for h in copies {
+            self.outbox.handle_send_failed(now, h.t.packet_id, &self.peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::EntryState;
+
+    fn pid(n: u16) -> PacketId {
+        format!("019ac0a1-5c00-7000-8000-00000000{n:04x}").parse().unwrap()
+    }
+
+    const RETRY: RetryPolicy = RetryPolicy { initial_backoff: 100, max_backoff: 1_000, receipt_timeout: 500 };
+
+    fn sender_with(n: u16, p: Priority) -> Sender {
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let mut s = Sender::new(es.clone(), RETRY, 7);
+        for i in 0..n {
+            let e = Outbox::new_entry(0, pid(i), es.clone(), p, 1_000_000, Digest::of(&i.to_be_bytes()));
+            assert!(s.admit(0, e));
+        }
+        s
+    }
+
+    fn accepted(id: PacketId, n: u16) -> ReceiptItemIn {
+        ReceiptItemIn {
+            packet_id: id,
+            digest: Digest::of(&n.to_be_bytes()),
+            outcome: ReceiptOutcome::Accepted { received_at: 1 },
+        }
+    }
+
+    #[test]
+    fn dials_only_with_something_to_send_and_backs_off_with_jitter() {
+        let mut s = sender_with(0, Priority::Routine);
+        assert!(!s.poll_connect(0), "nothing to send");
+        let mut s = sender_with(1, Priority::Routine);
+        assert!(s.poll_connect(0));
+        assert!(!s.poll_connect(0), "already dialling");
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let w = s.handle_connect_failed(0);
+            waits.push(w);
+            assert!(!s.poll_connect(w - 1));
+            assert!(s.poll_connect(w));
+        }
+        for (i, w) in waits.iter().enumerate() {
+            let base = (100u64 << i).min(1_000);
+            assert!((base / 2..=base).contains(w), "dial {i}: {w} not in [{}, {base}]", base / 2);
+        }
+        s.handle_connected(0);
+        assert_eq!(s.link(), Link::Up);
+    }
+
+    #[test]
+    fn the_window_bounds_each_lane_and_flash_comes_first() {
+        let mut s = sender_with(300, Priority::Routine);
+        let es = s.peer().clone();
+        let f = Outbox::new_entry(0, pid(999), es, Priority::Flash, 1_000_000, Digest::of(b"f"));
+        s.admit(0, f);
+        assert!(s.poll_transmit(0).is_none(), "not connected");
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let (lane, first) = s.poll_transmit(0).unwrap();
+        assert_eq!((lane.priority, first.packet_id), (Priority::Flash, pid(999)));
+        let mut n = 0;
+        while s.poll_transmit(0).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, WINDOW, "the routine lane holds a window's worth");
+    }
+
+    /// A receipt completes what the lane wrote; a copy written before the last receipted one
+    /// and not receipted was dropped and is sent again; a receipt that answers nothing is
+    /// refused; a lane with no receipt for `receipt_timeout` is closed and its copies queued.
+    #[test]
+    fn receipts_skipped_copies_and_lane_timeouts() {
+        let mut s = sender_with(3, Priority::Urgent);
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let sent: Vec<(LaneId, Transmit)> = (0..3).map(|_| s.poll_transmit(0).unwrap()).collect();
+        for (lane, t) in &sent {
+            assert!(s.begin_write(10, *lane, t));
+        }
+        let lane = sent[0].0;
+        let by_id = |s: &Sender, n: u16| s.entry(pid(n)).unwrap().state.name();
+        // Copies are written in the order polled; the receipt answers the second one only.
+        let second = sent[1].1.packet_id;
+        let n = (0..3).find(|i| pid(*i) == second).unwrap();
+        let prepared = s.prepare_receipt(20, lane, &[accepted(second, n)]).unwrap();
+        assert_eq!(prepared.entries().len(), 1);
+        assert_eq!(by_id(&s, n), "in_flight", "nothing in force before it is stored");
+        s.apply_receipt(20, prepared);
+        assert_eq!(by_id(&s, n), "delivered");
+        let first = (0..3).find(|i| pid(*i) == sent[0].1.packet_id).unwrap();
+        assert_eq!(by_id(&s, first), "queued", "written before the receipted one: dropped, sent again");
+        assert!(matches!(s.prepare_receipt(30, lane, &[accepted(second, n)]), Err(ReceiptRefused::CompletesNothing)));
+        // The third waits; no receipt for 500 ms closes the lane.
+        assert!(s.poll_timeout().is_some_and(|t| t <= 520));
+        let closed = s.handle_timeout(520);
+        assert_eq!(closed, vec![lane]);
+        let third = (0..3).find(|i| pid(*i) == sent[2].1.packet_id).unwrap();
+        assert_eq!(by_id(&s, third), "queued");
+        assert!(matches!(s.prepare_receipt(530, lane, &[accepted(pid(third), third)]), Err(ReceiptRefused::StaleLane)));
+        assert!(!s.is_current(lane));
+    }
+
+    #[test]
+    fn an_abandoned_receipt_changes_nothing_and_the_copies_come_again() {
+        let mut s = sender_with(1, Priority::Flash);
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let (lane, t) = s.poll_transmit(0).unwrap();
+        assert!(s.begin_write(0, lane, &t));
+        let prepared = s.prepare_receipt(5, lane, &[accepted(pid(0), 0)]).unwrap();
+        s.abandon_receipt(5, prepared);
+        assert!(matches!(s.entry(pid(0)).unwrap().state, EntryState::Queued { .. }));
+        assert!(!s.is_current(lane));
+        s.handle_connection_lost(6);
+        assert!(s.poll_connect(10_000));
+    }
+}
