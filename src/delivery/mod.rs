@@ -16,6 +16,7 @@
 
 mod inbox;
 mod outbox;
+pub mod receiver;
 pub mod sender;
 
 pub use inbox::{Inbox, Incoming};

@@ -29,15 +29,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
 use crate::deadlines::{Deadline, Deadlines, Flow, Role};
+use crate::delivery::receiver::{receipted, timestamp_of};
 use crate::delivery::{
-    Entry, Inbox, Incoming, Millis, Outbox, ReadAckMatch, ReceiptOutcome as Outcome, RetryPolicy, Sender, Transmit,
+    Entry, Inbox, Incoming, Millis, Outbox, ReceiptOutcome as Outcome, RetryPolicy, Sender, Transmit,
 };
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
 use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
 use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
-use crate::seal::{peek_route, OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
+use crate::seal::{OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
 use crate::transport::{self, TlsMaterial};
@@ -375,19 +376,6 @@ fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
         .collect()
 }
 
-/// A receipt item as the audit trail records it.
-fn receipted(i: &ReceiptItem) -> Receipted {
-    Receipted {
-        packet_id: i.packet_id,
-        digest: i.sealed_digest,
-        outcome: match &i.outcome {
-            ReceiptOutcome::Accepted => "accepted".into(),
-            ReceiptOutcome::Rejected { code, .. } => code.clone(),
-        },
-        sent: None,
-    }
-}
-
 /// Refused client certificates, logged within the budget for unauthenticated events.
 fn refusals_logged() -> transport::OnRefusal {
     Arc::new(|reason: &str| crate::limits::log_refusal("refused connection: client certificate", reason))
@@ -400,11 +388,6 @@ fn lane_priority(lane: Priority) -> i32 {
         Priority::Urgent => 1,
         Priority::Routine => 0,
     }
-}
-
-/// A [`Millis`] as a receipt's (whole-second) timestamp.
-fn timestamp_of(ms: Millis) -> Timestamp {
-    Timestamp::from_unix((ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now())
 }
 
 fn packet_id_of(key: &[u8]) -> Result<PacketId, StoreError> {

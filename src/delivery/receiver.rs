@@ -1,0 +1,388 @@
+//! The receiver's machine: a batch of frames from one partner in, a verdict per copy, the
+//! receipt and the writes to make out. No I/O: the time, the random source and what the node
+//! already holds ([`Known`]) are passed in.
+//!
+//! Each copy is opened (every check of [`crate::seal::open`], plus: the routing sender must be
+//! the partner the connection identified), deduplicated (against the inbox and within the
+//! batch), checked against the receiving side of the agreement (a forward as the original it
+//! carries, after the hop's checks of [`crate::onward::unwrap`]), and, for system packets,
+//! against what they are about. What passes is written (evidence and inbox record); everything
+//! gets a receipt item, except a copy whose routing header cannot be read. The driver commits
+//! [`Batch::ops`] (plus the deadline changes it stages from [`Batch::about_deadlines`]) with one
+//! flush, then puts [`Batch::stored`] and [`Batch::acked`] in force, and only then sends
+//! [`Batch::receipt`].
+
+use std::collections::HashMap;
+
+use super::{Entry, Incoming, Millis, Outbox, ReadAckMatch};
+use crate::audit::{Event as AuditEvent, Receipted};
+use crate::deadlines::Deadlines;
+use crate::encoding::Digest;
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::Priority;
+use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome};
+use crate::policy::{Decision, Direction, PolicyBook};
+use crate::seal::{peek_route, OpenError, SealContext, SealError};
+use crate::store::{self, pair_key, InboxRecord, Op, Tree};
+use crate::timestamp::Timestamp;
+
+/// What the receiver reads of the node's state. Each call may take a lock briefly; nothing is
+/// held across the batch.
+pub trait Known {
+    /// The inbox's classification of a verified packet (see [`super::Inbox::classify`]).
+    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Incoming;
+    /// Whether a packet with this id from `sender` is stored.
+    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool;
+    /// The outbox entry of the copy of `packet_id` sent to `peer`.
+    fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry>;
+    /// The policy version under which the stored packet was admitted.
+    fn admitted_under(&self, packet_id: PacketId, sender: &NodeId) -> Option<Digest>;
+}
+
+/// Something about the partner's traffic for the log (the driver writes it within the
+/// partner's log budget for `kind`).
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// The kind of event (the log budget it counts against).
+    pub kind: &'static str,
+    /// The packet, if its id could be read.
+    pub packet_id: Option<PacketId>,
+    /// The check's code.
+    pub code: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+/// What a batch does.
+#[derive(Debug)]
+pub struct Batch {
+    /// The sealed, signed receipt to send once the commit is on disk.
+    pub receipt: Vec<u8>,
+    /// Its id.
+    pub receipt_id: PacketId,
+    /// The highest priority in the batch (the receipt's, and the lane's).
+    pub lane: Priority,
+    /// The writes: evidence, inbox records, acknowledged outbox entries, the issued receipt,
+    /// audit events.
+    pub ops: Vec<Op>,
+    /// Packets stored: put in the inbox index once on disk.
+    pub stored: Vec<(PacketId, Digest, Millis)>,
+    /// Officers' acknowledgements of copies this node sent the partner: put in force once on
+    /// disk.
+    pub acked: Vec<(PacketId, Vec<(OfficerId, Millis)>)>,
+    /// Stored packets that may change a deadline, in order: the driver stages them.
+    pub about_deadlines: Vec<Packet>,
+    /// For the log.
+    pub notices: Vec<Notice>,
+    /// Receipt items.
+    pub copies: usize,
+}
+
+/// Where the receiver stands: who it is, what it checks with.
+pub struct Receiver<'a> {
+    /// This node's keys and keyring.
+    pub seal: &'a SealContext,
+    /// The policies in force.
+    pub policies: &'a PolicyBook,
+    /// What the node holds.
+    pub known: &'a dyn Known,
+}
+
+impl Receiver<'_> {
+    /// Receives one batch of `frames` from `peer` at `received_ms`. `None` if no copy could
+    /// even be attributed to a packet (nothing to receipt).
+    pub fn receive<B: AsRef<[u8]>>(
+        &self,
+        peer: &NodeId,
+        frames: &[B],
+        received_ms: Millis,
+        rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+    ) -> Result<Option<Batch>, SealError> {
+        let me = self.seal.node();
+        let now = timestamp_of(received_ms);
+        let mut items = Vec::with_capacity(frames.len());
+        let mut ops = Vec::new();
+        let mut notices = Vec::new();
+        let mut new: HashMap<PacketId, (Digest, InboxRecord)> = HashMap::new();
+        // Outbox entries that ReadAcks of this batch change, written with the batch and put in
+        // force once it is on disk.
+        let mut acked: HashMap<PacketId, Entry> = HashMap::new();
+        let mut lane = Priority::Routine;
+        let mut about_deadlines: Vec<Packet> = Vec::new();
+        let mut notice = |kind, packet_id, code: Option<String>, message: String| {
+            notices.push(Notice { kind, packet_id, code, message })
+        };
+        for bytes in frames {
+            let bytes = bytes.as_ref();
+            // `open` hashes the bytes it opened; hash here only what it could not open.
+            let opened = self.seal.open(bytes, now);
+            let digest = match &opened {
+                Ok(o) => o.sealed_digest,
+                Err(_) => Digest::of(bytes),
+            };
+            let opened = opened.and_then(|o| {
+                if o.route.sender == *peer {
+                    Ok(o)
+                } else {
+                    Err(OpenError::HeaderMismatch(format!("sent by {} over the connection of {peer}", o.route.sender)))
+                }
+            });
+            let mut opened = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    let Ok(route) = peek_route(bytes) else {
+                        notice(
+                            "unreadable",
+                            None,
+                            Some(e.code().into()),
+                            format!("unreadable packet; no receipt possible: {e}"),
+                        );
+                        continue;
+                    };
+                    notice("rejected", Some(route.packet_id), Some(e.code().into()), format!("rejected: {e}"));
+                    lane = lane.min(route.priority);
+                    items.push(rejection(route.packet_id, now, digest, e.code().into(), e.to_string(), None));
+                    continue;
+                }
+            };
+            let id = opened.signed.packet.envelope.id;
+            lane = lane.min(opened.signed.packet.envelope.priority);
+            let class = match new.get(&id) {
+                // A copy sent twice within one batch.
+                Some((first, rec)) if first.ct_eq(&digest) => Incoming::Duplicate { received_at: rec.received_at },
+                Some((first, rec)) => Incoming::DuplicateWithOtherBytes { received_at: rec.received_at, first: *first },
+                None => self.known.classify(id, peer, &digest),
+            };
+            let admitted_under = |new: &HashMap<PacketId, (Digest, InboxRecord)>| match new.get(&id) {
+                Some((_, rec)) => rec.policy,
+                None => self.known.admitted_under(id, peer),
+            };
+            let also_from = match class {
+                Incoming::Duplicate { received_at } => {
+                    items.push(accepted(id, timestamp_of(received_at), digest, admitted_under(&new)));
+                    continue;
+                }
+                Incoming::DuplicateWithOtherBytes { received_at, first } => {
+                    notice(
+                        "resealed",
+                        Some(id),
+                        None,
+                        "same packet id with other bytes; receipted as the first copy".into(),
+                    );
+                    items.push(accepted(id, timestamp_of(received_at), first, admitted_under(&new)));
+                    continue;
+                }
+                Incoming::New { also_from } => also_from,
+            };
+            // The receiving side of the agreement: checked once, on first arrival (a
+            // retransmission gets the answer the first copy got). A forward is checked as the
+            // packet it carries (and its consent), under the rules for the partner that passed
+            // it on.
+            let mut forwarded_from = None;
+            let mut forwarded_kind = None;
+            let verdict = match self.unwrap_forward(peer, &opened.signed.packet, now) {
+                Ok(Some(mut original)) => {
+                    forwarded_from = Some(original.envelope.originator.node.clone());
+                    forwarded_kind = Some(original.packet_type());
+                    self.policies.decide(peer, Direction::Receive, &mut original, received_ms)
+                }
+                Ok(None) => self.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms),
+                Err((code, reason)) => {
+                    notice("forwards", Some(id), Some(code.clone()), "forward refused; not stored".into());
+                    let policy = self.policies.policy(peer).map(|p| p.hash);
+                    items.push(rejection(id, now, digest, code, reason, policy));
+                    continue;
+                }
+            };
+            if let Decision::Deny(denial) = verdict.decision {
+                let code = format!("policy.{}", denial.rule);
+                notice("policy", Some(id), Some(code.clone()), "refused by policy; not stored".into());
+                items.push(rejection(id, now, digest, code, denial.reason, verdict.policy));
+                continue;
+            }
+            let packet = &opened.signed.packet;
+            if let Err((code, reason)) = self.system_context(packet, peer, &new, &mut acked) {
+                notice("system", Some(id), Some(code.into()), "system packet refused; not stored".into());
+                items.push(rejection(id, now, digest, code.into(), reason, verdict.policy));
+                continue;
+            }
+            if !also_from.is_empty() {
+                // Kept apart from the other sender's packet, and recorded: someone may be
+                // squatting another partner's packet id.
+                let others = also_from.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ");
+                notice(
+                    "collisions",
+                    Some(id),
+                    None,
+                    format!("packet id already used by {others}; both kept, both shown as suspicious"),
+                );
+                ops.push(Op::Audit(AuditEvent::IdCollision { packet_id: id, from: peer.clone(), also_from }));
+            }
+            let rec = InboxRecord {
+                sender: peer.clone(),
+                sealed_digest: digest,
+                received_at: received_ms,
+                packet_type: forwarded_kind.unwrap_or(packet.packet_type()).as_str().into(),
+                priority: packet.envelope.priority,
+                due_by: packet.envelope.due_by,
+                reads: Vec::new(),
+                policy: verdict.policy,
+                originator: forwarded_from,
+            };
+            ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
+            if Deadlines::concerns(packet) {
+                about_deadlines.push(packet.clone());
+            }
+            ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
+            items.push(accepted(id, now, digest, verdict.policy));
+            new.insert(id, (digest, rec));
+        }
+        if items.is_empty() {
+            return Ok(None);
+        }
+        for e in acked.values() {
+            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
+        }
+        let copies = items.len();
+        let audited: Vec<Receipted> = items.iter().map(receipted).collect();
+        let receipt = Packet::delivery_receipt(me, peer, lane, items, now, rng);
+        let receipt_id = receipt.envelope.id;
+        ops.push(Op::Audit(AuditEvent::Received {
+            from: peer.clone(),
+            receipt: receipt_id,
+            items: audited,
+            policy: self.policies.policy(peer).map(|p| p.hash),
+        }));
+        let sealed = self.seal.seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
+        ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
+        Ok(Some(Batch {
+            receipt: sealed,
+            receipt_id,
+            lane,
+            ops,
+            stored: new.into_iter().map(|(id, (digest, rec))| (id, digest, rec.received_at)).collect(),
+            acked: acked.into_iter().map(|(id, e)| (id, e.reads)).collect(),
+            about_deadlines,
+            notices,
+            copies,
+        }))
+    }
+
+    /// System packets are about something this node holds: a ReadAck about a copy it sent to
+    /// `peer` (each officer once, a bounded number), a consent about a packet `peer` sent it.
+    /// Anything else is refused (the code and why) and not stored. A ReadAck that is taken adds
+    /// its officer to the entry in `acked`, which the batch writes and, once on disk, puts in
+    /// force.
+    fn system_context(
+        &self,
+        packet: &Packet,
+        peer: &NodeId,
+        batch: &HashMap<PacketId, (Digest, InboxRecord)>,
+        acked: &mut HashMap<PacketId, Entry>,
+    ) -> Result<(), (&'static str, String)> {
+        match &packet.body {
+            Body::ReadAck(ack) => {
+                let entry = acked.get(&ack.packet_id).cloned().or_else(|| self.known.sent_to(ack.packet_id, peer));
+                match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
+                    ReadAckMatch::New => {
+                        if let Some(mut e) = entry {
+                            e.reads.push((ack.officer.clone(), super::millis(ack.read_at)));
+                            acked.insert(ack.packet_id, e);
+                        }
+                        Ok(())
+                    }
+                    ReadAckMatch::Unknown => Err((
+                        "system.unknown_packet",
+                        format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),
+                    )),
+                    ReadAckMatch::Already => {
+                        Err(("system.duplicate_ack", format!("{} already acknowledged {}", ack.officer, ack.packet_id)))
+                    }
+                    ReadAckMatch::Full => Err((
+                        "system.too_many_acks",
+                        format!("{} already holds {} acknowledgements", ack.packet_id, store::MAX_READS),
+                    )),
+                }
+            }
+            Body::OnwardConsent(c) => {
+                if batch.contains_key(&c.packet_id) || self.known.has_received(c.packet_id, peer) {
+                    Ok(())
+                } else {
+                    Err((
+                        "system.unknown_packet",
+                        format!("a consent about {}, which {peer} did not send this node", c.packet_id),
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// If `packet` (from `peer`) is a forward: whether this node takes forwards from `peer`, and
+    /// the hop's checks ([`crate::onward::unwrap`]); the original on success. `Ok(None)` for any
+    /// other packet.
+    fn unwrap_forward(
+        &self,
+        peer: &NodeId,
+        packet: &Packet,
+        now: Timestamp,
+    ) -> Result<Option<Packet>, (String, String)> {
+        if packet.packet_type() != crate::packet::PacketType::Forward {
+            return Ok(None);
+        }
+        match self.policies.policy(peer) {
+            Some(p) if p.onward.accept_forwarded => {}
+            Some(_) => {
+                return Err((
+                    "policy.onward.accept_forwarded".into(),
+                    format!("this node does not take packets {peer} passes on from other originators"),
+                ))
+            }
+            None => return Err(("policy.no_policy".into(), format!("no sharing policy with {peer}"))),
+        }
+        crate::onward::unwrap(self.seal.keyring(), packet, peer, self.seal.node(), now)
+            .map(|u| Some(u.original.packet))
+            .map_err(|e| (e.code().to_owned(), e.to_string()))
+    }
+}
+
+/// A receipt item accepting a copy.
+fn accepted(packet_id: PacketId, at: Timestamp, digest: Digest, policy: Option<Digest>) -> ReceiptItem {
+    ReceiptItem { packet_id, received_at: at, sealed_digest: digest, outcome: ReceiptOutcome::Accepted, policy }
+}
+
+/// A receipt item refusing a copy: the check's code and why.
+pub fn rejection(
+    packet_id: PacketId,
+    at: Timestamp,
+    digest: Digest,
+    code: String,
+    reason: String,
+    policy: Option<Digest>,
+) -> ReceiptItem {
+    ReceiptItem {
+        packet_id,
+        received_at: at,
+        sealed_digest: digest,
+        outcome: ReceiptOutcome::Rejected { code, reason },
+        policy,
+    }
+}
+
+/// A receipt item as the audit trail records it.
+pub fn receipted(i: &ReceiptItem) -> Receipted {
+    Receipted {
+        packet_id: i.packet_id,
+        digest: i.sealed_digest,
+        outcome: match &i.outcome {
+            ReceiptOutcome::Accepted => "accepted".into(),
+            ReceiptOutcome::Rejected { code, .. } => code.clone(),
+        },
+        sent: None,
+    }
+}
+
+/// A [`Millis`] as a receipt's (whole-second) timestamp.
+pub fn timestamp_of(ms: Millis) -> Timestamp {
+    Timestamp::from_unix((ms / 1000) as i64).unwrap_or_else(|_| Timestamp::now())
+}
