@@ -18,6 +18,7 @@ mod inbox;
 mod outbox;
 pub mod receiver;
 pub mod sender;
+pub mod submit;
 
 pub use inbox::{Inbox, Incoming};
 pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};

@@ -482,6 +482,116 @@ impl Sender {
     }
 }
 
+/// A receipt read from a lane and verified: what the machine and the store need of it.
+#[derive(Debug)]
+pub struct OpenedReceipt {
+    /// The receipt's own packet id.
+    pub id: PacketId,
+    /// Its items, as the machine takes them.
+    pub items: Vec<ReceiptItemIn>,
+    /// Its items as signed (for the audit trail).
+    pub signed_items: Vec<crate::packet::ReceiptItem>,
+    /// The signed receipt (COSE_Sign1): the evidence.
+    pub signed: Vec<u8>,
+}
+
+/// Verifies a receipt frame from `peer` like any packet (every check of
+/// [`crate::seal::open`] at `now`), and that it is a delivery receipt signed by `peer` about
+/// its own deliveries. `already_applied` says whether a receipt with this id was stored
+/// before: a replay is refused.
+pub fn open_receipt(
+    seal: &crate::seal::SealContext,
+    peer: &NodeId,
+    bytes: &[u8],
+    now: crate::timestamp::Timestamp,
+    already_applied: impl FnOnce(&PacketId) -> Result<bool, String>,
+) -> Result<OpenedReceipt, String> {
+    use crate::packet::{Body, ReceiptOutcome as Signed};
+    let opened = seal.open(bytes, now).map_err(|e| format!("receipt refused: {e}"))?;
+    let Body::DeliveryReceipt(r) = opened.signed.packet.body else {
+        return Err("answer is not a delivery receipt".into());
+    };
+    if opened.route.sender != *peer || r.receiver != *peer {
+        return Err("receipt signed by another node".into());
+    }
+    let id = opened.signed.packet.envelope.id;
+    if already_applied(&id)? {
+        return Err(format!("receipt {id} was already applied: a replay, refused"));
+    }
+    let items = r
+        .receipts
+        .iter()
+        .map(|i| ReceiptItemIn {
+            packet_id: i.packet_id,
+            digest: i.sealed_digest,
+            outcome: match &i.outcome {
+                Signed::Accepted => ReceiptOutcome::Accepted { received_at: super::millis(i.received_at) },
+                Signed::Rejected { code, reason } => {
+                    ReceiptOutcome::Rejected { code: code.clone(), reason: reason.clone() }
+                }
+            },
+        })
+        .collect();
+    Ok(OpenedReceipt { id, items, signed_items: r.receipts, signed: opened.signed.bytes })
+}
+
+/// The writes that store a prepared receipt: the entries it completes, the index from each copy
+/// to the receipt, the signed receipt itself (the evidence: anyone with the partner's public key
+/// can verify it later, without this node's decryption key), other changed entries (`dirty`),
+/// and the audit entry.
+pub fn receipt_ops(
+    peer: &NodeId,
+    receipt: &OpenedReceipt,
+    prepared: &PreparedReceipt,
+    dirty: Vec<Entry>,
+) -> Vec<crate::store::Op> {
+    use crate::store::{self, pair_key, Op, Tree};
+    let mut ops = Vec::new();
+    for e in prepared.entries() {
+        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
+        ops.push(Op::Put(Tree::ReceiptIndex, pair_key(e.packet_id, peer), receipt.id.as_bytes().to_vec()));
+    }
+    if !ops.is_empty() {
+        ops.push(Op::Put(Tree::Receipts, receipt.id.as_bytes().to_vec(), receipt.signed.clone()));
+    }
+    ops.extend(entry_ops(dirty));
+    ops.push(Op::Audit(crate::audit::Event::Receipts {
+        from: peer.clone(),
+        receipt: receipt.id,
+        digest: Digest::of(&receipt.signed),
+        items: receipt
+            .signed_items
+            .iter()
+            .map(|i| crate::audit::Receipted {
+                sent: prepared.sent(&i.packet_id).map(|(attempt, at)| crate::audit::Sent { attempt, at }),
+                ..super::receiver::receipted(i)
+            })
+            .collect(),
+    }));
+    ops
+}
+
+/// Store writes for changed outbox entries (from [`Sender::take_dirty`]). In-flight is not
+/// worth a flush: after a restart an in-flight entry is queued again anyway, which is exactly
+/// what its last persisted (queued) state says. An entry becomes expired once: that is when
+/// the expiry is recorded in the audit trail.
+pub fn entry_ops(entries: Vec<Entry>) -> Vec<crate::store::Op> {
+    use crate::store::{self, pair_key, Op, Tree};
+    let mut ops = Vec::new();
+    for e in entries {
+        match e.state {
+            super::EntryState::InFlight { .. } => continue,
+            super::EntryState::Expired { .. } => {
+                tracing::warn!(packet_id = %e.packet_id, to = %e.recipient, "expired before a receipt came");
+                ops.push(Op::Audit(crate::audit::Event::Expired { packet_id: e.packet_id, to: e.recipient.clone() }));
+            }
+            _ => {}
+        }
+        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
+    }
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,17 +27,16 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit};
 use crate::limits::{Limits, MemoryBudget, PartnerLimits};
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::audit::{Checkpoint, Decided, Event as AuditEvent, Head as AuditHead, Receipted};
+use crate::audit::{Checkpoint, Event as AuditEvent, Head as AuditHead};
 use crate::deadlines::{Deadline, Deadlines, Flow, Role};
-use crate::delivery::receiver::{receipted, timestamp_of};
-use crate::delivery::{
-    Entry, Inbox, Incoming, Millis, Outbox, ReceiptOutcome as Outcome, RetryPolicy, Sender, Transmit,
-};
+use crate::delivery::receiver::timestamp_of;
+pub use crate::delivery::submit::{Refused, SentCopy, Submitted};
+use crate::delivery::{Entry, Inbox, Incoming, Millis, RetryPolicy, Sender, Transmit};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
-use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, MAX_RECEIPT_ITEMS};
-use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
+use crate::packet::{Body, Packet, ReceiptItem, MAX_RECEIPT_ITEMS};
+use crate::policy::{Decision, Denial, Direction, PolicyBook};
 use crate::seal::{OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
@@ -110,39 +109,6 @@ pub enum NodeError {
     /// The sharing policy refuses the packet for every recipient; nothing was sent.
     #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
     Denied(Vec<Refused>),
-}
-
-/// What a submit did, recipient by recipient.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Submitted {
-    /// The packet id.
-    pub id: PacketId,
-    /// Recipients a copy was sealed and stored for.
-    pub sent: Vec<SentCopy>,
-    /// Recipients the policy refused: nothing was sealed for them.
-    pub denied: Vec<Refused>,
-}
-
-/// A copy sealed for one recipient.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SentCopy {
-    /// The recipient.
-    pub recipient: NodeId,
-    /// What its policy removed before signing.
-    pub redacted: Vec<Redacted>,
-    /// The version hash of the policy applied.
-    pub policy: Option<Digest>,
-}
-
-/// A recipient refused by policy.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Refused {
-    /// The recipient.
-    pub recipient: NodeId,
-    /// The rule and why.
-    pub denial: Denial,
-    /// The version hash of the policy applied (`None`: no policy with this partner).
-    pub policy: Option<Digest>,
 }
 
 /// A partner node: its id and where to reach it.
@@ -243,30 +209,9 @@ impl Node {
         let me = config.seal.node().clone();
         let store = config.store;
         let now = now_ms();
-        let mut by_partner: HashMap<NodeId, Vec<Entry>> =
-            config.partners.iter().map(|p| (p.node.clone(), Vec::new())).collect();
-        for e in store.outbox_entries()? {
-            by_partner.entry(e.recipient.clone()).or_default().push(e);
-        }
-        let senders: HashMap<NodeId, Mutex<Sender>> = by_partner
-            .into_iter()
-            .map(|(peer, entries)| {
-                let seed = now
-                    ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
-                (peer.clone(), Mutex::new(Sender::restore(peer, config.retry, seed, entries, now)))
-            })
-            .collect();
-        let mut inbox = Inbox::new();
-        for (k, v) in store.scan(Tree::Inbox, &[])? {
-            let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
-            let id = packet_id_of(&k)?;
-            inbox.record(id, rec.sender, rec.sealed_digest, rec.received_at);
-        }
-        let mut kept = Vec::new();
-        for (_, v) in store.scan(Tree::Deadlines, &[])? {
-            kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
-        }
-        let deadlines = Deadlines::restore(kept);
+        let Restored { senders, inbox, deadlines } =
+            restore(&store, config.partners.iter().map(|p| p.node.clone()), config.retry, now)?;
+        let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node.clone()).collect();
         let server = transport::server_config(&config.tls, &enrolled, refusals_logged())?;
         let client = transport::client_config(&config.tls)?;
@@ -361,19 +306,47 @@ impl Node {
     }
 }
 
-/// Refusals as audit decisions.
-fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
-    denied
-        .iter()
-        .map(|r| Decided {
-            to: r.recipient.clone(),
-            decision: "deny".into(),
-            rules: vec![r.denial.rule.clone()],
-            redacted: Vec::new(),
-            policy: r.policy,
-            sealed: None,
+/// A node's state in memory, rebuilt from its store.
+pub struct Restored {
+    /// One sender machine per partner, and per former partner with entries left.
+    pub senders: HashMap<NodeId, Sender>,
+    /// The dedup index of what was received.
+    pub inbox: Inbox,
+    /// The answer deadlines.
+    pub deadlines: Deadlines,
+}
+
+/// Rebuilds a node's state from `store` at `now` (start-up, and the simulation's restarts):
+/// the sender machines (what was in flight is queued again), the inbox index, the deadlines.
+pub fn restore(
+    store: &Store,
+    partners: impl IntoIterator<Item = NodeId>,
+    retry: RetryPolicy,
+    now: Millis,
+) -> Result<Restored, StoreError> {
+    let mut by_partner: HashMap<NodeId, Vec<Entry>> = partners.into_iter().map(|p| (p, Vec::new())).collect();
+    for e in store.outbox_entries()? {
+        by_partner.entry(e.recipient.clone()).or_default().push(e);
+    }
+    let senders = by_partner
+        .into_iter()
+        .map(|(peer, entries)| {
+            // Jitter differs per partner and per start.
+            let seed =
+                now ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
+            (peer.clone(), Sender::restore(peer, retry, seed, entries, now))
         })
-        .collect()
+        .collect();
+    let mut inbox = Inbox::new();
+    for (k, v) in store.scan(Tree::Inbox, &[])? {
+        let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
+        inbox.record(packet_id_of(&k)?, rec.sender, rec.sealed_digest, rec.received_at);
+    }
+    let mut kept = Vec::new();
+    for (_, v) in store.scan(Tree::Deadlines, &[])? {
+        kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
+    }
+    Ok(Restored { senders, inbox, deadlines: Deadlines::restore(kept) })
 }
 
 /// Refused client certificates, logged within the budget for unauthenticated events.

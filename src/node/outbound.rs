@@ -16,26 +16,7 @@ impl Node {
             }
         }
         let now = now_ms();
-        let id = packet.envelope.id;
-        let mut copies = Vec::new();
-        let mut denied = Vec::new();
-        for r in &packet.envelope.recipients {
-            let mut copy = packet.clone();
-            let verdict = self.policies().decide(r, Direction::Send, &mut copy, now);
-            match verdict.decision {
-                Decision::Deny(denial) => {
-                    warn!(packet_id = %id, recipient = %r, rule = %denial.rule, "refused by policy; nothing sent to this partner");
-                    denied.push(Refused { recipient: r.clone(), denial, policy: verdict.policy });
-                }
-                Decision::Allow => {
-                    copies.push((copy, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }))
-                }
-                Decision::Redact(redacted) => {
-                    info!(packet_id = %id, recipient = %r, fields = redacted.len(), "redacted by policy");
-                    copies.push((copy, SentCopy { recipient: r.clone(), redacted, policy: verdict.policy }));
-                }
-            }
-        }
+        let (copies, denied) = crate::delivery::submit::decide(&self.policies(), packet, now);
         self.seal_and_store(packet, copies, denied, now).await
     }
 
@@ -45,82 +26,44 @@ impl Node {
     async fn seal_and_store(
         &self,
         packet: &Packet,
-        mut copies: Vec<(Packet, SentCopy)>,
+        copies: Vec<(Packet, SentCopy)>,
         denied: Vec<Refused>,
         now: Millis,
     ) -> Result<Submitted, NodeError> {
-        let id = packet.envelope.id;
-        let mut decisions = denied_decisions(&denied);
-        if copies.is_empty() {
-            // Nothing is sent, but the refusal is on record.
-            let event = AuditEvent::Submitted { packet_id: id, kind: packet.packet_type().as_str().into(), decisions };
-            self.inner.store.commit(vec![Op::Audit(event)]).await?;
-            return Err(NodeError::Denied(denied));
-        }
-        // Each copy names the recipients that actually get the packet.
-        let receiving: Vec<NodeId> = copies.iter().map(|(_, c)| c.recipient.clone()).collect();
-        let expires = crate::delivery::millis(packet.envelope.expires);
-        let mut ops = Vec::new();
-        let mut entries = Vec::new();
-        for (copy, sent) in &mut copies {
-            copy.envelope.recipients.clone_from(&receiving);
-            let signed = self.inner.seal.sign_under(copy, sent.policy)?;
-            let s = self.inner.seal.encrypt_for(&signed, &sent.recipient, &mut rand_core::OsRng)?;
-            let e = Outbox::new_entry(
-                now,
-                s.route.packet_id,
-                s.route.recipient.clone(),
-                s.route.priority,
-                expires,
-                Digest::of(&s.bytes),
-            );
-            let key = pair_key(e.packet_id, &e.recipient);
-            let mut rules: Vec<String> = sent.redacted.iter().map(|r| r.rule.clone()).collect();
-            rules.dedup();
-            decisions.push(Decided {
-                to: sent.recipient.clone(),
-                decision: if sent.redacted.is_empty() { "allow" } else { "redact" }.into(),
-                rules,
-                redacted: sent.redacted.iter().map(|r| r.path.clone()).collect(),
-                policy: sent.policy,
-                sealed: Some(e.sealed_digest),
-            });
-            ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
-            ops.push(store::put(Tree::Outbox, key, &e));
-            entries.push(e);
-        }
-        ops.push(Op::Audit(AuditEvent::Submitted {
-            packet_id: id,
-            kind: packet.packet_type().as_str().into(),
-            decisions,
-        }));
+        use crate::delivery::submit::{self, Prepared};
+        let sub = match submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng)? {
+            Prepared::Copies(sub) => sub,
+            Prepared::AllDenied { ops, denied } => {
+                self.inner.store.commit(ops).await?;
+                return Err(NodeError::Denied(denied));
+            }
+        };
+        let mut ops = sub.ops;
         // Deadline changes go to disk with the copies and into force after them.
         let writer = if Deadlines::concerns(packet) { Some(self.inner.deadline_writer.lock().await) } else { None };
         let mut staged = crate::deadlines::Staged::default();
         if writer.is_some() {
             let deadlines = lock(&self.inner.deadlines);
-            for (copy, sent) in &copies {
-                deadlines.stage(&mut staged, copy, Flow::Sent, &sent.recipient, now);
+            for (copy, to) in &sub.copies {
+                deadlines.stage(&mut staged, copy, Flow::Sent, to, now);
             }
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
         self.inner.store.commit(ops).await?;
         lock(&self.inner.deadlines).apply(staged);
         drop(writer);
-        {
-            for e in entries {
-                if let Some(sender) = self.sender(&e.recipient) {
-                    lock(sender).admit(now, e);
-                }
+        for e in sub.entries {
+            let to = e.recipient.clone();
+            if let Some(sender) = self.sender(&to) {
+                lock(sender).admit(now, e);
             }
-        }
-        for r in &receiving {
-            if let Some(w) = self.inner.wake.get(r) {
+            if let Some(w) = self.inner.wake.get(&to) {
                 w.notify_one();
             }
         }
-        info!(packet_id = %id, kind = %packet.packet_type(), priority = packet.envelope.priority.as_str(), recipients = receiving.len(), refused = denied.len(), "submitted");
-        Ok(Submitted { id, sent: copies.into_iter().map(|(_, c)| c).collect(), denied })
+        let s = &sub.submitted;
+        info!(packet_id = %s.id, kind = %packet.packet_type(), priority = packet.envelope.priority.as_str(), recipients = s.sent.len(), refused = s.denied.len(), "submitted");
+        Ok(sub.submitted)
     }
 
     /// Passes a received packet on to `to` (partners that were not among its recipients), as a
@@ -252,8 +195,11 @@ impl Node {
             copies.push((forward, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }));
         }
         let Some((first, _)) = copies.first() else {
-            let event =
-                AuditEvent::Submitted { packet_id: id, kind: "Forward".into(), decisions: denied_decisions(&denied) };
+            let event = AuditEvent::Submitted {
+                packet_id: id,
+                kind: "Forward".into(),
+                decisions: crate::delivery::submit::denied_decisions(&denied),
+            };
             self.inner.store.commit(vec![Op::Audit(event)]).await?;
             return Err(NodeError::Denied(denied));
         };

@@ -7,7 +7,7 @@
 //! backoff, timeouts, what a receipt completes — is the machine's.
 
 use super::*;
-use crate::delivery::{LaneId, ReceiptItemIn};
+use crate::delivery::{sender, LaneId};
 
 impl Node {
     /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
@@ -225,47 +225,22 @@ impl Node {
     /// it: the lane closes and its copies are sent again).
     async fn apply_receipt(&self, peer: &NodeId, lane: LaneId, bytes: &[u8]) -> Result<(), String> {
         let Some(machine) = self.sender(peer) else { return Err("not a partner".into()) };
-        let opened = self.inner.seal.open(bytes, Timestamp::now()).map_err(|e| format!("receipt refused: {e}"))?;
-        let Body::DeliveryReceipt(r) = &opened.signed.packet.body else {
-            return Err("answer is not a delivery receipt".into());
-        };
-        if opened.route.sender != *peer || r.receiver != *peer {
-            return Err("receipt signed by another node".into());
-        }
-        let receipt_id = opened.signed.packet.envelope.id;
-        if self.inner.store.get(Tree::Receipts, receipt_id.as_bytes()).map_err(|e| e.to_string())?.is_some() {
-            return Err(format!("receipt {receipt_id} was already applied: a replay, refused"));
-        }
-        let items: Vec<ReceiptItemIn> = r
-            .receipts
-            .iter()
-            .map(|i| ReceiptItemIn {
-                packet_id: i.packet_id,
-                digest: i.sealed_digest,
-                outcome: match &i.outcome {
-                    ReceiptOutcome::Accepted => {
-                        Outcome::Accepted { received_at: crate::delivery::millis(i.received_at) }
-                    }
-                    ReceiptOutcome::Rejected { code, reason } => {
-                        Outcome::Rejected { code: code.clone(), reason: reason.clone() }
-                    }
-                },
-            })
-            .collect();
+        let store = &self.inner.store;
+        let receipt = sender::open_receipt(&self.inner.seal, peer, bytes, Timestamp::now(), |id| {
+            store.get(Tree::Receipts, id.as_bytes()).map(|r| r.is_some()).map_err(|e| e.to_string())
+        })?;
         let (prepared, dirty) = {
             let mut m = lock(machine);
-            let prepared =
-                m.prepare_receipt(now_ms(), lane, &items).map_err(|e| format!("receipt {receipt_id}: {e}; refused"))?;
+            let prepared = m
+                .prepare_receipt(now_ms(), lane, &receipt.items)
+                .map_err(|e| format!("receipt {}: {e}; refused", receipt.id))?;
             (prepared, m.take_dirty())
         };
         for id in prepared.mismatched() {
-            warn!(packet_id = %id, receipt = %receipt_id, "receipt names other bytes than were sent; will send again");
+            warn!(packet_id = %id, receipt = %receipt.id, "receipt names other bytes than were sent; will send again");
         }
-        let mut ops = Vec::new();
         for e in prepared.entries() {
-            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
-            ops.push(Op::Put(Tree::ReceiptIndex, pair_key(e.packet_id, peer), receipt_id.as_bytes().to_vec()));
-            let span = info_span!("receipt", packet_id = %e.packet_id, receipt = %receipt_id);
+            let span = info_span!("receipt", packet_id = %e.packet_id, receipt = %receipt.id);
             let _enter = span.enter();
             match &e.state {
                 crate::delivery::EntryState::Rejected { code, .. } => warn!(%code, "rejected by the partner"),
@@ -273,26 +248,7 @@ impl Node {
             }
         }
         let dirty_keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
-        if !ops.is_empty() {
-            // The signed receipt (COSE_Sign1) is the evidence: anyone with the partner's public
-            // key can verify it later, without this node's decryption key.
-            ops.push(Op::Put(Tree::Receipts, receipt_id.as_bytes().to_vec(), opened.signed.bytes.clone()));
-        }
-        ops.extend(dirty_ops(dirty));
-        ops.push(Op::Audit(AuditEvent::Receipts {
-            from: peer.clone(),
-            receipt: receipt_id,
-            digest: Digest::of(&opened.signed.bytes),
-            items: r
-                .receipts
-                .iter()
-                .map(|i| Receipted {
-                    sent: prepared.sent(&i.packet_id).map(|(attempt, at)| crate::audit::Sent { attempt, at }),
-                    ..receipted(i)
-                })
-                .collect(),
-        }));
-        let committed = self.inner.store.commit(ops).await;
+        let committed = store.commit(sender::receipt_ops(peer, &receipt, &prepared, dirty)).await;
         {
             let mut m = lock(machine);
             match &committed {
@@ -317,7 +273,7 @@ impl Node {
         let Some(machine) = self.sender(peer) else { return };
         let dirty = lock(machine).take_dirty();
         let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
-        let ops = dirty_ops(dirty);
+        let ops = sender::entry_ops(dirty);
         if ops.is_empty() {
             return;
         }
@@ -326,26 +282,6 @@ impl Node {
             lock(machine).mark_dirty(keys);
         }
     }
-}
-
-/// Store writes for changed outbox entries. In-flight is not worth a flush: after a restart an
-/// in-flight entry is queued again anyway, which is exactly what its last persisted (queued)
-/// state says.
-fn dirty_ops(entries: Vec<Entry>) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for e in entries {
-        match e.state {
-            crate::delivery::EntryState::InFlight { .. } => continue,
-            // An entry becomes expired once; that is the moment to record it.
-            crate::delivery::EntryState::Expired { .. } => {
-                warn!(packet_id = %e.packet_id, to = %e.recipient, "expired before a receipt came");
-                ops.push(Op::Audit(AuditEvent::Expired { packet_id: e.packet_id, to: e.recipient.clone() }));
-            }
-            _ => {}
-        }
-        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
-    }
-    ops
 }
 
 /// The sender loop's handle on a lane task; dropping it stops the task.
