@@ -65,6 +65,7 @@ pub mod pki;
 pub mod policy;
 pub mod seal;
 pub mod serve;
+pub mod sim;
 pub mod store;
 pub mod timestamp;
 pub mod transport;

@@ -456,6 +456,26 @@ impl Store {
         })
     }
 
+    /// The signed checkpoints of the audit trail.
+    pub fn audit_checkpoints(&self) -> Result<Vec<audit::Checkpoint>, StoreError> {
+        self.scan(Tree::AuditCheckpoints, &[])?.into_iter().map(|(_, v)| decode(Tree::AuditCheckpoints, &v)).collect()
+    }
+
+    /// Verifies the audit trail of `node` (signing key `key`): every link, the recorded head,
+    /// every checkpoint. The head is read first: entries appended meanwhile (the node keeps
+    /// working) are beyond it and left out, instead of looking like a chain that ends too late.
+    pub fn audit_verify(
+        &self,
+        node: &NodeId,
+        key: &ed25519_dalek::VerifyingKey,
+    ) -> Result<Result<audit::Verified, audit::Broken>, StoreError> {
+        let head = self.audit_head()?;
+        let mut entries = self.scan(Tree::Audit, &[])?;
+        entries.retain(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).map_or(true, |b| u64::from_be_bytes(b) <= head.seq));
+        let checkpoints = self.audit_checkpoints()?;
+        Ok(audit::verify(audit::Head::GENESIS, &entries, Some(head), &checkpoints, node, key))
+    }
+
     /// The inbox record of `packet_id` from `sender`.
     pub fn inbox_record(&self, packet_id: PacketId, sender: &NodeId) -> Result<Option<InboxRecord>, StoreError> {
         self.get(Tree::Inbox, &pair_key(packet_id, sender))?.map(|v| decode(Tree::Inbox, &v)).transpose()
@@ -529,7 +549,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 
 /// Group commit: block for one commit, take every other one already waiting, apply them all,
 /// flush once, answer everyone. A failed batch is answered with the error and nothing in it is
-/// acknowledged; the audit chain's head goes back to where it was, so the next entries reuse
+/// acknowledged: what it overwrote is put back, so reads do not show it either; the audit
+/// chain's head goes back to where it was, so the next entries reuse
 /// the sequence numbers the failed batch could not write.
 fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: audit::Head) {
     while let Ok(first) = rx.recv() {
@@ -558,7 +579,16 @@ fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: aud
         if head != before {
             ops.push(Op::Put(Tree::Meta, AUDIT_HEAD.to_vec(), encoding::to_cbor(&head)));
         }
-        let result = backend.apply(&ops).and_then(|()| backend.flush());
+        let result = undo_log(backend, &ops).and_then(|undo| {
+            let applied = backend.apply(&ops).and_then(|()| backend.flush());
+            if applied.is_err() {
+                // Put back what the batch overwrote: reads must not show what was never
+                // acknowledged (sled keeps writes whose flush failed in memory, and may make
+                // them durable later).
+                let _ = backend.apply(&undo);
+            }
+            applied
+        });
         if result.is_err() {
             head = before;
         }
@@ -566,6 +596,20 @@ fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: aud
             let _ = c.reply.send(result.clone());
         }
     }
+}
+
+/// The writes that put back what `ops` will overwrite, in reverse order (a key written twice
+/// gets its value from before the batch).
+fn undo_log(backend: &dyn Backend, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
+    let mut undo = Vec::with_capacity(ops.len());
+    for op in ops.iter().rev() {
+        let (Op::Put(tree, key, _) | Op::Delete(tree, key)) = op else { continue };
+        undo.push(match backend.get(*tree, key)? {
+            Some(old) => Op::Put(*tree, key.clone(), old),
+            None => Op::Delete(*tree, key.clone()),
+        });
+    }
+    Ok(undo)
 }
 
 /// The Meta key of the audit chain's head.

@@ -31,3 +31,33 @@ pub type Millis = u64;
 pub fn millis(t: crate::timestamp::Timestamp) -> Millis {
     t.unix().unsigned_abs().saturating_mul(1000)
 }
+
+/// Bugs planted on purpose, to show that the simulator finds them (`crate::sim`'s tests). Only
+/// in test builds of the library; one thread's plant does not affect another's.
+#[cfg(test)]
+pub(crate) mod plant {
+    use std::cell::Cell;
+
+    /// A bug to plant.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Bug {
+        /// The sender machine puts a receipt in force before it is stored.
+        ApplyReceiptBeforeCommit,
+        /// The receiver machine receipts a new packet as accepted without writing it.
+        ReceiptWithoutStoring,
+    }
+
+    thread_local! {
+        static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
+    }
+
+    /// Plants `bug` in this thread (or none).
+    pub fn set(bug: Option<Bug>) {
+        PLANTED.with(|p| p.set(bug));
+    }
+
+    /// Whether `bug` is planted in this thread.
+    pub fn is(bug: Bug) -> bool {
+        PLANTED.with(|p| p.get() == Some(bug))
+    }
+}

@@ -1,6 +1,6 @@
 //! The sender's outbox state machine.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +69,8 @@ pub enum EntryState {
     },
     /// Its expiry passed before it was delivered.
     Expired {
-        /// When that was noticed.
+        /// Its expiry: when it stopped being deliverable (the same however late, or how often
+        /// after restarts, the node notices).
         at: Millis,
     },
 }
@@ -174,7 +175,8 @@ pub struct Outbox {
     /// Non-terminal entries by expiry.
     expiries: BTreeSet<(Millis, Key)>,
     /// Entries changed since the last `take_dirty`: the driver persists them.
-    dirty: HashSet<Key>,
+    /// Ordered, so that the writes come out in the same order every run.
+    dirty: BTreeSet<Key>,
     /// Entries whose receipt is being committed, with the state they take once it is on disk;
     /// expiry leaves them alone meanwhile.
     prepared: HashMap<Key, EntryState>,
@@ -191,7 +193,7 @@ impl Outbox {
             ready: HashMap::new(),
             deadlines: BTreeSet::new(),
             expiries: BTreeSet::new(),
-            dirty: HashSet::new(),
+            dirty: BTreeSet::new(),
             prepared: HashMap::new(),
             rng: SplitMix64(seed),
         }
@@ -212,7 +214,9 @@ impl Outbox {
     }
 
     /// Adds one copy of a packet, queued for immediate sending. Submitting the same (packet,
-    /// recipient) twice is a no-op that returns `false`.
+    /// recipient) twice is a no-op that returns `false`. (Tests; the node persists an entry
+    /// before it admits it: [`Outbox::new_entry`], then [`Outbox::admit`].)
+    #[cfg(test)]
     pub fn submit(
         &mut self,
         now: Millis,
@@ -266,7 +270,8 @@ impl Outbox {
     }
 
     /// The next copy to send to `recipient`, FLASH first, oldest first within a lane. Marks it in
-    /// flight. The driver calls this when it has a connection to `recipient` and room to send.
+    /// flight. (Tests; the sender machine polls lane by lane, each within its window.)
+    #[cfg(test)]
     pub fn poll_transmit(&mut self, now: Millis, recipient: &NodeId) -> Option<Transmit> {
         self.poll(now, recipient, None)
     }
@@ -500,7 +505,7 @@ impl Outbox {
     /// Entries changed since the last call; the driver persists them (and flushes) before it
     /// acts on the change, and gives them back with [`Outbox::mark_dirty`] if the commit fails.
     pub fn take_dirty(&mut self) -> Vec<Entry> {
-        let keys: Vec<Key> = self.dirty.drain().collect();
+        let keys: Vec<Key> = std::mem::take(&mut self.dirty).into_iter().collect();
         keys.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
     }
 
@@ -559,15 +564,15 @@ impl Outbox {
     fn expire(&mut self, now: Millis) {
         // An entry whose receipt is being committed is not expired under it: the receipt, once
         // on disk, decides.
-        let due: Vec<Key> = self
+        let due: Vec<(Millis, Key)> = self
             .expiries
             .iter()
             .take_while(|(t, _)| *t <= now)
             .filter(|(_, k)| !self.prepared.contains_key(k))
-            .map(|(_, k)| k.clone())
+            .cloned()
             .collect();
-        for k in due {
-            self.set_terminal(k, EntryState::Expired { at: now });
+        for (expires, k) in due {
+            self.set_terminal(k, EntryState::Expired { at: expires });
         }
     }
 

@@ -229,11 +229,23 @@ impl Receiver<'_> {
                 policy: verdict.policy,
                 originator: forwarded_from,
             };
-            ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
+            let planted_skip = {
+                #[cfg(test)]
+                {
+                    super::plant::is(super::plant::Bug::ReceiptWithoutStoring)
+                }
+                #[cfg(not(test))]
+                {
+                    false
+                }
+            };
+            if !planted_skip {
+                ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
+                ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
+            }
             if Deadlines::concerns(packet) {
                 about_deadlines.push(packet.clone());
             }
-            ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
             items.push(accepted(id, now, digest, verdict.policy));
             new.insert(id, (digest, rec));
         }

@@ -12,7 +12,7 @@
 //! Lanes are identified with a generation ([`LaneId`]): a lane that failed or timed out is gone,
 //! and whatever its old stream still reports is ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::outbox::SplitMix64;
 use super::{Entry, Millis, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
@@ -118,7 +118,9 @@ struct LaneState {
     generation: u64,
     open: bool,
     next_seq: u64,
-    copies: HashMap<PacketId, Held>,
+    /// Ordered by packet id, so that what the machine does with them is the same every run
+    /// (the simulation replays a seed exactly).
+    copies: BTreeMap<PacketId, Held>,
     /// The last receipt, or the first write with nothing else awaited: the receipt timer runs
     /// from here while written copies wait.
     progress: Millis,
@@ -323,6 +325,10 @@ impl Sender {
                 ReceiptMatch::Completed => {
                     last = last.max(Some(seq));
                     prepared.completed.extend(will_be);
+                    #[cfg(test)]
+                    if super::plant::is(super::plant::Bug::ApplyReceiptBeforeCommit) {
+                        self.outbox.apply_prepared(item.packet_id, &self.peer);
+                    }
                 }
                 ReceiptMatch::Duplicate | ReceiptMatch::Unknown | ReceiptMatch::AfterExpiry => {}
             }
@@ -475,7 +481,7 @@ impl Sender {
     fn fail_lane(&mut self, now: Millis, p: Priority) {
         let lane = &mut self.lanes[slot(p)];
         lane.open = false;
-        let copies: Vec<Held> = lane.copies.drain().map(|(_, h)| h).collect();
+        let copies: Vec<Held> = std::mem::take(&mut lane.copies).into_values().collect();
         for h in copies {
             self.outbox.handle_send_failed(now, h.t.packet_id, &self.peer);
         }
