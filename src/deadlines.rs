@@ -157,6 +157,8 @@ impl Staged {
 #[derive(Debug, Default)]
 pub struct Deadlines {
     by_key: HashMap<(PacketId, NodeId), Deadline>,
+    /// The requests that have a deadline.
+    requests: std::collections::HashSet<PacketId>,
     /// Clarification request -> the request it is about.
     clarifications: HashMap<PacketId, PacketId>,
 }
@@ -169,6 +171,7 @@ impl Deadlines {
             if let Some((_, c)) = x.paused {
                 d.clarifications.insert(c, x.request);
             }
+            d.requests.insert(x.request);
             d.by_key.insert((x.request, x.counterpart.clone()), x);
         }
         d
@@ -189,13 +192,41 @@ impl Deadlines {
         }
     }
 
+    /// The requests whose deadlines `packet` may change (nothing if it [does not concern
+    /// deadlines](Deadlines::concerns)): a request its own; a reply the one it answers and,
+    /// for a reply to a clarification request, the request that one is about. Two commits
+    /// that stage the same request's deadline must not overlap; the node reserves these ids
+    /// from staging to applying.
+    ///
+    /// A reply can only change a deadline that exists (one is in force before any reply to its
+    /// request can be written or received: the request was committed and applied first), so
+    /// replies to unknown requests reserve nothing and are group-committed freely.
+    pub fn touched(&self, packet: &Packet) -> Vec<PacketId> {
+        if !Self::concerns(packet) {
+            return Vec::new();
+        }
+        let mut ids = Vec::new();
+        if matches!(packet.body, Body::InformationRequest(_)) {
+            ids.push(packet.envelope.id);
+        }
+        if let Some(to) = packet.envelope.in_reply_to {
+            if let Some(request) = self.clarifications.get(&to) {
+                ids.extend([to, *request]);
+            } else if self.requests.contains(&to) {
+                ids.extend([to, packet.envelope.id]);
+            }
+        }
+        ids
+    }
+
     /// What `packet`, sent to or received from `counterpart` at `now`, would do to the
     /// deadlines, on top of what is already in `staged` (earlier packets of the same batch),
     /// without changing anything. The node writes [`Staged::changed`] with the commit that
     /// stores the packet and calls [`Deadlines::apply`] once the store says it is on disk: a
     /// commit that fails leaves the deadlines as they were, and the retransmission stages the
-    /// same change again. Callers must not stage two commits at once (the node holds a lock
-    /// from staging to applying), or one would stage over a state the other is changing.
+    /// same change again. Two commits touching the same request must not be staged at once
+    /// (the node reserves [`Deadlines::touched`] from staging to applying), or one would stage
+    /// over a state the other is changing.
     pub fn stage(&self, staged: &mut Staged, packet: &Packet, flow: Flow, counterpart: &NodeId, now: Millis) {
         if node_business(packet) || self.resume(staged, packet, flow, counterpart, now) {
             return;
@@ -272,6 +303,7 @@ impl Deadlines {
                 None => self.clarifications.remove(&clarification),
             };
         }
+        self.requests.extend(staged.changed.keys().map(|(r, _)| *r));
         self.by_key.extend(staged.changed);
     }
 

@@ -220,8 +220,7 @@ impl Node {
         let mut ops = batch.ops;
         // Deadline changes go to disk with the packets and into force after them; a failed
         // commit leaves them as they were, and the retransmission stages them again.
-        let _writer =
-            if batch.about_deadlines.is_empty() { None } else { Some(self.inner.deadline_writer.lock().await) };
+        let _reserved = self.reserve_deadlines(&batch.about_deadlines).await;
         let mut staged = crate::deadlines::Staged::default();
         {
             let deadlines = lock(&self.inner.deadlines);

@@ -173,10 +173,11 @@ struct Inner {
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
     policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
-    /// Held from staging deadline changes to putting them in force after their commit, so
-    /// that two commits never stage over the same state (only packets that concern deadlines
-    /// take it: see [`Deadlines::concerns`]).
-    deadline_writer: tokio::sync::Mutex<()>,
+    /// Requests whose deadlines a commit has staged and not yet put in force: another commit
+    /// touching one of them waits (see [`Deadlines::touched`]); others go on, group-committed.
+    deadlines_busy: Mutex<std::collections::HashSet<PacketId>>,
+    /// Wakes commits waiting for a request's deadline.
+    deadlines_freed: Notify,
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
@@ -198,6 +199,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Node {
+    /// Reserves the deadlines of the requests `packets` touch until the guard is dropped
+    /// (after the commit and the apply), waiting while another commit holds one of them.
+    async fn reserve_deadlines<'a>(&self, packets: impl IntoIterator<Item = &'a Packet>) -> DeadlineReservation {
+        let ids: Vec<PacketId> = {
+            let deadlines = lock(&self.inner.deadlines);
+            packets.into_iter().flat_map(|p| deadlines.touched(p)).collect()
+        };
+        loop {
+            let freed = self.inner.deadlines_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut busy = lock(&self.inner.deadlines_busy);
+                if ids.iter().all(|id| !busy.contains(id)) {
+                    busy.extend(ids.iter().copied());
+                    return DeadlineReservation { inner: self.inner.clone(), ids };
+                }
+            }
+            freed.await;
+        }
+    }
+
     /// The sender machine of `peer` (a partner, or a former one with entries left).
     fn sender(&self, peer: &NodeId) -> Option<&Mutex<Sender>> {
         self.inner.senders.get(peer)
@@ -248,7 +271,8 @@ impl Node {
                 shutdown,
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
-                deadline_writer: tokio::sync::Mutex::new(()),
+                deadlines_busy: Mutex::new(std::collections::HashSet::new()),
+                deadlines_freed: Notify::new(),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
                 acks: tokio::sync::Mutex::new(()),
@@ -303,6 +327,26 @@ impl Node {
             warn!(error = %e, "could not sign the last audit checkpoint");
         }
         info!(node = %self.inner.me, "node stopped");
+    }
+}
+
+/// Requests whose deadlines one commit is changing; released when dropped.
+struct DeadlineReservation {
+    inner: Arc<Inner>,
+    ids: Vec<PacketId>,
+}
+
+impl Drop for DeadlineReservation {
+    fn drop(&mut self) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let mut busy = lock(&self.inner.deadlines_busy);
+        for id in &self.ids {
+            busy.remove(id);
+        }
+        drop(busy);
+        self.inner.deadlines_freed.notify_waiters();
     }
 }
 

@@ -40,9 +40,9 @@ impl Node {
         };
         let mut ops = sub.ops;
         // Deadline changes go to disk with the copies and into force after them.
-        let writer = if Deadlines::concerns(packet) { Some(self.inner.deadline_writer.lock().await) } else { None };
+        let reserved = self.reserve_deadlines(sub.copies.iter().map(|(p, _)| p)).await;
         let mut staged = crate::deadlines::Staged::default();
-        if writer.is_some() {
+        if Deadlines::concerns(packet) {
             let deadlines = lock(&self.inner.deadlines);
             for (copy, to) in &sub.copies {
                 deadlines.stage(&mut staged, copy, Flow::Sent, to, now);
@@ -51,7 +51,7 @@ impl Node {
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
         self.inner.store.commit(ops).await?;
         lock(&self.inner.deadlines).apply(staged);
-        drop(writer);
+        drop(reserved);
         for e in sub.entries {
             let to = e.recipient.clone();
             if let Some(sender) = self.sender(&to) {
