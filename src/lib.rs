@@ -18,11 +18,15 @@
 //! - [`encoding`] — strict CBOR decoding (size, depth, no trailing bytes), byte strings, digests.
 //! - [`keys`] — node keys (Ed25519 + X25519), key files, the keyring of partners' public keys.
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
-//! - [`delivery`] — the delivery core without I/O: outbox states, retries, backoff, expiry,
-//!   receipt matching, inbox dedup; driven by the node with events and the current time.
+//! - [`delivery`] — every delivery decision without I/O: the sender machine per partner (outbox,
+//!   link, lanes, receipts), the receiver machine (a batch in, verdicts, receipt and writes out),
+//!   submit; state changes come out as writes and effects applied after the commit.
 //! - [`onward`] — passing packets on: forwards carrying the original and the originator's
 //!   signed consent, checked at every hop.
-//! - [`node`] — the runtime: QUIC streams, store and clock driving the delivery core.
+//! - [`node`] — the I/O shell: QUIC streams, store and clock driving the delivery machines
+//!   (`outbound`, `peer`, `inbound`, `queries`, `admin`).
+//! - [`sim`] — the whole-federation simulator: the production machines over a simulated
+//!   network, disk and clock, with faults; invariants after every step; seeds replay.
 //! - [`policy`] — per-partner sharing policies (files, rate limits) and `evaluate`, the one
 //!   function that decides what goes to and comes from each partner.
 //! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.

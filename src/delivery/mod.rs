@@ -1,16 +1,23 @@
-//! The delivery core: what must happen to each packet, without doing any I/O.
+//! Every delivery decision, without doing any I/O.
 //!
-//! Like `quinn-proto`, this module contains no networking, no storage and no clock. The node's
-//! driver feeds it events with the current time (`submit`, `handle_receipt`, `handle_send_failed`,
-//! `handle_timeout`...) and asks it what to do next (`poll_transmit`, `poll_timeout`,
-//! `take_dirty`). That keeps the hard part — retries, backoff, expiry, dedup, receipt matching —
-//! deterministic and testable in memory with simulated time (`tests/delivery_sim.rs`).
+//! Like `quinn-proto`, this module contains no networking, no storage and no clock: time,
+//! randomness and what the node holds are passed in, and what changes comes out as writes for
+//! the store and effects that the driver puts in force **after** the store says the writes are
+//! durable (or drops if the commit failed). The node (`crate::node`) drives it with QUIC, sled
+//! and the wall clock; the simulator (`crate::sim`) drives the very same code with a simulated
+//! network, a faulty in-memory disk and its own clock. It must never read the clock, open a
+//! socket or touch a file.
 //!
-//! - [`Outbox`]: the sender's side. One entry per (packet, recipient): queued, in flight,
-//!   delivered, rejected or expired; FLASH before URGENT before ROUTINE; exponential backoff with
-//!   jitter; a state changes only by a legal transition.
-//! - [`Inbox`]: the receiver's side. Dedup by packet id, so a retransmission is receipted again
-//!   (with the receipt already issued) but shown to officers once.
+//! - [`Sender`] ([`sender`]): the machine for one partner: its outbox entries, the link (dial,
+//!   backoff with jitter), three lanes (window, write order, receipt timer), receipts (prepare,
+//!   then apply or abandon), what goes back to the queue when a lane or connection fails.
+//! - [`receiver::Receiver`]: a batch of frames from a partner -> a verdict per copy, the signed
+//!   receipt, the writes and the effects.
+//! - [`submit`]: the send policy per recipient, sealing, the writes of a submit.
+//! - [`Outbox`]: the entries and their legal transitions (queued, in flight, delivered, rejected,
+//!   expired), ready queues FLASH before URGENT before ROUTINE, exponential backoff with jitter.
+//! - [`Inbox`]: the receiver's dedup by (packet id, sender): a retransmission is receipted again
+//!   as the first arrival but shown to officers once.
 //!
 //! Time is milliseconds since the Unix epoch ([`Millis`]), given by the caller.
 

@@ -235,7 +235,7 @@ impl Outbox {
         true
     }
 
-    /// The entry [`Outbox::submit`] would add, without adding it: the driver persists it first
+    /// A new entry (queued at once), not yet added: the driver persists it first
     /// and then calls [`Outbox::admit`], so nothing is sent that is not yet on disk.
     pub fn new_entry(
         now: Millis,
@@ -276,8 +276,8 @@ impl Outbox {
         self.poll(now, recipient, None)
     }
 
-    /// Like [`Outbox::poll_transmit`], for one lane only: the driver has room in that lane's
-    /// window but perhaps not in the others.
+    /// The next copy to send to `recipient` on one lane (oldest first), marked in flight: the
+    /// sender machine has room in that lane's window but perhaps not in the others'.
     pub fn poll_transmit_lane(&mut self, now: Millis, recipient: &NodeId, lane: Priority) -> Option<Transmit> {
         self.poll(now, recipient, Some(lane))
     }

@@ -2,7 +2,7 @@
 //! receipt and the writes to make out. No I/O: the time, the random source and what the node
 //! already holds ([`Known`]) are passed in.
 //!
-//! Each copy is opened (every check of [`crate::seal::open`], plus: the routing sender must be
+//! Each copy is opened (every check of [`SealContext::open`](crate::seal::SealContext::open), plus: the routing sender must be
 //! the partner the connection identified), deduplicated (against the inbox and within the
 //! batch), checked against the receiving side of the agreement (a forward as the original it
 //! carries, after the hop's checks of [`crate::onward::unwrap`]), and, for system packets,

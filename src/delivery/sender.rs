@@ -502,7 +502,7 @@ pub struct OpenedReceipt {
 }
 
 /// Verifies a receipt frame from `peer` like any packet (every check of
-/// [`crate::seal::open`] at `now`), and that it is a delivery receipt signed by `peer` about
+/// [`SealContext::open`](crate::seal::SealContext::open) at `now`), and that it is a delivery receipt signed by `peer` about
 /// its own deliveries. `already_applied` says whether a receipt with this id was stored
 /// before: a replay is refused.
 pub fn open_receipt(
