@@ -378,7 +378,8 @@ pub fn pair_key(packet_id: PacketId, node: &NodeId) -> Vec<u8> {
 /// The owner of the store: a handle to its writer thread, and direct read access.
 #[derive(Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Commit>,
+    /// Shared by every handle: [`Store::close`] takes it, and the writer stops.
+    tx: Arc<Mutex<Option<mpsc::Sender<Commit>>>>,
     backend: Arc<dyn Backend>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -415,21 +416,26 @@ impl Store {
             .name("liaison-store".into())
             .spawn(move || writer_loop(&*b, &rx, head))
             .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { tx, backend, writer: Arc::new(Mutex::new(Some(writer))) })
+        Ok(Self { tx: Arc::new(Mutex::new(Some(tx))), backend, writer: Arc::new(Mutex::new(Some(writer))) })
     }
 
     /// Applies `ops` and returns once they are flushed to disk (group commit with any concurrent
     /// callers).
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(Commit { ops, reply }).map_err(|_| StoreError::Closed)?;
+        self.send(Commit { ops, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, commit: Commit) -> Result<(), StoreError> {
+        let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
+        tx.as_ref().ok_or(StoreError::Closed)?.send(commit).map_err(|_| StoreError::Closed)
     }
 
     /// [`Store::commit`] for callers outside an async runtime.
     pub fn commit_blocking(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.tx.send(Commit { ops, reply }).map_err(|_| StoreError::Closed)?;
+        self.send(Commit { ops, reply })?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -487,17 +493,15 @@ impl Store {
     }
 
     /// Stops the writer after it has answered every commit already sent, and waits for it to
-    /// release the database, if this is the last handle. Further commits fail with
-    /// [`StoreError::Closed`].
-    pub fn close(self) {
-        let Store { tx, backend, writer } = self;
-        drop(tx);
-        drop(backend);
-        // Only the last handle can wait: other clones still hold senders that keep the writer up.
-        if let Ok(writer) = Arc::try_unwrap(writer) {
-            if let Some(handle) = writer.into_inner().ok().flatten() {
-                let _ = handle.join();
-            }
+    /// finish (blocking: from async code, call it on the blocking pool). Every handle is closed:
+    /// later commits fail with [`StoreError::Closed`]; reads still work.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
         }
     }
 }

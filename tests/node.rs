@@ -700,3 +700,34 @@ async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
     assert_eq!(it.status(id).unwrap()[0].reads.len(), 1, "the acknowledgement was persisted");
     let _ = fed.stop.send(true);
 }
+
+/// Shutdown is ordered: every task finishes, the stop is the last entry of the audit trail and
+/// is signed by a checkpoint, and the store is closed (nothing more can be written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_joins_every_task_and_closes_the_store() {
+    let fed = Federation::new();
+    let disk = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(disk.clone()).unwrap();
+    let (_stop, rx) = watch::channel(false);
+    let it = fed.start_on("IT-DCSA", demo_policies("IT-DCSA"), store.clone(), rx).await;
+    let es = fed.start("ES-UDYCO").await;
+    // Work under way: one partner up (lanes open), one down (its sender keeps dialling).
+    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO", "CO-DIJIN"]);
+    let id = it.submit(&p).await.unwrap().id;
+    until("delivered to ES", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let key = it.id().clone();
+    tokio::time::timeout(Duration::from_secs(30), it.shutdown()).await.expect("shutdown hung");
+    assert!(matches!(store.commit_blocking(vec![]), Err(liaison::store::StoreError::Closed)), "the store is closed");
+    let head = store.audit_head().unwrap();
+    let last = store.get(liaison::store::Tree::Audit, &head.seq.to_be_bytes()).unwrap().unwrap();
+    let entry: liaison::audit::Entry = liaison::store::decode(liaison::store::Tree::Audit, &last).unwrap();
+    assert!(matches!(entry.event, liaison::audit::Event::Stopped), "the stop is the last entry: {:?}", entry.event);
+    assert!(
+        store.get(liaison::store::Tree::AuditCheckpoints, &head.seq.to_be_bytes()).unwrap().is_some(),
+        "and it is signed"
+    );
+    let verifying = fed.node_keys("IT-DCSA").public().signing;
+    assert!(store.audit_verify(&key, &verifying).unwrap().is_ok());
+    drop(es);
+    let _ = fed.stop.send(true);
+}

@@ -133,7 +133,7 @@ impl Node {
     /// Housekeeping: signs an audit checkpoint every 30 s while the trail grows, and deletes
     /// received packets past their policy's retention at start and every 10 minutes.
     pub(super) async fn maintenance_loop(self) {
-        let mut shutdown = self.inner.shutdown.clone();
+        let cancel = self.inner.cancel.clone();
         let mut rounds = 0u64;
         loop {
             if rounds % 20 == 0 {
@@ -144,7 +144,7 @@ impl Node {
             rounds += 1;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                _ = shutdown.changed() => return,
+                _ = cancel.cancelled() => return,
             }
             if let Err(e) = self.checkpoint().await {
                 warn!(error = %e, "could not sign an audit checkpoint");

@@ -7,15 +7,15 @@ use crate::delivery::receiver::{Known, Receiver};
 
 impl Node {
     pub(super) async fn accept_loop(self) {
-        let mut shutdown = self.inner.shutdown.clone();
+        let cancel = self.inner.cancel.clone();
         loop {
             let incoming = tokio::select! {
                 i = self.inner.endpoint.accept() => i,
-                _ = shutdown.changed() => None,
+                _ = cancel.cancelled() => None,
             };
             let Some(incoming) = incoming else { break };
             let node = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let remote = incoming.remote_address();
                 let conn = match incoming.await {
                     Ok(c) => c,
@@ -70,7 +70,7 @@ impl Node {
             let Ok((send, recv)) = accepted else { return };
             let node = self.clone();
             let peer = peer.clone();
-            tokio::spawn(async move { node.serve_stream(peer, send, recv).await });
+            self.spawn(async move { node.serve_stream(peer, send, recv).await });
         }
     }
 
@@ -86,7 +86,7 @@ impl Node {
         let stall = self.inner.limits.frame_stall;
         let node = self.clone();
         let from = peer.clone();
-        let reader = tokio::spawn(async move {
+        let reader = self.spawn(async move {
             loop {
                 node.pace(&from).await;
                 let len = match wire::read_len(&mut recv, MAX_SEALED_BYTES).await {

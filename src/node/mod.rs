@@ -169,7 +169,10 @@ struct Inner {
     /// Bumped when the TLS material is reloaded: every live connection is closed and made again
     /// under the new material (a revoked partner cannot come back).
     tls_generation: watch::Sender<u64>,
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled when the node stops: every loop watches it.
+    cancel: tokio_util::sync::CancellationToken,
+    /// Every task the node starts, so that shutdown can wait for each to finish.
+    tasks: tokio_util::task::TaskTracker,
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
     policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
@@ -268,7 +271,8 @@ impl Node {
                 endpoint,
                 client: std::sync::RwLock::new(client),
                 tls_generation: watch::channel(0).0,
-                shutdown,
+                cancel: tokio_util::sync::CancellationToken::new(),
+                tasks: tokio_util::task::TaskTracker::new(),
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
                 deadlines_busy: Mutex::new(std::collections::HashSet::new()),
@@ -288,14 +292,24 @@ impl Node {
             .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
             .await?;
         info!(node = %me, addr = %node.local_addr(), pending = node.inner.senders.values().map(|s| lock(s).pending()).sum::<usize>(), "node started");
-        tokio::spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
-        tokio::spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
+        // The caller's signal stops the node's loops (as does `shutdown`, or the caller going away).
+        let cancel = node.inner.cancel.clone();
+        let mut stop = shutdown;
+        node.spawn(async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = cancel.cancelled() => {}
+            }
+            cancel.cancel();
+        });
+        node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
+        node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.policies().policy(peer).is_none() {
                 warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
             }
             let span = info_span!("sender", node = %me, peer = %peer);
-            tokio::spawn(node.clone().sender_loop(peer.clone()).instrument(span));
+            node.spawn(node.clone().sender_loop(peer.clone()).instrument(span));
         }
         Ok(node)
     }
@@ -315,10 +329,17 @@ impl Node {
         self.inner.policies.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
-    /// Closes the endpoint (after in-flight work), records the stop in the audit trail and
-    /// signs a last checkpoint.
+    /// Stops the node in order: cancels every loop, closes the endpoint (partners see the
+    /// connections close), waits for every task to finish (up to 10 s: a commit under way is
+    /// answered, a lane puts its copies back in the queue), records the stop in the audit
+    /// trail, signs a last checkpoint and closes the store.
     pub async fn shutdown(self) {
+        self.inner.cancel.cancel();
         self.inner.endpoint.close(quinn::VarInt::from_u32(0), b"node shutting down");
+        self.inner.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await.is_err() {
+            warn!(remaining = self.inner.tasks.len(), "tasks still running 10 s after the stop; stopping without them");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.endpoint.wait_idle()).await;
         if let Err(e) = self.inner.store.commit(vec![Op::Audit(AuditEvent::Stopped)]).await {
             warn!(error = %e, "could not record the stop in the audit trail");
@@ -326,7 +347,18 @@ impl Node {
         if let Err(e) = self.checkpoint().await {
             warn!(error = %e, "could not sign the last audit checkpoint");
         }
+        let store = self.inner.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
         info!(node = %self.inner.me, "node stopped");
+    }
+
+    /// Starts a task the node tracks (shutdown waits for it).
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.tasks.spawn(task)
     }
 }
 

@@ -15,12 +15,12 @@ impl Node {
         let Some(addr) = self.inner.partners.get(&peer).copied() else { return };
         let Some(wake) = self.inner.wake.get(&peer).cloned() else { return };
         let Some(machine) = self.sender(&peer) else { return };
-        let mut shutdown = self.inner.shutdown.clone();
+        let cancel = self.inner.cancel.clone();
         let mut conn: Option<quinn::Connection> = None;
         let mut tls_seen = *self.inner.tls_generation.borrow();
         let mut lanes: HashMap<Priority, LaneHandle> = HashMap::new();
         loop {
-            if *shutdown.borrow() {
+            if cancel.is_cancelled() {
                 break;
             }
             if tls_seen != *self.inner.tls_generation.borrow() {
@@ -92,7 +92,7 @@ impl Node {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
-                _ = shutdown.changed() => {}
+                _ = cancel.cancelled() => {}
             }
         }
     }
@@ -114,7 +114,7 @@ impl Node {
     fn open_lane(&self, conn: quinn::Connection, peer: NodeId, lane: LaneId) -> LaneHandle {
         let (jobs, rx) = mpsc::unbounded_channel();
         let span = info_span!("lane", peer = %peer, lane = lane.priority.as_str());
-        let task = tokio::spawn(self.clone().run_lane(conn, peer, lane, rx).instrument(span));
+        let task = self.spawn(self.clone().run_lane(conn, peer, lane, rx).instrument(span));
         LaneHandle { id: lane, jobs, task: task.abort_handle() }
     }
 
@@ -162,7 +162,7 @@ impl Node {
                     // reload) must not cut a commit off between the store and the machine.
                     let node = self.clone();
                     let from = peer.clone();
-                    let applied = tokio::spawn(async move { node.apply_receipt(&from, lane, &frame).await });
+                    let applied = self.spawn(async move { node.apply_receipt(&from, lane, &frame).await });
                     let outcome = applied.await.unwrap_or_else(|e| Err(format!("receipt task failed: {e}")));
                     if let Err(e) = outcome {
                         // A partner answering with what is not a receipt for what was sent:
@@ -195,7 +195,7 @@ impl Node {
     fn record_sends(&self, to: &NodeId, copies: Vec<crate::audit::SentCopy>) {
         let store = self.inner.store.clone();
         let event = AuditEvent::Sent { to: to.clone(), copies };
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(e) = store.commit(vec![Op::Audit(event)]).await {
                 warn!(error = %e, "could not record sends in the audit trail");
             }
