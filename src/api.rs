@@ -210,7 +210,7 @@ async fn audit_verify(
     State(api): State<Api>,
     Extension(client): Extension<Client>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let result = api.node.audit_verify()?;
+    let result = api.node.slow(Node::audit_verify).await??;
     let body = match &result {
         Ok(v) => json!({ "ok": true, "verified": v }),
         Err(b) => json!({ "ok": false, "broken": { "seq": b.seq, "reason": b.reason } }),
@@ -219,7 +219,7 @@ async fn audit_verify(
         Ok(v) => format!("intact: entries {}..{}, {} checkpoints", v.first, v.last, v.checkpoints),
         Err(b) => format!("BROKEN: {b}"),
     };
-    api.node.audit_admin("audit verify", &client.0, detail).await?;
+    api.node.audit_admin(crate::audit::AdminAction::AuditVerify, &client.0, detail).await?;
     Ok(Json(body))
 }
 
@@ -249,7 +249,7 @@ async fn audit_export(
         return Err(ApiError(StatusCode::BAD_REQUEST, "from is after to".into(), Some("from".into())));
     }
     let range = format!("from {} to {}", q.from.as_deref().unwrap_or("the start"), q.to.as_deref().unwrap_or("now"));
-    api.node.audit_admin("audit export", &client.0, range).await?;
+    api.node.audit_admin(crate::audit::AdminAction::AuditExport, &client.0, range).await?;
     Ok(Json(api.node.audit_export(from, to).await?))
 }
 
@@ -352,7 +352,7 @@ async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
 async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
     let now = crate::node::now_ms();
     let mut out = Vec::new();
-    for (id, rec) in api.node.inbox()? {
+    for (id, rec) in api.node.slow(Node::inbox).await?? {
         let deadline =
             api.node.deadlines_of(id).into_iter().find(|d| d.role == Role::Answer && d.counterpart == rec.sender);
         out.push(json!({

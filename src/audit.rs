@@ -8,7 +8,7 @@
 //! policy versions — **never packet contents** (redactions are listed by field path, not value).
 //!
 //! The chain is extended by the store's writer thread as it applies each commit
-//! ([`crate::store::Op::Audit`]), so an entry is on disk together with the change it records, in
+//! (the store's `Op::Audit`: this module knows nothing of the store), so an entry is on disk together with the change it records, in
 //! the order the changes were applied, and a failed commit leaves no gap. Periodically (and at
 //! shutdown and before an export) the node signs a [`Checkpoint`] of the head with its Ed25519
 //! key. [`verify`] walks the chain and names the first entry that was changed, removed,
@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::delivery::Millis;
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
+
+/// An entry as the store holds it: its key (the sequence number, big-endian) and its bytes.
+pub type StoredEntry = (Vec<u8>, Vec<u8>);
 
 /// Domain separation for checkpoint signatures.
 pub const CHECKPOINT_CONTEXT: &str = "liaison/audit-checkpoint/v1";
@@ -126,7 +129,7 @@ pub enum Event {
     /// An administrative action (audit export, verification...).
     Admin {
         /// What.
-        action: String,
+        action: AdminAction,
         /// By whom (API client name).
         by: String,
         /// Details (ranges, results); never secrets.
@@ -139,8 +142,8 @@ pub enum Event {
 pub struct Decided {
     /// The recipient.
     pub to: NodeId,
-    /// `allow`, `redact` or `deny`.
-    pub decision: String,
+    /// Allowed, allowed with fields removed, or refused.
+    pub decision: DecisionKind,
     /// The denying rule, or the rules that redacted.
     pub rules: Vec<String>,
     /// Field paths removed (no values).
@@ -149,6 +152,50 @@ pub struct Decided {
     pub policy: Option<Digest>,
     /// SHA-256 of the sealed copy, when one was made.
     pub sealed: Option<Digest>,
+}
+
+/// What the sharing policy decided for one recipient (recorded as `allow`, `redact`, `deny`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionKind {
+    /// Sent as submitted.
+    Allow,
+    /// Sent with fields removed.
+    Redact,
+    /// Not sent.
+    Deny,
+}
+
+/// An administrative action (recorded by its name, e.g. `tls reload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminAction {
+    /// New TLS material put in force.
+    #[serde(rename = "tls reload")]
+    TlsReload,
+    /// New sharing policies put in force.
+    #[serde(rename = "policy reload")]
+    PolicyReload,
+    /// Received packets past their retention deleted.
+    #[serde(rename = "retention purge")]
+    RetentionPurge,
+    /// The whole trail verified on request.
+    #[serde(rename = "audit verify")]
+    AuditVerify,
+    /// Part of the trail exported on request.
+    #[serde(rename = "audit export")]
+    AuditExport,
+}
+
+impl std::fmt::Display for AdminAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TlsReload => "tls reload",
+            Self::PolicyReload => "policy reload",
+            Self::RetentionPurge => "retention purge",
+            Self::AuditVerify => "audit verify",
+            Self::AuditExport => "audit export",
+        })
+    }
 }
 
 /// What a receipt says about one copy.
@@ -285,7 +332,7 @@ pub struct Verified {
 /// entry that was altered, removed, inserted or moved.
 pub fn verify(
     start: Head,
-    entries: &[crate::store::KeyValue],
+    entries: &[StoredEntry],
     head: Option<Head>,
     checkpoints: &[Checkpoint],
     node: &NodeId,
@@ -382,8 +429,7 @@ impl Export {
         if self.entries.is_empty() {
             return Ok(Verified { first: self.start.seq + 1, last: self.start.seq, checkpoints: 0, signed_up_to: 0 });
         }
-        let entries: Vec<crate::store::KeyValue> =
-            self.entries.iter().map(|(s, b)| (self::key(*s), b.0.clone())).collect();
+        let entries: Vec<StoredEntry> = self.entries.iter().map(|(s, b)| (self::key(*s), b.0.clone())).collect();
         let v = verify(self.start, &entries, None, &self.checkpoints, &self.node, key)?;
         if v.signed_up_to != v.last {
             return Err(Broken {
@@ -409,7 +455,7 @@ mod tests {
         "IT-DCSA".parse().unwrap()
     }
 
-    fn chain(n: u64) -> (Vec<crate::store::KeyValue>, Head) {
+    fn chain(n: u64) -> (Vec<StoredEntry>, Head) {
         let mut head = Head::GENESIS;
         let mut v = Vec::new();
         for i in 0..n {

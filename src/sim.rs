@@ -40,7 +40,7 @@ use crate::delivery::{Entry, EntryState, Inbox, Incoming, LaneId, Link, Millis, 
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::keys::{Keyring, NodeKeys};
-use crate::packet::{Body, Packet, ReceiptOutcome};
+use crate::packet::{Body, Packet, PacketType, ReceiptOutcome};
 use crate::policy::{Policy, PolicyBook};
 use crate::seal::SealContext;
 use crate::store::{self, pair_key, InboxRecord, MemoryBackend, Op, Store, StoreError, Tree};
@@ -567,7 +567,7 @@ impl Sim {
         for (k, val) in self.nodes[i].store.scan(Tree::Inbox, &[]).map_err(err("scan"))? {
             let id = PacketId::from_bytes(k.get(..16).and_then(|b| b.try_into().ok()).ok_or("inbox key")?);
             let rec: InboxRecord = store::decode(Tree::Inbox, &val).map_err(err("inbox record"))?;
-            if !matches!(rec.packet_type.as_str(), "ReadAck" | "OnwardConsent") {
+            if !matches!(rec.packet_type, PacketType::ReadAck | PacketType::OnwardConsent) {
                 v.push((id, rec));
             }
         }
@@ -610,7 +610,7 @@ impl Sim {
     fn answer_random(&mut self) -> Res {
         let i = self.below(self.nodes.len() as u64) as usize;
         let requests: Vec<(PacketId, InboxRecord)> =
-            self.received(i)?.into_iter().filter(|(_, r)| r.packet_type == "InformationRequest").collect();
+            self.received(i)?.into_iter().filter(|(_, r)| r.packet_type == PacketType::InformationRequest).collect();
         if requests.is_empty() {
             return Ok(());
         }

@@ -332,8 +332,8 @@ pub struct InboxRecord {
     pub sealed_digest: Digest,
     /// When it was stored (ms).
     pub received_at: Millis,
-    /// Its packet type.
-    pub packet_type: String,
+    /// Its packet type (for a forward: the type of the packet it carries).
+    pub packet_type: crate::packet::PacketType,
     /// Its priority.
     pub priority: crate::markings::Priority,
     /// When an answer is due, for a request.
@@ -716,7 +716,7 @@ mod tests {
             sender: "IT-DCSA".parse().unwrap(),
             sealed_digest: Digest::of(b"s"),
             received_at: 42,
-            packet_type: "InformationRequest".into(),
+            packet_type: crate::packet::PacketType::InformationRequest,
             priority: crate::markings::Priority::Urgent,
             due_by: None,
             reads: vec![("Isp. Rossi".parse().unwrap(), 50), ("Isp. Bianchi".parse().unwrap(), 60)],

@@ -443,7 +443,7 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
     let (shown, rec) = it.show(done.id, None).unwrap();
     assert_eq!(shown, original, "IT-DCSA sees the original exactly as CO-DIJIN signed it");
     assert_eq!((rec.sender.as_str(), rec.originator.as_ref().map(|n| n.as_str())), ("ES-UDYCO", Some("CO-DIJIN")));
-    assert_eq!(rec.packet_type, "ControlledDeliveryAlert");
+    assert_eq!(rec.packet_type, liaison::packet::PacketType::ControlledDeliveryAlert);
     // The consent names IT-DCSA only: CO-DIJIN itself is not a "new" recipient either way.
     let err = es.forward(alert_id, None, &[node("CO-DIJIN")], officer).await.unwrap_err();
     assert!(err.to_string().contains("onward.already_a_recipient"), "{err}");
@@ -607,7 +607,7 @@ async fn a_tls_reload_with_a_new_crl_cuts_off_a_revoked_partner_at_once() {
     assert!(export
         .decoded()
         .iter()
-        .any(|e| matches!(&e.event, liaison::audit::Event::Admin { action, .. } if action == "tls reload")));
+        .any(|e| matches!(&e.event, liaison::audit::Event::Admin { action, .. } if *action == liaison::audit::AdminAction::TlsReload)));
     let _ = fed.stop.send(true);
 }
 

@@ -684,7 +684,9 @@ fn sighup_reloads_the_sharing_policies() {
             let entry: liaison::audit::Entry =
                 liaison::encoding::from_cbor_exact(&base64_decode(e[1].as_str().unwrap()), usize::MAX).unwrap();
             match entry.event {
-                liaison::audit::Event::Admin { action, detail, .. } if action == "policy reload" => Some(detail),
+                liaison::audit::Event::Admin { action: liaison::audit::AdminAction::PolicyReload, detail, .. } => {
+                    Some(detail)
+                }
                 _ => None,
             }
         })

@@ -222,7 +222,7 @@ impl Receiver<'_> {
                 sender: peer.clone(),
                 sealed_digest: digest,
                 received_at: received_ms,
-                packet_type: forwarded_kind.unwrap_or(packet.packet_type()).as_str().into(),
+                packet_type: forwarded_kind.unwrap_or(packet.packet_type()),
                 priority: packet.envelope.priority,
                 due_by: packet.envelope.due_by,
                 reads: Vec::new(),

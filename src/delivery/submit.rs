@@ -5,7 +5,7 @@
 //! deadline changes it stages from [`Submission::copies`]) and, once they are on disk, hands the
 //! entries to the partners' sender machines and answers the submitter.
 
-use crate::audit::{Decided, Event as AuditEvent};
+use crate::audit::{Decided, DecisionKind, Event as AuditEvent};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, PacketId};
 use crate::packet::Packet;
@@ -140,7 +140,7 @@ pub fn seal(
         rules.dedup();
         decisions.push(Decided {
             to: sent.recipient.clone(),
-            decision: if sent.redacted.is_empty() { "allow" } else { "redact" }.into(),
+            decision: if sent.redacted.is_empty() { DecisionKind::Allow } else { DecisionKind::Redact },
             rules,
             redacted: sent.redacted.iter().map(|r| r.path.clone()).collect(),
             policy: sent.policy,
@@ -162,7 +162,7 @@ pub fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
         .iter()
         .map(|r| Decided {
             to: r.recipient.clone(),
-            decision: "deny".into(),
+            decision: DecisionKind::Deny,
             rules: vec![r.denial.rule.clone()],
             redacted: Vec::new(),
             policy: r.policy,

@@ -13,7 +13,7 @@ impl Node {
         let enrolled: Vec<NodeId> = self.inner.partners.keys().cloned().collect();
         let server = transport::server_config(tls, &enrolled, refusals_logged())?;
         let client = transport::client_config(tls)?;
-        let event = AuditEvent::Admin { action: "tls reload".into(), by: by.into(), detail };
+        let event = AuditEvent::Admin { action: crate::audit::AdminAction::TlsReload, by: by.into(), detail };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         self.inner.endpoint.set_server_config(Some(server));
         *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
@@ -44,7 +44,11 @@ impl Node {
         if changes.is_empty() {
             return Ok(changes);
         }
-        let event = AuditEvent::Admin { action: "policy reload".into(), by: by.into(), detail: changes.join("; ") };
+        let event = AuditEvent::Admin {
+            action: crate::audit::AdminAction::PolicyReload,
+            by: by.into(),
+            detail: changes.join("; "),
+        };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
         info!(changes = %changes.join("; "), "sharing policies reloaded");
@@ -67,8 +71,13 @@ impl Node {
     }
 
     /// Records an administrative action in the audit trail.
-    pub async fn audit_admin(&self, action: &str, by: &str, detail: String) -> Result<(), NodeError> {
-        let event = AuditEvent::Admin { action: action.into(), by: by.into(), detail };
+    pub async fn audit_admin(
+        &self,
+        action: crate::audit::AdminAction,
+        by: &str,
+        detail: String,
+    ) -> Result<(), NodeError> {
+        let event = AuditEvent::Admin { action, by: by.into(), detail };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         Ok(())
     }
@@ -88,6 +97,12 @@ impl Node {
         // Entries appended after this checkpoint (the node keeps working) are left for the next
         // export: an export ends at a signature.
         let signed = self.checkpoint().await?;
+        self.slow(move |node| node.export_until(signed, from, to)).await?
+    }
+
+    /// The export of the entries between `from` and `to`, ending at the signed head `signed`
+    /// (reads the whole trail: on the blocking pool).
+    fn export_until(&self, signed: AuditHead, from: Millis, to: Millis) -> Result<crate::audit::Export, NodeError> {
         let checkpoints = self.checkpoints()?;
         let mut all = Vec::new();
         for (_, bytes) in self.inner.store.scan(Tree::Audit, &[])? {
@@ -184,7 +199,7 @@ impl Node {
         }
         let n = gone.len();
         ops.push(Op::Audit(AuditEvent::Admin {
-            action: "retention purge".into(),
+            action: crate::audit::AdminAction::RetentionPurge,
             by: "node".into(),
             detail: format!("deleted {n} received packet(s) past retention: {}", gone.join(", ")),
         }));

@@ -53,6 +53,9 @@ mod queries;
 /// each with a rejection reason, with room to spare.
 const MAX_RECEIPT_FRAME: usize = 4 << 20;
 
+/// Slow reads (see [`Node::slow`]) running at once.
+pub const SLOW_SLOTS: usize = 2;
+
 /// A receiving lane closes a batch (commits and receipts it) at this many bytes, so large
 /// copies are receipted one or two at a time and the sender sees steady progress.
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
@@ -173,6 +176,9 @@ struct Inner {
     cancel: tokio_util::sync::CancellationToken,
     /// Every task the node starts, so that shutdown can wait for each to finish.
     tasks: tokio_util::task::TaskTracker,
+    /// Slots for slow reads (whole-trail verification, exports, full listings): they run on the
+    /// blocking pool, at most this many at once, never on the async workers.
+    slow: Arc<tokio::sync::Semaphore>,
     /// Swapped whole on a reload; readers take the `Arc` and keep a consistent book.
     policies: std::sync::RwLock<Arc<PolicyBook>>,
     deadlines: Mutex<Deadlines>,
@@ -273,6 +279,7 @@ impl Node {
                 tls_generation: watch::channel(0).0,
                 cancel: tokio_util::sync::CancellationToken::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
+                slow: Arc::new(tokio::sync::Semaphore::new(SLOW_SLOTS)),
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
                 deadlines: Mutex::new(deadlines),
                 deadlines_busy: Mutex::new(std::collections::HashSet::new()),
@@ -350,6 +357,16 @@ impl Node {
         let store = self.inner.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;
         info!(node = %self.inner.me, "node stopped");
+    }
+
+    /// Runs `f` (a slow read: a whole-trail verification, an export, a full listing) on the
+    /// blocking pool, within the node's slots for such work, so that it neither holds up the
+    /// async workers (lanes, receipts, FLASH) nor runs more than [`SLOW_SLOTS`] at once.
+    pub async fn slow<T: Send + 'static>(&self, f: impl FnOnce(&Node) -> T + Send + 'static) -> Result<T, NodeError> {
+        let busy = || NodeError::Store(StoreError::Backend("the node is shutting down".into()));
+        let _slot = self.inner.slow.clone().acquire_owned().await.map_err(|_| busy())?;
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || f(&node)).await.map_err(|_| busy())
     }
 
     /// Starts a task the node tracks (shutdown waits for it).

@@ -92,7 +92,9 @@ impl Node {
         let book = self.policies();
         let policy = book.policy(originator).or_else(|| book.policy(&rec.sender));
         let rule = policy.map_or(crate::policy::OnwardRule::Never, |p| p.onward.from_partner);
-        let consents = self.consents_about(p.envelope.id, originator, carried)?;
+        // A scan of everything received: on the blocking pool.
+        let (about, by) = (p.envelope.id, originator.clone());
+        let consents = self.slow(move |node| node.consents_about(about, &by, carried)).await??;
         let now = now_ms();
         let now_ts = Timestamp::now();
         let mut copies = Vec::new();
@@ -217,7 +219,7 @@ impl Node {
     ) -> Result<Vec<SignedPacket>, NodeError> {
         let mut out: Vec<SignedPacket> = carried.into_iter().collect();
         for (id, rec) in self.inbox()? {
-            if rec.packet_type != crate::packet::PacketType::OnwardConsent.as_str() || rec.sender != *originator {
+            if rec.packet_type != crate::packet::PacketType::OnwardConsent || rec.sender != *originator {
                 continue;
             }
             let (c, _) = self.held(id, &rec.sender)?;

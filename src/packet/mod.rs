@@ -238,6 +238,21 @@ impl Serialize for PacketType {
     }
 }
 
+impl<'de> Deserialize<'de> for PacketType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<str>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for PacketType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown packet type {s:?}"))
+    }
+}
+
 impl PacketType {
     /// Every packet type.
     pub const ALL: [PacketType; 11] = [
