@@ -163,6 +163,8 @@ struct Inner {
     /// One sender machine per partner (and per former partner with entries left): its outbox
     /// entries, lanes and link. Each has its own lock, so partners do not wait for each other.
     senders: HashMap<NodeId, Mutex<Sender>>,
+    /// Per partner: sealed copies just submitted, for their first write.
+    fresh: HashMap<NodeId, Mutex<peer::Fresh>>,
     inbox: Mutex<Inbox>,
     wake: HashMap<NodeId, Arc<Notify>>,
     partners: HashMap<NodeId, SocketAddr>,
@@ -270,6 +272,7 @@ impl Node {
                 me: me.clone(),
                 seal: config.seal,
                 store,
+                fresh: senders.keys().map(|n| (n.clone(), Mutex::new(peer::Fresh::default()))).collect(),
                 senders,
                 inbox: Mutex::new(inbox),
                 wake,

@@ -39,6 +39,16 @@ impl Node {
             }
         };
         let mut ops = sub.ops;
+        // The sealed copies, kept for their first write once on disk.
+        let mut fresh: Vec<(NodeId, PacketId, Vec<u8>)> = Vec::new();
+        for e in &sub.entries {
+            let key = pair_key(e.packet_id, &e.recipient);
+            let sealed = ops.iter().find_map(|op| match op {
+                Op::Put(Tree::Sealed, k, v) if *k == key && v.len() <= peer::Fresh::MAX_COPY => Some(v.clone()),
+                _ => None,
+            });
+            fresh.extend(sealed.map(|v| (e.recipient.clone(), e.packet_id, v)));
+        }
         // Deadline changes go to disk with the copies and into force after them.
         let reserved = self.reserve_deadlines(sub.copies.iter().map(|(p, _)| p)).await;
         let mut staged = crate::deadlines::Staged::default();
@@ -52,6 +62,11 @@ impl Node {
         self.inner.store.commit(ops).await?;
         lock(&self.inner.deadlines).apply(staged);
         drop(reserved);
+        for (to, id, bytes) in fresh {
+            if let Some(f) = self.inner.fresh.get(&to) {
+                lock(f).keep(id, bytes);
+            }
+        }
         for e in sub.entries {
             let to = e.recipient.clone();
             if let Some(sender) = self.sender(&to) {

@@ -206,10 +206,18 @@ impl Node {
     /// was written.
     async fn write_copy(&self, send: &mut quinn::SendStream, lane: LaneId, t: &Transmit) -> Result<bool, String> {
         let Some(machine) = self.sender(&t.recipient) else { return Ok(false) };
-        let key = pair_key(t.packet_id, &t.recipient);
-        let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
-            warn!(packet_id = %t.packet_id, "sealed copy missing from the store; cannot send");
-            return Ok(false);
+        // A copy's first write takes the bytes kept from its submit; later ones read the store.
+        let kept = self.inner.fresh.get(&t.recipient).and_then(|f| lock(f).take(&t.packet_id));
+        let bytes = match kept {
+            Some(b) => b,
+            None => {
+                let key = pair_key(t.packet_id, &t.recipient);
+                let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
+                    warn!(packet_id = %t.packet_id, "sealed copy missing from the store; cannot send");
+                    return Ok(false);
+                };
+                bytes
+            }
         };
         if !lock(machine).begin_write(now_ms(), lane, t) {
             return Ok(false);
@@ -294,5 +302,78 @@ struct LaneHandle {
 impl Drop for LaneHandle {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Sealed copies just submitted, kept in memory for their first write so that it does not read
+/// back from the store what was just written to it. Bounded: copies up to [`Fresh::MAX_COPY`]
+/// bytes, [`Fresh::MAX_TOTAL`] bytes per partner, the oldest dropped first (a dropped or
+/// retransmitted copy is read from the store, as always).
+#[derive(Default)]
+pub(super) struct Fresh {
+    copies: std::collections::HashMap<PacketId, Vec<u8>>,
+    order: std::collections::VecDeque<PacketId>,
+    total: usize,
+}
+
+impl Fresh {
+    /// Largest copy kept.
+    pub(super) const MAX_COPY: usize = 256 * 1024;
+    /// Most bytes kept per partner.
+    pub(super) const MAX_TOTAL: usize = 8 * 1024 * 1024;
+
+    /// Keeps `bytes` (already on disk) for the first write of `packet_id`.
+    pub(super) fn keep(&mut self, packet_id: PacketId, bytes: Vec<u8>) {
+        if bytes.len() > Self::MAX_COPY {
+            return;
+        }
+        self.total += bytes.len();
+        if let Some(old) = self.copies.insert(packet_id, bytes) {
+            self.total -= old.len();
+        } else {
+            self.order.push_back(packet_id);
+        }
+        while self.total > Self::MAX_TOTAL {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(b) = self.copies.remove(&oldest) {
+                self.total -= b.len();
+            }
+        }
+    }
+
+    /// The bytes kept for `packet_id`, if any; they are not kept after.
+    pub(super) fn take(&mut self, packet_id: &PacketId) -> Option<Vec<u8>> {
+        let b = self.copies.remove(packet_id)?;
+        self.total -= b.len();
+        // `order` keeps the id until it reaches the front; then it is found missing and skipped.
+        if self.order.len() > 2 * self.copies.len() + 64 {
+            let copies = &self.copies;
+            self.order.retain(|id| copies.contains_key(id));
+        }
+        Some(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u16) -> PacketId {
+        format!("019ac0a1-5c00-7000-8000-00000000{n:04x}").parse().unwrap()
+    }
+
+    #[test]
+    fn fresh_copies_are_bounded_and_taken_once() {
+        let mut f = Fresh::default();
+        f.keep(id(0), vec![0; Fresh::MAX_COPY + 1]);
+        assert!(f.take(&id(0)).is_none(), "too large to keep");
+        let n = Fresh::MAX_TOTAL / Fresh::MAX_COPY;
+        for i in 0..=n as u16 {
+            f.keep(id(i + 1), vec![1; Fresh::MAX_COPY]);
+        }
+        assert!(f.total <= Fresh::MAX_TOTAL);
+        assert!(f.take(&id(1)).is_none(), "the oldest went first");
+        assert_eq!(f.take(&id(2)).map(|b| b.len()), Some(Fresh::MAX_COPY));
+        assert!(f.take(&id(2)).is_none(), "taken once");
     }
 }
