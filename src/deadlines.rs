@@ -366,6 +366,16 @@ impl Deadlines {
         true
     }
 
+    /// Forgets the deadline of `request` towards `counterpart` (deleted from the store with the
+    /// request, past its retention).
+    pub fn forget(&mut self, request: PacketId, counterpart: &NodeId) {
+        self.by_key.remove(&(request, counterpart.clone()));
+        if !self.by_key.keys().any(|(r, _)| *r == request) {
+            self.requests.remove(&request);
+        }
+        self.clarifications.retain(|_, r| *r != request);
+    }
+
     /// The deadline of `request` towards `counterpart`.
     pub fn get(&self, request: PacketId, counterpart: &NodeId) -> Option<&Deadline> {
         self.by_key.get(&(request, counterpart.clone()))

@@ -462,8 +462,10 @@ async fn received_packets_are_deleted_after_their_retention() {
     let days = es.policies().policy(&node("IT-DCSA")).unwrap().retention_days;
     let now = liaison::node::now_ms();
     assert_eq!(es.purge_expired(now + u64::from(days - 1) * 86_400_000).await.unwrap(), 0, "not yet");
+    assert_eq!(es.deadlines_of(id).len(), 1);
     assert_eq!(es.purge_expired(now + u64::from(days + 1) * 86_400_000).await.unwrap(), 1);
     assert!(es.inbox().unwrap().is_empty());
+    assert!(es.deadlines_of(id).is_empty(), "its deadline goes with it, in memory as on disk");
     assert!(matches!(es.show(id, None), Err(liaison::node::NodeError::UnknownPacket(_))));
     let verified = es.audit_verify().unwrap().expect("the trail still verifies");
     assert!(verified.last >= 3, "{verified:?}");

@@ -206,8 +206,10 @@ impl Node {
         self.inner.store.commit(ops).await?;
         {
             let mut inbox = lock(&self.inner.inbox);
+            let mut deadlines = lock(&self.inner.deadlines);
             for (id, sender) in &forgotten {
                 inbox.forget(*id, sender);
+                deadlines.forget(*id, sender);
             }
         }
         info!(deleted = n, "received packets past their retention deleted");
