@@ -29,6 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the local demo federation (IT-DCSA, ES-UDYCO, CO-DIJIN) on embedded demo keys.
+    #[cfg(feature = "demo")]
     Demo,
     /// Run a node until SIGINT or SIGTERM; SIGHUP reloads the sharing policies.
     Serve {
@@ -359,6 +360,7 @@ pub fn main() -> ExitCode {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo => crate::demo::run(&mut std::io::stdout().lock()).map_err(CliError::Rejected),
         Command::Serve { config } => serve(&config),
         Command::Send { api, to, file } => {

@@ -42,7 +42,8 @@
 //! - [`audit`] — the hash-chained audit trail, signed checkpoints, verification and export.
 //! - [`api`] — the local HTTP+JSON API with per-client bearer tokens.
 //! - [`client`] — the CLI's minimal HTTP client for the local API.
-//! - [`cli`] — the `liaison` command line; [`demo`] — the offline demo federation.
+//! - [`cli`] — the `liaison` command line; `demo` — the offline demo federation on embedded
+//!   demo keys (feature `demo`, on by default; production builds leave it out).
 //!
 //! See `ARCHITECTURE.md` for the design decisions and how the pieces fit.
 #![forbid(unsafe_code)]
@@ -56,6 +57,7 @@ pub mod client;
 pub mod config;
 pub mod deadlines;
 pub mod delivery;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod encoding;
 pub mod ids;
