@@ -666,7 +666,7 @@ impl Sim {
                 .get(Tree::Sealed, &pair_key(t.packet_id, &peer))
                 .map_err(err("sealed"))?
                 .ok_or_else(|| format!("sealed copy of {} missing at {}", t.packet_id, node.id))?;
-            machine.handle_written(now, &t);
+            machine.handle_written(now, lane, &t);
             frames.push(Msg::Frame { conn, lane, bytes });
         }
         for f in frames {

@@ -164,7 +164,14 @@ pub struct SledBackend {
 impl SledBackend {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).mode(sled::Mode::HighThroughput).open().map_err(backend)?;
+        // No background flushing on a timer: what the writer's flush did not make durable, and
+        // took back after a failure, is not flushed behind its back half a second later.
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()
+            .map_err(backend)?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name()).map_err(backend)).collect::<Result<_, _>>()?;
         Ok(Self { db, trees })
     }
@@ -382,6 +389,8 @@ pub struct Store {
     tx: Arc<Mutex<Option<mpsc::Sender<Commit>>>>,
     backend: Arc<dyn Backend>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The audit chain's head as of the last successful flush (what a checkpoint may sign).
+    durable: Arc<Mutex<audit::Head>>,
 }
 
 struct Commit {
@@ -411,12 +420,16 @@ impl Store {
             None => audit::Head::GENESIS,
         };
         let (tx, rx) = mpsc::channel::<Commit>();
+        let durable = Arc::new(Mutex::new(head));
         let b = backend.clone();
         let writer = std::thread::Builder::new()
             .name("liaison-store".into())
-            .spawn(move || writer_loop(&*b, &rx, head))
+            .spawn({
+                let durable = durable.clone();
+                move || writer_loop(&*b, &rx, head, &durable)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { tx: Arc::new(Mutex::new(Some(tx))), backend, writer: Arc::new(Mutex::new(Some(writer))) })
+        Ok(Self { tx: Arc::new(Mutex::new(Some(tx))), backend, writer: Arc::new(Mutex::new(Some(writer))), durable })
     }
 
     /// Applies `ops` and returns once they are flushed to disk (group commit with any concurrent
@@ -455,11 +468,12 @@ impl Store {
     }
 
     /// The audit chain's committed head.
+    ///
+    /// This is the head as of the last successful flush, not what the backend shows while a
+    /// batch is being flushed: a checkpoint must never sign entries that a failed flush then
+    /// takes back.
     pub fn audit_head(&self) -> Result<audit::Head, StoreError> {
-        Ok(match self.get(Tree::Meta, AUDIT_HEAD)? {
-            Some(v) => decode(Tree::Meta, &v)?,
-            None => audit::Head::GENESIS,
-        })
+        self.durable.lock().map(|h| *h).map_err(|_| StoreError::Closed)
     }
 
     /// The signed checkpoints of the audit trail.
@@ -556,7 +570,12 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 /// acknowledged: what it overwrote is put back, so reads do not show it either; the audit
 /// chain's head goes back to where it was, so the next entries reuse
 /// the sequence numbers the failed batch could not write.
-fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: audit::Head) {
+fn writer_loop(
+    backend: &dyn Backend,
+    rx: &mpsc::Receiver<Commit>,
+    mut head: audit::Head,
+    durable: &Mutex<audit::Head>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -587,14 +606,22 @@ fn writer_loop(backend: &dyn Backend, rx: &mpsc::Receiver<Commit>, mut head: aud
             let applied = backend.apply(&ops).and_then(|()| backend.flush());
             if applied.is_err() {
                 // Put back what the batch overwrote: reads must not show what was never
-                // acknowledged (sled keeps writes whose flush failed in memory, and may make
-                // them durable later).
-                let _ = backend.apply(&undo);
+                // acknowledged (sled keeps writes whose flush failed in memory), and flush that
+                // at once if the disk lets us, so that the failed batch cannot become durable
+                // with a later flush either.
+                if backend.apply(&undo).is_ok() {
+                    let _ = backend.flush();
+                }
             }
             applied
         });
-        if result.is_err() {
-            head = before;
+        match result {
+            Ok(()) => {
+                if let Ok(mut d) = durable.lock() {
+                    *d = head;
+                }
+            }
+            Err(_) => head = before,
         }
         for c in batch {
             let _ = c.reply.send(result.clone());
@@ -689,6 +716,32 @@ mod tests {
         mem.set_failing(false);
         store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]).unwrap();
         assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    /// A batch whose flush fails is taken back: reads do not show it, what it overwrote is
+    /// back, and the audit head (what a checkpoint signs) stays where it was.
+    #[test]
+    fn a_failed_flush_is_taken_back() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem.clone()).unwrap();
+        store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"old".to_vec())]).unwrap();
+        let head = store.audit_head().unwrap();
+        mem.set_failing_flushes(true);
+        let ops = vec![
+            Op::Put(Tree::Inbox, b"k".to_vec(), b"new".to_vec()),
+            Op::Put(Tree::Inbox, b"k".to_vec(), b"newer".to_vec()),
+            Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec()),
+            Op::Audit(crate::audit::Event::Stopped),
+        ];
+        assert!(store.commit_blocking(ops).is_err());
+        assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"old"[..]), "what it overwrote is back");
+        assert_eq!(store.get(Tree::Inbox, b"j").unwrap(), None);
+        assert_eq!(store.audit_head().unwrap(), head);
+        assert!(store.scan(Tree::Audit, &[]).unwrap().is_empty());
+        mem.set_failing_flushes(false);
+        mem.crash();
+        let store = Store::with_backend(mem.clone()).unwrap();
+        assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"old"[..]));
     }
 
     #[test]

@@ -259,12 +259,14 @@ impl Sender {
     pub fn begin_write(&mut self, now: Millis, lane: LaneId, t: &Transmit) -> bool {
         let in_flight = self.outbox.is_in_flight(t);
         let Some(state) = self.lane_mut(lane) else { return false };
-        if !in_flight {
-            state.copies.remove(&t.packet_id);
+        // The slot is this attempt's only if nothing polled the packet again meanwhile (its
+        // receipt timer ran out while it waited, and a later attempt holds the slot now).
+        let Some(held) = state.copies.get(&t.packet_id) else { return false };
+        if held.t.attempt != t.attempt {
             return false;
         }
-        let Some(held) = state.copies.get_mut(&t.packet_id) else { return false };
-        if held.t.attempt != t.attempt {
+        if !in_flight {
+            state.copies.remove(&t.packet_id);
             return false;
         }
         if !state.copies.values().any(|h| h.written.is_some()) {
@@ -279,8 +281,12 @@ impl Sender {
         true
     }
 
-    /// `t` has been written (a large copy takes a while): its receipt is awaited from now.
-    pub fn handle_written(&mut self, now: Millis, t: &Transmit) {
+    /// `t` has been written on `lane` (a large copy takes a while): its receipt, and the
+    /// lane's next receipt, are awaited from now.
+    pub fn handle_written(&mut self, now: Millis, lane: LaneId, t: &Transmit) {
+        if let Some(state) = self.lane_mut(lane) {
+            state.progress = state.progress.max(now);
+        }
         self.outbox.handle_written(now, t);
     }
 
@@ -715,5 +721,39 @@ mod tests {
         assert!(!s.is_current(lane));
         s.handle_connection_lost(6);
         assert!(s.poll_connect(10_000));
+    }
+
+    /// A copy polled again while its first attempt still waited in the lane (its receipt timer
+    /// ran out): the old job is not written and does not take the new attempt's slot, and the
+    /// new one is written.
+    #[test]
+    fn a_stale_job_does_not_take_the_slot_of_the_next_attempt() {
+        let mut s = sender_with(1, Priority::Routine);
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let (lane, first) = s.poll_transmit(0).unwrap();
+        // Not written yet (the lane is busy); the outbox's receipt timer runs out and the
+        // backoff passes: polled again, same lane.
+        s.handle_timeout(500);
+        let at = s.poll_timeout().unwrap();
+        let (lane2, second) = s.poll_transmit(at).unwrap();
+        assert_eq!((lane2, second.attempt), (lane, 2));
+        assert!(!s.begin_write(at, lane, &first), "the stale job is not written");
+        assert_eq!(s.lane_load(Priority::Routine), 1, "and the slot stays the second attempt's");
+        assert!(s.begin_write(at, lane, &second), "which is written");
+    }
+
+    /// A copy whose write takes longer than the receipt timeout does not close its lane: the
+    /// timer runs from the end of the write.
+    #[test]
+    fn a_long_write_does_not_time_the_lane_out() {
+        let mut s = sender_with(1, Priority::Routine);
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let (lane, t) = s.poll_transmit(0).unwrap();
+        assert!(s.begin_write(0, lane, &t));
+        s.handle_written(700, lane, &t);
+        assert!(s.handle_timeout(800).is_empty(), "500 ms after the start, but 100 after the end of the write");
+        assert_eq!(s.handle_timeout(1_200), vec![lane]);
     }
 }

@@ -49,33 +49,43 @@ impl Node {
             });
             fresh.extend(sealed.map(|v| (e.recipient.clone(), e.packet_id, v)));
         }
-        // Deadline changes go to disk with the copies and into force after them.
-        let reserved = self.reserve_deadlines(sub.copies.iter().map(|(p, _)| p)).await;
-        let mut staged = crate::deadlines::Staged::default();
-        if Deadlines::concerns(packet) {
-            let deadlines = lock(&self.inner.deadlines);
-            for (copy, to) in &sub.copies {
-                deadlines.stage(&mut staged, copy, Flow::Sent, to, now);
+        // Deadline changes go to disk with the copies and into force after them. From the
+        // commit on, the work runs in a task of its own: a submitter that goes away (a client
+        // hanging up) must not leave copies on disk that the sender machines never got.
+        let node = self.clone();
+        let concerns = Deadlines::concerns(packet);
+        let copies = sub.copies;
+        let entries = sub.entries;
+        let stored = self.spawn(async move {
+            let reserved = node.reserve_deadlines(copies.iter().map(|(p, _)| p)).await;
+            let mut staged = crate::deadlines::Staged::default();
+            if concerns {
+                let deadlines = lock(&node.inner.deadlines);
+                for (copy, to) in &copies {
+                    deadlines.stage(&mut staged, copy, Flow::Sent, to, now);
+                }
             }
-        }
-        ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        self.inner.store.commit(ops).await?;
-        lock(&self.inner.deadlines).apply(staged);
-        drop(reserved);
-        for (to, id, bytes) in fresh {
-            if let Some(f) = self.inner.fresh.get(&to) {
-                lock(f).keep(id, bytes);
+            ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
+            node.inner.store.commit(ops).await?;
+            lock(&node.inner.deadlines).apply(staged);
+            drop(reserved);
+            for (to, id, bytes) in fresh {
+                if let Some(f) = node.inner.fresh.get(&to) {
+                    lock(f).keep(id, bytes);
+                }
             }
-        }
-        for e in sub.entries {
-            let to = e.recipient.clone();
-            if let Some(sender) = self.sender(&to) {
-                lock(sender).admit(now, e);
+            for e in entries {
+                let to = e.recipient.clone();
+                if let Some(sender) = node.sender(&to) {
+                    lock(sender).admit(now, e);
+                }
+                if let Some(w) = node.inner.wake.get(&to) {
+                    w.notify_one();
+                }
             }
-            if let Some(w) = self.inner.wake.get(&to) {
-                w.notify_one();
-            }
-        }
+            Ok::<(), NodeError>(())
+        });
+        stored.await.map_err(|_| NodeError::Store(StoreError::Closed))??;
         let s = &sub.submitted;
         info!(packet_id = %s.id, kind = %packet.packet_type(), priority = packet.envelope.priority.as_str(), recipients = s.sent.len(), refused = s.denied.len(), "submitted");
         Ok(sub.submitted)
@@ -294,6 +304,16 @@ impl Node {
     /// to the originator. Every officer who reads it may acknowledge it (up to
     /// [`store::MAX_READS`]); an officer's second acknowledgement is refused, and nothing is sent.
     pub async fn ack(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
+        // Recorded here and sent on in a task of its own: a caller that goes away between the
+        // two must not leave an acknowledgement recorded and never sent.
+        let node = self.clone();
+        let from = from.cloned();
+        self.spawn(async move { node.ack_now(packet_id, from.as_ref(), officer).await })
+            .await
+            .map_err(|_| NodeError::Store(StoreError::Closed))?
+    }
+
+    async fn ack_now(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
         let _one_at_a_time = self.inner.acks.lock().await;
         let (packet, mut rec) = self.show(packet_id, from)?;
         if let Some((_, at)) = rec.reads.iter().find(|(o, _)| *o == officer) {

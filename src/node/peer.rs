@@ -213,8 +213,9 @@ impl Node {
             None => {
                 let key = pair_key(t.packet_id, &t.recipient);
                 let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
+                    // The lane fails, so the copy's window slot is given back with the others'.
                     warn!(packet_id = %t.packet_id, "sealed copy missing from the store; cannot send");
-                    return Ok(false);
+                    return Err(format!("sealed copy of {} missing from the store", t.packet_id));
                 };
                 bytes
             }
@@ -223,7 +224,7 @@ impl Node {
             return Ok(false);
         }
         wire::write_frame(send, &bytes).await.map_err(|e| e.to_string())?;
-        lock(machine).handle_written(now_ms(), t);
+        lock(machine).handle_written(now_ms(), lane, t);
         debug!(packet_id = %t.packet_id, attempt = t.attempt, bytes = bytes.len(), "copy written");
         Ok(true)
     }
