@@ -252,6 +252,9 @@ fn stream_key(conn: u64, lane: LaneId) -> StreamKey {
     (conn, lane.priority as u8, lane.generation)
 }
 
+/// A copy handed to a lane and not yet written: on which connection and lane.
+type Job = (u64, LaneId, crate::delivery::Transmit);
+
 /// An acknowledged copy: who sent it to whom, until when.
 #[derive(Debug, Clone)]
 struct Expected {
@@ -272,6 +275,9 @@ struct Sim {
     /// The connection each node uses to send to each partner.
     links: BTreeMap<(usize, usize), u64>,
     arrived: BTreeMap<StreamKey, Vec<Vec<u8>>>,
+    /// Copies handed to a lane and not written yet (the lane's stream is busy), per (node,
+    /// partner): written by a later step, as a lane task writes its backlog.
+    backlog: BTreeMap<(usize, usize), std::collections::VecDeque<Job>>,
     /// Pairs (lower index first) cut off from each other until a time.
     partitions: BTreeMap<(usize, usize), Millis>,
     loss: f64,
@@ -356,6 +362,7 @@ impl Sim {
             next_conn: 1,
             links: BTreeMap::new(),
             arrived: BTreeMap::new(),
+            backlog: BTreeMap::new(),
             partitions: BTreeMap::new(),
             loss,
             dup,
@@ -414,6 +421,7 @@ impl Sim {
                 self.partition();
                 Ok(())
             }
+            640..=689 => self.write_backlog_random(),
             _ if self.chance(crash) => {
                 let i = self.below(self.nodes.len() as u64) as usize;
                 self.crash(i)
@@ -653,11 +661,29 @@ impl Sim {
             }
         }
         let conn = self.links.get(&(a, b)).copied().unwrap_or(0);
-        let mut frames = Vec::new();
+        // Some of the time the lanes are busy: what is polled waits in their backlog.
+        let busy = self.chance(0.3);
         for _ in 0..burst {
+            let Some(machine) = self.nodes[a].senders.get_mut(&peer) else { break };
+            let Some((lane, t)) = machine.poll_transmit(now) else { break };
+            self.backlog.entry((a, b)).or_default().push_back((conn, lane, t));
+        }
+        if !busy {
+            self.write_backlog(a, b, usize::MAX)?;
+        }
+        self.persist(a, b)
+    }
+
+    /// Node `a`'s lanes to `b` write up to `n` copies of their backlog, oldest first, each only
+    /// if the machine still wants it written (as `write_copy`).
+    fn write_backlog(&mut self, a: usize, b: usize, n: usize) -> Res {
+        let now = self.now;
+        let peer = self.nodes[b].id.clone();
+        let mut frames = Vec::new();
+        for _ in 0..n {
+            let Some((conn, lane, t)) = self.backlog.get_mut(&(a, b)).and_then(|q| q.pop_front()) else { break };
             let node = &mut self.nodes[a];
             let Some(machine) = node.senders.get_mut(&peer) else { break };
-            let Some((lane, t)) = machine.poll_transmit(now) else { break };
             if !machine.begin_write(now, lane, &t) {
                 continue;
             }
@@ -672,6 +698,17 @@ impl Sim {
         for f in frames {
             self.send(a, b, f);
         }
+        Ok(())
+    }
+
+    fn write_backlog_random(&mut self) -> Res {
+        let ready: Vec<(usize, usize)> = self.backlog.iter().filter(|(_, q)| !q.is_empty()).map(|(k, _)| *k).collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let (a, b) = ready[self.below(ready.len() as u64) as usize];
+        let n = 1 + self.below(8) as usize;
+        self.write_backlog(a, b, n)?;
         self.persist(a, b)
     }
 
@@ -853,6 +890,8 @@ impl Sim {
         }
         let dead: BTreeSet<u64> = self.conns.iter().filter(|(_, c)| !c.alive).map(|(id, _)| *id).collect();
         self.arrived.retain(|k, _| !dead.contains(&k.0));
+        // Its lane tasks died with it.
+        self.backlog.retain(|(a, _), _| *a != i);
         self.verified.retain(|k| k.0 != i);
         self.check()?;
         self.check_audit()
@@ -867,7 +906,11 @@ impl Sim {
         let n = self.nodes.len();
         for _ in 0..20_000 {
             let pending: usize = self.nodes.iter().flat_map(|x| x.senders.values()).map(Sender::pending).sum();
-            if pending == 0 && self.net.is_empty() && self.arrived.values().all(Vec::is_empty) {
+            if pending == 0
+                && self.net.is_empty()
+                && self.arrived.values().all(Vec::is_empty)
+                && self.backlog.values().all(|q| q.is_empty())
+            {
                 return Ok(());
             }
             self.step += 1;
