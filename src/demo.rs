@@ -36,15 +36,7 @@ macro_rules! material {
 /// signing key, encryption key, public keys, TLS certificate and TLS key.
 const NODES: [(&str, [&str; 5]); 3] =
     [("CO-DIJIN", material!("CO-DIJIN")), ("ES-UDYCO", material!("ES-UDYCO")), ("IT-DCSA", material!("IT-DCSA"))];
-/// The demo sharing policies: (node, partner, policy file).
-const POLICIES: [(&str, &str, &str); 6] = [
-    ("IT-DCSA", "ES-UDYCO", include_str!("../configs/policies/IT-DCSA/ES-UDYCO.toml")),
-    ("IT-DCSA", "CO-DIJIN", include_str!("../configs/policies/IT-DCSA/CO-DIJIN.toml")),
-    ("ES-UDYCO", "IT-DCSA", include_str!("../configs/policies/ES-UDYCO/IT-DCSA.toml")),
-    ("ES-UDYCO", "CO-DIJIN", include_str!("../configs/policies/ES-UDYCO/CO-DIJIN.toml")),
-    ("CO-DIJIN", "IT-DCSA", include_str!("../configs/policies/CO-DIJIN/IT-DCSA.toml")),
-    ("CO-DIJIN", "ES-UDYCO", include_str!("../configs/policies/CO-DIJIN/ES-UDYCO.toml")),
-];
+use crate::federation::POLICIES;
 const CA: &str = include_str!("../certs-example/tls/ca.crt");
 const CRL: &str = include_str!("../certs-example/tls/crl.pem");
 const ALERT: &str = include_str!("../schemas/examples/controlled-delivery-alert.json");

@@ -25,6 +25,7 @@
 //!   signed consent, checked at every hop.
 //! - [`node`] — the I/O shell: QUIC streams, store and clock driving the delivery machines
 //!   (`outbound`, `peer`, `inbound`, `queries`, `admin`).
+//! - [`federation`] — the demo federation's sharing agreements (for the demo and the simulator).
 //! - [`sim`] — the whole-federation simulator: the production machines over a simulated
 //!   network, disk and clock, with faults; invariants after every step; seeds replay.
 //! - [`policy`] — per-partner sharing policies (files, rate limits) and `evaluate`, the one
@@ -60,6 +61,7 @@ pub mod delivery;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod encoding;
+pub mod federation;
 pub mod ids;
 pub mod keys;
 pub mod limits;
