@@ -21,6 +21,7 @@
 //! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
 //! | `meta` | name | store format version |
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -68,6 +69,10 @@ pub enum StoreError {
 pub enum Tree {
     /// Delivery state per (packet, recipient).
     Outbox,
+    /// Acknowledgements of copies sent, as the partner reported them: (packet, recipient,
+    /// officer) -> read at (ms, big-endian). A set that only grows, kept apart from the entry
+    /// so that writing an acknowledgement never races with writing the entry's state.
+    Reads,
     /// Sealed copies waiting to be (re)sent.
     Sealed,
     /// Signed receipts received, by the receipt's own packet id (one receipt covers a batch).
@@ -92,8 +97,9 @@ pub enum Tree {
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 11] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Outbox,
+        Tree::Reads,
         Tree::Sealed,
         Tree::Receipts,
         Tree::ReceiptIndex,
@@ -110,6 +116,7 @@ impl Tree {
     pub fn name(self) -> &'static str {
         match self {
             Self::Outbox => "outbox",
+            Self::Reads => "reads",
             Self::Sealed => "sealed",
             Self::Receipts => "receipts",
             Self::ReceiptIndex => "receipt_index",
@@ -382,6 +389,17 @@ pub fn pair_key(packet_id: PacketId, node: &NodeId) -> Vec<u8> {
     [packet_id.as_bytes().as_slice(), node.as_str().as_bytes()].concat()
 }
 
+/// The key of `officer`'s acknowledgement at `node` of `packet_id` (in [`Tree::Reads`]): the
+/// pair key, a zero byte (no node id holds one), the officer.
+pub fn read_key(packet_id: PacketId, node: &NodeId, officer: &OfficerId) -> Vec<u8> {
+    [pair_key(packet_id, node).as_slice(), &[0], officer.as_str().as_bytes()].concat()
+}
+
+/// The write that records `officer`'s acknowledgement at `node` of `packet_id`, read at `at`.
+pub fn put_read(packet_id: PacketId, node: &NodeId, officer: &OfficerId, at: Millis) -> Op {
+    Op::Put(Tree::Reads, read_key(packet_id, node, officer), at.to_be_bytes().to_vec())
+}
+
 /// The owner of the store: a handle to its writer thread, and direct read access.
 #[derive(Clone)]
 pub struct Store {
@@ -391,6 +409,22 @@ pub struct Store {
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The audit chain's head as of the last successful flush (what a checkpoint may sign).
     durable: Arc<Mutex<audit::Head>>,
+}
+
+/// A commit handed to the writer ([`Store::enqueue`]), to wait on.
+#[must_use = "a commit is durable only once `durable` says so"]
+pub struct Pending(Result<tokio::sync::oneshot::Receiver<Result<(), StoreError>>, StoreError>);
+
+impl Pending {
+    /// Returns once the commit is flushed to disk, or failed (then nothing of it is stored).
+    pub async fn durable(self) -> Result<(), StoreError> {
+        self.0?.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`Pending::durable`] for callers outside an async runtime.
+    pub fn durable_blocking(self) -> Result<(), StoreError> {
+        self.0?.blocking_recv().map_err(|_| StoreError::Closed)?
+    }
 }
 
 struct Commit {
@@ -435,9 +469,18 @@ impl Store {
     /// Applies `ops` and returns once they are flushed to disk (group commit with any concurrent
     /// callers).
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.enqueue(ops).durable().await
+    }
+
+    /// Hands `ops` to the writer now and returns what to wait on. The writer applies commits in
+    /// the order they were enqueued: a caller that takes a snapshot of some state and enqueues
+    /// it under the lock that guards the state knows that no older snapshot lands after it.
+    pub fn enqueue(&self, ops: Vec<Op>) -> Pending {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Commit { ops, reply })?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        match self.send(Commit { ops, reply }) {
+            Ok(()) => Pending(Ok(rx)),
+            Err(e) => Pending(Err(e)),
+        }
     }
 
     fn send(&self, commit: Commit) -> Result<(), StoreError> {
@@ -447,9 +490,7 @@ impl Store {
 
     /// [`Store::commit`] for callers outside an async runtime.
     pub fn commit_blocking(&self, ops: Vec<Op>) -> Result<(), StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Commit { ops, reply })?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+        self.enqueue(ops).durable_blocking()
     }
 
     /// One committed value.
@@ -464,7 +505,31 @@ impl Store {
 
     /// Every outbox entry (for [`crate::delivery::Outbox::restore`] at start-up).
     pub fn outbox_entries(&self) -> Result<Vec<Entry>, StoreError> {
-        self.scan(Tree::Outbox, &[])?.into_iter().map(|(_, v)| decode(Tree::Outbox, &v)).collect()
+        let mut reads: HashMap<Vec<u8>, Vec<(OfficerId, Millis)>> = HashMap::new();
+        for (k, v) in self.scan(Tree::Reads, &[])? {
+            let bad = || StoreError::Corrupt { tree: Tree::Reads.name(), reason: "a malformed acknowledgement".into() };
+            // The packet id's 16 bytes may hold zeros; the node id after them does not.
+            let split = k.iter().skip(16).position(|b| *b == 0).map(|p| p + 16).ok_or_else(bad)?;
+            let officer: OfficerId =
+                std::str::from_utf8(&k[split + 1..]).ok().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
+            let at = Millis::from_be_bytes(v.as_slice().try_into().map_err(|_| bad())?);
+            reads.entry(k[..split].to_vec()).or_default().push((officer, at));
+        }
+        self.scan(Tree::Outbox, &[])?
+            .into_iter()
+            .map(|(k, v)| {
+                let mut e: Entry = decode(Tree::Outbox, &v)?;
+                // Older stores kept them in the entry only; both are merged, in time order.
+                for (officer, at) in reads.remove(&k).unwrap_or_default() {
+                    if !e.reads.iter().any(|(o, _)| *o == officer) {
+                        e.reads.push((officer, at));
+                    }
+                }
+                e.reads.sort_by_key(|(_, at)| *at);
+                e.reads.truncate(MAX_READS);
+                Ok(e)
+            })
+            .collect()
     }
 
     /// The audit chain's committed head.
@@ -758,6 +823,35 @@ mod tests {
         store.commit_blocking(vec![Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00])]).unwrap();
         let err = store.outbox_entries().unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { tree: "outbox", .. }), "{err}");
+    }
+
+    /// Acknowledgements live in a tree of their own and are merged into their entries on
+    /// load, with any an older store kept in the entry itself; a snapshot of the entry that
+    /// lacks them cannot take them away.
+    #[test]
+    fn acknowledgements_are_kept_apart_and_merged() {
+        let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+        let rossi: OfficerId = "Isp. Rossi".parse().unwrap();
+        let bianchi: OfficerId = "Isp. Bianchi".parse().unwrap();
+        let e = entry(1);
+        let older = Entry { reads: vec![(rossi.clone(), 50)], ..entry(1) };
+        store
+            .commit_blocking(vec![
+                put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &older),
+                put_read(e.packet_id, &e.recipient, &bianchi, 40),
+                put_read(e.packet_id, &e.recipient, &rossi, 50),
+                put_read(entry(2).packet_id, &e.recipient, &rossi, 60),
+            ])
+            .unwrap();
+        // A later snapshot of the entry without them.
+        store.commit_blocking(vec![put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e)]).unwrap();
+        let loaded = store.outbox_entries().unwrap();
+        assert_eq!(loaded.len(), 1, "an acknowledgement of an entry not kept adds none");
+        assert_eq!(loaded[0].reads, vec![(bianchi, 40), (rossi, 50)]);
+
+        store.commit_blocking(vec![Op::Put(Tree::Reads, b"no separator".to_vec(), vec![0; 8])]).unwrap();
+        let err = store.outbox_entries().unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { tree: "reads", .. }), "{err}");
     }
 
     #[test]

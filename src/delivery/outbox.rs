@@ -403,6 +403,8 @@ impl Outbox {
             ReceiptOutcome::Rejected { code, reason } => EntryState::Rejected { at: now, code, reason },
         };
         let will_be = Entry { state: state.clone(), ..e.clone() };
+        // Written with the receipt, which supersedes any older change not yet written.
+        self.dirty.remove(&k);
         self.prepared.insert(k, state);
         (ReceiptMatch::Completed, Some(will_be))
     }
@@ -420,9 +422,13 @@ impl Outbox {
         }
     }
 
-    /// The prepared receipt could not be stored: the entry stays as it was (and is sent again).
+    /// The prepared receipt could not be stored: the entry stays as it was (and is sent again),
+    /// and is written again (a change made before the receipt went with its failed commit).
     pub fn abandon_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
-        self.prepared.remove(&(packet_id, receiver.clone()));
+        let k = (packet_id, receiver.clone());
+        if self.prepared.remove(&k).is_some() {
+            self.dirty.insert(k);
+        }
     }
 
     /// What an acknowledgement by `officer` at `receiver` would do to `entry` (the entry as it
@@ -441,36 +447,14 @@ impl Outbox {
         }
     }
 
-    /// An officer at `receiver` acknowledged `packet_id`: recorded if it is a new officer and
-    /// there is room, and the entry is marked dirty.
-    pub fn handle_read_ack(
-        &mut self,
-        packet_id: PacketId,
-        receiver: &NodeId,
-        officer: OfficerId,
-        at: Millis,
-    ) -> ReadAckMatch {
-        let k = (packet_id, receiver.clone());
-        let m = Self::read_ack_match(self.entries.get(&k), &officer);
-        if let (ReadAckMatch::New, Some(e)) = (m, self.entries.get_mut(&k)) {
+    /// Puts in force an acknowledgement the caller has just persisted (in [`crate::store::Tree::Reads`],
+    /// apart from the entry: so it needs no new snapshot of the entry). One already there (another
+    /// batch may have added it meanwhile) or beyond [`crate::store::MAX_READS`] is left out.
+    pub fn add_read(&mut self, packet_id: PacketId, receiver: &NodeId, officer: OfficerId, at: Millis) {
+        let Some(e) = self.entries.get_mut(&(packet_id, receiver.clone())) else { return };
+        if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
             e.reads.push((officer, at));
-            self.dirty.insert(k);
         }
-        m
-    }
-
-    /// Adds to memory the acknowledgements the caller has just persisted with the entry. Any it
-    /// did not have are merged in (another batch may have added others meanwhile), and the
-    /// entry is marked dirty, so that a snapshot of it taken before is written again with them.
-    pub fn add_reads(&mut self, packet_id: PacketId, receiver: &NodeId, reads: Vec<(OfficerId, Millis)>) {
-        let k = (packet_id, receiver.clone());
-        let Some(e) = self.entries.get_mut(&k) else { return };
-        for (officer, at) in reads {
-            if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
-                e.reads.push((officer, at));
-            }
-        }
-        self.dirty.insert(k);
     }
 
     /// Time passed: in-flight copies whose receipt is overdue go back to the queue with backoff,
@@ -504,9 +488,17 @@ impl Outbox {
 
     /// Entries changed since the last call; the driver persists them (and flushes) before it
     /// acts on the change, and gives them back with [`Outbox::mark_dirty`] if the commit fails.
+    ///
+    /// The driver must hand these snapshots to the store in the order it took them (take and
+    /// enqueue under one lock): the store then never puts an older snapshot over a newer one.
+    /// An entry whose receipt is being stored is left dirty and not taken: its memory state is
+    /// older than what the receipt's commit writes, and would land after it.
     pub fn take_dirty(&mut self) -> Vec<Entry> {
-        let keys: Vec<Key> = std::mem::take(&mut self.dirty).into_iter().collect();
-        keys.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
+        let prepared = &self.prepared;
+        let (held, taken): (BTreeSet<Key>, BTreeSet<Key>) =
+            std::mem::take(&mut self.dirty).into_iter().partition(|k| prepared.contains_key(k));
+        self.dirty = held;
+        taken.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
     }
 
     /// One entry.
@@ -789,13 +781,48 @@ mod tests {
         assert_eq!(o.prepare_receipt(900, pid(1), &es, d, accepted).0, ReceiptMatch::Completed);
         o.handle_timeout(1_000);
         assert_ne!(o.entry(pid(1), &es).unwrap().state.name(), "expired");
-        o.take_dirty();
+        assert!(o.take_dirty().is_empty(), "held while its receipt is stored");
         o.apply_prepared(pid(1), &es);
         assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "delivered");
-        assert!(o.take_dirty().is_empty(), "already stored with the receipt");
+        // The timeout changed it meanwhile, so it is written again, in its final state.
+        assert!(o.take_dirty().iter().all(|e| e.state.name() == "delivered"));
+        assert!(o.take_dirty().is_empty());
         o.handle_timeout(2_000);
         assert_eq!(o.entry(pid(1), &es).unwrap().state.name(), "delivered", "terminal");
         assert_eq!(o.pending(), 0);
+    }
+
+    /// While a receipt's commit runs, the entry's memory state (older than what the receipt
+    /// writes) is never taken for writing: it would land after the receipt's snapshot and put
+    /// a delivered copy back in the queue on disk. If the receipt is abandoned, the entry is
+    /// written again; once applied, a change made meanwhile is written with the final state.
+    #[test]
+    fn an_entry_whose_receipt_is_being_stored_is_not_taken() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        let d = Digest::of(b"x");
+        let accepted = ReceiptOutcome::Accepted { received_at: 5 };
+        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, d);
+        o.poll_transmit(0, &es).unwrap();
+        assert_eq!(o.prepare_receipt(5, pid(1), &es, d, accepted.clone()).0, ReceiptMatch::Completed);
+        assert!(o.take_dirty().is_empty(), "the receipt's commit writes it");
+        o.handle_send_failed(6, pid(1), &es);
+        assert!(o.take_dirty().is_empty(), "held while the receipt is stored");
+        o.abandon_prepared(pid(1), &es);
+        let again = o.take_dirty();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].state.name(), "queued");
+
+        let t = o.poll_timeout().unwrap();
+        o.poll_transmit(t, &es).unwrap();
+        o.take_dirty();
+        assert_eq!(o.prepare_receipt(t, pid(1), &es, d, accepted).0, ReceiptMatch::Completed);
+        o.handle_send_failed(t + 1, pid(1), &es);
+        assert!(o.take_dirty().is_empty());
+        o.apply_prepared(pid(1), &es);
+        let last = o.take_dirty();
+        assert_eq!(last.len(), 1, "changed meanwhile: written again");
+        assert_eq!(last[0].state.name(), "delivered");
     }
 
     /// Entries taken for persisting and not stored are persisted again.

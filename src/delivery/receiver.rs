@@ -26,6 +26,13 @@ use crate::seal::{peek_route, OpenError, SealContext, SealError};
 use crate::store::{self, pair_key, InboxRecord, Op, Tree};
 use crate::timestamp::Timestamp;
 
+/// An officer's acknowledgement of a copy sent: the packet, who, when (ms).
+pub type Read = (PacketId, OfficerId, Millis);
+
+/// A copy sent that a batch acknowledges: the entry with the batch's acknowledgements added,
+/// and those acknowledgements.
+type Acked = (Entry, Vec<Read>);
+
 /// What the receiver reads of the node's state. Each call may take a lock briefly; nothing is
 /// held across the batch.
 pub trait Known {
@@ -62,14 +69,14 @@ pub struct Batch {
     pub receipt_id: PacketId,
     /// The highest priority in the batch (the receipt's, and the lane's).
     pub lane: Priority,
-    /// The writes: evidence, inbox records, acknowledged outbox entries, the issued receipt,
-    /// audit events.
+    /// The writes: evidence, inbox records, acknowledgements of copies sent, the issued
+    /// receipt, audit events.
     pub ops: Vec<Op>,
     /// Packets stored: put in the inbox index once on disk.
     pub stored: Vec<(PacketId, Digest, Millis)>,
-    /// Officers' acknowledgements of copies this node sent the partner: put in force once on
-    /// disk.
-    pub acked: Vec<(PacketId, Vec<(OfficerId, Millis)>)>,
+    /// Officers' acknowledgements of copies this node sent the partner, new in this batch:
+    /// put in force once on disk.
+    pub acked: Vec<Read>,
     /// Stored packets that may change a deadline, in order: the driver stages them.
     pub about_deadlines: Vec<Packet>,
     /// For the log.
@@ -106,7 +113,7 @@ impl Receiver<'_> {
         let mut new: HashMap<PacketId, (Digest, InboxRecord)> = HashMap::new();
         // Outbox entries that ReadAcks of this batch change, written with the batch and put in
         // force once it is on disk.
-        let mut acked: HashMap<PacketId, Entry> = HashMap::new();
+        let mut acked: HashMap<PacketId, Acked> = HashMap::new();
         let mut lane = Priority::Routine;
         let mut about_deadlines: Vec<Packet> = Vec::new();
         let mut notice = |kind, packet_id, code: Option<String>, message: String| {
@@ -252,8 +259,10 @@ impl Receiver<'_> {
         if items.is_empty() {
             return Ok(None);
         }
-        for e in acked.values() {
-            ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
+        let acked: Vec<(PacketId, OfficerId, Millis)> =
+            acked.into_values().flat_map(|(_, new)| new.into_iter()).collect();
+        for (id, officer, at) in &acked {
+            ops.push(store::put_read(*id, peer, officer, *at));
         }
         let copies = items.len();
         let audited: Vec<Receipted> = items.iter().map(receipted).collect();
@@ -273,7 +282,7 @@ impl Receiver<'_> {
             lane,
             ops,
             stored: new.into_iter().map(|(id, (digest, rec))| (id, digest, rec.received_at)).collect(),
-            acked: acked.into_iter().map(|(id, e)| (id, e.reads)).collect(),
+            acked,
             about_deadlines,
             notices,
             copies,
@@ -283,26 +292,30 @@ impl Receiver<'_> {
     /// System packets are about something this node holds: a ReadAck about a copy it sent to
     /// `peer` (each officer once, a bounded number), a consent about a packet `peer` sent it.
     /// Anything else is refused (the code and why) and not stored. A ReadAck that is taken adds
-    /// its officer to the entry in `acked`, which the batch writes and, once on disk, puts in
-    /// force.
+    /// its officer to `acked` (the entry as the batch has it, and what it adds), which the batch
+    /// writes and, once on disk, puts in force.
     fn system_context(
         &self,
         packet: &Packet,
         peer: &NodeId,
         batch: &HashMap<PacketId, (Digest, InboxRecord)>,
-        acked: &mut HashMap<PacketId, Entry>,
+        acked: &mut HashMap<PacketId, Acked>,
     ) -> Result<(), (&'static str, String)> {
         match &packet.body {
             Body::ReadAck(ack) => {
-                let entry = acked.get(&ack.packet_id).cloned().or_else(|| self.known.sent_to(ack.packet_id, peer));
-                match Outbox::read_ack_match(entry.as_ref(), &ack.officer) {
-                    ReadAckMatch::New => {
-                        if let Some(mut e) = entry {
-                            e.reads.push((ack.officer.clone(), super::millis(ack.read_at)));
-                            acked.insert(ack.packet_id, e);
-                        }
-                        Ok(())
+                let known = acked.remove(&ack.packet_id);
+                let known = known.or_else(|| self.known.sent_to(ack.packet_id, peer).map(|e| (e, Vec::new())));
+                let m = Outbox::read_ack_match(known.as_ref().map(|(e, _)| e), &ack.officer);
+                if let Some((mut e, mut new)) = known {
+                    if m == ReadAckMatch::New {
+                        let at = super::millis(ack.read_at);
+                        e.reads.push((ack.officer.clone(), at));
+                        new.push((ack.packet_id, ack.officer.clone(), at));
                     }
+                    acked.insert(ack.packet_id, (e, new));
+                }
+                match m {
+                    ReadAckMatch::New => Ok(()),
                     ReadAckMatch::Unknown => Err((
                         "system.unknown_packet",
                         format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),

@@ -474,9 +474,9 @@ impl Sender {
         Outbox::read_ack_match(self.entry(packet_id), officer)
     }
 
-    /// Acknowledgements just persisted with the entry, put in force.
-    pub fn add_reads(&mut self, packet_id: PacketId, reads: Vec<(OfficerId, Millis)>) {
-        self.outbox.add_reads(packet_id, &self.peer, reads);
+    /// An acknowledgement just persisted, put in force (see [`Outbox::add_read`]).
+    pub fn add_read(&mut self, packet_id: PacketId, officer: OfficerId, at: Millis) {
+        self.outbox.add_read(packet_id, &self.peer, officer, at);
     }
 
     fn lane_mut(&mut self, lane: LaneId) -> Option<&mut LaneState> {

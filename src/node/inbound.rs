@@ -240,8 +240,8 @@ impl Node {
         }
         if let (false, Some(sender)) = (batch.acked.is_empty(), self.sender(peer)) {
             let mut sender = lock(sender);
-            for (id, reads) in batch.acked {
-                sender.add_reads(id, reads);
+            for (id, officer, at) in batch.acked {
+                sender.add_read(id, officer, at);
             }
         }
         info!(from = %peer, copies = batch.copies, stored = batch.stored.len(), receipt = %batch.receipt_id, "batch stored and receipted");

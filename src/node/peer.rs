@@ -238,12 +238,18 @@ impl Node {
         let receipt = sender::open_receipt(&self.inner.seal, peer, bytes, Timestamp::now(), |id| {
             store.get(Tree::Receipts, id.as_bytes()).map(|r| r.is_some()).map_err(|e| e.to_string())
         })?;
-        let (prepared, dirty) = {
+        // Prepared, snapshot taken and handed to the store under one lock: no older snapshot
+        // of these entries can land after this one (see `Outbox::take_dirty`).
+        let (prepared, dirty_keys, pending) = {
             let mut m = lock(machine);
             let prepared = m
                 .prepare_receipt(now_ms(), lane, &receipt.items)
                 .map_err(|e| format!("receipt {}: {e}; refused", receipt.id))?;
-            (prepared, m.take_dirty())
+            let dirty = m.take_dirty();
+            let dirty_keys: Vec<(PacketId, NodeId)> =
+                dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+            let pending = store.enqueue(sender::receipt_ops(peer, &receipt, &prepared, dirty));
+            (prepared, dirty_keys, pending)
         };
         for id in prepared.mismatched() {
             warn!(packet_id = %id, receipt = %receipt.id, "receipt names other bytes than were sent; will send again");
@@ -256,8 +262,7 @@ impl Node {
                 _ => info!("delivered"),
             }
         }
-        let dirty_keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
-        let committed = store.commit(sender::receipt_ops(peer, &receipt, &prepared, dirty)).await;
+        let committed = pending.durable().await;
         {
             let mut m = lock(machine);
             match &committed {
@@ -280,13 +285,18 @@ impl Node {
     /// fails they stay dirty and are written by a later call.
     pub(super) async fn persist_dirty(&self, peer: &NodeId) {
         let Some(machine) = self.sender(peer) else { return };
-        let dirty = lock(machine).take_dirty();
-        let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
-        let ops = sender::entry_ops(dirty);
-        if ops.is_empty() {
-            return;
-        }
-        if let Err(e) = self.inner.store.commit(ops).await {
+        // Taken and handed to the store under one lock, so snapshots land in the order taken.
+        let (keys, pending) = {
+            let mut m = lock(machine);
+            let dirty = m.take_dirty();
+            let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+            let ops = sender::entry_ops(dirty);
+            if ops.is_empty() {
+                return;
+            }
+            (keys, self.inner.store.enqueue(ops))
+        };
+        if let Err(e) = pending.durable().await {
             warn!(error = %e, "could not persist outbox state; kept to write again");
             lock(machine).mark_dirty(keys);
         }

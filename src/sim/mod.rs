@@ -656,8 +656,8 @@ impl Sim {
             node.inbox.record(*id, peer.clone(), *digest, *at);
         }
         if let Some(m) = node.senders.get_mut(&peer) {
-            for (id, reads) in batch.acked {
-                m.add_reads(id, reads);
+            for (id, officer, at) in batch.acked {
+                m.add_read(id, officer, at);
             }
         }
         self.send(r, s, Msg::Receipt { conn: conn_id, lane, bytes: batch.receipt });
