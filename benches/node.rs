@@ -187,7 +187,7 @@ fn main() {
 
         println!("-- sustained: {n_packets} packets of 1 KiB, IT-DCSA -> ES-UDYCO, durable at both ends");
         let packets: Vec<Packet> = (0..n_packets).map(|_| packet("ROUTINE", 1024)).collect();
-        let before = it.outbox_summary().get("delivered").copied().unwrap_or(0);
+        let before = it.outbox_summary().delivered;
         let t = Instant::now();
         let mut tasks = Vec::new();
         for chunk in packets.chunks(n_packets / 64) {
@@ -203,7 +203,7 @@ fn main() {
             t.await.unwrap();
         }
         let submitted = t.elapsed();
-        while it.outbox_summary().get("delivered").copied().unwrap_or(0) < before + n_packets {
+        while it.outbox_summary().delivered < before + n_packets {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let total = t.elapsed();

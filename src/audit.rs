@@ -315,7 +315,7 @@ pub struct Broken {
 }
 
 /// What a successful verification covered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verified {
     /// First and last entry checked.
     pub first: u64,

@@ -11,8 +11,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::types::{
+    AckRequest, ConsentRequest, DeliveryState, DryRunDecision, ForwardRequest, ReadBy, SubmitAnswer,
+};
+use crate::client::{CallError, Client};
+use crate::deadlines::Due;
 use crate::encoding::Digest;
-use crate::ids::NodeId;
+use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::keys::{KeyError, Keyring, NodeKeys};
 use crate::packet::Packet;
 use crate::seal::{verify_signed, SealContext};
@@ -43,7 +48,7 @@ enum Command {
         api: ApiArgs,
         /// Recipients, comma separated (replaces the packet's recipients).
         #[arg(long, value_delimiter = ',')]
-        to: Vec<String>,
+        to: Vec<NodeId>,
         /// The JSON packet ("-" for stdin).
         file: PathBuf,
     },
@@ -54,7 +59,7 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
         /// The packet id.
-        id: Option<String>,
+        id: Option<PacketId>,
     },
     /// Packets received from partners.
     Inbox {
@@ -70,9 +75,9 @@ enum Command {
         api: ApiArgs,
         /// The sender, where two partners sent packets with this id (the inbox marks them).
         #[arg(long)]
-        from: Option<String>,
+        from: Option<NodeId>,
         /// The packet id.
-        id: String,
+        id: PacketId,
     },
     /// Acknowledge a received packet as an officer; the originator gets a signed ReadAck. Each
     /// officer acknowledges once.
@@ -81,12 +86,12 @@ enum Command {
         api: ApiArgs,
         /// Who acknowledges it.
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: String,
+        officer: OfficerId,
         /// The sender, where two partners sent packets with this id (the inbox marks them).
         #[arg(long)]
-        from: Option<String>,
+        from: Option<NodeId>,
         /// The packet id.
-        id: String,
+        id: PacketId,
     },
     /// Pass a received packet on to further partners (with its originator's consent where
     /// needed: H2, or the policy with the originator says so).
@@ -95,15 +100,15 @@ enum Command {
         api: ApiArgs,
         /// The new recipients, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
-        to: Vec<String>,
+        to: Vec<NodeId>,
         /// Who passes it on.
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: String,
+        officer: OfficerId,
         /// The sender, where two partners sent packets with this id (the inbox marks them).
         #[arg(long)]
-        from: Option<String>,
+        from: Option<NodeId>,
         /// The received packet's id.
-        id: String,
+        id: PacketId,
     },
     /// Consent that a packet this node sent may be passed on by one of its recipients.
     Consent {
@@ -111,18 +116,18 @@ enum Command {
         api: ApiArgs,
         /// The recipient that holds the packet and may pass it on.
         #[arg(long)]
-        holder: String,
+        holder: NodeId,
         /// The nodes it may be passed on to, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
-        allow: Vec<String>,
+        allow: Vec<NodeId>,
         /// Until when: RFC 3339, or relative to now (now+30d, now+12h).
         #[arg(long)]
         until: String,
         /// Who consents.
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: String,
+        officer: OfficerId,
         /// The packet's id.
-        id: String,
+        id: PacketId,
     },
     /// Sharing policies: dry-run a packet against them, or print one.
     #[command(subcommand)]
@@ -184,7 +189,7 @@ enum PolicyCommand {
         api: ApiArgs,
         /// Recipients, comma separated (replaces the packet's recipients).
         #[arg(long, value_delimiter = ',')]
-        to: Vec<String>,
+        to: Vec<NodeId>,
         /// The JSON packet ("-" for stdin).
         file: PathBuf,
     },
@@ -193,7 +198,7 @@ enum PolicyCommand {
         #[command(flatten)]
         api: ApiArgs,
         /// The partner node id.
-        partner: String,
+        partner: NodeId,
     },
 }
 
@@ -366,113 +371,91 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Send { api, to, file } => {
             let body =
                 String::from_utf8(read_input(&file)?).map_err(|_| CliError::Rejected("input is not UTF-8".into()))?;
-            let path =
-                if to.is_empty() { "/v1/packets".to_owned() } else { format!("/v1/packets?to={}", to.join(",")) };
-            let v = api_call(&api, "POST", &path, Some(&body))?;
+            let answer = called(client(&api)?.submit(&body, &to))?;
             if api.json {
-                println!("{v}");
+                print_json(&answer);
             } else {
-                let to: Vec<&str> =
-                    v["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
-                let due = v["due_by"].as_str().map(|d| format!(", answer due by {d}")).unwrap_or_default();
-                println!("accepted {} for {}{due}", v["id"].as_str().unwrap_or("?"), to.join(", "));
-                for c in v["sent"].as_array().into_iter().flatten() {
-                    for r in c["redacted"].as_array().into_iter().flatten() {
-                        println!(
-                            "  {}: removed {} ({})",
-                            c["recipient"].as_str().unwrap_or("?"),
-                            r["path"].as_str().unwrap_or("?"),
-                            r["rule"].as_str().unwrap_or("?")
-                        );
+                let due = answer.due_by.map(|d| format!(", answer due by {d}")).unwrap_or_default();
+                println!("accepted {} for {}{due}", answer.submitted.id, join(&answer.recipients));
+                for c in &answer.submitted.sent {
+                    for r in &c.redacted {
+                        println!("  {}: removed {} ({})", c.recipient, r.path, r.rule);
                     }
                 }
             }
-            refusals(&v)
+            refusals(&answer)
         }
         Command::Status { api, id: None } => {
-            let v = api_call(&api, "GET", "/v1/deadlines", None)?;
+            let v = called(client(&api)?.deadlines())?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
                 return Ok(());
             }
-            for (role, title) in [("answer", "to answer"), ("await", "awaiting answers")] {
-                let list = v[role].as_array().cloned().unwrap_or_default();
+            for (list, title) in [(&v.answer, "to answer"), (&v.awaiting, "awaiting answers")] {
                 println!("{title}: {}", if list.is_empty() { "none".to_owned() } else { list.len().to_string() });
-                for d in &list {
-                    println!(
-                        "  {}  {:<9} due {}  {}",
-                        d["request"].as_str().unwrap_or("?"),
-                        d["counterpart"].as_str().unwrap_or("?"),
-                        d["due_by"].as_str().unwrap_or("?"),
-                        due_text(&d["due"])
-                    );
+                for d in list {
+                    println!("  {}  {:<9} due {}  {}", d.request, d.counterpart, d.due_by, due_text(&d.due));
                 }
             }
             Ok(())
         }
         Command::Status { api, id: Some(id) } => {
-            let v = api_call(&api, "GET", &format!("/v1/packets/{id}"), None)?;
+            let v = called(client(&api)?.status(id))?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
                 return Ok(());
             }
-            println!("packet {}", v["id"].as_str().unwrap_or("?"));
-            for r in v["recipients"].as_array().into_iter().flatten() {
-                let s = |k: &str| r[k].as_str().unwrap_or("").to_owned();
-                let mut line = format!("  {:<10} {:<10}", s("node"), s("state"));
-                match s("state").as_str() {
-                    "delivered" => line += &format!(" at {}  {}", s("delivered_at"), s("digest")),
-                    "rejected" => line += &format!(" {}", s("reason")),
-                    "queued" | "in_flight" => line += &format!(" after {} attempt(s)", r["attempts"]),
-                    _ => {}
+            println!("packet {}", v.id);
+            for r in &v.recipients {
+                let mut line = format!("  {:<10} {:<10}", r.node, r.state.as_str());
+                match r.state {
+                    DeliveryState::Delivered => {
+                        let at = r.delivered_at.map(|t| t.to_string()).unwrap_or_default();
+                        let digest = r.digest.map(|d| d.to_string()).unwrap_or_default();
+                        line += &format!(" at {at}  {digest}");
+                    }
+                    DeliveryState::Rejected => line += &format!(" {}", r.reason.as_deref().unwrap_or("")),
+                    DeliveryState::Queued | DeliveryState::InFlight => {
+                        line += &format!(" after {} attempt(s)", r.attempts)
+                    }
+                    DeliveryState::Expired => {}
                 }
-                let reads = reads_text(&r["reads"]);
-                if !reads.is_empty() {
-                    line += &format!("  read by {reads}");
+                if !r.reads.is_empty() {
+                    line += &format!("  read by {}", reads_text(&r.reads));
                 }
                 println!("{line}");
             }
-            for d in v["deadlines"].as_array().into_iter().flatten() {
-                println!(
-                    "  answer from {} due {}  {}",
-                    d["counterpart"].as_str().unwrap_or("?"),
-                    d["due_by"].as_str().unwrap_or("?"),
-                    due_text(&d["due"])
-                );
+            for d in &v.deadlines {
+                println!("  answer from {} due {}  {}", d.counterpart, d.due_by, due_text(&d.due));
             }
             Ok(())
         }
         Command::Inbox { api, watch } => inbox(&api, watch),
         Command::Show { api, from, id } => {
-            let v = api_call(&api, "GET", &format!("/v1/inbox/{id}{}", from_query(from.as_deref())), None)?;
+            let v = called(client(&api)?.show(id, from.as_ref()))?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
             } else {
-                println!(
-                    "from {}  received {}  sealed {}",
-                    v["from"].as_str().unwrap_or("?"),
-                    v["received_at"].as_str().unwrap_or("?"),
-                    v["sealed_digest"].as_str().unwrap_or("?")
-                );
-                let reads = reads_text(&v["reads"]);
-                if !reads.is_empty() {
-                    println!("acknowledged by {reads}");
+                println!("from {}  received {}  sealed {}", v.from, v.received_at, v.sealed_digest);
+                if !v.reads.is_empty() {
+                    println!("acknowledged by {}", reads_text(&v.reads));
                 }
-                let others = nodes_text(&v["also_from"]);
-                if !others.is_empty() {
-                    println!("SUSPICIOUS: {others} also sent a packet with this id; check with them which is genuine");
+                if !v.also_from.is_empty() {
+                    println!(
+                        "SUSPICIOUS: {} also sent a packet with this id; check with them which is genuine",
+                        join(&v.also_from)
+                    );
                 }
-                println!("{}", serde_json::to_string_pretty(&v["packet"]).unwrap_or_default());
+                println!("{}", v.packet.to_json());
             }
             Ok(())
         }
         Command::Ack { api, officer, from, id } => {
-            let body = serde_json::json!({ "officer": officer }).to_string();
-            let v = api_call(&api, "POST", &format!("/v1/inbox/{id}/ack{}", from_query(from.as_deref())), Some(&body))?;
+            let v = called(client(&api)?.ack(id, from.as_ref(), &AckRequest { officer }))?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
             } else {
-                println!("acknowledged {id} as {officer}; the originator is told");
+                println!("acknowledged {} as {}; the originator is told", v.id, v.officer);
             }
             Ok(())
         }
@@ -490,33 +473,29 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Packet(cmd) => packet(cmd),
         Command::Policy(cmd) => policy(cmd),
         Command::Forward { api, to, officer, from, id } => {
-            let body = serde_json::json!({ "to": to, "officer": officer }).to_string();
-            let path = format!("/v1/inbox/{id}/forward{}", from_query(from.as_deref()));
-            let v = api_call(&api, "POST", &path, Some(&body))?;
+            let answer = called(client(&api)?.forward(id, from.as_ref(), &ForwardRequest { to, officer }))?;
             if api.json {
-                println!("{v}");
+                print_json(&answer);
             } else {
-                let to: Vec<&str> =
-                    v["recipients"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();
-                println!("passed on as {} to {}", v["id"].as_str().unwrap_or("?"), to.join(", "));
+                println!("passed on as {} to {}", answer.submitted.id, join(&answer.recipients));
             }
-            refusals(&v)
+            refusals(&answer)
         }
         Command::Consent { api, holder, allow, until, officer, id } => {
             let until = when("--until", &until)?;
-            let body = serde_json::json!({ "holder": holder, "allowed": allow, "until": until, "officer": officer })
-                .to_string();
-            let v = api_call(&api, "POST", &format!("/v1/packets/{id}/consent"), Some(&body))?;
+            let req = ConsentRequest { holder, allowed: allow, until, officer };
+            let answer = called(client(&api)?.consent(id, &req))?;
             if api.json {
-                println!("{v}");
+                print_json(&answer);
             } else {
                 println!(
-                    "consent {} sent to {holder}: {id} may go to {} until {until}",
-                    v["id"].as_str().unwrap_or("?"),
-                    allow.join(", ")
+                    "consent {} sent to {}: {id} may go to {} until {until}",
+                    answer.submitted.id,
+                    req.holder,
+                    join(&req.allowed)
                 );
             }
-            refusals(&v)
+            refusals(&answer)
         }
         Command::Audit(cmd) => audit(cmd),
         Command::Pki(PkiCommand::Demo { out, nodes, days }) => {
@@ -634,90 +613,77 @@ fn init_tracing(s: &crate::config::Settings) -> Result<(), CliError> {
     result.map_err(|e| CliError::Usage(format!("logging: {e}")))
 }
 
-/// `?from=NODE` for the inbox routes, or nothing.
-fn from_query(from: Option<&str>) -> String {
-    from.map(|f| format!("?from={f}")).unwrap_or_default()
+/// `A at T, B at T2`.
+fn reads_text(reads: &[ReadBy]) -> String {
+    reads.iter().map(|r| format!("{} at {}", r.officer, r.at)).collect::<Vec<_>>().join(", ")
 }
 
-/// `A at T, B at T2` from the API's `reads` list.
-fn reads_text(reads: &serde_json::Value) -> String {
-    let list: Vec<String> = reads
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| format!("{} at {}", r["officer"].as_str().unwrap_or("?"), r["at"].as_str().unwrap_or("?")))
-        .collect();
-    list.join(", ")
-}
-
-/// `A, B` from a JSON list of node ids.
-fn nodes_text(nodes: &serde_json::Value) -> String {
-    nodes.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-fn api_call(api: &ApiArgs, method: &str, path: &str, body: Option<&str>) -> Result<serde_json::Value, CliError> {
+/// The API client for `api`'s address and token.
+fn client(api: &ApiArgs) -> Result<Client, CliError> {
     let token = api
         .token
         .as_deref()
         .ok_or_else(|| CliError::Usage("a bearer token is required: --token or LIAISON_TOKEN".into()))?;
-    let (status, v) = crate::client::call(&api.api, token, method, path, body).map_err(|e| match e {
-        crate::client::ClientError::Url(_) => CliError::Usage(e.to_string()),
-        _ => CliError::Unavailable(e.to_string()),
-    })?;
-    if (200..300).contains(&status) {
-        return Ok(v);
-    }
-    let msg = v["error"].as_str().unwrap_or("error").to_owned();
-    let field = v["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
-    match status {
-        401 => Err(CliError::Usage(format!("refused by the node: {msg}; check --token / LIAISON_TOKEN"))),
-        503 => Err(CliError::Unavailable(format!("the node cannot take it now: {msg}"))),
-        _ => Err(CliError::Rejected(format!("rejected ({status}): {msg}{field}"))),
-    }
+    Ok(Client::new(api.api.clone(), token))
+}
+
+/// A call's error as the CLI reports it (and its exit code).
+fn called<T>(result: Result<T, CallError>) -> Result<T, CliError> {
+    result.map_err(|e| match e {
+        CallError::Client(e @ crate::client::ClientError::Url(_)) => CliError::Usage(e.to_string()),
+        CallError::Client(e) => CliError::Unavailable(e.to_string()),
+        CallError::Api { status: 401, body } => {
+            CliError::Usage(format!("refused by the node: {}; check --token / LIAISON_TOKEN", body.error))
+        }
+        CallError::Api { status: 503, body } => {
+            CliError::Unavailable(format!("the node cannot take it now: {}", body.error))
+        }
+        CallError::Api { body, .. } if !body.denied.is_empty() => CliError::Rejected(refused_text(&body.denied)),
+        CallError::Api { status, body } => {
+            let field = body.field.map(|f| format!(" (field {f})")).unwrap_or_default();
+            CliError::Rejected(format!("rejected ({status}): {}{field}", body.error))
+        }
+    })
+}
+
+/// An API answer as JSON on stdout (`--json`): the document the node sent, field for field.
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
 /// A deadline's state for people: `OVERDUE by 2h10m`, `due soon (1h05m left)`...
-fn due_text(due: &serde_json::Value) -> String {
-    let span = |ms: &serde_json::Value| {
-        let m = ms.as_u64().unwrap_or(0) / 60_000;
+fn due_text(due: &Due) -> String {
+    let span = |ms: u64| {
+        let m = ms / 60_000;
         if m >= 48 * 60 {
             format!("{}d{}h", m / 1440, m % 1440 / 60)
         } else {
             format!("{}h{:02}m", m / 60, m % 60)
         }
     };
-    match due["state"].as_str().unwrap_or("?") {
-        "answered" if due["late"] == true => "answered (late)".into(),
-        "answered" => "answered".into(),
-        "paused" => "paused (clarification requested)".into(),
-        "overdue" => format!("OVERDUE by {}", span(&due["by"])),
-        "due_soon" => format!("DUE SOON ({} left)", span(&due["left"])),
-        "open" => format!("({} left)", span(&due["left"])),
-        other => other.to_owned(),
+    match *due {
+        Due::Answered { late: true } => "answered (late)".into(),
+        Due::Answered { late: false } => "answered".into(),
+        Due::Paused => "paused (clarification requested)".into(),
+        Due::Overdue { by } => format!("OVERDUE by {}", span(by)),
+        Due::DueSoon { left } => format!("DUE SOON ({} left)", span(left)),
+        Due::Open { left } => format!("({} left)", span(left)),
     }
 }
 
-/// Recipients refused by policy, from a submit or dry-run answer: each on stderr, and an error.
-fn refusals(v: &serde_json::Value) -> Result<(), CliError> {
-    let denied: Vec<String> = v["denied"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|d| {
-            let denial = if d["denial"].is_object() { &d["denial"] } else { &d["denied"] };
-            format!(
-                "{}: {}: {}",
-                d["recipient"].as_str().unwrap_or("?"),
-                denial["rule"].as_str().unwrap_or("?"),
-                denial["reason"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
-    if denied.is_empty() {
+/// Recipients refused by policy in a submit-like answer: an error naming each.
+fn refusals(answer: &SubmitAnswer) -> Result<(), CliError> {
+    if answer.submitted.denied.is_empty() {
         Ok(())
     } else {
-        Err(CliError::Rejected(format!("refused by policy, nothing sent to: {}", denied.join("; "))))
+        Err(CliError::Rejected(refused_text(&answer.submitted.denied)))
     }
+}
+
+fn refused_text(denied: &[crate::api::types::Refused]) -> String {
+    let each: Vec<String> =
+        denied.iter().map(|d| format!("{}: {}: {}", d.recipient, d.denial.rule, d.denial.reason)).collect();
+    format!("refused by policy, nothing sent to: {}", each.join("; "))
 }
 
 fn audit(cmd: AuditCommand) -> Result<(), CliError> {
@@ -755,45 +721,36 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
             }
         }
         AuditCommand::Verify { api, .. } => {
-            let v = api_call(&api, "GET", "/v1/audit/verify", None)?;
+            let v = called(client(&api)?.audit_verify())?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
             }
-            if v["ok"] == true {
-                if !api.json {
-                    let x = &v["verified"];
-                    println!(
-                        "intact: entries {}..{}, {} signed checkpoint(s), signed up to entry {}",
-                        x["first"], x["last"], x["checkpoints"], x["signed_up_to"]
-                    );
+            match (v.verified, v.broken) {
+                (Some(x), _) if v.ok => {
+                    if !api.json {
+                        println!(
+                            "intact: entries {}..{}, {} signed checkpoint(s), signed up to entry {}",
+                            x.first, x.last, x.checkpoints, x.signed_up_to
+                        );
+                    }
+                    Ok(())
                 }
-                Ok(())
-            } else {
-                Err(CliError::Rejected(format!(
-                    "BROKEN: audit entry {}: {}",
-                    v["broken"]["seq"],
-                    v["broken"]["reason"].as_str().unwrap_or("?")
-                )))
+                (_, Some(b)) => Err(CliError::Rejected(format!("BROKEN: audit entry {}: {}", b.seq, b.reason))),
+                _ => Err(CliError::Rejected("BROKEN: the node said neither intact nor where".into())),
             }
         }
         AuditCommand::Export { api, from, to, out } => {
-            let mut q = Vec::new();
-            if let Some(f) = &from {
-                q.push(format!("from={}", when("--from", f)?));
-            }
-            if let Some(t) = &to {
-                q.push(format!("to={}", when("--to", t)?));
-            }
-            let v = api_call(&api, "GET", &format!("/v1/audit/export?{}", q.join("&")), None)?;
-            let text = serde_json::to_string_pretty(&v).map_err(|e| CliError::Rejected(e.to_string()))?;
+            let from = from.as_deref().map(|f| when("--from", f)).transpose()?;
+            let to = to.as_deref().map(|t| when("--to", t)).transpose()?;
+            let export = called(client(&api)?.audit_export(from, to))?;
+            let text = serde_json::to_string_pretty(&export).map_err(|e| CliError::Rejected(e.to_string()))?;
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&out)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", out.display())))?;
             std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| CliError::Usage(e.to_string()))?;
-            let n = v["entries"].as_array().map_or(0, Vec::len);
-            println!("wrote {n} audit entries to {}", out.display());
+            println!("wrote {} audit entries to {}", export.entries.len(), out.display());
             Ok(())
         }
     }
@@ -804,40 +761,27 @@ fn policy(cmd: PolicyCommand) -> Result<(), CliError> {
         PolicyCommand::Check { api, to, file } => {
             let body =
                 String::from_utf8(read_input(&file)?).map_err(|_| CliError::Rejected("input is not UTF-8".into()))?;
-            let path = if to.is_empty() {
-                "/v1/policy/check".to_owned()
-            } else {
-                format!("/v1/policy/check?to={}", to.join(","))
-            };
-            let v = api_call(&api, "POST", &path, Some(&body))?;
+            let v = called(client(&api)?.policy_check(&body, &to))?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
             }
             let mut denied = Vec::new();
-            for r in v["recipients"].as_array().into_iter().flatten() {
-                let who = r["recipient"].as_str().unwrap_or("?");
-                let hash = r["policy"].as_str().unwrap_or("no policy");
-                match r["decision"].as_str().unwrap_or("?") {
-                    "deny" => {
-                        let d = &r["denied"];
-                        let line = format!(
-                            "{who}: deny ({}: {})",
-                            d["rule"].as_str().unwrap_or("?"),
-                            d["reason"].as_str().unwrap_or("?")
-                        );
+            for r in &v.recipients {
+                let hash = r.policy.map_or_else(|| "no policy".to_owned(), |h| h.to_string());
+                match (r.decision, &r.denied) {
+                    (DryRunDecision::Deny, d) => {
+                        let (rule, reason) = d.as_ref().map_or(("?", "?"), |d| (d.rule.as_str(), d.reason.as_str()));
+                        let line = format!("{}: deny ({rule}: {reason})", r.recipient);
                         if !api.json {
                             println!("{line}  [policy {hash}]");
                         }
                         denied.push(line);
                     }
-                    decision if !api.json => {
-                        println!("{who}: {}  [policy {hash}]", decision.replace('_', " "));
-                        for x in r["redacted"].as_array().into_iter().flatten() {
-                            println!(
-                                "  removes {} ({})",
-                                x["path"].as_str().unwrap_or("?"),
-                                x["rule"].as_str().unwrap_or("?")
-                            );
+                    (DryRunDecision::Allow, _) if !api.json => println!("{}: allow  [policy {hash}]", r.recipient),
+                    (DryRunDecision::AllowWithRedactions, _) if !api.json => {
+                        println!("{}: allow with redactions  [policy {hash}]", r.recipient);
+                        for x in &r.redacted {
+                            println!("  removes {} ({})", x.path, x.rule);
                         }
                     }
                     _ => {}
@@ -850,89 +794,87 @@ fn policy(cmd: PolicyCommand) -> Result<(), CliError> {
             }
         }
         PolicyCommand::Show { api, partner } => {
-            let v = api_call(&api, "GET", &format!("/v1/policy/{partner}"), None)?;
+            let v = called(client(&api)?.policy(&partner))?;
             if api.json {
-                println!("{v}");
+                print_json(&v);
                 return Ok(());
             }
-            println!("policy with {}  {}", v["partner"].as_str().unwrap_or("?"), v["hash"].as_str().unwrap_or("?"));
-            if let Some(t) = v["title"].as_str() {
+            println!("policy with {}  {}", v.partner, v.hash);
+            if let Some(t) = &v.title {
                 println!("  {t}");
             }
-            for dir in ["send", "receive"] {
-                let r = &v[dir];
-                let list = |k: &str| {
-                    r[k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
-                };
+            for (dir, r) in [("send", &v.send), ("receive", &v.receive)] {
+                let names = |items: Vec<String>| items.join(", ");
                 println!("{dir}:");
-                println!("  packet types      {}", list("packet_types"));
+                println!("  packet types      {}", names(r.packet_types.iter().map(|t| t.to_string()).collect()));
                 println!(
                     "  at most           {} / TLP:{}",
-                    r["max_classification"].as_str().unwrap_or("?"),
-                    r["max_tlp"].as_str().unwrap_or("?")
+                    crate::policy::marking_name(&r.max_classification),
+                    crate::policy::marking_name(&r.max_tlp)
                 );
-                println!("  handling codes    {}", list("handling_codes"));
+                println!(
+                    "  handling codes    {}",
+                    names(r.handling_codes.iter().map(crate::policy::marking_name).collect())
+                );
                 println!(
                     "  requires          grading: {}, legal basis: {}; attachments allowed: {}",
-                    r["require_grading"], r["require_legal_basis"], r["attachments"]
+                    r.require_grading, r.require_legal_basis, r.attachments
                 );
                 println!(
                     "  limits            {} bytes per packet, {} packets per minute",
-                    r["max_packet_bytes"], r["max_packets_per_minute"]
+                    r.max_packet_bytes, r.max_packets_per_minute
                 );
-                if let Some(m) = r["redact"].as_object() {
-                    for (kind, red) in m {
-                        let what = if red == "entity" {
-                            "the whole entity".to_owned()
-                        } else {
-                            red["fields"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
-                        let verb = if dir == "send" { "removed" } else { "refused" };
-                        println!("  {kind:<17} {verb}: {what}");
-                    }
+                for (kind, red) in &r.redact {
+                    let what = match red {
+                        crate::policy::Redaction::Entity => "the whole entity".to_owned(),
+                        crate::policy::Redaction::Fields(f) => f.iter().cloned().collect::<Vec<_>>().join(", "),
+                    };
+                    let verb = if dir == "send" { "removed" } else { "refused" };
+                    println!("  {kind:<17} {verb}: {what}");
                 }
             }
+            let onward = &v.onward;
+            println!("onward:");
+            println!(
+                "  from {}       {}; passed-on packets from others accepted: {}",
+                v.partner,
+                crate::policy::marking_name(&onward.from_partner),
+                onward.accept_forwarded
+            );
+            println!("retention         {} days", v.retention_days);
             Ok(())
         }
     }
 }
 
 fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
+    let client = client(api)?;
     let mut seen = std::collections::HashSet::new();
     loop {
-        let v = api_call(api, "GET", "/v1/inbox", None)?;
-        for p in v.as_array().into_iter().flatten() {
-            let id = p["id"].as_str().unwrap_or("?").to_owned();
+        for p in called(client.inbox())? {
             // A packet is its id and its sender (two partners may have used one id).
-            if !seen.insert((id.clone(), p["from"].as_str().unwrap_or("?").to_owned())) {
+            if !seen.insert((p.id, p.from.clone())) {
                 continue;
             }
             if api.json {
-                println!("{p}");
+                print_json(&p);
                 continue;
             }
-            let s = |k: &str| p[k].as_str().unwrap_or("-").to_owned();
             let mut line =
-                format!("{id}  {:<9} {:<8} {:<24} {}", s("from"), s("priority"), s("type"), s("received_at"));
-            if p["deadline"].is_object() {
-                let d = &p["deadline"];
-                line += &format!("  answer due {} {}", d["due_by"].as_str().unwrap_or("?"), due_text(&d["due"]));
-                if let Some(theirs) = d["sender_due_by"].as_str().filter(|t| Some(*t) != d["due_by"].as_str()) {
+                format!("{}  {:<9} {:<8} {:<24} {}", p.id, p.from, p.priority.as_str(), p.packet_type, p.received_at);
+            if let Some(d) = &p.deadline {
+                line += &format!("  answer due {} {}", d.due_by, due_text(&d.due));
+                if let Some(theirs) = d.sender_due_by.filter(|t| *t != d.due_by) {
                     line += &format!(" (the requester expects it by {theirs})");
                 }
             }
-            let reads: Vec<&str> =
-                p["reads"].as_array().into_iter().flatten().filter_map(|r| r["officer"].as_str()).collect();
-            line += &if reads.is_empty() { "  UNREAD".to_owned() } else { format!("  read by {}", reads.join(", ")) };
-            let others = nodes_text(&p["also_from"]);
-            if !others.is_empty() {
-                line += &format!("  SUSPICIOUS: same id as a packet from {others} (--from {})", s("from"));
+            line += &if p.reads.is_empty() {
+                "  UNREAD".to_owned()
+            } else {
+                format!("  read by {}", p.reads.iter().map(|r| r.officer.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            if !p.also_from.is_empty() {
+                line += &format!("  SUSPICIOUS: same id as a packet from {} (--from {})", join(&p.also_from), p.from);
             }
             println!("{line}");
         }
@@ -997,7 +939,7 @@ mod tests {
     use super::*;
     use crate::deadlines::{Deadline, Role};
 
-    /// What an officer reads for each state of a deadline, from the API's JSON.
+    /// What an officer reads for each state of a deadline.
     #[test]
     fn deadlines_read_as_overdue_due_soon_paused_and_answered() {
         let h = 3_600_000;
@@ -1012,7 +954,7 @@ mod tests {
             delays: Vec::new(),
             sender_due_by: None,
         };
-        let text = |d: &Deadline, now| due_text(&serde_json::to_value(d.due(now)).unwrap());
+        let text = |d: &Deadline, now| due_text(&d.due(now));
         assert_eq!(text(&d, 90 * h), "(10h00m left)");
         assert_eq!(text(&d, 99 * h), "DUE SOON (1h00m left)");
         assert_eq!(text(&d, 102 * h + 10 * 60_000), "OVERDUE by 2h10m");

@@ -64,7 +64,7 @@ pub struct Deadline {
 }
 
 /// Where a deadline stands at a moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum Due {
     /// Answered, on time or not.

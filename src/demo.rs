@@ -14,10 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::client::call;
+use crate::api::types::{AckRequest, DeliveryState, ForwardRequest};
+use crate::client::{CallError, Client};
 use crate::encoding::{hex, Digest};
+use crate::ids::{NodeId, OfficerId, PacketId};
 
 /// The five embedded files of a demo node.
 macro_rules! material {
@@ -126,90 +128,72 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         p(out, format!("   {:<9} QUIC 127.0.0.1:{quic}  API 127.0.0.1:{api}  ready", pr.name))?;
     }
     let node = |name: &str| procs.iter().find(|p| p.name == name).ok_or(format!("no {name}"));
-    let api = |name: &str, method: &str, path: &str, body: Option<&str>| -> Result<Value, String> {
+    let api = |name: &str| -> Result<Client, String> {
         let pr = node(name)?;
-        let (code, v) = call(&pr.api, &pr.token, method, path, body).map_err(|e| e.to_string())?;
-        if (200..300).contains(&code) {
-            Ok(v)
-        } else {
-            Err(format!("{name} {method} {path}: {code} {v}"))
-        }
+        Ok(Client::new(pr.api.clone(), pr.token.clone()))
     };
+    let nodes = |list: &[&str]| -> Result<Vec<NodeId>, String> {
+        list.iter().map(|n| n.parse().map_err(|e: crate::ids::IdError| e.to_string())).collect()
+    };
+    let rossi: OfficerId = "Isp. Giulia Rossi".parse().map_err(|e: crate::ids::IdError| e.to_string())?;
 
     p(out, "== 2. CO-DIJIN sends a FLASH controlled-delivery alert to ES-UDYCO and IT-DCSA".into())?;
     let alert = draft(ALERT)?;
     let started = Instant::now();
-    let v = api("CO-DIJIN", "POST", "/v1/packets?to=ES-UDYCO,IT-DCSA", Some(&alert.to_string()))?;
-    let id = v["id"].as_str().ok_or("no id")?.to_owned();
+    let v =
+        api("CO-DIJIN")?.submit(&alert.to_string(), &nodes(&["ES-UDYCO", "IT-DCSA"])?).map_err(|e| e.to_string())?;
+    let id: PacketId = v.submitted.id;
     p(out, format!("   accepted {id} (on disk at CO-DIJIN before this answer)"))?;
 
     p(out, "== 3. Signed delivery receipts come back".into())?;
     let mut shown = std::collections::HashSet::new();
     wait_for("both receipts", Duration::from_secs(30), || {
-        let Ok(s) = api("CO-DIJIN", "GET", &format!("/v1/packets/{id}"), None) else { return false };
-        let rs = s["recipients"].as_array().cloned().unwrap_or_default();
-        for r in &rs {
-            let n = r["node"].as_str().unwrap_or("?").to_owned();
-            if r["state"] == "delivered" && shown.insert(n.clone()) {
+        let Ok(s) = api("CO-DIJIN").and_then(|c| c.status(id).map_err(|e| e.to_string())) else { return false };
+        for r in &s.recipients {
+            if r.state == DeliveryState::Delivered && shown.insert(r.node.clone()) {
                 let _ = writeln!(
                     out,
-                    "   RECEIPT from {n:<9} verified: stored at {} {}  ({} ms after submit)",
-                    r["delivered_at"].as_str().unwrap_or("?"),
-                    r["digest"].as_str().unwrap_or("?"),
+                    "   RECEIPT from {:<9} verified: stored at {} {}  ({} ms after submit)",
+                    r.node,
+                    r.delivered_at.map(|t| t.to_string()).unwrap_or_default(),
+                    r.digest.map(|d| d.to_string()).unwrap_or_default(),
                     started.elapsed().as_millis()
                 );
             }
         }
-        rs.len() == 2 && rs.iter().all(|r| r["state"] == "delivered")
+        s.recipients.len() == 2 && s.recipients.iter().all(|r| r.state == DeliveryState::Delivered)
     })?;
 
     p(out, "== 4. The recipients' officers see it; one at IT-DCSA acknowledges it".into())?;
     for name in ["ES-UDYCO", "IT-DCSA"] {
-        let inbox = api(name, "GET", "/v1/inbox", None)?;
-        let entry = inbox
-            .as_array()
-            .and_then(|a| a.iter().find(|e| e["id"] == id.as_str()))
-            .ok_or(format!("{name}: not in inbox"))?;
-        p(
-            out,
-            format!(
-                "   {name:<9} INBOX {} {} from {}",
-                entry["priority"].as_str().unwrap_or("?"),
-                entry["type"].as_str().unwrap_or("?"),
-                entry["from"].as_str().unwrap_or("?")
-            ),
-        )?;
+        let inbox = api(name)?.inbox().map_err(|e| e.to_string())?;
+        let entry = inbox.iter().find(|e| e.id == id).ok_or(format!("{name}: not in inbox"))?;
+        p(out, format!("   {name:<9} INBOX {} {} from {}", entry.priority.as_str(), entry.packet_type, entry.from))?;
     }
-    api(
-        "IT-DCSA",
-        "POST",
-        &format!("/v1/inbox/{id}/ack"),
-        Some(&json!({ "officer": "Isp. Giulia Rossi" }).to_string()),
-    )?;
+    api("IT-DCSA")?.ack(id, None, &AckRequest { officer: rossi.clone() }).map_err(|e| e.to_string())?;
     wait_for("the read acknowledgement", Duration::from_secs(30), || {
-        api("CO-DIJIN", "GET", &format!("/v1/packets/{id}"), None)
-            .map(|s| {
-                s["recipients"].as_array().is_some_and(|rs| rs.iter().any(|r| r["read_by"] == "Isp. Giulia Rossi"))
-            })
+        api("CO-DIJIN")
+            .and_then(|c| c.status(id).map_err(|e| e.to_string()))
+            .map(|s| s.recipients.iter().any(|r| r.read_by.as_ref() == Some(&rossi)))
             .unwrap_or(false)
     })?;
     p(out, "   READ by Isp. Giulia Rossi at IT-DCSA; signed ReadAck received by CO-DIJIN".into())?;
 
     p(out, format!("== 5. Status of {id} at CO-DIJIN"))?;
-    let s = api("CO-DIJIN", "GET", &format!("/v1/packets/{id}"), None)?;
-    for r in s["recipients"].as_array().into_iter().flatten() {
-        let read = r["read_by"]
-            .as_str()
-            .map(|w| format!(", read by {w} at {}", r["read_at"].as_str().unwrap_or("?")))
-            .unwrap_or_default();
+    let s = api("CO-DIJIN")?.status(id).map_err(|e| e.to_string())?;
+    for r in &s.recipients {
+        let read = match (&r.read_by, r.read_at) {
+            (Some(w), Some(at)) => format!(", read by {w} at {at}"),
+            _ => String::new(),
+        };
         p(
             out,
             format!(
                 "   {:<9} {} {} {}{read}",
-                r["node"].as_str().unwrap_or("?"),
-                r["state"].as_str().unwrap_or("?"),
-                r["delivered_at"].as_str().unwrap_or(""),
-                r["digest"].as_str().unwrap_or("")
+                r.node,
+                r.state.as_str(),
+                r.delivered_at.map(|t| t.to_string()).unwrap_or_default(),
+                r.digest.map(|d| d.to_string()).unwrap_or_default()
             ),
         )?;
     }
@@ -217,20 +201,19 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     p(out, "== 6. Sharing policy: IT-DCSA answers CO-DIJIN; passing the alert on is checked too".into())?;
     let mut answer = draft(RESPONSE)?;
     if let Some(env) = answer.get_mut("envelope").and_then(Value::as_object_mut) {
-        env.insert("in_reply_to".into(), id.clone().into());
-        env.insert("originator".into(), json!({ "node": "IT-DCSA", "officer": "Isp. Giulia Rossi" }));
+        env.insert("in_reply_to".into(), id.to_string().into());
+        if let Some(o) = env.get_mut("originator").and_then(Value::as_object_mut) {
+            o.insert("node".into(), "IT-DCSA".into());
+            o.insert("officer".into(), rossi.as_str().into());
+        }
     }
     if let Some(body) = answer.pointer_mut("/body/InformationResponse").and_then(Value::as_object_mut) {
         body.remove("attachments"); // the policy with CO-DIJIN allows no files
     }
-    let v = api("IT-DCSA", "POST", "/v1/packets?to=CO-DIJIN", Some(&answer.to_string()))?;
-    let answer_id = v["id"].as_str().ok_or("no id")?.to_owned();
-    let removed: Vec<String> = v["sent"][0]["redacted"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| format!("{} ({})", r["path"].as_str().unwrap_or("?"), r["rule"].as_str().unwrap_or("?")))
-        .collect();
+    let v = api("IT-DCSA")?.submit(&answer.to_string(), &nodes(&["CO-DIJIN"])?).map_err(|e| e.to_string())?;
+    let answer_id = v.submitted.id;
+    let removed: Vec<String> =
+        v.submitted.sent.iter().flat_map(|c| &c.redacted).map(|r| format!("{} ({})", r.path, r.rule)).collect();
     if removed.is_empty() {
         return Err("the policy with CO-DIJIN removed nothing from the answer".into());
     }
@@ -241,45 +224,40 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     for r in &removed {
         p(out, format!("     - {r}"))?;
     }
-    let pr = node("IT-DCSA")?;
-    let (code, v) = call(
-        &pr.api,
-        &pr.token,
-        "POST",
-        &format!("/v1/inbox/{id}/forward"),
-        Some(&json!({ "to": ["ES-UDYCO"], "officer": "Isp. Giulia Rossi" }).to_string()),
-    )
-    .map_err(|e| e.to_string())?;
-    let refusal = v["denied"][0]["denial"]["rule"].as_str().unwrap_or("?").to_owned();
-    if code != 403 {
-        return Err(format!("passing on an alert ES-UDYCO already has should be refused, got {code} {v}"));
-    }
+    let forward = ForwardRequest { to: nodes(&["ES-UDYCO"])?, officer: rossi.clone() };
+    let refusal = match api("IT-DCSA")?.forward(id, None, &forward) {
+        Err(CallError::Api { status: 403, body }) => body.denied.into_iter().next().ok_or("403 without a refusal")?,
+        other => return Err(format!("passing on an alert ES-UDYCO already has should be refused, got {other:?}")),
+    };
     p(
         out,
         format!(
-            "   passing CO-DIJIN's alert on to ES-UDYCO: REFUSED ({refusal}: {})",
-            v["denied"][0]["denial"]["reason"].as_str().unwrap_or("?")
+            "   passing CO-DIJIN's alert on to ES-UDYCO: REFUSED ({}: {})",
+            refusal.denial.rule, refusal.denial.reason
         ),
     )?;
     wait_for("the answer's receipt", Duration::from_secs(30), || {
-        api("IT-DCSA", "GET", &format!("/v1/packets/{answer_id}"), None)
-            .map(|s| s["recipients"][0]["state"] == "delivered")
+        api("IT-DCSA")
+            .and_then(|c| c.status(answer_id).map_err(|e| e.to_string()))
+            .map(|s| s.recipients.iter().all(|r| r.state == DeliveryState::Delivered))
             .unwrap_or(false)
     })?;
-    let shown = api("CO-DIJIN", "GET", &format!("/v1/inbox/{answer_id}"), None)?;
-    let person = &shown["packet"]["body"]["InformationResponse"]["entities"][0]["person"];
-    if !person["date_of_birth"].is_null() {
+    let shown = api("CO-DIJIN")?.show(answer_id, None).map_err(|e| e.to_string())?;
+    let crate::packet::Body::InformationResponse(body) = &shown.packet.body else {
+        return Err(format!("CO-DIJIN stored a {} as the answer", shown.packet.packet_type()));
+    };
+    if body.entities.iter().any(|e| matches!(e, crate::packet::Entity::Person(p) if p.date_of_birth.is_some())) {
         return Err("CO-DIJIN received a date of birth the policy removes".into());
     }
     p(out, "   CO-DIJIN stored the answer without the removed fields; receipt verified at IT-DCSA".into())?;
 
     p(out, "== 7. Audit trails (hash-chained, signed checkpoints) verified at every node".into())?;
     for name in ["CO-DIJIN", "ES-UDYCO", "IT-DCSA"] {
-        let v = api(name, "GET", "/v1/audit/verify", None)?;
-        if v["ok"] != true {
-            return Err(format!("{name}: audit trail broken: {v}"));
-        }
-        p(out, format!("   {name:<9} intact: entries {}..{}", v["verified"]["first"], v["verified"]["last"]))?;
+        let v = api(name)?.audit_verify().map_err(|e| e.to_string())?;
+        let Some(x) = v.verified.filter(|_| v.ok) else {
+            return Err(format!("{name}: audit trail broken: {:?}", v.broken));
+        };
+        p(out, format!("   {name:<9} intact: entries {}..{}", x.first, x.last))?;
     }
 
     p(out, "== 8. Shutting down (SIGTERM)".into())?;

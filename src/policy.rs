@@ -119,7 +119,7 @@ pub enum OnwardRule {
 }
 
 /// The rules for one direction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rules {
     /// Packet types allowed. System packets (receipts, read acknowledgements) and consents are
     /// not listed: every partner exchanges them, in one fixed shape (ids only); the marking, size
@@ -147,7 +147,7 @@ pub struct Rules {
 }
 
 /// What to take out of one kind of entity.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Redaction {
     /// The whole entity (for example: no bank accounts at all).
@@ -168,7 +168,7 @@ pub enum Decision {
 }
 
 /// One field or entity a send rule removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Redacted {
     /// Where it was: `body.InformationResponse.entities[2].person.date_of_birth`.
     pub path: String,
@@ -177,7 +177,7 @@ pub struct Redacted {
 }
 
 /// Why a packet was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Denial {
     /// The rule, as its key in the policy file: `send.max_classification`, or `no_policy`.
     pub rule: String,
@@ -242,14 +242,14 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
     if env.classification > rules.max_classification {
         return Decision::Deny(Denial::new(
             format!("{d}.max_classification"),
-            format!("{} is above {}", name(&env.classification), name(&rules.max_classification)),
+            format!("{} is above {}", marking_name(&env.classification), marking_name(&rules.max_classification)),
         ));
     }
     if let Some(tlp) = env.tlp {
         if tlp > rules.max_tlp {
             return Decision::Deny(Denial::new(
                 format!("{d}.max_tlp"),
-                format!("TLP:{} is above TLP:{}", name(&tlp), name(&rules.max_tlp)),
+                format!("TLP:{} is above TLP:{}", marking_name(&tlp), marking_name(&rules.max_tlp)),
             ));
         }
     }
@@ -301,7 +301,7 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
 }
 
 /// A marking as it is written in packets and policy files (`EU_RESTRICTED`, `AMBER+STRICT`).
-fn name<T: Serialize>(v: &T) -> String {
+pub fn marking_name<T: Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 

@@ -102,6 +102,51 @@ fn a_flash_alert_to_two_partners_gets_two_receipts() {
     assert_eq!(c.node("IT-DCSA").inbox_ids(), [id]);
 }
 
+/// Passing an H2 alert on, through the CLI of real processes: refused without the
+/// originator's consent (naming the rule), consented by the originator, then passed on; the
+/// answers parse into the API's own types (`--json`).
+#[test]
+fn an_h2_alert_is_passed_on_through_the_cli_once_its_originator_consents() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let dir = tempfile::tempdir().unwrap();
+    let alert = dir.path().join("alert.json");
+    fs::write(&alert, draft("controlled-delivery-alert.json").to_string()).unwrap();
+    let co = c.node("CO-DIJIN");
+    let o = co.cli(&["send", "--to", "ES-UDYCO", "--json", alert.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let sent: liaison::api::types::SubmitAnswer = serde_json::from_slice(&o.stdout).unwrap();
+    let id = sent.submitted.id.to_string();
+    wait_for("the alert at ES-UDYCO", Duration::from_secs(30), || delivered_count(co) == 1);
+
+    let es = c.node("ES-UDYCO");
+    let forward = |es: &NodeProc| es.cli(&["forward", "--to", "IT-DCSA", "--officer", "Subinspector Gómez", &id]);
+    let o = forward(es);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("IT-DCSA: onward.consent_required"), "{stderr}");
+
+    let co = c.node("CO-DIJIN");
+    let args = ["consent", "--holder", "ES-UDYCO", "--allow", "IT-DCSA", "--until", "now+1d"];
+    let o = co.cli(&[&args[..], &["--officer", "My. Andrea Salcedo", "--json", &id]].concat());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let consent: liaison::api::types::SubmitAnswer = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(consent.recipients, ["ES-UDYCO".parse().unwrap()]);
+    wait_for("the consent at ES-UDYCO", Duration::from_secs(30), || delivered_count(co) == 2);
+
+    let es = c.node("ES-UDYCO");
+    let o = forward(es);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let passed = out.strip_prefix("passed on as ").and_then(|r| r.split(' ').next()).unwrap().to_owned();
+    assert!(out.trim_end().ends_with("to IT-DCSA"), "{out}");
+    let it = c.node("IT-DCSA");
+    wait_for("the alert at IT-DCSA", Duration::from_secs(30), || it.inbox_ids().contains(&passed));
+    let o = it.cli(&["show", "--json", &passed]);
+    let shown: liaison::api::types::Shown = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown.from.as_str(), "ES-UDYCO");
+    assert_eq!(shown.packet.envelope.id.to_string(), id, "the original, as CO-DIJIN signed it");
+}
+
 #[test]
 fn the_api_refuses_the_unauthenticated_and_names_bad_fields() {
     let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
@@ -124,8 +169,19 @@ fn the_api_refuses_the_unauthenticated_and_names_bad_fields() {
     assert!(v["error"].as_str().unwrap().contains("not a partner"), "{v}");
     let (code, _) = it.api("GET", "/v1/packets/019ac0a1-5c00-7000-8000-00000000dead", None);
     assert_eq!(code, 404);
+    // Request bodies are the API's types: the field at fault is named.
+    let (code, v) = it.api("POST", &format!("/v1/inbox/{}/ack", "019ac0a1-5c00-7000-8000-00000000dead"), Some("{}"));
+    assert_eq!((code, v["field"].as_str()), (400, Some("officer")), "{v}");
+    let bad = json!({ "to": ["IT-DCSA", "not a node"], "officer": "Isp. Rossi" }).to_string();
+    let (code, v) = it.api("POST", "/v1/inbox/019ac0a1-5c00-7000-8000-00000000dead/forward", Some(&bad));
+    assert_eq!((code, v["field"].as_str()), (400, Some("to[1]")), "{v}");
+    let (code, v) = it.api("GET", "/v1/packets/not-an-id", None);
+    assert_eq!((code, v["field"].as_str()), (400, Some("id")), "{v}");
+    // The CLI parses ids itself: a bad one is a usage error, before anything is asked.
     let o = it.cli(&["status", "not-an-id"]);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("invalid packet id \"not-an-id\""), "{stderr}");
 }
 
 /// A small packet from `from` to `to`, numbered `i`.
@@ -386,6 +442,7 @@ fn policy_dry_run_show_and_refusals_through_the_cli() {
     assert!(out.contains("policy with CO-DIJIN  sha256:"), "{out}");
     assert!(out.contains("person            removed: biometrics, date_of_birth"), "{out}");
     assert!(out.contains("account           removed: the whole entity"), "{out}");
+    assert!(out.contains("\nonward:\n  from CO-DIJIN") && out.contains("\nretention         "), "{out}");
     let o = it.cli(&["policy", "show", "DE-BKA"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no sharing policy with DE-BKA"));

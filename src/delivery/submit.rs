@@ -16,7 +16,7 @@ use crate::store::{self, pair_key, Op, Tree};
 use super::{Entry, Millis, Outbox};
 
 /// What a submit did, recipient by recipient.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Submitted {
     /// The packet id.
     pub id: PacketId,
@@ -27,7 +27,7 @@ pub struct Submitted {
 }
 
 /// A copy sealed for one recipient.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SentCopy {
     /// The recipient.
     pub recipient: NodeId,
@@ -38,7 +38,7 @@ pub struct SentCopy {
 }
 
 /// A recipient refused by policy.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Refused {
     /// The recipient.
     pub recipient: NodeId,

@@ -64,16 +64,12 @@ impl Node {
         }
     }
 
-    /// How many outbox entries are in each state (queued, in_flight, delivered, rejected,
-    /// expired), and how many were read.
-    pub fn outbox_summary(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut m = std::collections::BTreeMap::new();
+    /// How many outbox entries are in each state, and how many were read.
+    pub fn outbox_summary(&self) -> crate::api::types::OutboxSummary {
+        let mut m = crate::api::types::OutboxSummary::default();
         for sender in self.inner.senders.values() {
             for e in lock(sender).entries() {
-                *m.entry(e.state.name()).or_default() += 1;
-                if !e.reads.is_empty() {
-                    *m.entry("read").or_default() += 1;
-                }
+                m.add(e);
             }
         }
         m

@@ -1,25 +1,36 @@
 //! The local API for officers and case systems: HTTP + JSON on a loopback address, each client
 //! with its own bearer token (only its SHA-256 is configured). Anything unauthenticated is
-//! refused with 401 before it is read.
+//! refused with 401 before it is read. Every request and answer is a type in [`types`], shared
+//! with the client, the CLI and the demo.
 //!
 //! | method | path | what |
 //! | --- | --- | --- |
-//! | POST | `/v1/packets?to=A,B` | submit a JSON packet (a draft: id, created, due_by, originator node may be left out); 201 once on disk |
-//! | GET | `/v1/packets/{id}` | per-recipient status |
-//! | GET | `/v1/outbox` | how many copies are queued, in flight, delivered, rejected, expired, read |
-//! | GET | `/v1/inbox` | packets received |
-//! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence |
-//! | POST | `/v1/inbox/{id}/ack` | `{"officer": "..."}`: acknowledge it; a signed ReadAck goes to the originator |
+//! | POST | `/v1/packets?to=A,B` | submit a JSON packet (a draft: id, created, due_by, originator node may be left out); 201 [`types::SubmitAnswer`] once on disk |
+//! | GET | `/v1/packets/{id}` | per-recipient status, answers awaited ([`types::PacketStatus`]) |
+//! | POST | `/v1/packets/{id}/consent` | [`types::ConsentRequest`]: a holder may pass a packet this node sent on |
+//! | POST | `/v1/policy/check?to=A,B` | dry run of a draft against each recipient's policy ([`types::PolicyCheck`]) |
+//! | GET | `/v1/policy/{partner}` | the policy in force with a partner ([`types::PolicyView`]) |
+//! | GET | `/v1/deadlines` | open answer deadlines on both sides ([`types::DeadlinesView`]) |
+//! | GET | `/v1/outbox` | copies queued, in flight, delivered, rejected, expired, read ([`types::OutboxSummary`]) |
+//! | GET | `/v1/inbox` | packets received ([`types::InboxItem`]) |
+//! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence ([`types::Shown`]) |
+//! | POST | `/v1/inbox/{id}/ack` | [`types::AckRequest`]: acknowledge it; a signed ReadAck goes to the originator |
+//! | POST | `/v1/inbox/{id}/forward` | [`types::ForwardRequest`]: pass it on to further partners |
+//! | GET | `/v1/audit/verify` | verify the audit trail ([`types::AuditVerify`]) |
+//! | GET | `/v1/audit/export?from=T&to=T` | an offline-verifiable excerpt ([`crate::audit::Export`]) |
 //!
 //! A received packet is identified by its id and its sender: where two partners used one id (a
 //! collision, or one squatting the other's id; both packets are kept and listed with
 //! `also_from`), the `/v1/inbox/{id}...` routes take `?from=NODE`, and answer 409 naming the
 //! senders without it.
 //!
-//! Errors are JSON `{"error": "...", "field": "..."}`: 400 for a bad packet (the field named), 401
+//! Errors are [`types::ErrorBody`] `{"error": "...", "field": "..."}`: 400 for a bad packet or
+//! request body (the field named), 403 when policy refused every recipient (each named), 401
 //! unauthenticated, 404 unknown id, 409 for an ambiguous id or a repeated acknowledgement, 422
 //! for a packet that cannot go where asked, 503 when the store cannot take it (nothing was
 //! accepted).
+
+pub mod types;
 
 use std::sync::Arc;
 
@@ -29,19 +40,22 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tracing::info;
 
 use crate::config::ApiClient;
-use crate::deadlines::{Deadline, Role};
-use crate::delivery::{Entry, EntryState};
+use crate::deadlines::Role;
 use crate::encoding::Digest;
-use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::ids::{NodeId, PacketId};
 use crate::node::{Node, NodeError};
 use crate::packet::{Packet, PacketError};
 use crate::policy::{Decision, Direction};
 use crate::timestamp::Timestamp;
+use types::{
+    AckAnswer, AckRequest, AuditVerify, ConsentRequest, DeadlineView, DeadlinesView, DryRun, DryRunDecision, ErrorBody,
+    ForwardRequest, InboxItem, PacketStatus, PolicyCheck, PolicyView, RecipientStatus, Shown, SubmitAnswer,
+};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = crate::packet::MAX_PACKET_BYTES;
@@ -78,11 +92,7 @@ struct ApiError(StatusCode, String, Option<String>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.1 });
-        if let Some(f) = self.2 {
-            body["field"] = f.into();
-        }
-        (self.0, Json(body)).into_response()
+        (self.0, Json(ErrorBody { error: self.1, field: self.2, denied: Vec::new() })).into_response()
     }
 }
 
@@ -174,12 +184,11 @@ async fn submit(
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let packet = draft_packet(&api, &q, &body)?;
-    let (code, Json(mut v)) = submitted(api.node.submit(&packet).await)?;
-    if code == StatusCode::CREATED {
+    let result = api.node.submit(&packet).await;
+    if result.is_ok() {
         info!(packet_id = %packet.envelope.id, "accepted from api");
-        v["due_by"] = json!(packet.envelope.due_by);
     }
-    Ok((code, Json(v)))
+    submitted(result, packet.envelope.due_by)
 }
 
 /// The dry run: what each recipient's policy would decide, without sending or counting.
@@ -193,16 +202,14 @@ async fn policy_check(
     for r in &packet.envelope.recipients {
         let mut copy = packet.clone();
         let v = api.node.policies().dry_run(r, Direction::Send, &mut copy);
-        let (decision, redacted, denial) = match v.decision {
-            Decision::Allow => ("allow", Vec::new(), None),
-            Decision::Redact(list) => ("allow_with_redactions", list, None),
-            Decision::Deny(d) => ("deny", Vec::new(), Some(d)),
+        let (decision, redacted, denied) = match v.decision {
+            Decision::Allow => (DryRunDecision::Allow, Vec::new(), None),
+            Decision::Redact(list) => (DryRunDecision::AllowWithRedactions, list, None),
+            Decision::Deny(d) => (DryRunDecision::Deny, Vec::new(), Some(d)),
         };
-        out.push(
-            json!({ "recipient": r, "decision": decision, "redacted": redacted, "denied": denial, "policy": v.policy }),
-        );
+        out.push(DryRun { recipient: r.clone(), decision, redacted, denied, policy: v.policy });
     }
-    Ok(Json(json!({ "packet_type": packet.packet_type().as_str(), "recipients": out })))
+    Ok(Json(PolicyCheck { packet_type: packet.packet_type(), recipients: out }))
 }
 
 /// Verifies the whole audit trail; the check itself is recorded.
@@ -211,10 +218,7 @@ async fn audit_verify(
     Extension(client): Extension<Client>,
 ) -> Result<impl IntoResponse, ApiError> {
     let result = api.node.slow(Node::audit_verify).await??;
-    let body = match &result {
-        Ok(v) => json!({ "ok": true, "verified": v }),
-        Err(b) => json!({ "ok": false, "broken": { "seq": b.seq, "reason": b.reason } }),
-    };
+    let body = AuditVerify::of(&result);
     let detail = match &result {
         Ok(v) => format!("intact: entries {}..{}, {} checkpoints", v.first, v.last, v.checkpoints),
         Err(b) => format!("BROKEN: {b}"),
@@ -266,87 +270,26 @@ async fn policy_show(State(api): State<Api>, Path(partner): Path<String>) -> Res
             None,
         ));
     };
-    let mut v =
-        serde_json::to_value(policy).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))?;
-    v["hash"] = policy.hash.to_string().into();
-    Ok(Json(v))
+    Ok(Json(PolicyView::from(policy)))
 }
 
 fn parse_id(s: &str) -> Result<PacketId, ApiError> {
     s.parse().map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("id".into())))
 }
 
-/// One recipient's status, as the API and the CLI show it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RecipientStatus {
-    /// The recipient.
-    pub node: String,
-    /// queued, in_flight, delivered, rejected, expired.
-    pub state: String,
-    /// Attempts so far.
-    pub attempts: u32,
-    /// When the receipt says it was stored.
-    pub delivered_at: Option<String>,
-    /// The digest the receipt names.
-    pub digest: Option<String>,
-    /// Why it was rejected.
-    pub reason: Option<String>,
-    /// The first officer who acknowledged it.
-    pub read_by: Option<String>,
-    /// When they did.
-    pub read_at: Option<String>,
-    /// Every officer's acknowledgement, in order.
-    #[serde(default)]
-    pub reads: Vec<ReadBy>,
-}
-
-/// One officer's acknowledgement.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReadBy {
-    /// Who.
-    pub officer: String,
-    /// When.
-    pub at: String,
-}
-
-fn reads_json(reads: &[(OfficerId, u64)]) -> Vec<ReadBy> {
-    reads.iter().map(|(o, t)| ReadBy { officer: o.to_string(), at: ms_to_text(*t) }).collect()
-}
-
-fn ms_to_text(ms: u64) -> String {
-    Timestamp::from_unix((ms / 1000) as i64).map_or_else(|_| ms.to_string(), |t| t.to_string())
-}
-
-fn recipient_status(e: &Entry) -> RecipientStatus {
-    let (delivered_at, digest, reason) = match &e.state {
-        EntryState::Delivered { at, digest } => (Some(ms_to_text(*at)), Some(digest.to_string()), None),
-        EntryState::Rejected { code, reason, .. } => (None, None, Some(format!("{code}: {reason}"))),
-        _ => (None, None, None),
-    };
-    RecipientStatus {
-        node: e.recipient.to_string(),
-        state: e.state.name().into(),
-        attempts: e.attempts,
-        delivered_at,
-        digest,
-        reason,
-        read_by: e.reads.first().map(|(o, _)| o.to_string()),
-        read_at: e.reads.first().map(|(_, t)| ms_to_text(*t)),
-        reads: reads_json(&e.reads),
-    }
-}
-
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let entries = api.node.status(id)?;
-    let recipients: Vec<RecipientStatus> = entries.iter().map(recipient_status).collect();
     let now = crate::node::now_ms();
-    let deadlines: Vec<Value> = api.node.deadlines_of(id).iter().map(|d| deadline_json(d, now)).collect();
-    Ok(Json(json!({ "id": id.to_string(), "recipients": recipients, "deadlines": deadlines })))
+    Ok(Json(PacketStatus {
+        id,
+        recipients: entries.iter().map(RecipientStatus::of).collect(),
+        deadlines: api.node.deadlines_of(id).iter().map(|d| DeadlineView::of(d, now)).collect(),
+    }))
 }
 
 async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
-    Json(json!(api.node.outbox_summary()))
+    Json(api.node.outbox_summary())
 }
 
 async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
@@ -355,42 +298,17 @@ async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
     for (id, rec) in api.node.slow(Node::inbox).await?? {
         let deadline =
             api.node.deadlines_of(id).into_iter().find(|d| d.role == Role::Answer && d.counterpart == rec.sender);
-        out.push(json!({
-            "id": id.to_string(),
-            "from": rec.sender,
-            "type": rec.packet_type,
-            "priority": rec.priority.as_str(),
-            "sender_due_by": rec.due_by,
-            "deadline": deadline.map(|d| deadline_json(&d, now)),
-            "received_at": ms_to_text(rec.received_at),
-            "read_by": rec.reads.first().map(|(o, _)| o.to_string()),
-            "reads": reads_json(&rec.reads),
-            "also_from": api.node.also_from(id, &rec.sender),
-        }));
+        let also_from = api.node.also_from(id, &rec.sender);
+        out.push(InboxItem::of(id, &rec, deadline.map(|d| DeadlineView::of(&d, now)), also_from));
     }
-    Ok(Json(Value::Array(out)))
-}
-
-/// A deadline as the API shows it: where it stands now, and what moved it.
-pub fn deadline_json(d: &Deadline, now: u64) -> Value {
-    json!({
-        "request": d.request.to_string(),
-        "counterpart": d.counterpart,
-        "role": d.role,
-        "due_by": ms_to_text(d.due_by),
-        "due": d.due(now),
-        "paused_by": d.paused.map(|(_, c)| c.to_string()),
-        "answered_by": d.answered.map(|(a, _)| a.to_string()),
-        "delays": d.delays.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "sender_due_by": d.sender_due_by.map(ms_to_text),
-    })
+    Ok(Json(out))
 }
 
 /// Open deadlines on both sides, soonest first: what this node must answer, and what it awaits.
 async fn deadlines(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
     let now = crate::node::now_ms();
-    let list = |role| api.node.open_deadlines(role).iter().map(|d| deadline_json(d, now)).collect::<Vec<_>>();
-    Ok(Json(json!({ "answer": list(Role::Answer), "await": list(Role::Await) })))
+    let list = |role| api.node.open_deadlines(role).iter().map(|d| DeadlineView::of(d, now)).collect::<Vec<_>>();
+    Ok(Json(DeadlinesView { answer: list(Role::Answer), awaiting: list(Role::Await) }))
 }
 
 /// `?from=NODE`: which sender's packet, where two partners used one id.
@@ -413,38 +331,15 @@ async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let (packet, rec) = api.node.show(id, q.sender()?.as_ref())?;
-    let packet: Value = serde_json::from_str(&packet.to_json()).unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "packet": packet,
-        "from": rec.sender,
-        "received_at": ms_to_text(rec.received_at),
-        "sealed_digest": rec.sealed_digest.to_string(),
-        "read_by": rec.reads.first().map(|(o, _)| o.to_string()),
-        "reads": reads_json(&rec.reads),
-        "also_from": api.node.also_from(id, &rec.sender),
-    })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AckBody {
-    officer: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ForwardBody {
-    to: Vec<String>,
-    officer: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConsentBody {
-    holder: String,
-    allowed: Vec<String>,
-    until: String,
-    officer: String,
+    Ok(Json(Shown {
+        packet,
+        from: rec.sender.clone(),
+        received_at: crate::delivery::receiver::timestamp_of(rec.received_at),
+        sealed_digest: rec.sealed_digest,
+        read_by: rec.reads.first().map(|(o, _)| o.clone()),
+        reads: types::ReadBy::list(&rec.reads),
+        also_from: api.node.also_from(id, &rec.sender),
+    }))
 }
 
 fn field<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ApiError>
@@ -454,24 +349,33 @@ where
     v.parse().map_err(|e: T::Err| ApiError(StatusCode::BAD_REQUEST, format!("{v:?}: {e}"), Some(name.into())))
 }
 
-/// A submit-like answer: 201 with what was sent and refused, or 403 when nothing was sent.
-fn submitted(result: Result<crate::node::Submitted, NodeError>) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// A submit-like answer: 201 with what was sent and refused, or 403 (with each refusal) when
+/// nothing was sent.
+fn submitted(
+    result: Result<crate::node::Submitted, NodeError>,
+    due_by: Option<Timestamp>,
+) -> Result<Response, ApiError> {
     match result {
-        Ok(done) => {
-            let recipients: Vec<&NodeId> = done.sent.iter().map(|c| &c.recipient).collect();
-            Ok((
-                StatusCode::CREATED,
-                Json(
-                    json!({ "id": done.id.to_string(), "recipients": recipients, "sent": done.sent, "denied": done.denied }),
-                ),
-            ))
-        }
+        Ok(done) => Ok((StatusCode::CREATED, Json(SubmitAnswer::new(done, due_by))).into_response()),
         Err(NodeError::Denied(denied)) => {
-            let e = NodeError::Denied(denied.clone());
-            Ok((StatusCode::FORBIDDEN, Json(json!({ "error": e.to_string(), "denied": denied }))))
+            let error = NodeError::Denied(denied.clone()).to_string();
+            Ok((StatusCode::FORBIDDEN, Json(ErrorBody { error, field: None, denied })).into_response())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A JSON request body, or 400 naming the field that is wrong.
+fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.inner().to_string();
+        // A missing field is reported at its parent: name the field itself.
+        let missing = reason.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_owned);
+        let field = if path == "." { missing } else { Some(path) };
+        ApiError(StatusCode::BAD_REQUEST, reason, field)
+    })
 }
 
 /// Passes a received packet on to further partners.
@@ -483,23 +387,15 @@ async fn forward(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let from = q.sender()?;
-    let b: ForwardBody =
-        serde_json::from_str(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
-    let to = b.to.iter().map(|t| field::<NodeId>("to", t)).collect::<Result<Vec<_>, _>>()?;
-    let officer: OfficerId = field("officer", &b.officer)?;
-    submitted(api.node.forward(id, from.as_ref(), &to, officer).await)
+    let b: ForwardRequest = self::body(&body)?;
+    submitted(api.node.forward(id, from.as_ref(), &b.to, b.officer).await, None)
 }
 
 /// Consents that a packet this node sent may be passed on.
 async fn consent(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let b: ConsentBody =
-        serde_json::from_str(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))?;
-    let holder: NodeId = field("holder", &b.holder)?;
-    let allowed = b.allowed.iter().map(|t| field::<NodeId>("allowed", t)).collect::<Result<Vec<_>, _>>()?;
-    let until: Timestamp = field("until", &b.until)?;
-    let officer: OfficerId = field("officer", &b.officer)?;
-    submitted(api.node.consent(id, &holder, allowed, until, officer).await)
+    let b: ConsentRequest = self::body(&body)?;
+    submitted(api.node.consent(id, &b.holder, b.allowed, b.until, b.officer).await, None)
 }
 
 async fn ack(
@@ -510,12 +406,7 @@ async fn ack(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let from = q.sender()?;
-    let b: AckBody = serde_json::from_str(&body)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
-    let officer: OfficerId = b
-        .officer
-        .parse()
-        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("officer".into())))?;
-    api.node.ack(id, from.as_ref(), officer.clone()).await?;
-    Ok(Json(json!({ "id": id.to_string(), "acknowledged": true, "officer": officer })))
+    let b: AckRequest = self::body(&body)?;
+    api.node.ack(id, from.as_ref(), b.officer.clone()).await?;
+    Ok(Json(AckAnswer { id, acknowledged: true, officer: b.officer }))
 }

@@ -1,0 +1,472 @@
+//! The API's requests and answers, shared by the server ([`crate::api`]), the client
+//! ([`crate::client`]), the CLI and the demo: one definition of every JSON document, so that
+//! nobody builds or indexes JSON by hand and a field renamed on one side fails to compile on
+//! the other. Ids, times, digests, priorities and packet types are the crate's own types; they
+//! parse (and refuse) where the JSON is read.
+//!
+//! Times for people are RFC 3339 UTC (`Timestamp`); a node's internal clock is milliseconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::Verified;
+use crate::deadlines::{Deadline, Due, Role};
+use crate::delivery::receiver::timestamp_of;
+use crate::delivery::{Entry, EntryState, Millis};
+use crate::encoding::Digest;
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::Priority;
+use crate::packet::{Packet, PacketType};
+use crate::policy::{Denial, Onward, Policy, Redacted, Rules};
+use crate::store::InboxRecord;
+use crate::timestamp::Timestamp;
+
+pub use crate::delivery::submit::{Refused, SentCopy, Submitted};
+
+/// Every error answer: what is wrong, the field if one is to blame, and for a submit that
+/// nothing could be sent for (403), each recipient's refusal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What is wrong, for people.
+    pub error: String,
+    /// The field to blame (`envelope.recipients`, `officer`), if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Recipients refused by policy (403 on a submit, forward or consent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denied: Vec<Refused>,
+}
+
+/// `POST /v1/packets` (201): what was accepted, for whom, and the answer deadline it carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitAnswer {
+    /// The packet id, the copies sealed and the recipients refused.
+    #[serde(flatten)]
+    pub submitted: Submitted,
+    /// The recipients a copy was stored for.
+    pub recipients: Vec<NodeId>,
+    /// When an answer is due, for a request.
+    #[serde(default)]
+    pub due_by: Option<Timestamp>,
+}
+
+impl SubmitAnswer {
+    /// The answer to a submit (forward and consent answer the same, without a deadline).
+    pub fn new(submitted: Submitted, due_by: Option<Timestamp>) -> Self {
+        let recipients = submitted.sent.iter().map(|c| c.recipient.clone()).collect();
+        Self { submitted, recipients, due_by }
+    }
+}
+
+/// A delivery state as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting to be sent (again).
+    Queued,
+    /// Written to the partner, no receipt yet.
+    InFlight,
+    /// A signed receipt says it was stored.
+    Delivered,
+    /// A signed receipt says a rule refused it.
+    Rejected,
+    /// Expired before a receipt came.
+    Expired,
+}
+
+impl DeliveryState {
+    /// The state of an outbox entry.
+    pub fn of(state: &EntryState) -> Self {
+        match state {
+            EntryState::Queued { .. } => Self::Queued,
+            EntryState::InFlight { .. } => Self::InFlight,
+            EntryState::Delivered { .. } => Self::Delivered,
+            EntryState::Rejected { .. } => Self::Rejected,
+            EntryState::Expired { .. } => Self::Expired,
+        }
+    }
+
+    /// Its name (`in_flight`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InFlight => "in_flight",
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// One officer's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadBy {
+    /// Who.
+    pub officer: OfficerId,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl ReadBy {
+    /// A stored list of acknowledgements, for the API.
+    pub fn list(reads: &[(OfficerId, Millis)]) -> Vec<Self> {
+        reads.iter().map(|(o, t)| Self { officer: o.clone(), at: timestamp_of(*t) }).collect()
+    }
+}
+
+/// One recipient's status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientStatus {
+    /// The recipient.
+    pub node: NodeId,
+    /// Where the copy stands.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// When the receipt says it was stored.
+    pub delivered_at: Option<Timestamp>,
+    /// The digest the receipt names.
+    pub digest: Option<Digest>,
+    /// The rule that rejected it (`policy.receive.max_classification`, `expired`).
+    pub code: Option<String>,
+    /// Why it was rejected, for people: `code: reason`.
+    pub reason: Option<String>,
+    /// The first officer who acknowledged it.
+    pub read_by: Option<OfficerId>,
+    /// When they did.
+    pub read_at: Option<Timestamp>,
+    /// Every officer's acknowledgement, in order.
+    #[serde(default)]
+    pub reads: Vec<ReadBy>,
+}
+
+impl RecipientStatus {
+    /// An outbox entry, for the API.
+    pub fn of(e: &Entry) -> Self {
+        let (delivered_at, digest, code, reason) = match &e.state {
+            EntryState::Delivered { at, digest } => (Some(timestamp_of(*at)), Some(*digest), None, None),
+            EntryState::Rejected { code, reason, .. } => {
+                (None, None, Some(code.clone()), Some(format!("{code}: {reason}")))
+            }
+            _ => (None, None, None, None),
+        };
+        Self {
+            node: e.recipient.clone(),
+            state: DeliveryState::of(&e.state),
+            attempts: e.attempts,
+            delivered_at,
+            digest,
+            code,
+            reason,
+            read_by: e.reads.first().map(|(o, _)| o.clone()),
+            read_at: e.reads.first().map(|(_, t)| timestamp_of(*t)),
+            reads: ReadBy::list(&e.reads),
+        }
+    }
+}
+
+/// `GET /v1/packets/{id}`: a packet this node sent, per recipient, and the answers it awaits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PacketStatus {
+    /// The packet.
+    pub id: PacketId,
+    /// Each recipient's copy.
+    pub recipients: Vec<RecipientStatus>,
+    /// Answers this node awaits for it.
+    pub deadlines: Vec<DeadlineView>,
+}
+
+/// A deadline: where it stands now, and what moved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlineView {
+    /// The request.
+    pub request: PacketId,
+    /// Who owes the answer, or is owed it.
+    pub counterpart: NodeId,
+    /// Whether this node answers or awaits.
+    pub role: Role,
+    /// When the answer is due.
+    pub due_by: Timestamp,
+    /// Where it stands now.
+    pub due: Due,
+    /// The clarification request that paused it.
+    pub paused_by: Option<PacketId>,
+    /// The packet that answered it.
+    pub answered_by: Option<PacketId>,
+    /// Delay notices that moved it.
+    #[serde(default)]
+    pub delays: Vec<PacketId>,
+    /// When the requester said it wanted the answer, where that differs.
+    pub sender_due_by: Option<Timestamp>,
+}
+
+impl DeadlineView {
+    /// A deadline as it stands at `now`.
+    pub fn of(d: &Deadline, now: Millis) -> Self {
+        Self {
+            request: d.request,
+            counterpart: d.counterpart.clone(),
+            role: d.role,
+            due_by: timestamp_of(d.due_by),
+            due: d.due(now),
+            paused_by: d.paused.map(|(_, c)| c),
+            answered_by: d.answered.map(|(a, _)| a),
+            delays: d.delays.clone(),
+            sender_due_by: d.sender_due_by.map(timestamp_of),
+        }
+    }
+}
+
+/// `GET /v1/deadlines`: open deadlines on both sides, soonest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadlinesView {
+    /// What this node must answer.
+    pub answer: Vec<DeadlineView>,
+    /// What this node awaits.
+    #[serde(rename = "await")]
+    pub awaiting: Vec<DeadlineView>,
+}
+
+/// `GET /v1/outbox`: how many copies are in each state, and how many were read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxSummary {
+    /// Waiting to be sent.
+    pub queued: usize,
+    /// Written, no receipt yet.
+    pub in_flight: usize,
+    /// Receipted as stored.
+    pub delivered: usize,
+    /// Receipted as refused.
+    pub rejected: usize,
+    /// Expired without a receipt.
+    pub expired: usize,
+    /// Acknowledged by at least one officer.
+    pub read: usize,
+}
+
+impl OutboxSummary {
+    /// Counts one entry.
+    pub fn add(&mut self, e: &Entry) {
+        *match DeliveryState::of(&e.state) {
+            DeliveryState::Queued => &mut self.queued,
+            DeliveryState::InFlight => &mut self.in_flight,
+            DeliveryState::Delivered => &mut self.delivered,
+            DeliveryState::Rejected => &mut self.rejected,
+            DeliveryState::Expired => &mut self.expired,
+        } += 1;
+        if !e.reads.is_empty() {
+            self.read += 1;
+        }
+    }
+}
+
+/// One packet in `GET /v1/inbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// The packet.
+    pub id: PacketId,
+    /// Its sender.
+    pub from: NodeId,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub packet_type: PacketType,
+    /// Its priority.
+    pub priority: Priority,
+    /// When the sender wants an answer, for a request.
+    pub sender_due_by: Option<Timestamp>,
+    /// This node's deadline to answer it.
+    pub deadline: Option<DeadlineView>,
+    /// When it was stored.
+    pub received_at: Timestamp,
+    /// The first officer who acknowledged it.
+    pub read_by: Option<OfficerId>,
+    /// Every acknowledgement, in order.
+    #[serde(default)]
+    pub reads: Vec<ReadBy>,
+    /// Other partners that sent a packet with the same id (suspicious).
+    #[serde(default)]
+    pub also_from: Vec<NodeId>,
+}
+
+impl InboxItem {
+    /// A stored record, with this node's deadline to answer it and other senders of its id.
+    pub fn of(id: PacketId, rec: &InboxRecord, deadline: Option<DeadlineView>, also_from: Vec<NodeId>) -> Self {
+        Self {
+            id,
+            from: rec.sender.clone(),
+            packet_type: rec.packet_type,
+            priority: rec.priority,
+            sender_due_by: rec.due_by,
+            deadline,
+            received_at: timestamp_of(rec.received_at),
+            read_by: rec.reads.first().map(|(o, _)| o.clone()),
+            reads: ReadBy::list(&rec.reads),
+            also_from,
+        }
+    }
+}
+
+/// `GET /v1/inbox/{id}`: one received packet, verified again from the stored evidence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shown {
+    /// The packet.
+    pub packet: Packet,
+    /// Its sender.
+    pub from: NodeId,
+    /// When it was stored.
+    pub received_at: Timestamp,
+    /// SHA-256 of the sealed bytes received.
+    pub sealed_digest: Digest,
+    /// The first officer who acknowledged it.
+    pub read_by: Option<OfficerId>,
+    /// Every acknowledgement, in order.
+    #[serde(default)]
+    pub reads: Vec<ReadBy>,
+    /// Other partners that sent a packet with the same id (suspicious).
+    #[serde(default)]
+    pub also_from: Vec<NodeId>,
+}
+
+/// `POST /v1/inbox/{id}/ack`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// The officer who read it.
+    pub officer: OfficerId,
+}
+
+/// The answer to an acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AckAnswer {
+    /// The packet.
+    pub id: PacketId,
+    /// Always true: a refused acknowledgement is an error (409).
+    pub acknowledged: bool,
+    /// Who.
+    pub officer: OfficerId,
+}
+
+/// `POST /v1/inbox/{id}/forward`: pass a received packet on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardRequest {
+    /// To whom.
+    pub to: Vec<NodeId>,
+    /// The officer passing it on.
+    pub officer: OfficerId,
+}
+
+/// `POST /v1/packets/{id}/consent`: the originator's consent that a holder pass a packet on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    /// The partner holding the packet.
+    pub holder: NodeId,
+    /// Where it may pass it.
+    pub allowed: Vec<NodeId>,
+    /// Until when.
+    pub until: Timestamp,
+    /// The officer consenting.
+    pub officer: OfficerId,
+}
+
+/// What one recipient's policy would decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunDecision {
+    /// Sent as it is.
+    Allow,
+    /// Sent with fields or entities removed.
+    AllowWithRedactions,
+    /// Not sent.
+    Deny,
+}
+
+/// One recipient in a policy dry run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DryRun {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// The decision.
+    pub decision: DryRunDecision,
+    /// What would be removed.
+    #[serde(default)]
+    pub redacted: Vec<Redacted>,
+    /// Why it would be refused.
+    pub denied: Option<Denial>,
+    /// The version hash of the policy applied (`None`: no policy with this partner).
+    pub policy: Option<Digest>,
+}
+
+/// `POST /v1/policy/check`: what each recipient's policy would decide, nothing sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyCheck {
+    /// The packet's type.
+    pub packet_type: PacketType,
+    /// Per recipient.
+    pub recipients: Vec<DryRun>,
+}
+
+/// `GET /v1/policy/{partner}`: the policy in force with a partner, all of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyView {
+    /// The partner.
+    pub partner: NodeId,
+    /// The agreement's name.
+    pub title: Option<String>,
+    /// What this node may send to it.
+    pub send: Rules,
+    /// What this node accepts from it.
+    pub receive: Rules,
+    /// Passing packets on.
+    pub onward: Onward,
+    /// Days packets from it are kept.
+    pub retention_days: u32,
+    /// The policy's version hash.
+    pub hash: Digest,
+}
+
+impl From<&Policy> for PolicyView {
+    fn from(p: &Policy) -> Self {
+        Self {
+            partner: p.partner.clone(),
+            title: p.title.clone(),
+            send: p.send.clone(),
+            receive: p.receive.clone(),
+            onward: p.onward,
+            retention_days: p.retention_days,
+            hash: p.hash,
+        }
+    }
+}
+
+/// Where a broken audit trail breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broken {
+    /// The first entry that does not verify.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// `GET /v1/audit/verify`: intact (what was covered) or broken (where).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerify {
+    /// Whether the trail is intact.
+    pub ok: bool,
+    /// What an intact check covered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    /// Where a broken trail breaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<Broken>,
+}
+
+impl AuditVerify {
+    /// The outcome of a verification.
+    pub fn of(result: &Result<Verified, crate::audit::Broken>) -> Self {
+        match result {
+            Ok(v) => Self { ok: true, verified: Some(v.clone()), broken: None },
+            Err(b) => Self { ok: false, verified: None, broken: Some(Broken { seq: b.seq, reason: b.reason.clone() }) },
+        }
+    }
+}
