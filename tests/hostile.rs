@@ -171,7 +171,7 @@ async fn exchange(who: &str, port: u16, frames: &[Vec<u8>], idle: Duration) -> V
 fn code(item: &ReceiptItem) -> String {
     match &item.outcome {
         ReceiptOutcome::Accepted => "accepted".into(),
-        ReceiptOutcome::Rejected { code, .. } => code.clone(),
+        ReceiptOutcome::Rejected { code, .. } => code.to_string(),
     }
 }
 

@@ -26,6 +26,7 @@ fn three_nodes_two_hundred_seeds() {
     assert!(t.lost > 500 && t.duplicated > 200, "{t:#?}");
     assert!(t.delivered > 2_000 && t.expired > 5 && t.refused_submits > 100, "{t:#?}");
     assert!(t.acks > 200 && t.answers > 100, "{t:#?}");
+    assert!(t.forwards > 10 && t.refused_forwards > 50 && t.consents > 100, "{t:#?}");
 }
 
 #[test]

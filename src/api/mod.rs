@@ -101,7 +101,9 @@ impl From<NodeError> for ApiError {
         let code = match &e {
             NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
-            NodeError::Ambiguous { .. } | NodeError::AckRefused(_) => StatusCode::CONFLICT,
+            NodeError::Ambiguous { .. } | NodeError::AckRefused(_) | NodeError::NotDelivered { .. } => {
+                StatusCode::CONFLICT
+            }
             NodeError::NotAPartner(_) | NodeError::NotARecipient { .. } | NodeError::Seal(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

@@ -15,7 +15,7 @@ use crate::delivery::{Entry, EntryState, Millis};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
-use crate::packet::{Packet, PacketType};
+use crate::packet::{Packet, PacketType, RejectionCode, RejectionKind};
 use crate::policy::{Denial, Onward, Policy, Redacted, Rules};
 use crate::store::InboxRecord;
 use crate::timestamp::Timestamp;
@@ -127,7 +127,9 @@ pub struct RecipientStatus {
     /// The digest the receipt names.
     pub digest: Option<Digest>,
     /// The rule that rejected it (`policy.receive.max_classification`, `expired`).
-    pub code: Option<String>,
+    pub code: Option<RejectionCode>,
+    /// What kind of refusal that is (a policy rule, onward rules, time, integrity...).
+    pub rejection: Option<RejectionKind>,
     /// Why it was rejected, for people: `code: reason`.
     pub reason: Option<String>,
     /// The first officer who acknowledged it.
@@ -155,6 +157,7 @@ impl RecipientStatus {
             attempts: e.attempts,
             delivered_at,
             digest,
+            rejection: code.as_ref().map(RejectionCode::kind),
             code,
             reason,
             read_by: e.reads.first().map(|(o, _)| o.clone()),

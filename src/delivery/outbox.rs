@@ -1,5 +1,6 @@
 //! The sender's outbox state machine.
 
+use crate::packet::RejectionCode;
 use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,7 @@ pub enum EntryState {
         /// When the rejection receipt arrived.
         at: Millis,
         /// The rule or check that refused it.
-        code: String,
+        code: RejectionCode,
         /// Human-readable reason.
         reason: String,
     },
@@ -611,7 +612,7 @@ pub enum ReceiptOutcome {
     /// Refused.
     Rejected {
         /// The rule or check.
-        code: String,
+        code: RejectionCode,
         /// Why.
         reason: String,
     },

@@ -20,7 +20,7 @@ use crate::deadlines::Deadlines;
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
-use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome};
+use crate::packet::{Body, Packet, ReceiptItem, ReceiptOutcome, RejectionCode};
 use crate::policy::{Decision, Direction, PolicyBook};
 use crate::seal::{peek_route, OpenError, SealContext, SealError};
 use crate::store::{self, pair_key, InboxRecord, Op, Tree};
@@ -148,7 +148,7 @@ impl Receiver<'_> {
                     };
                     notice("rejected", Some(route.packet_id), Some(e.code().into()), format!("rejected: {e}"));
                     lane = lane.min(route.priority);
-                    items.push(rejection(route.packet_id, now, digest, e.code().into(), e.to_string(), None));
+                    items.push(rejection(route.packet_id, now, digest, e.code(), e.to_string(), None));
                     continue;
                 }
             };
@@ -210,7 +210,7 @@ impl Receiver<'_> {
             let packet = &opened.signed.packet;
             if let Err((code, reason)) = self.system_context(packet, peer, &new, &mut acked) {
                 notice("system", Some(id), Some(code.into()), "system packet refused; not stored".into());
-                items.push(rejection(id, now, digest, code.into(), reason, verdict.policy));
+                items.push(rejection(id, now, digest, code, reason, verdict.policy));
                 continue;
             }
             if !also_from.is_empty() {
@@ -381,7 +381,7 @@ pub fn rejection(
     packet_id: PacketId,
     at: Timestamp,
     digest: Digest,
-    code: String,
+    code: impl Into<RejectionCode>,
     reason: String,
     policy: Option<Digest>,
 ) -> ReceiptItem {
@@ -389,7 +389,7 @@ pub fn rejection(
         packet_id,
         received_at: at,
         sealed_digest: digest,
-        outcome: ReceiptOutcome::Rejected { code, reason },
+        outcome: ReceiptOutcome::Rejected { code: code.into(), reason },
         policy,
     }
 }
@@ -401,7 +401,7 @@ pub fn receipted(i: &ReceiptItem) -> Receipted {
         digest: i.sealed_digest,
         outcome: match &i.outcome {
             ReceiptOutcome::Accepted => "accepted".into(),
-            ReceiptOutcome::Rejected { code, .. } => code.clone(),
+            ReceiptOutcome::Rejected { code, .. } => code.to_string(),
         },
         sent: None,
     }

@@ -6,12 +6,14 @@
 //! entries to the partners' sender machines and answers the submitter.
 
 use crate::audit::{Decided, DecisionKind, Event as AuditEvent};
-use crate::encoding::Digest;
-use crate::ids::{NodeId, PacketId};
-use crate::packet::Packet;
-use crate::policy::{Decision, Denial, Direction, PolicyBook, Redacted};
-use crate::seal::{SealContext, SealError};
+use crate::encoding::{Blob, Digest};
+use crate::ids::{NodeId, OfficerId, PacketId};
+use crate::markings::HandlingCode;
+use crate::packet::{Body, Envelope, Forward, Originator, Packet};
+use crate::policy::{Decision, Denial, Direction, OnwardRule, PolicyBook, Redacted};
+use crate::seal::{SealContext, SealError, SignedPacket};
 use crate::store::{self, pair_key, Op, Tree};
+use crate::timestamp::Timestamp;
 
 use super::{Entry, Millis, Outbox};
 
@@ -101,6 +103,137 @@ pub fn decide(policies: &PolicyBook, packet: &Packet, now: Millis) -> (Vec<(Pack
     (copies, denied)
 }
 
+/// Whether the recipient whose copy is `entry` may be sent a consent to pass the packet on: only
+/// once it holds the packet (its copy delivered) — a consent that arrives first is refused
+/// there as about a packet it does not know, and would be lost. Gives the priority the
+/// consent travels at, or why not: `None` not a recipient, else the copy's state.
+pub fn consent_holder(entry: Option<&Entry>) -> Result<crate::markings::Priority, Option<&'static str>> {
+    match entry {
+        None => Err(None),
+        Some(e) if matches!(e.state, super::EntryState::Delivered { .. }) => Ok(e.priority),
+        Some(e) => Err(Some(e.state.name())),
+    }
+}
+
+/// Passing a received packet on: who passes it (`me`), the node it came from, the original as
+/// its originator signed it, and the originator's consents this node holds about it.
+pub struct Onward<'a> {
+    /// This node.
+    pub me: &'a NodeId,
+    /// The node that sent it here (the originator, or a node that passed it on).
+    pub sender: &'a NodeId,
+    /// The packet, as its originator signed it.
+    pub original: &'a SignedPacket,
+    /// Consents of the originator about it (verified).
+    pub consents: &'a [SignedPacket],
+}
+
+impl Onward<'_> {
+    /// Each of `to` on its own: the original still valid, not already a recipient, the
+    /// `[onward]` rule and H2 (with a consent covering it where needed), and this node's send
+    /// policy for it applied to the original — which cannot be redacted, since another node
+    /// signed it, so a policy that would remove anything refuses it. The allowed get a
+    /// [`Body::Forward`] (id `id`) carrying the original and the consent.
+    pub fn decide(
+        &self,
+        policies: &PolicyBook,
+        to: &[NodeId],
+        officer: &OfficerId,
+        id: PacketId,
+        now: Millis,
+        now_ts: Timestamp,
+    ) -> (Vec<(Packet, SentCopy)>, Vec<Refused>) {
+        let p = &self.original.packet;
+        let originator = &p.envelope.originator.node;
+        // The `[onward]` rule of the agreement with the originator, or with whoever passed it on.
+        let rule = policies
+            .policy(originator)
+            .or_else(|| policies.policy(self.sender))
+            .map_or(OnwardRule::Never, |p| p.onward.from_partner);
+        let mut copies = Vec::new();
+        let mut denied = Vec::new();
+        let deny = |denied: &mut Vec<Refused>, r: &NodeId, rule: &str, reason: String, policy: Option<Digest>| {
+            denied.push(Refused { recipient: r.clone(), denial: Denial { rule: rule.into(), reason }, policy });
+        };
+        for r in to {
+            let policy_hash = policies.policy(r).map(|x| x.hash);
+            if let Err(e) = crate::seal::check_times(p, now_ts) {
+                deny(&mut denied, r, "onward.original_expired", e.to_string(), policy_hash);
+                continue;
+            }
+            if r == originator || p.envelope.recipients.contains(r) {
+                let reason = format!("{r} already had it from {originator}");
+                deny(&mut denied, r, "onward.already_a_recipient", reason, policy_hash);
+                continue;
+            }
+            let needed = match crate::onward::consent_needed(p, rule) {
+                Ok(n) => n,
+                Err(d) => {
+                    deny(&mut denied, r, &d.rule, d.reason, policy_hash);
+                    continue;
+                }
+            };
+            let consent = self.consents.iter().find(|c| crate::onward::consent_for(c, p, self.me, r, now_ts).is_ok());
+            if needed && consent.is_none() {
+                let why = if p.envelope.handling.codes.contains(&HandlingCode::H2) {
+                    "it is marked H2"
+                } else {
+                    "the policy with its originator requires consent"
+                };
+                let reason = format!("{why}, and no consent of {originator} covering {r} was received");
+                deny(&mut denied, r, "onward.consent_required", reason, policy_hash);
+                continue;
+            }
+            let mut check = p.clone();
+            let verdict = policies.decide(r, Direction::Send, &mut check, now);
+            match verdict.decision {
+                Decision::Deny(d) => {
+                    deny(&mut denied, r, &d.rule, d.reason, verdict.policy);
+                    continue;
+                }
+                Decision::Redact(list) => {
+                    let fields: Vec<String> = list.iter().map(|x| x.path.clone()).collect();
+                    let reason =
+                        format!("{} would have to be removed, but {originator} signed the packet", fields.join(", "));
+                    deny(&mut denied, r, &list[0].rule, reason, verdict.policy);
+                    continue;
+                }
+                Decision::Allow => {}
+            }
+            let e = &p.envelope;
+            let forward = Packet {
+                version: p.version,
+                envelope: Envelope {
+                    id,
+                    case_ref: e.case_ref.clone(),
+                    in_reply_to: None,
+                    related: vec![e.id],
+                    originator: Originator { node: self.me.clone(), officer: Some(officer.clone()) },
+                    recipients: vec![r.clone()],
+                    created: now_ts,
+                    expires: e.expires,
+                    priority: e.priority,
+                    urgency_reason: e.urgency_reason,
+                    due_by: None,
+                    classification: e.classification,
+                    tlp: e.tlp,
+                    handling: e.handling.clone(),
+                    grading: e.grading,
+                    legal_basis: e.legal_basis.clone(),
+                    purpose: e.purpose.clone(),
+                    language: e.language,
+                },
+                body: Body::Forward(Forward {
+                    original: Blob(self.original.bytes.clone()),
+                    consent: consent.map(|c| Blob(c.bytes.clone())),
+                }),
+            };
+            copies.push((forward, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }));
+        }
+        (copies, denied)
+    }
+}
+
 /// Seals the copies decided for `packet` (each names the recipients that actually get the
 /// packet) and works out the writes. With no copy, only the refusal is recorded.
 pub fn seal(
@@ -169,4 +302,32 @@ pub fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
             sealed: None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::EntryState;
+    use crate::markings::Priority;
+
+    /// A consent goes only to a recipient that holds the packet: one sent ahead of it would be
+    /// refused there, and lost.
+    #[test]
+    fn consent_goes_only_to_a_holder_whose_copy_is_delivered() {
+        let mut e = Entry {
+            packet_id: PacketId::from_bytes([1; 16]),
+            recipient: "ES-UDYCO".parse().unwrap(),
+            priority: Priority::Urgent,
+            expires: 1_000,
+            sealed_digest: Digest::of(b"x"),
+            submitted: 0,
+            attempts: 1,
+            state: EntryState::Queued { not_before: 0 },
+            reads: Vec::new(),
+        };
+        assert_eq!(consent_holder(None), Err(None));
+        assert_eq!(consent_holder(Some(&e)), Err(Some("queued")));
+        e.state = EntryState::Delivered { at: 5, digest: Digest::of(b"x") };
+        assert_eq!(consent_holder(Some(&e)), Ok(Priority::Urgent));
+    }
 }

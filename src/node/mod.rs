@@ -36,7 +36,7 @@ use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
 use crate::packet::{Body, Packet, ReceiptItem, MAX_RECEIPT_ITEMS};
-use crate::policy::{Decision, Denial, Direction, PolicyBook};
+use crate::policy::PolicyBook;
 use crate::seal::{OpenError, SealContext, SignedPacket, MAX_SEALED_BYTES};
 use crate::store::{self, pair_key, InboxRecord, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
@@ -48,6 +48,7 @@ mod inbound;
 mod outbound;
 mod peer;
 mod queries;
+pub use queries::{consents_about, held};
 
 /// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
 /// each with a rejection reason, with room to spare.
@@ -94,6 +95,17 @@ pub enum NodeError {
         packet: PacketId,
         /// The node.
         node: NodeId,
+    },
+    /// A consent for a holder whose copy is not delivered: it would reach a node that does not
+    /// hold the packet, which refuses it.
+    #[error("{node} does not hold {packet} yet (its copy is {state}); consent once it is delivered")]
+    NotDelivered {
+        /// The packet.
+        packet: PacketId,
+        /// The holder.
+        node: NodeId,
+        /// Where its copy stands.
+        state: &'static str,
     },
     /// The transport could not be set up.
     #[error(transparent)]

@@ -3,6 +3,7 @@
 //! per-partner sender ([`super::peer`]) takes it from there.
 
 use super::*;
+use crate::delivery::submit::Onward;
 
 impl Node {
     /// Checks `packet` against the sharing policy of each recipient, seals the copy each may
@@ -111,115 +112,15 @@ impl Node {
         }
         let rec = self.received(packet_id, from)?;
         let (original, carried) = self.held(packet_id, &rec.sender)?;
-        let p = &original.packet;
-        let originator = &p.envelope.originator.node;
-        // The rule of the agreement with the originator, or with whoever passed it to us.
-        let book = self.policies();
-        let policy = book.policy(originator).or_else(|| book.policy(&rec.sender));
-        let rule = policy.map_or(crate::policy::OnwardRule::Never, |p| p.onward.from_partner);
         // A scan of everything received: on the blocking pool.
-        let (about, by) = (p.envelope.id, originator.clone());
+        let (about, by) = (original.packet.envelope.id, original.packet.envelope.originator.node.clone());
         let consents = self.slow(move |node| node.consents_about(about, &by, carried)).await??;
         let now = now_ms();
-        let now_ts = Timestamp::now();
-        let mut copies = Vec::new();
-        let mut denied = Vec::new();
-        let deny = |denied: &mut Vec<Refused>, r: &NodeId, rule: &str, reason: String, policy: Option<Digest>| {
-            warn!(packet_id = %packet_id, recipient = %r, %rule, "not passed on");
-            denied.push(Refused { recipient: r.clone(), denial: Denial { rule: rule.into(), reason }, policy });
-        };
         let id = PacketId::new_v7(now, &mut rand_core::OsRng);
-        for r in to {
-            let policy_hash = self.policies().policy(r).map(|x| x.hash);
-            if let Err(e) = crate::seal::check_times(p, now_ts) {
-                deny(&mut denied, r, "onward.original_expired", e.to_string(), policy_hash);
-                continue;
-            }
-            if r == originator || p.envelope.recipients.contains(r) {
-                deny(
-                    &mut denied,
-                    r,
-                    "onward.already_a_recipient",
-                    format!("{r} already had it from {originator}"),
-                    policy_hash,
-                );
-                continue;
-            }
-            let needed = match crate::onward::consent_needed(p, rule) {
-                Ok(n) => n,
-                Err(d) => {
-                    deny(&mut denied, r, &d.rule, d.reason, policy_hash);
-                    continue;
-                }
-            };
-            let consent = consents.iter().find(|c| crate::onward::consent_for(c, p, &self.inner.me, r, now_ts).is_ok());
-            if needed && consent.is_none() {
-                let why = if p.envelope.handling.codes.contains(&crate::markings::HandlingCode::H2) {
-                    "it is marked H2"
-                } else {
-                    "the policy with its originator requires consent"
-                };
-                deny(
-                    &mut denied,
-                    r,
-                    "onward.consent_required",
-                    format!("{why}, and no consent of {originator} covering {r} was received"),
-                    policy_hash,
-                );
-                continue;
-            }
-            let mut check = p.clone();
-            let verdict = self.policies().decide(r, Direction::Send, &mut check, now);
-            match verdict.decision {
-                Decision::Deny(d) => {
-                    deny(&mut denied, r, &d.rule, d.reason, verdict.policy);
-                    continue;
-                }
-                Decision::Redact(list) => {
-                    let fields: Vec<String> = list.iter().map(|x| x.path.clone()).collect();
-                    deny(
-                        &mut denied,
-                        r,
-                        &list[0].rule,
-                        format!("{} would have to be removed, but {originator} signed the packet", fields.join(", ")),
-                        verdict.policy,
-                    );
-                    continue;
-                }
-                Decision::Allow => {}
-            }
-            let e = &p.envelope;
-            let forward = Packet {
-                version: p.version,
-                envelope: crate::packet::Envelope {
-                    id,
-                    case_ref: e.case_ref.clone(),
-                    in_reply_to: None,
-                    related: vec![e.id],
-                    originator: crate::packet::Originator {
-                        node: self.inner.me.clone(),
-                        officer: Some(officer.clone()),
-                    },
-                    recipients: vec![r.clone()],
-                    created: now_ts,
-                    expires: e.expires,
-                    priority: e.priority,
-                    urgency_reason: e.urgency_reason,
-                    due_by: None,
-                    classification: e.classification,
-                    tlp: e.tlp,
-                    handling: e.handling.clone(),
-                    grading: e.grading,
-                    legal_basis: e.legal_basis.clone(),
-                    purpose: e.purpose.clone(),
-                    language: e.language,
-                },
-                body: Body::Forward(crate::packet::Forward {
-                    original: crate::encoding::Blob(original.bytes.clone()),
-                    consent: consent.map(|c| crate::encoding::Blob(c.bytes.clone())),
-                }),
-            };
-            copies.push((forward, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }));
+        let plan = Onward { me: &self.inner.me, sender: &rec.sender, original: &original, consents: &consents };
+        let (copies, denied) = plan.decide(&self.policies(), to, &officer, id, now, Timestamp::now());
+        for d in &denied {
+            warn!(packet_id = %packet_id, recipient = %d.recipient, rule = %d.denial.rule, "not passed on");
         }
         let Some((first, _)) = copies.first() else {
             let event = AuditEvent::Submitted {
@@ -242,17 +143,7 @@ impl Node {
         originator: &NodeId,
         carried: Option<SignedPacket>,
     ) -> Result<Vec<SignedPacket>, NodeError> {
-        let mut out: Vec<SignedPacket> = carried.into_iter().collect();
-        for (id, rec) in self.inbox()? {
-            if rec.packet_type != crate::packet::PacketType::OnwardConsent || rec.sender != *originator {
-                continue;
-            }
-            let (c, _) = self.held(id, &rec.sender)?;
-            if matches!(&c.packet.body, Body::OnwardConsent(x) if x.packet_id == packet) {
-                out.push(c);
-            }
-        }
-        Ok(out)
+        consents_about(&self.inner.store, self.inner.seal.keyring(), packet, originator, carried)
     }
 
     /// Gives consent that `packet` (sent by this node) may be passed on by `holder` (one of its
@@ -266,37 +157,22 @@ impl Node {
         officer: OfficerId,
     ) -> Result<Submitted, NodeError> {
         let entries = self.status(packet)?;
-        if !entries.iter().any(|e| e.recipient == *holder) {
-            return Err(NodeError::NotARecipient { packet, node: holder.clone() });
-        }
-        let now = Timestamp::now();
-        let consent = Packet {
-            version: crate::packet::PACKET_VERSION,
-            envelope: crate::packet::Envelope {
-                id: PacketId::new_v7(now_ms(), &mut rand_core::OsRng),
-                case_ref: None,
-                in_reply_to: Some(packet),
-                related: Vec::new(),
-                originator: crate::packet::Originator { node: self.inner.me.clone(), officer: Some(officer) },
-                recipients: vec![holder.clone()],
-                created: now,
-                expires: until,
-                priority: entries.first().map_or(Priority::Routine, |e| e.priority),
-                urgency_reason: None,
-                due_by: None,
-                classification: crate::markings::Classification::Unclassified,
-                tlp: None,
-                handling: crate::markings::Handling {
-                    codes: [crate::markings::HandlingCode::H0].into(),
-                    h3_text: None,
-                },
-                grading: None,
-                legal_basis: None,
-                purpose: None,
-                language: crate::ids::Language::ENGLISH,
-            },
-            body: Body::OnwardConsent(crate::packet::OnwardConsent { packet_id: packet, allowed, until }),
-        };
+        let priority = crate::delivery::submit::consent_holder(entries.iter().find(|e| e.recipient == *holder))
+            .map_err(|state| match state {
+                None => NodeError::NotARecipient { packet, node: holder.clone() },
+                Some(state) => NodeError::NotDelivered { packet, node: holder.clone(), state },
+            })?;
+        let consent = Packet::onward_consent(
+            &self.inner.me,
+            holder,
+            packet,
+            priority,
+            allowed,
+            until,
+            officer,
+            Timestamp::now(),
+            &mut rand_core::OsRng,
+        );
         self.submit(&consent).await
     }
 

@@ -121,20 +121,50 @@ impl Node {
         packet_id: PacketId,
         sender: &NodeId,
     ) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
-        let evidence = self
-            .inner
-            .store
-            .get(Tree::Evidence, &pair_key(packet_id, sender))?
-            .ok_or(NodeError::UnknownPacket(packet_id))?;
-        let ring = self.inner.seal.keyring();
-        let signed = crate::seal::verify_signed(ring, &evidence).map_err(|e| NodeError::Evidence(packet_id, e))?;
-        let Body::Forward(f) = &signed.packet.body else { return Ok((signed, None)) };
-        let original =
-            crate::seal::verify_signed(ring, &f.original.0).map_err(|e| NodeError::Evidence(packet_id, e))?;
-        let consent = match &f.consent {
-            Some(c) => Some(crate::seal::verify_signed(ring, &c.0).map_err(|e| NodeError::Evidence(packet_id, e))?),
-            None => None,
-        };
-        Ok((original, consent))
+        held(&self.inner.store, self.inner.seal.keyring(), packet_id, sender)
     }
+}
+
+/// A received packet as its originator signed it, verified again from the stored evidence (for
+/// a forward: the original it carried), and the consent that came with it. Shared by the node
+/// and the simulator.
+pub fn held(
+    store: &Store,
+    ring: &crate::keys::Keyring,
+    packet_id: PacketId,
+    sender: &NodeId,
+) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
+    let evidence =
+        store.get(Tree::Evidence, &pair_key(packet_id, sender))?.ok_or(NodeError::UnknownPacket(packet_id))?;
+    let signed = crate::seal::verify_signed(ring, &evidence).map_err(|e| NodeError::Evidence(packet_id, e))?;
+    let Body::Forward(f) = &signed.packet.body else { return Ok((signed, None)) };
+    let original = crate::seal::verify_signed(ring, &f.original.0).map_err(|e| NodeError::Evidence(packet_id, e))?;
+    let consent = match &f.consent {
+        Some(c) => Some(crate::seal::verify_signed(ring, &c.0).map_err(|e| NodeError::Evidence(packet_id, e))?),
+        None => None,
+    };
+    Ok((original, consent))
+}
+
+/// Verified consents of `originator` about `packet`: `carried` (the one that came with it), and
+/// any it sent this node. Scans the inbox: run it off the async workers.
+pub fn consents_about(
+    store: &Store,
+    ring: &crate::keys::Keyring,
+    packet: PacketId,
+    originator: &NodeId,
+    carried: Option<SignedPacket>,
+) -> Result<Vec<SignedPacket>, NodeError> {
+    let mut out: Vec<SignedPacket> = carried.into_iter().collect();
+    for (k, v) in store.scan(Tree::Inbox, &[])? {
+        let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
+        if rec.packet_type != crate::packet::PacketType::OnwardConsent || rec.sender != *originator {
+            continue;
+        }
+        let (c, _) = held(store, ring, packet_id_of(&k)?, &rec.sender)?;
+        if matches!(&c.packet.body, Body::OnwardConsent(x) if x.packet_id == packet) {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }

@@ -566,10 +566,100 @@ pub enum ReceiptOutcome {
     /// Refused.
     Rejected {
         /// Machine-readable rule or error code, e.g. `signature_invalid`.
-        code: String,
+        code: RejectionCode,
         /// Human-readable reason.
         reason: String,
     },
+}
+
+/// A receiver's machine-readable reason for refusing a copy, as signed in its receipt:
+/// `policy.<rule>` (a rule of its sharing policy), `onward.<rule>`, `system.<what>`, or what
+/// opening the copy found (`signature_invalid`, `expired`...). Kept exactly as the partner
+/// signed it: a partner running a newer version may send a code this one does not know, which
+/// is then of [`RejectionKind::Unknown`], never an error.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RejectionCode(String);
+
+/// What kind of refusal a [`RejectionCode`] is: what the sender's officer can do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionKind {
+    /// A rule of the receiver's sharing policy: the packet was sound, the agreement says no.
+    Policy,
+    /// A rule of onward transmission: consent missing or not covering the hop, already a
+    /// recipient, the original's markings differ.
+    Onward,
+    /// Out of time: the packet (or the original it carries) expired on the way, or is dated
+    /// ahead of the receiver's clock.
+    Time,
+    /// About something the receiver does not hold or has already recorded (a ReadAck, a consent).
+    System,
+    /// The bytes: malformed, not for the receiver, unknown key, bad signature, failed
+    /// decryption, non-canonical encoding. Between honest nodes that agree on keys: never.
+    Integrity,
+    /// A code this version does not know.
+    Unknown,
+}
+
+impl RejectionCode {
+    /// A code (as the receiver machine, a policy denial or an open error names it).
+    pub fn new(code: impl Into<String>) -> Self {
+        Self(code.into())
+    }
+
+    /// The code as signed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// What kind of refusal it is.
+    pub fn kind(&self) -> RejectionKind {
+        let c = self.0.as_str();
+        match c {
+            "expired" | "created_in_future" | "onward.original_expired" | "onward.original_created_in_future" => {
+                RejectionKind::Time
+            }
+            _ if c.starts_with("policy.") => RejectionKind::Policy,
+            _ if c.starts_with("onward.") => RejectionKind::Onward,
+            _ if c.starts_with("system.") => RejectionKind::System,
+            "too_large" | "malformed" | "trailing_bytes" | "unsupported" | "not_for_me" | "unknown_key"
+            | "decryption_failed" | "signature_invalid" | "invalid_packet" | "cose_unknown_crit"
+            | "header_mismatch" => RejectionKind::Integrity,
+            _ if c.starts_with("cbor_") => RejectionKind::Integrity,
+            _ => RejectionKind::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for RejectionCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<&str> for RejectionCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<str> for RejectionCode {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl From<&str> for RejectionCode {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for RejectionCode {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
 }
 
 /// The originator's signed consent that one of its packets may be passed on to further nodes
@@ -660,10 +750,40 @@ impl DeliveryReceipt {
         for (i, item) in self.receipts.iter().enumerate() {
             if let ReceiptOutcome::Rejected { code, reason } = &item.outcome {
                 let rc = items.idx(i).at("outcome").at("rejected");
-                text(&rc.at("code"), code, SHORT)?;
+                text(&rc.at("code"), code.as_str(), SHORT)?;
                 text(&rc.at("reason"), reason, LONG)?;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes keep their wire form (a plain string, signed by the receiver) and say what kind
+    /// of refusal they are; a code from a newer version is unknown, not an error.
+    #[test]
+    fn rejection_codes_are_strings_on_the_wire_and_kinds_here() {
+        let kinds = [
+            ("policy.receive.max_classification", RejectionKind::Policy),
+            ("policy.onward.accept_forwarded", RejectionKind::Policy),
+            ("onward.consent_required", RejectionKind::Onward),
+            ("onward.original_expired", RejectionKind::Time),
+            ("expired", RejectionKind::Time),
+            ("system.unknown_packet", RejectionKind::System),
+            ("signature_invalid", RejectionKind::Integrity),
+            ("cbor_duplicate_key", RejectionKind::Integrity),
+            ("quota.exceeded", RejectionKind::Unknown),
+        ];
+        for (code, kind) in kinds {
+            assert_eq!(RejectionCode::new(code).kind(), kind, "{code}");
+        }
+        let outcome = ReceiptOutcome::Rejected { code: "expired".into(), reason: "late".into() };
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["rejected"]["code"], "expired");
+        let back: ReceiptOutcome = serde_json::from_value(json).unwrap();
+        assert_eq!(back, outcome);
     }
 }

@@ -457,6 +457,27 @@ impl Packet {
         Self::system(node, to, about, priority, body, now, rng)
     }
 
+    /// The consent of `node` (the originator of `about`, sent to `holder`) that `holder` may
+    /// pass `about` on to `allowed` until `until`, given by `officer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn onward_consent(
+        node: &NodeId,
+        holder: &NodeId,
+        about: PacketId,
+        priority: Priority,
+        allowed: Vec<NodeId>,
+        until: Timestamp,
+        officer: OfficerId,
+        now: Timestamp,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        let body = Body::OnwardConsent(OnwardConsent { packet_id: about, allowed, until });
+        let mut p = Self::system(node, holder, about, priority, body, now, rng);
+        p.envelope.originator.officer = Some(officer);
+        p.envelope.expires = until;
+        p
+    }
+
     fn system(
         from: &NodeId,
         to: &NodeId,

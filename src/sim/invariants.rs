@@ -2,6 +2,7 @@
 //! 250 steps, and at the end (see the module doc of [`super`]).
 
 use super::*;
+use crate::packet::RejectionKind;
 
 impl Sim {
     /// After every step: what the senders show (acknowledged copies present, terminal states
@@ -181,8 +182,8 @@ impl Sim {
         Ok(())
     }
 
-    /// After healing: every acknowledged copy delivered, rejected by a rule, or expired after
-    /// its expiry.
+    /// After healing: every acknowledged copy delivered, rejected by a rule (a policy, onward
+    /// or time rule, or about something the receiver does not hold), or expired after its expiry.
     pub(super) fn check_final(&mut self) -> Res {
         let ledger: Vec<((usize, PacketId, usize), Expected)> =
             self.ledger.iter().map(|(k, v)| (*k, v.clone())).collect();
@@ -191,9 +192,11 @@ impl Sim {
             let e = self.nodes[a].senders.get(&peer).and_then(|s| s.entry(id)).ok_or("lost")?;
             match &e.state {
                 EntryState::Delivered { .. } => self.report.delivered += 1,
-                EntryState::Rejected { code, .. } => {
-                    if code.is_empty() {
-                        return Err(format!("{id} to {peer} rejected without a rule"));
+                EntryState::Rejected { code, reason, .. } => {
+                    // Honest nodes that agree on keys refuse by rules (policy, onward, time, what
+                    // they hold), never because the bytes were wrong.
+                    if matches!(code.kind(), RejectionKind::Integrity | RejectionKind::Unknown) {
+                        return Err(format!("{id} to {peer} rejected for {code} ({reason}), not by a rule"));
                     }
                     self.report.rejected += 1;
                 }

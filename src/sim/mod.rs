@@ -110,6 +110,12 @@ pub struct Report {
     pub acks: u64,
     /// Requests answered.
     pub answers: u64,
+    /// Forwards with at least one copy (passed on to a third node).
+    pub forwards: u64,
+    /// Forwards refused for every recipient (no consent, already a recipient, policy).
+    pub refused_forwards: u64,
+    /// Onward consents given.
+    pub consents: u64,
     /// Batches received.
     pub batches: u64,
     /// Node crashes (each followed by a restart from the store).
@@ -134,6 +140,9 @@ impl std::ops::AddAssign<&Report> for Report {
         self.expired += r.expired;
         self.acks += r.acks;
         self.answers += r.answers;
+        self.forwards += r.forwards;
+        self.refused_forwards += r.refused_forwards;
+        self.consents += r.consents;
         self.batches += r.batches;
         self.crashes += r.crashes;
         self.disk_faults += r.disk_faults;
@@ -283,6 +292,8 @@ struct Sim {
     crash_rate: f64,
     /// Every copy acknowledged to an officer: (origin, packet, recipient).
     ledger: BTreeMap<(usize, PacketId, usize), Expected>,
+    /// Packets officers of a node wrote (not system packets, not forwards): (node, id).
+    originated: BTreeSet<(usize, PacketId)>,
     /// Terminal states seen: they must never change.
     terminal: BTreeMap<(usize, PacketId, NodeId), EntryState>,
     /// Receipts already verified for a terminal entry (cleared when the node crashes).
@@ -366,6 +377,7 @@ impl Sim {
             fault_rate,
             crash_rate,
             ledger: BTreeMap::new(),
+            originated: BTreeSet::new(),
             terminal: BTreeMap::new(),
             verified: BTreeSet::new(),
             seen_deadlines: BTreeMap::new(),
@@ -404,9 +416,11 @@ impl Sim {
         let roll = self.below(1000);
         match roll {
             0..=99 => self.submit_random(),
-            100..=139 => self.ack_random(),
-            140..=169 => self.answer_random(),
-            170..=419 => {
+            100..=129 => self.ack_random(),
+            130..=139 => self.consent_random(),
+            140..=159 => self.answer_random(),
+            160..=179 => self.forward_random(),
+            180..=419 => {
                 let a = self.below(self.nodes.len() as u64) as usize;
                 let b = self.other_than(a);
                 let burst = 1 + self.below(8) as usize;

@@ -1,7 +1,10 @@
 //! What the simulated officers do: submit alerts, requests and notices (some expiring soon),
-//! acknowledge what they received, answer requests — through the node's own submit path.
+//! acknowledge what they received, answer requests, pass packets on to a third node and consent
+//! that their own be passed on — through the node's own submit and forward decisions.
 
 use super::*;
+use crate::delivery::submit::{Refused, SentCopy};
+use crate::markings::Priority;
 
 impl Sim {
     /// An example packet as an officer of `from` would write it now to `to`; some expire soon.
@@ -52,8 +55,25 @@ impl Sim {
     /// The node's submit: policy per recipient, sealing, one commit with the deadline changes,
     /// then the entries to the sender machines. Only an `Ok` commit is an acknowledged submit.
     pub(super) fn submit(&mut self, i: usize, packet: &Packet) -> Res {
+        let (copies, denied) = submit::decide(&self.nodes[i].policies, packet, self.now);
+        if !matches!(
+            packet.body,
+            Body::ReadAck(_) | Body::OnwardConsent(_) | Body::DeliveryReceipt(_) | Body::Forward(_)
+        ) {
+            self.originated.insert((i, packet.envelope.id));
+        }
+        self.store_copies(i, packet, copies, denied)
+    }
+
+    /// Seals and stores the copies decided for `packet` (as `Node::seal_and_store`).
+    fn store_copies(
+        &mut self,
+        i: usize,
+        packet: &Packet,
+        copies: Vec<(Packet, SentCopy)>,
+        denied: Vec<Refused>,
+    ) -> Res {
         let now = self.now;
-        let (copies, denied) = submit::decide(&self.nodes[i].policies, packet, now);
         let prepared =
             submit::seal(&self.nodes[i].seal, packet, copies, denied, now, &mut self.rng).map_err(err("seal"))?;
         let sub = match prepared {
@@ -152,5 +172,114 @@ impl Sim {
         let Ok(packet) = Packet::from_json_draft(&v.to_string(), ts, &mut self.rng) else { return Ok(()) };
         self.report.answers += 1;
         self.submit(i, &packet)
+    }
+
+    /// An officer passes a received packet on to the other partners (as `Node::forward`): the
+    /// original and the consents from the store, verified again, the same decisions per
+    /// recipient, then the node's submit path.
+    pub(super) fn forward_random(&mut self) -> Res {
+        if self.nodes.len() < 3 {
+            return Ok(());
+        }
+        let i = self.below(self.nodes.len() as u64) as usize;
+        let mut list = self.received(i)?;
+        // Most packets need a consent to go on: more often than by chance, one that has one.
+        if self.chance(0.6) {
+            let consented = self.consented(i)?;
+            list.retain(|(id, rec)| consented.contains(&(*id, rec.sender.clone())));
+        }
+        if list.is_empty() {
+            return Ok(());
+        }
+        let (id, rec) = list[self.below(list.len() as u64) as usize].clone();
+        let (store, ring) = (&self.nodes[i].store, self.nodes[i].seal.keyring());
+        let (original, carried) = crate::node::held(store, ring, id, &rec.sender)
+            .map_err(|e| format!("{}: a received packet does not verify: {e}", self.nodes[i].id))?;
+        let (about, originator) = (original.packet.envelope.id, original.packet.envelope.originator.node.clone());
+        let consents = crate::node::consents_about(store, ring, about, &originator, carried)
+            .map_err(|e| format!("{}: consents: {e}", self.nodes[i].id))?;
+        let to: Vec<NodeId> = (0..self.nodes.len()).filter(|j| *j != i).map(|j| self.nodes[j].id.clone()).collect();
+        let officer: OfficerId = OFFICERS[i % 3].parse().map_err(err("officer"))?;
+        let forward_id = PacketId::new_v7(self.now, &mut self.rng);
+        let me = self.nodes[i].id.clone();
+        let plan = submit::Onward { me: &me, sender: &rec.sender, original: &original, consents: &consents };
+        let (copies, denied) = plan.decide(&self.nodes[i].policies, &to, &officer, forward_id, self.now, self.ts());
+        let Some((first, _)) = copies.first().cloned() else {
+            self.report.refused_forwards += 1;
+            let event = crate::audit::Event::Submitted {
+                packet_id: forward_id,
+                kind: "Forward".into(),
+                decisions: submit::denied_decisions(&denied),
+            };
+            let _ = self.commit(i, vec![Op::Audit(event)]);
+            return Ok(());
+        };
+        self.report.forwards += 1;
+        self.store_copies(i, &first, copies, denied)
+    }
+
+    /// Packets received at `i` that their originator consented to have passed on: (id, originator).
+    fn consented(&self, i: usize) -> Res<BTreeSet<(PacketId, NodeId)>> {
+        let mut out = BTreeSet::new();
+        for (k, val) in self.nodes[i].store.scan(Tree::Inbox, &[]).map_err(err("scan"))? {
+            let rec: InboxRecord = store::decode(Tree::Inbox, &val).map_err(err("inbox record"))?;
+            if rec.packet_type != PacketType::OnwardConsent {
+                continue;
+            }
+            let id = PacketId::from_bytes(k.get(..16).and_then(|b| b.try_into().ok()).ok_or("inbox key")?);
+            let (c, _) = crate::node::held(&self.nodes[i].store, self.nodes[i].seal.keyring(), id, &rec.sender)
+                .map_err(|e| format!("{}: a consent does not verify: {e}", self.nodes[i].id))?;
+            if let Body::OnwardConsent(x) = &c.packet.body {
+                out.insert((x.packet_id, rec.sender.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// An officer consents that a recipient of a packet its node sent pass it on to the third
+    /// node (as `Node::consent`).
+    pub(super) fn consent_random(&mut self) -> Res {
+        if self.nodes.len() < 3 {
+            return Ok(());
+        }
+        let i = self.below(self.nodes.len() as u64) as usize;
+        // Mostly for a node the packet did not go to (consent to pass it to a recipient is
+        // given now and then too: the forward is then refused as already received there).
+        let me = &self.nodes[i];
+        let third_of = |holder: &NodeId| me.senders.keys().find(|n| *n != holder).cloned();
+        let went_to = |about: PacketId, n: &NodeId| me.senders.get(n).is_some_and(|s| s.entry(about).is_some());
+        // The node's own rule: only to a holder whose copy is delivered.
+        let mut sent: Vec<(PacketId, NodeId, Priority, NodeId)> = me
+            .senders
+            .values()
+            .flat_map(|s| s.entries())
+            .filter(|e| self.originated.contains(&(i, e.packet_id)))
+            .filter_map(|e| submit::consent_holder(Some(e)).ok().map(|p| (e, p)))
+            .filter_map(|(e, p)| third_of(&e.recipient).map(|t| (e.packet_id, e.recipient.clone(), p, t)))
+            .collect();
+        let fresh: Vec<bool> = sent.iter().map(|(about, _, _, third)| !went_to(*about, third)).collect();
+        if self.chance(0.8) {
+            let mut keep = fresh.into_iter();
+            sent.retain(|_| keep.next().unwrap_or(false));
+        }
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let (about, holder, priority, third) = sent[self.below(sent.len() as u64) as usize].clone();
+        let officer: OfficerId = OFFICERS[i % 3].parse().map_err(err("officer"))?;
+        let ts = self.ts();
+        let consent = Packet::onward_consent(
+            &self.nodes[i].id,
+            &holder,
+            about,
+            priority,
+            vec![third],
+            ts.plus_secs(86_400),
+            officer,
+            ts,
+            &mut self.rng,
+        );
+        self.report.consents += 1;
+        self.submit(i, &consent)
     }
 }
