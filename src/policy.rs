@@ -216,6 +216,12 @@ pub const REDACTABLE: [(&str, &[&str]); 7] = [
 /// receiving, `packet` is left as it was unless the decision is a denial (what a denied
 /// packet contains afterwards is unspecified: it is dropped).
 pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Decision {
+    evaluate_sized(rules, direction, packet, None)
+}
+
+/// [`evaluate`], given the size of `packet`'s CBOR face if the caller has it (encoded once for
+/// signing): it is then not encoded again unless a redaction changed it.
+pub fn evaluate_sized(rules: &Rules, direction: Direction, packet: &mut Packet, size: Option<usize>) -> Decision {
     let d = direction.as_str();
     let kind = packet.packet_type();
     if kind == PacketType::Forward {
@@ -283,7 +289,10 @@ pub fn evaluate(rules: &Rules, direction: Direction, packet: &mut Packet) -> Dec
             ));
         }
     }
-    let size = crate::encoding::cbor_len(packet);
+    let size = match size {
+        Some(n) if redacted.is_empty() => n,
+        _ => crate::encoding::cbor_len(packet),
+    };
     if size > rules.max_packet_bytes {
         return Decision::Deny(Denial::new(
             format!("{d}.max_packet_bytes"),
@@ -639,7 +648,19 @@ impl PolicyBook {
     /// Applies the policy for `partner` in `direction` to `packet` at time `now` (for the rate
     /// limit): [`evaluate`] plus the rate limit, or a denial if there is no policy.
     pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {
-        let mut verdict = self.dry_run(partner, direction, packet);
+        self.decide_sized(partner, direction, packet, now, None)
+    }
+
+    /// [`PolicyBook::decide`], given the size of `packet`'s CBOR face (see [`evaluate_sized`]).
+    pub fn decide_sized(
+        &self,
+        partner: &NodeId,
+        direction: Direction,
+        packet: &mut Packet,
+        now: Millis,
+        size: Option<usize>,
+    ) -> Verdict {
+        let mut verdict = self.dry_run_sized(partner, direction, packet, size);
         let Some(policy) = self.policies.get(partner) else { return verdict };
         // Receiving, every packet counts, system packets too (a partner's ReadAcks weigh like
         // its alerts). Sending, this node's own acknowledgements and consents do not: an officer's
@@ -663,6 +684,16 @@ impl PolicyBook {
 
     /// [`PolicyBook::decide`] without the rate limit and without counting: the dry run.
     pub fn dry_run(&self, partner: &NodeId, direction: Direction, packet: &mut Packet) -> Verdict {
+        self.dry_run_sized(partner, direction, packet, None)
+    }
+
+    fn dry_run_sized(
+        &self,
+        partner: &NodeId,
+        direction: Direction,
+        packet: &mut Packet,
+        size: Option<usize>,
+    ) -> Verdict {
         let Some(policy) = self.policies.get(partner) else {
             return Verdict {
                 decision: Decision::Deny(Denial::new(
@@ -672,7 +703,10 @@ impl PolicyBook {
                 policy: None,
             };
         };
-        Verdict { decision: evaluate(policy.rules(direction), direction, packet), policy: Some(policy.hash) }
+        Verdict {
+            decision: evaluate_sized(policy.rules(direction), direction, packet, size),
+            policy: Some(policy.hash),
+        }
     }
 }
 

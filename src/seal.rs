@@ -74,7 +74,7 @@ use crate::encoding::{CborError, Digest};
 use crate::ids::{NodeId, PacketId};
 use crate::keys::{KeyId, KeyUse, Keyring, NodeKeys};
 use crate::markings::Priority;
-use crate::packet::{Packet, PacketError, MAX_PACKET_BYTES};
+use crate::packet::{Checked, Packet, PacketError, MAX_PACKET_BYTES};
 use crate::timestamp::Timestamp;
 
 /// Largest sealed message accepted: the largest packet plus room for the COSE layers.
@@ -378,6 +378,22 @@ impl SealContext {
     /// Signs `packet`, naming in the protected header the sharing policy it was checked against.
     pub fn sign_under(&self, packet: &Packet, policy: Option<Digest>) -> Result<SignedPacket, SealError> {
         packet.check()?;
+        self.sign_payload(packet, packet.to_cbor(), policy)
+    }
+
+    /// [`SealContext::sign_under`] for a packet already checked, with its CBOR face encoded once
+    /// (the send path).
+    pub fn sign_checked(&self, packet: &Checked, policy: Option<Digest>) -> Result<SignedPacket, SealError> {
+        self.sign_payload(packet.packet(), packet.cbor().to_vec(), policy)
+    }
+
+    /// Signs `payload`, the CBOR face of `packet` (checked by the caller).
+    fn sign_payload(
+        &self,
+        packet: &Packet,
+        payload: Vec<u8>,
+        policy: Option<Digest>,
+    ) -> Result<SignedPacket, SealError> {
         let me = self.keys.node();
         if &packet.envelope.originator.node != me {
             return Err(SealError::NotOriginator {
@@ -401,7 +417,7 @@ impl SealContext {
         let sk = self.keys.signing().key();
         let bytes = CoseSign1Builder::new()
             .protected(protected)
-            .payload(packet.to_cbor())
+            .payload(payload)
             .create_signature(b"", |tbs| sk.sign(tbs).to_bytes().to_vec())
             .build()
             .to_tagged_vec()

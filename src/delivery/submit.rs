@@ -9,7 +9,7 @@ use crate::audit::{Decided, DecisionKind, Event as AuditEvent};
 use crate::encoding::{Blob, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::HandlingCode;
-use crate::packet::{Body, Envelope, Forward, Originator, Packet};
+use crate::packet::{Body, Checked, Envelope, Forward, Originator, Packet};
 use crate::policy::{Decision, Denial, Direction, OnwardRule, PolicyBook, Redacted};
 use crate::seal::{SealContext, SealError, SignedPacket};
 use crate::store::{self, pair_key, Op, Tree};
@@ -79,24 +79,29 @@ pub struct Submission {
 
 /// Decides `packet` for each recipient under the send rules of `policies` at `now`: the copy each
 /// allowed recipient gets (redacted where its policy says so) and the refusals.
-pub fn decide(policies: &PolicyBook, packet: &Packet, now: Millis) -> (Vec<(Packet, SentCopy)>, Vec<Refused>) {
+pub fn decide(policies: &PolicyBook, packet: &Checked, now: Millis) -> (Vec<(Checked, SentCopy)>, Vec<Refused>) {
     let id = packet.envelope.id;
     let mut copies = Vec::new();
     let mut denied = Vec::new();
+    // Encoded once: the size rule of every recipient, and the signature of unredacted copies.
+    let size = packet.cbor().len();
     for r in &packet.envelope.recipients {
-        let mut copy = packet.clone();
-        let verdict = policies.decide(r, Direction::Send, &mut copy, now);
+        let mut copy = packet.packet().clone();
+        let verdict = policies.decide_sized(r, Direction::Send, &mut copy, now, Some(size));
         match verdict.decision {
             Decision::Deny(denial) => {
                 tracing::warn!(packet_id = %id, recipient = %r, rule = %denial.rule, "refused by policy; nothing sent to this partner");
                 denied.push(Refused { recipient: r.clone(), denial, policy: verdict.policy });
             }
             Decision::Allow => {
-                copies.push((copy, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }))
+                let sent = SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy };
+                copies.push((packet.clone(), sent))
             }
             Decision::Redact(redacted) => {
                 tracing::info!(packet_id = %id, recipient = %r, fields = redacted.len(), "redacted by policy");
-                copies.push((copy, SentCopy { recipient: r.clone(), redacted, policy: verdict.policy }));
+                // The policy checked the redacted copy (a copy that fails is denied instead).
+                let sent = SentCopy { recipient: r.clone(), redacted, policy: verdict.policy };
+                copies.push((Checked::already_checked(copy), sent));
             }
         }
     }
@@ -142,7 +147,7 @@ impl Onward<'_> {
         id: PacketId,
         now: Millis,
         now_ts: Timestamp,
-    ) -> (Vec<(Packet, SentCopy)>, Vec<Refused>) {
+    ) -> (Vec<(Checked, SentCopy)>, Vec<Refused>) {
         let p = &self.original.packet;
         let originator = &p.envelope.originator.node;
         // The `[onward]` rule of the agreement with the originator, or with whoever passed it on.
@@ -228,7 +233,14 @@ impl Onward<'_> {
                     consent: consent.map(|c| Blob(c.bytes.clone())),
                 }),
             };
-            copies.push((forward, SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy }));
+            match Checked::new(forward) {
+                Ok(forward) => {
+                    let sent = SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy };
+                    copies.push((forward, sent));
+                }
+                // Built here from a valid original: a failure is a bug, refused rather than sent.
+                Err(e) => deny(&mut denied, r, "onward.invalid_forward", e.to_string(), verdict.policy),
+            }
         }
         (copies, denied)
     }
@@ -239,7 +251,7 @@ impl Onward<'_> {
 pub fn seal(
     seal: &SealContext,
     packet: &Packet,
-    mut copies: Vec<(Packet, SentCopy)>,
+    copies: Vec<(Checked, SentCopy)>,
     denied: Vec<Refused>,
     now: Millis,
     rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
@@ -256,9 +268,10 @@ pub fn seal(
     let expires = super::millis(packet.envelope.expires);
     let mut ops = Vec::new();
     let mut entries = Vec::new();
-    for (copy, sent) in &mut copies {
-        copy.envelope.recipients.clone_from(&receiving);
-        let signed = seal.sign_under(copy, sent.policy)?;
+    let mut narrowed = Vec::with_capacity(copies.len());
+    for (copy, sent) in copies {
+        let copy = copy.for_recipients(&receiving)?;
+        let signed = seal.sign_checked(&copy, sent.policy)?;
         let s = seal.encrypt_for(&signed, &sent.recipient, rng)?;
         let e = Outbox::new_entry(
             now,
@@ -282,9 +295,10 @@ pub fn seal(
         ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
         ops.push(store::put(Tree::Outbox, key, &e));
         entries.push(e);
+        narrowed.push((copy.into_packet(), sent));
     }
     ops.push(Op::Audit(AuditEvent::Submitted { packet_id: id, kind, decisions }));
-    let (packets, sent): (Vec<Packet>, Vec<SentCopy>) = copies.into_iter().unzip();
+    let (packets, sent): (Vec<Packet>, Vec<SentCopy>) = narrowed.into_iter().unzip();
     let copies = packets.into_iter().zip(receiving).collect();
     Ok(Prepared::Copies(Submission { submitted: Submitted { id, sent, denied }, ops, entries, copies }))
 }

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::delivery::submit::Onward;
+use crate::packet::Checked;
 
 impl Node {
     /// Checks `packet` against the sharing policy of each recipient, seals the copy each may
@@ -11,14 +12,21 @@ impl Node {
     /// copies; returns once they are on disk. Recipients the policy refuses get nothing and are
     /// listed in [`Submitted::denied`]; if every recipient is refused the submit fails.
     pub async fn submit(&self, packet: &Packet) -> Result<Submitted, NodeError> {
+        let checked = Checked::new(packet.clone()).map_err(crate::seal::SealError::from)?;
+        self.submit_checked(checked).await
+    }
+
+    /// [`Node::submit`] for a packet already checked (a draft parsed by the API): it is checked
+    /// and encoded no more on its way to the signature.
+    pub async fn submit_checked(&self, packet: Checked) -> Result<Submitted, NodeError> {
         for r in &packet.envelope.recipients {
             if !self.inner.partners.contains_key(r) {
                 return Err(NodeError::NotAPartner(r.clone()));
             }
         }
         let now = now_ms();
-        let (copies, denied) = crate::delivery::submit::decide(&self.policies(), packet, now);
-        self.seal_and_store(packet, copies, denied, now).await
+        let (copies, denied) = crate::delivery::submit::decide(&self.policies(), &packet, now);
+        self.seal_and_store(&packet, copies, denied, now).await
     }
 
     /// Seals and stores the copies decided for `packet` (one per allowed recipient; each names
@@ -27,7 +35,7 @@ impl Node {
     async fn seal_and_store(
         &self,
         packet: &Packet,
-        copies: Vec<(Packet, SentCopy)>,
+        copies: Vec<(Checked, SentCopy)>,
         denied: Vec<Refused>,
         now: Millis,
     ) -> Result<Submitted, NodeError> {

@@ -381,6 +381,69 @@ pub fn shift_times(value: &mut serde_json::Value, secs: i64) -> Result<(), crate
     Ok(())
 }
 
+/// A packet that passed [`Packet::check`], and its CBOR face, encoded at most once: the send
+/// path checks a packet once and encodes it once, for the size rule and the signature alike.
+/// It cannot be changed (no `DerefMut`): a changed packet is checked again
+/// ([`Checked::new`]).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    packet: Packet,
+    cbor: std::sync::OnceLock<std::sync::Arc<[u8]>>,
+}
+
+impl Checked {
+    /// Checks `packet`.
+    pub fn new(packet: Packet) -> Result<Self, PacketError> {
+        packet.check()?;
+        Ok(Self { packet, cbor: std::sync::OnceLock::new() })
+    }
+
+    /// A packet the caller has just checked itself (the policy's check of a redacted copy).
+    pub(crate) fn already_checked(packet: Packet) -> Self {
+        Self { packet, cbor: std::sync::OnceLock::new() }
+    }
+
+    /// The packet.
+    pub fn packet(&self) -> &Packet {
+        &self.packet
+    }
+
+    /// The packet, to change (it must be checked again to be sent).
+    pub fn into_packet(self) -> Packet {
+        self.packet
+    }
+
+    /// Its CBOR face, encoded on first use.
+    pub fn cbor(&self) -> &[u8] {
+        self.cbor.get_or_init(|| self.packet.to_cbor().into())
+    }
+
+    /// The same packet for fewer of its recipients (those the policies allow). Still valid: the
+    /// envelope rules hold for any non-empty subset of a valid recipient list. Checked again
+    /// otherwise, and encoded again if the list changed.
+    pub fn for_recipients(self, recipients: &[NodeId]) -> Result<Self, PacketError> {
+        if self.packet.envelope.recipients == recipients {
+            return Ok(self);
+        }
+        let subset = !recipients.is_empty() && recipients.iter().all(|r| self.packet.envelope.recipients.contains(r));
+        let mut packet = self.packet;
+        packet.envelope.recipients = recipients.to_vec();
+        if subset {
+            Ok(Self::already_checked(packet))
+        } else {
+            Self::new(packet)
+        }
+    }
+}
+
+impl std::ops::Deref for Checked {
+    type Target = Packet;
+
+    fn deref(&self) -> &Packet {
+        &self.packet
+    }
+}
+
 impl Packet {
     /// Parses the JSON face of a complete packet. Nothing is filled in.
     pub fn from_json(text: &str) -> Result<Self, PacketError> {
@@ -405,6 +468,12 @@ impl Packet {
         now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Self, PacketError> {
+        Self::draft(text, now, rng).map(Checked::into_packet)
+    }
+
+    /// [`Packet::from_json_draft`], keeping the proof that it was checked (for the send path,
+    /// which then checks it no more).
+    pub fn draft(text: &str, now: Timestamp, rng: &mut (impl RngCore + CryptoRng)) -> Result<Checked, PacketError> {
         let mut value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| PacketError::Json { field: String::new(), reason: e.to_string() })?;
         let fill_due_by = {
@@ -424,8 +493,7 @@ impl Packet {
         if fill_due_by {
             packet.envelope.due_by = packet.computed_due_by();
         }
-        packet.check()?;
-        Ok(packet)
+        Checked::new(packet)
     }
 
     /// A signed receipt from `receiver` to `to` for a batch of copies `to` sent; `in_reply_to`
@@ -798,6 +866,28 @@ mod tests {
         let err = Packet::from_cbor(&bytes).unwrap_err();
         assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
         assert!(err.to_string().contains("invalid node id"), "{err}");
+    }
+
+    /// A checked packet is encoded once, keeps its encoding for the same recipients, and is
+    /// checked (and encoded) again only for a list that is not a subset of its own.
+    #[test]
+    fn checked_packets_are_encoded_once_and_narrowed_without_a_check() {
+        let text = include_str!("../../schemas/examples/controlled-delivery-alert.json");
+        let c = Checked::new(Packet::from_json(text).unwrap()).unwrap();
+        assert!(c.envelope.recipients.len() >= 2, "the example has several recipients");
+        let first = c.cbor().as_ptr();
+        assert_eq!(c.cbor().as_ptr(), first, "encoded once");
+        assert_eq!(c.cbor(), c.to_cbor().as_slice());
+        let all = c.envelope.recipients.clone();
+        let same = c.clone().for_recipients(&all).unwrap();
+        assert_eq!(same.cbor().as_ptr(), first, "the clone shares the encoding");
+        let one = c.clone().for_recipients(&all[..1]).unwrap();
+        assert_eq!(one.envelope.recipients, all[..1]);
+        assert_eq!(one.cbor(), one.to_cbor().as_slice(), "encoded again for the new list");
+        let me = c.envelope.originator.node.clone();
+        let err = c.clone().for_recipients(&[me]).unwrap_err();
+        assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
+        assert!(c.clone().for_recipients(&[]).is_err(), "an empty list is checked, and refused");
     }
 
     /// ReadAcks, receipts and consents have one shape, whoever made them.

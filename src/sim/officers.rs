@@ -55,7 +55,8 @@ impl Sim {
     /// The node's submit: policy per recipient, sealing, one commit with the deadline changes,
     /// then the entries to the sender machines. Only an `Ok` commit is an acknowledged submit.
     pub(super) fn submit(&mut self, i: usize, packet: &Packet) -> Res {
-        let (copies, denied) = submit::decide(&self.nodes[i].policies, packet, self.now);
+        let checked = crate::packet::Checked::new(packet.clone()).map_err(err("check"))?;
+        let (copies, denied) = submit::decide(&self.nodes[i].policies, &checked, self.now);
         if !matches!(
             packet.body,
             Body::ReadAck(_) | Body::OnwardConsent(_) | Body::DeliveryReceipt(_) | Body::Forward(_)
@@ -70,7 +71,7 @@ impl Sim {
         &mut self,
         i: usize,
         packet: &Packet,
-        copies: Vec<(Packet, SentCopy)>,
+        copies: Vec<(crate::packet::Checked, SentCopy)>,
         denied: Vec<Refused>,
     ) -> Res {
         let now = self.now;
