@@ -40,6 +40,32 @@ pub enum Incoming {
     },
 }
 
+/// Why an officer's acknowledgement of a received packet is not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckRefusal {
+    /// This officer already acknowledged it, at this time (ms): nothing is sent again.
+    Already(Millis),
+    /// It holds as many acknowledgements as are kept ([`crate::store::MAX_READS`]).
+    Full,
+}
+
+/// An officer acknowledges a received packet: added to its record (each officer once, a
+/// bounded number), or why not. The driver stores the record, then sends the ReadAck.
+pub fn acknowledge(
+    rec: &mut crate::store::InboxRecord,
+    officer: &crate::ids::OfficerId,
+    now: Millis,
+) -> Result<(), AckRefusal> {
+    if let Some((_, at)) = rec.reads.iter().find(|(o, _)| o == officer) {
+        return Err(AckRefusal::Already(*at));
+    }
+    if rec.reads.len() >= crate::store::MAX_READS {
+        return Err(AckRefusal::Full);
+    }
+    rec.reads.push((officer.clone(), now));
+    Ok(())
+}
+
 /// Packets received, by (packet id, sender), with when each was stored (what its receipt
 /// says). Backed by the store: the driver loads it at start-up and persists each record before
 /// the receipt leaves the node.
@@ -144,5 +170,31 @@ mod tests {
         let next: PacketId = "019ac0a1-5c00-7000-8000-000000000002".parse().unwrap();
         assert!(inbox.senders(next).is_empty());
         assert_eq!(inbox.len(), 2);
+    }
+
+    /// Each officer acknowledges once, and a record holds a bounded number.
+    #[test]
+    fn officers_acknowledge_once_each_up_to_the_bound() {
+        let mut rec = crate::store::InboxRecord {
+            sender: "IT-DCSA".parse().unwrap(),
+            sealed_digest: Digest::of(b"s"),
+            received_at: 42,
+            packet_type: crate::packet::PacketType::InformationRequest,
+            priority: crate::markings::Priority::Urgent,
+            due_by: None,
+            reads: Vec::new(),
+            policy: None,
+            originator: None,
+        };
+        let rossi: crate::ids::OfficerId = "Isp. Rossi".parse().unwrap();
+        assert_eq!(acknowledge(&mut rec, &rossi, 50), Ok(()));
+        assert_eq!(acknowledge(&mut rec, &rossi, 60), Err(AckRefusal::Already(50)));
+        for i in 1..crate::store::MAX_READS {
+            let o: crate::ids::OfficerId = format!("Officer {i}").parse().unwrap();
+            assert_eq!(acknowledge(&mut rec, &o, 70), Ok(()));
+        }
+        let late: crate::ids::OfficerId = "Isp. Bianchi".parse().unwrap();
+        assert_eq!(acknowledge(&mut rec, &late, 80), Err(AckRefusal::Full));
+        assert_eq!(rec.reads.len(), crate::store::MAX_READS);
     }
 }

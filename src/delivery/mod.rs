@@ -27,7 +27,7 @@ pub mod receiver;
 pub mod sender;
 pub mod submit;
 
-pub use inbox::{Inbox, Incoming};
+pub use inbox::{acknowledge, AckRefusal, Inbox, Incoming};
 pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
 pub use sender::{LaneId, Link, PreparedReceipt, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
 

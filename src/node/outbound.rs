@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::delivery::submit::Onward;
+use crate::delivery::AckRefusal;
 use crate::packet::Checked;
 
 impl Node {
@@ -200,20 +201,20 @@ impl Node {
     async fn ack_now(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
         let _one_at_a_time = self.inner.acks.lock().await;
         let (packet, mut rec) = self.show(packet_id, from)?;
-        if let Some((_, at)) = rec.reads.iter().find(|(o, _)| *o == officer) {
-            return Err(NodeError::AckRefused(format!(
-                "{officer} already acknowledged {packet_id} at {}; nothing was sent again",
-                timestamp_of(*at)
-            )));
-        }
-        if rec.reads.len() >= store::MAX_READS {
-            return Err(NodeError::AckRefused(format!(
-                "{packet_id} already holds {} acknowledgements, as many as are kept",
-                store::MAX_READS
-            )));
-        }
         let now = Timestamp::now();
-        rec.reads.push((officer.clone(), now_ms()));
+        crate::delivery::acknowledge(&mut rec, &officer, now_ms()).map_err(|refusal| {
+            NodeError::AckRefused(match refusal {
+                AckRefusal::Already(at) => {
+                    format!(
+                        "{officer} already acknowledged {packet_id} at {}; nothing was sent again",
+                        timestamp_of(at)
+                    )
+                }
+                AckRefusal::Full => {
+                    format!("{packet_id} already holds {} acknowledgements, as many as are kept", store::MAX_READS)
+                }
+            })
+        })?;
         let sender = rec.sender.clone();
         self.inner
             .store

@@ -133,10 +133,10 @@ impl Sim {
         }
         let (id, mut rec) = list[self.below(list.len() as u64) as usize].clone();
         let officer: OfficerId = OFFICERS[self.below(3) as usize].parse().map_err(err("officer"))?;
-        if rec.reads.iter().any(|(o, _)| *o == officer) || rec.reads.len() >= store::MAX_READS {
+        // The node's own rule: each officer once, a bounded number.
+        if crate::delivery::acknowledge(&mut rec, &officer, self.now).is_err() {
             return Ok(());
         }
-        rec.reads.push((officer.clone(), self.now));
         let sender = rec.sender.clone();
         let ops = vec![
             store::put(Tree::Inbox, pair_key(id, &sender), &rec),
