@@ -3,7 +3,8 @@
 //! idle and while a bulk transfer runs on the same link.
 //!
 //! `cargo bench --bench node` (add `-- --quick` for a short run, `-- --throughput-only` to
-//! profile the sustained phase alone). Both nodes share this
+//! profile the sustained phase alone, `-- --lossy` for throughput through the fault proxy at
+//! 100 ms each way, clean and with 5 % and 20 % loss). Both nodes share this
 //! process's tokio runtime on the machine's cores, as two nodes on one machine would share it.
 //! Prints figures; asserts nothing (shared machines are noisy).
 
@@ -11,6 +12,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use liaison::delivery::{EntryState, RetryPolicy};
+use liaison::faultproxy::{FaultProxy, Faults};
 use liaison::ids::{NodeId, PacketId};
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::node::{Node, NodeConfig, Partner};
@@ -27,6 +29,15 @@ fn node_id(s: &str) -> NodeId {
 }
 
 async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::Sender<bool>) {
+    let (it, es, stop, _) = start_pair_via(dir, false).await;
+    (it, es, stop)
+}
+
+/// Two nodes; with `proxy`, IT-DCSA reaches ES-UDYCO through the fault proxy (clean at first).
+async fn start_pair_via(
+    dir: &std::path::Path,
+    proxy: bool,
+) -> (Node, Node, tokio::sync::watch::Sender<bool>, Option<FaultProxy>) {
     let now = OffsetDateTime::now_utc();
     let ca = Ca::generate("bench", now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
     let names = ["IT-DCSA", "ES-UDYCO"];
@@ -38,18 +49,26 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
     let sockets: Vec<UdpSocket> = names.iter().map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
     let addrs: Vec<_> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
     let (stop, _) = tokio::sync::watch::channel(false);
+    let proxy = proxy.then(|| FaultProxy::start("127.0.0.1:0".parse().unwrap(), addrs[1], Faults::NONE, 1).unwrap());
     let mut nodes = Vec::new();
     for (i, (k, socket)) in keys.into_iter().zip(sockets).enumerate() {
         let cert = ca.issue(&node_id(names[i]), now - time::Duration::days(1), now + time::Duration::days(1)).unwrap();
         let tls = TlsMaterial::from_pem(ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
         let other = 1 - i;
         let config = NodeConfig {
+            congestion: Default::default(),
             seal: SealContext::new(k, ring.clone()).unwrap(),
             tls,
             listen: addrs[i],
             socket: Some(socket),
             store: liaison::store::Store::open(&dir.join(names[i])).unwrap(),
-            partners: vec![Partner { node: node_id(names[other]), addr: addrs[other] }],
+            partners: vec![Partner {
+                node: node_id(names[other]),
+                addr: match (&proxy, i) {
+                    (Some(p), 0) => p.addr(),
+                    _ => addrs[other],
+                },
+            }],
             policies: liaison::policy::PolicyBook::new([bench_policy(names[i], names[other])]),
             retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },
             limits: liaison::limits::Limits::default(),
@@ -58,7 +77,62 @@ async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::S
     }
     let es = nodes.pop().unwrap();
     let it = nodes.pop().unwrap();
-    (it, es, stop)
+    (it, es, stop, proxy)
+}
+
+/// `n` 1 KiB packets from IT-DCSA to ES-UDYCO, submitted by 64 tasks: how long until every
+/// one is receipted, or `None` past `limit`.
+async fn sustained(it: &Node, n: usize, limit: Duration) -> Option<Duration> {
+    let packets: Vec<Packet> = (0..n).map(|_| packet("ROUTINE", 1024)).collect();
+    let before = it.outbox_summary().delivered;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in packets.chunks(n.div_ceil(64)) {
+        let it = it.clone();
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for p in chunk {
+                it.submit(&p).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    while it.outbox_summary().delivered < before + n {
+        if t.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(t.elapsed())
+}
+
+/// `--lossy`: sustained throughput through the fault proxy at 100 ms each way, clean, with 5 %
+/// and with 20 % of datagrams lost (issue 11's lossy-link target: at 5 %, half the clean rate).
+async fn lossy(quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (it, _es, stop, proxy) = start_pair_via(dir.path(), true).await;
+    let proxy = proxy.unwrap();
+    let _ = flash_latencies(&it, 5).await;
+    let n = if quick { 200 } else { 1_000 };
+    println!("-- sustained through the fault proxy, 100 ms each way, {n} packets of 1 KiB per phase");
+    for loss in [0.0, 0.05, 0.20] {
+        proxy.set_faults(Faults { loss, delay: Duration::from_millis(100), ..Faults::NONE }).unwrap();
+        let limit = Duration::from_secs(if quick { 60 } else { 300 });
+        let before = proxy.counts();
+        match sustained(&it, n, limit).await {
+            Some(d) => println!(
+                "loss {:>4.0} %: {n} receipted in {:.1} s = {:.0} packets/s ({} datagrams lost)",
+                loss * 100.0,
+                d.as_secs_f64(),
+                n as f64 / d.as_secs_f64(),
+                proxy.counts().lost - before.lost
+            ),
+            None => println!("loss {:>4.0} %: not all receipted within {} s", loss * 100.0, limit.as_secs()),
+        }
+    }
+    let _ = stop.send(true);
 }
 
 /// The demo policy of `me` with `partner`, with a rate limit the bench cannot reach: every
@@ -156,6 +230,11 @@ fn policy_cost(policy: liaison::policy::Policy, packet: &Packet, n: usize) -> Du
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--lossy") {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(lossy(quick));
+        return;
+    }
     let (n_packets, samples, bulk_mib) = if quick { (2_000, 50, 32) } else { (20_000, 300, 256) };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {

@@ -39,7 +39,16 @@ struct Raw {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    transport: RawTransport,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransport {
+    #[serde(default)]
+    congestion: crate::transport::Congestion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +229,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// What each partner may make the node hold or do.
     pub limits: crate::limits::Limits,
+    /// How QUIC paces sending under loss (`[transport] congestion`).
+    pub congestion: crate::transport::Congestion,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `liaison=debug`...).
@@ -429,6 +440,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
                 receipt_timeout: d.receipt_timeout_ms,
             },
             limits,
+            congestion: raw.transport.congestion,
             log_format,
             log_level: raw.log.level,
         }),
@@ -495,7 +507,19 @@ mod tests {
             assert_eq!(s.node.as_str(), n);
             assert_eq!(s.partners.len(), 2);
             assert!(s.api_listen.ip().is_loopback());
+            assert_eq!(s.congestion, crate::transport::Congestion::Bbr);
         }
+        // The fallback, from the environment as an admin would set it; a bad value is refused.
+        let it = root.join("configs/IT-DCSA.toml");
+        let env = |v: &str| {
+            config::Environment::with_prefix("LIAISON")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some([("LIAISON__TRANSPORT__CONGESTION".to_owned(), v.to_owned())].into()))
+        };
+        assert_eq!(Settings::load_with_env(&it, env("cubic")).unwrap().congestion, crate::transport::Congestion::Cubic);
+        let err = Settings::load_with_env(&it, env("reno")).unwrap_err().to_string();
+        assert!(err.contains("congestion") || err.contains("variant"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,8 @@
 //! - [`packet`] — the envelope and the bodies, parsing of both faces, the validation rules,
 //!   answer deadlines. No I/O, no keys.
 //! - [`encoding`] — strict CBOR decoding (size, depth, no trailing bytes), byte strings, digests.
+//! - [`faultproxy`] — a UDP fault proxy (loss, delay, jitter, duplicates, partitions): a test
+//!   tool for the process tests and `examples/faultproxy.rs`.
 //! - [`keys`] — node keys (Ed25519 + X25519), key files, the keyring of partners' public keys.
 //! - [`seal`] — COSE_Sign1 + COSE_Encrypt: sign, encrypt per recipient, open with every check.
 //! - [`delivery`] — every delivery decision without I/O: the sender machine per partner (outbox,
@@ -61,6 +63,7 @@ pub mod delivery;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod encoding;
+pub mod faultproxy;
 pub mod federation;
 pub mod ids;
 pub mod keys;

@@ -71,6 +71,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
         limits: s.limits,
+        congestion: s.congestion,
     })
 }
 

@@ -697,7 +697,9 @@ async fn unauthenticated_clients_learn_nothing_and_do_not_grow_the_log() {
     let peers: Vec<RawPeer> =
         [("bad/foreign.crt", "bad/foreign.key"), ("bad/not-enrolled.crt", "bad/not-enrolled.key")]
             .iter()
-            .map(|(cert, key)| RawPeer::new(liaison::transport::client_config(&demo_material(cert, key)).unwrap()))
+            .map(|(cert, key)| {
+                RawPeer::new(liaison::transport::client_config(&demo_material(cert, key), Default::default()).unwrap())
+            })
             .collect();
     for _ in 0..300 {
         for peer in &peers {

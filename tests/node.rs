@@ -119,6 +119,7 @@ impl Federation {
         let partners =
             self.sockets.iter().filter(|(n, _)| n != name).map(|(n, a)| Partner { node: node(n), addr: *a }).collect();
         let config = NodeConfig {
+            congestion: Default::default(),
             seal: SealContext::new(self.node_keys(name), ring).unwrap(),
             tls,
             listen: addr,
@@ -376,7 +377,7 @@ impl Federation {
         let cert = self.ca.issue(&node(from), now - time::Duration::days(1), now + time::Duration::days(30)).unwrap();
         let tls = TlsMaterial::from_pem(self.ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(liaison::transport::client_config(&tls).unwrap());
+        endpoint.set_default_client_config(liaison::transport::client_config(&tls, Default::default()).unwrap());
         let addr = self.sockets.iter().find(|(n, _)| n == to).unwrap().1;
         endpoint.connect(addr, &liaison::transport::server_name(&node(to))).unwrap().await.unwrap()
     }

@@ -272,7 +272,9 @@ async fn tampered_spoofed_and_replayed_packets() {
     c.node("ES-UDYCO").kill_9(); // this test speaks for ES-UDYCO itself
     let port = c.node("IT-DCSA").quic;
     let es = seal_context("ES-UDYCO");
-    let peer = RawPeer::new(liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key")).unwrap());
+    let peer = RawPeer::new(
+        liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key"), Default::default()).unwrap(),
+    );
 
     // Tampered in transit: a signed rejection naming the check, and nothing stored.
     let mut tampered = es.seal(&packet_from("ES-UDYCO", "IT-DCSA"), &mut rand_core::OsRng).unwrap().remove(0).bytes;
@@ -323,14 +325,27 @@ async fn peers_without_a_valid_enrolled_certificate_are_refused() {
     let clients = [
         (
             "another CA",
-            liaison::transport::client_config(&demo_material("bad/foreign.crt", "bad/foreign.key")).unwrap(),
+            liaison::transport::client_config(&demo_material("bad/foreign.crt", "bad/foreign.key"), Default::default())
+                .unwrap(),
         ),
         (
             "another node id",
-            liaison::transport::client_config(&demo_material("bad/not-enrolled.crt", "bad/not-enrolled.key")).unwrap(),
+            liaison::transport::client_config(
+                &demo_material("bad/not-enrolled.crt", "bad/not-enrolled.key"),
+                Default::default(),
+            )
+            .unwrap(),
         ),
-        ("expired", liaison::transport::client_config(&demo_material("bad/expired.crt", "bad/expired.key")).unwrap()),
-        ("revoked", liaison::transport::client_config(&demo_material("bad/revoked.crt", "bad/revoked.key")).unwrap()),
+        (
+            "expired",
+            liaison::transport::client_config(&demo_material("bad/expired.crt", "bad/expired.key"), Default::default())
+                .unwrap(),
+        ),
+        (
+            "revoked",
+            liaison::transport::client_config(&demo_material("bad/revoked.crt", "bad/revoked.key"), Default::default())
+                .unwrap(),
+        ),
         (
             "no certificate",
             liaison::transport::client_config_without_certificate(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key"))
@@ -353,7 +368,9 @@ async fn peers_without_a_valid_enrolled_certificate_are_refused() {
         assert!(log.contains(reason), "{reason} missing from the log");
     }
     // The genuine ES-UDYCO certificate still gets in.
-    let ok = RawPeer::new(liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key")).unwrap());
+    let ok = RawPeer::new(
+        liaison::transport::client_config(&demo_material("ES-UDYCO.crt", "ES-UDYCO.key"), Default::default()).unwrap(),
+    );
     assert!(ok.send(port, "IT-DCSA", &packet).await.is_ok());
 }
 

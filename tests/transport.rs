@@ -40,7 +40,7 @@ async fn serve_with(m: TlsMaterial) -> (SocketAddr, tokio::task::JoinHandle<Resu
     let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = reasons.clone();
     let on_refusal: transport::OnRefusal = std::sync::Arc::new(move |r: &str| sink.lock().unwrap().push(r.to_owned()));
-    let config = transport::server_config(&m, &enrolled, on_refusal).unwrap();
+    let config = transport::server_config(&m, &enrolled, on_refusal, Default::default()).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -91,7 +91,7 @@ async fn attempt(
         Some(cert) => {
             // The client trusts the federation CA for the server, whatever CA issued its own cert.
             let m = TlsMaterial::from_pem(pki.ca.cert_pem(), &[&pki.crl], &cert.cert_pem, &cert.key_pem).unwrap();
-            transport::client_config(&m).unwrap()
+            transport::client_config(&m, Default::default()).unwrap()
         }
         None => transport::client_config_without_certificate(&material(&pki.ca, &[], &pki.it)).unwrap(),
     };
@@ -234,7 +234,8 @@ async fn the_demo_material_in_certs_example() {
     ];
     for (cert, key, want) in cases {
         let (addr, server) = serve_with(load("IT-DCSA.crt", "IT-DCSA.key")).await;
-        let _client = dial(transport::client_config(&load(cert, key)).unwrap(), addr, &it_name).await;
+        let _client =
+            dial(transport::client_config(&load(cert, key), Default::default()).unwrap(), addr, &it_name).await;
         let got = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap();
         match (want, got) {
             (Ok(w), Ok(g)) => assert_eq!(w, g, "{cert}"),

@@ -157,6 +157,8 @@ pub struct NodeConfig {
     pub retry: RetryPolicy,
     /// What each partner may make this node hold or do.
     pub limits: Limits,
+    /// How QUIC paces sending under loss.
+    pub congestion: transport::Congestion,
 }
 
 /// Per-recipient status of a packet this node sent.
@@ -204,6 +206,8 @@ struct Inner {
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
+    /// How QUIC paces sending under loss (kept for TLS reloads).
+    congestion: transport::Congestion,
     /// Acknowledgements read, change and write an inbox record: one at a time.
     acks: tokio::sync::Mutex<()>,
     /// Per partner: the budgets its traffic draws on.
@@ -259,8 +263,8 @@ impl Node {
             restore(&store, config.partners.iter().map(|p| p.node.clone()), config.retry, now)?;
         let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node.clone()).collect();
-        let server = transport::server_config(&config.tls, &enrolled, refusals_logged())?;
-        let client = transport::client_config(&config.tls)?;
+        let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.congestion)?;
+        let client = transport::client_config(&config.tls, config.congestion)?;
         let bind = |source| NodeError::Bind { addr: config.listen, source };
         let socket = match config.socket {
             Some(s) => s,
@@ -301,6 +305,7 @@ impl Node {
                 deadlines_freed: Notify::new(),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
+                congestion: config.congestion,
                 acks: tokio::sync::Mutex::new(()),
                 budgets,
             }),

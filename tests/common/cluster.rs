@@ -360,7 +360,11 @@ impl RawPeer {
     /// A raw peer with the TLS certificate of demo node `who`.
     pub fn as_node(who: &str) -> Self {
         Self::new(
-            liaison::transport::client_config(&demo_material(&format!("{who}.crt"), &format!("{who}.key"))).unwrap(),
+            liaison::transport::client_config(
+                &demo_material(&format!("{who}.crt"), &format!("{who}.key")),
+                Default::default(),
+            )
+            .unwrap(),
         )
     }
 
@@ -460,7 +464,9 @@ impl HostileReceiver {
     pub fn listen(who: &str, port: u16, enrolled: &[&str]) -> Self {
         let m = demo_material(&format!("{who}.crt"), &format!("{who}.key"));
         let enrolled: Vec<liaison::ids::NodeId> = enrolled.iter().map(|n| n.parse().unwrap()).collect();
-        let config = liaison::transport::server_config(&m, &enrolled, std::sync::Arc::new(|_: &str| {})).unwrap();
+        let config =
+            liaison::transport::server_config(&m, &enrolled, std::sync::Arc::new(|_: &str| {}), Default::default())
+                .unwrap();
         let endpoint = quinn::Endpoint::server(config, format!("127.0.0.1:{port}").parse().unwrap()).unwrap();
         let (tx, lanes) = tokio::sync::mpsc::unbounded_channel();
         let ep = endpoint.clone();
