@@ -151,10 +151,20 @@ impl FaultProxy {
             std::thread::Builder::new().name("faultproxy-send".into()).spawn(move || send_loop(&shared))?
         };
         let listener = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
+            let shared2 = shared.clone();
+            let spawned = std::thread::Builder::new()
                 .name("faultproxy-listen".into())
-                .spawn(move || listen_loop(&shared, &socket, upstream))?
+                .spawn(move || listen_loop(&shared2, &socket, upstream));
+            match spawned {
+                Ok(t) => t,
+                Err(e) => {
+                    // Stop the sender thread already running.
+                    shared.stop.store(true, Ordering::SeqCst);
+                    shared.wake.notify_all();
+                    let _ = sender.join();
+                    return Err(e.into());
+                }
+            }
         };
         Ok(Self { addr, shared, threads: vec![sender, listener] })
     }
@@ -185,7 +195,11 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // Under the queue's lock, so that the sender cannot miss the wake-up between its check
+        // of `stop` and its wait.
+        let queue = lock(&self.shared.queue);
         self.shared.wake.notify_all();
+        drop(queue);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

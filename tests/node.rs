@@ -439,7 +439,9 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
         .await
         .unwrap();
     until("consent at ES", || matches!(state(&co, consent.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let done = es.forward(alert_id, None, &[node("IT-DCSA")], officer.clone()).await.unwrap();
+    // Named twice, passed on once.
+    let done = es.forward(alert_id, None, &[node("IT-DCSA"), node("IT-DCSA")], officer.clone()).await.unwrap();
+    assert_eq!(done.sent.len(), 1, "{done:?}");
     until("forward at IT", || matches!(state(&es, done.id, "IT-DCSA"), EntryState::Delivered { .. })).await;
     let (shown, rec) = it.show(done.id, None).unwrap();
     assert_eq!(shown, original, "IT-DCSA sees the original exactly as CO-DIJIN signed it");

@@ -49,7 +49,7 @@ use crate::deadlines::Role;
 use crate::encoding::Digest;
 use crate::ids::{NodeId, PacketId};
 use crate::node::{Node, NodeError};
-use crate::packet::{Packet, PacketError};
+use crate::packet::{Checked, Packet, PacketError};
 use crate::policy::{Decision, Direction};
 use crate::timestamp::Timestamp;
 use types::{
@@ -155,8 +155,8 @@ struct SubmitQuery {
 }
 
 /// A packet draft from an API body: the originator node defaults to this node, `?to=` sets the
-/// recipients.
-fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Packet, ApiError> {
+/// recipients. Checked here, once: the submit does not check it again.
+fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Checked, ApiError> {
     let mut v: Value = serde_json::from_str(body)
         .map_err(|e| bad_packet(PacketError::Json { field: String::new(), reason: e.to_string() }))?;
     if let Some(env) = v.get_mut("envelope").and_then(Value::as_object_mut) {
@@ -168,8 +168,7 @@ fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Packet, ApiErr
             env.insert("recipients".into(), Value::Array(list));
         }
     }
-    let packet =
-        Packet::from_json_draft(&v.to_string(), Timestamp::now(), &mut rand_core::OsRng).map_err(bad_packet)?;
+    let packet = Packet::draft(&v.to_string(), Timestamp::now(), &mut rand_core::OsRng).map_err(bad_packet)?;
     if &packet.envelope.originator.node != api.node.id() {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -186,11 +185,12 @@ async fn submit(
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let packet = draft_packet(&api, &q, &body)?;
-    let result = api.node.submit(&packet).await;
+    let (id, due_by) = (packet.envelope.id, packet.envelope.due_by);
+    let result = api.node.submit_checked(packet).await;
     if result.is_ok() {
-        info!(packet_id = %packet.envelope.id, "accepted from api");
+        info!(packet_id = %id, "accepted from api");
     }
-    submitted(result, packet.envelope.due_by)
+    submitted(result, due_by)
 }
 
 /// The dry run: what each recipient's policy would decide, without sending or counting.
@@ -202,7 +202,7 @@ async fn policy_check(
     let packet = draft_packet(&api, &q, &body)?;
     let mut out = Vec::new();
     for r in &packet.envelope.recipients {
-        let mut copy = packet.clone();
+        let mut copy = packet.packet().clone();
         let v = api.node.policies().dry_run(r, Direction::Send, &mut copy);
         let (decision, redacted, denied) = match v.decision {
             Decision::Allow => (DryRunDecision::Allow, Vec::new(), None),

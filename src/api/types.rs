@@ -229,8 +229,10 @@ pub struct DeadlinesView {
     pub awaiting: Vec<DeadlineView>,
 }
 
-/// `GET /v1/outbox`: how many copies are in each state, and how many were read.
+/// `GET /v1/outbox`: how many copies are in each state, and how many were read. (A state
+/// missing from an answer counts none: older nodes left zeros out.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OutboxSummary {
     /// Waiting to be sent.
     pub queued: usize,

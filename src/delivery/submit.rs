@@ -160,7 +160,9 @@ impl Onward<'_> {
         let deny = |denied: &mut Vec<Refused>, r: &NodeId, rule: &str, reason: String, policy: Option<Digest>| {
             denied.push(Refused { recipient: r.clone(), denial: Denial { rule: rule.into(), reason }, policy });
         };
-        for r in to {
+        // A node named twice gets one copy.
+        let mut seen = std::collections::BTreeSet::new();
+        for r in to.iter().filter(|r| seen.insert(*r)) {
             let policy_hash = policies.policy(r).map(|x| x.hash);
             if let Err(e) = crate::seal::check_times(p, now_ts) {
                 deny(&mut denied, r, "onward.original_expired", e.to_string(), policy_hash);

@@ -419,13 +419,16 @@ impl Checked {
     }
 
     /// The same packet for fewer of its recipients (those the policies allow). Still valid: the
-    /// envelope rules hold for any non-empty subset of a valid recipient list. Checked again
-    /// otherwise, and encoded again if the list changed.
+    /// envelope rules hold for any non-empty subset of a valid recipient list, each listed once.
+    /// Checked again otherwise (a repeated node, one not in the list), and encoded again if the
+    /// list changed.
     pub fn for_recipients(self, recipients: &[NodeId]) -> Result<Self, PacketError> {
         if self.packet.envelope.recipients == recipients {
             return Ok(self);
         }
-        let subset = !recipients.is_empty() && recipients.iter().all(|r| self.packet.envelope.recipients.contains(r));
+        let mut seen = std::collections::BTreeSet::new();
+        let subset = !recipients.is_empty()
+            && recipients.iter().all(|r| seen.insert(r) && self.packet.envelope.recipients.contains(r));
         let mut packet = self.packet;
         packet.envelope.recipients = recipients.to_vec();
         if subset {
@@ -888,6 +891,8 @@ mod tests {
         let err = c.clone().for_recipients(&[me]).unwrap_err();
         assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
         assert!(c.clone().for_recipients(&[]).is_err(), "an empty list is checked, and refused");
+        let twice = [all[0].clone(), all[0].clone()];
+        assert!(c.clone().for_recipients(&twice).is_err(), "a node listed twice is checked, and refused");
     }
 
     /// ReadAcks, receipts and consents have one shape, whoever made them.
