@@ -80,9 +80,16 @@ async fn start_pair_via(
     (it, es, stop, proxy)
 }
 
+/// How long a sustained run took: every submit acknowledged (sealed and flushed), and every
+/// copy receipted.
+struct Run {
+    submitted: Duration,
+    receipted: Duration,
+}
+
 /// `n` 1 KiB packets from IT-DCSA to ES-UDYCO, submitted by 64 tasks: how long until every
-/// one is receipted, or `None` past `limit`.
-async fn sustained(it: &Node, n: usize, limit: Duration) -> Option<Duration> {
+/// one is acknowledged and receipted, or `None` past `limit`.
+async fn sustained(it: &Node, n: usize, limit: Duration) -> Option<Run> {
     let packets: Vec<Packet> = (0..n).map(|_| packet("ROUTINE", 1024)).collect();
     let before = it.outbox_summary().delivered;
     let t = Instant::now();
@@ -99,13 +106,14 @@ async fn sustained(it: &Node, n: usize, limit: Duration) -> Option<Duration> {
     for t in tasks {
         t.await.unwrap();
     }
+    let submitted = t.elapsed();
     while it.outbox_summary().delivered < before + n {
         if t.elapsed() > limit {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Some(t.elapsed())
+    Some(Run { submitted, receipted: t.elapsed() })
 }
 
 /// `--lossy`: sustained throughput through the fault proxy at 100 ms each way, clean, with 5 %
@@ -122,7 +130,7 @@ async fn lossy(quick: bool) {
         let limit = Duration::from_secs(if quick { 60 } else { 300 });
         let before = proxy.counts();
         match sustained(&it, n, limit).await {
-            Some(d) => println!(
+            Some(Run { receipted: d, .. }) => println!(
                 "loss {:>4.0} %: {n} receipted in {:.1} s = {:.0} packets/s ({} datagrams lost)",
                 loss * 100.0,
                 d.as_secs_f64(),
@@ -265,27 +273,8 @@ fn main() {
         let _ = flash_latencies(&it, 20).await;
 
         println!("-- sustained: {n_packets} packets of 1 KiB, IT-DCSA -> ES-UDYCO, durable at both ends");
-        let packets: Vec<Packet> = (0..n_packets).map(|_| packet("ROUTINE", 1024)).collect();
-        let before = it.outbox_summary().delivered;
-        let t = Instant::now();
-        let mut tasks = Vec::new();
-        for chunk in packets.chunks(n_packets / 64) {
-            let it = it.clone();
-            let chunk = chunk.to_vec();
-            tasks.push(tokio::spawn(async move {
-                for p in chunk {
-                    it.submit(&p).await.unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let submitted = t.elapsed();
-        while it.outbox_summary().delivered < before + n_packets {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let total = t.elapsed();
+        let Run { submitted, receipted: total } =
+            sustained(&it, n_packets, Duration::from_secs(600)).await.expect("every copy receipted within 10 min");
         println!(
             "submitted (sealed + flushed) in {:.2} s = {:.0}/s; all receipted in {:.2} s = {:.0} packets/s",
             submitted.as_secs_f64(),
