@@ -3,7 +3,8 @@
 //! Exit codes: 0 success; 1 the input was read and rejected (invalid packet, bad signature, not
 //! for this node...), with the reason on stderr; 64 usage error (bad arguments, or a file named
 //! on the command line that cannot be read or holds no usable keys, or a bad configuration);
-//! 69 the node or its API is unavailable.
+//! 69 the node or its API is unavailable; 75 the node's disk is full (nothing was stored; try again
+//! once space is freed).
 
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -323,6 +324,11 @@ pub enum CliError {
     /// The node (or its API) is unavailable (exit 69).
     #[error("{0}")]
     Unavailable(String),
+    /// The node's disk is full: nothing was stored; try again once space is freed. Or (`serve`)
+    /// the store stopped completing writes and the node stopped to be started again. Exit 75,
+    /// `EX_TEMPFAIL`.
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 impl From<KeyError> for CliError {
@@ -337,6 +343,7 @@ impl CliError {
             Self::Usage(_) => ExitCode::from(64),
             Self::Rejected(_) => ExitCode::from(1),
             Self::Unavailable(_) => ExitCode::from(69),
+            Self::DiskFull(_) => ExitCode::from(75),
         }
     }
 }
@@ -416,7 +423,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }
                     DeliveryState::Rejected => line += &format!(" {}", r.reason.as_deref().unwrap_or("")),
                     DeliveryState::Queued | DeliveryState::InFlight => {
-                        line += &format!(" after {} attempt(s)", r.attempts)
+                        line += &format!(" after {} attempt(s)", r.attempts);
+                        if let Some(why) = &r.reason {
+                            line += &format!(": {why}");
+                        }
                     }
                     DeliveryState::Expired => {}
                 }
@@ -593,12 +603,13 @@ fn serve(config: &Path) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Unavailable(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(crate::serve::run(settings, Some(config.to_owned()), crate::serve::signals())).map_err(|e| {
-        if e.is_configuration() {
-            CliError::Usage(e.to_string())
-        } else {
-            CliError::Unavailable(e.to_string())
-        }
+    let result = runtime.block_on(crate::serve::run(settings, Some(config.to_owned()), crate::serve::signals()));
+    // A read stuck on a disk that does not answer must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result.map_err(|e| match e {
+        e if e.is_configuration() => CliError::Usage(e.to_string()),
+        e @ crate::serve::ServeError::StoreFailed(_) => CliError::DiskFull(e.to_string()),
+        e => CliError::Unavailable(e.to_string()),
     })
 }
 
@@ -638,6 +649,10 @@ fn called<T>(result: Result<T, CallError>) -> Result<T, CliError> {
         CallError::Api { status: 503, body } => {
             CliError::Unavailable(format!("the node cannot take it now: {}", body.error))
         }
+        CallError::Api { status: 507, body } => CliError::DiskFull(format!(
+            "not stored: the node's disk is full ({}); nothing was sent, submit again once space is freed",
+            body.error
+        )),
         CallError::Api { body, .. } if !body.denied.is_empty() => CliError::Rejected(refused_text(&body.denied)),
         CallError::Api { status, body } => {
             let field = body.field.map(|f| format!(" (field {f})")).unwrap_or_default();

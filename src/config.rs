@@ -41,7 +41,26 @@ struct Raw {
     #[serde(default)]
     transport: RawTransport,
     #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(default = "d_headroom")]
+    headroom_mib: u64,
+}
+
+fn d_headroom() -> u64 {
+    crate::store::space::mib(crate::store::Headroom::DEFAULT.bytes)
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self { headroom_mib: d_headroom() }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +250,8 @@ pub struct Settings {
     pub limits: crate::limits::Limits,
     /// How QUIC paces sending under loss (`[transport] congestion`).
     pub congestion: crate::transport::Congestion,
+    /// Space the store keeps free on its disk (`[store] headroom_mib`).
+    pub headroom: crate::store::Headroom,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `liaison=debug`...).
@@ -412,6 +433,9 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
         frame_stall: std::time::Duration::from_secs(l.frame_stall_secs),
         connections_per_partner: l.connections_per_partner as usize,
     };
+    if !(4..=1_048_576).contains(&raw.store.headroom_mib) {
+        problems.push("store.headroom_mib: 4 to 1048576 (MiB kept free on the data directory's disk)".into());
+    }
     let log_format = match raw.log.format.as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
@@ -441,6 +465,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             },
             limits,
             congestion: raw.transport.congestion,
+            headroom: crate::store::Headroom::mib(raw.store.headroom_mib),
             log_format,
             log_level: raw.log.level,
         }),

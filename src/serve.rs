@@ -2,7 +2,16 @@
 //!
 //! Order of shutdown: stop accepting API requests and connections, let in-flight work finish
 //! (up to a grace period), close the QUIC endpoint, then close the store (every commit already
-//! answered is on disk).
+//! answered is on disk). Every step is bounded, so SIGTERM stops the node even when its disk
+//! does not complete a write.
+//!
+//! **A store that cannot go on.** A full disk is a state the store handles itself (see
+//! [`crate::store::space`]). But if the disk refuses a write behind the store's back (another
+//! process took the last of the headroom) or fails (an I/O error), sled stops for good in this
+//! process: its flush never returns, or every write fails. The node then stops in order, with
+//! the reason in the log, and exits 75 for its service manager to start it again (systemd:
+//! `Restart=on-failure`); a restart reopens the store, and nothing acknowledged is lost (see
+//! `tests/store_crash.rs`). "For good" is [`STORE_GIVE_UP`] of writes stuck or failing.
 
 use std::time::Duration;
 
@@ -36,6 +45,10 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The store stopped completing writes while the node ran (see the module doc): the node
+    /// stopped in order, to be started again.
+    #[error("the store stopped: {0}; the node stopped so that its service manager starts it again")]
+    StoreFailed(String),
     /// A partner has no public keys in the keyring.
     #[error("partner {0} has no public keys in the keyring")]
     PartnerWithoutKeys(crate::ids::NodeId),
@@ -61,12 +74,14 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     }
     let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
     let tls = TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key)?;
+    let store = crate::store::Store::open(&s.data_dir).map_err(crate::node::NodeError::from)?;
+    store.set_headroom(s.headroom);
     Ok(NodeConfig {
         seal: SealContext::new(keys, keyring)?,
         tls,
         listen: s.listen,
         socket: None,
-        store: crate::store::Store::open(&s.data_dir).map_err(crate::node::NodeError::from)?,
+        store,
         partners: s.partners.iter().map(|p| Partner { node: p.id.clone(), addr: p.addr }).collect(),
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
@@ -103,12 +118,40 @@ pub async fn run(
             })
             .await;
     });
-    stop.await;
-    info!("shutting down: no new requests or connections");
+    let failed = tokio::select! {
+        () = stop => None,
+        why = store_failure(&node) => Some(why),
+    };
+    match &failed {
+        None => info!("shutting down: no new requests or connections"),
+        Some(why) => {
+            tracing::error!(reason = %why, "the store cannot go on in this process; stopping so that the service manager starts the node again")
+        }
+    }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     node.shutdown().await;
-    Ok(())
+    failed.map_or(Ok(()), |why| Err(ServeError::StoreFailed(why)))
+}
+
+/// How long the store's writes may be stuck, or all fail, before the node gives up on the store
+/// in this process.
+pub const STORE_GIVE_UP: Duration = Duration::from_secs(60);
+
+/// Returns (with the reason) once the store's writes have been stuck or failing for
+/// [`STORE_GIVE_UP`].
+async fn store_failure(node: &Node) -> String {
+    let limit = STORE_GIVE_UP.as_millis() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let h = node.store_health();
+        if let Some(ms) = h.stuck_ms.filter(|ms| *ms >= limit) {
+            return format!("the disk has not completed a write for {} s", ms / 1000);
+        }
+        if let Some(ms) = h.failing_ms.filter(|ms| *ms >= limit) {
+            return format!("every write has failed for {} s", ms / 1000);
+        }
+    }
 }
 
 /// On SIGHUP: reads the configuration again and puts in force its sharing policies and, if the

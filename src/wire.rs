@@ -10,6 +10,59 @@
 //! cannot make a node buffer more than one maximal packet per frame; the body is taken as it
 //! arrives, and abandoned if it stops arriving.
 
+/// Why a node resets a lane stream: the QUIC application error code it sends, so that the other
+/// side can say why in its status instead of "queued".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// The partner stopped sending inside a frame, or broke the framing.
+    Broken,
+    /// A batch could not be stored (a storage error): no receipt, the copies will come again.
+    NotStored,
+    /// The disk is full: nothing of the batch was stored, no receipt; the copies will come
+    /// again once space is freed.
+    StorageFull,
+}
+
+impl Reset {
+    /// The code on the wire.
+    pub fn code(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(match self {
+            Self::Broken => 2,
+            Self::NotStored => 3,
+            Self::StorageFull => 7,
+        })
+    }
+
+    /// The reset a code means, if any.
+    pub fn of(code: quinn::VarInt) -> Option<Self> {
+        match code.into_inner() {
+            2 => Some(Self::Broken),
+            3 => Some(Self::NotStored),
+            7 => Some(Self::StorageFull),
+            _ => None,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::Broken => "the stream broke off inside a frame",
+            Self::NotStored => "a batch could not be stored there",
+            Self::StorageFull => "its disk is full",
+        }
+    }
+}
+
+/// A read error: a reset with a known code is told apart.
+fn read_error(e: quinn::ReadError) -> WireError {
+    match e {
+        quinn::ReadError::Reset(code) => match Reset::of(code) {
+            Some(r) => WireError::Reset(r),
+            None => WireError::Stream(e.to_string()),
+        },
+        e => WireError::Stream(e.to_string()),
+    }
+}
+
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -24,9 +77,12 @@ pub enum WireError {
     /// The stream ended inside a frame.
     #[error("stream ended inside a frame")]
     Truncated,
-    /// The stream failed (reset, connection lost).
+    /// The stream failed (connection lost, reset with a code that means nothing here).
     #[error("stream: {0}")]
     Stream(String),
+    /// The partner reset the stream saying why.
+    #[error("the partner reset the stream: {}", .0.text())]
+    Reset(Reset),
     /// The frame's bytes stopped arriving.
     #[error("no bytes of the frame for {0:?}; abandoned")]
     Stalled(std::time::Duration),
@@ -56,7 +112,7 @@ pub async fn read_len(recv: &mut quinn::RecvStream, limit: usize) -> Result<Opti
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(WireError::Truncated),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(WireError::Stream(e.to_string())),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(read_error(e)),
     }
     let len = u32::from_be_bytes(header) as usize;
     if len > limit {
@@ -127,7 +183,7 @@ pub async fn read_body(
             Err(_) => return Err(WireError::Stalled(stall)),
             Ok(Ok(Some(chunk))) => chunk,
             Ok(Ok(None)) => return Err(WireError::Truncated),
-            Ok(Err(e)) => return Err(WireError::Stream(e.to_string())),
+            Ok(Err(e)) => return Err(read_error(e)),
         };
         let n = chunk.bytes.len().min(len - filled);
         buf[filled..filled + n].copy_from_slice(&chunk.bytes[..n]);

@@ -17,6 +17,7 @@
 //! | POST | `/v1/inbox/{id}/ack` | [`types::AckRequest`]: acknowledge it; a signed ReadAck goes to the originator |
 //! | POST | `/v1/inbox/{id}/forward` | [`types::ForwardRequest`]: pass it on to further partners |
 //! | GET | `/v1/audit/verify` | verify the audit trail ([`types::AuditVerify`]) |
+//! | GET | `/v1/health` | the store's condition: disk space, a stuck or failing disk ([`crate::store::Health`]) |
 //! | GET | `/v1/audit/export?from=T&to=T` | an offline-verifiable excerpt ([`crate::audit::Export`]) |
 //!
 //! A received packet is identified by its id and its sender: where two partners used one id (a
@@ -27,8 +28,9 @@
 //! Errors are [`types::ErrorBody`] `{"error": "...", "field": "..."}`: 400 for a bad packet or
 //! request body (the field named), 403 when policy refused every recipient (each named), 401
 //! unauthenticated, 404 unknown id, 409 for an ambiguous id or a repeated acknowledgement, 422
-//! for a packet that cannot go where asked, 503 when the store cannot take it (nothing was
-//! accepted).
+//! for a packet that cannot go where asked, 507 when the node's disk is full (nothing was stored;
+//! submit again once space is freed: the node resumes by itself), 503 when the store cannot take
+//! it for another reason (nothing was accepted).
 
 pub mod types;
 
@@ -80,6 +82,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
+        .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
         .route("/v1/inbox/{id}/ack", post(ack))
@@ -99,6 +102,8 @@ impl IntoResponse for ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let code = match &e {
+            // 507: the disk is full, nothing was stored; the client may submit again later.
+            NodeError::Store(crate::store::StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
             NodeError::Ambiguous { .. } | NodeError::AckRefused(_) | NodeError::NotDelivered { .. } => {
@@ -285,9 +290,16 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl I
     let now = crate::node::now_ms();
     Ok(Json(PacketStatus {
         id,
-        recipients: entries.iter().map(RecipientStatus::of).collect(),
+        recipients: entries
+            .iter()
+            .map(|e| RecipientStatus::waiting(e, api.node.partner_problem(&e.recipient).map(|(p, _)| p)))
+            .collect(),
         deadlines: api.node.deadlines_of(id).iter().map(|d| DeadlineView::of(d, now)).collect(),
     }))
+}
+
+async fn health(State(api): State<Api>) -> impl IntoResponse {
+    Json(api.node.store_health())
 }
 
 async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {

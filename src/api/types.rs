@@ -130,8 +130,12 @@ pub struct RecipientStatus {
     pub code: Option<RejectionCode>,
     /// What kind of refusal that is (a policy rule, onward rules, time, integrity...).
     pub rejection: Option<RejectionKind>,
-    /// Why it was rejected, for people: `code: reason`.
+    /// Why it was rejected, for people: `code: reason`; for a copy still on its way, why it
+    /// waits (the partner's disk is full, it cannot be reached...), if anything is known.
     pub reason: Option<String>,
+    /// For a copy still on its way: what holds it up, if anything is known.
+    #[serde(default)]
+    pub waiting: Option<crate::delivery::Problem>,
     /// The first officer who acknowledged it.
     pub read_by: Option<OfficerId>,
     /// When they did.
@@ -142,6 +146,17 @@ pub struct RecipientStatus {
 }
 
 impl RecipientStatus {
+    /// An outbox entry, for the API, with what holds its partner's copies up (shown only while
+    /// the copy is on its way).
+    pub fn waiting(e: &Entry, problem: Option<crate::delivery::Problem>) -> Self {
+        let mut s = Self::of(e);
+        if let (false, Some(p)) = (e.state.is_terminal(), problem) {
+            s.waiting = Some(p);
+            s.reason = Some(p.text(&e.recipient));
+        }
+        s
+    }
+
     /// An outbox entry, for the API.
     pub fn of(e: &Entry) -> Self {
         let (delivered_at, digest, code, reason) = match &e.state {
@@ -160,6 +175,7 @@ impl RecipientStatus {
             rejection: code.as_ref().map(RejectionCode::kind),
             code,
             reason,
+            waiting: None,
             read_by: e.reads.first().map(|(o, _)| o.clone()),
             read_at: e.reads.first().map(|(_, t)| timestamp_of(*t)),
             reads: ReadBy::list(&e.reads),

@@ -29,7 +29,7 @@ pub mod submit;
 
 pub use inbox::{acknowledge, AckRefusal, Inbox, Incoming};
 pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
-pub use sender::{LaneId, Link, PreparedReceipt, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
+pub use sender::{LaneId, Link, PreparedReceipt, Problem, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
 
 /// Milliseconds since the Unix epoch, as the driver's clock reads them.
 pub type Millis = u64;

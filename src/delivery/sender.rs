@@ -132,6 +132,40 @@ impl LaneState {
     }
 }
 
+/// Why copies to a partner are waiting: what the sender's `status` says beside "queued", so the
+/// person who must act knows why (and whether it is on their side or the partner's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// The partner cannot be reached (dialling fails).
+    Unreachable,
+    /// The partner's disk is full: it stored nothing of a batch and withheld the receipt (the
+    /// stream was reset with [`crate::wire::Reset::StorageFull`]).
+    PartnerStorageFull,
+    /// The partner could not store a batch for another reason (its store failed).
+    PartnerStoreFailed,
+    /// The partner's receipt could not be stored here (this node's disk).
+    ReceiptNotStored,
+}
+
+impl Problem {
+    /// The problem in words, naming the partner.
+    pub fn text(self, peer: &NodeId) -> String {
+        match self {
+            Self::Unreachable => format!("{peer} cannot be reached; retrying"),
+            Self::PartnerStorageFull => {
+                format!(
+                    "{peer}'s disk is full: it stores nothing more and withholds receipts; sent again until it does"
+                )
+            }
+            Self::PartnerStoreFailed => format!("{peer} could not store the copies (a storage error there); retrying"),
+            Self::ReceiptNotStored => {
+                format!("{peer}'s receipt could not be stored here (this node's disk); the copies are sent again")
+            }
+        }
+    }
+}
+
 /// The sender's machine for one partner.
 #[derive(Debug)]
 pub struct Sender {
@@ -143,6 +177,8 @@ pub struct Sender {
     /// Dial failures in a row.
     failures: u32,
     rng: SplitMix64,
+    /// Why copies wait, since when: set by a failure, cleared by the progress that disproves it.
+    problem: Option<(Problem, Millis)>,
 }
 
 fn slot(p: Priority) -> usize {
@@ -170,6 +206,19 @@ impl Sender {
             link: Link::Down { not_before: now },
             failures: 0,
             rng: SplitMix64(seed ^ 0x5EED),
+            problem: None,
+        }
+    }
+
+    /// Why copies to the partner wait, and since when (`None` when nothing is known against it).
+    pub fn problem(&self) -> Option<(Problem, Millis)> {
+        self.problem
+    }
+
+    /// Records `problem` (the time of the first of a run of the same problem is kept).
+    fn set_problem(&mut self, now: Millis, problem: Problem) {
+        if self.problem.map(|(p, _)| p) != Some(problem) {
+            self.problem = Some((problem, now));
         }
     }
 
@@ -208,12 +257,16 @@ impl Sender {
     pub fn handle_connected(&mut self, _now: Millis) {
         self.link = Link::Up;
         self.failures = 0;
+        if self.problem.map(|(p, _)| p) == Some(Problem::Unreachable) {
+            self.problem = None;
+        }
     }
 
     /// Dialling failed: the next dial waits an exponential backoff with jitter (so that nodes
     /// that lost a partner together do not redial it in step). Returns the wait.
     pub fn handle_connect_failed(&mut self, now: Millis) -> Millis {
         self.failures = self.failures.saturating_add(1);
+        self.set_problem(now, Problem::Unreachable);
         let wait = self.retry.backoff(self.failures, self.rng.next());
         self.link = Link::Down { not_before: now.saturating_add(wait) };
         wait
@@ -373,6 +426,8 @@ impl Sender {
     /// The prepared receipt is on disk: the entries it completes take their new state, and the
     /// copies it showed dropped go back to the queue.
     pub fn apply_receipt(&mut self, now: Millis, prepared: PreparedReceipt) {
+        // The partner stored and receipted, and this node stored its receipt: both sides work.
+        self.problem = None;
         for e in &prepared.completed {
             self.outbox.apply_prepared(e.packet_id, &self.peer);
         }
@@ -384,6 +439,7 @@ impl Sender {
     /// The prepared receipt could not be stored: nothing it said is in force; the lane is
     /// closed and its copies, these among them, are sent again.
     pub fn abandon_receipt(&mut self, now: Millis, prepared: PreparedReceipt) {
+        self.set_problem(now, Problem::ReceiptNotStored);
         for e in &prepared.completed {
             self.outbox.abandon_prepared(e.packet_id, &self.peer);
             self.outbox.handle_send_failed(now, e.packet_id, &self.peer);
@@ -400,6 +456,14 @@ impl Sender {
         if self.lane_mut(lane).is_some() {
             self.fail_lane(now, lane.priority);
         }
+    }
+
+    /// The partner reset the lane's stream saying why it stored nothing (`problem`): recorded
+    /// for the status, and the lane fails like any other (its copies are sent again after their
+    /// backoff; nothing was receipted, so nothing is lost).
+    pub fn handle_lane_refused(&mut self, now: Millis, lane: LaneId, problem: Problem) {
+        self.set_problem(now, problem);
+        self.handle_lane_failed(now, lane);
     }
 
     /// Time passed: copies whose receipt is overdue or that expired are dealt with, and lanes

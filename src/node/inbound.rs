@@ -122,9 +122,16 @@ impl Node {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
-                    // Nothing of the batch was acknowledged; the sender will send it again.
-                    warn!(error = %e, "could not store a batch; closing the lane");
-                    let _ = send.reset(quinn::VarInt::from_u32(3));
+                    // Nothing of the batch was acknowledged; the sender will send it again, and
+                    // the reset's code tells it why (its status shows it).
+                    let reset = match &e {
+                        NodeError::Store(StoreError::Full { .. }) => wire::Reset::StorageFull,
+                        _ => wire::Reset::NotStored,
+                    };
+                    if let Some(suppressed) = self.partner_log(&peer, "not_stored") {
+                        warn!(error = %e, suppressed, "could not store a batch; no receipt, the lane is reset and the partner sends it again");
+                    }
+                    let _ = send.reset(reset.code());
                     failed = true;
                     break;
                 }
@@ -145,7 +152,8 @@ impl Node {
         drop(rx);
         if failed {
             reader.abort();
-            let _ = send.reset(quinn::VarInt::from_u32(3));
+            // (The stream was reset above with its reason, or is already gone.)
+            let _ = send.reset(wire::Reset::NotStored.code());
             return;
         }
         match reader.await {
@@ -158,7 +166,7 @@ impl Node {
                     }
                     _ => debug!(error = %e, "lane ended"),
                 }
-                let _ = send.reset(quinn::VarInt::from_u32(2));
+                let _ = send.reset(wire::Reset::Broken.code());
             }
             _ => {
                 let _ = send.finish();
@@ -229,7 +237,9 @@ impl Node {
             }
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        self.inner.store.commit(ops).await?;
+        // A FLASH lane's batch may use the store's headroom; bulk stops where it begins (its
+        // copies get no receipt and are sent again later).
+        self.inner.store.commit_as(store::Class::of(batch.lane), ops).await?;
         // On disk now: put in force.
         lock(&self.inner.deadlines).apply(staged);
         {

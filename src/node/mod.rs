@@ -314,10 +314,28 @@ impl Node {
             node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (p.clone(), x.hash))).collect();
         let without: Vec<NodeId> =
             node.inner.partners.keys().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
-        node.inner
-            .store
-            .commit(vec![Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without })])
-            .await?;
+        let started = Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without });
+        match node.inner.store.commit(vec![started.clone()]).await {
+            Ok(()) => {}
+            // A node must start on a full disk too: it reports its state, delivers what it
+            // holds once space is back, and takes new packets then, without another restart.
+            Err(e @ StoreError::Full { .. }) => {
+                warn!(error = %e, "starting on a full disk: the start goes into the audit trail once space is freed");
+                let (n, cancel) = (node.clone(), node.inner.cancel.clone());
+                node.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = cancel.cancelled() => return,
+                        }
+                        if n.inner.store.commit(vec![started.clone()]).await.is_ok() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
         info!(node = %me, addr = %node.local_addr(), pending = node.inner.senders.values().map(|s| lock(s).pending()).sum::<usize>(), "node started");
         // The caller's signal stops the node's loops (as does `shutdown`, or the caller going away).
         let cancel = node.inner.cancel.clone();
@@ -368,11 +386,15 @@ impl Node {
             warn!(remaining = self.inner.tasks.len(), "tasks still running 10 s after the stop; stopping without them");
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.endpoint.wait_idle()).await;
-        if let Err(e) = self.inner.store.commit(vec![Op::Audit(AuditEvent::Stopped)]).await {
-            warn!(error = %e, "could not record the stop in the audit trail");
-        }
-        if let Err(e) = self.checkpoint().await {
-            warn!(error = %e, "could not sign the last audit checkpoint");
+        // Bounded: a disk that does not complete writes must not keep the node from stopping.
+        let last = async {
+            self.inner.store.commit(vec![Op::Audit(AuditEvent::Stopped)]).await?;
+            self.checkpoint().await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), last).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not record the stop and sign the last audit checkpoint"),
+            Err(_) => warn!("the store did not record the stop within 5 s; stopping without it"),
         }
         let store = self.inner.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

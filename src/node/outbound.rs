@@ -66,6 +66,8 @@ impl Node {
         let concerns = Deadlines::concerns(packet);
         let copies = sub.copies;
         let entries = sub.entries;
+        // ROUTINE and URGENT stop where the store's headroom begins; FLASH may use it.
+        let class = store::Class::of(packet.envelope.priority);
         let stored = self.spawn(async move {
             let reserved = node.reserve_deadlines(copies.iter().map(|(p, _)| p)).await;
             let mut staged = crate::deadlines::Staged::default();
@@ -76,7 +78,7 @@ impl Node {
                 }
             }
             ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-            node.inner.store.commit(ops).await?;
+            node.inner.store.commit_as(class, ops).await?;
             lock(&node.inner.deadlines).apply(staged);
             drop(reserved);
             for (to, id, bytes) in fresh {

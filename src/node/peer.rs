@@ -7,7 +7,7 @@
 //! backoff, timeouts, what a receipt completes — is the machine's.
 
 use super::*;
-use crate::delivery::{sender, LaneId};
+use crate::delivery::{sender, LaneId, Problem};
 
 impl Node {
     /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
@@ -154,9 +154,22 @@ impl Node {
             };
             let reader = async {
                 loop {
-                    let frame = wire::read_frame(&mut recv, MAX_RECEIPT_FRAME, self.inner.limits.frame_stall)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let frame = match wire::read_frame(&mut recv, MAX_RECEIPT_FRAME, self.inner.limits.frame_stall).await {
+                        Ok(frame) => frame,
+                        // The partner says why it stored nothing: the status will say it too.
+                        Err(e @ wire::WireError::Reset(reset)) => {
+                            let problem = match reset {
+                                wire::Reset::StorageFull => Some(Problem::PartnerStorageFull),
+                                wire::Reset::NotStored => Some(Problem::PartnerStoreFailed),
+                                wire::Reset::Broken => None,
+                            };
+                            if let Some(p) = problem {
+                                lock(machine).handle_lane_refused(now_ms(), lane, p);
+                            }
+                            return Err(e.to_string());
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    };
                     let Some(frame) = frame else { return Ok(()) };
                     // Stored and applied in a task of its own: stopping the lane (a timeout, a
                     // reload) must not cut a commit off between the store and the machine.

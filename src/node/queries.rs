@@ -15,6 +15,16 @@ impl Node {
         Ok(entries)
     }
 
+    /// The store's condition: disk space, a stuck or failing disk.
+    pub fn store_health(&self) -> crate::store::Health {
+        self.inner.store.health()
+    }
+
+    /// Why copies to `peer` wait, and since when, if anything is known against it.
+    pub fn partner_problem(&self, peer: &NodeId) -> Option<(crate::delivery::Problem, Millis)> {
+        self.sender(peer).and_then(|s| lock(s).problem())
+    }
+
     /// The signed receipt `recipient` returned for `packet_id` (verified again from the store),
     /// and its item about this packet.
     pub fn receipt(

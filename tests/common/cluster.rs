@@ -41,11 +41,15 @@ impl NodeProc {
             .unwrap();
         self.child = Some(child);
         let starts = self.log_text().matches("\"message\":\"ready\"").count();
-        let log = self.log.clone();
-        wait_for(&format!("{} ready", self.name), Duration::from_secs(20), || {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            text.matches("\"message\":\"ready\"").count() > starts
-        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.log_text().matches("\"message\":\"ready\"").count() <= starts {
+            if Instant::now() > deadline {
+                let log = self.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                panic!("timed out waiting for {} ready; its log ends:\n{}", self.name, tail.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// What the node has logged so far.
@@ -166,6 +170,49 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
 pub fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A tmpfs of `mib` MiB mounted on a directory (root only: the tests of a full disk), unmounted
+/// when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, mib: u64) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"]).arg(dir).output();
+        let o = o.expect("mount(8)");
+        assert!(
+            o.status.success(),
+            "cannot mount a tmpfs on {} (the full-disk tests need root, as CI runs): {}",
+            dir.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+
+    /// Bytes free on it.
+    pub fn free(&self) -> u64 {
+        fs2::available_space(&self.0).unwrap()
+    }
+
+    /// Writes a ballast file `name` that leaves about `leave` bytes free; returns its path.
+    pub fn fill(&self, name: &str, leave: u64) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join(name);
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while self.free() > leave + chunk.len() as u64 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 /// Polls `f` until it is true; fails the test after `limit`.

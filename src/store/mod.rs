@@ -23,15 +23,21 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use serde::{Deserialize, Serialize};
 
 use crate::audit;
+
+mod backend;
+pub mod space;
 use crate::delivery::{Entry, Millis};
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
+pub use backend::{Backend, MemoryBackend, SledBackend};
+pub use space::{Class, Headroom, SpaceState};
 
 /// The store format this code writes. 2: receipts cover batches (`receipts` by receipt id plus
 /// `receipt_index`; `issued` by receipt id); the audit trail (`audit`, `audit_checkpoints`).
@@ -62,6 +68,40 @@ pub enum StoreError {
     /// The owner thread is gone (the node is shutting down).
     #[error("store: closed")]
     Closed,
+    /// The disk has too little space left for this commit's class: nothing of it was written.
+    /// Retry once space is freed (the node resumes by itself).
+    #[error("{}", full_text(*.class, *.free, *.kept))]
+    Full {
+        /// The commit's class.
+        class: Class,
+        /// Bytes free when it was refused.
+        free: u64,
+        /// Bytes the store keeps free for commits of this class.
+        kept: u64,
+    },
+    /// The disk has not completed a write for `secs` seconds: nothing more is taken (sled does
+    /// not recover in-process from a write the disk refused; `liaison serve` restarts).
+    #[error(
+        "store: the disk has not completed a write for {secs} s; nothing more is accepted until the node restarts"
+    )]
+    Stuck {
+        /// How long the writer has been waiting.
+        secs: u64,
+    },
+}
+
+fn full_text(class: Class, free: u64, kept: u64) -> String {
+    let (free, kept) = (space::mib(free), space::mib(kept));
+    match class {
+        Class::Bulk => format!(
+            "the disk is nearly full: {free} MiB free, and {kept} MiB are kept for FLASH alerts and receipts; \
+             ROUTINE and URGENT packets are refused until space is freed"
+        ),
+        Class::Essential => format!(
+            "the disk is full: {free} MiB free, below the {kept} MiB the store never uses; \
+             nothing can be stored until space is freed"
+        ),
+    }
 }
 
 /// The trees of the store.
@@ -134,9 +174,6 @@ impl Tree {
 /// A stored key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// The in-memory backend's map: (tree, key) -> value.
-type MemoryMap = std::collections::BTreeMap<(Tree, Vec<u8>), Vec<u8>>;
-
 /// One write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -148,192 +185,6 @@ pub enum Op {
     /// (next sequence number, previous entry's hash) as it applies the commit, so entries are
     /// chained in the order their changes reach the disk.
     Audit(crate::audit::Event),
-}
-
-/// A storage backend. Methods take `&self`: backends synchronise internally.
-pub trait Backend: Send + Sync + 'static {
-    /// Applies the writes (in order).
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError>;
-    /// Makes every applied write durable.
-    fn flush(&self) -> Result<(), StoreError>;
-    /// One value.
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Every (key, value) of a tree whose key starts with `prefix`, in key order.
-    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
-}
-
-/// sled, one tree per [`Tree`].
-pub struct SledBackend {
-    db: sled::Db,
-    trees: Vec<sled::Tree>,
-}
-
-impl SledBackend {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        // No background flushing on a timer: what the writer's flush did not make durable, and
-        // took back after a failure, is not flushed behind its back half a second later.
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(backend)?;
-        let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name()).map_err(backend)).collect::<Result<_, _>>()?;
-        Ok(Self { db, trees })
-    }
-
-    fn tree(&self, t: Tree) -> &sled::Tree {
-        &self.trees[t as usize]
-    }
-}
-
-impl Backend for SledBackend {
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        for op in ops {
-            match op {
-                Op::Put(t, k, v) => self.tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
-                Op::Delete(t, k) => self.tree(*t).remove(k.as_slice()).map(drop),
-                Op::Audit(_) => return Err(unchained()),
-            }
-            .map_err(backend)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        // sled's Db::flush covers every tree: they share one log.
-        self.db.flush().map(drop).map_err(backend)
-    }
-
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree(tree).get(key).map_err(backend)?.map(|v| v.to_vec()))
-    }
-
-    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.tree(tree).scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
-    }
-}
-
-/// An audit event reached a backend without going through the writer's chain.
-fn unchained() -> StoreError {
-    StoreError::Backend("an audit event must be committed through Store::commit".into())
-}
-
-fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-/// An in-memory backend for tests and the simulation, with the faults of a real disk: writes
-/// that fail (a full disk), flushes that fail (an I/O error after the data was handed over),
-/// and a crash that loses everything applied since the last successful flush.
-#[derive(Default)]
-pub struct MemoryBackend {
-    state: Mutex<MemoryState>,
-}
-
-#[derive(Default)]
-struct MemoryState {
-    /// What reads see: everything applied.
-    live: MemoryMap,
-    /// What survives a crash: everything flushed.
-    durable: MemoryMap,
-    /// Applied since the last flush, in order.
-    unflushed: Vec<Op>,
-    fail_writes: bool,
-    fail_flushes: bool,
-    /// Writes and flushes refused so far.
-    refused: u64,
-}
-
-impl MemoryBackend {
-    /// Makes every later `apply` fail (as a full disk would), or work again.
-    pub fn set_failing(&self, failing: bool) {
-        self.with(|s| s.fail_writes = failing);
-    }
-
-    /// Makes every later `flush` fail (the writes stay applied but not durable), or work again.
-    pub fn set_failing_flushes(&self, failing: bool) {
-        self.with(|s| s.fail_flushes = failing);
-    }
-
-    /// A crash (power cut, `kill -9`): everything not flushed is gone. The store must be opened
-    /// again over this backend ([`Store::with_backend`]), as after a restart.
-    pub fn crash(&self) {
-        self.with(|s| {
-            s.live = s.durable.clone();
-            s.unflushed.clear();
-        });
-    }
-
-    /// How many writes and flushes were refused so far.
-    pub fn refused(&self) -> u64 {
-        self.with(|s| s.refused)
-    }
-
-    fn with<R>(&self, f: impl FnOnce(&mut MemoryState) -> R) -> R {
-        // A panic while holding this lock leaves a consistent map (every change is one insert
-        // or remove); carry on with it.
-        f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-}
-
-fn apply_to(map: &mut MemoryMap, op: &Op) {
-    match op {
-        Op::Put(tree, k, v) => {
-            map.insert((*tree, k.clone()), v.clone());
-        }
-        Op::Delete(tree, k) => {
-            map.remove(&(*tree, k.clone()));
-        }
-        Op::Audit(_) => {}
-    }
-}
-
-impl Backend for MemoryBackend {
-    fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        if ops.iter().any(|op| matches!(op, Op::Audit(_))) {
-            return Err(unchained());
-        }
-        self.with(|s| {
-            if s.fail_writes {
-                s.refused += 1;
-                return Err(StoreError::Backend("No space left on device (simulated)".into()));
-            }
-            for op in ops {
-                apply_to(&mut s.live, op);
-            }
-            s.unflushed.extend_from_slice(ops);
-            Ok(())
-        })
-    }
-
-    fn flush(&self) -> Result<(), StoreError> {
-        self.with(|s| {
-            if s.fail_flushes {
-                s.refused += 1;
-                return Err(StoreError::Backend("Input/output error (simulated flush failure)".into()));
-            }
-            for op in std::mem::take(&mut s.unflushed) {
-                apply_to(&mut s.durable, &op);
-            }
-            Ok(())
-        })
-    }
-
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.with(|s| s.live.get(&(tree, key.to_vec())).cloned()))
-    }
-
-    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        Ok(self.with(|s| {
-            s.live
-                .range((tree, prefix.to_vec())..)
-                .take_while(|((tr, k), _)| *tr == tree && k.starts_with(prefix))
-                .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect()
-        }))
-    }
 }
 
 /// A packet received and stored: what a listing needs, without the payload (which is in
@@ -409,6 +260,48 @@ pub struct Store {
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
     /// The audit chain's head as of the last successful flush (what a checkpoint may sign).
     durable: Arc<Mutex<audit::Head>>,
+    /// What the writer shares with the handles: space rules and state, whether it is stuck.
+    shared: Arc<Shared>,
+}
+
+/// The writer's state that handles read.
+struct Shared {
+    /// Bytes of headroom ([`Headroom`]); may change while the node runs.
+    headroom: AtomicU64,
+    /// [`SpaceState`] as of the last batch or probe.
+    space: AtomicU8,
+    /// When the writer began the write it is in (ms since the epoch), 0 when idle.
+    busy_since: AtomicU64,
+    /// When the backend began failing every write (ms since the epoch), 0 when the last worked.
+    failing_since: AtomicU64,
+    /// A write in progress for this long is stuck ([`STUCK_AFTER_MS`]; tests shorten it).
+    stuck_after_ms: AtomicU64,
+}
+
+/// The store's condition, as `GET /v1/health` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    /// The disk's state now.
+    pub space: SpaceState,
+    /// Bytes free on the store's file system, if the backend can tell.
+    pub free_bytes: Option<u64>,
+    /// Bytes the store keeps free ([`Headroom`]).
+    pub headroom_bytes: u64,
+    /// How long the write in progress has taken, if one has for more than a second (ms).
+    pub stuck_ms: Option<u64>,
+    /// How long every write has failed, if the last one failed (ms).
+    pub failing_ms: Option<u64>,
+}
+
+/// A write that has not completed for this long is taken as stuck: further commits are refused
+/// at once ([`StoreError::Stuck`]) instead of queuing behind it.
+pub const STUCK_AFTER_MS: u64 = 30_000;
+
+/// How often an idle writer reads the free space again while the disk is low or full.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A commit handed to the writer ([`Store::enqueue`]), to wait on.
@@ -429,6 +322,7 @@ impl Pending {
 
 struct Commit {
     ops: Vec<Op>,
+    class: Class,
     reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -455,35 +349,90 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel::<Commit>();
         let durable = Arc::new(Mutex::new(head));
+        let shared = Arc::new(Shared {
+            headroom: AtomicU64::new(Headroom::DEFAULT.bytes),
+            space: AtomicU8::new(SpaceState::Ok.to_u8()),
+            busy_since: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            stuck_after_ms: AtomicU64::new(STUCK_AFTER_MS),
+        });
         let b = backend.clone();
         let writer = std::thread::Builder::new()
             .name("liaison-store".into())
             .spawn({
                 let durable = durable.clone();
-                move || writer_loop(&*b, &rx, head, &durable)
+                let shared = shared.clone();
+                move || writer_loop(&*b, &rx, head, &durable, &shared)
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { tx: Arc::new(Mutex::new(Some(tx))), backend, writer: Arc::new(Mutex::new(Some(writer))), durable })
+        Ok(Self {
+            tx: Arc::new(Mutex::new(Some(tx))),
+            backend,
+            writer: Arc::new(Mutex::new(Some(writer))),
+            durable,
+            shared,
+        })
+    }
+
+    /// Sets the space the store keeps free on its disk (see [`space`]).
+    pub fn set_headroom(&self, headroom: Headroom) {
+        self.shared.headroom.store(headroom.bytes, Ordering::Relaxed);
+    }
+
+    /// The store's condition now: free space (read again), whether a write is stuck or every
+    /// write fails.
+    pub fn health(&self) -> Health {
+        let headroom = Headroom { bytes: self.shared.headroom.load(Ordering::Relaxed) };
+        let free_bytes = self.backend.free_bytes();
+        let now = now_ms();
+        let since = |a: &AtomicU64, min: u64| {
+            let t = a.load(Ordering::Relaxed);
+            (t != 0 && now.saturating_sub(t) >= min).then(|| now.saturating_sub(t))
+        };
+        Health {
+            space: free_bytes
+                .map_or_else(|| SpaceState::from_u8(self.shared.space.load(Ordering::Relaxed)), |f| headroom.state(f)),
+            free_bytes,
+            headroom_bytes: headroom.bytes,
+            stuck_ms: since(&self.shared.busy_since, 1_000),
+            failing_ms: since(&self.shared.failing_since, 0),
+        }
     }
 
     /// Applies `ops` and returns once they are flushed to disk (group commit with any concurrent
-    /// callers).
+    /// callers). An [`Class::Essential`] commit: see [`Store::commit_as`] for bulk.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.enqueue(ops).durable().await
+    }
+
+    /// [`Store::commit`] of a commit of `class` (what it may use of the headroom).
+    pub async fn commit_as(&self, class: Class, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.enqueue_as(class, ops).durable().await
     }
 
     /// Hands `ops` to the writer now and returns what to wait on. The writer applies commits in
     /// the order they were enqueued: a caller that takes a snapshot of some state and enqueues
     /// it under the lock that guards the state knows that no older snapshot lands after it.
     pub fn enqueue(&self, ops: Vec<Op>) -> Pending {
+        self.enqueue_as(Class::Essential, ops)
+    }
+
+    /// [`Store::enqueue`] of a commit of `class`.
+    pub fn enqueue_as(&self, class: Class, ops: Vec<Op>) -> Pending {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        match self.send(Commit { ops, reply }) {
+        match self.send(Commit { ops, class, reply }) {
             Ok(()) => Pending(Ok(rx)),
             Err(e) => Pending(Err(e)),
         }
     }
 
     fn send(&self, commit: Commit) -> Result<(), StoreError> {
+        // A stuck writer would never answer: refuse at once rather than queue without end.
+        let busy = self.shared.busy_since.load(Ordering::Relaxed);
+        let waited = now_ms().saturating_sub(busy);
+        if busy != 0 && waited >= self.shared.stuck_after_ms.load(Ordering::Relaxed) {
+            return Err(StoreError::Stuck { secs: waited / 1000 });
+        }
         let tx = self.tx.lock().map_err(|_| StoreError::Closed)?;
         tx.as_ref().ok_or(StoreError::Closed)?.send(commit).map_err(|_| StoreError::Closed)
     }
@@ -574,16 +523,33 @@ impl Store {
     /// Stops the writer after it has answered every commit already sent, and waits for it to
     /// finish (blocking: from async code, call it on the blocking pool). Every handle is closed:
     /// later commits fail with [`StoreError::Closed`]; reads still work.
+    ///
+    /// A writer stuck in a write the disk never completes is not waited for beyond
+    /// [`CLOSE_WAIT`]: the node must still stop (what was not flushed was not acknowledged).
     pub fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
         }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
-            let _ = handle.join();
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while !handle.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::error!(
+                    waited_s = CLOSE_WAIT.as_secs(),
+                    "the store's writer is stuck in a write the disk does not complete; closing without it"
+                );
+            }
         }
     }
 }
+
+/// How long [`Store::close`] waits for the writer to finish its last batch.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Format 2 keyed the inbox and the evidence by packet id alone; 3 keys them by packet id and
 /// sender. Moved in batches of [`MIGRATION_BATCH`] records (the evidence of one may be 16 MiB),
@@ -630,28 +596,48 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
         .map_err(|e| StoreError::Corrupt { tree: tree.name(), reason: e.to_string() })
 }
 
-/// Group commit: block for one commit, take every other one already waiting, apply them all,
-/// flush once, answer everyone. A failed batch is answered with the error and nothing in it is
-/// acknowledged: what it overwrote is put back, so reads do not show it either; the audit
-/// chain's head goes back to where it was, so the next entries reuse
-/// the sequence numbers the failed batch could not write.
+/// Group commit: block for one commit, take every other one already waiting, admit those the
+/// free space allows (see [`space`]; the others are answered [`StoreError::Full`] at once), apply
+/// them all, flush once, answer everyone. A failed batch is answered with the error and nothing
+/// in it is acknowledged: what it overwrote is put back, so reads do not show it either; the
+/// audit chain's head goes back to where it was, so the next entries reuse the sequence numbers
+/// the failed batch could not write.
 fn writer_loop(
     backend: &dyn Backend,
     rx: &mpsc::Receiver<Commit>,
     mut head: audit::Head,
     durable: &Mutex<audit::Head>,
+    shared: &Shared,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
+    loop {
+        let first = match rx.recv_timeout(PROBE_EVERY) {
+            Ok(c) => c,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: if the disk was low, see whether space came back.
+                if SpaceState::from_u8(shared.space.load(Ordering::Relaxed)) != SpaceState::Ok {
+                    let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
+                    if let Some(free) = backend.free_bytes() {
+                        set_space(shared, headroom.state(free), free, headroom);
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut waiting = vec![first];
+        while waiting.len() < 4096 {
             match rx.try_recv() {
-                Ok(c) => batch.push(c),
+                Ok(c) => waiting.push(c),
                 Err(_) => break,
             }
         }
+        let batch = admit(backend, shared, waiting);
+        if batch.is_empty() {
+            continue;
+        }
         let before = head;
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = now_ms();
+        let mut batch = batch;
         let mut ops = Vec::with_capacity(batch.iter().map(|c| c.ops.len()).sum::<usize>() + 1);
         for c in &mut batch {
             for op in std::mem::take(&mut c.ops) {
@@ -667,6 +653,7 @@ fn writer_loop(
         if head != before {
             ops.push(Op::Put(Tree::Meta, AUDIT_HEAD.to_vec(), encoding::to_cbor(&head)));
         }
+        shared.busy_since.store(now.max(1), Ordering::Relaxed);
         let result = undo_log(backend, &ops).and_then(|undo| {
             let applied = backend.apply(&ops).and_then(|()| backend.flush());
             if applied.is_err() {
@@ -680,17 +667,69 @@ fn writer_loop(
             }
             applied
         });
+        shared.busy_since.store(0, Ordering::Relaxed);
         match result {
             Ok(()) => {
+                shared.failing_since.store(0, Ordering::Relaxed);
                 if let Ok(mut d) = durable.lock() {
                     *d = head;
                 }
             }
-            Err(_) => head = before,
+            Err(_) => {
+                let _ = shared.failing_since.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
+                head = before;
+            }
         }
         for c in batch {
             let _ = c.reply.send(result.clone());
         }
+    }
+}
+
+/// The commits of `waiting` that the free space allows, in order; the others are answered
+/// [`StoreError::Full`] now and never reach the backend. Updates the space state.
+fn admit(backend: &dyn Backend, shared: &Shared, waiting: Vec<Commit>) -> Vec<Commit> {
+    let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
+    let Some(free) = backend.free_bytes() else { return waiting };
+    let mut used = 0u64;
+    let mut admitted = Vec::with_capacity(waiting.len());
+    for c in waiting {
+        let need = space::estimate(&c.ops);
+        let kept = headroom.kept_for(c.class);
+        if free.saturating_sub(used.saturating_add(need)) < kept {
+            let _ = c.reply.send(Err(StoreError::Full { class: c.class, free, kept }));
+        } else {
+            used += need;
+            admitted.push(c);
+        }
+    }
+    // The state is the free space's alone (a large packet refused with room left for smaller
+    // ones does not make the disk "low", and the log does not flap with each refusal).
+    set_space(shared, headroom.state(free.saturating_sub(used)), free, headroom);
+    admitted
+}
+
+/// Records the disk's state; a change is logged (the administrator must act on a full disk, and
+/// know when the node resumed).
+fn set_space(shared: &Shared, state: SpaceState, free: u64, headroom: Headroom) {
+    let was = SpaceState::from_u8(shared.space.swap(state.to_u8(), Ordering::Relaxed));
+    if was == state {
+        return;
+    }
+    let (free_mib, headroom_mib) = (space::mib(free), space::mib(headroom.bytes));
+    match state {
+        SpaceState::Ok => tracing::info!(free_mib, headroom_mib, "disk space is back: every packet is taken again"),
+        SpaceState::Low => tracing::warn!(
+            free_mib,
+            headroom_mib,
+            "disk nearly full: ROUTINE and URGENT packets are refused (submits: 507; partners' copies: no receipt, \
+             sent again later); FLASH alerts and receipts go on"
+        ),
+        SpaceState::Full => tracing::error!(
+            free_mib,
+            headroom_mib,
+            "disk full: nothing is stored until space is freed; the node resumes by itself"
+        ),
     }
 }
 
@@ -807,6 +846,93 @@ mod tests {
         mem.crash();
         let store = Store::with_backend(mem.clone()).unwrap();
         assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"old"[..]));
+    }
+
+    /// The headroom: bulk stops where it begins, essential commits go on into it down to its last
+    /// quarter, nothing refused reaches the backend, and the store takes everything again as
+    /// soon as the space is back, without being reopened.
+    #[test]
+    fn a_full_disk_refuses_by_class_and_the_store_resumes_by_itself() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem.clone()).unwrap();
+        store.set_headroom(Headroom::mib(64));
+        let mib = 1024 * 1024;
+        let bulk = |k: &[u8]| vec![Op::Put(Tree::Sealed, k.to_vec(), vec![7; 4 * mib as usize])];
+        let small =
+            |k: &[u8]| vec![Op::Put(Tree::Inbox, k.to_vec(), b"v".to_vec()), Op::Audit(crate::audit::Event::Stopped)];
+        let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+
+        mem.set_free(Some(70 * mib));
+        assert_eq!(store.health().space, SpaceState::Ok);
+        let e = block_on(store.commit_as(Class::Bulk, bulk(b"a"))).unwrap_err();
+        assert!(matches!(e, StoreError::Full { class: Class::Bulk, kept, .. } if kept == 64 * mib), "{e:?}");
+        assert!(e.to_string().contains("70 MiB free, and 64 MiB are kept for FLASH alerts and receipts"), "{e}");
+        assert_eq!(store.get(Tree::Sealed, b"a").unwrap(), None, "nothing of a refused commit is written");
+        store.commit_blocking(small(b"x")).unwrap();
+        mem.set_free(Some(40 * mib));
+        assert_eq!(store.health().space, SpaceState::Low);
+        assert!(matches!(block_on(store.commit_as(Class::Bulk, bulk(b"a"))), Err(StoreError::Full { .. })));
+        store.commit_blocking(small(b"x")).unwrap();
+        assert_eq!(store.shared.space.load(Ordering::Relaxed), SpaceState::Low.to_u8());
+        let head = store.audit_head().unwrap();
+
+        mem.set_free(Some(10 * mib));
+        assert_eq!(store.health().space, SpaceState::Full);
+        let e = store.commit_blocking(small(b"y")).unwrap_err();
+        assert!(matches!(e, StoreError::Full { class: Class::Essential, .. }), "{e:?}");
+        assert!(e.to_string().contains("the disk is full: 10 MiB free, below the 16 MiB"), "{e}");
+        assert_eq!(store.get(Tree::Inbox, b"y").unwrap(), None);
+        assert_eq!(store.audit_head().unwrap(), head, "a refused audit event takes no place in the chain");
+
+        mem.set_free(Some(200 * mib));
+        block_on(store.commit_as(Class::Bulk, bulk(b"a"))).unwrap();
+        store.commit_blocking(small(b"y")).unwrap();
+        assert_eq!(store.get(Tree::Sealed, b"a").unwrap().map(|v| v.len()), Some(4 * mib as usize));
+        assert_eq!(store.health().space, SpaceState::Ok);
+        assert_eq!(store.shared.space.load(Ordering::Relaxed), SpaceState::Ok.to_u8());
+        assert_eq!(mem.refused(), 0, "the backend never saw a refused write");
+        let node: NodeId = "IT-DCSA".parse().unwrap();
+        let keys = crate::keys::NodeKeys::generate(node.clone(), &mut rand_core::OsRng);
+        let audit = store.audit_verify(&node, &keys.public().signing);
+        assert!(audit.unwrap().is_ok(), "the chain has no hole where the refused event was");
+    }
+
+    /// In one batch, commits are admitted in order while they fit: a large bulk commit that does
+    /// not fit does not keep a small one behind it out.
+    #[test]
+    fn commits_are_admitted_one_by_one_within_a_batch() {
+        let mem = Arc::new(MemoryBackend::default());
+        mem.set_free(Some(70 << 20));
+        let store = Store::with_backend(mem.clone()).unwrap();
+        store.set_headroom(Headroom::mib(64));
+        let big = store.enqueue_as(Class::Bulk, vec![Op::Put(Tree::Sealed, b"big".to_vec(), vec![0; 8 << 20])]);
+        let little = store.enqueue_as(Class::Bulk, vec![Op::Put(Tree::Sealed, b"little".to_vec(), vec![0; 1024])]);
+        assert!(matches!(big.durable_blocking(), Err(StoreError::Full { .. })));
+        little.durable_blocking().unwrap();
+    }
+
+    /// A write the disk does not complete (sled after a failed write) makes the store refuse
+    /// every later commit at once instead of queuing them without end, and report it; `close`
+    /// does not wait for it beyond its bound.
+    #[test]
+    fn a_stuck_write_is_reported_and_later_commits_refused_at_once() {
+        let mem = Arc::new(MemoryBackend::default());
+        let store = Store::with_backend(mem.clone()).unwrap();
+        store.shared.stuck_after_ms.store(100, Ordering::Relaxed);
+        mem.set_hanging_flushes(true);
+        let first = store.enqueue(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]);
+        let t = std::time::Instant::now();
+        while store.health().stuck_ms.is_none_or(|ms| ms < 150) {
+            assert!(t.elapsed() < std::time::Duration::from_secs(10), "the stuck write is not reported");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let e = store.commit_blocking(vec![Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec())]).unwrap_err();
+        assert!(matches!(e, StoreError::Stuck { .. }), "{e:?}");
+        assert!(e.to_string().contains("has not completed a write"), "{e}");
+        mem.set_hanging_flushes(false);
+        first.durable_blocking().unwrap();
+        assert_eq!(store.health().stuck_ms, None);
+        store.commit_blocking(vec![Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec())]).unwrap();
     }
 
     #[test]
