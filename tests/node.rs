@@ -706,6 +706,31 @@ async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
     let _ = fed.stop.send(true);
 }
 
+/// An acknowledgement and the ReadAck that announces it are stored together or not at all: on a
+/// full disk the officer is told, nothing is recorded, and acknowledging again once space is back
+/// reaches the originator. A ROUTINE packet's ReadAck is not held back as bulk on a low disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_and_its_read_ack_are_stored_together_or_not_at_all() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let (es, disk, _es_stop) = fed.start_faulty("ES-UDYCO").await;
+    let p = example("jit-notice.json", "IT-DCSA", &["ES-UDYCO"]);
+    assert_eq!(p.envelope.priority, liaison::markings::Priority::Routine);
+    let id = it.submit(&p).await.unwrap().id;
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+
+    let officer: liaison::ids::OfficerId = "Subinspector Gómez".parse().unwrap();
+    disk.set_free(Some(1 << 20)); // below the last quarter of the 256 MiB headroom
+    let e = es.ack(id, None, officer.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("the disk is full"), "{e}");
+    assert!(es.show(id, None).unwrap().1.reads.is_empty(), "nothing recorded");
+
+    disk.set_free(Some(100 << 20)); // low: bulk refused, the ReadAck is not bulk
+    es.ack(id, None, officer).await.unwrap();
+    until("read ack at the originator", || !it.status(id).unwrap()[0].reads.is_empty()).await;
+    let _ = fed.stop.send(true);
+}
+
 /// Shutdown is ordered: every task finishes, the stop is the last entry of the audit trail and
 /// is signed by a checkpoint, and the store is closed (nothing more can be written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

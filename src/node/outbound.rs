@@ -20,6 +20,11 @@ impl Node {
     /// [`Node::submit`] for a packet already checked (a draft parsed by the API): it is checked
     /// and encoded no more on its way to the signature.
     pub async fn submit_checked(&self, packet: Checked) -> Result<Submitted, NodeError> {
+        self.submit_with(packet, Vec::new()).await
+    }
+
+    /// [`Node::submit_checked`], with `with` written in the same commit as the copies.
+    async fn submit_with(&self, packet: Checked, with: Vec<Op>) -> Result<Submitted, NodeError> {
         for r in &packet.envelope.recipients {
             if !self.inner.partners.contains_key(r) {
                 return Err(NodeError::NotAPartner(r.clone()));
@@ -27,28 +32,33 @@ impl Node {
         }
         let now = now_ms();
         let (copies, denied) = crate::delivery::submit::decide(&self.policies(), &packet, now);
-        self.seal_and_store(&packet, copies, denied, now).await
+        self.seal_and_store(&packet, copies, denied, now, with).await
     }
 
     /// Seals and stores the copies decided for `packet` (one per allowed recipient; each names
     /// the recipients that actually get the packet), records the decisions in the audit trail,
     /// and hands the copies to their partners' sender machines. With no copy, only the refusal is recorded.
+    /// `with`: writes that go to disk in the same commit (what the packet reports, such as the
+    /// acknowledgement a ReadAck announces: both or neither).
     async fn seal_and_store(
         &self,
         packet: &Packet,
         copies: Vec<(Checked, SentCopy)>,
         denied: Vec<Refused>,
         now: Millis,
+        with: Vec<Op>,
     ) -> Result<Submitted, NodeError> {
         use crate::delivery::submit::{self, Prepared};
+        let mut ops = with;
         let sub = match submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng)? {
             Prepared::Copies(sub) => sub,
-            Prepared::AllDenied { ops, denied } => {
+            Prepared::AllDenied { ops: refusal, denied } => {
+                ops.extend(refusal);
                 self.inner.store.commit(ops).await?;
                 return Err(NodeError::Denied(denied));
             }
         };
-        let mut ops = sub.ops;
+        ops.extend(sub.ops);
         // The sealed copies, kept for their first write once on disk.
         let mut fresh: Vec<(NodeId, PacketId, Vec<u8>)> = Vec::new();
         for e in &sub.entries {
@@ -66,8 +76,9 @@ impl Node {
         let concerns = Deadlines::concerns(packet);
         let copies = sub.copies;
         let entries = sub.entries;
-        // ROUTINE and URGENT stop where the store's headroom begins; FLASH may use it.
-        let class = store::Class::of(packet.envelope.priority);
+        // ROUTINE and URGENT stop where the store's headroom begins; FLASH (and the small system
+        // packets) may use it.
+        let class = store::Class::of_packet(packet);
         let stored = self.spawn(async move {
             let reserved = node.reserve_deadlines(copies.iter().map(|(p, _)| p)).await;
             let mut staged = crate::deadlines::Staged::default();
@@ -143,7 +154,7 @@ impl Node {
             return Err(NodeError::Denied(denied));
         };
         let first = first.clone();
-        self.seal_and_store(&first, copies, denied, now).await
+        self.seal_and_store(&first, copies, denied, now, Vec::new()).await
     }
 
     /// Verified consents of `originator` about `packet`: the one that came with it, and any it
@@ -218,23 +229,24 @@ impl Node {
             })
         })?;
         let sender = rec.sender.clone();
-        self.inner
-            .store
-            .commit(vec![
-                store::put(Tree::Inbox, pair_key(packet_id, &sender), &rec),
-                Op::Audit(AuditEvent::Acknowledged { packet_id, officer: officer.clone(), from: Some(sender) }),
-            ])
-            .await?;
         let ack = Packet::read_ack(
             &self.inner.me,
             &rec.sender,
             packet_id,
             packet.envelope.priority,
-            officer,
+            officer.clone(),
             now,
             &mut rand_core::OsRng,
         );
-        self.submit(&ack).await?;
+        // The acknowledgement and the ReadAck that announces it go to disk in one commit: an
+        // acknowledgement recorded whose ReadAck then could not be stored (a full disk) would
+        // never reach the originator, and the officer could not acknowledge again.
+        let record = vec![
+            store::put(Tree::Inbox, pair_key(packet_id, &sender), &rec),
+            Op::Audit(AuditEvent::Acknowledged { packet_id, officer, from: Some(sender.clone()) }),
+        ];
+        let ack = Checked::new(ack).map_err(crate::seal::SealError::from)?;
+        self.submit_with(ack, record).await?;
         Ok(())
     }
 }

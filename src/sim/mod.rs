@@ -36,14 +36,14 @@ use crate::deadlines::{Deadline, Deadlines, Flow, Staged};
 use crate::delivery::receiver::{Known, Receiver};
 use crate::delivery::sender::{entry_ops, open_receipt, receipt_ops};
 use crate::delivery::submit::{self, Prepared};
-use crate::delivery::{Entry, EntryState, Inbox, Incoming, LaneId, Link, Millis, RetryPolicy, Sender};
+use crate::delivery::{Entry, EntryState, Inbox, Incoming, LaneId, Link, Millis, Problem, RetryPolicy, Sender};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::keys::{Keyring, NodeKeys};
 use crate::packet::{Body, Packet, PacketType, ReceiptOutcome};
 use crate::policy::{Policy, PolicyBook};
 use crate::seal::SealContext;
-use crate::store::{self, pair_key, InboxRecord, MemoryBackend, Op, Store, StoreError, Tree};
+use crate::store::{self, pair_key, Class, InboxRecord, MemoryBackend, Op, Store, StoreError, Tree};
 use crate::timestamp::Timestamp;
 
 mod invariants;
@@ -56,6 +56,12 @@ pub const NODES: [&str; 3] = ["IT-DCSA", "ES-UDYCO", "CO-DIJIN"];
 const EPOCH: Millis = 1_893_456_000_000;
 
 /// Retries at the pace of a real node, scaled down.
+/// Free space on a simulated disk, normally, and while it is low or full (the store's headroom is
+/// its default, 256 MiB).
+const DISK_FREE: u64 = 1 << 40;
+const DISK_LOW: u64 = 100 << 20;
+const DISK_FULL: u64 = 16 << 20;
+
 const RETRY: RetryPolicy = RetryPolicy { initial_backoff: 50, max_backoff: 2_000, receipt_timeout: 1_500 };
 
 use crate::federation::POLICIES;
@@ -122,6 +128,10 @@ pub struct Report {
     pub crashes: u64,
     /// Commits made to fail (writes or flushes).
     pub disk_faults: u64,
+    /// Times a node's disk filled (low: bulk refused; or full: everything refused) for a while.
+    pub disk_fills: u64,
+    /// Commits the store refused for want of space.
+    pub full_refusals: u64,
     /// Messages lost.
     pub lost: u64,
     /// Messages duplicated.
@@ -146,6 +156,8 @@ impl std::ops::AddAssign<&Report> for Report {
         self.batches += r.batches;
         self.crashes += r.crashes;
         self.disk_faults += r.disk_faults;
+        self.disk_fills += r.disk_fills;
+        self.full_refusals += r.full_refusals;
         self.lost += r.lost;
         self.duplicated += r.duplicated;
         self.partitions += r.partitions;
@@ -229,8 +241,8 @@ enum Msg {
     Frame { conn: u64, lane: LaneId, bytes: Vec<u8> },
     /// A receipt back on the same stream.
     Receipt { conn: u64, lane: LaneId, bytes: Vec<u8> },
-    /// The receiver reset the stream (it could not store a batch).
-    Reset { conn: u64, lane: LaneId },
+    /// The receiver reset the stream (it could not store a batch), saying why.
+    Reset { conn: u64, lane: LaneId, problem: Problem },
 }
 
 #[derive(Debug)]
@@ -285,6 +297,8 @@ struct Sim {
     backlog: BTreeMap<(usize, usize), std::collections::VecDeque<Job>>,
     /// Pairs (lower index first) cut off from each other until a time.
     partitions: BTreeMap<(usize, usize), Millis>,
+    /// Nodes whose disk is low or full, until when.
+    fills: BTreeMap<usize, Millis>,
     loss: f64,
     dup: f64,
     max_delay: Millis,
@@ -335,6 +349,7 @@ impl Sim {
                 }
             }
             let disk = Arc::new(MemoryBackend::default());
+            disk.set_free(Some(DISK_FREE));
             let store = Store::with_backend(disk.clone()).map_err(err("store"))?;
             let mut node = SimNode {
                 id: me.clone(),
@@ -371,6 +386,7 @@ impl Sim {
             arrived: BTreeMap::new(),
             backlog: BTreeMap::new(),
             partitions: BTreeMap::new(),
+            fills: BTreeMap::new(),
             loss,
             dup,
             max_delay,
@@ -432,14 +448,39 @@ impl Sim {
                 Ok(())
             }
             640..=689 => self.write_backlog_random(),
+            690..=692 => {
+                self.fill_disk();
+                Ok(())
+            }
             _ if self.chance(crash) => {
                 let i = self.below(self.nodes.len() as u64) as usize;
                 self.crash(i)
             }
             _ => {
                 self.now += 1 + self.below(200);
+                self.free_disks(false);
                 self.deliver_due()
             }
+        }
+    }
+
+    /// A node's disk fills for up to 5 s: low (bulk refused) or full (everything refused).
+    fn fill_disk(&mut self) {
+        let i = self.below(self.nodes.len() as u64) as usize;
+        let free = if self.chance(0.5) { DISK_LOW } else { DISK_FULL };
+        self.nodes[i].disk.set_free(Some(free));
+        let until = self.now + 100 + self.below(5_000);
+        self.fills.insert(i, until);
+        self.report.disk_fills += 1;
+    }
+
+    /// Space comes back on the disks whose fill is over (on every disk: `all`).
+    fn free_disks(&mut self, all: bool) {
+        let now = self.now;
+        let over: Vec<usize> = self.fills.iter().filter(|(_, until)| all || **until <= now).map(|(i, _)| *i).collect();
+        for i in over {
+            self.fills.remove(&i);
+            self.nodes[i].disk.set_free(Some(DISK_FREE));
         }
     }
 
@@ -455,6 +496,11 @@ impl Sim {
     /// Commits `ops` at node `i`, perhaps with a disk fault (a failed write, or a failed flush
     /// that leaves the writes applied but not durable).
     fn commit(&mut self, i: usize, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.commit_as(i, Class::Essential, ops)
+    }
+
+    /// [`Sim::commit`] of a commit of `class` (a disk that is low or full refuses by class).
+    fn commit_as(&mut self, i: usize, class: Class, ops: Vec<Op>) -> Result<(), StoreError> {
         let fault = self.chance(self.fault_rate);
         let flush = fault && self.chance(0.5);
         let disk = self.nodes[i].disk.clone();
@@ -466,9 +512,12 @@ impl Sim {
                 disk.set_failing(true);
             }
         }
-        let result = self.nodes[i].store.commit_blocking(ops);
+        let result = self.nodes[i].store.enqueue_as(class, ops).durable_blocking();
         disk.set_failing(false);
         disk.set_failing_flushes(false);
+        if matches!(result, Err(StoreError::Full { .. })) {
+            self.report.full_refusals += 1;
+        }
         result
     }
 
@@ -658,10 +707,15 @@ impl Sim {
             self.nodes[r].deadlines.stage(&mut staged, p, Flow::Received, &peer, now);
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        if self.commit(r, ops).is_err() {
+        let committed = self.commit_as(r, Class::of(batch.lane), ops);
+        if committed.is_err() {
             // Nothing of the batch acknowledged: the stream is reset, the rest of it dropped.
             self.arrived.remove(&key);
-            self.send(r, s, Msg::Reset { conn: conn_id, lane });
+            let problem = match committed {
+                Err(StoreError::Full { .. }) => Problem::PartnerStorageFull,
+                _ => Problem::PartnerStoreFailed,
+            };
+            self.send(r, s, Msg::Reset { conn: conn_id, lane, problem });
             return Ok(());
         }
         let node = &mut self.nodes[r];
@@ -700,11 +754,11 @@ impl Sim {
                         self.on_receipt(f.to, f.from, lane, &bytes)?;
                     }
                 }
-                Msg::Reset { conn, lane } => {
+                Msg::Reset { conn, lane, problem } => {
                     if self.conns.get(&conn).is_some_and(|c| c.alive) {
                         let peer = self.nodes[f.from].id.clone();
                         if let Some(m) = self.nodes[f.to].senders.get_mut(&peer) {
-                            m.handle_lane_failed(self.now, lane);
+                            m.handle_lane_refused(self.now, lane, problem);
                         }
                     }
                 }
@@ -761,6 +815,7 @@ impl Sim {
         self.dup = 0.0;
         self.fault_rate = 0.0;
         self.partitions.clear();
+        self.free_disks(true);
         let n = self.nodes.len();
         for _ in 0..20_000 {
             let pending: usize = self.nodes.iter().flat_map(|x| x.senders.values()).map(Sender::pending).sum();

@@ -55,6 +55,11 @@ impl Sim {
     /// The node's submit: policy per recipient, sealing, one commit with the deadline changes,
     /// then the entries to the sender machines. Only an `Ok` commit is an acknowledged submit.
     pub(super) fn submit(&mut self, i: usize, packet: &Packet) -> Res {
+        self.submit_with(i, packet, Vec::new())
+    }
+
+    /// [`Sim::submit`] with `with` in the same commit (as `Node::submit_with`).
+    fn submit_with(&mut self, i: usize, packet: &Packet, with: Vec<Op>) -> Res {
         let checked = crate::packet::Checked::new(packet.clone()).map_err(err("check"))?;
         let (copies, denied) = submit::decide(&self.nodes[i].policies, &checked, self.now);
         if !matches!(
@@ -63,7 +68,7 @@ impl Sim {
         ) {
             self.originated.insert((i, packet.envelope.id));
         }
-        self.store_copies(i, packet, copies, denied)
+        self.store_copies(i, packet, copies, denied, with)
     }
 
     /// Seals and stores the copies decided for `packet` (as `Node::seal_and_store`).
@@ -73,25 +78,29 @@ impl Sim {
         packet: &Packet,
         copies: Vec<(crate::packet::Checked, SentCopy)>,
         denied: Vec<Refused>,
+        with: Vec<Op>,
     ) -> Res {
         let now = self.now;
         let prepared =
             submit::seal(&self.nodes[i].seal, packet, copies, denied, now, &mut self.rng).map_err(err("seal"))?;
         let sub = match prepared {
             Prepared::Copies(sub) => sub,
-            Prepared::AllDenied { ops, .. } => {
+            Prepared::AllDenied { ops: refusal, .. } => {
                 self.report.refused_submits += 1;
+                let mut ops = with;
+                ops.extend(refusal);
                 let _ = self.commit(i, ops);
                 return Ok(());
             }
         };
-        let mut ops = sub.ops;
+        let mut ops = with;
+        ops.extend(sub.ops);
         let mut staged = Staged::default();
         for (copy, to) in &sub.copies {
             self.nodes[i].deadlines.stage(&mut staged, copy, Flow::Sent, to, now);
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        if self.commit(i, ops).is_err() {
+        if self.commit_as(i, Class::of_packet(packet), ops).is_err() {
             self.report.failed_submits += 1;
             return Ok(());
         }
@@ -123,8 +132,8 @@ impl Sim {
         Ok(v)
     }
 
-    /// An officer acknowledges a received packet: the record first, then a ReadAck to its
-    /// sender (as `Node::ack`).
+    /// An officer acknowledges a received packet: the record and a ReadAck to its sender, in one
+    /// commit (as `Node::ack`).
     pub(super) fn ack_random(&mut self) -> Res {
         let i = self.below(self.nodes.len() as u64) as usize;
         let list = self.received(i)?;
@@ -146,13 +155,10 @@ impl Sim {
                 from: Some(sender.clone()),
             }),
         ];
-        if self.commit(i, ops).is_err() {
-            return Ok(());
-        }
         let ts = self.ts();
         let ack = Packet::read_ack(&self.nodes[i].id, &sender, id, rec.priority, officer, ts, &mut self.rng);
         self.report.acks += 1;
-        self.submit(i, &ack)
+        self.submit_with(i, &ack, ops)
     }
 
     /// An officer answers a request it received.
@@ -216,7 +222,7 @@ impl Sim {
             return Ok(());
         };
         self.report.forwards += 1;
-        self.store_copies(i, &first, copies, denied)
+        self.store_copies(i, &first, copies, denied, Vec::new())
     }
 
     /// Packets received at `i` that their originator consented to have passed on: (id, originator).

@@ -36,11 +36,23 @@ pub enum Class {
 }
 
 impl Class {
-    /// The class of a packet's commit by its priority.
+    /// The class of a batch received on a lane of `priority`.
     pub fn of(priority: crate::markings::Priority) -> Self {
         match priority {
             crate::markings::Priority::Flash => Self::Essential,
             _ => Self::Bulk,
+        }
+    }
+
+    /// The class of a packet's submit: FLASH, and the small packets that report on others
+    /// (acknowledgements, onward consents: at most 8 KiB), are essential; the rest is bulk.
+    pub fn of_packet(packet: &crate::packet::Packet) -> Self {
+        use crate::packet::PacketType;
+        let t = packet.packet_type();
+        if t.is_system() || t == PacketType::OnwardConsent {
+            Self::Essential
+        } else {
+            Self::of(packet.envelope.priority)
         }
     }
 }
