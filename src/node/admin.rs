@@ -155,6 +155,11 @@ impl Node {
                 if let Err(e) = self.purge_expired(now_ms()).await {
                     warn!(error = %e, "could not apply the retention rules");
                 }
+                // What retention deleted gives its segment files back once nothing in them is
+                // referenced any more.
+                if let Err(e) = self.inner.store.reclaim().await {
+                    warn!(error = %e, "could not reclaim segment files");
+                }
             }
             rounds += 1;
             tokio::select! {

@@ -421,6 +421,23 @@ impl Node {
     }
 }
 
+/// Packets at least this large (CBOR) are checked, sealed and read back off the async workers
+/// ([`heavy`]): hashing, signing and encrypting 4 MiB takes milliseconds, and a FLASH alert's
+/// tasks must not wait for a worker that long.
+pub(crate) const LARGE: usize = 64 * 1024;
+
+/// Runs `f` where it cannot hold up the async workers if `large` (the worker hands its other
+/// tasks on while `f` runs), else inline. On a current-thread runtime it runs inline.
+pub(crate) fn heavy<T>(large: bool, f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if large && multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Requests whose deadlines one commit is changing; released when dropped.
 struct DeadlineReservation {
     inner: Arc<Inner>,

@@ -31,7 +31,12 @@ impl Node {
             }
         }
         let now = now_ms();
-        let (copies, denied) = crate::delivery::submit::decide(&self.policies(), &packet, now);
+        // Only encoding tells the size; a FLASH alert is small and must not wait for a hand-off,
+        // anything else may be megabytes: encoded and checked where it holds up no worker.
+        let large = packet.envelope.priority != crate::markings::Priority::Flash
+            && heavy(true, || packet.cbor().len()) >= LARGE;
+        let policies = self.policies();
+        let (copies, denied) = heavy(large, || crate::delivery::submit::decide(&policies, &packet, now));
         self.seal_and_store(&packet, copies, denied, now, with).await
     }
 
@@ -50,7 +55,9 @@ impl Node {
     ) -> Result<Submitted, NodeError> {
         use crate::delivery::submit::{self, Prepared};
         let mut ops = with;
-        let sub = match submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng)? {
+        let large = copies.iter().any(|(c, _)| c.cbor().len() >= LARGE);
+        let sealed = heavy(large, || submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng));
+        let sub = match sealed? {
             Prepared::Copies(sub) => sub,
             Prepared::AllDenied { ops: refusal, denied } => {
                 ops.extend(refusal);

@@ -225,7 +225,9 @@ impl Node {
             Some(b) => b,
             None => {
                 let key = pair_key(t.packet_id, &t.recipient);
-                let Some(bytes) = self.inner.store.get(Tree::Sealed, &key).map_err(|e| e.to_string())? else {
+                // Possibly megabytes from a segment file: off the async workers.
+                let read = heavy(true, || self.inner.store.get(Tree::Sealed, &key));
+                let Some(bytes) = read.map_err(|e| e.to_string())? else {
                     // The lane fails, so the copy's window slot is given back with the others'.
                     warn!(packet_id = %t.packet_id, "sealed copy missing from the store; cannot send");
                     return Err(format!("sealed copy of {} missing from the store", t.packet_id));

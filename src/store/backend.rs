@@ -19,6 +19,13 @@ pub trait Backend: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every (key, value) of a tree whose key starts with `prefix`, in key order.
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+    /// Calls `f` with every (key, value) of a tree, in key order, without collecting them.
+    fn visit(&self, tree: Tree, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for (k, v) in self.scan(tree, &[])? {
+            f(&k, &v);
+        }
+        Ok(())
+    }
     /// Bytes free for the backend's writes, if it can tell (the store keeps some free: see
     /// [`super::space`]).
     fn free_bytes(&self) -> Option<u64> {
@@ -77,6 +84,14 @@ impl Backend for SledBackend {
 
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.tree(tree).scan_prefix(prefix).map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(backend)).collect()
+    }
+
+    fn visit(&self, tree: Tree, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
+        for kv in self.tree(tree).iter() {
+            let (k, v) = kv.map_err(backend)?;
+            f(&k, &v);
+        }
+        Ok(())
     }
 
     fn free_bytes(&self) -> Option<u64> {
