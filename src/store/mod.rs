@@ -466,6 +466,7 @@ impl Store {
         let bytes: u64 = large.iter().map(|(_, v)| v.len() as u64 + 8).sum();
         let headroom = Headroom { bytes: self.shared.headroom.load(Ordering::Relaxed) };
         if let Some(free) = self.backend.free_bytes() {
+            set_space(&self.shared, headroom.state(free), free, headroom);
             let kept = headroom.kept_for(class);
             if free.saturating_sub(bytes) < kept {
                 return Err(StoreError::Full { class, free, kept });
