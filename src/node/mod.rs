@@ -429,9 +429,10 @@ pub(crate) const LARGE: usize = 64 * 1024;
 /// Runs `f` where it cannot hold up the async workers if `large` (the worker hands its other
 /// tasks on while `f` runs), else inline. On a current-thread runtime it runs inline.
 pub(crate) fn heavy<T>(large: bool, f: impl FnOnce() -> T) -> T {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if large && multi {
+    if large
+        && tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    {
         tokio::task::block_in_place(f)
     } else {
         f()

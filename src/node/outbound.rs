@@ -31,10 +31,9 @@ impl Node {
             }
         }
         let now = now_ms();
-        // Only encoding tells the size; a FLASH alert is small and must not wait for a hand-off,
-        // anything else may be megabytes: encoded and checked where it holds up no worker.
-        let large = packet.envelope.priority != crate::markings::Priority::Flash
-            && heavy(true, || packet.cbor().len()) >= LARGE;
+        // Encoding (needed anyway, and kept) tells the size; the policy walk, the signature and
+        // the encryption of a large packet then run where they hold up no worker.
+        let large = packet.cbor().len() >= LARGE;
         let policies = self.policies();
         let (copies, denied) = heavy(large, || crate::delivery::submit::decide(&policies, &packet, now));
         self.seal_and_store(&packet, copies, denied, now, with).await
@@ -56,7 +55,8 @@ impl Node {
         use crate::delivery::submit::{self, Prepared};
         let mut ops = with;
         let large = copies.iter().any(|(c, _)| c.cbor().len() >= LARGE);
-        let sealed = heavy(large, || submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng));
+        let sealed =
+            heavy(large, || submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng));
         let sub = match sealed? {
             Prepared::Copies(sub) => sub,
             Prepared::AllDenied { ops: refusal, denied } => {

@@ -225,8 +225,15 @@ impl Node {
             Some(b) => b,
             None => {
                 let key = pair_key(t.packet_id, &t.recipient);
-                // Possibly megabytes from a segment file: off the async workers.
-                let read = heavy(true, || self.inner.store.get(Tree::Sealed, &key));
+                // A copy in a segment file may be megabytes: read off the async workers.
+                let read = match self.inner.store.get_stored(Tree::Sealed, &key) {
+                    Ok(Some(crate::store::Stored::External(r))) => {
+                        heavy(true, || self.inner.store.read_external(&r)).map(Some)
+                    }
+                    Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
                 let Some(bytes) = read.map_err(|e| e.to_string())? else {
                     // The lane fails, so the copy's window slot is given back with the others'.
                     warn!(packet_id = %t.packet_id, "sealed copy missing from the store; cannot send");

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -270,6 +270,15 @@ pub struct Store {
     segments: Option<Arc<Segments>>,
 }
 
+/// A value as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// In the tree.
+    Inline(Vec<u8>),
+    /// In a segment file.
+    External(BlobRef),
+}
+
 /// What the writer thread is asked to do.
 enum Job {
     Commit(Commit),
@@ -289,7 +298,32 @@ struct Shared {
     failing_since: AtomicU64,
     /// A write in progress for this long is stuck ([`STUCK_AFTER_MS`]; tests shorten it).
     stuck_after_ms: AtomicU64,
+    /// Essential commits handed to the writer and not yet answered: bulk segment writes give
+    /// way while there are any ([`segments::Segments::append_paced`]).
+    essential_pending: AtomicUsize,
 }
+
+impl Shared {
+    /// Answers a commit (and counts an essential one as no longer pending).
+    fn answer(&self, c: Commit, result: Result<(), StoreError>) {
+        if c.class == Class::Essential {
+            self.essential_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        let _ = c.reply.send(result);
+    }
+
+    /// Waits (20 ms at most) while essential commits are pending: what a bulk segment write
+    /// does between its chunks.
+    fn give_way(&self) {
+        let t = std::time::Instant::now();
+        while self.essential_pending.load(Ordering::Relaxed) > 0 && t.elapsed() < GIVE_WAY_AT_MOST {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+/// How long a bulk segment write waits, between two chunks, for FLASH commits to be answered.
+const GIVE_WAY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The store's condition, as `GET /v1/health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -381,6 +415,7 @@ impl Store {
             busy_since: AtomicU64::new(0),
             failing_since: AtomicU64::new(0),
             stuck_after_ms: AtomicU64::new(STUCK_AFTER_MS),
+            essential_pending: AtomicUsize::new(0),
         });
         let b = backend.clone();
         let writer = std::thread::Builder::new()
@@ -472,9 +507,12 @@ impl Store {
                 return Err(StoreError::Full { class, free, kept });
             }
         }
+        let shared = self.shared.clone();
         let (written, large) = tokio::task::spawn_blocking(move || {
             let values: Vec<&[u8]> = large.iter().map(|(_, v)| v.as_slice()).collect();
-            let written = segments.append(&values);
+            let give_way = || shared.give_way();
+            let pace: Option<&dyn Fn()> = (class == Class::Bulk).then_some(&give_way as &dyn Fn());
+            let written = segments.append_paced(&values, pace);
             (written, large)
         })
         .await
@@ -508,9 +546,17 @@ impl Store {
     /// [`Store::enqueue`] of a commit of `class`.
     pub fn enqueue_as(&self, class: Class, ops: Vec<Op>) -> Pending {
         let (reply, rx) = tokio::sync::oneshot::channel();
+        if class == Class::Essential {
+            self.shared.essential_pending.fetch_add(1, Ordering::Relaxed);
+        }
         match self.send(Job::Commit(Commit { ops, class, reply })) {
             Ok(()) => Pending(Ok(rx)),
-            Err(e) => Pending(Err(e)),
+            Err(e) => {
+                if class == Class::Essential {
+                    self.shared.essential_pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                Pending(Err(e))
+            }
         }
     }
 
@@ -533,6 +579,26 @@ impl Store {
     /// One committed value (read from its segment if it lives in one).
     pub fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.backend.get(tree, key)?.map(|v| self.resolve(tree, v)).transpose()
+    }
+
+    /// A committed value as stored: inline, or where it lives in a segment (to read it with
+    /// [`Store::read_external`] where a read of megabytes holds nothing up).
+    pub fn get_stored(&self, tree: Tree, key: &[u8]) -> Result<Option<Stored>, StoreError> {
+        Ok(self.backend.get(tree, key)?.map(|v| match (holds_large(tree), BlobRef::decode(&v)) {
+            (true, Some(r)) => Stored::External(r),
+            _ => Stored::Inline(v),
+        }))
+    }
+
+    /// The value a segment reference points to.
+    pub fn read_external(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        match &self.segments {
+            Some(s) => s.read(r),
+            None => Err(StoreError::Corrupt {
+                tree: "segments",
+                reason: "a segment reference in a store without segments".into(),
+            }),
+        }
     }
 
     /// Committed values under a key prefix (read from their segments where they live in one).
@@ -853,7 +919,7 @@ fn write_batch(
         }
     }
     for c in batch {
-        let _ = c.reply.send(result.clone());
+        shared.answer(c, result.clone());
     }
     head
 }
@@ -869,7 +935,8 @@ fn admit(backend: &dyn Backend, shared: &Shared, waiting: Vec<Commit>) -> Vec<Co
         let need = space::estimate(&c.ops);
         let kept = headroom.kept_for(c.class);
         if free.saturating_sub(used.saturating_add(need)) < kept {
-            let _ = c.reply.send(Err(StoreError::Full { class: c.class, free, kept }));
+            let class = c.class;
+            shared.answer(c, Err(StoreError::Full { class, free, kept }));
         } else {
             used += need;
             admitted.push(c);
@@ -1123,7 +1190,11 @@ mod tests {
                 .unwrap();
             let raw = store.backend.get(Tree::Evidence, b"a").unwrap().unwrap();
             assert_eq!(BlobRef::decode(&raw).map(|r| r.segment), Some(1), "sled keeps a reference");
-            assert_eq!(store.backend.get(Tree::Evidence, b"small").unwrap().unwrap(), vec![1; 10], "small stays inline");
+            assert_eq!(
+                store.backend.get(Tree::Evidence, b"small").unwrap().unwrap(),
+                vec![1; 10],
+                "small stays inline"
+            );
             assert_eq!(store.get(Tree::Evidence, b"a").unwrap().unwrap(), big);
             assert_eq!(store.scan(Tree::Evidence, b"a").unwrap()[0].1, big);
             store.close();
