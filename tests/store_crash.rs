@@ -25,6 +25,8 @@ fn child_writer() {
     let Ok(dir) = std::env::var("LIAISON_STORE_CHILD") else { return };
     let start: u32 = std::env::var("LIAISON_STORE_START").unwrap().parse().unwrap();
     let store = Store::open(std::path::Path::new(&dir)).unwrap();
+    // The test's own disk may have less free than the default headroom.
+    store.set_headroom(liaison::store::Headroom::mib(4));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for i in start.. {
         rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Issued, i.to_be_bytes().to_vec(), value(i))]))

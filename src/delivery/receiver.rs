@@ -69,6 +69,10 @@ pub struct Batch {
     pub receipt_id: PacketId,
     /// The highest priority in the batch (the receipt's, and the lane's).
     pub lane: Priority,
+    /// What the commit may use of the store's headroom: essential only if every packet stored
+    /// is FLASH (counted on the packets opened, never on a routing header, which anyone can
+    /// write: one junk FLASH frame must not carry a batch of bulk into the headroom).
+    pub class: crate::store::Class,
     /// The writes: evidence, inbox records, acknowledgements of copies sent, the issued
     /// receipt, audit events.
     pub ops: Vec<Op>,
@@ -276,10 +280,12 @@ impl Receiver<'_> {
         }));
         let sealed = self.seal.seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
+        let bulk = new.values().any(|(_, rec)| rec.priority != Priority::Flash);
         Ok(Some(Batch {
             receipt: sealed,
             receipt_id,
             lane,
+            class: if bulk { crate::store::Class::Bulk } else { crate::store::Class::Essential },
             ops,
             stored: new.into_iter().map(|(id, (digest, rec))| (id, digest, rec.received_at)).collect(),
             acked,

@@ -427,7 +427,11 @@ impl Sender {
     /// copies it showed dropped go back to the queue.
     pub fn apply_receipt(&mut self, now: Millis, prepared: PreparedReceipt) {
         // The partner stored and receipted, and this node stored its receipt: both sides work.
-        self.problem = None;
+        // (A FLASH receipt does not show that a partner whose disk is low takes bulk again.)
+        let flash = prepared.lane.priority == Priority::Flash;
+        if !(flash && self.problem.map(|(p, _)| p) == Some(Problem::PartnerStorageFull)) {
+            self.problem = None;
+        }
         for e in &prepared.completed {
             self.outbox.apply_prepared(e.packet_id, &self.peer);
         }

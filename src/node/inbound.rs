@@ -237,9 +237,9 @@ impl Node {
             }
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        // A FLASH lane's batch may use the store's headroom; bulk stops where it begins (its
+        // A batch of FLASH alerts may use the store's headroom; bulk stops where it begins (its
         // copies get no receipt and are sent again later).
-        self.inner.store.commit_as(store::Class::of(batch.lane), ops).await?;
+        self.inner.store.commit_as(batch.class, ops).await?;
         // On disk now: put in force.
         lock(&self.inner.deadlines).apply(staged);
         {

@@ -707,7 +707,7 @@ impl Sim {
             self.nodes[r].deadlines.stage(&mut staged, p, Flow::Received, &peer, now);
         }
         ops.extend(staged.changed().map(|d| store::put(Tree::Deadlines, Deadlines::key(d), d)));
-        let committed = self.commit_as(r, Class::of(batch.lane), ops);
+        let committed = self.commit_as(r, batch.class, ops);
         if committed.is_err() {
             // Nothing of the batch acknowledged: the stream is reset, the rest of it dropped.
             self.arrived.remove(&key);

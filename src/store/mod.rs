@@ -267,7 +267,42 @@ pub struct Store {
     /// What the writer shares with the handles: space rules and state, whether it is stuck.
     shared: Arc<Shared>,
     /// Where large values go (sled stores only; tests' in-memory stores keep every value inline).
-    segments: Option<Arc<Segments>>,
+    segments: Option<Arc<Streams>>,
+}
+
+/// Two sets of segment files: what this node sent (sealed copies, receipts received) and what
+/// it received (packets' evidence, receipts issued). Kept apart so that a received packet's
+/// bytes leave the disk when retention deletes it and its neighbours, and not only when the
+/// copies this node sent at the same time are gone too.
+pub struct Streams {
+    sent: Segments,
+    received: Segments,
+}
+
+impl Streams {
+    /// Opens `dir/sent` and `dir/received`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self { sent: Segments::open(&dir.join("sent"))?, received: Segments::open(&dir.join("received"))? })
+    }
+
+    /// The segments of `tree`'s large values.
+    fn of(&self, tree: Tree) -> &Segments {
+        match tree {
+            Tree::Evidence | Tree::Issued => &self.received,
+            _ => &self.sent,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.sent.bytes() + self.received.bytes()
+    }
+
+    /// Deletes what no stored reference points into (see [`Segments::reclaim`]).
+    fn reclaim(&self, backend: &dyn Backend) -> Result<Vec<u64>, StoreError> {
+        let mut gone = self.sent.reclaim(&live_segments(backend, &[Tree::Sealed, Tree::Receipts])?)?;
+        gone.extend(self.received.reclaim(&live_segments(backend, &[Tree::Evidence, Tree::Issued])?)?);
+        Ok(gone)
+    }
 }
 
 /// A value as the store keeps it.
@@ -301,6 +336,19 @@ struct Shared {
     /// Essential commits handed to the writer and not yet answered: bulk segment writes give
     /// way while there are any ([`segments::Segments::append_paced`]).
     essential_pending: AtomicUsize,
+    /// Bytes of segment records being written or committed ([`Store::commit_as`]): counted as
+    /// used by every space check until their commit is answered, so concurrent large commits
+    /// cannot each take the same free space.
+    reserved: AtomicU64,
+}
+
+/// Segment bytes counted as used while they are written and committed; given back on drop.
+struct Reservation<'a>(&'a AtomicU64, u64);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -378,9 +426,12 @@ impl Store {
     /// format version; segment files nothing refers to any more are deleted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir)?);
-        let segments = Arc::new(Segments::open(&dir.join("segments"))?);
+        // The format first: a store this build does not read is refused before anything of it,
+        // segment files included, is touched.
+        check_format(&*backend)?;
+        let segments = Arc::new(Streams::open(&dir.join("segments"))?);
         // Nothing writes yet: what no reference points into can go now.
-        segments.reclaim(&live_segments(&*backend)?)?;
+        segments.reclaim(&*backend)?;
         Self::start(backend, Some(segments))
     }
 
@@ -389,24 +440,20 @@ impl Store {
         Self::start(backend, None)
     }
 
-    fn start(backend: Arc<dyn Backend>, segments: Option<Arc<Segments>>) -> Result<Self, StoreError> {
-        match backend.get(Tree::Meta, b"format")? {
-            Some(v) if v.as_slice() == [FORMAT_VERSION] => {}
-            Some(v) if v.as_slice() == [3] => {
-                backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
-                backend.flush()?;
-            }
-            Some(v) if v.as_slice() == [2] => migrate_2_to_3(&*backend)?,
-            Some(v) => return Err(StoreError::Version { found: v.first().copied().unwrap_or(0) }),
-            None => {
-                backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
-                backend.flush()?;
-            }
-        }
+    fn start(backend: Arc<dyn Backend>, segments: Option<Arc<Streams>>) -> Result<Self, StoreError> {
+        check_format(&*backend)?;
         let head = match backend.get(Tree::Meta, AUDIT_HEAD)? {
             Some(v) => decode(Tree::Meta, &v)?,
             None => audit::Head::GENESIS,
         };
+        Self::spawn_writer(backend, segments, head)
+    }
+
+    fn spawn_writer(
+        backend: Arc<dyn Backend>,
+        segments: Option<Arc<Streams>>,
+        head: audit::Head,
+    ) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let durable = Arc::new(Mutex::new(head));
         let shared = Arc::new(Shared {
@@ -416,6 +463,7 @@ impl Store {
             failing_since: AtomicU64::new(0),
             stuck_after_ms: AtomicU64::new(STUCK_AFTER_MS),
             essential_pending: AtomicUsize::new(0),
+            reserved: AtomicU64::new(0),
         });
         let b = backend.clone();
         let writer = std::thread::Builder::new()
@@ -490,17 +538,20 @@ impl Store {
 
     /// [`Store::commit`] of a commit of `class` (what it may use of the headroom). Large values
     /// go to the segment files first (written and synced on the blocking pool, apart from the
-    /// writer), so the commit itself stays small: a FLASH commit never waits for megabytes.
+    /// writer), so the commit itself stays small: a FLASH commit's flush never carries megabytes.
     pub async fn commit_as(&self, class: Class, ops: Vec<Op>) -> Result<(), StoreError> {
         let Some(segments) = self.segments.clone() else { return self.enqueue_as(class, ops).durable().await };
         let (mut ops, large) = take_large(ops);
         if large.is_empty() {
             return self.enqueue_as(class, ops).durable().await;
         }
-        // The space the records take is checked here, as the writer checks the commit's.
-        let bytes: u64 = large.iter().map(|(_, v)| v.len() as u64 + 8).sum();
+        // The space the records take is checked here, as the writer checks the commit's, and
+        // counted as used until the commit is answered.
+        let bytes: u64 = large.iter().map(|(_, _, v)| v.len() as u64 + 8).sum();
         let headroom = Headroom { bytes: self.shared.headroom.load(Ordering::Relaxed) };
-        if let Some(free) = self.backend.free_bytes() {
+        let reserved = self.shared.reserved.fetch_add(bytes, Ordering::SeqCst);
+        let _reservation = Reservation(&self.shared.reserved, bytes);
+        if let Some(free) = self.backend.free_bytes().map(|f| f.saturating_sub(reserved)) {
             set_space(&self.shared, headroom.state(free), free, headroom);
             let kept = headroom.kept_for(class);
             if free.saturating_sub(bytes) < kept {
@@ -508,25 +559,41 @@ impl Store {
             }
         }
         let shared = self.shared.clone();
-        let (written, large) = tokio::task::spawn_blocking(move || {
-            let values: Vec<&[u8]> = large.iter().map(|(_, v)| v.as_slice()).collect();
+        let appended = tokio::task::spawn_blocking(move || {
             let give_way = || shared.give_way();
             let pace: Option<&dyn Fn()> = (class == Class::Bulk).then_some(&give_way as &dyn Fn());
-            let written = segments.append_paced(&values, pace);
-            (written, large)
+            // One append per set of segments; each value's reference lands at its index.
+            let mut refs: Vec<Option<BlobRef>> = vec![None; large.len()];
+            let mut written = Vec::new();
+            for set in [&segments.sent, &segments.received] {
+                let mine: Vec<usize> =
+                    (0..large.len()).filter(|k| std::ptr::eq(segments.of(large[*k].1), set)).collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let values: Vec<&[u8]> = mine.iter().map(|k| large[*k].2.as_slice()).collect();
+                let w = set.append_paced(&values, pace)?;
+                for (k, r) in mine.iter().zip(w.refs()) {
+                    refs[*k] = Some(*r);
+                }
+                written.push(w);
+            }
+            let at: Vec<(usize, BlobRef)> =
+                large.iter().zip(refs).filter_map(|((i, _, _), r)| r.map(|r| (*i, r))).collect();
+            Ok::<_, StoreError>((at, written))
         })
         .await
         .map_err(|e| StoreError::Backend(format!("segment write task: {e}")))?;
-        let written = match written {
-            Ok(w) => w,
+        let (at, written) = match appended {
+            Ok(a) => a,
             Err(StoreError::Full { .. }) => {
                 let free = self.backend.free_bytes().unwrap_or(0);
                 return Err(StoreError::Full { class, free, kept: headroom.kept_for(class) });
             }
             Err(e) => return Err(e),
         };
-        for ((i, _), r) in large.iter().zip(written.refs()) {
-            if let Op::Put(_, _, v) = &mut ops[*i] {
+        for (i, r) in at {
+            if let Op::Put(_, _, v) = &mut ops[i] {
                 *v = r.encode();
             }
         }
@@ -591,9 +658,9 @@ impl Store {
     }
 
     /// The value a segment reference points to.
-    pub fn read_external(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+    pub fn read_external(&self, tree: Tree, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
         match &self.segments {
-            Some(s) => s.read(r),
+            Some(s) => s.of(tree).read(r),
             None => Err(StoreError::Corrupt {
                 tree: "segments",
                 reason: "a segment reference in a store without segments".into(),
@@ -619,7 +686,7 @@ impl Store {
         }
         match (BlobRef::decode(&v), &self.segments) {
             (None, _) => Ok(v),
-            (Some(r), Some(s)) => s.read(&r),
+            (Some(r), Some(s)) => s.of(tree).read(&r),
             (Some(_), None) => Err(StoreError::Corrupt {
                 tree: tree.name(),
                 reason: "a segment reference in a store without segments".into(),
@@ -729,13 +796,16 @@ fn holds_large(tree: Tree) -> bool {
     matches!(tree, Tree::Sealed | Tree::Evidence | Tree::Receipts | Tree::Issued)
 }
 
-/// Takes the values that go to segments out of `ops`: (index of the op, value).
-fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<(usize, Vec<u8>)>) {
+/// A value taken out of a commit for the segments: (index of its op, its tree, the value).
+type Large = (usize, Tree, Vec<u8>);
+
+/// Takes the values that go to segments out of `ops`.
+fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<Large>) {
     let mut large = Vec::new();
     for (i, op) in ops.iter_mut().enumerate() {
         if let Op::Put(t, _, v) = op {
             if holds_large(*t) && v.len() >= segments::BLOB_MIN {
-                large.push((i, std::mem::take(v)));
+                large.push((i, *t, std::mem::take(v)));
             }
         }
     }
@@ -743,9 +813,9 @@ fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<(usize, Vec<u8>)>) {
 }
 
 /// The segments the stored references point into (read on the writer thread, between batches).
-fn live_segments(backend: &dyn Backend) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+fn live_segments(backend: &dyn Backend, trees: &[Tree]) -> Result<std::collections::BTreeSet<u64>, StoreError> {
     let mut live = std::collections::BTreeSet::new();
-    for tree in [Tree::Sealed, Tree::Evidence, Tree::Receipts, Tree::Issued] {
+    for &tree in trees {
         backend.visit(tree, &mut |_, v| {
             if let Some(r) = BlobRef::decode(v) {
                 live.insert(r.segment);
@@ -757,6 +827,24 @@ fn live_segments(backend: &dyn Backend) -> Result<std::collections::BTreeSet<u64
 
 /// How long [`Store::close`] waits for the writer to finish its last batch.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks the store's format version, migrating an older one this build knows (or writing it on
+/// a new store); refuses one it does not read.
+fn check_format(backend: &dyn Backend) -> Result<(), StoreError> {
+    match backend.get(Tree::Meta, b"format")? {
+        Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
+        Some(v) if v.as_slice() == [3] => {
+            backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
+            backend.flush()
+        }
+        Some(v) if v.as_slice() == [2] => migrate_2_to_3(backend),
+        Some(v) => Err(StoreError::Version { found: v.first().copied().unwrap_or(0) }),
+        None => {
+            backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
+            backend.flush()
+        }
+    }
+}
 
 /// Format 2 keyed the inbox and the evidence by packet id alone; 3 keys them by packet id and
 /// sender. Moved in batches of [`MIGRATION_BATCH`] records (the evidence of one may be 16 MiB),
@@ -811,7 +899,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Resul
 /// the failed batch could not write.
 fn writer_loop(
     backend: &dyn Backend,
-    segments: Option<&Segments>,
+    segments: Option<&Streams>,
     rx: &mpsc::Receiver<Job>,
     mut head: audit::Head,
     durable: &Mutex<audit::Head>,
@@ -826,6 +914,11 @@ fn writer_loop(
                 None
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle after a failed batch: does the disk take a flush again? (Otherwise a node
+                // with nothing to write would look as if every write failed, and be restarted.)
+                if shared.failing_since.load(Ordering::Relaxed) != 0 && backend.flush().is_ok() {
+                    shared.failing_since.store(0, Ordering::Relaxed);
+                }
                 // Idle: if the disk was low, see whether space came back.
                 if SpaceState::from_u8(shared.space.load(Ordering::Relaxed)) != SpaceState::Ok {
                     let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
@@ -851,7 +944,11 @@ fn writer_loop(
         }
         if !reclaims.is_empty() {
             let result = match segments {
-                Some(s) => live_segments(backend).and_then(|live| s.reclaim(&live)),
+                // After a failed batch, what is on disk may differ from what reads show (a
+                // partly durable flush, an undo that failed): nothing is deleted until a batch
+                // has been flushed again.
+                Some(_) if shared.failing_since.load(Ordering::Relaxed) != 0 => Ok(Vec::new()),
+                Some(s) => s.reclaim(backend),
                 None => Ok(Vec::new()),
             };
             if let Ok(gone) = &result {
@@ -928,7 +1025,11 @@ fn write_batch(
 /// [`StoreError::Full`] now and never reach the backend. Updates the space state.
 fn admit(backend: &dyn Backend, shared: &Shared, waiting: Vec<Commit>) -> Vec<Commit> {
     let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
-    let Some(free) = backend.free_bytes() else { return waiting };
+    // Segment records being written are about to take their space (those already written are
+    // counted twice until their commit is answered: the safe side).
+    let Some(free) = backend.free_bytes().map(|f| f.saturating_sub(shared.reserved.load(Ordering::SeqCst))) else {
+        return waiting;
+    };
     let mut used = 0u64;
     let mut admitted = Vec::with_capacity(waiting.len());
     for c in waiting {
@@ -1201,12 +1302,12 @@ mod tests {
         }
         // Records nobody refers to, in segments 2 and 3 (a crash after the write, before the commit).
         {
-            let segs = Segments::open_sized(&dir.path().join("segments"), 1000).unwrap();
+            let segs = Segments::open_sized(&dir.path().join("segments/received"), 1000).unwrap();
             for _ in 0..2 {
                 drop(segs.append(&[&[0u8; 2000]]).unwrap());
             }
         }
-        let files = || std::fs::read_dir(dir.path().join("segments")).unwrap().count();
+        let files = || std::fs::read_dir(dir.path().join("segments/received")).unwrap().count();
         assert_eq!(files(), 3);
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(files(), 2, "segment 2 reclaimed at open; 1 is referenced, 3 is the newest");

@@ -9,7 +9,8 @@
 //! ([`BlobRef`]), committed afterwards like any small record. A crash between the two leaves an
 //! unreferenced record, never a reference to nothing.
 //!
-//! Format: files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, ids rising), each a header `LSEG0001`
+//! Format: files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, ids rising) in one directory per set
+//! (the store keeps what it sent and what it received apart), each a header `LSEG0001`
 //! then records `[len: u32 BE][crc32: u32 BE][len bytes]`. The newest segment is appended to
 //! until it passes [`SEGMENT_BYTES`]; older ones are never written again. At start the newest is
 //! read through: a record cut short or failing its checksum (a torn write) ends it, and the file
@@ -25,6 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::StoreError;
@@ -87,6 +89,9 @@ pub struct Segments {
     /// A segment grows to about this size ([`SEGMENT_BYTES`]; tests use less).
     max: u64,
     active: Mutex<Active>,
+    /// The newest segment's id, readable without waiting for an append in progress. Ids only
+    /// rise, and a segment gets its id under the `active` lock.
+    active_id: AtomicU64,
     /// Records written and not yet committed or abandoned, per segment: such a segment is not
     /// reclaimed even if no reference points into it yet.
     outstanding: Arc<Mutex<BTreeMap<u64, usize>>>,
@@ -160,6 +165,7 @@ impl Segments {
         Ok(Self {
             dir: dir.to_owned(),
             max,
+            active_id: AtomicU64::new(active.id),
             active: Mutex::new(active),
             outstanding: Arc::default(),
             readers: Mutex::default(),
@@ -190,6 +196,7 @@ impl Segments {
                     if a.len > FILE_MAGIC.len() as u64 && a.len + RECORD_HEADER + v.len() as u64 > self.max {
                         to_sync.push(a.file.clone());
                         *a = create(&self.dir, a.id + 1)?;
+                        self.active_id.store(a.id, Ordering::SeqCst);
                     }
                     let crc = crc32fast::hash(v);
                     let mut header = [0u8; RECORD_HEADER as usize];
@@ -200,12 +207,15 @@ impl Segments {
                     match pace {
                         None => a.file.write_all_at(v, body).map_err(full_or("append"))?,
                         Some(pace) => {
+                            let chunks = v.len().div_ceil(PACE_CHUNK);
                             for (i, chunk) in v.chunks(PACE_CHUNK).enumerate() {
                                 a.file
                                     .write_all_at(chunk, body + (i * PACE_CHUNK) as u64)
                                     .map_err(full_or("append"))?;
-                                a.file.sync_data().map_err(full_or("sync"))?;
-                                pace();
+                                if i + 1 < chunks {
+                                    a.file.sync_data().map_err(full_or("sync"))?;
+                                    pace();
+                                }
                             }
                         }
                     }
@@ -263,12 +273,14 @@ impl Segments {
     /// with records not yet committed. Returns the ids deleted. The caller must hold every
     /// commit off while it collects `live` and calls this (the store's writer thread does).
     pub fn reclaim(&self, live: &BTreeSet<u64>) -> Result<Vec<u64>, StoreError> {
-        let active = self.active.lock().map_err(|_| StoreError::Closed)?.id;
+        // Read first: a segment created from here on (by an append rotating) has a higher id and
+        // is left alone, though no reference and no outstanding record shows it yet.
+        let active = self.active_id.load(Ordering::SeqCst);
         let outstanding: BTreeSet<u64> =
             self.outstanding.lock().map_err(|_| StoreError::Closed)?.keys().copied().collect();
         let mut gone = Vec::new();
         for id in list(&self.dir)? {
-            if id == active || live.contains(&id) || outstanding.contains(&id) {
+            if id >= active || live.contains(&id) || outstanding.contains(&id) {
                 continue;
             }
             if let Ok(mut r) = self.readers.lock() {
@@ -315,8 +327,8 @@ impl Segments {
 /// bulk, the conservative reading), anything else a backend error.
 fn full_or(what: &'static str) -> impl Fn(std::io::Error) -> StoreError {
     move |e| {
-        if e.raw_os_error() == Some(28) {
-            // ENOSPC
+        if matches!(e.raw_os_error(), Some(28 | 122)) {
+            // ENOSPC, EDQUOT
             StoreError::Full { class: super::Class::Bulk, free: 0, kept: 0 }
         } else {
             io(what, e)
@@ -343,9 +355,12 @@ fn create(dir: &Path, id: u64) -> Result<Active, StoreError> {
     let path = dir.join(name(id));
     let mut file =
         OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(full_or("create a segment"))?;
-    file.write_all(FILE_MAGIC).map_err(full_or("create a segment"))?;
-    file.sync_all().map_err(full_or("create a segment"))?;
-    sync_dir(dir)?;
+    let init = file.write_all(FILE_MAGIC).and_then(|()| file.sync_all()).map_err(full_or("create a segment"));
+    if let Err(e) = init.and_then(|()| sync_dir(dir)) {
+        // Not left behind half made: the next attempt (once space is back) creates it again.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(Active { id, file: Arc::new(file), len: FILE_MAGIC.len() as u64 })
 }
 
@@ -362,6 +377,11 @@ fn recover(file: &File) -> std::io::Result<u64> {
     let mut magic = [0u8; 8];
     let header_ok = total >= 8 && f.read_exact(&mut magic).is_ok() && &magic == FILE_MAGIC;
     if !header_ok {
+        if total > FILE_MAGIC.len() as u64 {
+            // The header is synced before any record: a file with more than a header and not
+            // this one is another format or damaged, and nothing of it is destroyed here.
+            return Err(std::io::Error::other("not a segment of this format (its header differs); refusing to open"));
+        }
         // Created and cut before its header was synced: start it again.
         file.set_len(0)?;
         file.write_all_at(FILE_MAGIC, 0)?;
@@ -377,7 +397,9 @@ fn recover(file: &File) -> std::io::Result<u64> {
         }
         let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
         let crc = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-        if at + RECORD_HEADER + len > total {
+        // No record is empty (values are at least BLOB_MIN bytes; zeros are what a power cut
+        // leaves in a file's tail), and none reaches past the end.
+        if len == 0 || at + RECORD_HEADER + len > total {
             break;
         }
         buf.resize(len as usize, 0);
@@ -421,6 +443,29 @@ mod tests {
         assert_eq!(c.offset, refs[1].offset + RECORD_HEADER + 5, "appended after what was there");
     }
 
+    /// A segment newer than the one this handle last knew as the newest (created by an append
+    /// rotating while a reclaim runs) is never taken for dead.
+    #[test]
+    fn a_segment_newer_than_the_newest_known_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open(dir.path()).unwrap();
+        let newer = dir.path().join(name(2));
+        std::fs::write(&newer, FILE_MAGIC).unwrap();
+        assert_eq!(s.reclaim(&BTreeSet::new()).unwrap(), Vec::<u64>::new());
+        assert!(newer.exists());
+    }
+
+    /// A newest segment whose header is not this format's is refused, not reset: it may be a
+    /// newer build's, or damaged, and holds records.
+    #[test]
+    fn a_segment_of_another_format_is_refused_not_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name(1));
+        std::fs::write(&path, b"LSEG0002 and records after it").unwrap();
+        assert!(Segments::open(dir.path()).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"LSEG0002 and records after it");
+    }
+
     #[test]
     fn a_paced_append_gives_way_between_chunks_and_stores_the_same() {
         let dir = tempfile::tempdir().unwrap();
@@ -429,7 +474,7 @@ mod tests {
         let calls = std::cell::Cell::new(0);
         let pace = || calls.set(calls.get() + 1);
         let r = s.append_paced(&[&v, b"small"], Some(&pace)).unwrap().refs().to_vec();
-        assert_eq!(calls.get(), 4 + 1, "after each chunk of each record");
+        assert_eq!(calls.get(), 3, "between the chunks of a record (4 chunks, then 1)");
         assert_eq!(s.read(&r[0]).unwrap(), v);
         assert_eq!(s.read(&r[1]).unwrap(), b"small");
     }
