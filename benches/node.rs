@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench node` (add `-- --quick` for a short run, `-- --throughput-only` to
 //! profile the sustained phase alone, `-- --lossy` for throughput through the fault proxy at
-//! 100 ms each way, clean and with 5 % and 20 % loss). Both nodes share this
+//! 100 ms each way, clean and with 5 % and 20 % loss; `-- --storage` for store size after 1 GiB,
+//! memory with 100,000 copies queued and the time to load them again). Both nodes share this
 //! process's tokio runtime on the machine's cores, as two nodes on one machine would share it.
 //! Prints figures; asserts nothing (shared machines are noisy).
 
@@ -141,6 +142,101 @@ async fn lossy(quick: bool) {
         }
     }
     let _ = stop.send(true);
+}
+
+/// `--storage`: what the stores take on disk after sending 1 GiB in 4 MiB packets (64 MiB with
+/// `--quick`); the process's resident memory with 100,000 copies queued for a partner that is
+/// down (10,000 with `--quick`); and how long the sender's state takes to load again from its
+/// store (open + restore, what a restart does before it listens).
+async fn storage(quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (it, es, stop, _) = start_pair_via(dir.path(), false).await;
+    let _ = flash_latencies(&it, 5).await;
+    let mib = if quick { 64 } else { 1024 };
+    println!("-- stores after sending {mib} MiB in 4 MiB ROUTINE packets, IT-DCSA -> ES-UDYCO");
+    let before = it.outbox_summary().delivered;
+    let t = Instant::now();
+    for _ in 0..mib / 4 {
+        it.submit(&packet("ROUTINE", 4 * 1024 * 1024)).await.unwrap();
+    }
+    while it.outbox_summary().delivered < before + mib / 4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = t.elapsed();
+    let size = |name: &str| dir_bytes(&dir.path().join(name)) as f64 / (1024.0 * 1024.0);
+    let (it_mib, es_mib) = (size("IT-DCSA"), size("ES-UDYCO"));
+    println!(
+        "delivered in {:.1} s; sender's store {it_mib:.0} MiB ({:.2}x what was sent), receiver's {es_mib:.0} MiB ({:.2}x)",
+        sent.as_secs_f64(),
+        it_mib / mib as f64,
+        es_mib / mib as f64
+    );
+
+    let queued: usize = if quick { 10_000 } else { 100_000 };
+    println!("\n-- {queued} copies of 1 KiB queued for ES-UDYCO, which is down");
+    es.shutdown().await;
+    let rss_before = rss_kib();
+    let packets: Vec<Packet> = (0..queued).map(|_| packet("ROUTINE", 1024)).collect();
+    let per_task = queued.div_ceil(16);
+    let mut tasks = Vec::new();
+    for chunk in packets.chunks(per_task) {
+        let (it, chunk) = (it.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for p in chunk {
+                it.submit(&p).await.unwrap();
+            }
+        }));
+    }
+    drop(packets);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rss_after = rss_kib();
+    println!(
+        "process RSS {:.0} MiB before, {:.0} MiB with them queued: {:.0} bytes per queued copy (both nodes' process)",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after.saturating_sub(rss_before) * 1024) as f64 / queued as f64
+    );
+    let _ = stop.send(true);
+    it.shutdown().await;
+    let t = Instant::now();
+    let store = liaison::store::Store::open(&dir.path().join("IT-DCSA")).unwrap();
+    let restored =
+        liaison::node::restore(&store, [node_id("ES-UDYCO")], RetryPolicy::default(), liaison::node::now_ms()).unwrap();
+    let pending: usize = restored.senders.values().map(|s| s.pending()).sum();
+    println!(
+        "sender's state loaded again (store open + restore) in {:.0} ms: {pending} copies pending, {} receipts stored",
+        t.elapsed().as_secs_f64() * 1000.0,
+        store.scan(liaison::store::Tree::ReceiptIndex, &[]).unwrap().len()
+    );
+    store.close();
+}
+
+/// Resident memory of this process, in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes the files under `p` take.
+fn dir_bytes(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// The demo policy of `me` with `partner`, with a rate limit the bench cannot reach: every
@@ -288,6 +384,11 @@ fn main() {
     if std::env::args().any(|a| a == "--lossy") {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         rt.block_on(lossy(quick));
+        return;
+    }
+    if std::env::args().any(|a| a == "--storage") {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(storage(quick));
         return;
     }
     let (n_packets, samples, bulk_mib) = if quick { (2_000, 50, 32) } else { (20_000, 300, 256) };
