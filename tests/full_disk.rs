@@ -28,21 +28,9 @@ fn cluster(full: &'static str, tmpfs_mib: u64) -> (Cluster, Tmpfs) {
     (c, fs)
 }
 
-/// A ROUTINE answer with an attachment of `size` bytes, numbered `i`.
+/// A ROUTINE answer with a case file of `size` bytes, numbered `i`.
 fn routine(i: usize, size: usize) -> String {
-    use base64::Engine as _;
-    let content: Vec<u8> = (0..size).map(|j: usize| (j * 31 + i) as u8).collect();
-    let mut p = common::draft("information-response.json");
-    p["envelope"]["recipients"] = json!(["ES-UDYCO"]);
-    p["envelope"]["priority"] = json!("ROUTINE");
-    p["envelope"].as_object_mut().unwrap().remove("urgency_reason");
-    p["body"]["InformationResponse"]["attachments"] = json!([{
-        "name": format!("case-file-{i}.bin"),
-        "media_type": "application/octet-stream",
-        "digest": liaison::encoding::Digest::of(&content).to_string(),
-        "content": base64::engine::general_purpose::STANDARD.encode(&content),
-    }]);
-    p.to_string()
+    case_file(i, size).to_string()
 }
 
 fn flash() -> String {

@@ -386,22 +386,12 @@ fn state_of(n: &NodeProc, id: &str) -> String {
 /// stream has the higher QUIC priority and its own receipts).
 #[test]
 fn flash_is_receipted_ahead_of_200_mib_of_queued_routine_traffic() {
-    use base64::Engine as _;
     let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
     c.node("ES-UDYCO").kill_9();
     let it = c.node("IT-DCSA");
     let mut routine = Vec::new();
     for i in 0..50usize {
-        let content: Vec<u8> = (0..4 * 1024 * 1024).map(|j: usize| (j * 31 + i) as u8).collect();
-        let mut p = draft("information-response.json");
-        p["envelope"]["priority"] = json!("ROUTINE");
-        p["envelope"].as_object_mut().unwrap().remove("urgency_reason");
-        p["body"]["InformationResponse"]["attachments"] = json!([{
-            "name": format!("case-file-{i}.bin"),
-            "media_type": "application/octet-stream",
-            "digest": liaison::encoding::Digest::of(&content).to_string(),
-            "content": base64::engine::general_purpose::STANDARD.encode(&content),
-        }]);
+        let p = case_file(i, 4 * 1024 * 1024);
         let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&p.to_string()));
         assert_eq!(code, 201, "{v}");
         routine.push(v["id"].as_str().unwrap().to_owned());

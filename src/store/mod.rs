@@ -34,12 +34,15 @@ use crate::audit;
 mod backend;
 pub mod segments;
 pub mod space;
+mod writer;
 use crate::delivery::{Entry, Millis};
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 pub use backend::{Backend, MemoryBackend, SledBackend};
-pub use segments::{BlobRef, Segments};
+use segments::{holds_large, take_large};
+pub use segments::{BlobRef, Segments, Streams};
 pub use space::{Class, Headroom, SpaceState};
+use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 
 /// The store format this code writes. 2: receipts cover batches (`receipts` by receipt id plus
 /// `receipt_index`; `issued` by receipt id); the audit trail (`audit`, `audit_checkpoints`).
@@ -270,41 +273,6 @@ pub struct Store {
     segments: Option<Arc<Streams>>,
 }
 
-/// Two sets of segment files: what this node sent (sealed copies, receipts received) and what
-/// it received (packets' evidence, receipts issued). Kept apart so that a received packet's
-/// bytes leave the disk when retention deletes it and its neighbours, and not only when the
-/// copies this node sent at the same time are gone too.
-pub struct Streams {
-    sent: Segments,
-    received: Segments,
-}
-
-impl Streams {
-    /// Opens `dir/sent` and `dir/received`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { sent: Segments::open(&dir.join("sent"))?, received: Segments::open(&dir.join("received"))? })
-    }
-
-    /// The segments of `tree`'s large values.
-    fn of(&self, tree: Tree) -> &Segments {
-        match tree {
-            Tree::Evidence | Tree::Issued => &self.received,
-            _ => &self.sent,
-        }
-    }
-
-    fn bytes(&self) -> u64 {
-        self.sent.bytes() + self.received.bytes()
-    }
-
-    /// Deletes what no stored reference points into (see [`Segments::reclaim`]).
-    fn reclaim(&self, backend: &dyn Backend) -> Result<Vec<u64>, StoreError> {
-        let mut gone = self.sent.reclaim(&live_segments(backend, &[Tree::Sealed, Tree::Receipts])?)?;
-        gone.extend(self.received.reclaim(&live_segments(backend, &[Tree::Evidence, Tree::Issued])?)?);
-        Ok(gone)
-    }
-}
-
 /// A value as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -313,65 +281,6 @@ pub enum Stored {
     /// In a segment file.
     External(BlobRef),
 }
-
-/// What the writer thread is asked to do.
-enum Job {
-    Commit(Commit),
-    /// Delete the segment files nothing refers to (between batches: no commit is half applied).
-    Reclaim(tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>),
-}
-
-/// The writer's state that handles read.
-struct Shared {
-    /// Bytes of headroom ([`Headroom`]); may change while the node runs.
-    headroom: AtomicU64,
-    /// [`SpaceState`] as of the last batch or probe.
-    space: AtomicU8,
-    /// When the writer began the write it is in (ms since the epoch), 0 when idle.
-    busy_since: AtomicU64,
-    /// When the backend began failing every write (ms since the epoch), 0 when the last worked.
-    failing_since: AtomicU64,
-    /// A write in progress for this long is stuck ([`STUCK_AFTER_MS`]; tests shorten it).
-    stuck_after_ms: AtomicU64,
-    /// Essential commits handed to the writer and not yet answered: bulk segment writes give
-    /// way while there are any ([`segments::Segments::append_paced`]).
-    essential_pending: AtomicUsize,
-    /// Bytes of segment records being written or committed ([`Store::commit_as`]): counted as
-    /// used by every space check until their commit is answered, so concurrent large commits
-    /// cannot each take the same free space.
-    reserved: AtomicU64,
-}
-
-/// Segment bytes counted as used while they are written and committed; given back on drop.
-struct Reservation<'a>(&'a AtomicU64, u64);
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::SeqCst);
-    }
-}
-
-impl Shared {
-    /// Answers a commit (and counts an essential one as no longer pending).
-    fn answer(&self, c: Commit, result: Result<(), StoreError>) {
-        if c.class == Class::Essential {
-            self.essential_pending.fetch_sub(1, Ordering::Relaxed);
-        }
-        let _ = c.reply.send(result);
-    }
-
-    /// Waits (20 ms at most) while essential commits are pending: what a bulk segment write
-    /// does between its chunks.
-    fn give_way(&self) {
-        let t = std::time::Instant::now();
-        while self.essential_pending.load(Ordering::Relaxed) > 0 && t.elapsed() < GIVE_WAY_AT_MOST {
-            std::thread::sleep(std::time::Duration::from_micros(200));
-        }
-    }
-}
-
-/// How long a bulk segment write waits, between two chunks, for FLASH commits to be answered.
-const GIVE_WAY_AT_MOST: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The store's condition, as `GET /v1/health` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -392,9 +301,6 @@ pub struct Health {
 /// at once ([`StoreError::Stuck`]) instead of queuing behind it.
 pub const STUCK_AFTER_MS: u64 = 30_000;
 
-/// How often an idle writer reads the free space again while the disk is low or full.
-const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -413,12 +319,6 @@ impl Pending {
     pub fn durable_blocking(self) -> Result<(), StoreError> {
         self.0?.blocking_recv().map_err(|_| StoreError::Closed)?
     }
-}
-
-struct Commit {
-    ops: Vec<Op>,
-    class: Class,
-    reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl Store {
@@ -790,41 +690,6 @@ impl Store {
     }
 }
 
-/// The trees whose values may be large (sealed copies, received packets, signed receipts), and
-/// may therefore live in the segment files.
-fn holds_large(tree: Tree) -> bool {
-    matches!(tree, Tree::Sealed | Tree::Evidence | Tree::Receipts | Tree::Issued)
-}
-
-/// A value taken out of a commit for the segments: (index of its op, its tree, the value).
-type Large = (usize, Tree, Vec<u8>);
-
-/// Takes the values that go to segments out of `ops`.
-fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<Large>) {
-    let mut large = Vec::new();
-    for (i, op) in ops.iter_mut().enumerate() {
-        if let Op::Put(t, _, v) = op {
-            if holds_large(*t) && v.len() >= segments::BLOB_MIN {
-                large.push((i, *t, std::mem::take(v)));
-            }
-        }
-    }
-    (ops, large)
-}
-
-/// The segments the stored references point into (read on the writer thread, between batches).
-fn live_segments(backend: &dyn Backend, trees: &[Tree]) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-    let mut live = std::collections::BTreeSet::new();
-    for &tree in trees {
-        backend.visit(tree, &mut |_, v| {
-            if let Some(r) = BlobRef::decode(v) {
-                live.insert(r.segment);
-            }
-        })?;
-    }
-    Ok(live)
-}
-
 /// How long [`Store::close`] waits for the writer to finish its last batch.
 pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -889,202 +754,6 @@ pub fn put<T: Serialize>(tree: Tree, key: Vec<u8>, value: &T) -> Op {
 pub fn decode<T: serde::de::DeserializeOwned>(tree: Tree, bytes: &[u8]) -> Result<T, StoreError> {
     encoding::from_cbor_exact(bytes, usize::MAX)
         .map_err(|e| StoreError::Corrupt { tree: tree.name(), reason: e.to_string() })
-}
-
-/// Group commit: block for one commit, take every other one already waiting, admit those the
-/// free space allows (see [`space`]; the others are answered [`StoreError::Full`] at once), apply
-/// them all, flush once, answer everyone. A failed batch is answered with the error and nothing
-/// in it is acknowledged: what it overwrote is put back, so reads do not show it either; the
-/// audit chain's head goes back to where it was, so the next entries reuse the sequence numbers
-/// the failed batch could not write.
-fn writer_loop(
-    backend: &dyn Backend,
-    segments: Option<&Streams>,
-    rx: &mpsc::Receiver<Job>,
-    mut head: audit::Head,
-    durable: &Mutex<audit::Head>,
-    shared: &Shared,
-) {
-    loop {
-        let mut reclaims = Vec::new();
-        let first = match rx.recv_timeout(PROBE_EVERY) {
-            Ok(Job::Commit(c)) => Some(c),
-            Ok(Job::Reclaim(reply)) => {
-                reclaims.push(reply);
-                None
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Idle after a failed batch: does the disk take a flush again? (Otherwise a node
-                // with nothing to write would look as if every write failed, and be restarted.)
-                if shared.failing_since.load(Ordering::Relaxed) != 0 && backend.flush().is_ok() {
-                    shared.failing_since.store(0, Ordering::Relaxed);
-                }
-                // Idle: if the disk was low, see whether space came back.
-                if SpaceState::from_u8(shared.space.load(Ordering::Relaxed)) != SpaceState::Ok {
-                    let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
-                    if let Some(free) = backend.free_bytes() {
-                        set_space(shared, headroom.state(free), free, headroom);
-                    }
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut waiting: Vec<Commit> = first.into_iter().collect();
-        while waiting.len() < 4096 && reclaims.is_empty() {
-            match rx.try_recv() {
-                Ok(Job::Commit(c)) => waiting.push(c),
-                Ok(Job::Reclaim(reply)) => reclaims.push(reply),
-                Err(_) => break,
-            }
-        }
-        let batch = admit(backend, shared, waiting);
-        if !batch.is_empty() {
-            head = write_batch(backend, batch, head, durable, shared);
-        }
-        if !reclaims.is_empty() {
-            let result = match segments {
-                // After a failed batch, what is on disk may differ from what reads show (a
-                // partly durable flush, an undo that failed): nothing is deleted until a batch
-                // has been flushed again.
-                Some(_) if shared.failing_since.load(Ordering::Relaxed) != 0 => Ok(Vec::new()),
-                Some(s) => s.reclaim(backend),
-                None => Ok(Vec::new()),
-            };
-            if let Ok(gone) = &result {
-                if !gone.is_empty() {
-                    tracing::info!(segments = gone.len(), "segment files nothing refers to any more deleted");
-                }
-            }
-            for reply in reclaims {
-                let _ = reply.send(result.clone());
-            }
-        }
-    }
-}
-
-/// Applies one admitted batch, flushes once, answers everyone; returns the audit chain's head.
-fn write_batch(
-    backend: &dyn Backend,
-    mut batch: Vec<Commit>,
-    mut head: audit::Head,
-    durable: &Mutex<audit::Head>,
-    shared: &Shared,
-) -> audit::Head {
-    let before = head;
-    let now = now_ms();
-    let mut ops = Vec::with_capacity(batch.iter().map(|c| c.ops.len()).sum::<usize>() + 1);
-    for c in &mut batch {
-        for op in std::mem::take(&mut c.ops) {
-            match op {
-                Op::Audit(event) => {
-                    let (k, v) = head.append(now, event);
-                    ops.push(Op::Put(Tree::Audit, k, v));
-                }
-                other => ops.push(other),
-            }
-        }
-    }
-    if head != before {
-        ops.push(Op::Put(Tree::Meta, AUDIT_HEAD.to_vec(), encoding::to_cbor(&head)));
-    }
-    shared.busy_since.store(now.max(1), Ordering::Relaxed);
-    let result = undo_log(backend, &ops).and_then(|undo| {
-        let applied = backend.apply(&ops).and_then(|()| backend.flush());
-        if applied.is_err() {
-            // Put back what the batch overwrote: reads must not show what was never
-            // acknowledged (sled keeps writes whose flush failed in memory), and flush that
-            // at once if the disk lets us, so that the failed batch cannot become durable
-            // with a later flush either.
-            if backend.apply(&undo).is_ok() {
-                let _ = backend.flush();
-            }
-        }
-        applied
-    });
-    shared.busy_since.store(0, Ordering::Relaxed);
-    match result {
-        Ok(()) => {
-            shared.failing_since.store(0, Ordering::Relaxed);
-            if let Ok(mut d) = durable.lock() {
-                *d = head;
-            }
-        }
-        Err(_) => {
-            let _ = shared.failing_since.compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed);
-            head = before;
-        }
-    }
-    for c in batch {
-        shared.answer(c, result.clone());
-    }
-    head
-}
-
-/// The commits of `waiting` that the free space allows, in order; the others are answered
-/// [`StoreError::Full`] now and never reach the backend. Updates the space state.
-fn admit(backend: &dyn Backend, shared: &Shared, waiting: Vec<Commit>) -> Vec<Commit> {
-    let headroom = Headroom { bytes: shared.headroom.load(Ordering::Relaxed) };
-    // Segment records being written are about to take their space (those already written are
-    // counted twice until their commit is answered: the safe side).
-    let Some(free) = backend.free_bytes().map(|f| f.saturating_sub(shared.reserved.load(Ordering::SeqCst))) else {
-        return waiting;
-    };
-    let mut used = 0u64;
-    let mut admitted = Vec::with_capacity(waiting.len());
-    for c in waiting {
-        let need = space::estimate(&c.ops);
-        let kept = headroom.kept_for(c.class);
-        if free.saturating_sub(used.saturating_add(need)) < kept {
-            let class = c.class;
-            shared.answer(c, Err(StoreError::Full { class, free, kept }));
-        } else {
-            used += need;
-            admitted.push(c);
-        }
-    }
-    // The state is the free space's alone (a large packet refused with room left for smaller
-    // ones does not make the disk "low", and the log does not flap with each refusal).
-    set_space(shared, headroom.state(free.saturating_sub(used)), free, headroom);
-    admitted
-}
-
-/// Records the disk's state; a change is logged (the administrator must act on a full disk, and
-/// know when the node resumed).
-fn set_space(shared: &Shared, state: SpaceState, free: u64, headroom: Headroom) {
-    let was = SpaceState::from_u8(shared.space.swap(state.to_u8(), Ordering::Relaxed));
-    if was == state {
-        return;
-    }
-    let (free_mib, headroom_mib) = (space::mib(free), space::mib(headroom.bytes));
-    match state {
-        SpaceState::Ok => tracing::info!(free_mib, headroom_mib, "disk space is back: every packet is taken again"),
-        SpaceState::Low => tracing::warn!(
-            free_mib,
-            headroom_mib,
-            "disk nearly full: ROUTINE and URGENT packets are refused (submits: 507; partners' copies: no receipt, \
-             sent again later); FLASH alerts and receipts go on"
-        ),
-        SpaceState::Full => tracing::error!(
-            free_mib,
-            headroom_mib,
-            "disk full: nothing is stored until space is freed; the node resumes by itself"
-        ),
-    }
-}
-
-/// The writes that put back what `ops` will overwrite, in reverse order (a key written twice
-/// gets its value from before the batch).
-fn undo_log(backend: &dyn Backend, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
-    let mut undo = Vec::with_capacity(ops.len());
-    for op in ops.iter().rev() {
-        let (Op::Put(tree, key, _) | Op::Delete(tree, key)) = op else { continue };
-        undo.push(match backend.get(*tree, key)? {
-            Some(old) => Op::Put(*tree, key.clone(), old),
-            None => Op::Delete(*tree, key.clone()),
-        });
-    }
-    Ok(undo)
 }
 
 /// The Meta key of the audit chain's head.

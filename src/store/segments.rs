@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::StoreError;
+use super::{Backend, Op, StoreError, Tree};
 
 /// A segment grows to about this size, then a new one is started.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -417,6 +417,79 @@ fn recover(file: &File) -> std::io::Result<u64> {
         file.sync_all()?;
     }
     Ok(at)
+}
+
+/// Two sets of segment files: what this node sent (sealed copies, receipts received) and what
+/// it received (packets' evidence, receipts issued). Kept apart so that a received packet's
+/// bytes leave the disk when retention deletes it and its neighbours, and not only when the
+/// copies this node sent at the same time are gone too.
+pub struct Streams {
+    pub(super) sent: Segments,
+    pub(super) received: Segments,
+}
+
+impl Streams {
+    /// Opens `dir/sent` and `dir/received`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Self { sent: Segments::open(&dir.join("sent"))?, received: Segments::open(&dir.join("received"))? })
+    }
+
+    /// The segments of `tree`'s large values.
+    pub(super) fn of(&self, tree: Tree) -> &Segments {
+        match tree {
+            Tree::Evidence | Tree::Issued => &self.received,
+            _ => &self.sent,
+        }
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.sent.bytes() + self.received.bytes()
+    }
+
+    /// Deletes what no stored reference points into (see [`Segments::reclaim`]).
+    pub(super) fn reclaim(&self, backend: &dyn Backend) -> Result<Vec<u64>, StoreError> {
+        let mut gone = self.sent.reclaim(&live_segments(backend, &[Tree::Sealed, Tree::Receipts])?)?;
+        gone.extend(self.received.reclaim(&live_segments(backend, &[Tree::Evidence, Tree::Issued])?)?);
+        Ok(gone)
+    }
+}
+
+/// The trees whose values may be large (sealed copies, received packets, signed receipts), and
+/// may therefore live in the segment files.
+pub(super) fn holds_large(tree: Tree) -> bool {
+    matches!(tree, Tree::Sealed | Tree::Evidence | Tree::Receipts | Tree::Issued)
+}
+
+/// A value taken out of a commit for the segments: (index of its op, its tree, the value).
+pub(super) type Large = (usize, Tree, Vec<u8>);
+
+/// Takes the values that go to segments out of `ops`.
+pub(super) fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<Large>) {
+    let mut large = Vec::new();
+    for (i, op) in ops.iter_mut().enumerate() {
+        if let Op::Put(t, _, v) = op {
+            if holds_large(*t) && v.len() >= BLOB_MIN {
+                large.push((i, *t, std::mem::take(v)));
+            }
+        }
+    }
+    (ops, large)
+}
+
+/// The segments the stored references point into (read on the writer thread, between batches).
+pub(super) fn live_segments(
+    backend: &dyn Backend,
+    trees: &[Tree],
+) -> Result<std::collections::BTreeSet<u64>, StoreError> {
+    let mut live = std::collections::BTreeSet::new();
+    for &tree in trees {
+        backend.visit(tree, &mut |_, v| {
+            if let Some(r) = BlobRef::decode(v) {
+                live.insert(r.segment);
+            }
+        })?;
+    }
+    Ok(live)
 }
 
 #[cfg(test)]

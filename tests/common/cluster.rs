@@ -172,6 +172,23 @@ pub fn base64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// A ROUTINE answer from IT-DCSA to ES-UDYCO carrying a case file of `size` bytes (its content
+/// numbered by `i`, with its digest), as a draft.
+pub fn case_file(i: usize, size: usize) -> Value {
+    let content: Vec<u8> = (0..size).map(|j: usize| (j * 31 + i) as u8).collect();
+    let mut p = super::draft("information-response.json");
+    p["envelope"]["recipients"] = serde_json::json!(["ES-UDYCO"]);
+    p["envelope"]["priority"] = serde_json::json!("ROUTINE");
+    p["envelope"].as_object_mut().unwrap().remove("urgency_reason");
+    p["body"]["InformationResponse"]["attachments"] = serde_json::json!([{
+        "name": format!("case-file-{i}.bin"),
+        "media_type": "application/octet-stream",
+        "digest": liaison::encoding::Digest::of(&content).to_string(),
+        "content": base64_encode(&content),
+    }]);
+    p
+}
+
 /// A tmpfs of `mib` MiB mounted on a directory (root only: the tests of a full disk), unmounted
 /// when dropped.
 pub struct Tmpfs(PathBuf);
