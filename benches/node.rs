@@ -421,10 +421,11 @@ fn main() {
         let writer = {
             let (busy, path) = (busy.clone(), dir.path().join("segment-probe"));
             std::thread::spawn(move || {
-                let segs = liaison::store::Segments::open(&path).unwrap();
+                let segs = liaison::store::Segments::open(&path, liaison::store::Stream::Sealed).unwrap();
                 let v = vec![7u8; 4 << 20];
+                let record = liaison::store::Record { tree: liaison::store::Tree::Sealed, key: b"probe", value: &v };
                 while busy.load(std::sync::atomic::Ordering::Relaxed) {
-                    drop(segs.append(&[&v]).unwrap());
+                    drop(segs.append(&[record]).unwrap());
                 }
             })
         };

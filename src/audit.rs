@@ -152,6 +152,9 @@ pub struct Decided {
     pub policy: Option<Digest>,
     /// SHA-256 of the sealed copy, when one was made.
     pub sealed: Option<Digest>,
+    /// SHA-256 of the signed packet in it (what the recipient's receipt names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Digest>,
 }
 
 /// What the sharing policy decided for one recipient (recorded as `allow`, `redact`, `deny`).

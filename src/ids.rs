@@ -120,6 +120,14 @@ impl PacketId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// The creation time a UUIDv7 carries (ms since the epoch); `None` for another version.
+    /// Only as trustworthy as whoever made the id.
+    pub fn unix_millis(&self) -> Option<u64> {
+        let mut ms = [0u8; 8];
+        ms[2..].copy_from_slice(&self.0[..6]);
+        (self.0[6] >> 4 == 7).then(|| u64::from_be_bytes(ms))
+    }
 }
 
 impl fmt::Display for PacketId {
@@ -296,6 +304,8 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "7");
         assert_eq!(text.parse::<PacketId>().unwrap(), id);
+        assert_eq!(id.unix_millis(), Some(1_764_000_000_000));
+        assert_eq!(PacketId::from_bytes([0; 16]).unix_millis(), None, "not a UUIDv7");
         for bad in [
             "",
             "0190b6b2-7c3a-7d2e-9f00-12345678901",

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use liaison::delivery::{EntryState, RetryPolicy};
+use liaison::encoding::Digest;
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::node::{Node, NodeConfig, Partner};
 use liaison::packet::Packet;
 use liaison::pki::Ca;
 use liaison::seal::SealContext;
-use liaison::store::{MemoryBackend, Store};
+use liaison::store::{MemoryBackend, Store, Tree};
 use liaison::transport::TlsMaterial;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -180,7 +181,8 @@ fn state(n: &Node, id: liaison::ids::PacketId, to: &str) -> EntryState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
     let fed = Federation::new();
-    let it = fed.start("IT-DCSA").await;
+    let it_store = Store::open(&fed.dir.path().join("IT-DCSA")).unwrap();
+    let it = fed.start_on("IT-DCSA", demo_policies("IT-DCSA"), it_store.clone(), fed.stop.subscribe()).await;
     let es = fed.start("ES-UDYCO").await;
 
     let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
@@ -195,6 +197,15 @@ async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
     assert_eq!(rec.sender, node("IT-DCSA"));
     let EntryState::Delivered { digest, .. } = state(&it, id, "ES-UDYCO") else { unreachable!() };
     assert_eq!(digest, rec.sealed_digest, "the receipt names the bytes ES stored");
+    // It also names the signed packet inside them, which IT keeps; the sealed copy is gone.
+    let es_id = node("ES-UDYCO");
+    let (_, item) = it.receipt(id, &es_id).unwrap().unwrap();
+    let sent = it.sent(id, &es_id).unwrap().expect("the signed packet sent is kept");
+    assert_eq!(sent.packet, p);
+    assert_eq!(item.signed_digest, Some(Digest::of(&sent.bytes)));
+    let key = liaison::store::pair_key(id, &es_id);
+    assert_eq!(it_store.get(Tree::Sealed, &key).unwrap(), None, "the delivered sealed copy is deleted");
+    assert!(it_store.get(Tree::Sent, &key).unwrap().is_some());
 
     es.ack(id, None, "Subinspector Gómez".parse().unwrap()).await.unwrap();
     until("read ack", || !it.status(id).unwrap()[0].reads.is_empty()).await;
@@ -453,25 +464,53 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
     let _ = fed.stop.send(true);
 }
 
-/// Retention: received packets older than the policy's `retention_days` are deleted (inbox and
-/// evidence), the deletion is in the audit trail, and the trail still verifies.
+/// Retention, at both ends: past the policy's `retention_days`, the receiver deletes the
+/// packet (inbox, evidence, deadline) and the receipt it issued; the sender deletes the copy's
+/// entry, the signed packet, the receipt it got and the deadline, in memory as on disk. The
+/// deletions are in each audit trail, and both trails still verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn received_packets_are_deleted_after_their_retention() {
+async fn what_was_exchanged_is_deleted_after_its_retention_at_both_ends() {
     let fed = Federation::new();
-    let it = fed.start("IT-DCSA").await;
-    let es = fed.start("ES-UDYCO").await;
+    let it_store = Store::open(&fed.dir.path().join("IT-DCSA")).unwrap();
+    let it = fed.start_on("IT-DCSA", demo_policies("IT-DCSA"), it_store.clone(), fed.stop.subscribe()).await;
+    let es_store = Store::open(&fed.dir.path().join("ES-UDYCO")).unwrap();
+    let es = fed.start_on("ES-UDYCO", demo_policies("ES-UDYCO"), es_store.clone(), fed.stop.subscribe()).await;
     let id = it.submit(&example("information-request.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id;
     until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let days = es.policies().policy(&node("IT-DCSA")).unwrap().retention_days;
+    let (es_id, it_id) = (node("ES-UDYCO"), node("IT-DCSA"));
+    assert_eq!(es_store.scan(Tree::Issued, &[]).unwrap().len(), 1);
+    assert_eq!(it_store.scan(Tree::Receipts, &[]).unwrap().len(), 1);
+
+    let days = es.policies().policy(&it_id).unwrap().retention_days;
     let now = liaison::node::now_ms();
-    assert_eq!(es.purge_expired(now + u64::from(days - 1) * 86_400_000).await.unwrap(), 0, "not yet");
+    let day = 86_400_000;
+    assert_eq!(es.purge_expired(now + u64::from(days - 1) * day).await.unwrap(), 0, "not yet");
     assert_eq!(es.deadlines_of(id).len(), 1);
-    assert_eq!(es.purge_expired(now + u64::from(days + 1) * 86_400_000).await.unwrap(), 1);
+    assert_eq!(es.purge_expired(now + u64::from(days + 1) * day).await.unwrap(), 2, "the packet and the receipt");
     assert!(es.inbox().unwrap().is_empty());
     assert!(es.deadlines_of(id).is_empty(), "its deadline goes with it, in memory as on disk");
     assert!(matches!(es.show(id, None), Err(liaison::node::NodeError::UnknownPacket(_))));
-    let verified = es.audit_verify().unwrap().expect("the trail still verifies");
-    assert!(verified.last >= 3, "{verified:?}");
+    for tree in [Tree::Inbox, Tree::Evidence, Tree::Issued, Tree::Deadlines] {
+        assert!(es_store.scan(tree, &[]).unwrap().is_empty(), "{tree:?} at ES");
+    }
+
+    let days = it.policies().policy(&es_id).unwrap().retention_days;
+    assert_eq!(it.purge_expired(now + u64::from(days - 1) * day).await.unwrap(), 0, "not yet");
+    assert!(it.sent(id, &es_id).unwrap().is_some());
+    assert_eq!(it.purge_expired(now + u64::from(days + 1) * day).await.unwrap(), 1, "the copy sent");
+    assert!(it.status(id).is_err() || it.status(id).unwrap().is_empty(), "{:?}", it.status(id));
+    assert!(it.sent(id, &es_id).unwrap().is_none());
+    assert!(it.receipt(id, &es_id).unwrap().is_none());
+    assert!(it.deadlines_of(id).is_empty());
+    for tree in
+        [Tree::Outbox, Tree::Sent, Tree::Sealed, Tree::Receipts, Tree::ReceiptIndex, Tree::Deadlines, Tree::Reads]
+    {
+        assert!(it_store.scan(tree, &[]).unwrap().is_empty(), "{tree:?} at IT");
+    }
+    for n in [&es, &it] {
+        let verified = n.audit_verify().unwrap().expect("the trail still verifies");
+        assert!(verified.last >= 3, "{verified:?}");
+    }
     let _ = fed.stop.send(true);
 }
 

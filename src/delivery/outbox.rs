@@ -76,6 +76,22 @@ pub enum EntryState {
     },
 }
 
+impl Entry {
+    /// When retention counts from for a terminal entry (`None` while it is not terminal): the
+    /// time of its outcome, on this node's clock as far as possible. A delivery time is the
+    /// receiver's claim, so it is taken only between the submit and the expiry, the times this
+    /// node set: a partner cannot make this node keep a copy for ever, nor drop it before its
+    /// time.
+    pub fn retention_from(&self) -> Option<Millis> {
+        let within = |at: Millis| at.clamp(self.submitted, self.expires.max(self.submitted));
+        match self.state {
+            EntryState::Delivered { at, .. } | EntryState::Rejected { at, .. } => Some(within(at)),
+            EntryState::Expired { at } => Some(at),
+            EntryState::Queued { .. } | EntryState::InFlight { .. } => None,
+        }
+    }
+}
+
 impl EntryState {
     /// Delivered, rejected and expired entries never change state again.
     pub fn is_terminal(&self) -> bool {
@@ -107,6 +123,11 @@ pub struct Entry {
     pub expires: Millis,
     /// SHA-256 of this copy's sealed bytes; the receipt must name it.
     pub sealed_digest: Digest,
+    /// SHA-256 of the signed packet the sealed copy carries (kept in
+    /// [`crate::store::Tree::Sent`]); a receipt naming it lets the sealed copy go. Absent in
+    /// entries of store formats before 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_digest: Option<Digest>,
     /// When it was submitted (ms); orders entries within a lane.
     pub submitted: Millis,
     /// Attempts made so far.
@@ -252,6 +273,7 @@ impl Outbox {
             priority,
             expires,
             sealed_digest,
+            signed_digest: None,
             submitted: now,
             attempts: 0,
             state: EntryState::Queued { not_before: now },
@@ -500,6 +522,33 @@ impl Outbox {
             std::mem::take(&mut self.dirty).into_iter().partition(|k| prepared.contains_key(k));
         self.dirty = held;
         taken.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
+    }
+
+    /// Terminal entries whose retention has run out at `now` (`keep`: how long entries to a
+    /// recipient are kept, `None` for ever), with no write of theirs outstanding. Oldest first,
+    /// at most `limit`.
+    pub fn past_retention(&self, now: Millis, keep: impl Fn(&NodeId) -> Option<Millis>, limit: usize) -> Vec<Entry> {
+        let mut past: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| !self.dirty.contains(*k) && !self.prepared.contains_key(*k))
+            .filter_map(|(_, e)| {
+                let from = e.retention_from()?;
+                let keep = keep(&e.recipient)?;
+                (from.saturating_add(keep) < now).then_some(e)
+            })
+            .collect();
+        past.sort_by_key(|e| (e.retention_from(), e.packet_id));
+        past.into_iter().take(limit).cloned().collect()
+    }
+
+    /// Drops a terminal entry (deleted from the store by retention). Anything else stays.
+    pub fn forget(&mut self, packet_id: PacketId, recipient: &NodeId) {
+        let k = (packet_id, recipient.clone());
+        if self.entries.get(&k).is_some_and(|e| e.state.is_terminal()) && !self.prepared.contains_key(&k) {
+            self.entries.remove(&k);
+            self.dirty.remove(&k);
+        }
     }
 
     /// One entry.
@@ -758,6 +807,38 @@ mod tests {
 
     /// A receipt is prepared, stored, then applied: before it is applied nothing shows it, an
     /// abandoned one leaves the entry to be sent again, and expiry waits for a prepared one.
+    /// Retention counts from a terminal entry's outcome, a partner's claimed delivery time held
+    /// between the submit and the expiry; entries not terminal, or with a write outstanding,
+    /// are never past it; `forget` drops terminal entries only.
+    #[test]
+    fn retention_counts_from_the_outcome_on_this_nodes_clock() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        let deliver = |o: &mut Outbox, n: u8, claimed: Millis| {
+            let d = Digest::of(&[n]);
+            o.submit(100, pid(n), es.clone(), Priority::Routine, 10_000, d);
+            o.poll_transmit(100, &es).unwrap();
+            o.prepare_receipt(200, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
+            o.apply_prepared(pid(n), &es);
+        };
+        deliver(&mut o, 1, 150);
+        deliver(&mut o, 2, u64::MAX);
+        deliver(&mut o, 3, 0);
+        o.submit(100, pid(4), es.clone(), Priority::Routine, 10_000, Digest::of(b"q"));
+        o.take_dirty();
+        let from = |o: &Outbox, n| o.entry(pid(n), &es).unwrap().retention_from();
+        assert_eq!((from(&o, 1), from(&o, 2), from(&o, 3), from(&o, 4)), (Some(150), Some(10_000), Some(100), None));
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.packet_id).collect::<Vec<_>>();
+        assert_eq!(ids(o.past_retention(1_000, |_| Some(500), 10)), vec![pid(3), pid(1)], "oldest first");
+        assert_eq!(ids(o.past_retention(1_000, |_| None, 10)), vec![], "no policy: kept");
+        assert_eq!(ids(o.past_retention(20_000, |_| Some(500), 1)), vec![pid(3)], "at most the limit");
+        o.forget(pid(3), &es);
+        o.forget(pid(4), &es);
+        assert!(o.entry(pid(3), &es).is_none());
+        assert!(o.entry(pid(4), &es).is_some(), "a queued entry is never forgotten");
+        assert_eq!(ids(o.past_retention(20_000, |_| Some(500), 10)), vec![pid(1), pid(2)]);
+    }
+
     #[test]
     fn receipts_take_effect_only_once_stored() {
         let mut o = outbox();

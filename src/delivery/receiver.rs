@@ -170,7 +170,9 @@ impl Receiver<'_> {
             };
             let also_from = match class {
                 Incoming::Duplicate { received_at } => {
-                    items.push(accepted(id, timestamp_of(received_at), digest, admitted_under(&new)));
+                    // The same sealed bytes carry the same signed packet.
+                    let signed = Digest::of(&opened.signed.bytes);
+                    items.push(accepted(id, timestamp_of(received_at), digest, Some(signed), admitted_under(&new)));
                     continue;
                 }
                 Incoming::DuplicateWithOtherBytes { received_at, first } => {
@@ -180,7 +182,7 @@ impl Receiver<'_> {
                         None,
                         "same packet id with other bytes; receipted as the first copy".into(),
                     );
-                    items.push(accepted(id, timestamp_of(received_at), first, admitted_under(&new)));
+                    items.push(accepted(id, timestamp_of(received_at), first, None, admitted_under(&new)));
                     continue;
                 }
                 Incoming::New { also_from } => also_from,
@@ -250,6 +252,7 @@ impl Receiver<'_> {
                     false
                 }
             };
+            let signed = Digest::of(&opened.signed.bytes);
             if !planted_skip {
                 ops.push(store::put(Tree::Inbox, pair_key(id, peer), &rec));
                 ops.push(Op::Put(Tree::Evidence, pair_key(id, peer), opened.signed.bytes));
@@ -257,7 +260,7 @@ impl Receiver<'_> {
             if Deadlines::concerns(packet) {
                 about_deadlines.push(packet.clone());
             }
-            items.push(accepted(id, now, digest, verdict.policy));
+            items.push(accepted(id, now, digest, Some(signed), verdict.policy));
             new.insert(id, (digest, rec));
         }
         if items.is_empty() {
@@ -377,9 +380,22 @@ impl Receiver<'_> {
     }
 }
 
-/// A receipt item accepting a copy.
-fn accepted(packet_id: PacketId, at: Timestamp, digest: Digest, policy: Option<Digest>) -> ReceiptItem {
-    ReceiptItem { packet_id, received_at: at, sealed_digest: digest, outcome: ReceiptOutcome::Accepted, policy }
+/// A receipt item accepting a copy (`signed`: the digest of the signed packet it carried).
+fn accepted(
+    packet_id: PacketId,
+    at: Timestamp,
+    digest: Digest,
+    signed: Option<Digest>,
+    policy: Option<Digest>,
+) -> ReceiptItem {
+    ReceiptItem {
+        packet_id,
+        received_at: at,
+        sealed_digest: digest,
+        signed_digest: signed,
+        outcome: ReceiptOutcome::Accepted,
+        policy,
+    }
 }
 
 /// A receipt item refusing a copy: the check's code and why.
@@ -395,6 +411,7 @@ pub fn rejection(
         packet_id,
         received_at: at,
         sealed_digest: digest,
+        signed_digest: None,
         outcome: ReceiptOutcome::Rejected { code: code.into(), reason },
         policy,
     }

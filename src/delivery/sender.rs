@@ -536,6 +536,20 @@ impl Sender {
         self.outbox.pending()
     }
 
+    /// Terminal entries kept longer than `keep` (the retention of the policy with the partner;
+    /// `None`: kept for ever) at `now`, oldest first, at most `limit`: what retention deletes,
+    /// with [`retention_ops`].
+    pub fn past_retention(&self, now: Millis, keep: Option<Millis>, limit: usize) -> Vec<Entry> {
+        self.outbox.past_retention(now, |_| keep, limit)
+    }
+
+    /// Drops the entries retention deleted from the store.
+    pub fn forget(&mut self, packet_ids: impl IntoIterator<Item = PacketId>) {
+        for id in packet_ids {
+            self.outbox.forget(id, &self.peer);
+        }
+    }
+
     /// What the partner's acknowledgement by `officer` of `packet_id` would do (nothing is
     /// changed).
     pub fn read_ack_match(&self, packet_id: PacketId, officer: &OfficerId) -> ReadAckMatch {
@@ -627,9 +641,24 @@ pub fn receipt_ops(
 ) -> Vec<crate::store::Op> {
     use crate::store::{self, pair_key, Op, Tree};
     let mut ops = Vec::new();
+    // The signed packets the receipt names, by packet (accepted copies only).
+    let signed: std::collections::HashMap<PacketId, Digest> = receipt
+        .signed_items
+        .iter()
+        .filter(|i| matches!(i.outcome, crate::packet::ReceiptOutcome::Accepted))
+        .filter_map(|i| Some((i.packet_id, i.signed_digest?)))
+        .collect();
     for e in prepared.entries() {
-        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), e));
+        let key = pair_key(e.packet_id, &e.recipient);
+        ops.push(store::put(Tree::Outbox, key.clone(), e));
         ops.push(Op::Put(Tree::ReceiptIndex, pair_key(e.packet_id, peer), receipt.id.as_bytes().to_vec()));
+        // Delivered, and the receipt names the signed packet kept in `sent`: the sealed copy
+        // proves nothing more and is never sent again. (A receipt without that digest, from a
+        // node of an older version, leaves it as the proof of what was delivered.)
+        let names_signed = signed.get(&e.packet_id).is_some_and(|d| e.signed_digest.is_some_and(|s| s.ct_eq(d)));
+        if names_signed && matches!(e.state, super::EntryState::Delivered { .. }) {
+            ops.push(Op::Delete(Tree::Sealed, key));
+        }
     }
     if !ops.is_empty() {
         ops.push(Op::Put(Tree::Receipts, receipt.id.as_bytes().to_vec(), receipt.signed.clone()));
@@ -648,6 +677,23 @@ pub fn receipt_ops(
             })
             .collect(),
     }));
+    ops
+}
+
+/// The writes that delete what this node kept of copies past their retention
+/// ([`Sender::past_retention`]): the entry, the signed packet sent, the sealed copy if it is
+/// still there, the link to the receipt, the answer deadline of a request; the officers'
+/// acknowledgements (`reads`, keys found by the caller) and receipts no remaining copy needs are
+/// the caller's to add. The audit trail keeps that they were sent, delivered and deleted.
+pub fn retention_ops(peer: &NodeId, past: &[Entry]) -> Vec<crate::store::Op> {
+    use crate::store::{pair_key, Op, Tree};
+    let mut ops = Vec::with_capacity(past.len() * 5 + 1);
+    for e in past {
+        let key = pair_key(e.packet_id, peer);
+        for tree in [Tree::Outbox, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
+            ops.push(Op::Delete(tree, key.clone()));
+        }
+    }
     ops
 }
 
@@ -774,6 +820,47 @@ mod tests {
         assert_eq!(by_id(&s, third), "queued");
         assert!(matches!(s.prepare_receipt(530, lane, &[accepted(pid(third), third)]), Err(ReceiptRefused::StaleLane)));
         assert!(!s.is_current(lane));
+    }
+
+    /// A delivered copy's sealed bytes are deleted with the receipt only if the receipt names
+    /// the signed packet this node keeps; a receipt without it (an older node) or naming another
+    /// one leaves them as the proof of what was delivered.
+    #[test]
+    fn the_sealed_copy_goes_only_when_the_receipt_names_the_signed_packet() {
+        use crate::packet::{ReceiptItem, ReceiptOutcome as Signed};
+        use crate::store::{Op, Tree};
+        let signed = Digest::of(b"signed packet");
+        let deletes_sealed = |named: Option<Digest>| {
+            let es: NodeId = "ES-UDYCO".parse().unwrap();
+            let mut s = Sender::new(es.clone(), RETRY, 7);
+            let e =
+                Outbox::new_entry(0, pid(0), es.clone(), Priority::Flash, 1_000_000, Digest::of(&0u16.to_be_bytes()));
+            assert!(s.admit(0, Entry { signed_digest: Some(signed), ..e }));
+            s.poll_connect(0);
+            s.handle_connected(0);
+            let (lane, t) = s.poll_transmit(0).unwrap();
+            assert!(s.begin_write(0, lane, &t));
+            let prepared = s.prepare_receipt(5, lane, &[accepted(pid(0), 0)]).unwrap();
+            let receipt = OpenedReceipt {
+                id: pid(100),
+                items: vec![accepted(pid(0), 0)],
+                signed_items: vec![ReceiptItem {
+                    packet_id: pid(0),
+                    received_at: crate::timestamp::Timestamp::now(),
+                    sealed_digest: Digest::of(&0u16.to_be_bytes()),
+                    signed_digest: named,
+                    outcome: Signed::Accepted,
+                    policy: None,
+                }],
+                signed: b"receipt".to_vec(),
+            };
+            receipt_ops(&es, &receipt, &prepared, Vec::new())
+                .iter()
+                .any(|op| matches!(op, Op::Delete(Tree::Sealed, k) if *k == crate::store::pair_key(pid(0), &es)))
+        };
+        assert!(deletes_sealed(Some(signed)));
+        assert!(!deletes_sealed(None), "a receipt of an older node");
+        assert!(!deletes_sealed(Some(Digest::of(b"another packet"))));
     }
 
     #[test]

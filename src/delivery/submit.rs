@@ -275,14 +275,17 @@ pub fn seal(
         let copy = copy.for_recipients(&receiving)?;
         let signed = seal.sign_checked(&copy, sent.policy)?;
         let s = seal.encrypt_for(&signed, &sent.recipient, rng)?;
-        let e = Outbox::new_entry(
-            now,
-            s.route.packet_id,
-            s.route.recipient.clone(),
-            s.route.priority,
-            expires,
-            Digest::of(&s.bytes),
-        );
+        let e = Entry {
+            signed_digest: Some(Digest::of(&signed.bytes)),
+            ..Outbox::new_entry(
+                now,
+                s.route.packet_id,
+                s.route.recipient.clone(),
+                s.route.priority,
+                expires,
+                Digest::of(&s.bytes),
+            )
+        };
         let key = pair_key(e.packet_id, &e.recipient);
         let mut rules: Vec<String> = sent.redacted.iter().map(|r| r.rule.clone()).collect();
         rules.dedup();
@@ -293,7 +296,9 @@ pub fn seal(
             redacted: sent.redacted.iter().map(|r| r.path.clone()).collect(),
             policy: sent.policy,
             sealed: Some(e.sealed_digest),
+            signed: e.signed_digest,
         });
+        ops.push(Op::Put(Tree::Sent, key.clone(), signed.bytes));
         ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
         ops.push(store::put(Tree::Outbox, key, &e));
         entries.push(e);
@@ -316,6 +321,7 @@ pub fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
             redacted: Vec::new(),
             policy: r.policy,
             sealed: None,
+            signed: None,
         })
         .collect()
 }
@@ -336,6 +342,7 @@ mod tests {
             priority: Priority::Urgent,
             expires: 1_000,
             sealed_digest: Digest::of(b"x"),
+            signed_digest: None,
             submitted: 0,
             attempts: 1,
             state: EntryState::Queued { not_before: 0 },

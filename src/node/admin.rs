@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Records deleted per commit by retention: a commit stays small (one flush, a bounded undo
+/// log) however much has piled up.
+pub const PURGE_BATCH: usize = 1024;
+
 impl Node {
     /// Puts new TLS material in force — typically a new CRL after a partner was revoked, or a
     /// renewed certificate: new handshakes use it at once, and every live connection is closed
@@ -155,11 +159,11 @@ impl Node {
                 if let Err(e) = self.purge_expired(now_ms()).await {
                     warn!(error = %e, "could not apply the retention rules");
                 }
-                // What retention deleted gives its segment files back once nothing in them is
-                // referenced any more.
-                if let Err(e) = self.inner.store.reclaim().await {
-                    warn!(error = %e, "could not reclaim segment files");
-                }
+            }
+            // What receipts and retention deleted gives its segment files back once nothing in
+            // them is referenced any more.
+            if let Err(e) = self.inner.store.reclaim().await {
+                warn!(error = %e, "could not reclaim segment files");
             }
             rounds += 1;
             tokio::select! {
@@ -178,46 +182,197 @@ impl Node {
         }
     }
 
+    /// Applies the retention rules at `now`: what this node received ([`Node::purge_received`]),
+    /// what it sent ([`Node::purge_sent`]) and the receipts it issued
+    /// ([`Node::purge_issued`]), each past the `retention_days` of the policy with the partner
+    /// concerned. A partner without a policy: kept (nothing says how long). The audit trail is
+    /// not pruned: it is the record of every exchange, and names what was deleted. Returns how
+    /// many records went.
+    pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
+        let received = self.purge_received(now).await?;
+        let sent = self.purge_sent(now).await?;
+        let issued = self.purge_issued(now).await?;
+        Ok(received + sent + issued)
+    }
+
+    /// How long the policy with `peer` keeps what was exchanged with it (ms); `None`: for ever.
+    fn retention_of(&self, book: &PolicyBook, peer: &NodeId) -> Option<Millis> {
+        book.policy(peer).map(|p| u64::from(p.retention_days) * 86_400_000)
+    }
+
+    /// Deletes the copies this node sent whose outcome (delivery, rejection, expiry) is older
+    /// than the retention of the policy with their recipient: the entry, the signed packet, the
+    /// sealed copy if still there, the officers' acknowledgements, the deadline, and each
+    /// receipt once no remaining copy is covered by it. In commits of at most
+    /// [`PURGE_BATCH`] copies, each recorded in the audit trail (ids only). Returns how many
+    /// copies were deleted.
+    pub async fn purge_sent(&self, now: Millis) -> Result<usize, NodeError> {
+        let book = self.policies();
+        let mut total = 0;
+        for (peer, sender) in &self.inner.senders {
+            let keep = self.retention_of(&book, peer);
+            loop {
+                let past = lock(sender).past_retention(now, keep, PURGE_BATCH);
+                if past.is_empty() {
+                    break;
+                }
+                let ids: Vec<PacketId> = past.iter().map(|e| e.packet_id).collect();
+                let mut ops = crate::delivery::sender::retention_ops(peer, &past);
+                let mut receipts = std::collections::BTreeSet::new();
+                for id in &ids {
+                    let key = pair_key(*id, peer);
+                    for (k, _) in self.inner.store.scan(Tree::Reads, &key)? {
+                        ops.push(Op::Delete(Tree::Reads, k));
+                    }
+                    if let Some(r) = self.inner.store.get(Tree::ReceiptIndex, &key)? {
+                        receipts.insert(r);
+                    }
+                }
+                let gone: std::collections::HashSet<PacketId> = ids.iter().copied().collect();
+                for r in receipts {
+                    if !self.receipt_still_needed(peer, &r, &gone)? {
+                        ops.push(Op::Delete(Tree::Receipts, r));
+                    }
+                }
+                let n = ids.len();
+                let list = ids.iter().map(PacketId::to_string).collect::<Vec<_>>().join(", ");
+                ops.push(Op::Audit(AuditEvent::Admin {
+                    action: crate::audit::AdminAction::RetentionPurge,
+                    by: "node".into(),
+                    detail: format!("deleted {n} copies sent to {peer} past retention: {list}"),
+                }));
+                self.inner.store.commit(ops).await?;
+                lock(sender).forget(ids.iter().copied());
+                {
+                    let mut deadlines = lock(&self.inner.deadlines);
+                    for id in &ids {
+                        deadlines.forget(*id, peer);
+                    }
+                }
+                info!(%peer, deleted = n, "copies sent past their retention deleted");
+                total += n;
+                if n < PURGE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether the receipt stored under `receipt_id` (from `peer`) still covers a copy whose
+    /// link to it stays: a receipt covers a batch, and goes with its last copy.
+    fn receipt_still_needed(
+        &self,
+        peer: &NodeId,
+        receipt_id: &[u8],
+        gone: &std::collections::HashSet<PacketId>,
+    ) -> Result<bool, NodeError> {
+        let Some(bytes) = self.inner.store.get(Tree::Receipts, receipt_id)? else { return Ok(false) };
+        // Verified when it was stored; a receipt that does not verify now (a key no longer in
+        // the keyring) is kept rather than judged.
+        let Ok(signed) = crate::seal::verify_signed(self.inner.seal.keyring(), &bytes) else { return Ok(true) };
+        let Body::DeliveryReceipt(r) = &signed.packet.body else { return Ok(true) };
+        for item in &r.receipts {
+            if gone.contains(&item.packet_id) {
+                continue;
+            }
+            if self.inner.store.get(Tree::ReceiptIndex, &pair_key(item.packet_id, peer))?.as_deref() == Some(receipt_id)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Deletes the receipts this node issued that are older than the retention of the policy
+    /// with the partner they went to (their ids are time-ordered: the oldest are read first,
+    /// and the walk stops at the first one within the shortest retention). Returns how many.
+    pub async fn purge_issued(&self, now: Millis) -> Result<usize, NodeError> {
+        let book = self.policies();
+        let Some(shortest) = self.inner.partners.keys().filter_map(|p| self.retention_of(&book, p)).min() else {
+            return Ok(0);
+        };
+        let mut after: Option<Vec<u8>> = None;
+        let mut stop = false;
+        let mut total = 0;
+        while !stop {
+            let keys = self.inner.store.keys_after(Tree::Issued, after.as_deref(), PURGE_BATCH)?;
+            if keys.len() < PURGE_BATCH {
+                stop = true;
+            }
+            after = keys.last().cloned();
+            let mut ops = Vec::new();
+            for k in keys {
+                let Ok(id) = <[u8; 16]>::try_from(k.as_slice()).map(PacketId::from_bytes) else { continue };
+                let Some(made) = id.unix_millis() else { continue };
+                if made.saturating_add(shortest) >= now {
+                    stop = true;
+                    break;
+                }
+                let Some(bytes) = self.inner.store.get(Tree::Issued, &k)? else { continue };
+                let Ok(route) = crate::seal::peek_route(&bytes) else { continue };
+                if self.retention_of(&book, &route.recipient).is_some_and(|keep| made.saturating_add(keep) < now) {
+                    ops.push(Op::Delete(Tree::Issued, k));
+                }
+            }
+            if ops.is_empty() {
+                continue;
+            }
+            let n = ops.len();
+            ops.push(Op::Audit(AuditEvent::Admin {
+                action: crate::audit::AdminAction::RetentionPurge,
+                by: "node".into(),
+                detail: format!("deleted {n} receipts issued past retention"),
+            }));
+            self.inner.store.commit(ops).await?;
+            total += n;
+        }
+        if total > 0 {
+            info!(deleted = total, "receipts issued past their retention deleted");
+        }
+        Ok(total)
+    }
+
     /// Deletes the received packets (inbox record, evidence, deadline) older than the retention
     /// of the policy with their sender; the deletion is recorded in the audit trail (ids only).
     /// Packets from a partner without a policy are kept (nothing says how long). Returns how
     /// many were deleted.
-    pub async fn purge_expired(&self, now: Millis) -> Result<usize, NodeError> {
-        let mut ops = Vec::new();
-        let mut gone: Vec<String> = Vec::new();
-        let mut forgotten = Vec::new();
+    pub async fn purge_received(&self, now: Millis) -> Result<usize, NodeError> {
         let book = self.policies();
+        let mut past = Vec::new();
         for (id, rec) in self.inbox()? {
             let Some(policy) = book.policy(&rec.sender) else { continue };
             let keep = u64::from(policy.retention_days) * 86_400_000;
-            if rec.received_at.saturating_add(keep) >= now {
-                continue;
+            if rec.received_at.saturating_add(keep) < now {
+                past.push((id, rec.sender, policy.retention_days));
             }
-            ops.push(Op::Delete(Tree::Inbox, pair_key(id, &rec.sender)));
-            ops.push(Op::Delete(Tree::Evidence, pair_key(id, &rec.sender)));
-            ops.push(Op::Delete(Tree::Deadlines, pair_key(id, &rec.sender)));
-            gone.push(format!("{id} from {} ({} days)", rec.sender, policy.retention_days));
-            forgotten.push((id, rec.sender));
         }
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let n = gone.len();
-        ops.push(Op::Audit(AuditEvent::Admin {
-            action: crate::audit::AdminAction::RetentionPurge,
-            by: "node".into(),
-            detail: format!("deleted {n} received packet(s) past retention: {}", gone.join(", ")),
-        }));
-        self.inner.store.commit(ops).await?;
-        {
+        let n = past.len();
+        for chunk in past.chunks(PURGE_BATCH) {
+            let mut ops = Vec::with_capacity(chunk.len() * 3 + 1);
+            for (id, sender, _) in chunk {
+                for tree in [Tree::Inbox, Tree::Evidence, Tree::Deadlines] {
+                    ops.push(Op::Delete(tree, pair_key(*id, sender)));
+                }
+            }
+            let gone: Vec<String> =
+                chunk.iter().map(|(id, from, days)| format!("{id} from {from} ({days} days)")).collect();
+            ops.push(Op::Audit(AuditEvent::Admin {
+                action: crate::audit::AdminAction::RetentionPurge,
+                by: "node".into(),
+                detail: format!("deleted {} received packet(s) past retention: {}", gone.len(), gone.join(", ")),
+            }));
+            self.inner.store.commit(ops).await?;
             let mut inbox = lock(&self.inner.inbox);
             let mut deadlines = lock(&self.inner.deadlines);
-            for (id, sender) in &forgotten {
+            for (id, sender, _) in chunk {
                 inbox.forget(*id, sender);
                 deadlines.forget(*id, sender);
             }
         }
-        info!(deleted = n, "received packets past their retention deleted");
+        if n > 0 {
+            info!(deleted = n, "received packets past their retention deleted");
+        }
         Ok(n)
     }
 }

@@ -228,7 +228,7 @@ impl Node {
                 // A copy in a segment file may be megabytes: read off the async workers.
                 let read = match self.inner.store.get_stored(Tree::Sealed, &key) {
                     Ok(Some(crate::store::Stored::External(r))) => {
-                        heavy(true, || self.inner.store.read_external(Tree::Sealed, &r)).map(Some)
+                        heavy(true, || self.inner.store.read_external(&r)).map(Some)
                     }
                     Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
                     Ok(None) => Ok(None),

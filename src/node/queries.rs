@@ -47,6 +47,22 @@ impl Node {
         Ok(item.map(|i| (signed, i)))
     }
 
+    /// The signed packet this node sent `recipient` as `packet_id` (verified again from the
+    /// store): what the recipient's receipt names by its digest. `None` for a copy sent before
+    /// store format 5, or deleted by retention.
+    pub fn sent(
+        &self,
+        packet_id: PacketId,
+        recipient: &NodeId,
+    ) -> Result<Option<crate::seal::SignedPacket>, NodeError> {
+        let Some(bytes) = self.inner.store.get(Tree::Sent, &pair_key(packet_id, recipient))? else {
+            return Ok(None);
+        };
+        crate::seal::verify_signed(self.inner.seal.keyring(), &bytes)
+            .map(Some)
+            .map_err(|e| NodeError::Evidence(packet_id, e))
+    }
+
     /// The answer deadlines of `request` (one per counterpart).
     pub fn deadlines_of(&self, request: PacketId) -> Vec<Deadline> {
         lock(&self.inner.deadlines).of(request).into_iter().cloned().collect()

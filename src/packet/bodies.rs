@@ -549,6 +549,11 @@ pub struct ReceiptItem {
     pub received_at: Timestamp,
     /// SHA-256 of the exact sealed bytes received.
     pub sealed_digest: Digest,
+    /// SHA-256 of the signed packet (the COSE_Sign1) those sealed bytes carried, for an accepted
+    /// copy: with the signed packet, the receipt proves what was delivered once the sender has
+    /// deleted the sealed copy. Absent where the copy could not be opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_digest: Option<Digest>,
     /// Accepted, or rejected with the rule that rejected it.
     pub outcome: ReceiptOutcome,
     /// The version hash of the receiver's sharing policy for the sender, which this copy was

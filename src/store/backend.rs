@@ -26,6 +26,17 @@ pub trait Backend: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// Up to `limit` keys of a tree after `after` (from the first if `None`), in key order,
+    /// without their values.
+    fn keys_after(&self, tree: Tree, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .scan(tree, &[])?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| after.is_none_or(|a| k.as_slice() > a))
+            .take(limit)
+            .collect())
+    }
     /// Bytes free for the backend's writes, if it can tell (the store keeps some free: see
     /// [`super::space`]).
     fn free_bytes(&self) -> Option<u64> {
@@ -92,6 +103,17 @@ impl Backend for SledBackend {
             f(&k, &v);
         }
         Ok(())
+    }
+
+    fn keys_after(&self, tree: Tree, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_vec()));
+        self.tree(tree)
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .keys()
+            .take(limit)
+            .map(|k| k.map(|k| k.to_vec()).map_err(backend))
+            .collect()
     }
 
     fn free_bytes(&self) -> Option<u64> {

@@ -40,7 +40,7 @@ use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 pub use backend::{Backend, MemoryBackend, SledBackend};
 use segments::{holds_large, take_large};
-pub use segments::{BlobRef, Segments, Streams};
+pub use segments::{BlobRef, Record, Segments, Stream, Streams};
 pub use space::{Class, Headroom, SpaceState};
 use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 
@@ -50,7 +50,10 @@ use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 /// packet id ‖ sender); a format-2 store is migrated when it is opened.
 /// 4: values may be references into the segment files ([`segments`]); a format-3 store is
 /// taken as it is (its values are all inline) and marked 4, so that an older build refuses it.
-pub const FORMAT_VERSION: u8 = 4;
+/// 5: segment records name their owner and references their stream ([`segments`]); the signed
+/// packets sent (`sent`). Format 3 and 4 stores are taken as they are (their references and
+/// segments are read as before) and marked 5.
+pub const FORMAT_VERSION: u8 = 5;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -140,11 +143,14 @@ pub enum Tree {
     AuditCheckpoints,
     /// Format version and other metadata.
     Meta,
+    /// Signed packets sent (COSE_Sign1), per (packet, recipient): what the recipient's receipt
+    /// names by its digest, the evidence of what was sent once the sealed copy is gone.
+    Sent,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 12] = [
+    pub const ALL: [Tree; 13] = [
         Tree::Outbox,
         Tree::Reads,
         Tree::Sealed,
@@ -157,7 +163,19 @@ impl Tree {
         Tree::Audit,
         Tree::AuditCheckpoints,
         Tree::Meta,
+        Tree::Sent,
     ];
+
+    /// The tree's number in segment records (its place in [`Tree::ALL`], which only grows at
+    /// its end).
+    pub fn index(self) -> u8 {
+        Self::ALL.iter().position(|t| *t == self).unwrap_or(0) as u8
+    }
+
+    /// The tree of a number from [`Tree::index`].
+    pub fn from_index(i: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(i)).copied()
+    }
 
     /// The tree's name on disk.
     pub fn name(self) -> &'static str {
@@ -174,6 +192,7 @@ impl Tree {
             Self::Audit => "audit",
             Self::AuditCheckpoints => "audit_checkpoints",
             Self::Meta => "meta",
+            Self::Sent => "sent",
         }
     }
 }
@@ -331,7 +350,7 @@ impl Store {
         check_format(&*backend)?;
         let segments = Arc::new(Streams::open(&dir.join("segments"))?);
         // Nothing writes yet: what no reference points into can go now.
-        segments.reclaim(&*backend)?;
+        segments.reclaim(&*backend, None)?;
         Self::start(backend, Some(segments))
     }
 
@@ -364,6 +383,7 @@ impl Store {
             stuck_after_ms: AtomicU64::new(STUCK_AFTER_MS),
             essential_pending: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
+            candidates: Mutex::default(),
         });
         let b = backend.clone();
         let writer = std::thread::Builder::new()
@@ -371,8 +391,7 @@ impl Store {
             .spawn({
                 let durable = durable.clone();
                 let shared = shared.clone();
-                let segments = segments.clone();
-                move || writer_loop(&*b, segments.as_deref(), &rx, head, &durable, &shared)
+                move || writer_loop(&*b, &rx, head, &durable, &shared)
             })
             .map_err(|e| StoreError::Backend(format!("cannot start the store thread: {e}")))?;
         Ok(Self {
@@ -385,19 +404,50 @@ impl Store {
         })
     }
 
-    /// Deletes the segment files no stored value refers to (the newest and those with records
-    /// being committed excepted), on the writer thread between two batches. Returns their ids.
-    pub async fn reclaim(&self) -> Result<Vec<u64>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Reclaim(reply))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    /// Deletes the segment files no stored value refers to any more, among those whose
+    /// references committed batches overwrote or deleted since the last call (the newest, and
+    /// those with records being committed, are looked at again next time). Reads the segments'
+    /// record owners on the blocking pool; commits go on meanwhile. Returns how many segments
+    /// went.
+    pub async fn reclaim(&self) -> Result<usize, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reclaim_blocking())
+            .await
+            .map_err(|e| StoreError::Backend(format!("reclaim task: {e}")))?
     }
 
     /// [`Store::reclaim`] for callers outside an async runtime.
-    pub fn reclaim_blocking(&self) -> Result<Vec<u64>, StoreError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.send(Job::Reclaim(reply))?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)?
+    pub fn reclaim_blocking(&self) -> Result<usize, StoreError> {
+        let Some(segments) = &self.segments else { return Ok(0) };
+        // After a failed batch what is on disk may differ from what reads show (a partly
+        // durable flush, an undo that failed): nothing is deleted until a batch is flushed again.
+        if self.shared.failing_since.load(Ordering::Relaxed) != 0 {
+            return Ok(0);
+        }
+        let candidates = std::mem::take(&mut *self.shared.candidates.lock().map_err(|_| StoreError::Closed)?);
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let done = match segments.reclaim(&*self.backend, Some(&candidates)) {
+            Ok(d) => d,
+            Err(e) => {
+                if let Ok(mut c) = self.shared.candidates.lock() {
+                    c.extend(candidates);
+                }
+                return Err(e);
+            }
+        };
+        let mut gone = 0;
+        if let Ok(mut c) = self.shared.candidates.lock() {
+            for (stream, r) in done {
+                gone += r.gone.len();
+                c.extend(r.later.into_iter().map(|id| (stream, id)));
+            }
+        }
+        if gone > 0 {
+            tracing::info!(segments = gone, "segment files nothing refers to any more deleted");
+        }
+        Ok(gone)
     }
 
     /// Bytes the segment files take (0 without segments).
@@ -447,7 +497,7 @@ impl Store {
         }
         // The space the records take is checked here, as the writer checks the commit's, and
         // counted as used until the commit is answered.
-        let bytes: u64 = large.iter().map(|(_, _, v)| v.len() as u64 + 8).sum();
+        let bytes: u64 = large.iter().map(|(_, _, k, v)| (v.len() + k.len()) as u64 + 11).sum();
         let headroom = Headroom { bytes: self.shared.headroom.load(Ordering::Relaxed) };
         let reserved = self.shared.reserved.fetch_add(bytes, Ordering::SeqCst);
         let _reservation = Reservation(&self.shared.reserved, bytes);
@@ -465,21 +515,21 @@ impl Store {
             // One append per set of segments; each value's reference lands at its index.
             let mut refs: Vec<Option<BlobRef>> = vec![None; large.len()];
             let mut written = Vec::new();
-            for set in [&segments.sent, &segments.received] {
-                let mine: Vec<usize> =
-                    (0..large.len()).filter(|k| std::ptr::eq(segments.of(large[*k].1), set)).collect();
+            for stream in Stream::ALL {
+                let mine: Vec<usize> = (0..large.len()).filter(|k| Stream::of(large[*k].1) == stream).collect();
                 if mine.is_empty() {
                     continue;
                 }
-                let values: Vec<&[u8]> = mine.iter().map(|k| large[*k].2.as_slice()).collect();
-                let w = set.append_paced(&values, pace)?;
+                let records: Vec<Record<'_>> =
+                    mine.iter().map(|k| Record { tree: large[*k].1, key: &large[*k].2, value: &large[*k].3 }).collect();
+                let w = segments.get(stream).append_paced(&records, pace)?;
                 for (k, r) in mine.iter().zip(w.refs()) {
                     refs[*k] = Some(*r);
                 }
                 written.push(w);
             }
             let at: Vec<(usize, BlobRef)> =
-                large.iter().zip(refs).filter_map(|((i, _, _), r)| r.map(|r| (*i, r))).collect();
+                large.iter().zip(refs).filter_map(|((i, ..), r)| r.map(|r| (*i, r))).collect();
             Ok::<_, StoreError>((at, written))
         })
         .await
@@ -551,21 +601,27 @@ impl Store {
     /// A committed value as stored: inline, or where it lives in a segment (to read it with
     /// [`Store::read_external`] where a read of megabytes holds nothing up).
     pub fn get_stored(&self, tree: Tree, key: &[u8]) -> Result<Option<Stored>, StoreError> {
-        Ok(self.backend.get(tree, key)?.map(|v| match (holds_large(tree), BlobRef::decode(&v)) {
-            (true, Some(r)) => Stored::External(r),
-            _ => Stored::Inline(v),
+        Ok(self.backend.get(tree, key)?.map(|v| match BlobRef::decode(tree, &v) {
+            Some(r) => Stored::External(r),
+            None => Stored::Inline(v),
         }))
     }
 
     /// The value a segment reference points to.
-    pub fn read_external(&self, tree: Tree, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+    pub fn read_external(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
         match &self.segments {
-            Some(s) => s.of(tree).read(r),
+            Some(s) => s.read(r),
             None => Err(StoreError::Corrupt {
                 tree: "segments",
                 reason: "a segment reference in a store without segments".into(),
             }),
         }
+    }
+
+    /// Up to `limit` committed keys of `tree` after `after` (from the first if `None`), in key
+    /// order, without reading their values: a walk in pages.
+    pub fn keys_after(&self, tree: Tree, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.backend.keys_after(tree, after, limit)
     }
 
     /// Committed values under a key prefix (read from their segments where they live in one).
@@ -584,9 +640,9 @@ impl Store {
         if !holds_large(tree) {
             return Ok(v);
         }
-        match (BlobRef::decode(&v), &self.segments) {
+        match (BlobRef::decode(tree, &v), &self.segments) {
             (None, _) => Ok(v),
-            (Some(r), Some(s)) => s.of(tree).read(&r),
+            (Some(r), Some(s)) => s.read(&r),
             (Some(_), None) => Err(StoreError::Corrupt {
                 tree: tree.name(),
                 reason: "a segment reference in a store without segments".into(),
@@ -698,7 +754,7 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn check_format(backend: &dyn Backend) -> Result<(), StoreError> {
     match backend.get(Tree::Meta, b"format")? {
         Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
-        Some(v) if v.as_slice() == [3] => {
+        Some(v) if v.as_slice() == [3] || v.as_slice() == [4] => {
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
             backend.flush()
         }
@@ -771,6 +827,7 @@ mod tests {
             priority: Priority::Flash,
             expires: 1_000_000,
             sealed_digest: Digest::of(&[n]),
+            signed_digest: Some(Digest::of(&[n, n])),
             submitted: 5,
             attempts: 1,
             state: crate::delivery::EntryState::Queued { not_before: 7 },
@@ -959,7 +1016,11 @@ mod tests {
             rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Evidence, b"small".to_vec(), vec![1; 10])]))
                 .unwrap();
             let raw = store.backend.get(Tree::Evidence, b"a").unwrap().unwrap();
-            assert_eq!(BlobRef::decode(&raw).map(|r| r.segment), Some(1), "sled keeps a reference");
+            assert_eq!(
+                BlobRef::decode(Tree::Evidence, &raw).map(|r| (r.stream, r.segment)),
+                Some((Stream::Received, 1)),
+                "sled keeps a reference"
+            );
             assert_eq!(
                 store.backend.get(Tree::Evidence, b"small").unwrap().unwrap(),
                 vec![1; 10],
@@ -971,9 +1032,9 @@ mod tests {
         }
         // Records nobody refers to, in segments 2 and 3 (a crash after the write, before the commit).
         {
-            let segs = Segments::open_sized(&dir.path().join("segments/received"), 1000).unwrap();
+            let segs = Segments::open_sized(&dir.path().join("segments/received"), Stream::Received, 1000).unwrap();
             for _ in 0..2 {
-                drop(segs.append(&[&[0u8; 2000]]).unwrap());
+                drop(segs.append(&[Record { tree: Tree::Evidence, key: b"a", value: &[0u8; 2000] }]).unwrap());
             }
         }
         let files = || std::fs::read_dir(dir.path().join("segments/received")).unwrap().count();
@@ -981,8 +1042,9 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(files(), 2, "segment 2 reclaimed at open; 1 is referenced, 3 is the newest");
         assert_eq!(store.get(Tree::Evidence, b"a").unwrap().unwrap(), big);
+        assert_eq!(store.reclaim_blocking().unwrap(), 0, "nothing let go of a reference yet");
         store.commit_blocking(vec![Op::Delete(Tree::Evidence, b"a".to_vec())]).unwrap();
-        assert_eq!(store.reclaim_blocking().unwrap(), vec![1]);
+        assert_eq!(store.reclaim_blocking().unwrap(), 1);
         assert_eq!(files(), 1);
         assert_eq!(store.get(Tree::Evidence, b"a").unwrap(), None);
     }

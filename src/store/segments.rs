@@ -4,19 +4,25 @@
 //! time a neighbouring key changes; a 4 MiB sealed copy is written many times over (608 MiB sent
 //! left a 1.89 GB store), and every flush of the shared log pays for the megabytes queued in it,
 //! so a FLASH alert's commit waited behind them (submit acknowledgement p99 76 ms while bulk was
-//! submitted). So a large value (a sealed copy, a received packet's evidence, a large receipt) is
-//! written here first, synced with `fdatasync`, and sled keeps only a 28-byte reference to it
-//! ([`BlobRef`]), committed afterwards like any small record. A crash between the two leaves an
-//! unreferenced record, never a reference to nothing.
+//! submitted). So a large value (a sealed copy, a signed packet, a received packet's evidence, a
+//! large receipt) is written here first, synced with `fdatasync`, and sled keeps only a 28-byte
+//! reference to it ([`BlobRef`]), committed afterwards like any small record. A crash between the
+//! two leaves an unreferenced record, never a reference to nothing.
 //!
-//! Format: files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, ids rising) in one directory per set
-//! (the store keeps what it sent and what it received apart), each a header `LSEG0001`
-//! then records `[len: u32 BE][crc32: u32 BE][len bytes]`. The newest segment is appended to
-//! until it passes [`SEGMENT_BYTES`]; older ones are never written again. At start the newest is
-//! read through: a record cut short or failing its checksum (a torn write) ends it, and the file
-//! is cut there. A segment is deleted once no reference in the store points into it
-//! ([`super::Store::reclaim`], on the writer thread between batches); the newest never is, nor
-//! one with a record written and not yet committed or abandoned ([`Written`]).
+//! Format: files `NNNNNNNNNNNNNNNN.seg` (16 hex digits, ids rising) in one directory per
+//! [`Stream`], each a header `LSEG0002` then records `[len: u32 BE][crc32: u32 BE][len bytes]`,
+//! the bytes being the record's owner (`[tree: u8][key length: u16 BE][key]`) then the value,
+//! the checksum covering both. The newest segment is appended to until it passes
+//! [`SEGMENT_BYTES`]; older ones are never written again. At start the newest is read through: a
+//! record cut short or failing its checksum (a torn write) ends it, and the file is cut there.
+//!
+//! Reclaiming: a record is live while its owner's key holds a reference to it. Only the newest
+//! segment is appended to, so a reference into an older segment whose records are all committed
+//! can disappear but never appear: such a segment found with no live record is dead for good and
+//! deleted ([`Segments::reclaim`]), on any thread, without holding commits off. The writer notes
+//! the segments whose references a batch overwrote or deleted, so that only those are looked at
+//! again. Segments of the first format (`LSEG0001`, store format 4: values without owners) are
+//! read as before and looked at by a scan of the trees.
 //!
 //! What this file must never do: hand out a reference before the record is synced, or delete a
 //! segment a committed reference points into.
@@ -40,23 +46,86 @@ pub const PACE_CHUNK: usize = 1024 * 1024;
 /// Values at least this large go to segments (when committed with [`super::Store::commit_as`]).
 pub const BLOB_MIN: usize = 16 * 1024;
 
-const FILE_MAGIC: &[u8; 8] = b"LSEG0001";
+/// The header of segments written by this build: records carry their owner.
+const FILE_MAGIC: &[u8; 8] = b"LSEG0002";
+/// The header of the first format's segments (store format 4): records are bare values.
+const FILE_MAGIC_1: &[u8; 8] = b"LSEG0001";
 const RECORD_HEADER: u64 = 8;
 /// What a stored reference starts with: no sealed copy, signed packet or receipt does (they are
-/// COSE, starting with a CBOR tag; this starts with the integer 0).
-const REF_MAGIC: [u8; 4] = [0x00, b'L', b'B', b'R'];
+/// COSE, starting with a CBOR tag; this starts with the integer 0). The fourth byte names the
+/// stream ([`Stream::byte`]); `R` is a reference of store format 4, whose stream follows from
+/// its tree ([`Stream::legacy`]).
+const REF_MAGIC: [u8; 3] = [0x00, b'L', b'B'];
 const REF_LEN: usize = 4 + 8 + 8 + 4 + 4;
+
+/// A set of segment files, kept apart by how long what they hold lives, so that a segment's
+/// records tend to die together and the file goes whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    /// Sealed copies waiting for their receipt: gone once delivered.
+    Sealed,
+    /// What this node sent and keeps as evidence: signed packets, receipts received.
+    Sent,
+    /// What this node received: packets' evidence, receipts issued; gone with retention.
+    Received,
+}
+
+impl Stream {
+    /// Every stream.
+    pub const ALL: [Stream; 3] = [Stream::Sealed, Stream::Sent, Stream::Received];
+
+    /// Where `tree`'s large values go.
+    pub fn of(tree: Tree) -> Self {
+        match tree {
+            Tree::Sealed => Self::Sealed,
+            Tree::Evidence | Tree::Issued => Self::Received,
+            _ => Self::Sent,
+        }
+    }
+
+    /// Where a reference of store format 4 in `tree` points (sealed copies were kept with what
+    /// was sent).
+    fn legacy(tree: Tree) -> Self {
+        match tree {
+            Tree::Evidence | Tree::Issued => Self::Received,
+            _ => Self::Sent,
+        }
+    }
+
+    /// Its directory under `segments/`.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Self::Sealed => "sealed",
+            Self::Sent => "sent",
+            Self::Received => "received",
+        }
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Self::Sealed => b'1',
+            Self::Sent => b'2',
+            Self::Received => b'3',
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.byte() == b)
+    }
+}
 
 /// Where a value lives in the segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobRef {
+    /// The set of segments.
+    pub stream: Stream,
     /// The segment's id.
     pub segment: u64,
     /// The record's offset in it (its header).
     pub offset: u64,
-    /// The value's length.
+    /// The record's length (owner and value).
     pub len: u32,
-    /// CRC-32 of the value.
+    /// CRC-32 of the record's bytes.
     pub crc: u32,
 }
 
@@ -65,6 +134,7 @@ impl BlobRef {
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(REF_LEN);
         v.extend_from_slice(&REF_MAGIC);
+        v.push(self.stream.byte());
         v.extend_from_slice(&self.segment.to_be_bytes());
         v.extend_from_slice(&self.offset.to_be_bytes());
         v.extend_from_slice(&self.len.to_be_bytes());
@@ -72,20 +142,36 @@ impl BlobRef {
         v
     }
 
-    /// The reference a stored value is, if it is one.
-    pub fn decode(stored: &[u8]) -> Option<Self> {
-        if stored.len() != REF_LEN || stored[..4] != REF_MAGIC {
+    /// The reference a value stored in `tree` is, if it is one.
+    pub fn decode(tree: Tree, stored: &[u8]) -> Option<Self> {
+        if !holds_large(tree) || stored.len() != REF_LEN || stored[..3] != REF_MAGIC {
             return None;
         }
+        let stream = match stored[3] {
+            b'R' => Stream::legacy(tree),
+            b => Stream::from_byte(b)?,
+        };
         let u64_at = |i: usize| u64::from_be_bytes(stored[i..i + 8].try_into().unwrap_or_default());
         let u32_at = |i: usize| u32::from_be_bytes(stored[i..i + 4].try_into().unwrap_or_default());
-        Some(Self { segment: u64_at(4), offset: u64_at(12), len: u32_at(20), crc: u32_at(24) })
+        Some(Self { stream, segment: u64_at(4), offset: u64_at(12), len: u32_at(20), crc: u32_at(24) })
     }
 }
 
-/// The segment files of one store.
+/// A value to append, with its owner: the tree and key whose reference will point to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The owner's tree.
+    pub tree: Tree,
+    /// The owner's key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+}
+
+/// The segment files of one [`Stream`].
 pub struct Segments {
     dir: PathBuf,
+    stream: Stream,
     /// A segment grows to about this size ([`SEGMENT_BYTES`]; tests use less).
     max: u64,
     active: Mutex<Active>,
@@ -95,8 +181,8 @@ pub struct Segments {
     /// Records written and not yet committed or abandoned, per segment: such a segment is not
     /// reclaimed even if no reference points into it yet.
     outstanding: Arc<Mutex<BTreeMap<u64, usize>>>,
-    /// Open files for reading, by segment id.
-    readers: Mutex<BTreeMap<u64, Arc<File>>>,
+    /// Open files for reading, by segment id, with their format (1 or 2).
+    readers: Mutex<BTreeMap<u64, (Arc<File>, u8)>>,
 }
 
 struct Active {
@@ -134,6 +220,19 @@ impl Drop for Written {
     }
 }
 
+/// A record's owner: (the record's offset, the tree, the key).
+type Owner = (u64, Tree, Vec<u8>);
+
+/// What a reclaim did: the segments deleted, and those it had to leave for now (the newest, or
+/// with records still being committed) though they were asked about.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Deleted.
+    pub gone: Vec<u64>,
+    /// To look at again later.
+    pub later: Vec<u64>,
+}
+
 fn io(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("segments: {what}: {e}"))
 }
@@ -143,27 +242,33 @@ fn name(id: u64) -> String {
 }
 
 impl Segments {
-    /// Opens the segments in `dir` (created if missing); the newest is checked to its end and a
-    /// torn tail cut off.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_sized(dir, SEGMENT_BYTES)
+    /// Opens the segments of `stream` in `dir` (created if missing); the newest is checked to
+    /// its end and a torn tail cut off.
+    pub fn open(dir: &Path, stream: Stream) -> Result<Self, StoreError> {
+        Self::open_sized(dir, stream, SEGMENT_BYTES)
     }
 
     /// [`Segments::open`] with segments of about `max` bytes.
-    pub fn open_sized(dir: &Path, max: u64) -> Result<Self, StoreError> {
+    pub fn open_sized(dir: &Path, stream: Stream, max: u64) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io("create the directory", e))?;
         let ids = list(dir)?;
         let active = match ids.last() {
             Some(&id) => {
                 let path = dir.join(name(id));
                 let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io("open", e))?;
-                let len = recover(&file).map_err(|e| io("read the newest segment", e))?;
-                Active { id, file: Arc::new(file), len }
+                let (len, version) = recover(&file).map_err(|e| io("read the newest segment", e))?;
+                if version == 2 {
+                    Active { id, file: Arc::new(file), len }
+                } else {
+                    // Records of this format go to a segment of this format.
+                    create(dir, id + 1)?
+                }
             }
             None => create(dir, 1)?,
         };
         Ok(Self {
             dir: dir.to_owned(),
+            stream,
             max,
             active_id: AtomicU64::new(active.id),
             active: Mutex::new(active),
@@ -172,10 +277,10 @@ impl Segments {
         })
     }
 
-    /// Appends `values` and syncs them to disk; their references are valid from the return on.
+    /// Appends `records` and syncs them to disk; their references are valid from the return on.
     /// A failed write (a full disk) cuts the segment back to where it was: nothing is left.
-    pub fn append(&self, values: &[&[u8]]) -> Result<Written, StoreError> {
-        self.append_paced(values, None)
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Written, StoreError> {
+        self.append_paced(records, None)
     }
 
     /// [`Segments::append`], written and synced [`PACE_CHUNK`] at a time with `pace` called
@@ -183,32 +288,43 @@ impl Segments {
     /// fsync issued while megabytes are being synced waits for them in the disk's queue (here a
     /// 200-byte commit went from p99 0.3 ms to 8.9 ms while 4 MiB records were synced); in
     /// chunks, it waits for one chunk at most.
-    pub fn append_paced(&self, values: &[&[u8]], pace: Option<&dyn Fn()>) -> Result<Written, StoreError> {
-        let mut refs = Vec::with_capacity(values.len());
+    pub fn append_paced(&self, records: &[Record<'_>], pace: Option<&dyn Fn()>) -> Result<Written, StoreError> {
+        let mut refs = Vec::with_capacity(records.len());
         let mut to_sync: Vec<Arc<File>> = Vec::new();
         {
             let mut a = self.active.lock().map_err(|_| StoreError::Closed)?;
             let start = (a.id, a.len);
             let result = (|| {
-                for v in values {
+                for r in records {
+                    let klen = u16::try_from(r.key.len())
+                        .map_err(|_| StoreError::Backend("segments: key over 64 KiB".into()))?;
+                    let mut owner = Vec::with_capacity(3 + r.key.len());
+                    owner.push(r.tree.index());
+                    owner.extend_from_slice(&klen.to_be_bytes());
+                    owner.extend_from_slice(r.key);
+                    let total = owner.len() + r.value.len();
                     let len =
-                        u32::try_from(v.len()).map_err(|_| StoreError::Backend("segments: value over 4 GiB".into()))?;
-                    if a.len > FILE_MAGIC.len() as u64 && a.len + RECORD_HEADER + v.len() as u64 > self.max {
+                        u32::try_from(total).map_err(|_| StoreError::Backend("segments: value over 4 GiB".into()))?;
+                    if a.len > FILE_MAGIC.len() as u64 && a.len + RECORD_HEADER + total as u64 > self.max {
                         to_sync.push(a.file.clone());
                         *a = create(&self.dir, a.id + 1)?;
                         self.active_id.store(a.id, Ordering::SeqCst);
                     }
-                    let crc = crc32fast::hash(v);
-                    let mut header = [0u8; RECORD_HEADER as usize];
-                    header[..4].copy_from_slice(&len.to_be_bytes());
-                    header[4..].copy_from_slice(&crc.to_be_bytes());
-                    a.file.write_all_at(&header, a.len).map_err(full_or("append"))?;
-                    let body = a.len + RECORD_HEADER;
+                    let mut hasher = crc32fast::Hasher::new();
+                    hasher.update(&owner);
+                    hasher.update(r.value);
+                    let crc = hasher.finalize();
+                    let mut head = Vec::with_capacity(RECORD_HEADER as usize + owner.len());
+                    head.extend_from_slice(&len.to_be_bytes());
+                    head.extend_from_slice(&crc.to_be_bytes());
+                    head.extend_from_slice(&owner);
+                    a.file.write_all_at(&head, a.len).map_err(full_or("append"))?;
+                    let body = a.len + head.len() as u64;
                     match pace {
-                        None => a.file.write_all_at(v, body).map_err(full_or("append"))?,
+                        None => a.file.write_all_at(r.value, body).map_err(full_or("append"))?,
                         Some(pace) => {
-                            let chunks = v.len().div_ceil(PACE_CHUNK);
-                            for (i, chunk) in v.chunks(PACE_CHUNK).enumerate() {
+                            let chunks = r.value.len().div_ceil(PACE_CHUNK);
+                            for (i, chunk) in r.value.chunks(PACE_CHUNK).enumerate() {
                                 a.file
                                     .write_all_at(chunk, body + (i * PACE_CHUNK) as u64)
                                     .map_err(full_or("append"))?;
@@ -219,8 +335,8 @@ impl Segments {
                             }
                         }
                     }
-                    refs.push(BlobRef { segment: a.id, offset: a.len, len, crc });
-                    a.len = body + v.len() as u64;
+                    refs.push(BlobRef { stream: self.stream, segment: a.id, offset: a.len, len, crc });
+                    a.len = body + r.value.len() as u64;
                 }
                 Ok(())
             })();
@@ -247,11 +363,11 @@ impl Segments {
 
     /// The value `r` points to, checked against its length and checksum.
     pub fn read(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
-        let file = self.reader(r.segment)?;
+        let (file, version) = self.reader(r.segment)?;
         let corrupt = |reason: String| StoreError::Corrupt { tree: "segments", reason };
+        let at = |e: std::io::Error| corrupt(format!("segment {:x} at {}: {e}", r.segment, r.offset));
         let mut header = [0u8; RECORD_HEADER as usize];
-        file.read_exact_at(&mut header, r.offset)
-            .map_err(|e| corrupt(format!("segment {:x} at {}: {e}", r.segment, r.offset)))?;
+        file.read_exact_at(&mut header, r.offset).map_err(at)?;
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         if len != r.len || crc != r.crc {
@@ -260,39 +376,119 @@ impl Segments {
                 r.segment, r.offset
             )));
         }
-        let mut v = vec![0; len as usize];
-        file.read_exact_at(&mut v, r.offset + RECORD_HEADER)
-            .map_err(|e| corrupt(format!("segment {:x} at {}: {e}", r.segment, r.offset)))?;
-        if crc32fast::hash(&v) != crc {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut from = r.offset + RECORD_HEADER;
+        let mut value_len = len as usize;
+        if version == 2 {
+            let mut owner = [0u8; 3];
+            file.read_exact_at(&mut owner, from).map_err(at)?;
+            let klen = u16::from_be_bytes([owner[1], owner[2]]) as usize;
+            let mut key = vec![0; klen];
+            file.read_exact_at(&mut key, from + 3).map_err(at)?;
+            value_len = value_len
+                .checked_sub(3 + klen)
+                .ok_or_else(|| corrupt(format!("segment {:x} at {}: owner past the record", r.segment, r.offset)))?;
+            hasher.update(&owner);
+            hasher.update(&key);
+            from += 3 + klen as u64;
+        }
+        let mut v = vec![0; value_len];
+        file.read_exact_at(&mut v, from).map_err(at)?;
+        hasher.update(&v);
+        if hasher.finalize() != crc {
             return Err(corrupt(format!("segment {:x} at {}: checksum mismatch", r.segment, r.offset)));
         }
         Ok(v)
     }
 
-    /// Deletes the segments no reference in `live` points into, except the newest and those
-    /// with records not yet committed. Returns the ids deleted. The caller must hold every
-    /// commit off while it collects `live` and calls this (the store's writer thread does).
-    pub fn reclaim(&self, live: &BTreeSet<u64>) -> Result<Vec<u64>, StoreError> {
+    /// The owners of segment `id`'s records: (offset, tree, key); `None` for a segment of the
+    /// first format, whose records do not say.
+    fn owners(&self, id: u64) -> Result<Option<Vec<Owner>>, StoreError> {
+        let (file, version) = self.reader(id)?;
+        if version != 2 {
+            return Ok(None);
+        }
+        let total = file.metadata().map_err(|e| io("read a segment's length", e))?.len();
+        let mut owners = Vec::new();
+        let mut at = FILE_MAGIC.len() as u64;
+        let mut head = [0u8; RECORD_HEADER as usize + 3];
+        while at + head.len() as u64 <= total {
+            file.read_exact_at(&mut head, at).map_err(|e| io("read a record's owner", e))?;
+            let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            let klen = u16::from_be_bytes([head[9], head[10]]) as usize;
+            let mut key = vec![0; klen];
+            file.read_exact_at(&mut key, at + head.len() as u64).map_err(|e| io("read a record's owner", e))?;
+            if let Some(tree) = Tree::from_index(head[8]) {
+                owners.push((at, tree, key));
+            }
+            at += RECORD_HEADER + len;
+        }
+        Ok(Some(owners))
+    }
+
+    /// Deletes the segments among `only` (every one if `None`) that no stored reference points
+    /// into; the newest, and those with records not yet committed, are left for later. Safe
+    /// while commits go on (see the module doc), but not after a failed batch, whose undo may
+    /// have failed too: the caller waits until a batch has been flushed again.
+    pub fn reclaim(&self, backend: &dyn Backend, only: Option<&BTreeSet<u64>>) -> Result<Reclaimed, StoreError> {
         // Read first: a segment created from here on (by an append rotating) has a higher id and
         // is left alone, though no reference and no outstanding record shows it yet.
         let active = self.active_id.load(Ordering::SeqCst);
         let outstanding: BTreeSet<u64> =
             self.outstanding.lock().map_err(|_| StoreError::Closed)?.keys().copied().collect();
-        let mut gone = Vec::new();
-        for id in list(&self.dir)? {
-            if id >= active || live.contains(&id) || outstanding.contains(&id) {
+        let ids = list(&self.dir)?;
+        let mut done = Reclaimed::default();
+        let mut legacy: Option<BTreeSet<u64>> = None;
+        for id in ids.into_iter().filter(|id| only.is_none_or(|o| o.contains(id))) {
+            if id >= active || outstanding.contains(&id) {
+                done.later.push(id);
+                continue;
+            }
+            if self.referenced(id, backend, &mut legacy)? {
                 continue;
             }
             if let Ok(mut r) = self.readers.lock() {
                 r.remove(&id);
             }
-            std::fs::remove_file(self.dir.join(name(id))).map_err(|e| io("delete a segment", e))?;
-            gone.push(id);
+            match std::fs::remove_file(self.dir.join(name(id))) {
+                Ok(()) => done.gone.push(id),
+                // Another reclaim took it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("delete a segment", e)),
+            }
         }
-        if !gone.is_empty() {
+        if !done.gone.is_empty() {
             sync_dir(&self.dir)?;
         }
-        Ok(gone)
+        Ok(done)
+    }
+
+    /// Whether any stored reference points into segment `id`.
+    fn referenced(
+        &self,
+        id: u64,
+        backend: &dyn Backend,
+        legacy: &mut Option<BTreeSet<u64>>,
+    ) -> Result<bool, StoreError> {
+        match self.owners(id)? {
+            Some(owners) => {
+                for (offset, tree, key) in owners {
+                    let Some(v) = backend.get(tree, &key)? else { continue };
+                    if BlobRef::decode(tree, &v)
+                        .is_some_and(|r| r.stream == self.stream && r.segment == id && r.offset == offset)
+                    {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+            None => {
+                if legacy.is_none() {
+                    *legacy = Some(live_segments(backend, self.stream)?);
+                }
+                Ok(legacy.as_ref().is_some_and(|l| l.contains(&id)))
+            }
+        }
     }
 
     /// Bytes the segment files take.
@@ -305,21 +501,34 @@ impl Segments {
             .sum()
     }
 
-    fn reader(&self, id: u64) -> Result<Arc<File>, StoreError> {
+    fn reader(&self, id: u64) -> Result<(Arc<File>, u8), StoreError> {
         let mut readers = self.readers.lock().map_err(|_| StoreError::Closed)?;
         if let Some(f) = readers.get(&id) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(self.dir.join(name(id))).map_err(|e| StoreError::Corrupt {
+        let missing = |e: std::io::Error| StoreError::Corrupt {
             tree: "segments",
             reason: format!("segment {id:x} referenced but missing: {e}"),
-        })?);
+        };
+        let f = Arc::new(File::open(self.dir.join(name(id))).map_err(missing)?);
+        let mut magic = [0u8; 8];
+        f.read_exact_at(&mut magic, 0).map_err(missing)?;
+        let version = match &magic {
+            m if m == FILE_MAGIC => 2,
+            m if m == FILE_MAGIC_1 => 1,
+            _ => {
+                return Err(StoreError::Corrupt {
+                    tree: "segments",
+                    reason: format!("segment {id:x}: not a segment of a format this build reads"),
+                })
+            }
+        };
         // A handful of segments are read at once; keep the handles bounded.
         if readers.len() >= 64 {
             readers.clear();
         }
-        readers.insert(id, f.clone());
-        Ok(f)
+        readers.insert(id, (f.clone(), version));
+        Ok((f, version))
     }
 }
 
@@ -369,14 +578,19 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Reads a segment through and cuts it after its last whole, valid record (a torn tail: a write
-/// that a crash cut short, never referenced). Returns its length.
-fn recover(file: &File) -> std::io::Result<u64> {
+/// that a crash cut short, never referenced). Returns its length and its format (1 or 2).
+fn recover(file: &File) -> std::io::Result<(u64, u8)> {
     let total = file.metadata()?.len();
     let mut f = file;
     f.seek(SeekFrom::Start(0))?;
     let mut magic = [0u8; 8];
-    let header_ok = total >= 8 && f.read_exact(&mut magic).is_ok() && &magic == FILE_MAGIC;
-    if !header_ok {
+    let read = total >= 8 && f.read_exact(&mut magic).is_ok();
+    let version = match &magic {
+        m if read && m == FILE_MAGIC => 2,
+        m if read && m == FILE_MAGIC_1 => 1,
+        _ => 0,
+    };
+    if version == 0 {
         if total > FILE_MAGIC.len() as u64 {
             // The header is synced before any record: a file with more than a header and not
             // this one is another format or damaged, and nothing of it is destroyed here.
@@ -386,7 +600,7 @@ fn recover(file: &File) -> std::io::Result<u64> {
         file.set_len(0)?;
         file.write_all_at(FILE_MAGIC, 0)?;
         file.sync_all()?;
-        return Ok(FILE_MAGIC.len() as u64);
+        return Ok((FILE_MAGIC.len() as u64, 2));
     }
     let mut at = FILE_MAGIC.len() as u64;
     let mut buf = Vec::new();
@@ -416,75 +630,85 @@ fn recover(file: &File) -> std::io::Result<u64> {
         file.set_len(at)?;
         file.sync_all()?;
     }
-    Ok(at)
+    Ok((at, version))
 }
 
-/// Two sets of segment files: what this node sent (sealed copies, receipts received) and what
-/// it received (packets' evidence, receipts issued). Kept apart so that a received packet's
-/// bytes leave the disk when retention deletes it and its neighbours, and not only when the
-/// copies this node sent at the same time are gone too.
+/// The segment files of one store, one set per [`Stream`].
 pub struct Streams {
-    pub(super) sent: Segments,
-    pub(super) received: Segments,
+    sets: [Segments; 3],
 }
 
 impl Streams {
-    /// Opens `dir/sent` and `dir/received`.
+    /// Opens `dir/sealed`, `dir/sent` and `dir/received`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { sent: Segments::open(&dir.join("sent"))?, received: Segments::open(&dir.join("received"))? })
+        let open = |s: Stream| Segments::open(&dir.join(s.dir()), s);
+        Ok(Self { sets: [open(Stream::Sealed)?, open(Stream::Sent)?, open(Stream::Received)?] })
     }
 
-    /// The segments of `tree`'s large values.
-    pub(super) fn of(&self, tree: Tree) -> &Segments {
-        match tree {
-            Tree::Evidence | Tree::Issued => &self.received,
-            _ => &self.sent,
-        }
+    /// The segments of `stream`.
+    pub(super) fn get(&self, stream: Stream) -> &Segments {
+        &self.sets[stream as usize]
+    }
+
+    /// The value a reference points to.
+    pub(super) fn read(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
+        self.get(r.stream).read(r)
     }
 
     pub(super) fn bytes(&self) -> u64 {
-        self.sent.bytes() + self.received.bytes()
+        self.sets.iter().map(Segments::bytes).sum()
     }
 
-    /// Deletes what no stored reference points into (see [`Segments::reclaim`]).
-    pub(super) fn reclaim(&self, backend: &dyn Backend) -> Result<Vec<u64>, StoreError> {
-        let mut gone = self.sent.reclaim(&live_segments(backend, &[Tree::Sealed, Tree::Receipts])?)?;
-        gone.extend(self.received.reclaim(&live_segments(backend, &[Tree::Evidence, Tree::Issued])?)?);
-        Ok(gone)
+    /// Deletes what no stored reference points into (see [`Segments::reclaim`]): among `only`
+    /// (stream, segment), or everywhere if `None`.
+    pub(super) fn reclaim(
+        &self,
+        backend: &dyn Backend,
+        only: Option<&BTreeSet<(Stream, u64)>>,
+    ) -> Result<Vec<(Stream, Reclaimed)>, StoreError> {
+        let mut done = Vec::new();
+        for set in &self.sets {
+            let mine: Option<BTreeSet<u64>> =
+                only.map(|o| o.iter().filter(|(s, _)| *s == set.stream).map(|(_, id)| *id).collect());
+            if mine.as_ref().is_some_and(BTreeSet::is_empty) {
+                continue;
+            }
+            done.push((set.stream, set.reclaim(backend, mine.as_ref())?));
+        }
+        Ok(done)
     }
 }
 
-/// The trees whose values may be large (sealed copies, received packets, signed receipts), and
-/// may therefore live in the segment files.
+/// The trees whose values may be large (sealed copies, signed packets sent, received packets,
+/// signed receipts), and may therefore live in the segment files.
 pub(super) fn holds_large(tree: Tree) -> bool {
-    matches!(tree, Tree::Sealed | Tree::Evidence | Tree::Receipts | Tree::Issued)
+    matches!(tree, Tree::Sealed | Tree::Sent | Tree::Evidence | Tree::Receipts | Tree::Issued)
 }
 
-/// A value taken out of a commit for the segments: (index of its op, its tree, the value).
-pub(super) type Large = (usize, Tree, Vec<u8>);
+/// A value taken out of a commit for the segments: (index of its op, its tree, its key, the
+/// value).
+pub(super) type Large = (usize, Tree, Vec<u8>, Vec<u8>);
 
 /// Takes the values that go to segments out of `ops`.
 pub(super) fn take_large(mut ops: Vec<Op>) -> (Vec<Op>, Vec<Large>) {
     let mut large = Vec::new();
     for (i, op) in ops.iter_mut().enumerate() {
-        if let Op::Put(t, _, v) = op {
+        if let Op::Put(t, k, v) = op {
             if holds_large(*t) && v.len() >= BLOB_MIN {
-                large.push((i, *t, std::mem::take(v)));
+                large.push((i, *t, k.clone(), std::mem::take(v)));
             }
         }
     }
     (ops, large)
 }
 
-/// The segments the stored references point into (read on the writer thread, between batches).
-pub(super) fn live_segments(
-    backend: &dyn Backend,
-    trees: &[Tree],
-) -> Result<std::collections::BTreeSet<u64>, StoreError> {
-    let mut live = std::collections::BTreeSet::new();
-    for &tree in trees {
+/// The segments of `stream` the stored references point into, found by reading every tree that
+/// may hold one (for segments of the first format only, whose records do not name their owner).
+fn live_segments(backend: &dyn Backend, stream: Stream) -> Result<BTreeSet<u64>, StoreError> {
+    let mut live = BTreeSet::new();
+    for tree in Tree::ALL.into_iter().filter(|t| holds_large(*t)) {
         backend.visit(tree, &mut |_, v| {
-            if let Some(r) = BlobRef::decode(v) {
+            if let Some(r) = BlobRef::decode(tree, v).filter(|r| r.stream == stream) {
                 live.insert(r.segment);
             }
         })?;
@@ -495,25 +719,83 @@ pub(super) fn live_segments(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryBackend;
+
+    fn rec(value: &[u8]) -> Record<'_> {
+        Record { tree: Tree::Evidence, key: b"key", value }
+    }
+
+    fn open(dir: &Path) -> Segments {
+        Segments::open(dir, Stream::Received).unwrap()
+    }
 
     #[test]
     fn values_round_trip_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let a = vec![1u8; 100_000];
         let b = vec![2u8; 5];
-        let w = s.append(&[&a, &b]).unwrap();
+        let w = s.append(&[rec(&a), rec(&b)]).unwrap();
         let refs = w.refs().to_vec();
         drop(w);
         assert_eq!(s.read(&refs[0]).unwrap(), a);
         assert_eq!(s.read(&refs[1]).unwrap(), b);
-        assert_eq!(BlobRef::decode(&refs[0].encode()), Some(refs[0]));
-        assert_eq!(BlobRef::decode(b"not a reference"), None);
+        assert_eq!(BlobRef::decode(Tree::Evidence, &refs[0].encode()), Some(refs[0]));
+        assert_eq!(BlobRef::decode(Tree::Evidence, b"not a reference"), None);
+        assert_eq!(BlobRef::decode(Tree::Inbox, &refs[0].encode()), None, "no reference outside the large trees");
         drop(s);
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert_eq!(s.read(&refs[1]).unwrap(), b);
-        let c = s.append(&[b"more"]).unwrap().refs()[0];
-        assert_eq!(c.offset, refs[1].offset + RECORD_HEADER + 5, "appended after what was there");
+        let c = s.append(&[rec(b"more")]).unwrap().refs()[0];
+        assert_eq!(c.offset, refs[1].offset + RECORD_HEADER + 3 + 3 + 5, "appended after what was there");
+        assert_eq!(
+            s.owners(1).unwrap().unwrap(),
+            vec![
+                (refs[0].offset, Tree::Evidence, b"key".to_vec()),
+                (refs[1].offset, Tree::Evidence, b"key".to_vec()),
+                (c.offset, Tree::Evidence, b"key".to_vec())
+            ]
+        );
+    }
+
+    /// A reference of store format 4 (`R`) points into the stream its tree's values went to
+    /// then: sealed copies with what was sent.
+    #[test]
+    fn references_of_the_first_format_find_their_stream() {
+        let mut r = BlobRef { stream: Stream::Sealed, segment: 3, offset: 8, len: 20_000, crc: 7 }.encode();
+        r[3] = b'R';
+        assert_eq!(BlobRef::decode(Tree::Sealed, &r).map(|r| r.stream), Some(Stream::Sent));
+        assert_eq!(BlobRef::decode(Tree::Issued, &r).map(|r| r.stream), Some(Stream::Received));
+        r[3] = b'9';
+        assert_eq!(BlobRef::decode(Tree::Sealed, &r), None);
+    }
+
+    /// Segments of the first format (bare values) are read, appended after in a new segment of
+    /// this format, and reclaimed by a scan of the trees.
+    #[test]
+    fn segments_of_the_first_format_are_read_and_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = vec![4u8; 20_000];
+        let mut old = FILE_MAGIC_1.to_vec();
+        old.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        old.extend_from_slice(&crc32fast::hash(&value).to_be_bytes());
+        old.extend_from_slice(&value);
+        std::fs::write(dir.path().join(name(1)), &old).unwrap();
+        std::fs::write(dir.path().join(name(2)), &old).unwrap();
+        let s = Segments::open(dir.path(), Stream::Sent).unwrap();
+        let legacy = |segment| {
+            let mut r = BlobRef { stream: Stream::Sent, segment, offset: 8, len: 20_000, crc: crc32fast::hash(&value) }
+                .encode();
+            r[3] = b'R';
+            r
+        };
+        assert_eq!(s.read(&BlobRef::decode(Tree::Sealed, &legacy(2)).unwrap()).unwrap(), value);
+        let new = s.append(&[Record { tree: Tree::Sent, key: b"k", value: &value }]).unwrap().refs()[0];
+        assert_eq!(new.segment, 3, "not appended to a segment of the first format");
+        let mem = MemoryBackend::default();
+        mem.apply(&[Op::Put(Tree::Sealed, b"a".to_vec(), legacy(2))]).unwrap();
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![1], later: vec![3] });
+        assert_eq!(s.read(&BlobRef::decode(Tree::Sealed, &legacy(2)).unwrap()).unwrap(), value);
     }
 
     /// A segment newer than the one this handle last knew as the newest (created by an append
@@ -521,10 +803,11 @@ mod tests {
     #[test]
     fn a_segment_newer_than_the_newest_known_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let newer = dir.path().join(name(2));
         std::fs::write(&newer, FILE_MAGIC).unwrap();
-        assert_eq!(s.reclaim(&BTreeSet::new()).unwrap(), Vec::<u64>::new());
+        let mem = MemoryBackend::default();
+        assert_eq!(s.reclaim(&mem, None).unwrap().gone, Vec::<u64>::new());
         assert!(newer.exists());
     }
 
@@ -534,19 +817,19 @@ mod tests {
     fn a_segment_of_another_format_is_refused_not_reset() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name(1));
-        std::fs::write(&path, b"LSEG0002 and records after it").unwrap();
-        assert!(Segments::open(dir.path()).is_err());
-        assert_eq!(std::fs::read(&path).unwrap(), b"LSEG0002 and records after it");
+        std::fs::write(&path, b"LSEG0003 and records after it").unwrap();
+        assert!(Segments::open(dir.path(), Stream::Sent).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"LSEG0003 and records after it");
     }
 
     #[test]
     fn a_paced_append_gives_way_between_chunks_and_stores_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let v: Vec<u8> = (0..3 * PACE_CHUNK + 10).map(|i| i as u8).collect();
         let calls = std::cell::Cell::new(0);
         let pace = || calls.set(calls.get() + 1);
-        let r = s.append_paced(&[&v, b"small"], Some(&pace)).unwrap().refs().to_vec();
+        let r = s.append_paced(&[rec(&v), rec(b"small")], Some(&pace)).unwrap().refs().to_vec();
         assert_eq!(calls.get(), 3, "between the chunks of a record (4 chunks, then 1)");
         assert_eq!(s.read(&r[0]).unwrap(), v);
         assert_eq!(s.read(&r[1]).unwrap(), b"small");
@@ -555,46 +838,59 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_at_open_and_what_was_whole_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Segments::open(dir.path()).unwrap();
-        let keep = s.append(&[&[7u8; 1000]]).unwrap().refs()[0];
-        let torn = s.append(&[&[8u8; 1000]]).unwrap().refs()[0];
+        let s = open(dir.path());
+        let keep = s.append(&[rec(&[7u8; 1000])]).unwrap().refs()[0];
+        let torn = s.append(&[rec(&[8u8; 1000])]).unwrap().refs()[0];
         drop(s);
         let path = dir.path().join(name(keep.segment));
         let len = std::fs::metadata(&path).unwrap().len();
         // A write the crash cut short: half of the second record.
         OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 500).unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), torn.offset, "cut after the last whole record");
         assert_eq!(s.read(&keep).unwrap(), vec![7u8; 1000]);
         assert!(matches!(s.read(&torn), Err(StoreError::Corrupt { .. })));
         // A record whose bytes were not all written (a checksum that does not match) is cut too.
-        let bad = s.append(&[&[9u8; 100]]).unwrap().refs()[0];
+        let bad = s.append(&[rec(&[9u8; 100])]).unwrap().refs()[0];
         drop(s);
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xff; 10], bad.offset + RECORD_HEADER + 50).unwrap();
-        let s = Segments::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bad.offset);
         assert_eq!(s.read(&keep).unwrap(), vec![7u8; 1000]);
+        // A damaged owner fails the checksum as well.
+        let other = s.append(&[rec(&[6u8; 100])]).unwrap().refs()[0];
+        f.write_all_at(b"x", other.offset + RECORD_HEADER + 3).unwrap();
+        assert!(matches!(s.read(&other), Err(StoreError::Corrupt { .. })));
     }
 
+    /// A segment goes when none of its records is referenced by its owner any more; never the
+    /// newest, nor one with a record being committed; a key that now points elsewhere does not
+    /// keep the old record alive.
     #[test]
     fn segments_rotate_and_only_dead_ones_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Segments::open_sized(dir.path(), 3000).unwrap();
+        let s = Segments::open_sized(dir.path(), Stream::Received, 3000).unwrap();
+        let mem = MemoryBackend::default();
         let big = vec![3u8; 1500];
-        let r1 = s.append(&[&big]).unwrap().refs()[0];
-        let r2 = s.append(&[&big]).unwrap().refs()[0];
-        let pending = s.append(&[&big]).unwrap();
+        let put = |key: &[u8], r: BlobRef| mem.apply(&[Op::Put(Tree::Evidence, key.to_vec(), r.encode())]).unwrap();
+        let r1 = s.append(&[Record { tree: Tree::Evidence, key: b"a", value: &big }]).unwrap().refs()[0];
+        put(b"a", r1);
+        let r2 = s.append(&[Record { tree: Tree::Evidence, key: b"b", value: &big }]).unwrap().refs()[0];
+        put(b"b", r2);
+        let pending = s.append(&[Record { tree: Tree::Evidence, key: b"c", value: &big }]).unwrap();
         let r3 = pending.refs()[0];
-        let r4 = s.append(&[&big]).unwrap().refs()[0];
+        let r4 = s.append(&[Record { tree: Tree::Evidence, key: b"a", value: &big }]).unwrap().refs()[0];
         assert_eq!((r1.segment, r2.segment, r3.segment, r4.segment), (1, 2, 3, 4));
-        // Nothing references segment 1 or 3; 3 has a record not yet committed, 4 is the newest.
-        let live: BTreeSet<u64> = [2].into();
-        assert_eq!(s.reclaim(&live).unwrap(), vec![1]);
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![], later: vec![3, 4] });
+        // "a" now points to segment 4: nothing refers to 1 any more.
+        put(b"a", r4);
+        assert_eq!(s.reclaim(&mem, Some(&[1, 2].into())).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
         assert_eq!(s.read(&r2).unwrap().len(), big.len());
         drop(pending);
-        assert_eq!(s.reclaim(&live).unwrap(), vec![3]);
-        assert_eq!(s.reclaim(&BTreeSet::new()).unwrap(), vec![2], "never the newest");
+        assert_eq!(s.reclaim(&mem, None).unwrap().gone, vec![3]);
+        mem.apply(&[Op::Delete(Tree::Evidence, b"b".to_vec()), Op::Delete(Tree::Evidence, b"a".to_vec())]).unwrap();
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![2], later: vec![4] }, "never the newest");
         assert!(matches!(s.read(&r1), Err(StoreError::Corrupt { .. })));
         assert_eq!(s.read(&r4).unwrap().len(), big.len());
     }

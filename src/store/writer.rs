@@ -1,10 +1,12 @@
 //! The store's writer thread: group commit, the space check that admits each commit, putting
-//! back what a failed batch overwrote, and reclaiming segment files between batches.
+//! back what a failed batch overwrote, and noting the segments whose references a batch let go
+//! (for [`super::Store::reclaim`]).
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Mutex};
 
-use super::segments::Streams;
+use super::segments::{BlobRef, Stream};
 use super::space::{self, Class, Headroom, SpaceState};
 use super::{audit, encoding, now_ms, Backend, Op, StoreError, Tree, AUDIT_HEAD};
 
@@ -12,8 +14,6 @@ use super::{audit, encoding, now_ms, Backend, Op, StoreError, Tree, AUDIT_HEAD};
 pub(super) enum Job {
     /// Apply and flush these writes (with whatever else is waiting).
     Commit(Commit),
-    /// Delete the segment files nothing refers to (between batches: no commit is half applied).
-    Reclaim(tokio::sync::oneshot::Sender<Result<Vec<u64>, StoreError>>),
 }
 
 /// The writer's state that handles read.
@@ -35,6 +35,9 @@ pub(super) struct Shared {
     /// used by every space check until their commit is answered, so concurrent large commits
     /// cannot each take the same free space.
     pub(super) reserved: AtomicU64,
+    /// Segments a committed batch removed a reference into: perhaps dead now, for
+    /// [`super::Store::reclaim`] to look at.
+    pub(super) candidates: Mutex<BTreeSet<(Stream, u64)>>,
 }
 
 /// Segment bytes counted as used while they are written and committed; given back on drop.
@@ -86,20 +89,14 @@ pub(super) struct Commit {
 /// the failed batch could not write.
 pub(super) fn writer_loop(
     backend: &dyn Backend,
-    segments: Option<&Streams>,
     rx: &mpsc::Receiver<Job>,
     mut head: audit::Head,
     durable: &Mutex<audit::Head>,
     shared: &Shared,
 ) {
     loop {
-        let mut reclaims = Vec::new();
         let first = match rx.recv_timeout(PROBE_EVERY) {
-            Ok(Job::Commit(c)) => Some(c),
-            Ok(Job::Reclaim(reply)) => {
-                reclaims.push(reply);
-                None
-            }
+            Ok(Job::Commit(c)) => c,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Idle after a failed batch: does the disk take a flush again? (Otherwise a node
                 // with nothing to write would look as if every write failed, and be restarted.)
@@ -117,35 +114,16 @@ pub(super) fn writer_loop(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let mut waiting: Vec<Commit> = first.into_iter().collect();
-        while waiting.len() < 4096 && reclaims.is_empty() {
+        let mut waiting = vec![first];
+        while waiting.len() < 4096 {
             match rx.try_recv() {
                 Ok(Job::Commit(c)) => waiting.push(c),
-                Ok(Job::Reclaim(reply)) => reclaims.push(reply),
                 Err(_) => break,
             }
         }
         let batch = admit(backend, shared, waiting);
         if !batch.is_empty() {
             head = write_batch(backend, batch, head, durable, shared);
-        }
-        if !reclaims.is_empty() {
-            let result = match segments {
-                // After a failed batch, what is on disk may differ from what reads show (a
-                // partly durable flush, an undo that failed): nothing is deleted until a batch
-                // has been flushed again.
-                Some(_) if shared.failing_since.load(Ordering::Relaxed) != 0 => Ok(Vec::new()),
-                Some(s) => s.reclaim(backend),
-                None => Ok(Vec::new()),
-            };
-            if let Ok(gone) = &result {
-                if !gone.is_empty() {
-                    tracing::info!(segments = gone.len(), "segment files nothing refers to any more deleted");
-                }
-            }
-            for reply in reclaims {
-                let _ = reply.send(result.clone());
-            }
         }
     }
 }
@@ -176,14 +154,15 @@ pub(super) fn write_batch(
         ops.push(Op::Put(Tree::Meta, AUDIT_HEAD.to_vec(), encoding::to_cbor(&head)));
     }
     shared.busy_since.store(now.max(1), Ordering::Relaxed);
-    let result = undo_log(backend, &ops).and_then(|undo| {
+    let undo = undo_log(backend, &ops);
+    let result = undo.as_ref().map_err(Clone::clone).and_then(|undo| {
         let applied = backend.apply(&ops).and_then(|()| backend.flush());
         if applied.is_err() {
             // Put back what the batch overwrote: reads must not show what was never
             // acknowledged (sled keeps writes whose flush failed in memory), and flush that
             // at once if the disk lets us, so that the failed batch cannot become durable
             // with a later flush either.
-            if backend.apply(&undo).is_ok() {
+            if backend.apply(undo).is_ok() {
                 let _ = backend.flush();
             }
         }
@@ -195,6 +174,17 @@ pub(super) fn write_batch(
             shared.failing_since.store(0, Ordering::Relaxed);
             if let Ok(mut d) = durable.lock() {
                 *d = head;
+            }
+            // What the batch overwrote or deleted, as the undo log read it before: a reference
+            // there let go of its segment.
+            if let (Ok(undo), Ok(mut c)) = (&undo, shared.candidates.lock()) {
+                for op in undo {
+                    if let Op::Put(tree, _, old) = op {
+                        if let Some(r) = BlobRef::decode(*tree, old) {
+                            c.insert((r.stream, r.segment));
+                        }
+                    }
+                }
             }
         }
         Err(_) => {

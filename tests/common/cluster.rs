@@ -578,6 +578,7 @@ pub fn accepted(copy: &[u8], me: &liaison::seal::SealContext) -> liaison::packet
         packet_id: opened.signed.packet.envelope.id,
         received_at: liaison::timestamp::Timestamp::now(),
         sealed_digest: opened.sealed_digest,
+        signed_digest: Some(liaison::encoding::Digest::of(&opened.signed.bytes)),
         outcome: liaison::packet::ReceiptOutcome::Accepted,
         policy: None,
     }
