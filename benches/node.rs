@@ -171,6 +171,24 @@ async fn storage(quick: bool) {
         it_mib / mib as f64,
         es_mib / mib as f64
     );
+    // What each must keep: the signed packets sent (the sender) and received (the receiver),
+    // their receipts, the audit trail. Segment files go once nothing in them is referenced.
+    let gone = it.reclaim_space().await.unwrap() + es.reclaim_space().await.unwrap();
+    let (it_mib, es_mib) = (size("IT-DCSA"), size("ES-UDYCO"));
+    println!(
+        "after reclaiming ({gone} segment files): sender's store {it_mib:.0} MiB ({:.2}x), receiver's {es_mib:.0} MiB ({:.2}x)",
+        it_mib / mib as f64,
+        es_mib / mib as f64
+    );
+    // Past every retention (the demo policies keep 180 or 365 days): what is left is the audit
+    // trail and sled's own files.
+    let later = liaison::node::now_ms() + 400 * 86_400_000;
+    let purged = it.purge_expired(later).await.unwrap() + es.purge_expired(later).await.unwrap();
+    let gone = it.reclaim_space().await.unwrap() + es.reclaim_space().await.unwrap();
+    let (it_mib, es_mib) = (size("IT-DCSA"), size("ES-UDYCO"));
+    println!(
+        "after retention ({purged} records, {gone} segment files): sender's store {it_mib:.0} MiB, receiver's {es_mib:.0} MiB"
+    );
 
     let queued: usize = if quick { 10_000 } else { 100_000 };
     println!("\n-- {queued} copies of 1 KiB queued for ES-UDYCO, which is down");

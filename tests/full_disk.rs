@@ -158,3 +158,25 @@ fn a_full_sender_refuses_with_507_stops_on_sigterm_and_resumes_by_itself() {
     });
     assert_exactly_once(&sent, &c.get("ES-UDYCO").inbox_ids());
 }
+
+/// The sender gives the disk back as copies are delivered: the receipt names the signed packet
+/// it keeps, so the sealed copy is deleted, and its segment file goes (or, the newest, is cut
+/// back) within seconds. Three rounds of 12 MiB: the sealed copies never pile up.
+#[test]
+fn the_sender_gives_back_the_space_of_delivered_copies() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let it = c.get("IT-DCSA");
+    let sealed = it.data_dir.join("segments/sealed");
+    let kept = it.data_dir.join("segments/sent");
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        let ids: Vec<String> = (0..4).map(|i| submitted(it, &routine(round * 4 + i, 3 * MIB as usize))).collect();
+        wait_for("delivered", Duration::from_secs(60), || {
+            ids.iter().all(|id| recipient(it, id)["state"] == "delivered")
+        });
+        wait_for("the sealed copies' space given back", Duration::from_secs(20), || dir_bytes(&sealed) < MIB);
+        sent.extend(ids);
+        assert!(dir_bytes(&kept) >= sent.len() as u64 * 3 * MIB, "the signed packets sent are kept");
+    }
+    assert_exactly_once(&sent, &c.get("ES-UDYCO").inbox_ids());
+}

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How often the space of segment files nothing refers to is given back.
+pub const RECLAIM_EVERY: Duration = Duration::from_secs(2);
+
 /// Records deleted per commit by retention: a commit stays small (one flush, a bounded undo
 /// log) however much has piled up.
 pub const PURGE_BATCH: usize = 1024;
@@ -160,11 +163,6 @@ impl Node {
                     warn!(error = %e, "could not apply the retention rules");
                 }
             }
-            // What receipts and retention deleted gives its segment files back once nothing in
-            // them is referenced any more.
-            if let Err(e) = self.inner.store.reclaim().await {
-                warn!(error = %e, "could not reclaim segment files");
-            }
             rounds += 1;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
@@ -193,6 +191,28 @@ impl Node {
         let sent = self.purge_sent(now).await?;
         let issued = self.purge_issued(now).await?;
         Ok(received + sent + issued)
+    }
+
+    /// Gives back the disk space of segment files every [`RECLAIM_EVERY`]: what receipts
+    /// (delivered sealed copies) and retention deleted, once nothing in a file is referenced.
+    /// Cheap when nothing was deleted (the store keeps the list of segments to look at).
+    pub(super) async fn reclaim_loop(self) {
+        let cancel = self.inner.cancel.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RECLAIM_EVERY) => {}
+                _ = cancel.cancelled() => return,
+            }
+            if let Err(e) = self.inner.store.reclaim().await {
+                warn!(error = %e, "could not reclaim segment files");
+            }
+        }
+    }
+
+    /// Deletes the segment files nothing refers to any more (what [`Node::reclaim_loop`] does
+    /// every [`RECLAIM_EVERY`]). Returns how many went.
+    pub async fn reclaim_space(&self) -> Result<usize, NodeError> {
+        Ok(self.inner.store.reclaim().await?)
     }
 
     /// How long the policy with `peer` keeps what was exchanged with it (ms); `None`: for ever.

@@ -348,6 +348,7 @@ impl Node {
             cancel.cancel();
         });
         node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
+        node.spawn(node.clone().reclaim_loop().instrument(info_span!("reclaim", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.policies().policy(peer).is_none() {

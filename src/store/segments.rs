@@ -427,9 +427,10 @@ impl Segments {
     }
 
     /// Deletes the segments among `only` (every one if `None`) that no stored reference points
-    /// into; the newest, and those with records not yet committed, are left for later. Safe
-    /// while commits go on (see the module doc), but not after a failed batch, whose undo may
-    /// have failed too: the caller waits until a batch has been flushed again.
+    /// into; the newest is cut back to its header instead (appends wait meanwhile), and those
+    /// with records not yet committed are left for later. Safe while commits go on (see the
+    /// module doc), but not after a failed batch, whose undo may have failed too: the caller
+    /// waits until a batch has been flushed again.
     pub fn reclaim(&self, backend: &dyn Backend, only: Option<&BTreeSet<u64>>) -> Result<Reclaimed, StoreError> {
         // Read first: a segment created from here on (by an append rotating) has a higher id and
         // is left alone, though no reference and no outstanding record shows it yet.
@@ -440,7 +441,13 @@ impl Segments {
         let mut done = Reclaimed::default();
         let mut legacy: Option<BTreeSet<u64>> = None;
         for id in ids.into_iter().filter(|id| only.is_none_or(|o| o.contains(id))) {
-            if id >= active || outstanding.contains(&id) {
+            if id == active {
+                if !self.cut_newest_if_dead(id, backend, &mut legacy)? {
+                    done.later.push(id);
+                }
+                continue;
+            }
+            if id > active || outstanding.contains(&id) {
                 done.later.push(id);
                 continue;
             }
@@ -461,6 +468,37 @@ impl Segments {
             sync_dir(&self.dir)?;
         }
         Ok(done)
+    }
+
+    /// Cuts the newest segment `id` back to its header if none of its records is referenced or
+    /// being committed (under the append lock: nothing is added meanwhile). Returns whether it
+    /// is settled: cut, empty, or referenced (a reference to it only goes away with a later
+    /// batch, which makes it a candidate again); `false` if it must be looked at later.
+    fn cut_newest_if_dead(
+        &self,
+        id: u64,
+        backend: &dyn Backend,
+        legacy: &mut Option<BTreeSet<u64>>,
+    ) -> Result<bool, StoreError> {
+        let mut a = self.active.lock().map_err(|_| StoreError::Closed)?;
+        if a.id != id {
+            // It rotated meanwhile: an older segment now, for the next reclaim.
+            return Ok(false);
+        }
+        if a.len <= FILE_MAGIC.len() as u64 {
+            return Ok(true);
+        }
+        if self.outstanding.lock().map_err(|_| StoreError::Closed)?.contains_key(&id) {
+            return Ok(false);
+        }
+        if self.referenced(id, backend, legacy)? {
+            return Ok(true);
+        }
+        let header = FILE_MAGIC.len() as u64;
+        a.file.set_len(header).and_then(|()| a.file.sync_all()).map_err(|e| io("cut the newest segment", e))?;
+        tracing::debug!(segment = id, freed = a.len - header, "the newest segment held nothing referenced: cut back");
+        a.len = header;
+        Ok(true)
     }
 
     /// Whether any stored reference points into segment `id`.
@@ -794,7 +832,8 @@ mod tests {
         assert_eq!(new.segment, 3, "not appended to a segment of the first format");
         let mem = MemoryBackend::default();
         mem.apply(&[Op::Put(Tree::Sealed, b"a".to_vec(), legacy(2))]).unwrap();
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![1], later: vec![3] });
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
+        assert!(s.read(&new).is_err(), "the newest held nothing referenced: cut back");
         assert_eq!(s.read(&BlobRef::decode(Tree::Sealed, &legacy(2)).unwrap()).unwrap(), value);
     }
 
@@ -864,9 +903,9 @@ mod tests {
         assert!(matches!(s.read(&other), Err(StoreError::Corrupt { .. })));
     }
 
-    /// A segment goes when none of its records is referenced by its owner any more; never the
-    /// newest, nor one with a record being committed; a key that now points elsewhere does not
-    /// keep the old record alive.
+    /// A segment goes when none of its records is referenced by its owner any more; one with a
+    /// record being committed stays; the newest, dead, is cut back to its header and appended to
+    /// again; a key that now points elsewhere does not keep the old record alive.
     #[test]
     fn segments_rotate_and_only_dead_ones_are_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
@@ -874,24 +913,36 @@ mod tests {
         let mem = MemoryBackend::default();
         let big = vec![3u8; 1500];
         let put = |key: &[u8], r: BlobRef| mem.apply(&[Op::Put(Tree::Evidence, key.to_vec(), r.encode())]).unwrap();
-        let r1 = s.append(&[Record { tree: Tree::Evidence, key: b"a", value: &big }]).unwrap().refs()[0];
+        let append = |key: &'static [u8]| s.append(&[Record { tree: Tree::Evidence, key, value: &big }]).unwrap();
+        let r1 = append(b"a").refs()[0];
         put(b"a", r1);
-        let r2 = s.append(&[Record { tree: Tree::Evidence, key: b"b", value: &big }]).unwrap().refs()[0];
+        let r2 = append(b"b").refs()[0];
         put(b"b", r2);
-        let pending = s.append(&[Record { tree: Tree::Evidence, key: b"c", value: &big }]).unwrap();
+        let pending = append(b"c");
         let r3 = pending.refs()[0];
-        let r4 = s.append(&[Record { tree: Tree::Evidence, key: b"a", value: &big }]).unwrap().refs()[0];
+        let r4 = append(b"d").refs()[0];
+        put(b"d", r4);
         assert_eq!((r1.segment, r2.segment, r3.segment, r4.segment), (1, 2, 3, 4));
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![], later: vec![3, 4] });
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![], later: vec![3] });
         // "a" now points to segment 4: nothing refers to 1 any more.
         put(b"a", r4);
         assert_eq!(s.reclaim(&mem, Some(&[1, 2].into())).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
         assert_eq!(s.read(&r2).unwrap().len(), big.len());
         drop(pending);
-        assert_eq!(s.reclaim(&mem, None).unwrap().gone, vec![3]);
-        mem.apply(&[Op::Delete(Tree::Evidence, b"b".to_vec()), Op::Delete(Tree::Evidence, b"a".to_vec())]).unwrap();
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![2], later: vec![4] }, "never the newest");
+        assert_eq!(s.reclaim(&mem, None).unwrap().gone, vec![3], "its commit never came");
+        mem.apply(&[
+            Op::Delete(Tree::Evidence, b"a".to_vec()),
+            Op::Delete(Tree::Evidence, b"b".to_vec()),
+            Op::Delete(Tree::Evidence, b"d".to_vec()),
+        ])
+        .unwrap();
+        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![2], later: vec![] });
+        let newest = dir.path().join(name(4));
+        assert_eq!(std::fs::metadata(&newest).unwrap().len(), FILE_MAGIC.len() as u64, "the newest, cut back");
         assert!(matches!(s.read(&r1), Err(StoreError::Corrupt { .. })));
-        assert_eq!(s.read(&r4).unwrap().len(), big.len());
+        assert!(matches!(s.read(&r4), Err(StoreError::Corrupt { .. })));
+        let r5 = append(b"e").refs()[0];
+        assert_eq!((r5.segment, r5.offset), (4, FILE_MAGIC.len() as u64));
+        assert_eq!(s.read(&r5).unwrap(), big);
     }
 }

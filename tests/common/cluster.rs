@@ -148,7 +148,7 @@ pub fn rss_of(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn dir_bytes(p: &Path) -> u64 {
+pub fn dir_bytes(p: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(p) else { return 0 };
     rd.filter_map(Result::ok)
         .map(|e| {
