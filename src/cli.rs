@@ -868,7 +868,7 @@ fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
     loop {
         for p in called(client.inbox())? {
             // A packet is its id and its sender (two partners may have used one id).
-            if !seen.insert((p.id, p.from.clone())) {
+            if !seen.insert((p.id, p.from)) {
                 continue;
             }
             if api.json {

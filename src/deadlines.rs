@@ -172,7 +172,7 @@ impl Deadlines {
                 d.clarifications.insert(c, x.request);
             }
             d.requests.insert(x.request);
-            d.by_key.insert((x.request, x.counterpart.clone()), x);
+            d.by_key.insert((x.request, x.counterpart), x);
         }
         d
     }
@@ -248,14 +248,14 @@ impl Deadlines {
                     // Counted from when this node stored it, whatever the sender's clock says.
                     Flow::Received => (Role::Answer, now.saturating_add(window), Some(millis(due))),
                 };
-                let key = (e.id, counterpart.clone());
+                let key = (e.id, *counterpart);
                 if self.current(staged, &key).is_some() {
                     return; // a retransmission
                 }
                 let d = Deadline {
                     request: e.id,
                     role,
-                    counterpart: counterpart.clone(),
+                    counterpart: *counterpart,
                     due_by,
                     window,
                     paused: None,
@@ -352,7 +352,7 @@ impl Deadlines {
         f: impl FnOnce(&mut Deadline),
     ) -> bool {
         let Some(request) = request else { return false };
-        let key = (request, counterpart.clone());
+        let key = (request, *counterpart);
         let Some(mut d) = self.current(staged, &key) else { return false };
         if d.role != role {
             return false;
@@ -369,7 +369,7 @@ impl Deadlines {
     /// Forgets the deadline of `request` towards `counterpart` (deleted from the store with the
     /// request, past its retention).
     pub fn forget(&mut self, request: PacketId, counterpart: &NodeId) {
-        self.by_key.remove(&(request, counterpart.clone()));
+        self.by_key.remove(&(request, *counterpart));
         if !self.by_key.keys().any(|(r, _)| *r == request) {
             self.requests.remove(&request);
         }
@@ -378,13 +378,13 @@ impl Deadlines {
 
     /// The deadline of `request` towards `counterpart`.
     pub fn get(&self, request: PacketId, counterpart: &NodeId) -> Option<&Deadline> {
-        self.by_key.get(&(request, counterpart.clone()))
+        self.by_key.get(&(request, *counterpart))
     }
 
     /// Every deadline of `request` (one per counterpart).
     pub fn of(&self, request: PacketId) -> Vec<&Deadline> {
         let mut v: Vec<&Deadline> = self.by_key.values().filter(|d| d.request == request).collect();
-        v.sort_by(|a, b| a.counterpart.cmp(&b.counterpart));
+        v.sort_by_key(|a| a.counterpart);
         v
     }
 

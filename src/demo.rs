@@ -150,7 +150,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     wait_for("both receipts", Duration::from_secs(30), || {
         let Ok(s) = api("CO-DIJIN").and_then(|c| c.status(id).map_err(|e| e.to_string())) else { return false };
         for r in &s.recipients {
-            if r.state == DeliveryState::Delivered && shown.insert(r.node.clone()) {
+            if r.state == DeliveryState::Delivered && shown.insert(r.node) {
                 let _ = writeln!(
                     out,
                     "   RECEIPT from {:<9} verified: stored at {} {}  ({} ms after submit)",

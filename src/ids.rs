@@ -66,19 +66,47 @@ impl FromStr for CountryCode {
     }
 }
 
-/// A node's identity in the federation: `IT-DCSA`, `ES-UDYCO`, `CO-DIJIN`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeId(String);
+/// A node's identity in the federation: `IT-DCSA`, `ES-UDYCO`, `CO-DIJIN`. Kept inline (at
+/// most [`NODE_ID_MAX`] ASCII bytes): it is in every outbox entry and index, and a copy costs
+/// no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId {
+    len: u8,
+    /// The id's bytes, zero after `len` (so derived equality and hashing are the text's).
+    bytes: [u8; NODE_ID_MAX],
+}
+
+/// The longest node id: a country code, a hyphen, 2 to 16 letters or digits.
+pub const NODE_ID_MAX: usize = 19;
 
 impl NodeId {
     /// The node id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Invariant: parsing took ASCII only.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
     /// The country the node belongs to.
     pub fn country(&self) -> CountryCode {
         // Invariant: parsing checked the first two characters are a country code.
-        CountryCode::from_str(&self.0[..2]).unwrap_or(CountryCode(*b"EU"))
+        CountryCode::from_str(&self.as_str()[..2]).unwrap_or(CountryCode(*b"EU"))
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NodeId").field(&self.as_str()).finish()
+    }
+}
+
+impl Ord for NodeId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -93,7 +121,9 @@ impl FromStr for NodeId {
         if !ok_unit {
             return Err(err());
         }
-        Ok(Self(s.to_owned()))
+        let mut bytes = [0; NODE_ID_MAX];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(Self { len: s.len() as u8, bytes })
     }
 }
 

@@ -247,7 +247,7 @@ impl NodeKeys {
         let public = PublicKeys {
             signing_kid: KeyId::derive(&node, KeyUse::Signing, vk.as_bytes()),
             encryption_kid: KeyId::derive(&node, KeyUse::Encryption, ek.as_bytes()),
-            node: node.clone(),
+            node,
             signing: vk,
             encryption: ek,
         };
@@ -282,7 +282,7 @@ impl NodeKeys {
             }
         }
         let secret = |algorithm: &str, bytes: &[u8]| {
-            let body = SecretFile { node: self.node.clone(), algorithm: algorithm.into(), secret: hex(bytes) };
+            let body = SecretFile { node: self.node, algorithm: algorithm.into(), secret: hex(bytes) };
             let text = toml::to_string(&body).unwrap_or_default();
             Zeroizing::new(format!(
                 "# liaison SECRET key of node {}. Never share or commit this file; keep it mode 0600.\n{text}",
@@ -303,7 +303,7 @@ impl NodeKeys {
         let [s, e, p] = key_file_names(node).map(|n| dir.join(n));
         let signing = read_secret(&s, node, "ed25519")?;
         let encryption = read_secret(&e, node, "x25519")?;
-        let keys = Self::from_secret_bytes(node.clone(), &signing, *encryption);
+        let keys = Self::from_secret_bytes(*node, &signing, *encryption);
         if p.exists() {
             let public = PublicKeys::load(&p)?;
             if public != keys.public {
@@ -426,7 +426,7 @@ impl Keyring {
         let keys = Arc::new(keys);
         self.by_kid.insert(keys.signing_kid.as_bytes().to_vec(), keys.clone());
         self.by_kid.insert(keys.encryption_kid.as_bytes().to_vec(), keys.clone());
-        self.by_node.insert(keys.node.clone(), keys);
+        self.by_node.insert(keys.node, keys);
         Ok(())
     }
 

@@ -146,7 +146,7 @@ pub fn unwrap(
     })?;
     let p = &original.packet;
     if &p.envelope.originator.node == forwarder {
-        return Err(OnwardError::NotAForward(forwarder.clone()));
+        return Err(OnwardError::NotAForward(*forwarder));
     }
     if p.packet_type() == PacketType::Forward || p.packet_type().is_system() {
         return Err(OnwardError::OriginalInvalid(format!("a {} cannot be passed on", p.packet_type())));
@@ -200,7 +200,7 @@ mod tests {
         }
         let original = Packet::from_json(include_str!("../schemas/examples/information-request.json")).unwrap();
         let mut consent = Packet::from_json(include_str!("../schemas/examples/onward-consent.json")).unwrap();
-        consent.envelope.originator.node = original.envelope.originator.node.clone();
+        consent.envelope.originator.node = original.envelope.originator.node;
         consent.envelope.recipients = vec!["CO-DIJIN".parse().unwrap()];
         consent.envelope.in_reply_to = Some(original.envelope.id);
         let until = consent.envelope.expires;

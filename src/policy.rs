@@ -637,7 +637,7 @@ pub struct Verdict {
 impl PolicyBook {
     /// A book with these policies.
     pub fn new(policies: impl IntoIterator<Item = Policy>) -> Self {
-        Self { policies: policies.into_iter().map(|p| (p.partner.clone(), p)).collect(), buckets: Mutex::default() }
+        Self { policies: policies.into_iter().map(|p| (p.partner, p)).collect(), buckets: Mutex::default() }
     }
 
     /// The policy for `partner`.
@@ -670,7 +670,7 @@ impl PolicyBook {
             let rules = policy.rules(direction);
             let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let bucket = buckets
-                .entry((partner.clone(), direction.as_str()))
+                .entry((*partner, direction.as_str()))
                 .or_insert_with(|| crate::limits::TokenBucket::new(rules.max_packets_per_minute, now));
             if bucket.take(rules.max_packets_per_minute, now).is_some() {
                 verdict.decision = Decision::Deny(Denial::new(

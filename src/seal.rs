@@ -396,10 +396,7 @@ impl SealContext {
     ) -> Result<SignedPacket, SealError> {
         let me = self.keys.node();
         if &packet.envelope.originator.node != me {
-            return Err(SealError::NotOriginator {
-                originator: packet.envelope.originator.node.clone(),
-                me: me.clone(),
-            });
+            return Err(SealError::NotOriginator { originator: packet.envelope.originator.node, me: *me });
         }
         let kid = self.keys.public().signing_kid.clone();
         let protected = HeaderBuilder::new()
@@ -435,14 +432,13 @@ impl SealContext {
     ) -> Result<Sealed, SealError> {
         let env = &signed.packet.envelope;
         if !env.recipients.contains(recipient) {
-            return Err(SealError::NotARecipient(recipient.clone()));
+            return Err(SealError::NotARecipient(*recipient));
         }
-        let peer = self.keyring.node(recipient).ok_or_else(|| SealError::UnknownRecipient(recipient.clone()))?;
-        let shared =
-            self.pairwise.get(peer.encryption_kid.as_bytes()).ok_or_else(|| SealError::WeakKey(recipient.clone()))?;
+        let peer = self.keyring.node(recipient).ok_or(SealError::UnknownRecipient(*recipient))?;
+        let shared = self.pairwise.get(peer.encryption_kid.as_bytes()).ok_or(SealError::WeakKey(*recipient))?;
         let route = RouteHeader {
-            sender: self.keys.node().clone(),
-            recipient: recipient.clone(),
+            sender: *self.keys.node(),
+            recipient: *recipient,
             packet_id: env.id,
             priority: env.priority,
             expires: env.expires,
@@ -499,7 +495,7 @@ impl SealContext {
         let route = route_of(&enc)?;
         let me = self.keys.node();
         if &route.recipient != me {
-            return Err(OpenError::NotForMe { recipient: route.recipient, me: me.clone() });
+            return Err(OpenError::NotForMe { recipient: route.recipient, me: *me });
         }
         let [recipient] = enc.recipients.as_slice() else {
             return Err(malformed(Layer::Encrypted, format!("expected one recipient, found {}", enc.recipients.len())));

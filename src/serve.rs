@@ -69,7 +69,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     let keyring = Keyring::load(&s.keyring)?;
     for p in &s.partners {
         if keyring.node(&p.id).is_none() {
-            return Err(ServeError::PartnerWithoutKeys(p.id.clone()));
+            return Err(ServeError::PartnerWithoutKeys(p.id));
         }
     }
     let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
@@ -82,7 +82,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         listen: s.listen,
         socket: None,
         store,
-        partners: s.partners.iter().map(|p| Partner { node: p.id.clone(), addr: p.addr }).collect(),
+        partners: s.partners.iter().map(|p| Partner { node: p.id, addr: p.addr }).collect(),
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
         limits: s.limits,

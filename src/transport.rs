@@ -356,7 +356,7 @@ pub fn identify_certificate<'a>(
         })
         .collect();
     match matches.as_slice() {
-        [one] => Ok((*one).clone()),
+        [one] => Ok(*(*one)),
         [] => Err(TransportError::NotEnrolled("names no enrolled partner".into())),
         many => Err(TransportError::NotEnrolled(format!(
             "names several nodes ({}); a node certificate must name one",

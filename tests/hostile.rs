@@ -263,8 +263,8 @@ async fn system_packets_follow_the_receive_rules() {
     let mut chatty = ack("Officer B");
     chatty.envelope.purpose = Some("Anything at all, in free text".parse().unwrap());
     let mut consent = Packet::from_json(&common::example_json("onward-consent.json").to_string()).unwrap();
-    consent.envelope.originator.node = co.clone();
-    consent.envelope.recipients = vec![it.clone()];
+    consent.envelope.originator.node = co;
+    consent.envelope.recipients = vec![it];
     consent.envelope.classification = liaison::markings::Classification::EuConfidential;
     let shapes: Vec<Vec<u8>> =
         [confidential, chatty, consent].iter().map(|p| forged("CO-DIJIN", "IT-DCSA", p)).collect();

@@ -784,7 +784,7 @@ async fn shutdown_joins_every_task_and_closes_the_store() {
     let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO", "CO-DIJIN"]);
     let id = it.submit(&p).await.unwrap().id;
     until("delivered to ES", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let key = it.id().clone();
+    let key = *it.id();
     tokio::time::timeout(Duration::from_secs(30), it.shutdown()).await.expect("shutdown hung");
     assert!(matches!(store.commit_blocking(vec![]), Err(liaison::store::StoreError::Closed)), "the store is closed");
     let head = store.audit_head().unwrap();

@@ -298,9 +298,9 @@ fn packet() -> impl Strategy<Value = Packet> {
                 (basis, purpose, lang, case),
             )| {
                 let nodes: Vec<NodeId> = common::DEMO_NODES.iter().map(|n| common::node(n)).collect();
-                let originator = nodes[from].clone();
+                let originator = nodes[from];
                 let others: Vec<NodeId> = nodes.iter().filter(|n| **n != originator).cloned().collect();
-                let recipients = if both { others } else { vec![others[0].clone()] };
+                let recipients = if both { others } else { vec![others[0]] };
                 let mut codes: std::collections::BTreeSet<_> = [HandlingCode::H0].into();
                 if h1 {
                     codes.insert(HandlingCode::H1);

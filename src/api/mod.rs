@@ -214,7 +214,7 @@ async fn policy_check(
             Decision::Redact(list) => (DryRunDecision::AllowWithRedactions, list, None),
             Decision::Deny(d) => (DryRunDecision::Deny, Vec::new(), Some(d)),
         };
-        out.push(DryRun { recipient: r.clone(), decision, redacted, denied, policy: v.policy });
+        out.push(DryRun { recipient: *r, decision, redacted, denied, policy: v.policy });
     }
     Ok(Json(PolicyCheck { packet_type: packet.packet_type(), recipients: out }))
 }
@@ -347,7 +347,7 @@ async fn show(
     let (packet, rec) = api.node.show(id, q.sender()?.as_ref())?;
     Ok(Json(Shown {
         packet,
-        from: rec.sender.clone(),
+        from: rec.sender,
         received_at: crate::delivery::receiver::timestamp_of(rec.received_at),
         sealed_digest: rec.sealed_digest,
         read_by: rec.reads.first().map(|(o, _)| o.clone()),

@@ -52,7 +52,7 @@ pub struct SubmitAnswer {
 impl SubmitAnswer {
     /// The answer to a submit (forward and consent answer the same, without a deadline).
     pub fn new(submitted: Submitted, due_by: Option<Timestamp>) -> Self {
-        let recipients = submitted.sent.iter().map(|c| c.recipient.clone()).collect();
+        let recipients = submitted.sent.iter().map(|c| c.recipient).collect();
         Self { submitted, recipients, due_by }
     }
 }
@@ -167,7 +167,7 @@ impl RecipientStatus {
             _ => (None, None, None, None),
         };
         Self {
-            node: e.recipient.clone(),
+            node: e.recipient,
             state: DeliveryState::of(&e.state),
             attempts: e.attempts,
             delivered_at,
@@ -223,7 +223,7 @@ impl DeadlineView {
     pub fn of(d: &Deadline, now: Millis) -> Self {
         Self {
             request: d.request,
-            counterpart: d.counterpart.clone(),
+            counterpart: d.counterpart,
             role: d.role,
             due_by: timestamp_of(d.due_by),
             due: d.due(now),
@@ -313,7 +313,7 @@ impl InboxItem {
     pub fn of(id: PacketId, rec: &InboxRecord, deadline: Option<DeadlineView>, also_from: Vec<NodeId>) -> Self {
         Self {
             id,
-            from: rec.sender.clone(),
+            from: rec.sender,
             packet_type: rec.packet_type,
             priority: rec.priority,
             sender_due_by: rec.due_by,
@@ -449,7 +449,7 @@ pub struct PolicyView {
 impl From<&Policy> for PolicyView {
     fn from(p: &Policy) -> Self {
         Self {
-            partner: p.partner.clone(),
+            partner: p.partner,
             title: p.title.clone(),
             send: p.send.clone(),
             receive: p.receive.clone(),

@@ -143,11 +143,11 @@ mod tests {
         let it: NodeId = "IT-DCSA".parse().unwrap();
         let d = Digest::of(b"sealed");
         assert_eq!(inbox.classify(id, &it, &d), Incoming::New { also_from: vec![] });
-        inbox.record(id, it.clone(), d, 1);
+        inbox.record(id, it, d, 1);
         assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 });
         let other = Digest::of(b"resealed");
         assert_eq!(inbox.classify(id, &it, &other), Incoming::DuplicateWithOtherBytes { received_at: 1, first: d });
-        inbox.record(id, it.clone(), other, 2);
+        inbox.record(id, it, other, 2);
         assert_eq!(inbox.classify(id, &it, &d), Incoming::Duplicate { received_at: 1 }, "first wins");
         assert_eq!(inbox.len(), 1);
     }
@@ -159,10 +159,10 @@ mod tests {
         let mut inbox = Inbox::new();
         let id: PacketId = "019ac0a1-5c00-7000-8000-000000000001".parse().unwrap();
         let (co, es): (NodeId, NodeId) = ("CO-DIJIN".parse().unwrap(), "ES-UDYCO".parse().unwrap());
-        inbox.record(id, co.clone(), Digest::of(b"squatter"), 1);
+        inbox.record(id, co, Digest::of(b"squatter"), 1);
         let genuine = Digest::of(b"genuine");
-        assert_eq!(inbox.classify(id, &es, &genuine), Incoming::New { also_from: vec![co.clone()] });
-        inbox.record(id, es.clone(), genuine, 2);
+        assert_eq!(inbox.classify(id, &es, &genuine), Incoming::New { also_from: vec![co] });
+        inbox.record(id, es, genuine, 2);
         assert_eq!(inbox.classify(id, &es, &genuine), Incoming::Duplicate { received_at: 2 });
         assert_eq!(inbox.classify(id, &co, &Digest::of(b"squatter")), Incoming::Duplicate { received_at: 1 });
         assert!(inbox.has(id, &co) && inbox.has(id, &es));

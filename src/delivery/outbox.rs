@@ -312,20 +312,14 @@ impl Outbox {
             Some(lane) => vec![lane],
             None => vec![Priority::Flash, Priority::Urgent, Priority::Routine],
         };
-        let (_, k) = lanes
-            .into_iter()
-            .find_map(|lane| self.ready.get_mut(&(recipient.clone(), lane)).and_then(BTreeSet::pop_first))?;
+        let (_, k) =
+            lanes.into_iter().find_map(|lane| self.ready.get_mut(&(*recipient, lane)).and_then(BTreeSet::pop_first))?;
         let deadline = now.saturating_add(self.policy.receipt_timeout);
         let e = self.entries.get_mut(&k)?;
         e.attempts = e.attempts.saturating_add(1);
         e.state = EntryState::InFlight { since: now, deadline };
-        self.deadlines.insert((deadline, k.clone()));
-        let t = Transmit {
-            packet_id: e.packet_id,
-            recipient: e.recipient.clone(),
-            priority: e.priority,
-            attempt: e.attempts,
-        };
+        self.deadlines.insert((deadline, k));
+        let t = Transmit { packet_id: e.packet_id, recipient: e.recipient, priority: e.priority, attempt: e.attempts };
         self.dirty.insert(k);
         Some(t)
     }
@@ -336,14 +330,14 @@ impl Outbox {
     /// longer in flight for this attempt (it timed out, expired or was receipted meanwhile), in
     /// which case the driver must not write it.
     pub fn handle_written(&mut self, now: Millis, t: &Transmit) -> bool {
-        let k = (t.packet_id, t.recipient.clone());
+        let k = (t.packet_id, t.recipient);
         let Some(e) = self.entries.get_mut(&k) else { return false };
         let EntryState::InFlight { since, deadline } = e.state else { return false };
         if e.attempts != t.attempt {
             return false;
         }
         let new_deadline = now.saturating_add(self.policy.receipt_timeout).max(deadline);
-        self.deadlines.remove(&(deadline, k.clone()));
+        self.deadlines.remove(&(deadline, k));
         self.deadlines.insert((new_deadline, k));
         e.state = EntryState::InFlight { since, deadline: new_deadline };
         true
@@ -352,7 +346,7 @@ impl Outbox {
     /// Whether `t` is still in flight for its attempt (nothing else happened to it meanwhile).
     pub fn is_in_flight(&self, t: &Transmit) -> bool {
         self.entries
-            .get(&(t.packet_id, t.recipient.clone()))
+            .get(&(t.packet_id, t.recipient))
             .is_some_and(|e| e.attempts == t.attempt && matches!(e.state, EntryState::InFlight { .. }))
     }
 
@@ -360,8 +354,7 @@ impl Outbox {
     pub fn ready_recipients(&mut self, now: Millis) -> Vec<NodeId> {
         self.wake(now);
         self.expire(now);
-        let mut v: Vec<NodeId> =
-            self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|((n, _), _)| n.clone()).collect();
+        let mut v: Vec<NodeId> = self.ready.iter().filter(|(_, q)| !q.is_empty()).map(|((n, _), _)| *n).collect();
         v.sort();
         v.dedup();
         v
@@ -369,7 +362,7 @@ impl Outbox {
 
     /// A send failed (connection lost, stream reset, peer unreachable): retry after backoff.
     pub fn handle_send_failed(&mut self, now: Millis, packet_id: PacketId, recipient: &NodeId) {
-        let k = (packet_id, recipient.clone());
+        let k = (packet_id, *recipient);
         if matches!(self.entries.get(&k).map(|e| &e.state), Some(EntryState::InFlight { .. })) {
             self.retry_later(now, k);
         }
@@ -389,7 +382,7 @@ impl Outbox {
         let (m, _) = self.prepare_receipt(now, packet_id, receiver, digest, outcome);
         if m == ReceiptMatch::Completed {
             self.apply_prepared(packet_id, receiver);
-            self.dirty.insert((packet_id, receiver.clone()));
+            self.dirty.insert((packet_id, *receiver));
         }
         m
     }
@@ -408,7 +401,7 @@ impl Outbox {
         digest: Digest,
         outcome: ReceiptOutcome,
     ) -> (ReceiptMatch, Option<Entry>) {
-        let k = (packet_id, receiver.clone());
+        let k = (packet_id, *receiver);
         let Some(e) = self.entries.get(&k) else { return (ReceiptMatch::Unknown, None) };
         if self.prepared.contains_key(&k) {
             return (ReceiptMatch::Duplicate, None);
@@ -435,11 +428,11 @@ impl Outbox {
     /// The prepared receipt of `packet_id` at `receiver` is on disk: its entry takes the state
     /// (already persisted with it).
     pub fn apply_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
-        let k = (packet_id, receiver.clone());
+        let k = (packet_id, *receiver);
         let Some(state) = self.prepared.remove(&k) else { return };
         // Written with the receipt; still dirty only if something else changed it meanwhile.
         let was_dirty = self.dirty.contains(&k);
-        self.set_terminal(k.clone(), state);
+        self.set_terminal(k, state);
         if !was_dirty {
             self.dirty.remove(&k);
         }
@@ -448,7 +441,7 @@ impl Outbox {
     /// The prepared receipt could not be stored: the entry stays as it was (and is sent again),
     /// and is written again (a change made before the receipt went with its failed commit).
     pub fn abandon_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
-        let k = (packet_id, receiver.clone());
+        let k = (packet_id, *receiver);
         if self.prepared.remove(&k).is_some() {
             self.dirty.insert(k);
         }
@@ -474,7 +467,7 @@ impl Outbox {
     /// apart from the entry: so it needs no new snapshot of the entry). One already there (another
     /// batch may have added it meanwhile) or beyond [`crate::store::MAX_READS`] is left out.
     pub fn add_read(&mut self, packet_id: PacketId, receiver: &NodeId, officer: OfficerId, at: Millis) {
-        let Some(e) = self.entries.get_mut(&(packet_id, receiver.clone())) else { return };
+        let Some(e) = self.entries.get_mut(&(packet_id, *receiver)) else { return };
         if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
             e.reads.push((officer, at));
         }
@@ -544,7 +537,7 @@ impl Outbox {
 
     /// Drops a terminal entry (deleted from the store by retention). Anything else stays.
     pub fn forget(&mut self, packet_id: PacketId, recipient: &NodeId) {
-        let k = (packet_id, recipient.clone());
+        let k = (packet_id, *recipient);
         if self.entries.get(&k).is_some_and(|e| e.state.is_terminal()) && !self.prepared.contains_key(&k) {
             self.entries.remove(&k);
             self.dirty.remove(&k);
@@ -553,13 +546,13 @@ impl Outbox {
 
     /// One entry.
     pub fn entry(&self, packet_id: PacketId, recipient: &NodeId) -> Option<&Entry> {
-        self.entries.get(&(packet_id, recipient.clone()))
+        self.entries.get(&(packet_id, *recipient))
     }
 
     /// Every entry of a packet (one per recipient).
     pub fn entries_of(&self, packet_id: PacketId) -> Vec<&Entry> {
         let mut v: Vec<&Entry> = self.entries.values().filter(|e| e.packet_id == packet_id).collect();
-        v.sort_by(|a, b| a.recipient.cmp(&b.recipient));
+        v.sort_by_key(|a| a.recipient);
         v
     }
 
@@ -577,15 +570,15 @@ impl Outbox {
         let k = key(&e);
         match &e.state {
             EntryState::Queued { not_before } => {
-                self.waiting.insert((*not_before, k.clone()));
+                self.waiting.insert((*not_before, k));
             }
             EntryState::InFlight { deadline, .. } => {
-                self.deadlines.insert((*deadline, k.clone()));
+                self.deadlines.insert((*deadline, k));
             }
             _ => {}
         }
         if !e.state.is_terminal() {
-            self.expiries.insert((e.expires, k.clone()));
+            self.expiries.insert((e.expires, k));
         }
         self.entries.insert(k, e);
     }
@@ -598,7 +591,7 @@ impl Outbox {
             }
             self.waiting.pop_first();
             if let Some(e) = self.entries.get(&k) {
-                self.ready.entry((k.1.clone(), e.priority)).or_default().insert((e.submitted, k));
+                self.ready.entry((k.1, e.priority)).or_default().insert((e.submitted, k));
             }
         }
     }
@@ -621,11 +614,11 @@ impl Outbox {
     fn retry_later(&mut self, now: Millis, k: Key) {
         let Some(e) = self.entries.get_mut(&k) else { return };
         if let EntryState::InFlight { deadline, .. } = e.state {
-            self.deadlines.remove(&(deadline, k.clone()));
+            self.deadlines.remove(&(deadline, k));
         }
         let not_before = now.saturating_add(self.policy.backoff(e.attempts, self.rng.next()));
         e.state = EntryState::Queued { not_before };
-        self.waiting.insert((not_before, k.clone()));
+        self.waiting.insert((not_before, k));
         self.dirty.insert(k);
     }
 
@@ -634,17 +627,17 @@ impl Outbox {
         let Some(e) = self.entries.get_mut(&k) else { return };
         match e.state {
             EntryState::Queued { not_before } => {
-                self.waiting.remove(&(not_before, k.clone()));
-                if let Some(q) = self.ready.get_mut(&(k.1.clone(), e.priority)) {
-                    q.remove(&(e.submitted, k.clone()));
+                self.waiting.remove(&(not_before, k));
+                if let Some(q) = self.ready.get_mut(&(k.1, e.priority)) {
+                    q.remove(&(e.submitted, k));
                 }
             }
             EntryState::InFlight { deadline, .. } => {
-                self.deadlines.remove(&(deadline, k.clone()));
+                self.deadlines.remove(&(deadline, k));
             }
             _ => return,
         }
-        self.expiries.remove(&(e.expires, k.clone()));
+        self.expiries.remove(&(e.expires, k));
         e.state = state;
         self.dirty.insert(k);
     }
@@ -668,7 +661,7 @@ pub enum ReceiptOutcome {
 }
 
 fn key(e: &Entry) -> Key {
-    (e.packet_id, e.recipient.clone())
+    (e.packet_id, e.recipient)
 }
 
 /// A tiny PRNG for backoff jitter (not for anything secret).
@@ -706,9 +699,9 @@ mod tests {
         let mut o = outbox();
         let es = node("ES-UDYCO");
         for i in 0..5 {
-            o.submit(i, pid(i as u8), es.clone(), Priority::Routine, 1_000_000, Digest::of(&[i as u8]));
+            o.submit(i, pid(i as u8), es, Priority::Routine, 1_000_000, Digest::of(&[i as u8]));
         }
-        o.submit(10, pid(9), es.clone(), Priority::Flash, 1_000_000, Digest::of(b"f"));
+        o.submit(10, pid(9), es, Priority::Flash, 1_000_000, Digest::of(b"f"));
         let first = o.poll_transmit(10, &es).unwrap();
         assert_eq!((first.packet_id, first.priority), (pid(9), Priority::Flash));
         assert_eq!(o.poll_transmit(10, &es).unwrap().packet_id, pid(0), "then routine, oldest first");
@@ -731,7 +724,7 @@ mod tests {
         let mut o = outbox();
         let es = node("ES-UDYCO");
         let d = Digest::of(b"x");
-        o.submit(0, pid(1), es.clone(), Priority::Urgent, 100_000, d);
+        o.submit(0, pid(1), es, Priority::Urgent, 100_000, d);
         assert_eq!(o.poll_transmit(0, &es).unwrap().attempt, 1);
         assert!(o.poll_transmit(0, &es).is_none(), "in flight, not sent twice");
         o.handle_timeout(499);
@@ -766,7 +759,7 @@ mod tests {
     fn expiry_ends_delivery_attempts() {
         let mut o = outbox();
         let es = node("ES-UDYCO");
-        o.submit(0, pid(1), es.clone(), Priority::Routine, 2_000, Digest::of(b"x"));
+        o.submit(0, pid(1), es, Priority::Routine, 2_000, Digest::of(b"x"));
         o.poll_transmit(0, &es).unwrap();
         o.handle_send_failed(10, pid(1), &es);
         o.handle_timeout(2_000);
@@ -782,8 +775,8 @@ mod tests {
         let mut o = outbox();
         let (es, co) = (node("ES-UDYCO"), node("CO-DIJIN"));
         let d = Digest::of(b"x");
-        o.submit(0, pid(1), es.clone(), Priority::Flash, 100_000, d);
-        o.submit(0, pid(1), co.clone(), Priority::Flash, 100_000, d);
+        o.submit(0, pid(1), es, Priority::Flash, 100_000, d);
+        o.submit(0, pid(1), co, Priority::Flash, 100_000, d);
         o.poll_transmit(0, &es).unwrap();
         o.poll_transmit(0, &co).unwrap();
         o.handle_receipt(1, pid(1), &co, d, ReceiptOutcome::Rejected { code: "policy".into(), reason: "H2".into() });
@@ -791,14 +784,14 @@ mod tests {
         let mut r = Outbox::restore(RetryPolicy::default(), 2, saved, 50);
         assert_eq!(r.entry(pid(1), &co).unwrap().state.name(), "rejected");
         assert_eq!(r.poll_transmit(50, &es).unwrap().attempt, 2);
-        assert!(!r.submit(60, pid(1), es.clone(), Priority::Flash, 100_000, d), "no duplicate entry");
+        assert!(!r.submit(60, pid(1), es, Priority::Flash, 100_000, d), "no duplicate entry");
     }
 
     #[test]
     fn dirty_entries_are_reported_once() {
         let mut o = outbox();
         let es = node("ES-UDYCO");
-        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, Digest::of(b"x"));
+        o.submit(0, pid(1), es, Priority::Routine, 100_000, Digest::of(b"x"));
         assert_eq!(o.take_dirty().len(), 1);
         assert!(o.take_dirty().is_empty());
         o.poll_transmit(0, &es);
@@ -816,7 +809,7 @@ mod tests {
         let es = node("ES-UDYCO");
         let deliver = |o: &mut Outbox, n: u8, claimed: Millis| {
             let d = Digest::of(&[n]);
-            o.submit(100, pid(n), es.clone(), Priority::Routine, 10_000, d);
+            o.submit(100, pid(n), es, Priority::Routine, 10_000, d);
             o.poll_transmit(100, &es).unwrap();
             o.prepare_receipt(200, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
             o.apply_prepared(pid(n), &es);
@@ -824,7 +817,7 @@ mod tests {
         deliver(&mut o, 1, 150);
         deliver(&mut o, 2, u64::MAX);
         deliver(&mut o, 3, 0);
-        o.submit(100, pid(4), es.clone(), Priority::Routine, 10_000, Digest::of(b"q"));
+        o.submit(100, pid(4), es, Priority::Routine, 10_000, Digest::of(b"q"));
         o.take_dirty();
         let from = |o: &Outbox, n| o.entry(pid(n), &es).unwrap().retention_from();
         assert_eq!((from(&o, 1), from(&o, 2), from(&o, 3), from(&o, 4)), (Some(150), Some(10_000), Some(100), None));
@@ -844,7 +837,7 @@ mod tests {
         let mut o = outbox();
         let es = node("ES-UDYCO");
         let d = Digest::of(b"x");
-        o.submit(0, pid(1), es.clone(), Priority::Flash, 1_000, d);
+        o.submit(0, pid(1), es, Priority::Flash, 1_000, d);
         o.poll_transmit(0, &es).unwrap();
         o.take_dirty();
         let accepted = ReceiptOutcome::Accepted { received_at: 5 };
@@ -884,7 +877,7 @@ mod tests {
         let es = node("ES-UDYCO");
         let d = Digest::of(b"x");
         let accepted = ReceiptOutcome::Accepted { received_at: 5 };
-        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, d);
+        o.submit(0, pid(1), es, Priority::Routine, 100_000, d);
         o.poll_transmit(0, &es).unwrap();
         assert_eq!(o.prepare_receipt(5, pid(1), &es, d, accepted.clone()).0, ReceiptMatch::Completed);
         assert!(o.take_dirty().is_empty(), "the receipt's commit writes it");
@@ -912,9 +905,9 @@ mod tests {
     fn dirty_entries_come_back_when_their_commit_fails() {
         let mut o = outbox();
         let es = node("ES-UDYCO");
-        o.submit(0, pid(1), es.clone(), Priority::Routine, 100_000, Digest::of(b"x"));
+        o.submit(0, pid(1), es, Priority::Routine, 100_000, Digest::of(b"x"));
         let taken = o.take_dirty();
-        o.mark_dirty(taken.iter().map(|e| (e.packet_id, e.recipient.clone())));
+        o.mark_dirty(taken.iter().map(|e| (e.packet_id, e.recipient)));
         assert_eq!(o.take_dirty(), taken);
     }
 }

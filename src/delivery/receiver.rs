@@ -195,7 +195,7 @@ impl Receiver<'_> {
             let mut forwarded_kind = None;
             let verdict = match self.unwrap_forward(peer, &opened.signed.packet, now) {
                 Ok(Some(mut original)) => {
-                    forwarded_from = Some(original.envelope.originator.node.clone());
+                    forwarded_from = Some(original.envelope.originator.node);
                     forwarded_kind = Some(original.packet_type());
                     self.policies.decide(peer, Direction::Receive, &mut original, received_ms)
                 }
@@ -229,10 +229,10 @@ impl Receiver<'_> {
                     None,
                     format!("packet id already used by {others}; both kept, both shown as suspicious"),
                 );
-                ops.push(Op::Audit(AuditEvent::IdCollision { packet_id: id, from: peer.clone(), also_from }));
+                ops.push(Op::Audit(AuditEvent::IdCollision { packet_id: id, from: *peer, also_from }));
             }
             let rec = InboxRecord {
-                sender: peer.clone(),
+                sender: *peer,
                 sealed_digest: digest,
                 received_at: received_ms,
                 packet_type: forwarded_kind.unwrap_or(packet.packet_type()),
@@ -276,7 +276,7 @@ impl Receiver<'_> {
         let receipt = Packet::delivery_receipt(me, peer, lane, items, now, rng);
         let receipt_id = receipt.envelope.id;
         ops.push(Op::Audit(AuditEvent::Received {
-            from: peer.clone(),
+            from: *peer,
             receipt: receipt_id,
             items: audited,
             policy: self.policies.policy(peer).map(|p| p.hash),

@@ -665,7 +665,7 @@ pub fn receipt_ops(
     }
     ops.extend(entry_ops(dirty));
     ops.push(Op::Audit(crate::audit::Event::Receipts {
-        from: peer.clone(),
+        from: *peer,
         receipt: receipt.id,
         digest: Digest::of(&receipt.signed),
         items: receipt
@@ -709,7 +709,7 @@ pub fn entry_ops(entries: Vec<Entry>) -> Vec<crate::store::Op> {
             super::EntryState::InFlight { .. } => continue,
             super::EntryState::Expired { .. } => {
                 tracing::warn!(packet_id = %e.packet_id, to = %e.recipient, "expired before a receipt came");
-                ops.push(Op::Audit(crate::audit::Event::Expired { packet_id: e.packet_id, to: e.recipient.clone() }));
+                ops.push(Op::Audit(crate::audit::Event::Expired { packet_id: e.packet_id, to: e.recipient }));
             }
             _ => {}
         }
@@ -731,9 +731,9 @@ mod tests {
 
     fn sender_with(n: u16, p: Priority) -> Sender {
         let es: NodeId = "ES-UDYCO".parse().unwrap();
-        let mut s = Sender::new(es.clone(), RETRY, 7);
+        let mut s = Sender::new(es, RETRY, 7);
         for i in 0..n {
-            let e = Outbox::new_entry(0, pid(i), es.clone(), p, 1_000_000, Digest::of(&i.to_be_bytes()));
+            let e = Outbox::new_entry(0, pid(i), es, p, 1_000_000, Digest::of(&i.to_be_bytes()));
             assert!(s.admit(0, e));
         }
         s
@@ -772,7 +772,7 @@ mod tests {
     #[test]
     fn the_window_bounds_each_lane_and_flash_comes_first() {
         let mut s = sender_with(300, Priority::Routine);
-        let es = s.peer().clone();
+        let es = *s.peer();
         let f = Outbox::new_entry(0, pid(999), es, Priority::Flash, 1_000_000, Digest::of(b"f"));
         s.admit(0, f);
         assert!(s.poll_transmit(0).is_none(), "not connected");
@@ -832,9 +832,8 @@ mod tests {
         let signed = Digest::of(b"signed packet");
         let deletes_sealed = |named: Option<Digest>| {
             let es: NodeId = "ES-UDYCO".parse().unwrap();
-            let mut s = Sender::new(es.clone(), RETRY, 7);
-            let e =
-                Outbox::new_entry(0, pid(0), es.clone(), Priority::Flash, 1_000_000, Digest::of(&0u16.to_be_bytes()));
+            let mut s = Sender::new(es, RETRY, 7);
+            let e = Outbox::new_entry(0, pid(0), es, Priority::Flash, 1_000_000, Digest::of(&0u16.to_be_bytes()));
             assert!(s.admit(0, Entry { signed_digest: Some(signed), ..e }));
             s.poll_connect(0);
             s.handle_connected(0);

@@ -91,16 +91,16 @@ pub fn decide(policies: &PolicyBook, packet: &Checked, now: Millis) -> (Vec<(Che
         match verdict.decision {
             Decision::Deny(denial) => {
                 tracing::warn!(packet_id = %id, recipient = %r, rule = %denial.rule, "refused by policy; nothing sent to this partner");
-                denied.push(Refused { recipient: r.clone(), denial, policy: verdict.policy });
+                denied.push(Refused { recipient: *r, denial, policy: verdict.policy });
             }
             Decision::Allow => {
-                let sent = SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy };
+                let sent = SentCopy { recipient: *r, redacted: Vec::new(), policy: verdict.policy };
                 copies.push((packet.clone(), sent))
             }
             Decision::Redact(redacted) => {
                 tracing::info!(packet_id = %id, recipient = %r, fields = redacted.len(), "redacted by policy");
                 // The policy checked the redacted copy (a copy that fails is denied instead).
-                let sent = SentCopy { recipient: r.clone(), redacted, policy: verdict.policy };
+                let sent = SentCopy { recipient: *r, redacted, policy: verdict.policy };
                 copies.push((Checked::already_checked(copy), sent));
             }
         }
@@ -158,7 +158,7 @@ impl Onward<'_> {
         let mut copies = Vec::new();
         let mut denied = Vec::new();
         let deny = |denied: &mut Vec<Refused>, r: &NodeId, rule: &str, reason: String, policy: Option<Digest>| {
-            denied.push(Refused { recipient: r.clone(), denial: Denial { rule: rule.into(), reason }, policy });
+            denied.push(Refused { recipient: *r, denial: Denial { rule: rule.into(), reason }, policy });
         };
         // A node named twice gets one copy.
         let mut seen = std::collections::BTreeSet::new();
@@ -215,8 +215,8 @@ impl Onward<'_> {
                     case_ref: e.case_ref.clone(),
                     in_reply_to: None,
                     related: vec![e.id],
-                    originator: Originator { node: self.me.clone(), officer: Some(officer.clone()) },
-                    recipients: vec![r.clone()],
+                    originator: Originator { node: *self.me, officer: Some(officer.clone()) },
+                    recipients: vec![*r],
                     created: now_ts,
                     expires: e.expires,
                     priority: e.priority,
@@ -237,7 +237,7 @@ impl Onward<'_> {
             };
             match Checked::new(forward) {
                 Ok(forward) => {
-                    let sent = SentCopy { recipient: r.clone(), redacted: Vec::new(), policy: verdict.policy };
+                    let sent = SentCopy { recipient: *r, redacted: Vec::new(), policy: verdict.policy };
                     copies.push((forward, sent));
                 }
                 // Built here from a valid original: a failure is a bug, refused rather than sent.
@@ -266,7 +266,7 @@ pub fn seal(
         let ops = vec![Op::Audit(AuditEvent::Submitted { packet_id: id, kind, decisions })];
         return Ok(Prepared::AllDenied { ops, denied });
     }
-    let receiving: Vec<NodeId> = copies.iter().map(|(_, c)| c.recipient.clone()).collect();
+    let receiving: Vec<NodeId> = copies.iter().map(|(_, c)| c.recipient).collect();
     let expires = super::millis(packet.envelope.expires);
     let mut ops = Vec::new();
     let mut entries = Vec::new();
@@ -280,7 +280,7 @@ pub fn seal(
             ..Outbox::new_entry(
                 now,
                 s.route.packet_id,
-                s.route.recipient.clone(),
+                s.route.recipient,
                 s.route.priority,
                 expires,
                 Digest::of(&s.bytes),
@@ -290,7 +290,7 @@ pub fn seal(
         let mut rules: Vec<String> = sent.redacted.iter().map(|r| r.rule.clone()).collect();
         rules.dedup();
         decisions.push(Decided {
-            to: sent.recipient.clone(),
+            to: sent.recipient,
             decision: if sent.redacted.is_empty() { DecisionKind::Allow } else { DecisionKind::Redact },
             rules,
             redacted: sent.redacted.iter().map(|r| r.path.clone()).collect(),
@@ -315,7 +315,7 @@ pub fn denied_decisions(denied: &[Refused]) -> Vec<Decided> {
     denied
         .iter()
         .map(|r| Decided {
-            to: r.recipient.clone(),
+            to: r.recipient,
             decision: DecisionKind::Deny,
             rules: vec![r.denial.rule.clone()],
             redacted: Vec::new(),

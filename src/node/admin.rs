@@ -71,7 +71,7 @@ impl Node {
         }
         let at = now_ms();
         let signature = self.inner.seal.sign_detached(&Checkpoint::message(&self.inner.me, &head, at));
-        let c = Checkpoint { node: self.inner.me.clone(), head, at, signature };
+        let c = Checkpoint { node: self.inner.me, head, at, signature };
         self.inner.store.commit(vec![store::put(Tree::AuditCheckpoints, crate::audit::key(head.seq), &c)]).await?;
         debug!(seq = head.seq, "audit checkpoint signed");
         Ok(head)
@@ -144,7 +144,7 @@ impl Node {
         let public_key = crate::encoding::hex(self.inner.seal.public().signing.as_bytes());
         Ok(crate::audit::Export {
             format: crate::audit::EXPORT_FORMAT.into(),
-            node: self.inner.me.clone(),
+            node: self.inner.me,
             public_key,
             start,
             entries,

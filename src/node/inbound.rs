@@ -50,7 +50,7 @@ impl Node {
                     }
                     old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
                 }
-                node.clone().serve_connection(conn, peer.clone()).instrument(info_span!("conn", %peer)).await;
+                node.clone().serve_connection(conn, peer).instrument(info_span!("conn", %peer)).await;
                 budget.release(id);
             });
         }
@@ -69,7 +69,6 @@ impl Node {
             };
             let Ok((send, recv)) = accepted else { return };
             let node = self.clone();
-            let peer = peer.clone();
             self.spawn(async move { node.serve_stream(peer, send, recv).await });
         }
     }
@@ -85,7 +84,7 @@ impl Node {
         let partner_memory = budget.memory.clone();
         let stall = self.inner.limits.frame_stall;
         let node = self.clone();
-        let from = peer.clone();
+        let from = peer;
         let reader = self.spawn(async move {
             loop {
                 node.pace(&from).await;
@@ -206,7 +205,7 @@ impl Node {
     ) -> Result<Option<(Vec<u8>, Priority)>, NodeError> {
         let received_ms = now_ms();
         let node = self.clone();
-        let from = peer.clone();
+        let from = *peer;
         let batch = tokio::task::spawn_blocking(move || {
             let policies = node.policies();
             let receiver = Receiver { seal: &node.inner.seal, policies: &policies, known: &node };
@@ -245,7 +244,7 @@ impl Node {
         {
             let mut inbox = lock(&self.inner.inbox);
             for (id, digest, at) in &batch.stored {
-                inbox.record(*id, peer.clone(), *digest, *at);
+                inbox.record(*id, *peer, *digest, *at);
             }
         }
         if let (false, Some(sender)) = (batch.acked.is_empty(), self.sender(peer)) {

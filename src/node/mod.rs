@@ -256,13 +256,13 @@ impl Node {
     /// Opens the store, restores the outbox and the inbox index, binds the endpoint, and starts
     /// the accept loop and one sender per partner. Runs until `shutdown` becomes `true`.
     pub async fn start(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Node, NodeError> {
-        let me = config.seal.node().clone();
+        let me = *config.seal.node();
         let store = config.store;
         let now = now_ms();
         let Restored { senders, inbox, deadlines } =
-            restore(&store, config.partners.iter().map(|p| p.node.clone()), config.retry, now)?;
+            restore(&store, config.partners.iter().map(|p| p.node), config.retry, now)?;
         let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
-        let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node.clone()).collect();
+        let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node).collect();
         let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.congestion)?;
         let client = transport::client_config(&config.tls, config.congestion)?;
         let bind = |source| NodeError::Bind { addr: config.listen, source };
@@ -274,21 +274,21 @@ impl Node {
         let mut endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
         endpoint.set_default_client_config(client.clone());
-        let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node.clone(), p.addr)).collect();
-        let wake = partners.keys().map(|n| (n.clone(), Arc::new(Notify::new()))).collect();
+        let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node, p.addr)).collect();
+        let wake = partners.keys().map(|n| (*n, Arc::new(Notify::new()))).collect();
         let budgets = partners
             .keys()
             .map(|n| {
                 let agreed = config.policies.policy(n).map(|p| p.receive.max_packets_per_minute);
-                (n.clone(), PartnerLimits::new(&config.limits, crate::limits::pace_per_minute(agreed), now))
+                (*n, PartnerLimits::new(&config.limits, crate::limits::pace_per_minute(agreed), now))
             })
             .collect();
         let node = Node {
             inner: Arc::new(Inner {
-                me: me.clone(),
+                me,
                 seal: config.seal,
                 store,
-                fresh: senders.keys().map(|n| (n.clone(), Mutex::new(peer::Fresh::default()))).collect(),
+                fresh: senders.keys().map(|n| (*n, Mutex::new(peer::Fresh::default()))).collect(),
                 senders,
                 inbox: Mutex::new(inbox),
                 wake,
@@ -311,10 +311,10 @@ impl Node {
             }),
         };
         let with: Vec<(NodeId, Digest)> =
-            node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (p.clone(), x.hash))).collect();
+            node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (*p, x.hash))).collect();
         let without: Vec<NodeId> =
             node.inner.partners.keys().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
-        let started = Op::Audit(AuditEvent::Started { node: me.clone(), policies: with, without_policy: without });
+        let started = Op::Audit(AuditEvent::Started { node: me, policies: with, without_policy: without });
         match node.inner.store.commit(vec![started.clone()]).await {
             Ok(()) => {}
             // A node must start on a full disk too: it reports its state, delivers what it
@@ -355,7 +355,7 @@ impl Node {
                 warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
             }
             let span = info_span!("sender", node = %me, peer = %peer);
-            node.spawn(node.clone().sender_loop(peer.clone()).instrument(span));
+            node.spawn(node.clone().sender_loop(*peer).instrument(span));
         }
         Ok(node)
     }
@@ -480,7 +480,7 @@ pub fn restore(
 ) -> Result<Restored, StoreError> {
     let mut by_partner: HashMap<NodeId, Vec<Entry>> = partners.into_iter().map(|p| (p, Vec::new())).collect();
     for e in store.outbox_entries()? {
-        by_partner.entry(e.recipient.clone()).or_default().push(e);
+        by_partner.entry(e.recipient).or_default().push(e);
     }
     let senders = by_partner
         .into_iter()
@@ -488,7 +488,7 @@ pub fn restore(
             // Jitter differs per partner and per start.
             let seed =
                 now ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
-            (peer.clone(), Sender::restore(peer, retry, seed, entries, now))
+            (peer, Sender::restore(peer, retry, seed, entries, now))
         })
         .collect();
     let mut inbox = Inbox::new();

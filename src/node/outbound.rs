@@ -27,7 +27,7 @@ impl Node {
     async fn submit_with(&self, packet: Checked, with: Vec<Op>) -> Result<Submitted, NodeError> {
         for r in &packet.envelope.recipients {
             if !self.inner.partners.contains_key(r) {
-                return Err(NodeError::NotAPartner(r.clone()));
+                return Err(NodeError::NotAPartner(*r));
             }
         }
         let now = now_ms();
@@ -74,7 +74,7 @@ impl Node {
                 Op::Put(Tree::Sealed, k, v) if *k == key && v.len() <= peer::Fresh::MAX_COPY => Some(v.clone()),
                 _ => None,
             });
-            fresh.extend(sealed.map(|v| (e.recipient.clone(), e.packet_id, v)));
+            fresh.extend(sealed.map(|v| (e.recipient, e.packet_id, v)));
         }
         // Deadline changes go to disk with the copies and into force after them. From the
         // commit on, the work runs in a task of its own: a submitter that goes away (a client
@@ -105,7 +105,7 @@ impl Node {
                 }
             }
             for e in entries {
-                let to = e.recipient.clone();
+                let to = e.recipient;
                 if let Some(sender) = node.sender(&to) {
                     lock(sender).admit(now, e);
                 }
@@ -136,13 +136,13 @@ impl Node {
     ) -> Result<Submitted, NodeError> {
         for r in to {
             if !self.inner.partners.contains_key(r) {
-                return Err(NodeError::NotAPartner(r.clone()));
+                return Err(NodeError::NotAPartner(*r));
             }
         }
         let rec = self.received(packet_id, from)?;
         let (original, carried) = self.held(packet_id, &rec.sender)?;
         // A scan of everything received: on the blocking pool.
-        let (about, by) = (original.packet.envelope.id, original.packet.envelope.originator.node.clone());
+        let (about, by) = (original.packet.envelope.id, original.packet.envelope.originator.node);
         let consents = self.slow(move |node| node.consents_about(about, &by, carried)).await??;
         let now = now_ms();
         let id = PacketId::new_v7(now, &mut rand_core::OsRng);
@@ -188,8 +188,8 @@ impl Node {
         let entries = self.status(packet)?;
         let priority = crate::delivery::submit::consent_holder(entries.iter().find(|e| e.recipient == *holder))
             .map_err(|state| match state {
-                None => NodeError::NotARecipient { packet, node: holder.clone() },
-                Some(state) => NodeError::NotDelivered { packet, node: holder.clone(), state },
+                None => NodeError::NotARecipient { packet, node: *holder },
+                Some(state) => NodeError::NotDelivered { packet, node: *holder, state },
             })?;
         let consent = Packet::onward_consent(
             &self.inner.me,
@@ -235,7 +235,7 @@ impl Node {
                 }
             })
         })?;
-        let sender = rec.sender.clone();
+        let sender = rec.sender;
         let ack = Packet::read_ack(
             &self.inner.me,
             &rec.sender,
@@ -250,7 +250,7 @@ impl Node {
         // never reach the originator, and the officer could not acknowledge again.
         let record = vec![
             store::put(Tree::Inbox, pair_key(packet_id, &sender), &rec),
-            Op::Audit(AuditEvent::Acknowledged { packet_id, officer, from: Some(sender.clone()) }),
+            Op::Audit(AuditEvent::Acknowledged { packet_id, officer, from: Some(sender) }),
         ];
         let ack = Checked::new(ack).map_err(crate::seal::SealError::from)?;
         self.submit_with(ack, record).await?;

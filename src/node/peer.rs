@@ -72,7 +72,7 @@ impl Node {
                     let handle = match lanes.get(&lane.priority) {
                         Some(h) if h.id == lane => h,
                         _ => {
-                            let h = self.open_lane(c.clone(), peer.clone(), lane);
+                            let h = self.open_lane(c.clone(), peer, lane);
                             lanes.insert(lane.priority, h);
                             &lanes[&lane.priority]
                         }
@@ -174,7 +174,7 @@ impl Node {
                     // Stored and applied in a task of its own: stopping the lane (a timeout, a
                     // reload) must not cut a commit off between the store and the machine.
                     let node = self.clone();
-                    let from = peer.clone();
+                    let from = peer;
                     let applied = self.spawn(async move { node.apply_receipt(&from, lane, &frame).await });
                     let outcome = applied.await.unwrap_or_else(|e| Err(format!("receipt task failed: {e}")));
                     if let Err(e) = outcome {
@@ -207,7 +207,7 @@ impl Node {
     /// is a log of what was done, not a condition for doing it).
     fn record_sends(&self, to: &NodeId, copies: Vec<crate::audit::SentCopy>) {
         let store = self.inner.store.clone();
-        let event = AuditEvent::Sent { to: to.clone(), copies };
+        let event = AuditEvent::Sent { to: *to, copies };
         self.spawn(async move {
             if let Err(e) = store.commit(vec![Op::Audit(event)]).await {
                 warn!(error = %e, "could not record sends in the audit trail");
@@ -268,8 +268,7 @@ impl Node {
                 .prepare_receipt(now_ms(), lane, &receipt.items)
                 .map_err(|e| format!("receipt {}: {e}; refused", receipt.id))?;
             let dirty = m.take_dirty();
-            let dirty_keys: Vec<(PacketId, NodeId)> =
-                dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+            let dirty_keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
             let pending = store.enqueue(sender::receipt_ops(peer, &receipt, &prepared, dirty));
             (prepared, dirty_keys, pending)
         };
@@ -311,7 +310,7 @@ impl Node {
         let (keys, pending) = {
             let mut m = lock(machine);
             let dirty = m.take_dirty();
-            let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+            let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
             let ops = sender::entry_ops(dirty);
             if ops.is_empty() {
                 return;

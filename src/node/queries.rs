@@ -8,7 +8,7 @@ impl Node {
     pub fn status(&self, packet_id: PacketId) -> Result<Status, NodeError> {
         let mut entries: Vec<Entry> =
             self.inner.senders.values().filter_map(|s| lock(s).entry(packet_id).cloned()).collect();
-        entries.sort_by(|a, b| a.recipient.cmp(&b.recipient));
+        entries.sort_by_key(|a| a.recipient);
         if entries.is_empty() {
             return Err(NodeError::UnknownPacket(packet_id));
         }

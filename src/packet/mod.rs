@@ -446,7 +446,7 @@ impl Packet {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
         let about = items.first().map_or(PacketId::from_bytes([0; 16]), |i| i.packet_id);
-        let body = Body::DeliveryReceipt(DeliveryReceipt { receiver: receiver.clone(), receipts: items });
+        let body = Body::DeliveryReceipt(DeliveryReceipt { receiver: *receiver, receipts: items });
         Self::system(receiver, to, about, priority, body, now, rng)
     }
 
@@ -501,8 +501,8 @@ impl Packet {
                 case_ref: None,
                 in_reply_to: Some(about),
                 related: Vec::new(),
-                originator: Originator { node: from.clone(), officer: None },
-                recipients: vec![to.clone()],
+                originator: Originator { node: *from, officer: None },
+                recipients: vec![*to],
                 created: now,
                 expires: now.plus_secs(SYSTEM_TTL_SECS),
                 priority,
@@ -823,11 +823,11 @@ mod tests {
         let one = c.clone().for_recipients(&all[..1]).unwrap();
         assert_eq!(one.envelope.recipients, all[..1]);
         assert_eq!(one.cbor(), one.to_cbor().as_slice(), "encoded again for the new list");
-        let me = c.envelope.originator.node.clone();
+        let me = c.envelope.originator.node;
         let err = c.clone().for_recipients(&[me]).unwrap_err();
         assert_eq!(err.field(), Some("envelope.recipients[0]"), "{err}");
         assert!(c.clone().for_recipients(&[]).is_err(), "an empty list is checked, and refused");
-        let twice = [all[0].clone(), all[0].clone()];
+        let twice = [all[0], all[0]];
         assert!(c.clone().for_recipients(&twice).is_err(), "a node listed twice is checked, and refused");
     }
 

@@ -38,12 +38,12 @@ impl Sim {
         for (peer, s) in &self.nodes[a].senders {
             for e in s.entries() {
                 if e.state.is_terminal() {
-                    done.push((peer.clone(), e.clone()));
+                    done.push((*peer, e.clone()));
                 }
             }
         }
         for (peer, e) in done {
-            let key = (a, e.packet_id, peer.clone());
+            let key = (a, e.packet_id, peer);
             match self.terminal.get(&key) {
                 Some(before) if *before != e.state => {
                     return Err(format!(
@@ -53,7 +53,7 @@ impl Sim {
                 }
                 Some(_) => {}
                 None => {
-                    self.terminal.insert(key.clone(), e.state.clone());
+                    self.terminal.insert(key, e.state.clone());
                 }
             }
             if !self.verified.contains(&key) && !matches!(e.state, EntryState::Expired { .. }) {
@@ -143,17 +143,17 @@ impl Sim {
         let mut on_disk = BTreeMap::new();
         for (_, v) in node.store.scan(Tree::Deadlines, &[]).map_err(err("scan"))? {
             let d: Deadline = store::decode(Tree::Deadlines, &v).map_err(err("deadline"))?;
-            on_disk.insert((d.request, d.counterpart.clone()), d);
+            on_disk.insert((d.request, d.counterpart), d);
         }
         for role in [crate::deadlines::Role::Answer, crate::deadlines::Role::Await] {
             for d in node.deadlines.open(role) {
-                if on_disk.get(&(d.request, d.counterpart.clone())) != Some(d) {
+                if on_disk.get(&(d.request, d.counterpart)) != Some(d) {
                     return Err(format!("{}: the deadline of {} is not on disk as in memory", node.id, d.request));
                 }
             }
         }
         for d in on_disk.into_values() {
-            let key = (i, d.request, d.counterpart.clone());
+            let key = (i, d.request, d.counterpart);
             if let Some(before) = self.seen_deadlines.get(&key) {
                 let moved = before.due_by != d.due_by;
                 let by_rule = d.delays.len() > before.delays.len() || (before.paused.is_some() && d.paused.is_none());
@@ -188,7 +188,7 @@ impl Sim {
         let ledger: Vec<((usize, PacketId, usize), Expected)> =
             self.ledger.iter().map(|(k, v)| (*k, v.clone())).collect();
         for ((a, id, b), expected) in ledger {
-            let peer = self.nodes[b].id.clone();
+            let peer = self.nodes[b].id;
             let e = self.nodes[a].senders.get(&peer).and_then(|s| s.entry(id)).ok_or("lost")?;
             match &e.state {
                 EntryState::Delivered { .. } => self.report.delivered += 1,

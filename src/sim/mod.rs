@@ -332,7 +332,7 @@ impl Sim {
                 let mut e = [0u8; 32];
                 rng.fill_bytes(&mut s);
                 rng.fill_bytes(&mut e);
-                NodeKeys::from_secret_bytes(n.clone(), &s, e)
+                NodeKeys::from_secret_bytes(*n, &s, e)
             })
             .collect();
         let mut keyring = Keyring::new();
@@ -352,7 +352,7 @@ impl Sim {
             disk.set_free(Some(DISK_FREE));
             let store = Store::with_backend(disk.clone()).map_err(err("store"))?;
             let mut node = SimNode {
-                id: me.clone(),
+                id: *me,
                 seal: SealContext::new(k, keyring.clone()).map_err(err("keys"))?,
                 policies: PolicyBook::new(policies),
                 disk,
@@ -547,7 +547,7 @@ impl Sim {
     /// copies to lanes (written at once), persisting what changed.
     fn transmit(&mut self, a: usize, b: usize, burst: usize) -> Res {
         let now = self.now;
-        let peer = self.nodes[b].id.clone();
+        let peer = self.nodes[b].id;
         let conn = self.links.get(&(a, b)).copied();
         let conn_alive = conn.and_then(|c| self.conns.get(&c)).is_some_and(|c| c.alive);
         let reachable = !self.partitioned(a, b);
@@ -585,7 +585,7 @@ impl Sim {
     /// if the machine still wants it written (as `write_copy`).
     fn write_backlog(&mut self, a: usize, b: usize, n: usize) -> Res {
         let now = self.now;
-        let peer = self.nodes[b].id.clone();
+        let peer = self.nodes[b].id;
         let mut frames = Vec::new();
         for _ in 0..n {
             let Some((conn, lane, t)) = self.backlog.get_mut(&(a, b)).and_then(|q| q.pop_front()) else { break };
@@ -620,9 +620,9 @@ impl Sim {
     }
 
     fn persist(&mut self, a: usize, b: usize) -> Res {
-        let peer = self.nodes[b].id.clone();
+        let peer = self.nodes[b].id;
         let dirty = self.nodes[a].senders.get_mut(&peer).map(Sender::take_dirty).unwrap_or_default();
-        let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+        let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
         let ops = entry_ops(dirty);
         if !ops.is_empty() && self.commit(a, ops).is_err() {
             if let Some(m) = self.nodes[a].senders.get_mut(&peer) {
@@ -637,7 +637,7 @@ impl Sim {
     fn on_receipt(&mut self, s: usize, r: usize, lane: LaneId, bytes: &[u8]) -> Res {
         let now = self.now;
         let ts = self.ts();
-        let peer = self.nodes[r].id.clone();
+        let peer = self.nodes[r].id;
         let node = &mut self.nodes[s];
         let store = node.store.clone();
         let opened = open_receipt(&node.seal, &peer, bytes, ts, |id| {
@@ -659,7 +659,7 @@ impl Sim {
             }
         };
         let dirty = machine.take_dirty();
-        let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient.clone())).collect();
+        let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
         let ops = receipt_ops(&peer, &receipt, &prepared, dirty);
         let committed = self.commit(s, ops);
         let machine = self.nodes[s].senders.get_mut(&peer).ok_or("no sender machine")?;
@@ -695,7 +695,7 @@ impl Sim {
         let lane = lane_of(key);
         let (s, r) = (conn.from, conn.to);
         let now = self.now;
-        let peer = self.nodes[s].id.clone();
+        let peer = self.nodes[s].id;
         let node = &self.nodes[r];
         let receiver = Receiver { seal: &node.seal, policies: &node.policies, known: node };
         let batch = receiver.receive(&peer, &frames, now, &mut self.rng).map_err(err("receive"))?;
@@ -721,7 +721,7 @@ impl Sim {
         let node = &mut self.nodes[r];
         node.deadlines.apply(staged);
         for (id, digest, at) in &batch.stored {
-            node.inbox.record(*id, peer.clone(), *digest, *at);
+            node.inbox.record(*id, peer, *digest, *at);
         }
         if let Some(m) = node.senders.get_mut(&peer) {
             for (id, officer, at) in batch.acked {
@@ -756,7 +756,7 @@ impl Sim {
                 }
                 Msg::Reset { conn, lane, problem } => {
                     if self.conns.get(&conn).is_some_and(|c| c.alive) {
-                        let peer = self.nodes[f.from].id.clone();
+                        let peer = self.nodes[f.from].id;
                         if let Some(m) = self.nodes[f.to].senders.get_mut(&peer) {
                             m.handle_lane_refused(self.now, lane, problem);
                         }
@@ -787,8 +787,7 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.disk.crash();
         let store = Store::with_backend(node.disk.clone()).map_err(err("reopen"))?;
-        let partners: Vec<NodeId> =
-            self.nodes.iter().filter(|n| n.id != self.nodes[i].id).map(|n| n.id.clone()).collect();
+        let partners: Vec<NodeId> = self.nodes.iter().filter(|n| n.id != self.nodes[i].id).map(|n| n.id).collect();
         let restored = crate::node::restore(&store, partners, RETRY, self.now).map_err(err("restore"))?;
         let node = &mut self.nodes[i];
         std::mem::replace(&mut node.store, store).close();

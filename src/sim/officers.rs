@@ -146,13 +146,13 @@ impl Sim {
         if crate::delivery::acknowledge(&mut rec, &officer, self.now).is_err() {
             return Ok(());
         }
-        let sender = rec.sender.clone();
+        let sender = rec.sender;
         let ops = vec![
             store::put(Tree::Inbox, pair_key(id, &sender), &rec),
             Op::Audit(crate::audit::Event::Acknowledged {
                 packet_id: id,
                 officer: officer.clone(),
-                from: Some(sender.clone()),
+                from: Some(sender),
             }),
         ];
         let ts = self.ts();
@@ -193,7 +193,7 @@ impl Sim {
         // Most packets need a consent to go on: more often than by chance, one that has one.
         if self.chance(0.6) {
             let consented = self.consented(i)?;
-            list.retain(|(id, rec)| consented.contains(&(*id, rec.sender.clone())));
+            list.retain(|(id, rec)| consented.contains(&(*id, rec.sender)));
         }
         if list.is_empty() {
             return Ok(());
@@ -202,13 +202,13 @@ impl Sim {
         let (store, ring) = (&self.nodes[i].store, self.nodes[i].seal.keyring());
         let (original, carried) = crate::node::held(store, ring, id, &rec.sender)
             .map_err(|e| format!("{}: a received packet does not verify: {e}", self.nodes[i].id))?;
-        let (about, originator) = (original.packet.envelope.id, original.packet.envelope.originator.node.clone());
+        let (about, originator) = (original.packet.envelope.id, original.packet.envelope.originator.node);
         let consents = crate::node::consents_about(store, ring, about, &originator, carried)
             .map_err(|e| format!("{}: consents: {e}", self.nodes[i].id))?;
-        let to: Vec<NodeId> = (0..self.nodes.len()).filter(|j| *j != i).map(|j| self.nodes[j].id.clone()).collect();
+        let to: Vec<NodeId> = (0..self.nodes.len()).filter(|j| *j != i).map(|j| self.nodes[j].id).collect();
         let officer: OfficerId = OFFICERS[i % 3].parse().map_err(err("officer"))?;
         let forward_id = PacketId::new_v7(self.now, &mut self.rng);
-        let me = self.nodes[i].id.clone();
+        let me = self.nodes[i].id;
         let plan = submit::Onward { me: &me, sender: &rec.sender, original: &original, consents: &consents };
         let (copies, denied) = plan.decide(&self.nodes[i].policies, &to, &officer, forward_id, self.now, self.ts());
         let Some((first, _)) = copies.first().cloned() else {
@@ -237,7 +237,7 @@ impl Sim {
             let (c, _) = crate::node::held(&self.nodes[i].store, self.nodes[i].seal.keyring(), id, &rec.sender)
                 .map_err(|e| format!("{}: a consent does not verify: {e}", self.nodes[i].id))?;
             if let Body::OnwardConsent(x) = &c.packet.body {
-                out.insert((x.packet_id, rec.sender.clone()));
+                out.insert((x.packet_id, rec.sender));
             }
         }
         Ok(out)
@@ -262,7 +262,7 @@ impl Sim {
             .flat_map(|s| s.entries())
             .filter(|e| self.originated.contains(&(i, e.packet_id)))
             .filter_map(|e| submit::consent_holder(Some(e)).ok().map(|p| (e, p)))
-            .filter_map(|(e, p)| third_of(&e.recipient).map(|t| (e.packet_id, e.recipient.clone(), p, t)))
+            .filter_map(|(e, p)| third_of(&e.recipient).map(|t| (e.packet_id, e.recipient, p, t)))
             .collect();
         let fresh: Vec<bool> = sent.iter().map(|(about, _, _, third)| !went_to(*about, third)).collect();
         if self.chance(0.8) {
@@ -272,7 +272,7 @@ impl Sim {
         if sent.is_empty() {
             return Ok(());
         }
-        let (about, holder, priority, third) = sent[self.below(sent.len() as u64) as usize].clone();
+        let (about, holder, priority, third) = sent[self.below(sent.len() as u64) as usize];
         let officer: OfficerId = OFFICERS[i % 3].parse().map_err(err("officer"))?;
         let ts = self.ts();
         let consent = Packet::onward_consent(

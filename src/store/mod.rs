@@ -958,7 +958,7 @@ mod tests {
         assert_eq!(store.shared.space.load(Ordering::Relaxed), SpaceState::Ok.to_u8());
         assert_eq!(mem.refused(), 0, "the backend never saw a refused write");
         let node: NodeId = "IT-DCSA".parse().unwrap();
-        let keys = crate::keys::NodeKeys::generate(node.clone(), &mut rand_core::OsRng);
+        let keys = crate::keys::NodeKeys::generate(node, &mut rand_core::OsRng);
         let audit = store.audit_verify(&node, &keys.public().signing);
         assert!(audit.unwrap().is_ok(), "the chain has no hole where the refused event was");
     }
