@@ -14,7 +14,8 @@
 //! | tree | key | value |
 //! | --- | --- | --- |
 //! | `outbox` | packet id ‖ recipient | [`Entry`] (delivery state) |
-//! | `sealed` | packet id ‖ recipient | the sealed copy to send |
+//! | `sealed` | packet id ‖ recipient | the sealed copy to send (deleted once a receipt names the signed packet) |
+//! | `sent` | packet id ‖ recipient | the signed packet (COSE_Sign1) in that copy: evidence of what was sent |
 //! | `receipts` | packet id ‖ recipient | the receipt received (sealed, verified), evidence |
 //! | `inbox` | packet id ‖ sender | [`InboxRecord`]: sender, digest, time, type, priority, due-by, reads |
 //! | `evidence` | packet id ‖ sender | the signed packet (COSE_Sign1) exactly as received |
