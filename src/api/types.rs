@@ -160,7 +160,7 @@ impl RecipientStatus {
     /// An outbox entry, for the API.
     pub fn of(e: &Entry) -> Self {
         let (delivered_at, digest, code, reason) = match &e.state {
-            EntryState::Delivered { at, digest } => (Some(timestamp_of(*at)), Some(*digest), None, None),
+            EntryState::Delivered { at, digest, .. } => (Some(timestamp_of(*at)), Some(*digest), None, None),
             EntryState::Rejected { code, reason, .. } => {
                 (None, None, Some(code.clone()), Some(format!("{code}: {reason}")))
             }

@@ -58,6 +58,10 @@ pub enum EntryState {
         at: Millis,
         /// The digest the receipt names (equal to the sealed digest).
         digest: Digest,
+        /// When this node took the receipt, on its own clock (retention counts from it; absent
+        /// in entries stored before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipted: Option<Millis>,
     },
     /// The recipient refused it, with a signed reason.
     Rejected {
@@ -78,14 +82,15 @@ pub enum EntryState {
 
 impl Entry {
     /// When retention counts from for a terminal entry (`None` while it is not terminal): the
-    /// time of its outcome, on this node's clock as far as possible. A delivery time is the
-    /// receiver's claim, so it is taken only between the submit and the expiry, the times this
-    /// node set: a partner cannot make this node keep a copy for ever, nor drop it before its
-    /// time.
+    /// time of its outcome, on this node's clock. A delivery counts from when this node took
+    /// the receipt, or the receiver's claimed time if later, held between the submit and the
+    /// expiry (the times this node set): a partner can neither make this node keep a copy for
+    /// ever nor drop it before its time.
     pub fn retention_from(&self) -> Option<Millis> {
         let within = |at: Millis| at.clamp(self.submitted, self.expires.max(self.submitted));
         match self.state {
-            EntryState::Delivered { at, .. } | EntryState::Rejected { at, .. } => Some(within(at)),
+            EntryState::Delivered { at, receipted, .. } => Some(within(at).max(receipted.unwrap_or(0))),
+            EntryState::Rejected { at, .. } => Some(within(at)),
             EntryState::Expired { at } => Some(at),
             EntryState::Queued { .. } | EntryState::InFlight { .. } => None,
         }
@@ -415,7 +420,9 @@ impl Outbox {
             return (ReceiptMatch::DigestMismatch, None);
         }
         let state = match outcome {
-            ReceiptOutcome::Accepted { received_at } => EntryState::Delivered { at: received_at, digest },
+            ReceiptOutcome::Accepted { received_at } => {
+                EntryState::Delivered { at: received_at, digest, receipted: Some(now) }
+            }
             ReceiptOutcome::Rejected { code, reason } => EntryState::Rejected { at: now, code, reason },
         };
         let will_be = Entry { state: state.clone(), ..e.clone() };
@@ -800,27 +807,28 @@ mod tests {
 
     /// A receipt is prepared, stored, then applied: before it is applied nothing shows it, an
     /// abandoned one leaves the entry to be sent again, and expiry waits for a prepared one.
-    /// Retention counts from a terminal entry's outcome, a partner's claimed delivery time held
-    /// between the submit and the expiry; entries not terminal, or with a write outstanding,
-    /// are never past it; `forget` drops terminal entries only.
+    /// Retention counts from when this node took the receipt, or the partner's claimed delivery
+    /// time if later, held between the submit and the expiry; entries not terminal, or with a
+    /// write outstanding, are never past it; `forget` drops terminal entries only.
     #[test]
     fn retention_counts_from_the_outcome_on_this_nodes_clock() {
         let mut o = outbox();
         let es = node("ES-UDYCO");
-        let deliver = |o: &mut Outbox, n: u8, claimed: Millis| {
+        let deliver = |o: &mut Outbox, n: u8, claimed: Millis, now: Millis| {
             let d = Digest::of(&[n]);
             o.submit(100, pid(n), es, Priority::Routine, 10_000, d);
             o.poll_transmit(100, &es).unwrap();
-            o.prepare_receipt(200, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
+            o.prepare_receipt(now, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
             o.apply_prepared(pid(n), &es);
         };
-        deliver(&mut o, 1, 150);
-        deliver(&mut o, 2, u64::MAX);
-        deliver(&mut o, 3, 0);
+        deliver(&mut o, 1, 150, 300);
+        deliver(&mut o, 2, u64::MAX, 300);
+        // Claimed long before this node took the receipt: counted from the receipt.
+        deliver(&mut o, 3, 0, 200);
         o.submit(100, pid(4), es, Priority::Routine, 10_000, Digest::of(b"q"));
         o.take_dirty();
         let from = |o: &Outbox, n| o.entry(pid(n), &es).unwrap().retention_from();
-        assert_eq!((from(&o, 1), from(&o, 2), from(&o, 3), from(&o, 4)), (Some(150), Some(10_000), Some(100), None));
+        assert_eq!((from(&o, 1), from(&o, 2), from(&o, 3), from(&o, 4)), (Some(300), Some(10_000), Some(200), None));
         let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.packet_id).collect::<Vec<_>>();
         assert_eq!(ids(o.past_retention(1_000, |_| Some(500), 10)), vec![pid(3), pid(1)], "oldest first");
         assert_eq!(ids(o.past_retention(1_000, |_| None, 10)), vec![], "no policy: kept");

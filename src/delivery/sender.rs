@@ -642,11 +642,13 @@ pub fn receipt_ops(
     use crate::store::{self, pair_key, Op, Tree};
     let mut ops = Vec::new();
     // The signed packets the receipt names, by packet (accepted copies only).
-    let signed: std::collections::HashMap<PacketId, Digest> = receipt
+    // The signed packets the receipt names, by the copy (packet and sealed bytes) each item is
+    // about: the item that completed an entry names its signed packet, not another item.
+    let signed: std::collections::HashSet<(PacketId, Digest, Digest)> = receipt
         .signed_items
         .iter()
         .filter(|i| matches!(i.outcome, crate::packet::ReceiptOutcome::Accepted))
-        .filter_map(|i| Some((i.packet_id, i.signed_digest?)))
+        .filter_map(|i| Some((i.packet_id, i.sealed_digest, i.signed_digest?)))
         .collect();
     for e in prepared.entries() {
         let key = pair_key(e.packet_id, &e.recipient);
@@ -655,7 +657,7 @@ pub fn receipt_ops(
         // Delivered, and the receipt names the signed packet kept in `sent`: the sealed copy
         // proves nothing more and is never sent again. (A receipt without that digest, from a
         // node of an older version, leaves it as the proof of what was delivered.)
-        let names_signed = signed.get(&e.packet_id).is_some_and(|d| e.signed_digest.is_some_and(|s| s.ct_eq(d)));
+        let names_signed = e.signed_digest.is_some_and(|s| signed.contains(&(e.packet_id, e.sealed_digest, s)));
         if names_signed && matches!(e.state, super::EntryState::Delivered { .. }) {
             ops.push(Op::Delete(Tree::Sealed, key));
         }

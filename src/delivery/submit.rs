@@ -350,7 +350,7 @@ mod tests {
         };
         assert_eq!(consent_holder(None), Err(None));
         assert_eq!(consent_holder(Some(&e)), Err(Some("queued")));
-        e.state = EntryState::Delivered { at: 5, digest: Digest::of(b"x") };
+        e.state = EntryState::Delivered { at: 5, digest: Digest::of(b"x"), receipted: Some(6) };
         assert_eq!(consent_holder(Some(&e)), Ok(Priority::Urgent));
     }
 }

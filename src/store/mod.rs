@@ -350,8 +350,11 @@ impl Store {
         // segment files included, is touched.
         check_format(&*backend)?;
         let segments = Arc::new(Streams::open(&dir.join("segments"))?);
-        // Nothing writes yet: what no reference points into can go now.
-        segments.reclaim(&*backend, None)?;
+        // Nothing writes yet: what no reference points into can go now. (A failure here costs
+        // disk space, not the start: it is said, and the next reclaims go on.)
+        if let Err(e) = segments.reclaim(&*backend, None, None) {
+            tracing::warn!(error = %e, "segment files could not be reclaimed at open");
+        }
         Self::start(backend, Some(segments))
     }
 
@@ -385,6 +388,8 @@ impl Store {
             essential_pending: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
             candidates: Mutex::default(),
+            batch_lock: Mutex::default(),
+            failures: AtomicU64::new(0),
         });
         let b = backend.clone();
         let writer = std::thread::Builder::new()
@@ -429,7 +434,12 @@ impl Store {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let done = match segments.reclaim(&*self.backend, Some(&candidates)) {
+        let gate = segments::Gate {
+            lock: &self.shared.batch_lock,
+            failures: &self.shared.failures,
+            failing_since: &self.shared.failing_since,
+        };
+        let done = match segments.reclaim(&*self.backend, Some(&candidates), Some(&gate)) {
             Ok(d) => d,
             Err(e) => {
                 if let Ok(mut c) = self.shared.candidates.lock() {
@@ -549,7 +559,13 @@ impl Store {
             }
         }
         let result = self.enqueue_as(class, ops).durable().await;
-        // Answered: the records are referenced (or not), and may be reclaimed by the rules.
+        // Answered: the records are referenced (or not), and may be reclaimed by the rules;
+        // those of a commit that failed are nobody's, and their segments worth a look.
+        if result.is_err() {
+            if let Ok(mut c) = self.shared.candidates.lock() {
+                c.extend(written.iter().flat_map(|w| w.refs().iter().map(|r| (r.stream, r.segment))));
+            }
+        }
         drop(written);
         result
     }

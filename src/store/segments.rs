@@ -220,6 +220,40 @@ impl Drop for Written {
     }
 }
 
+/// What keeps a reclaim running beside the writer from deleting what a failing batch puts back:
+/// the writer holds `lock` from applying a batch until it is flushed, or undone and counted in
+/// `failures`. A reclaim reads the count before it reads anything, and deletes under the lock
+/// only if no batch failed since (nor is the store failing): every batch that overlapped its
+/// reads then made its deletions durable.
+pub struct Gate<'a> {
+    /// Held by the writer around each batch.
+    pub lock: &'a Mutex<()>,
+    /// Batches that failed, ever.
+    pub failures: &'a AtomicU64,
+    /// Non-zero while the last batch failed.
+    pub failing_since: &'a AtomicU64,
+}
+
+impl Gate<'_> {
+    fn failures(&self) -> u64 {
+        self.failures.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` under the lock if no batch failed since `seen`; returns whether it ran.
+    fn run_if_settled(
+        &self,
+        seen: Option<u64>,
+        f: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<bool, StoreError> {
+        let _held = self.lock.lock().map_err(|_| StoreError::Closed)?;
+        if seen != Some(self.failures()) || self.failing_since.load(Ordering::SeqCst) != 0 {
+            return Ok(false);
+        }
+        f()?;
+        Ok(true)
+    }
+}
+
 /// A record's owner: (the record's offset, the tree, the key).
 type Owner = (u64, Tree, Vec<u8>);
 
@@ -289,7 +323,10 @@ impl Segments {
     /// 200-byte commit went from p99 0.3 ms to 8.9 ms while 4 MiB records were synced); in
     /// chunks, it waits for one chunk at most.
     pub fn append_paced(&self, records: &[Record<'_>], pace: Option<&dyn Fn()>) -> Result<Written, StoreError> {
-        let mut refs = Vec::with_capacity(records.len());
+        // Each record counts as outstanding from before its first byte is written: a reclaim
+        // that sees its segment as older than the newest (a rotation within this append) must
+        // not take the segment for dead. Dropped on an error, the guard counts them off again.
+        let mut written = Written { refs: Vec::with_capacity(records.len()), outstanding: self.outstanding.clone() };
         let mut to_sync: Vec<Arc<File>> = Vec::new();
         {
             let mut a = self.active.lock().map_err(|_| StoreError::Closed)?;
@@ -314,6 +351,8 @@ impl Segments {
                     hasher.update(&owner);
                     hasher.update(r.value);
                     let crc = hasher.finalize();
+                    *self.outstanding.lock().map_err(|_| StoreError::Closed)?.entry(a.id).or_default() += 1;
+                    written.refs.push(BlobRef { stream: self.stream, segment: a.id, offset: a.len, len, crc });
                     let mut head = Vec::with_capacity(RECORD_HEADER as usize + owner.len());
                     head.extend_from_slice(&len.to_be_bytes());
                     head.extend_from_slice(&crc.to_be_bytes());
@@ -335,26 +374,22 @@ impl Segments {
                             }
                         }
                     }
-                    refs.push(BlobRef { stream: self.stream, segment: a.id, offset: a.len, len, crc });
                     a.len = body + r.value.len() as u64;
                 }
                 Ok(())
             })();
             if let Err(e) = result {
-                // Back to where it was: the file (or files) written past `start` are cut.
-                if a.id == start.0 {
-                    let _ = a.file.set_len(start.1);
-                    a.len = start.1;
-                }
+                // Back to where it was: the newest file is cut after its last whole record, to
+                // where this append began if it began there (whole records it left in an older
+                // segment are unreferenced, and go with that segment). `written` is dropped: its
+                // records count as outstanding no more.
+                let keep = if a.id == start.0 { start.1 } else { a.len };
+                let _ = a.file.set_len(keep);
+                a.len = keep;
                 return Err(e);
             }
             to_sync.push(a.file.clone());
-            let mut o = self.outstanding.lock().map_err(|_| StoreError::Closed)?;
-            for r in &refs {
-                *o.entry(r.segment).or_default() += 1;
-            }
         }
-        let written = Written { refs, outstanding: self.outstanding.clone() };
         for f in to_sync {
             f.sync_data().map_err(full_or("sync"))?;
         }
@@ -402,13 +437,17 @@ impl Segments {
     }
 
     /// The owners of segment `id`'s records: (offset, tree, key); `None` for a segment of the
-    /// first format, whose records do not say.
-    fn owners(&self, id: u64) -> Result<Option<Vec<Owner>>, StoreError> {
+    /// first format, whose records do not say. A record that does not fit (its owner past its
+    /// end, its end past the file's) is an error: what follows it cannot be known, so the
+    /// segment is not judged dead. Zeros where a record would begin end it (a tail a power cut
+    /// left).
+    fn owners(&self, id: u64, upto: Option<u64>) -> Result<Option<Vec<Owner>>, StoreError> {
         let (file, version) = self.reader(id)?;
         if version != 2 {
             return Ok(None);
         }
-        let total = file.metadata().map_err(|e| io("read a segment's length", e))?.len();
+        let on_disk = file.metadata().map_err(|e| io("read a segment's length", e))?.len();
+        let total = upto.map_or(on_disk, |u| u.min(on_disk));
         let mut owners = Vec::new();
         let mut at = FILE_MAGIC.len() as u64;
         let mut head = [0u8; RECORD_HEADER as usize + 3];
@@ -416,6 +455,15 @@ impl Segments {
             file.read_exact_at(&mut head, at).map_err(|e| io("read a record's owner", e))?;
             let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
             let klen = u16::from_be_bytes([head[9], head[10]]) as usize;
+            if len == 0 {
+                break;
+            }
+            if len < 3 + klen as u64 || at + RECORD_HEADER + len > total {
+                return Err(StoreError::Corrupt {
+                    tree: "segments",
+                    reason: format!("segment {id:x} at {at}: a record that does not fit; the segment is kept"),
+                });
+            }
             let mut key = vec![0; klen];
             file.read_exact_at(&mut key, at + head.len() as u64).map_err(|e| io("read a record's owner", e))?;
             if let Some(tree) = Tree::from_index(head[8]) {
@@ -427,13 +475,21 @@ impl Segments {
     }
 
     /// Deletes the segments among `only` (every one if `None`) that no stored reference points
-    /// into; the newest is cut back to its header instead (appends wait meanwhile), and those
-    /// with records not yet committed are left for later. Safe while commits go on (see the
-    /// module doc), but not after a failed batch, whose undo may have failed too: the caller
-    /// waits until a batch has been flushed again.
-    pub fn reclaim(&self, backend: &dyn Backend, only: Option<&BTreeSet<u64>>) -> Result<Reclaimed, StoreError> {
-        // Read first: a segment created from here on (by an append rotating) has a higher id and
-        // is left alone, though no reference and no outstanding record shows it yet.
+    /// into; the newest is cut back to its header instead, and those with records not yet
+    /// committed are left for later. Safe while commits go on (see the module doc) given the
+    /// writer's `gate` (`None`: nothing writes meanwhile, as at open). A segment whose records
+    /// cannot be read is kept, and said so in the log.
+    pub fn reclaim(
+        &self,
+        backend: &dyn Backend,
+        only: Option<&BTreeSet<u64>>,
+        gate: Option<&Gate<'_>>,
+    ) -> Result<Reclaimed, StoreError> {
+        // Before any read: a batch that fails from here on may put back a reference this reclaim
+        // did not see.
+        let seen = gate.map(Gate::failures);
+        // Then the newest: a segment created from here on (by an append rotating) has a higher
+        // id and is left alone, though no reference and no outstanding record shows it yet.
         let active = self.active_id.load(Ordering::SeqCst);
         let outstanding: BTreeSet<u64> =
             self.outstanding.lock().map_err(|_| StoreError::Closed)?.keys().copied().collect();
@@ -442,7 +498,7 @@ impl Segments {
         let mut legacy: Option<BTreeSet<u64>> = None;
         for id in ids.into_iter().filter(|id| only.is_none_or(|o| o.contains(id))) {
             if id == active {
-                if !self.cut_newest_if_dead(id, backend, &mut legacy)? {
+                if !self.cut_newest_if_dead(id, backend, &mut legacy, gate, seen)? {
                     done.later.push(id);
                 }
                 continue;
@@ -451,17 +507,31 @@ impl Segments {
                 done.later.push(id);
                 continue;
             }
-            if self.referenced(id, backend, &mut legacy)? {
-                continue;
+            match self.referenced(id, backend, &mut legacy, None) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(segment = id, error = %e, "a segment file could not be read through; kept");
+                    continue;
+                }
             }
-            if let Ok(mut r) = self.readers.lock() {
-                r.remove(&id);
-            }
-            match std::fs::remove_file(self.dir.join(name(id))) {
-                Ok(()) => done.gone.push(id),
-                // Another reclaim took it first.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("delete a segment", e)),
+            let delete = || {
+                if let Ok(mut r) = self.readers.lock() {
+                    r.remove(&id);
+                }
+                match std::fs::remove_file(self.dir.join(name(id))) {
+                    // Another reclaim took it first.
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("delete a segment", e)),
+                    _ => Ok(()),
+                }
+            };
+            match gate {
+                Some(g) if !g.run_if_settled(seen, delete)? => done.later.push(id),
+                Some(_) => done.gone.push(id),
+                None => {
+                    delete()?;
+                    done.gone.push(id);
+                }
             }
         }
         if !done.gone.is_empty() {
@@ -471,44 +541,68 @@ impl Segments {
     }
 
     /// Cuts the newest segment `id` back to its header if none of its records is referenced or
-    /// being committed (under the append lock: nothing is added meanwhile). Returns whether it
-    /// is settled: cut, empty, or referenced (a reference to it only goes away with a later
-    /// batch, which makes it a candidate again); `false` if it must be looked at later.
+    /// being committed. Its records are read without holding appends off; the cut is made only
+    /// if nothing was appended meanwhile. Returns whether it is settled: cut, empty, or
+    /// referenced (a reference to it only goes away with a later batch, which makes it a
+    /// candidate again); `false` if it must be looked at later.
     fn cut_newest_if_dead(
         &self,
         id: u64,
         backend: &dyn Backend,
         legacy: &mut Option<BTreeSet<u64>>,
+        gate: Option<&Gate<'_>>,
+        seen: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let mut a = self.active.lock().map_err(|_| StoreError::Closed)?;
-        if a.id != id {
-            // It rotated meanwhile: an older segment now, for the next reclaim.
-            return Ok(false);
-        }
-        if a.len <= FILE_MAGIC.len() as u64 {
+        let header = FILE_MAGIC.len() as u64;
+        let len = {
+            let a = self.active.lock().map_err(|_| StoreError::Closed)?;
+            if a.id != id {
+                // It rotated meanwhile: an older segment now, for the next reclaim.
+                return Ok(false);
+            }
+            a.len
+        };
+        if len <= header {
             return Ok(true);
         }
         if self.outstanding.lock().map_err(|_| StoreError::Closed)?.contains_key(&id) {
             return Ok(false);
         }
-        if self.referenced(id, backend, legacy)? {
-            return Ok(true);
+        match self.referenced(id, backend, legacy, Some(len)) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(segment = id, error = %e, "the newest segment file could not be read through; kept");
+                return Ok(true);
+            }
         }
-        let header = FILE_MAGIC.len() as u64;
-        a.file.set_len(header).and_then(|()| a.file.sync_all()).map_err(|e| io("cut the newest segment", e))?;
-        tracing::debug!(segment = id, freed = a.len - header, "the newest segment held nothing referenced: cut back");
-        a.len = header;
-        Ok(true)
+        let mut a = self.active.lock().map_err(|_| StoreError::Closed)?;
+        if a.id != id || a.len != len || self.outstanding.lock().map_err(|_| StoreError::Closed)?.contains_key(&id) {
+            return Ok(false);
+        }
+        let cut =
+            || a.file.set_len(header).and_then(|()| a.file.sync_all()).map_err(|e| io("cut the newest segment", e));
+        let done = match gate {
+            Some(g) => g.run_if_settled(seen, cut)?,
+            None => cut().map(|()| true)?,
+        };
+        if done {
+            tracing::debug!(segment = id, freed = len - header, "the newest segment held nothing referenced: cut back");
+            a.len = header;
+        }
+        Ok(done)
     }
 
-    /// Whether any stored reference points into segment `id`.
+    /// Whether any stored reference points into segment `id` (its records up to `upto` bytes,
+    /// all if `None`).
     fn referenced(
         &self,
         id: u64,
         backend: &dyn Backend,
         legacy: &mut Option<BTreeSet<u64>>,
+        upto: Option<u64>,
     ) -> Result<bool, StoreError> {
-        match self.owners(id)? {
+        match self.owners(id, upto)? {
             Some(owners) => {
                 for (offset, tree, key) in owners {
                     let Some(v) = backend.get(tree, &key)? else { continue };
@@ -703,6 +797,7 @@ impl Streams {
         &self,
         backend: &dyn Backend,
         only: Option<&BTreeSet<(Stream, u64)>>,
+        gate: Option<&Gate<'_>>,
     ) -> Result<Vec<(Stream, Reclaimed)>, StoreError> {
         let mut done = Vec::new();
         for set in &self.sets {
@@ -711,7 +806,7 @@ impl Streams {
             if mine.as_ref().is_some_and(BTreeSet::is_empty) {
                 continue;
             }
-            done.push((set.stream, set.reclaim(backend, mine.as_ref())?));
+            done.push((set.stream, set.reclaim(backend, mine.as_ref(), gate)?));
         }
         Ok(done)
     }
@@ -787,7 +882,7 @@ mod tests {
         let c = s.append(&[rec(b"more")]).unwrap().refs()[0];
         assert_eq!(c.offset, refs[1].offset + RECORD_HEADER + 3 + 3 + 5, "appended after what was there");
         assert_eq!(
-            s.owners(1).unwrap().unwrap(),
+            s.owners(1, None).unwrap().unwrap(),
             vec![
                 (refs[0].offset, Tree::Evidence, b"key".to_vec()),
                 (refs[1].offset, Tree::Evidence, b"key".to_vec()),
@@ -832,9 +927,62 @@ mod tests {
         assert_eq!(new.segment, 3, "not appended to a segment of the first format");
         let mem = MemoryBackend::default();
         mem.apply(&[Op::Put(Tree::Sealed, b"a".to_vec(), legacy(2))]).unwrap();
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
+        assert_eq!(s.reclaim(&mem, None, None).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
         assert!(s.read(&new).is_err(), "the newest held nothing referenced: cut back");
         assert_eq!(s.read(&BlobRef::decode(Tree::Sealed, &legacy(2)).unwrap()).unwrap(), value);
+    }
+
+    /// A record counts as being committed from before its first byte is written: a reclaim
+    /// that runs while an append is between chunks, after it rotated to a new segment, leaves
+    /// the older segment holding the append's first record alone.
+    #[test]
+    fn a_reclaim_during_an_append_that_rotated_spares_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open_sized(dir.path(), Stream::Sealed, PACE_CHUNK as u64 + PACE_CHUNK as u64 / 2).unwrap();
+        let mem = MemoryBackend::default();
+        let (a, b) = (vec![1u8; PACE_CHUNK + 10], vec![2u8; PACE_CHUNK + 10]);
+        let gone = std::cell::RefCell::new(Vec::new());
+        // (Only once the append is in segment 2: a reclaim looking at the newest waits for the
+        // append lock, which this thread holds.)
+        let pace = || {
+            if s.active_id.load(Ordering::SeqCst) == 2 {
+                gone.borrow_mut().extend(s.reclaim(&mem, Some(&[1].into()), None).unwrap().gone);
+            }
+        };
+        let w = s
+            .append_paced(
+                &[
+                    Record { tree: Tree::Sealed, key: b"a", value: &a },
+                    Record { tree: Tree::Sealed, key: b"b", value: &b },
+                ],
+                Some(&pace),
+            )
+            .unwrap();
+        assert_eq!(w.refs().iter().map(|r| r.segment).collect::<Vec<_>>(), vec![1, 2], "rotated within the append");
+        assert!(gone.borrow().is_empty(), "segment 1 was deleted under the append: {:?}", gone.borrow());
+        assert_eq!(s.read(&w.refs()[0]).unwrap(), a);
+    }
+
+    /// A segment whose records cannot be read through is kept, and the others are still
+    /// reclaimed; the writer's gate stops a deletion once a batch failed since the reads.
+    #[test]
+    fn an_unreadable_segment_is_kept_and_a_failed_batch_stops_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Segments::open_sized(dir.path(), Stream::Received, 3000).unwrap();
+        let mem = MemoryBackend::default();
+        let big = vec![3u8; 1500];
+        for key in [b"a", b"b", b"c"] {
+            drop(s.append(&[Record { tree: Tree::Evidence, key, value: &big }]).unwrap());
+        }
+        // Segment 1's record claims more bytes than the file has.
+        let f = OpenOptions::new().write(true).open(dir.path().join(name(1))).unwrap();
+        f.write_all_at(&u32::MAX.to_be_bytes(), FILE_MAGIC.len() as u64).unwrap();
+        let lock = Mutex::new(());
+        let (failures, failing_since) = (AtomicU64::new(0), AtomicU64::new(0));
+        let gate = Gate { lock: &lock, failures: &failures, failing_since: &failing_since };
+        assert!(!gate.run_if_settled(Some(1), || Ok(())).unwrap(), "a batch failed since the reads");
+        assert_eq!(s.reclaim(&mem, None, Some(&gate)).unwrap(), Reclaimed { gone: vec![2], later: vec![] });
+        assert!(dir.path().join(name(1)).exists());
     }
 
     /// A segment newer than the one this handle last knew as the newest (created by an append
@@ -846,7 +994,7 @@ mod tests {
         let newer = dir.path().join(name(2));
         std::fs::write(&newer, FILE_MAGIC).unwrap();
         let mem = MemoryBackend::default();
-        assert_eq!(s.reclaim(&mem, None).unwrap().gone, Vec::<u64>::new());
+        assert_eq!(s.reclaim(&mem, None, None).unwrap().gone, Vec::<u64>::new());
         assert!(newer.exists());
     }
 
@@ -923,20 +1071,20 @@ mod tests {
         let r4 = append(b"d").refs()[0];
         put(b"d", r4);
         assert_eq!((r1.segment, r2.segment, r3.segment, r4.segment), (1, 2, 3, 4));
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![], later: vec![3] });
+        assert_eq!(s.reclaim(&mem, None, None).unwrap(), Reclaimed { gone: vec![], later: vec![3] });
         // "a" now points to segment 4: nothing refers to 1 any more.
         put(b"a", r4);
-        assert_eq!(s.reclaim(&mem, Some(&[1, 2].into())).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
+        assert_eq!(s.reclaim(&mem, Some(&[1, 2].into()), None).unwrap(), Reclaimed { gone: vec![1], later: vec![] });
         assert_eq!(s.read(&r2).unwrap().len(), big.len());
         drop(pending);
-        assert_eq!(s.reclaim(&mem, None).unwrap().gone, vec![3], "its commit never came");
+        assert_eq!(s.reclaim(&mem, None, None).unwrap().gone, vec![3], "its commit never came");
         mem.apply(&[
             Op::Delete(Tree::Evidence, b"a".to_vec()),
             Op::Delete(Tree::Evidence, b"b".to_vec()),
             Op::Delete(Tree::Evidence, b"d".to_vec()),
         ])
         .unwrap();
-        assert_eq!(s.reclaim(&mem, None).unwrap(), Reclaimed { gone: vec![2], later: vec![] });
+        assert_eq!(s.reclaim(&mem, None, None).unwrap(), Reclaimed { gone: vec![2], later: vec![] });
         let newest = dir.path().join(name(4));
         assert_eq!(std::fs::metadata(&newest).unwrap().len(), FILE_MAGIC.len() as u64, "the newest, cut back");
         assert!(matches!(s.read(&r1), Err(StoreError::Corrupt { .. })));

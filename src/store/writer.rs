@@ -38,6 +38,10 @@ pub(super) struct Shared {
     /// Segments a committed batch removed a reference into: perhaps dead now, for
     /// [`super::Store::reclaim`] to look at.
     pub(super) candidates: Mutex<BTreeSet<(Stream, u64)>>,
+    /// Held from applying a batch until it is flushed or undone ([`super::segments::Gate`]).
+    pub(super) batch_lock: Mutex<()>,
+    /// Batches that failed, ever ([`super::segments::Gate`]).
+    pub(super) failures: AtomicU64,
 }
 
 /// Segment bytes counted as used while they are written and committed; given back on drop.
@@ -155,6 +159,8 @@ pub(super) fn write_batch(
     }
     shared.busy_since.store(now.max(1), Ordering::Relaxed);
     let undo = undo_log(backend, &ops);
+    // A reclaim deletes only between batches, and only if none failed while it read.
+    let held = shared.batch_lock.lock();
     let result = undo.as_ref().map_err(Clone::clone).and_then(|undo| {
         let applied = backend.apply(&ops).and_then(|()| backend.flush());
         if applied.is_err() {
@@ -168,6 +174,10 @@ pub(super) fn write_batch(
         }
         applied
     });
+    if result.is_err() {
+        shared.failures.fetch_add(1, Ordering::SeqCst);
+    }
+    drop(held);
     shared.busy_since.store(0, Ordering::Relaxed);
     match result {
         Ok(()) => {
