@@ -345,11 +345,16 @@ impl Store {
     /// Opens a sled store in `dir` (large values in `dir/segments`), checking (or writing) the
     /// format version; segment files nothing refers to any more are deleted.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_sized(dir, segments::SEGMENT_BYTES)
+    }
+
+    /// [`Store::open`] with segment files of about `segment_bytes` (tests make many small ones).
+    pub fn open_sized(dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir)?);
         // The format first: a store this build does not read is refused before anything of it,
         // segment files included, is touched.
         check_format(&*backend)?;
-        let segments = Arc::new(Streams::open(&dir.join("segments"))?);
+        let segments = Arc::new(Streams::open_sized(&dir.join("segments"), segment_bytes)?);
         // Nothing writes yet: what no reference points into can go now. (A failure here costs
         // disk space, not the start: it is said, and the next reclaims go on.)
         if let Err(e) = segments.reclaim(&*backend, None, None) {

@@ -773,7 +773,12 @@ pub struct Streams {
 impl Streams {
     /// Opens `dir/sealed`, `dir/sent` and `dir/received`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let open = |s: Stream| Segments::open(&dir.join(s.dir()), s);
+        Self::open_sized(dir, SEGMENT_BYTES)
+    }
+
+    /// [`Streams::open`] with segments of about `max` bytes.
+    pub fn open_sized(dir: &Path, max: u64) -> Result<Self, StoreError> {
+        let open = |s: Stream| Segments::open_sized(&dir.join(s.dir()), s, max);
         Ok(Self { sets: [open(Stream::Sealed)?, open(Stream::Sent)?, open(Stream::Received)?] })
     }
 
