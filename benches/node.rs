@@ -236,6 +236,9 @@ async fn storage(quick: bool) {
     let store = liaison::store::Store::open(&dir.path().join("IT-DCSA")).unwrap();
     let opened = t.elapsed();
     let t2 = Instant::now();
+    let scanned = store.scan(liaison::store::Tree::Outbox, &[]).unwrap().len();
+    println!("(outbox tree scanned: {scanned} in {:.0} ms)", t2.elapsed().as_secs_f64() * 1000.0);
+    let t2 = Instant::now();
     let n = store.outbox_entries().unwrap().len();
     println!("(outbox entries read and decoded: {n} in {:.0} ms)", t2.elapsed().as_secs_f64() * 1000.0);
     let t = Instant::now() - opened;
