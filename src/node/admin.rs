@@ -361,10 +361,9 @@ impl Node {
         let book = self.policies();
         let mut past = Vec::new();
         for (id, rec) in self.inbox()? {
-            let Some(policy) = book.policy(&rec.sender) else { continue };
-            let keep = u64::from(policy.retention_days) * 86_400_000;
+            let Some(keep) = self.retention_of(&book, &rec.sender) else { continue };
             if rec.received_at.saturating_add(keep) < now {
-                past.push((id, rec.sender, policy.retention_days));
+                past.push((id, rec.sender, keep / 86_400_000));
             }
         }
         let n = past.len();
