@@ -102,6 +102,7 @@ impl Node {
             }
         });
         let mut prioritised = false;
+        let mut lane_seen = None;
         let mut failed = false;
         while let Some(first) = rx.recv().await {
             let mut bytes = first.0.len();
@@ -117,7 +118,7 @@ impl Node {
             }
             // The memory the frames hold is the partner's until the batch is stored and receipted.
             let (frames, _held): (Vec<wire::Frame>, Vec<_>) = batch.into_iter().unzip();
-            let (receipt, lane) = match self.receive_batch(&peer, frames).await {
+            let (receipt, lane) = match self.receive_batch(&peer, frames, lane_seen).await {
                 Ok(Some(r)) => r,
                 Ok(None) => continue,
                 Err(e) => {
@@ -135,6 +136,7 @@ impl Node {
                     break;
                 }
             };
+            lane_seen = Some(lane);
             if !prioritised {
                 let _ = send.set_priority(lane_priority(lane));
                 prioritised = true;
@@ -195,24 +197,33 @@ impl Node {
         }
     }
 
-    /// One batch of incoming copies: the receiver machine opens and checks each copy (on the
-    /// blocking pool: up to 1,024 signatures and decryptions), then the batch is committed with
-    /// one flush (deadline changes staged with it), put in force, and its receipt returned.
+    /// One batch of incoming copies: the receiver machine opens and checks each copy (up to
+    /// 1,024 signatures and decryptions: on the blocking pool, or on the bulk pool in the line
+    /// of `lane` if the batch is [`LARGE`]; a lane's first batch counts as FLASH), then the batch
+    /// is committed with one flush (deadline changes staged with it), put in force, and its
+    /// receipt returned.
     async fn receive_batch(
         &self,
         peer: &NodeId,
         frames: Vec<wire::Frame>,
+        lane: Option<Priority>,
     ) -> Result<Option<(Vec<u8>, Priority)>, NodeError> {
         let received_ms = now_ms();
         let node = self.clone();
         let from = *peer;
-        let batch = tokio::task::spawn_blocking(move || {
+        let large = frames.iter().map(|f| f.len()).sum::<usize>() >= LARGE;
+        let work = move || {
             let policies = node.policies();
             let receiver = Receiver { seal: &node.inner.seal, policies: &policies, known: &node };
             receiver.receive(&from, &frames, received_ms, &mut rand_core::OsRng)
-        })
-        .await
-        .map_err(|e| NodeError::Store(StoreError::Backend(format!("the batch task failed: {e}"))))??;
+        };
+        let batch = if large {
+            bulk::run(lane.unwrap_or(Priority::Flash), work).await?
+        } else {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| NodeError::Store(StoreError::Backend(format!("the batch task failed: {e}"))))?
+        }?;
         let Some(batch) = batch else { return Ok(None) };
         for n in &batch.notices {
             if let Some(suppressed) = self.partner_log(peer, n.kind) {

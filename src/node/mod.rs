@@ -44,6 +44,7 @@ use crate::transport::{self, TlsMaterial};
 use crate::wire;
 
 mod admin;
+mod bulk;
 mod inbound;
 mod outbound;
 mod peer;
@@ -124,6 +125,9 @@ pub enum NodeError {
     /// The sharing policy refuses the packet for every recipient; nothing was sent.
     #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
     Denied(Vec<Refused>),
+    /// The pool that runs the CPU work of large packets did not answer.
+    #[error(transparent)]
+    Pool(#[from] bulk::PoolStopped),
 }
 
 /// A partner node: its id and where to reach it.
@@ -422,23 +426,7 @@ impl Node {
     }
 }
 
-/// Packets at least this large (CBOR) are checked, sealed and read back off the async workers
-/// ([`heavy`]): hashing, signing and encrypting 4 MiB takes milliseconds, and a FLASH alert's
-/// tasks must not wait for a worker that long.
-pub(crate) const LARGE: usize = 64 * 1024;
-
-/// Runs `f` where it cannot hold up the async workers if `large` (the worker hands its other
-/// tasks on while `f` runs), else inline. On a current-thread runtime it runs inline.
-pub(crate) fn heavy<T>(large: bool, f: impl FnOnce() -> T) -> T {
-    if large
-        && tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-    {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
+pub(crate) use bulk::{run_if as run_bulk_if, LARGE};
 
 /// Requests whose deadlines one commit is changing; released when dropped.
 struct DeadlineReservation {

@@ -13,7 +13,13 @@ impl Node {
     /// copies; returns once they are on disk. Recipients the policy refuses get nothing and are
     /// listed in [`Submitted::denied`]; if every recipient is refused the submit fails.
     pub async fn submit(&self, packet: &Packet) -> Result<Submitted, NodeError> {
-        let checked = Checked::new(packet.clone()).map_err(crate::seal::SealError::from)?;
+        // Counting the encoded size walks the packet without copying its content; the check of a
+        // large one then runs on the bulk pool.
+        let large = crate::encoding::cbor_len(packet) >= LARGE;
+        let owned = packet.clone();
+        let checked = bulk::run_if(large, packet.envelope.priority, move || Checked::new(owned))
+            .await?
+            .map_err(crate::seal::SealError::from)?;
         self.submit_checked(checked).await
     }
 
@@ -31,33 +37,46 @@ impl Node {
             }
         }
         let now = now_ms();
-        // Encoding (needed anyway, and kept) tells the size; the policy walk, the signature and
-        // the encryption of a large packet then run where they hold up no worker.
-        let large = packet.cbor().len() >= LARGE;
+        // The policy walk, the encoding, the signature and the encryption of a large packet run
+        // on the bulk pool, below the threads a FLASH alert needs.
+        let large = packet.encoded_len() >= LARGE;
         let policies = self.policies();
-        let (copies, denied) = heavy(large, || crate::delivery::submit::decide(&policies, &packet, now));
-        self.seal_and_store(&packet, copies, denied, now, with).await
+        let node = self.clone();
+        let (packet, sealed) = bulk::run_if(large, packet.envelope.priority, move || {
+            let (copies, denied) = crate::delivery::submit::decide(&policies, &packet, now);
+            let sealed = node.seal_copies(&packet, copies, denied, now);
+            (packet, sealed)
+        })
+        .await?;
+        self.store_sealed(&packet, sealed?, now, with).await
     }
 
-    /// Seals and stores the copies decided for `packet` (one per allowed recipient; each names
-    /// the recipients that actually get the packet), records the decisions in the audit trail,
-    /// and hands the copies to their partners' sender machines. With no copy, only the refusal is recorded.
-    /// `with`: writes that go to disk in the same commit (what the packet reports, such as the
-    /// acknowledgement a ReadAck announces: both or neither).
-    async fn seal_and_store(
+    /// Signs and encrypts the copies decided for `packet` (one per allowed recipient; each names
+    /// the recipients that actually get the packet).
+    fn seal_copies(
         &self,
         packet: &Packet,
         copies: Vec<(Checked, SentCopy)>,
         denied: Vec<Refused>,
         now: Millis,
+    ) -> Result<crate::delivery::submit::Prepared, crate::seal::SealError> {
+        crate::delivery::submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng)
+    }
+
+    /// Stores the copies sealed for `packet`, records the decisions in the audit trail, and
+    /// hands the copies to their partners' sender machines. With no copy, only the refusal is
+    /// recorded. `with`: writes that go to disk in the same commit (what the packet reports,
+    /// such as the acknowledgement a ReadAck announces: both or neither).
+    async fn store_sealed(
+        &self,
+        packet: &Packet,
+        sealed: crate::delivery::submit::Prepared,
+        now: Millis,
         with: Vec<Op>,
     ) -> Result<Submitted, NodeError> {
-        use crate::delivery::submit::{self, Prepared};
+        use crate::delivery::submit::Prepared;
         let mut ops = with;
-        let large = copies.iter().any(|(c, _)| c.cbor().len() >= LARGE);
-        let sealed =
-            heavy(large, || submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng));
-        let sub = match sealed? {
+        let sub = match sealed {
             Prepared::Copies(sub) => sub,
             Prepared::AllDenied { ops: refusal, denied } => {
                 ops.extend(refusal);
@@ -160,8 +179,16 @@ impl Node {
             self.inner.store.commit(vec![Op::Audit(event)]).await?;
             return Err(NodeError::Denied(denied));
         };
+        // A forward carries the original whole: a large one is sealed on the bulk pool.
         let first = first.clone();
-        self.seal_and_store(&first, copies, denied, now, Vec::new()).await
+        let large = first.encoded_len() >= LARGE;
+        let node = self.clone();
+        let (first, sealed) = bulk::run_if(large, first.envelope.priority, move || {
+            let sealed = node.seal_copies(&first, copies, denied, now);
+            (first, sealed)
+        })
+        .await?;
+        self.store_sealed(&first, sealed?, now, Vec::new()).await
     }
 
     /// Verified consents of `originator` about `packet`: the one that came with it, and any it

@@ -228,7 +228,11 @@ impl Node {
                 // A copy in a segment file may be megabytes: read off the async workers.
                 let read = match self.inner.store.get_stored(Tree::Sealed, &key) {
                     Ok(Some(crate::store::Stored::External(r))) => {
-                        heavy(true, || self.inner.store.read_external(&r)).map(Some)
+                        let store = self.inner.store.clone();
+                        match bulk::run(t.priority, move || store.read_external(&r)).await {
+                            Ok(read) => read.map(Some),
+                            Err(e) => return Err(e.to_string()),
+                        }
                     }
                     Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
                     Ok(None) => Ok(None),

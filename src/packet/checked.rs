@@ -41,6 +41,11 @@ impl Checked {
         self.cbor.get_or_init(|| self.packet.to_cbor().into())
     }
 
+    /// The length of [`Checked::cbor`], counted without encoding if it is not encoded yet.
+    pub fn encoded_len(&self) -> usize {
+        self.cbor.get().map_or_else(|| crate::encoding::cbor_len(&self.packet), |c| c.len())
+    }
+
     /// The same packet for fewer of its recipients (those the policies allow). Still valid: the
     /// envelope rules hold for any non-empty subset of a valid recipient list, each listed once.
     /// Checked again otherwise (a repeated node, one not in the list), and encoded again if the
