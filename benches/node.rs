@@ -255,6 +255,81 @@ async fn storage(quick: bool) {
     store.close();
 }
 
+/// Restart at `n` receipts: a receiver that stored `n` packets, a sender holding `n` delivered
+/// copies with their receipts (records written straight into sled stores, as the nodes would
+/// have left them; the evidence and signed packets are left out: no restart reads them).
+fn restart_at(n: usize) {
+    use liaison::delivery::Outbox;
+    use liaison::encoding::Digest;
+    use liaison::store::{pair_key, put, InboxRecord, Store, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let (it, es) = (node_id("IT-DCSA"), node_id("ES-UDYCO"));
+    println!("-- restart with {n} receipts");
+    let t = Instant::now();
+    {
+        let (receiver, sender) =
+            (Store::open(&dir.path().join("ES-UDYCO")).unwrap(), Store::open(&dir.path().join("IT-DCSA")).unwrap());
+        let now = liaison::node::now_ms();
+        for chunk in 0..n.div_ceil(10_000) {
+            let (mut r_ops, mut s_ops) = (Vec::new(), Vec::new());
+            for i in chunk * 10_000..((chunk + 1) * 10_000).min(n) {
+                let id = liaison::ids::PacketId::new_v7(now - (n - i) as u64, &mut OsRng);
+                let sealed = Digest::of(&i.to_be_bytes());
+                let rec = InboxRecord {
+                    sender: it,
+                    sealed_digest: sealed,
+                    received_at: now,
+                    packet_type: liaison::packet::PacketType::InformationRequest,
+                    priority: liaison::markings::Priority::Routine,
+                    due_by: None,
+                    reads: Vec::new(),
+                    policy: Some(Digest::of(b"policy")),
+                    originator: None,
+                    run: 1,
+                };
+                r_ops.push(put(Tree::Inbox, pair_key(id, &it), &rec));
+                let mut e =
+                    Outbox::new_entry(now, id, es, liaison::markings::Priority::Routine, now + 86_400_000, sealed);
+                e.signed_digest = Some(Digest::of(b"signed"));
+                e.attempts = 1;
+                e.state = EntryState::Delivered { at: now, digest: sealed, receipted: Some(now) };
+                s_ops.push(put(Tree::Outbox, pair_key(id, &es), &e));
+            }
+            receiver.commit_blocking(r_ops).unwrap();
+            sender.commit_blocking(s_ops).unwrap();
+        }
+        receiver.close();
+        sender.close();
+    }
+    println!("(written in {:.1} s)", t.elapsed().as_secs_f64());
+    for (name, partner, tree) in [("receiver", it, Tree::Inbox), ("sender", es, Tree::Outbox)] {
+        let dir = dir.path().join(if name == "sender" { "IT-DCSA" } else { "ES-UDYCO" });
+        let t = Instant::now();
+        let store = Store::open(&dir).unwrap();
+        let opened = t.elapsed();
+        let restored =
+            liaison::node::restore(&store, [partner], RetryPolicy::default(), liaison::node::now_ms()).unwrap();
+        let loaded = t.elapsed();
+        let held: usize = restored.senders.values().map(|s| s.entries().count()).sum();
+        drop(restored);
+        // What a start that reads the whole tree costs (the receiver's did, before this build).
+        let t2 = Instant::now();
+        let read = store.scan(tree, &[]).unwrap();
+        let decoded = match tree {
+            Tree::Inbox => read.iter().filter(|(_, v)| liaison::store::decode::<InboxRecord>(tree, v).is_ok()).count(),
+            _ => store.outbox_entries().unwrap().len(),
+        };
+        println!(
+            "{name}: store opened in {:.0} ms, state loaded in {:.0} ms in all ({held} outbox entries in memory); reading and decoding its {} tree would take {:.0} ms ({decoded} records)",
+            opened.as_secs_f64() * 1000.0,
+            loaded.as_secs_f64() * 1000.0,
+            tree.name(),
+            t2.elapsed().as_secs_f64() * 1000.0
+        );
+        store.close();
+    }
+}
+
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -426,6 +501,10 @@ fn main() {
     if std::env::args().any(|a| a == "--lossy") {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         rt.block_on(lossy(quick));
+        return;
+    }
+    if std::env::args().any(|a| a == "--restart") {
+        restart_at(if quick { 100_000 } else { 1_000_000 });
         return;
     }
     if std::env::args().any(|a| a == "--storage") {

@@ -89,6 +89,44 @@ async fn a_squatted_packet_id_does_not_block_the_genuine_packet() {
     assert_eq!(collisions[0]["id_collision"]["also_from"], json!(["CO-DIJIN"]));
 }
 
+/// A restarted node loads nothing of what it received (1,000,000 packets start as fast as
+/// none) and reads it from the store as copies arrive: a copy sent again after the restart is
+/// receipted as the first time, at the first time, and not stored twice; the officer's
+/// acknowledgement stays; the same id with other bytes is answered as the first copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_a_copy_sent_again_is_receipted_as_the_first_time() {
+    let mut c = with_hostile_co();
+    let co = ctx("CO-DIJIN");
+    let p = packet_from("CO-DIJIN", "IT-DCSA");
+    let copy = sealed("CO-DIJIN", &p);
+    let send = |port: u16, bytes: Vec<u8>| async move {
+        let answer = RawPeer::as_node("CO-DIJIN").send(port, "IT-DCSA", &bytes).await.unwrap();
+        receipt_items(&ctx("CO-DIJIN"), "IT-DCSA", &answer).remove(0)
+    };
+    let first = send(c.node("IT-DCSA").quic, copy.clone()).await;
+    assert_eq!(first.outcome, ReceiptOutcome::Accepted);
+    let id = p.envelope.id.to_string();
+    let o = c.node("IT-DCSA").cli(&["ack", "--officer", "Isp. Rossi", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    c.node("IT-DCSA").terminate();
+    std::thread::sleep(Duration::from_millis(20));
+    c.node("IT-DCSA").start();
+    let again = send(c.node("IT-DCSA").quic, copy).await;
+    assert_eq!(again.outcome, ReceiptOutcome::Accepted);
+    assert_eq!(again.received_at, first.received_at, "receipted as the first time");
+    assert_eq!(again.signed_digest, first.signed_digest);
+    let resealed = co.seal(&p, &mut rand_core::OsRng).unwrap().remove(0).bytes;
+    let other = send(c.node("IT-DCSA").quic, resealed).await;
+    assert_eq!((other.received_at, other.sealed_digest), (first.received_at, first.sealed_digest), "the first copy's");
+
+    let it = c.node("IT-DCSA");
+    let shown: Vec<Value> = it.inbox().into_iter().filter(|v| v["id"] == id.as_str()).collect();
+    assert_eq!(shown.len(), 1, "shown once: {shown:?}");
+    let (_, v) = it.api("GET", &format!("/v1/inbox/{id}"), None);
+    assert_eq!(v["reads"][0]["officer"], "Isp. Rossi", "the acknowledgement stays (stored again, it would not): {v}");
+}
+
 /// Item 10. Every officer who reads a packet may acknowledge it once: both acknowledgements are
 /// recorded at the receiver and reach the originator; an officer's second acknowledgement is
 /// refused with a clear message, and nothing is sent again.

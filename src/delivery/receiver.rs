@@ -36,10 +36,14 @@ type Acked = (Entry, Vec<Read>);
 /// What the receiver reads of the node's state. Each call may take a lock briefly; nothing is
 /// held across the batch.
 pub trait Known {
-    /// The inbox's classification of a verified packet (see [`super::Inbox::classify`]).
-    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Incoming;
-    /// Whether a packet with this id from `sender` is stored.
+    /// The inbox's classification of a verified packet (see [`super::Inbox::classify`]);
+    /// `None` if the store could not be read to tell (the copy then gets no receipt item, and
+    /// its sender sends it again).
+    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Option<Incoming>;
+    /// Whether a packet with this id from `sender` is stored (`false` if the store cannot tell).
     fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool;
+    /// This run's id, written in each inbox record stored ([`super::Inbox::run`]).
+    fn run(&self) -> u64;
     /// The outbox entry of the copy of `packet_id` sent to `peer`.
     fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry>;
     /// The policy version under which the stored packet was admitted.
@@ -162,7 +166,18 @@ impl Receiver<'_> {
                 // A copy sent twice within one batch.
                 Some((first, rec)) if first.ct_eq(&digest) => Incoming::Duplicate { received_at: rec.received_at },
                 Some((first, rec)) => Incoming::DuplicateWithOtherBytes { received_at: rec.received_at, first: *first },
-                None => self.known.classify(id, peer, &digest),
+                None => match self.known.classify(id, peer, &digest) {
+                    Some(class) => class,
+                    None => {
+                        notice(
+                            "store",
+                            Some(id),
+                            None,
+                            "the inbox could not be read; no receipt for this copy, it comes again".into(),
+                        );
+                        continue;
+                    }
+                },
             };
             let admitted_under = |new: &HashMap<PacketId, (Digest, InboxRecord)>| match new.get(&id) {
                 Some((_, rec)) => rec.policy,
@@ -241,6 +256,7 @@ impl Receiver<'_> {
                 reads: Vec::new(),
                 policy: verdict.policy,
                 originator: forwarded_from,
+                run: self.known.run(),
             };
             let planted_skip = {
                 #[cfg(test)]

@@ -269,14 +269,33 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The store's inbox records of `packet_id` (what earlier runs received counts from there:
+    /// [`crate::delivery::Inbox`]); `None`, logged, if the store cannot be read.
+    pub(super) fn stored_of(&self, packet_id: PacketId) -> Option<Vec<InboxRecord>> {
+        match self.inner.store.inbox_records(packet_id) {
+            Ok(stored) => Some(stored),
+            Err(e) => {
+                warn!(%packet_id, error = %e, "cannot read the inbox records of a packet");
+                None
+            }
+        }
+    }
+}
+
 /// What the receiver machine reads of the node: each answer under a brief lock.
 impl Known for Node {
-    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Incoming {
-        lock(&self.inner.inbox).classify(packet_id, sender, digest)
+    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Option<Incoming> {
+        let stored = self.stored_of(packet_id)?;
+        Some(lock(&self.inner.inbox).classify(packet_id, sender, digest, &stored))
     }
 
     fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool {
-        lock(&self.inner.inbox).has(packet_id, sender)
+        self.stored_of(packet_id).is_some_and(|stored| lock(&self.inner.inbox).has(packet_id, sender, &stored))
+    }
+
+    fn run(&self) -> u64 {
+        lock(&self.inner.inbox).run()
     }
 
     fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry> {

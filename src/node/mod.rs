@@ -263,7 +263,7 @@ impl Node {
         let me = *config.seal.node();
         let store = config.store;
         let now = now_ms();
-        let Restored { senders, inbox, deadlines } =
+        let Restored { senders, deadlines } =
             restore(&store, config.partners.iter().map(|p| p.node), config.retry, now)?;
         let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node).collect();
@@ -294,7 +294,8 @@ impl Node {
                 store,
                 fresh: senders.keys().map(|n| (*n, Mutex::new(peer::Fresh::default()))).collect(),
                 senders,
-                inbox: Mutex::new(inbox),
+                // This run's id: the inbox trusts records of earlier runs from the store.
+                inbox: Mutex::new(Inbox::new(rand_core::RngCore::next_u64(&mut rand_core::OsRng))),
                 wake,
                 partners,
                 endpoint,
@@ -452,14 +453,14 @@ impl Drop for DeadlineReservation {
 pub struct Restored {
     /// One sender machine per partner, and per former partner with entries left.
     pub senders: HashMap<NodeId, Sender>,
-    /// The dedup index of what was received.
-    pub inbox: Inbox,
     /// The answer deadlines.
     pub deadlines: Deadlines,
 }
 
 /// Rebuilds a node's state from `store` at `now` (start-up, and the simulation's restarts):
-/// the sender machines (what was in flight is queued again), the inbox index, the deadlines.
+/// the sender machines (what was in flight is queued again) and the deadlines. The inbox index
+/// starts empty: what earlier runs received is read from the store as packets arrive
+/// ([`Inbox`]).
 pub fn restore(
     store: &Store,
     partners: impl IntoIterator<Item = NodeId>,
@@ -479,16 +480,11 @@ pub fn restore(
             (peer, Sender::restore(peer, retry, seed, entries, now))
         })
         .collect();
-    let mut inbox = Inbox::new();
-    for (k, v) in store.scan(Tree::Inbox, &[])? {
-        let rec: InboxRecord = store::decode(Tree::Inbox, &v)?;
-        inbox.record(packet_id_of(&k)?, rec.sender, rec.sealed_digest, rec.received_at);
-    }
     let mut kept = Vec::new();
     for (_, v) in store.scan(Tree::Deadlines, &[])? {
         kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
     }
-    Ok(Restored { senders, inbox, deadlines: Deadlines::restore(kept) })
+    Ok(Restored { senders, deadlines: Deadlines::restore(kept) })
 }
 
 /// Refused client certificates, logged within the budget for unauthenticated events.

@@ -130,7 +130,8 @@ impl Node {
     /// Other partners that sent a packet with the same id as `packet_id` from `sender` (a
     /// collision; shown as suspicious).
     pub fn also_from(&self, packet_id: PacketId, sender: &NodeId) -> Vec<NodeId> {
-        lock(&self.inner.inbox).senders(packet_id).into_iter().filter(|n| n != sender).collect()
+        let stored = self.stored_of(packet_id).unwrap_or_default();
+        lock(&self.inner.inbox).senders(packet_id, &stored).into_iter().filter(|n| n != sender).collect()
     }
 
     /// A received packet, verified again from the stored evidence.

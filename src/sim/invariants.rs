@@ -112,26 +112,37 @@ impl Sim {
     }
 
     /// The inbox index agrees with the store: nothing shown twice, nothing shown unstored.
-    fn check_inbox(&self, b: usize) -> Res {
+    /// (Between steps every commit is answered: each record is this run's, in memory, or an
+    /// earlier run's, read from the store; the index holds nothing the store does not.)
+    fn check_inbox(&mut self, b: usize) -> Res {
         let node = &self.nodes[b];
         let stored = node.store.scan(Tree::Inbox, &[]).map_err(err("scan"))?;
-        if stored.len() != node.inbox.len() {
-            return Err(format!(
-                "{}: {} packets stored, {} in the inbox index",
-                node.id,
-                stored.len(),
-                node.inbox.len()
-            ));
-        }
+        let mut this_run = 0;
         for (k, v) in stored {
             let rec: InboxRecord = store::decode(Tree::Inbox, &v).map_err(err("inbox record"))?;
             let id = PacketId::from_bytes(k.get(..16).and_then(|x| x.try_into().ok()).ok_or("inbox key")?);
-            if !node.inbox.has(id, &rec.sender) {
+            let records = node.store.inbox_records(id).map_err(err("inbox records"))?;
+            if !node.inbox.has(id, &rec.sender, &records) {
                 return Err(format!("{}: {id} from {} stored but not in the index", node.id, rec.sender));
+            }
+            this_run += usize::from(rec.run == node.inbox.run());
+            let first = *self.stored_first.entry((b, id, rec.sender)).or_insert((rec.received_at, rec.sealed_digest));
+            if first != (rec.received_at, rec.sealed_digest) {
+                return Err(format!(
+                    "{}: {id} from {} stored again: received at {} first, now {}",
+                    node.id, rec.sender, first.0, rec.received_at
+                ));
             }
             if node.store.get(Tree::Evidence, &k).map_err(err("evidence"))?.is_none() {
                 return Err(format!("{}: {id} from {} listed without its evidence", node.id, rec.sender));
             }
+        }
+        if this_run != node.inbox.len() {
+            return Err(format!(
+                "{}: {this_run} packets stored in this run, {} in the inbox index",
+                node.id,
+                node.inbox.len()
+            ));
         }
         Ok(())
     }

@@ -217,12 +217,17 @@ struct SimNode {
 }
 
 impl Known for SimNode {
-    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Incoming {
-        self.inbox.classify(packet_id, sender, digest)
+    fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Option<Incoming> {
+        let stored = self.store.inbox_records(packet_id).ok()?;
+        Some(self.inbox.classify(packet_id, sender, digest, &stored))
     }
 
     fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool {
-        self.inbox.has(packet_id, sender)
+        self.store.inbox_records(packet_id).is_ok_and(|stored| self.inbox.has(packet_id, sender, &stored))
+    }
+
+    fn run(&self) -> u64 {
+        self.inbox.run()
     }
 
     fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry> {
@@ -314,6 +319,9 @@ struct Sim {
     verified: BTreeSet<(usize, PacketId, NodeId)>,
     /// Deadlines as last seen.
     seen_deadlines: BTreeMap<(usize, PacketId, NodeId), Deadline>,
+    /// Inbox records as first seen (node, packet, sender): a packet is stored once, so its time
+    /// and bytes never change (a restarted receiver that stored a retransmission again would).
+    stored_first: BTreeMap<(usize, PacketId, NodeId), (Millis, Digest)>,
     report: Report,
 }
 
@@ -358,7 +366,7 @@ impl Sim {
                 disk,
                 store,
                 senders: BTreeMap::new(),
-                inbox: Inbox::new(),
+                inbox: Inbox::new(rng.next_u64()),
                 deadlines: Deadlines::default(),
             };
             let partners = names.iter().filter(|n| *n != me).cloned();
@@ -393,6 +401,7 @@ impl Sim {
             fault_rate,
             crash_rate,
             ledger: BTreeMap::new(),
+            stored_first: BTreeMap::new(),
             originated: BTreeSet::new(),
             terminal: BTreeMap::new(),
             verified: BTreeSet::new(),
@@ -792,7 +801,8 @@ impl Sim {
         let node = &mut self.nodes[i];
         std::mem::replace(&mut node.store, store).close();
         node.senders = restored.senders.into_iter().collect();
-        node.inbox = restored.inbox;
+        // A new run: what the crash left on disk counts as received from the store.
+        node.inbox = Inbox::new(self.rng.next_u64());
         node.deadlines = restored.deadlines;
         for c in self.conns.values_mut() {
             if c.from == i || c.to == i {

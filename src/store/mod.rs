@@ -239,6 +239,11 @@ pub struct InboxRecord {
     /// For a packet passed on by `sender`: the node that originated it.
     #[serde(default)]
     pub originator: Option<NodeId>,
+    /// The run of the node (an id drawn at each start) that stored it; 0 for records stored
+    /// before runs were named. A record counts as received in the run that wrote it only once
+    /// its commit is answered ([`crate::delivery::Inbox`]).
+    #[serde(default)]
+    pub run: u64,
 }
 
 /// Most officers' acknowledgements kept per packet and partner (every officer of a unit may read
@@ -1170,6 +1175,7 @@ mod tests {
             reads: vec![("Isp. Rossi".parse().unwrap(), 50), ("Isp. Bianchi".parse().unwrap(), 60)],
             policy: Some(Digest::of(b"policy")),
             originator: None,
+            run: 3,
         };
         let other = InboxRecord { sender: "CO-DIJIN".parse().unwrap(), reads: Vec::new(), ..rec.clone() };
         store
