@@ -104,7 +104,7 @@ impl From<NodeError> for ApiError {
         let code = match &e {
             // 507: the disk is full, nothing was stored; the client may submit again later.
             NodeError::Store(crate::store::StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
-            NodeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Store(_) | NodeError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
             NodeError::Ambiguous { .. } | NodeError::AckRefused(_) | NodeError::NotDelivered { .. } => {
                 StatusCode::CONFLICT
@@ -154,7 +154,7 @@ async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Reque
     }
 }
 
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize)]
 struct SubmitQuery {
     to: Option<String>,
 }
@@ -184,23 +184,26 @@ fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Checked, ApiEr
     Ok(packet)
 }
 
+/// [`draft_packet`]; a draft of megabytes (base64 attachments) takes milliseconds to parse and
+/// check, so it runs on the node's bulk pool, below the threads a FLASH alert needs. Its priority
+/// is not known before it is parsed: large drafts take the URGENT line (ahead of ROUTINE
+/// sealing).
+async fn parse_draft(api: &Api, q: SubmitQuery, body: String) -> Result<Checked, ApiError> {
+    if body.len() < crate::node::LARGE {
+        return draft_packet(api, &q, &body);
+    }
+    let api = api.clone();
+    crate::node::run_bulk(crate::markings::Priority::Urgent, move || draft_packet(&api, &q, &body))
+        .await
+        .map_err(|e| ApiError::from(NodeError::from(e)))?
+}
+
 async fn submit(
     State(api): State<Api>,
     Query(q): Query<SubmitQuery>,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
-    // Parsing and checking a draft of megabytes (base64 attachments) takes milliseconds: on the
-    // node's bulk pool, below the threads a FLASH alert needs. Its priority is not known before
-    // it is parsed: drafts take the URGENT line (ahead of ROUTINE sealing, behind FLASH's).
-    let large = body.len() >= crate::node::LARGE;
-    let parse = {
-        let api = api.clone();
-        move || draft_packet(&api, &q, &body)
-    };
-    let priority = crate::markings::Priority::Urgent;
-    let packet = crate::node::run_bulk_if(large, priority, parse)
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))??;
+    let packet = parse_draft(&api, q, body).await?;
     let (id, due_by) = (packet.envelope.id, packet.envelope.due_by);
     let result = api.node.submit_checked(packet).await;
     if result.is_ok() {
@@ -215,7 +218,7 @@ async fn policy_check(
     Query(q): Query<SubmitQuery>,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
-    let packet = draft_packet(&api, &q, &body)?;
+    let packet = parse_draft(&api, q, body).await?;
     let mut out = Vec::new();
     for r in &packet.envelope.recipients {
         let mut copy = packet.packet().clone();

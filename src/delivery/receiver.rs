@@ -40,8 +40,9 @@ pub trait Known {
     /// `None` if the store could not be read to tell (the copy then gets no receipt item, and
     /// its sender sends it again).
     fn classify(&self, packet_id: PacketId, sender: &NodeId, digest: &Digest) -> Option<Incoming>;
-    /// Whether a packet with this id from `sender` is stored (`false` if the store cannot tell).
-    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool;
+    /// Whether a packet with this id from `sender` is stored; `None` if the store could not be
+    /// read to tell.
+    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> Option<bool>;
     /// This run's id, written in each inbox record stored ([`super::Inbox::run`]).
     fn run(&self) -> u64;
     /// The outbox entry of the copy of `packet_id` sent to `peer`.
@@ -229,10 +230,22 @@ impl Receiver<'_> {
                 continue;
             }
             let packet = &opened.signed.packet;
-            if let Err((code, reason)) = self.system_context(packet, peer, &new, &mut acked) {
-                notice("system", Some(id), Some(code.into()), "system packet refused; not stored".into());
-                items.push(rejection(id, now, digest, code, reason, verdict.policy));
-                continue;
+            match self.system_context(packet, peer, &new, &mut acked) {
+                Ok(()) => {}
+                Err(Some((code, reason))) => {
+                    notice("system", Some(id), Some(code.into()), "system packet refused; not stored".into());
+                    items.push(rejection(id, now, digest, code, reason, verdict.policy));
+                    continue;
+                }
+                Err(None) => {
+                    notice(
+                        "store",
+                        Some(id),
+                        None,
+                        "the inbox could not be read; no receipt for this copy, it comes again".into(),
+                    );
+                    continue;
+                }
             }
             if !also_from.is_empty() {
                 // Kept apart from the other sender's packet, and recorded: someone may be
@@ -316,16 +329,17 @@ impl Receiver<'_> {
 
     /// System packets are about something this node holds: a ReadAck about a copy it sent to
     /// `peer` (each officer once, a bounded number), a consent about a packet `peer` sent it.
-    /// Anything else is refused (the code and why) and not stored. A ReadAck that is taken adds
-    /// its officer to `acked` (the entry as the batch has it, and what it adds), which the batch
-    /// writes and, once on disk, puts in force.
+    /// Anything else is refused (`Some`: the code and why) and not stored; `None`: the store
+    /// could not be read to tell (no answer now, the copy comes again). A ReadAck that is taken
+    /// adds its officer to `acked` (the entry as the batch has it, and what it adds), which the
+    /// batch writes and, once on disk, puts in force.
     fn system_context(
         &self,
         packet: &Packet,
         peer: &NodeId,
         batch: &HashMap<PacketId, (Digest, InboxRecord)>,
         acked: &mut HashMap<PacketId, Acked>,
-    ) -> Result<(), (&'static str, String)> {
+    ) -> Result<(), Option<(&'static str, String)>> {
         match &packet.body {
             Body::ReadAck(ack) => {
                 let known = acked.remove(&ack.packet_id);
@@ -341,27 +355,28 @@ impl Receiver<'_> {
                 }
                 match m {
                     ReadAckMatch::New => Ok(()),
-                    ReadAckMatch::Unknown => Err((
+                    ReadAckMatch::Unknown => Err(Some((
                         "system.unknown_packet",
                         format!("acknowledges {}, which this node did not send to {peer}", ack.packet_id),
-                    )),
-                    ReadAckMatch::Already => {
-                        Err(("system.duplicate_ack", format!("{} already acknowledged {}", ack.officer, ack.packet_id)))
-                    }
-                    ReadAckMatch::Full => Err((
+                    ))),
+                    ReadAckMatch::Already => Err(Some((
+                        "system.duplicate_ack",
+                        format!("{} already acknowledged {}", ack.officer, ack.packet_id),
+                    ))),
+                    ReadAckMatch::Full => Err(Some((
                         "system.too_many_acks",
                         format!("{} already holds {} acknowledgements", ack.packet_id, store::MAX_READS),
-                    )),
+                    ))),
                 }
             }
             Body::OnwardConsent(c) => {
-                if batch.contains_key(&c.packet_id) || self.known.has_received(c.packet_id, peer) {
+                if batch.contains_key(&c.packet_id) || self.known.has_received(c.packet_id, peer).ok_or(None)? {
                     Ok(())
                 } else {
-                    Err((
+                    Err(Some((
                         "system.unknown_packet",
                         format!("a consent about {}, which {peer} did not send this node", c.packet_id),
-                    ))
+                    )))
                 }
             }
             _ => Ok(()),

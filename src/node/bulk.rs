@@ -1,15 +1,18 @@
 //! Where the CPU work of large packets runs. Checking, the policy walk, signing and encrypting a
 //! packet of megabytes (and opening and checking one on arrival, reading a sealed copy back from
-//! its segment) take milliseconds of CPU each. On the async workers, or on threads of the same
-//! priority, they make a FLASH alert wait for a core: on this project's 2-core machine, its
-//! store commit's `fsync` returned within a millisecond but its thread then waited up to 8 ms
-//! to run again, behind the bulk's crypto.
+//! its segment, parsing an API draft of megabytes) take milliseconds of CPU each. On the async
+//! workers, or on threads of the same priority, they make a FLASH alert wait for a core: on this
+//! project's 2-core machine, a FLASH commit's `fsync` returned within a millisecond but its
+//! thread then waited up to 8 ms to run again, behind the bulk's crypto.
 //!
-//! So that work runs here: a few threads at a lower scheduling priority (`nice` 10 on Linux),
-//! which the kernel gives a core only when the async workers, the store's writer and the
-//! network have none to ask for. Jobs are taken FLASH first, then URGENT, then ROUTINE; within a
-//! priority, in order. Small work ([`LARGE`]) stays where it is: a hop to another thread would
-//! cost a FLASH alert more than the work.
+//! So URGENT and ROUTINE work of that size runs here: a few threads at a lower scheduling
+//! priority (10 `nice` steps below the node's own, at most 19, on Linux). Under the kernel's
+//! fair scheduler that is a weight about ten times smaller, not a strict priority: when the
+//! async workers, the store's writer and the network want a core they get most of it at once,
+//! and bulk gets what is left. Jobs are taken URGENT first, then ROUTINE, in order within each;
+//! a job whose caller stopped waiting is dropped unrun. FLASH work, however large, is never
+//! niced: it runs on tokio's blocking pool at the node's priority. Small work ([`LARGE`]) stays
+//! where it is: a hop to another thread would cost more than the work.
 //!
 //! Decision: the threads are the process's (one pool for every node in it), as many as the
 //! machine has cores, at most 8; if the OS refuses the lower priority the pool still runs, at
@@ -28,29 +31,32 @@ use crate::markings::Priority;
 /// a core that long.
 pub(crate) const LARGE: usize = 64 * 1024;
 
-/// How much lower than the node's own threads the pool's run (`nice` steps).
+/// How much lower than the node's own threads the pool's run (`nice` steps; 19 at most).
 const NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The queue: one line per priority, FLASH first.
+/// The queue: URGENT's line, then ROUTINE's.
 struct Queue {
-    lines: Mutex<[VecDeque<Job>; 3]>,
+    lines: Mutex<[VecDeque<Job>; 2]>,
     ready: Condvar,
 }
 
-/// The pool failed to answer (it cannot: its jobs catch panics and its threads never stop;
-/// kept as an error rather than a panic all the same).
+/// Why work given to the pool has no result.
 #[derive(Debug, thiserror::Error)]
-#[error("the bulk work pool did not answer")]
-pub struct PoolStopped;
+pub enum BulkError {
+    /// The work panicked (a bug); the pool goes on.
+    #[error("the work on a large packet failed (a panic; see the log)")]
+    Panicked,
+    /// The work was dropped unrun (it cannot be: the pool's threads never stop; kept as an error
+    /// rather than a panic all the same).
+    #[error("the bulk work pool did not answer")]
+    Stopped,
+}
 
+/// The line of non-FLASH work.
 fn line(p: Priority) -> usize {
-    match p {
-        Priority::Flash => 0,
-        Priority::Urgent => 1,
-        Priority::Routine => 2,
-    }
+    usize::from(p == Priority::Routine)
 }
 
 /// The process's pool, started on first use; `None` if no thread could be started (then work
@@ -94,14 +100,17 @@ fn work(q: &Queue) {
 }
 
 /// The next job: the oldest of the most urgent line that has one.
-fn take(lines: &mut [VecDeque<Job>; 3]) -> Option<Job> {
+fn take(lines: &mut [VecDeque<Job>; 2]) -> Option<Job> {
     lines.iter_mut().find_map(VecDeque::pop_front)
 }
 
 #[cfg(target_os = "linux")]
 fn lower_priority() -> std::io::Result<()> {
-    // On Linux, a thread's nice value is its own: PRIO_PROCESS with the thread's id.
-    Ok(rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE)?)
+    // On Linux, a thread's nice value is its own: PRIO_PROCESS with the thread's id. A new
+    // thread starts at its creator's (a runtime worker's: the node's), which this lowers.
+    let me = Some(rustix::thread::gettid());
+    let own = rustix::process::getpriority_process(me)?;
+    Ok(rustix::process::setpriority_process(me, (own + NICE).min(19))?)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -109,30 +118,37 @@ fn lower_priority() -> std::io::Result<()> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "per-thread priority is set on Linux only"))
 }
 
-/// Runs `f` on the pool, in the line of `priority`, and waits for it without holding an async
-/// worker. A panic in `f` is raised again here. If the caller stops waiting, `f` still runs to
-/// its end (it only computes; its result is dropped).
-pub(crate) async fn run<T, F>(priority: Priority, f: F) -> Result<T, PoolStopped>
+/// Runs `f` off the async workers and waits for it: FLASH work on tokio's blocking pool at the
+/// node's priority, other work on the pool, in the line of `priority`. A panic in `f` is
+/// [`BulkError::Panicked`]. If the caller stops waiting before `f` starts, `f` is dropped unrun
+/// (a client that hung up leaves no work queued behind it).
+pub(crate) async fn run<T, F>(priority: Priority, f: F) -> Result<T, BulkError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    let Some(q) = queue() else { return Ok(f()) };
+    let q = match queue() {
+        Some(q) if priority != Priority::Flash => q,
+        _ => return tokio::task::spawn_blocking(f).await.map_err(|_| BulkError::Panicked),
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
+        if tx.is_closed() {
+            return;
+        }
         let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
     });
     q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[line(priority)].push_back(job);
     q.ready.notify_one();
     match rx.await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => Err(PoolStopped),
+        Ok(Err(_)) => Err(BulkError::Panicked),
+        Err(_) => Err(BulkError::Stopped),
     }
 }
 
 /// [`run`] if `large`, else `f` here and now.
-pub(crate) async fn run_if<T, F>(large: bool, priority: Priority, f: F) -> Result<T, PoolStopped>
+pub(crate) async fn run_if<T, F>(large: bool, priority: Priority, f: F) -> Result<T, BulkError>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -156,10 +172,37 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panic_is_raised_in_the_caller_and_the_pool_goes_on() {
-        let caught = tokio::spawn(run(Priority::Urgent, || -> u8 { panic!("boom in the pool") })).await;
-        assert!(caught.unwrap_err().is_panic());
+    async fn a_panic_is_an_error_and_the_pool_goes_on() {
+        for p in [Priority::Urgent, Priority::Flash] {
+            let caught = run(p, || -> u8 { panic!("boom in the pool") }).await;
+            assert!(matches!(caught, Err(BulkError::Panicked)), "{p:?}");
+        }
         assert_eq!(run(Priority::Urgent, || 1).await.unwrap(), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn flash_work_is_never_niced() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        assert_eq!(run(Priority::Flash, nice).await.unwrap(), nice());
+    }
+
+    /// A caller that stops waiting before its job starts leaves nothing to run.
+    #[tokio::test]
+    async fn a_job_whose_caller_went_away_is_not_run() {
+        let q = Queue { lines: Mutex::new(Default::default()), ready: Condvar::new() };
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let flag = ran.clone();
+        q.lines.lock().unwrap()[line(Priority::Routine)].push_back(Box::new(move || {
+            if tx.is_closed() {
+                return;
+            }
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }));
+        drop(rx);
+        take(&mut q.lines.lock().unwrap()).unwrap()();
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[cfg(target_os = "linux")]
@@ -172,17 +215,17 @@ mod tests {
     }
 
     #[test]
-    fn flash_is_taken_first() {
+    fn urgent_is_taken_first() {
         // The queue alone, without threads: the order in which a worker takes jobs.
         let q = Queue { lines: Mutex::new(Default::default()), ready: Condvar::new() };
         let order = std::sync::Arc::new(Mutex::new(Vec::new()));
-        for (p, name) in [(Priority::Routine, "routine"), (Priority::Urgent, "urgent"), (Priority::Flash, "flash")] {
+        for (p, name) in [(Priority::Routine, "routine"), (Priority::Urgent, "urgent"), (Priority::Routine, "later")] {
             let order = order.clone();
             q.lines.lock().unwrap()[line(p)].push_back(Box::new(move || order.lock().unwrap().push(name)));
         }
         while let Some(job) = take(&mut q.lines.lock().unwrap()) {
             job();
         }
-        assert_eq!(*order.lock().unwrap(), ["flash", "urgent", "routine"]);
+        assert_eq!(*order.lock().unwrap(), ["urgent", "routine", "later"]);
     }
 }

@@ -198,10 +198,10 @@ impl Node {
     }
 
     /// One batch of incoming copies: the receiver machine opens and checks each copy (up to
-    /// 1,024 signatures and decryptions: on the blocking pool, or on the bulk pool in the line
-    /// of `lane` if the batch is [`LARGE`]; a lane's first batch counts as FLASH), then the batch
-    /// is committed with one flush (deadline changes staged with it), put in force, and its
-    /// receipt returned.
+    /// 1,024 signatures and decryptions: on the blocking pool, or on the bulk pool if the batch
+    /// is [`LARGE`] and its lane, known from the lane's first batch, is not FLASH), then the
+    /// batch is committed with one flush (deadline changes staged with it), put in force, and
+    /// its receipt returned.
     async fn receive_batch(
         &self,
         peer: &NodeId,
@@ -217,12 +217,11 @@ impl Node {
             let receiver = Receiver { seal: &node.inner.seal, policies: &policies, known: &node };
             receiver.receive(&from, &frames, received_ms, &mut rand_core::OsRng)
         };
-        let batch = if large {
-            bulk::run(lane.unwrap_or(Priority::Flash), work).await?
-        } else {
-            tokio::task::spawn_blocking(work)
+        let batch = match lane {
+            Some(lane) if large => bulk::run(lane, work).await?,
+            _ => tokio::task::spawn_blocking(work)
                 .await
-                .map_err(|e| NodeError::Store(StoreError::Backend(format!("the batch task failed: {e}"))))?
+                .map_err(|e| NodeError::Store(StoreError::Backend(format!("the batch task failed: {e}"))))?,
         }?;
         let Some(batch) = batch else { return Ok(None) };
         for n in &batch.notices {
@@ -290,8 +289,9 @@ impl Known for Node {
         Some(lock(&self.inner.inbox).classify(packet_id, sender, digest, &stored))
     }
 
-    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool {
-        self.stored_of(packet_id).is_some_and(|stored| lock(&self.inner.inbox).has(packet_id, sender, &stored))
+    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> Option<bool> {
+        let stored = self.stored_of(packet_id)?;
+        Some(lock(&self.inner.inbox).has(packet_id, sender, &stored))
     }
 
     fn run(&self) -> u64 {

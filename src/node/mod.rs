@@ -125,9 +125,9 @@ pub enum NodeError {
     /// The sharing policy refuses the packet for every recipient; nothing was sent.
     #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
     Denied(Vec<Refused>),
-    /// The pool that runs the CPU work of large packets did not answer.
+    /// The work on a large packet failed on the bulk pool (it panicked, or the pool is gone).
     #[error(transparent)]
-    Pool(#[from] bulk::PoolStopped),
+    Pool(#[from] bulk::BulkError),
 }
 
 /// A partner node: its id and where to reach it.
@@ -257,7 +257,7 @@ impl Node {
         self.inner.senders.get(peer)
     }
 
-    /// Opens the store, restores the outbox and the inbox index, binds the endpoint, and starts
+    /// Opens the store, restores the outbox and the deadlines, binds the endpoint, and starts
     /// the accept loop and one sender per partner. Runs until `shutdown` becomes `true`.
     pub async fn start(config: NodeConfig, shutdown: watch::Receiver<bool>) -> Result<Node, NodeError> {
         let me = *config.seal.node();
@@ -427,7 +427,7 @@ impl Node {
     }
 }
 
-pub(crate) use bulk::{run_if as run_bulk_if, LARGE};
+pub(crate) use bulk::{run as run_bulk, LARGE};
 
 /// Requests whose deadlines one commit is changing; released when dropped.
 struct DeadlineReservation {

@@ -229,10 +229,13 @@ impl Node {
                 let read = match self.inner.store.get_stored(Tree::Sealed, &key) {
                     Ok(Some(crate::store::Stored::External(r))) => {
                         let store = self.inner.store.clone();
-                        match bulk::run(t.priority, move || store.read_external(&r)).await {
-                            Ok(read) => read.map(Some),
-                            Err(e) => return Err(e.to_string()),
-                        }
+                        let read = move || store.read_external(&r);
+                        let read = if r.len as usize >= LARGE {
+                            bulk::run(t.priority, read).await.map_err(|e| e.to_string())?
+                        } else {
+                            tokio::task::spawn_blocking(read).await.map_err(|e| e.to_string())?
+                        };
+                        read.map(Some)
                     }
                     Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
                     Ok(None) => Ok(None),

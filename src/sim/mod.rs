@@ -222,8 +222,9 @@ impl Known for SimNode {
         Some(self.inbox.classify(packet_id, sender, digest, &stored))
     }
 
-    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> bool {
-        self.store.inbox_records(packet_id).is_ok_and(|stored| self.inbox.has(packet_id, sender, &stored))
+    fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> Option<bool> {
+        let stored = self.store.inbox_records(packet_id).ok()?;
+        Some(self.inbox.has(packet_id, sender, &stored))
     }
 
     fn run(&self) -> u64 {
