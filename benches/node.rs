@@ -293,7 +293,7 @@ fn restart_at(n: usize) {
                 e.signed_digest = Some(Digest::of(b"signed"));
                 e.attempts = 1;
                 e.state = EntryState::Delivered { at: now, digest: sealed, receipted: Some(now) };
-                s_ops.push(put(Tree::Outbox, pair_key(id, &es), &e));
+                s_ops.extend(liaison::store::entry_write(&e));
             }
             receiver.commit_blocking(r_ops).unwrap();
             sender.commit_blocking(s_ops).unwrap();

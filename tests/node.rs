@@ -495,9 +495,17 @@ async fn what_was_exchanged_is_deleted_after_its_retention_at_both_ends() {
     }
 
     let days = it.policies().policy(&es_id).unwrap().retention_days;
+    // An officer's acknowledgement of the copy (as a ReadAck from ES-UDYCO writes it).
+    let rossi: liaison::ids::OfficerId = "Isp. Rossi".parse().unwrap();
+    it_store.commit(vec![liaison::store::put_read(id, &es_id, &rossi, now)]).await.unwrap();
     assert_eq!(it.purge_expired(now + u64::from(days - 1) * day).await.unwrap(), 0, "not yet");
     assert!(it.sent(id, &es_id).unwrap().is_some());
+    assert_eq!(it_store.scan(Tree::Reads, &[]).unwrap().len(), 1, "the acknowledgement of a kept copy stays");
     assert_eq!(it.purge_expired(now + u64::from(days + 1) * day).await.unwrap(), 1, "the copy sent");
+    assert!(it_store.scan(Tree::Reads, &[]).unwrap().is_empty(), "its acknowledgement with it");
+    // A ReadAck whose commit lands just after the purge: the next purge deletes what it wrote.
+    it_store.commit(vec![liaison::store::put_read(id, &es_id, &rossi, now)]).await.unwrap();
+    assert_eq!(it.purge_expired(now + u64::from(days + 1) * day).await.unwrap(), 1, "the late acknowledgement");
     assert!(it.status(id).is_err() || it.status(id).unwrap().is_empty(), "{:?}", it.status(id));
     assert!(it.sent(id, &es_id).unwrap().is_none());
     assert!(it.receipt(id, &es_id).unwrap().is_none());

@@ -652,7 +652,7 @@ pub fn receipt_ops(
         .collect();
     for e in prepared.entries() {
         let key = pair_key(e.packet_id, &e.recipient);
-        ops.push(store::put(Tree::Outbox, key.clone(), e));
+        ops.extend(store::entry_write(e));
         ops.push(Op::Put(Tree::ReceiptIndex, pair_key(e.packet_id, peer), receipt.id.as_bytes().to_vec()));
         // Delivered, and the receipt names the signed packet kept in `sent`: the sealed copy
         // proves nothing more and is never sent again. (A receipt without that digest, from a
@@ -689,10 +689,10 @@ pub fn receipt_ops(
 /// the caller's to add. The audit trail keeps that they were sent, delivered and deleted.
 pub fn retention_ops(peer: &NodeId, past: &[Entry]) -> Vec<crate::store::Op> {
     use crate::store::{pair_key, Op, Tree};
-    let mut ops = Vec::with_capacity(past.len() * 5 + 1);
+    let mut ops = Vec::with_capacity(past.len() * 6 + 1);
     for e in past {
         let key = pair_key(e.packet_id, peer);
-        for tree in [Tree::Outbox, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
+        for tree in [Tree::Outbox, Tree::Pending, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
             ops.push(Op::Delete(tree, key.clone()));
         }
     }
@@ -704,7 +704,7 @@ pub fn retention_ops(peer: &NodeId, past: &[Entry]) -> Vec<crate::store::Op> {
 /// what its last persisted (queued) state says. An entry becomes expired once: that is when
 /// the expiry is recorded in the audit trail.
 pub fn entry_ops(entries: Vec<Entry>) -> Vec<crate::store::Op> {
-    use crate::store::{self, pair_key, Op, Tree};
+    use crate::store::{self, Op};
     let mut ops = Vec::new();
     for e in entries {
         match e.state {
@@ -715,7 +715,7 @@ pub fn entry_ops(entries: Vec<Entry>) -> Vec<crate::store::Op> {
             }
             _ => {}
         }
-        ops.push(store::put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e));
+        ops.extend(store::entry_write(&e));
     }
     ops
 }

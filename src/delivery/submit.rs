@@ -299,8 +299,8 @@ pub fn seal(
             signed: e.signed_digest,
         });
         ops.push(Op::Put(Tree::Sent, key.clone(), signed.bytes));
-        ops.push(Op::Put(Tree::Sealed, key.clone(), s.bytes));
-        ops.push(store::put(Tree::Outbox, key, &e));
+        ops.push(Op::Put(Tree::Sealed, key, s.bytes));
+        ops.extend(store::entry_write(&e));
         entries.push(e);
         narrowed.push((copy.into_packet(), sent));
     }

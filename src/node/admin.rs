@@ -276,7 +276,51 @@ impl Node {
                 }
             }
         }
-        Ok(total)
+        Ok(total + self.sweep_orphan_reads().await?)
+    }
+
+    /// Deletes officers' acknowledgements of copies no longer kept. A ReadAck checked against a
+    /// copy just before the copy's retention purge, and committed just after the purge read the
+    /// acknowledgements to delete, would keep an officer's name and time past the retention:
+    /// two commits, no lock between them. Each purge sweeps them up instead: an acknowledgement
+    /// is written only for a copy whose entry is on disk, and an entry, once deleted, never
+    /// comes back, so an acknowledgement without its entry is such a leftover. Returns how many
+    /// went.
+    async fn sweep_orphan_reads(&self) -> Result<usize, NodeError> {
+        let mut orphans = Vec::new();
+        let mut last: Option<(Vec<u8>, bool)> = None;
+        for (k, _) in self.inner.store.scan(Tree::Reads, &[])? {
+            // The pair key (16 bytes of packet id, then the node id), a zero byte, the officer.
+            let Some(end) = k.get(16..).and_then(|rest| rest.iter().position(|b| *b == 0)).map(|p| p + 16) else {
+                continue;
+            };
+            let pair = &k[..end];
+            let kept = match &last {
+                Some((p, kept)) if p.as_slice() == pair => *kept,
+                _ => {
+                    let kept = self.inner.store.get(Tree::Outbox, pair)?.is_some();
+                    last = Some((pair.to_vec(), kept));
+                    kept
+                }
+            };
+            if !kept {
+                orphans.push(k);
+            }
+        }
+        let n = orphans.len();
+        for chunk in orphans.chunks(PURGE_BATCH) {
+            let mut ops: Vec<Op> = chunk.iter().map(|k| Op::Delete(Tree::Reads, k.clone())).collect();
+            ops.push(Op::Audit(AuditEvent::Admin {
+                action: crate::audit::AdminAction::RetentionPurge,
+                by: "node".into(),
+                detail: format!("deleted {} acknowledgement(s) of copies already deleted by retention", chunk.len()),
+            }));
+            self.inner.store.commit(ops).await?;
+        }
+        if n > 0 {
+            info!(deleted = n, "acknowledgements of copies already deleted by retention deleted");
+        }
+        Ok(n)
     }
 
     /// Whether the receipt stored under `receipt_id` (from `peer`) still covers a copy whose

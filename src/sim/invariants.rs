@@ -19,6 +19,7 @@ impl Sim {
         for a in 0..self.nodes.len() {
             self.check_sender(a)?;
             self.check_inbox(a)?;
+            self.check_pending_index(a)?;
             self.check_deadlines(a)?;
         }
         Ok(())
@@ -109,6 +110,32 @@ impl Sim {
             }
             _ => Err(format!("{what}, but the receipt says {:?}", item.outcome)),
         }
+    }
+
+    /// The index of pending outbox entries lists exactly the entries on disk that are neither
+    /// delivered, rejected nor expired (a start will read the pending entries through it).
+    fn check_pending_index(&self, a: usize) -> Res {
+        let node = &self.nodes[a];
+        let mut pending = BTreeSet::new();
+        for (k, v) in node.store.scan(Tree::Outbox, &[]).map_err(err("scan"))? {
+            let e: Entry = store::decode(Tree::Outbox, &v).map_err(err("outbox entry"))?;
+            if !e.state.is_terminal() {
+                pending.insert(k);
+            }
+        }
+        let indexed: BTreeSet<Vec<u8>> =
+            node.store.scan(Tree::Pending, &[]).map_err(err("scan"))?.into_iter().map(|(k, _)| k).collect();
+        if pending != indexed {
+            return Err(format!(
+                "{}: {} pending entries on disk, {} in the pending index ({} not indexed, {} indexed but not pending)",
+                node.id,
+                pending.len(),
+                indexed.len(),
+                pending.difference(&indexed).count(),
+                indexed.difference(&pending).count()
+            ));
+        }
+        Ok(())
     }
 
     /// The inbox index agrees with the store: nothing shown twice, nothing shown unstored.

@@ -54,7 +54,9 @@ use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 /// 5: segment records name their owner and references their stream ([`segments`]); the signed
 /// packets sent (`sent`). Format 3 and 4 stores are taken as they are (their references and
 /// segments are read as before) and marked 5.
-pub const FORMAT_VERSION: u8 = 5;
+/// 6: the index of pending outbox entries (`pending`); built from the outbox when an older
+/// store is opened.
+pub const FORMAT_VERSION: u8 = 6;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -147,11 +149,15 @@ pub enum Tree {
     /// Signed packets sent (COSE_Sign1), per (packet, recipient): what the recipient's receipt
     /// names by its digest, the evidence of what was sent once the sealed copy is gone.
     Sent,
+    /// The outbox entries not yet delivered, rejected or expired: pair key -> nothing. Written
+    /// with each entry ([`entry_write`]), so a start can read the pending entries without
+    /// walking the terminal ones (ARCHITECTURE.md, "Not yet").
+    Pending,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 13] = [
+    pub const ALL: [Tree; 14] = [
         Tree::Outbox,
         Tree::Reads,
         Tree::Sealed,
@@ -165,6 +171,7 @@ impl Tree {
         Tree::AuditCheckpoints,
         Tree::Meta,
         Tree::Sent,
+        Tree::Pending,
     ];
 
     /// The tree's number in segment records (its place in [`Tree::ALL`], which only grows at
@@ -194,6 +201,7 @@ impl Tree {
             Self::AuditCheckpoints => "audit_checkpoints",
             Self::Meta => "meta",
             Self::Sent => "sent",
+            Self::Pending => "pending",
         }
     }
 }
@@ -270,6 +278,19 @@ pub fn reads<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(OfficerId, M
 /// The key of a (packet, recipient) pair.
 pub fn pair_key(packet_id: PacketId, node: &NodeId) -> Vec<u8> {
     [packet_id.as_bytes().as_slice(), node.as_str().as_bytes()].concat()
+}
+
+/// The writes that store outbox entry `e`: the entry, and its place in [`Tree::Pending`] (there
+/// while it is neither delivered, rejected nor expired). Every write of an entry goes through
+/// here, so the index and the entries agree in every commit.
+pub fn entry_write(e: &Entry) -> [Op; 2] {
+    let key = pair_key(e.packet_id, &e.recipient);
+    let index = if e.state.is_terminal() {
+        Op::Delete(Tree::Pending, key.clone())
+    } else {
+        Op::Put(Tree::Pending, key.clone(), Vec::new())
+    };
+    [put(Tree::Outbox, key, e), index]
 }
 
 /// The key of `officer`'s acknowledgement at `node` of `packet_id` (in [`Tree::Reads`]): the
@@ -795,11 +816,17 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn check_format(backend: &dyn Backend) -> Result<(), StoreError> {
     match backend.get(Tree::Meta, b"format")? {
         Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
-        Some(v) if v.as_slice() == [3] || v.as_slice() == [4] => {
+        Some(v) if matches!(v.as_slice(), [3] | [4] | [5]) => {
+            index_pending(backend)?;
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
             backend.flush()
         }
-        Some(v) if v.as_slice() == [2] => migrate_2_to_3(backend),
+        Some(v) if v.as_slice() == [2] => {
+            migrate_2_to_3(backend)?;
+            index_pending(backend)?;
+            backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
+            backend.flush()
+        }
         Some(v) => Err(StoreError::Version { found: v.first().copied().unwrap_or(0) }),
         None => {
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
@@ -835,7 +862,24 @@ fn migrate_2_to_3(backend: &dyn Backend) -> Result<(), StoreError> {
         backend.apply(&ops)?;
         backend.flush()?;
     }
-    backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
+    Ok(())
+}
+
+/// Builds [`Tree::Pending`] from the outbox (a store of format 5 or older has none): every
+/// entry not terminal is listed. Run before the format is marked 6; a crash before that runs it
+/// again (it only adds what is missing).
+fn index_pending(backend: &dyn Backend) -> Result<(), StoreError> {
+    let mut ops = Vec::new();
+    for (k, v) in backend.scan(Tree::Outbox, &[])? {
+        let e: Entry = decode(Tree::Outbox, &v)?;
+        if !e.state.is_terminal() {
+            ops.push(Op::Put(Tree::Pending, k, Vec::new()));
+        }
+        if ops.len() >= MIGRATION_BATCH * 16 {
+            backend.apply(&std::mem::take(&mut ops))?;
+        }
+    }
+    backend.apply(&ops)?;
     backend.flush()
 }
 
@@ -874,6 +918,34 @@ mod tests {
             state: crate::delivery::EntryState::Queued { not_before: 7 },
             reads: Vec::new(),
         }
+    }
+
+    /// The pending index follows each entry write, and an older store gets it when opened.
+    #[test]
+    fn the_pending_index_lists_exactly_the_pending_entries() {
+        let pending = |store: &Store| -> Vec<Vec<u8>> {
+            store.scan(Tree::Pending, &[]).unwrap().into_iter().map(|(k, _)| k).collect()
+        };
+        let key = |e: &Entry| pair_key(e.packet_id, &e.recipient);
+        let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+        let (a, mut b) = (entry(1), entry(2));
+        store.commit_blocking([entry_write(&a), entry_write(&b)].concat()).unwrap();
+        assert_eq!(pending(&store), vec![key(&a), key(&b)]);
+        b.state = crate::delivery::EntryState::Delivered { at: 9, digest: b.sealed_digest, receipted: Some(9) };
+        store.commit_blocking(entry_write(&b).to_vec()).unwrap();
+        assert_eq!(pending(&store), vec![key(&a)], "delivered: out of the index, in the same commit");
+
+        // A format-5 store: entries, no index.
+        let mem = Arc::new(MemoryBackend::default());
+        mem.apply(&[
+            Op::Put(Tree::Meta, b"format".to_vec(), vec![5]),
+            put(Tree::Outbox, key(&a), &a),
+            put(Tree::Outbox, key(&b), &b),
+        ])
+        .unwrap();
+        let store = Store::with_backend(mem.clone()).unwrap();
+        assert_eq!(pending(&store), vec![key(&a)]);
+        assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
     }
 
     #[test]
