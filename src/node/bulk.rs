@@ -34,6 +34,12 @@ pub(crate) const LARGE: usize = 64 * 1024;
 /// How much lower than the node's own threads the pool's run (`nice` steps; 19 at most).
 const NICE: i32 = 10;
 
+/// Jobs a line holds at most, waiting: each may hold a packet of up to 16 MiB (an API draft, a
+/// receive batch), so a queue without a bound is memory without a bound (clients that post
+/// large drafts and hang up). Beyond it the work is refused as [`BulkError::Busy`]: the API
+/// answers 503, a lane is reset and its partner sends again later.
+const QUEUED_AT_MOST: usize = 64;
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The queue: URGENT's line, then ROUTINE's.
@@ -52,6 +58,9 @@ pub enum BulkError {
     /// rather than a panic all the same).
     #[error("the bulk work pool did not answer")]
     Stopped,
+    /// As much large-packet work is already waiting as the node takes ([`QUEUED_AT_MOST`]).
+    #[error("the node is busy with large packets; try again shortly")]
+    Busy,
 }
 
 /// The line of non-FLASH work.
@@ -99,6 +108,17 @@ fn work(q: &Queue) {
     }
 }
 
+/// Adds `job` to the line of `priority`, unless the line is full.
+fn enqueue(q: &Queue, priority: Priority, job: Job) -> Result<(), BulkError> {
+    let mut lines = q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let line = &mut lines[line(priority)];
+    if line.len() >= QUEUED_AT_MOST {
+        return Err(BulkError::Busy);
+    }
+    line.push_back(job);
+    Ok(())
+}
+
 /// The next job: the oldest of the most urgent line that has one.
 fn take(lines: &mut [VecDeque<Job>; 2]) -> Option<Job> {
     lines.iter_mut().find_map(VecDeque::pop_front)
@@ -138,7 +158,7 @@ where
         }
         let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
     });
-    q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[line(priority)].push_back(job);
+    enqueue(q, priority, job)?;
     q.ready.notify_one();
     match rx.await {
         Ok(Ok(v)) => Ok(v),
@@ -212,6 +232,19 @@ mod tests {
         let mine = nice();
         let theirs = run(Priority::Routine, nice).await.unwrap();
         assert_eq!(theirs, (mine + NICE).min(19), "the pool's threads are niced");
+    }
+
+    #[test]
+    fn a_full_line_refuses_more() {
+        let q = Queue { lines: Mutex::new(Default::default()), ready: Condvar::new() };
+        for _ in 0..QUEUED_AT_MOST {
+            enqueue(&q, Priority::Routine, Box::new(|| ())).unwrap();
+        }
+        assert!(matches!(enqueue(&q, Priority::Routine, Box::new(|| ())), Err(BulkError::Busy)));
+        enqueue(&q, Priority::Urgent, Box::new(|| ())).expect("each line has its own bound");
+        take(&mut q.lines.lock().unwrap()).unwrap()();
+        take(&mut q.lines.lock().unwrap()).unwrap()();
+        enqueue(&q, Priority::Routine, Box::new(|| ())).expect("room again once one is taken");
     }
 
     #[test]
