@@ -276,6 +276,23 @@ async fn submitting_to_a_node_that_is_not_a_partner_is_refused() {
     let _ = fed.stop.send(true);
 }
 
+/// A draft may carry its own packet id: one this node already sent is refused before anything
+/// is written, so a delivered copy is never queued again under it (its receipt orphaned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_id_already_sent_is_refused() {
+    let fed = Federation::new();
+    let it = fed.start("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let p = example("information-request.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap().id;
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let err = it.submit(&p).await.unwrap_err();
+    assert!(matches!(err, liaison::node::NodeError::IdInUse(i) if i == id), "{err}");
+    assert!(matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. }), "still delivered");
+    assert_eq!(es.inbox().unwrap().len(), 1);
+    let _ = fed.stop.send(true);
+}
+
 /// Egress: one recipient refused by its policy gets nothing, the other recipient is unaffected
 /// and its copy does not even name the refused one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,9 +106,10 @@ impl From<NodeError> for ApiError {
             NodeError::Store(crate::store::StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             NodeError::Store(_) | NodeError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::UnknownPacket(_) => StatusCode::NOT_FOUND,
-            NodeError::Ambiguous { .. } | NodeError::AckRefused(_) | NodeError::NotDelivered { .. } => {
-                StatusCode::CONFLICT
-            }
+            NodeError::Ambiguous { .. }
+            | NodeError::AckRefused(_)
+            | NodeError::NotDelivered { .. }
+            | NodeError::IdInUse(_) => StatusCode::CONFLICT,
             NodeError::NotAPartner(_) | NodeError::NotARecipient { .. } | NodeError::Seal(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -193,7 +194,7 @@ async fn parse_draft(api: &Api, q: SubmitQuery, body: String) -> Result<Checked,
         return draft_packet(api, &q, &body);
     }
     let api = api.clone();
-    crate::node::run_bulk(crate::markings::Priority::Urgent, move || draft_packet(&api, &q, &body))
+    crate::node::run_bulk_bounded(crate::markings::Priority::Urgent, move || draft_packet(&api, &q, &body))
         .await
         .map_err(|e| ApiError::from(NodeError::from(e)))?
 }

@@ -241,7 +241,10 @@ impl Node {
                 let mut receipts = std::collections::BTreeSet::new();
                 for id in &ids {
                     let key = pair_key(*id, peer);
-                    for (k, _) in self.inner.store.scan(Tree::Reads, &key)? {
+                    // The pair key and its zero byte: a shorter node id is not a prefix of a
+                    // longer one's acknowledgements (`IT-DCS` of `IT-DCSA`'s).
+                    let reads = [key.as_slice(), &[0]].concat();
+                    for (k, _) in self.inner.store.scan(Tree::Reads, &reads)? {
                         ops.push(Op::Delete(Tree::Reads, k));
                     }
                     if let Some(r) = self.inner.store.get(Tree::ReceiptIndex, &key)? {
@@ -276,7 +279,12 @@ impl Node {
                 }
             }
         }
-        Ok(total + self.sweep_orphan_reads().await?)
+        // A failed sweep is tried again at the next purge; the purges after it go on.
+        let swept = self.sweep_orphan_reads().await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not sweep acknowledgements of deleted copies");
+            0
+        });
+        Ok(total + swept)
     }
 
     /// Deletes officers' acknowledgements of copies no longer kept. A ReadAck checked against a
@@ -287,6 +295,26 @@ impl Node {
     /// comes back, so an acknowledgement without its entry is such a leftover. Returns how many
     /// went.
     async fn sweep_orphan_reads(&self) -> Result<usize, NodeError> {
+        // A walk of every acknowledgement: on the blocking pool, within the slow-read slots.
+        let orphans = self.slow(|node| node.orphan_reads()).await??;
+        let n = orphans.len();
+        for chunk in orphans.chunks(PURGE_BATCH) {
+            let mut ops: Vec<Op> = chunk.iter().map(|k| Op::Delete(Tree::Reads, k.clone())).collect();
+            ops.push(Op::Audit(AuditEvent::Admin {
+                action: crate::audit::AdminAction::RetentionPurge,
+                by: "node".into(),
+                detail: format!("deleted {} acknowledgement(s) of copies already deleted by retention", chunk.len()),
+            }));
+            self.inner.store.commit(ops).await?;
+        }
+        if n > 0 {
+            info!(deleted = n, "acknowledgements of copies already deleted by retention deleted");
+        }
+        Ok(n)
+    }
+
+    /// The keys of acknowledgements whose outbox entry is gone ([`Node::sweep_orphan_reads`]).
+    fn orphan_reads(&self) -> Result<Vec<Vec<u8>>, NodeError> {
         let mut orphans = Vec::new();
         let mut last: Option<(Vec<u8>, bool)> = None;
         for (k, _) in self.inner.store.scan(Tree::Reads, &[])? {
@@ -307,20 +335,7 @@ impl Node {
                 orphans.push(k);
             }
         }
-        let n = orphans.len();
-        for chunk in orphans.chunks(PURGE_BATCH) {
-            let mut ops: Vec<Op> = chunk.iter().map(|k| Op::Delete(Tree::Reads, k.clone())).collect();
-            ops.push(Op::Audit(AuditEvent::Admin {
-                action: crate::audit::AdminAction::RetentionPurge,
-                by: "node".into(),
-                detail: format!("deleted {} acknowledgement(s) of copies already deleted by retention", chunk.len()),
-            }));
-            self.inner.store.commit(ops).await?;
-        }
-        if n > 0 {
-            info!(deleted = n, "acknowledgements of copies already deleted by retention deleted");
-        }
-        Ok(n)
+        Ok(orphans)
     }
 
     /// Whether the receipt stored under `receipt_id` (from `peer`) still covers a copy whose

@@ -34,10 +34,11 @@ pub(crate) const LARGE: usize = 64 * 1024;
 /// How much lower than the node's own threads the pool's run (`nice` steps; 19 at most).
 const NICE: i32 = 10;
 
-/// Jobs a line holds at most, waiting: each may hold a packet of up to 16 MiB (an API draft, a
-/// receive batch), so a queue without a bound is memory without a bound (clients that post
-/// large drafts and hang up). Beyond it the work is refused as [`BulkError::Busy`]: the API
-/// answers 503, a lane is reset and its partner sends again later.
+/// Jobs a line holds at most, waiting, for [`run_bounded`]: an API draft may be 16 MiB, and
+/// clients that post large drafts and hang up would otherwise queue memory without a bound.
+/// Beyond it the draft is refused as [`BulkError::Busy`] (503). The node's own work is not
+/// bounded here: a receive batch is already within the partner's memory budget, a submit within
+/// the API's.
 const QUEUED_AT_MOST: usize = 64;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -58,7 +59,7 @@ pub enum BulkError {
     /// rather than a panic all the same).
     #[error("the bulk work pool did not answer")]
     Stopped,
-    /// As much large-packet work is already waiting as the node takes ([`QUEUED_AT_MOST`]).
+    /// As many large drafts are already waiting as the node takes ([`QUEUED_AT_MOST`]).
     #[error("the node is busy with large packets; try again shortly")]
     Busy,
 }
@@ -108,11 +109,11 @@ fn work(q: &Queue) {
     }
 }
 
-/// Adds `job` to the line of `priority`, unless the line is full.
-fn enqueue(q: &Queue, priority: Priority, job: Job) -> Result<(), BulkError> {
+/// Adds `job` to the line of `priority`, unless the line holds `at_most` jobs already.
+fn enqueue(q: &Queue, priority: Priority, job: Job, at_most: usize) -> Result<(), BulkError> {
     let mut lines = q.lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let line = &mut lines[line(priority)];
-    if line.len() >= QUEUED_AT_MOST {
+    if line.len() >= at_most {
         return Err(BulkError::Busy);
     }
     line.push_back(job);
@@ -147,6 +148,23 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    run_within(priority, f, usize::MAX).await
+}
+
+/// [`run`], refused as [`BulkError::Busy`] if the line already holds [`QUEUED_AT_MOST`] jobs.
+pub(crate) async fn run_bounded<T, F>(priority: Priority, f: F) -> Result<T, BulkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run_within(priority, f, QUEUED_AT_MOST).await
+}
+
+async fn run_within<T, F>(priority: Priority, f: F, at_most: usize) -> Result<T, BulkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
     let q = match queue() {
         Some(q) if priority != Priority::Flash => q,
         _ => return tokio::task::spawn_blocking(f).await.map_err(|_| BulkError::Panicked),
@@ -158,7 +176,7 @@ where
         }
         let _ = tx.send(std::panic::catch_unwind(AssertUnwindSafe(f)));
     });
-    enqueue(q, priority, job)?;
+    enqueue(q, priority, job, at_most)?;
     q.ready.notify_one();
     match rx.await {
         Ok(Ok(v)) => Ok(v),
@@ -238,13 +256,15 @@ mod tests {
     fn a_full_line_refuses_more() {
         let q = Queue { lines: Mutex::new(Default::default()), ready: Condvar::new() };
         for _ in 0..QUEUED_AT_MOST {
-            enqueue(&q, Priority::Routine, Box::new(|| ())).unwrap();
+            enqueue(&q, Priority::Routine, Box::new(|| ()), QUEUED_AT_MOST).unwrap();
         }
-        assert!(matches!(enqueue(&q, Priority::Routine, Box::new(|| ())), Err(BulkError::Busy)));
-        enqueue(&q, Priority::Urgent, Box::new(|| ())).expect("each line has its own bound");
-        take(&mut q.lines.lock().unwrap()).unwrap()();
-        take(&mut q.lines.lock().unwrap()).unwrap()();
-        enqueue(&q, Priority::Routine, Box::new(|| ())).expect("room again once one is taken");
+        assert!(matches!(enqueue(&q, Priority::Routine, Box::new(|| ()), QUEUED_AT_MOST), Err(BulkError::Busy)));
+        enqueue(&q, Priority::Routine, Box::new(|| ()), usize::MAX).expect("the node's own work is not bounded");
+        enqueue(&q, Priority::Urgent, Box::new(|| ()), QUEUED_AT_MOST).expect("each line has its own bound");
+        for _ in 0..3 {
+            take(&mut q.lines.lock().unwrap()).unwrap()();
+        }
+        enqueue(&q, Priority::Routine, Box::new(|| ()), QUEUED_AT_MOST).expect("room again once two are taken");
     }
 
     #[test]

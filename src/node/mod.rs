@@ -125,6 +125,11 @@ pub enum NodeError {
     /// The sharing policy refuses the packet for every recipient; nothing was sent.
     #[error("refused by policy: {}", .0.iter().map(|r| format!("{}: {}", r.recipient, r.denial)).collect::<Vec<_>>().join("; "))]
     Denied(Vec<Refused>),
+    /// A packet with this id was already submitted (a draft may carry its own id).
+    #[error(
+        "packet id {0} was already used for a packet this node sent; see its status, or send a new draft without an id"
+    )]
+    IdInUse(PacketId),
     /// The work on a large packet failed on the bulk pool (it panicked, or the pool is gone).
     #[error(transparent)]
     Pool(#[from] bulk::BulkError),
@@ -427,7 +432,7 @@ impl Node {
     }
 }
 
-pub(crate) use bulk::{run as run_bulk, LARGE};
+pub(crate) use bulk::{run_bounded as run_bulk_bounded, LARGE};
 
 /// Requests whose deadlines one commit is changing; released when dropped.
 struct DeadlineReservation {

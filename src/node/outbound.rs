@@ -31,9 +31,15 @@ impl Node {
 
     /// [`Node::submit_checked`], with `with` written in the same commit as the copies.
     async fn submit_with(&self, packet: Checked, with: Vec<Op>) -> Result<Submitted, NodeError> {
+        let id = packet.envelope.id;
         for r in &packet.envelope.recipients {
             if !self.inner.partners.contains_key(r) {
                 return Err(NodeError::NotAPartner(*r));
+            }
+            // A draft may carry its own id: one already sent would overwrite the copy's state
+            // (a delivered copy queued again, its receipt orphaned).
+            if self.inner.store.get(Tree::Outbox, &pair_key(id, r))?.is_some() {
+                return Err(NodeError::IdInUse(id));
             }
         }
         let now = now_ms();

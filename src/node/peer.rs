@@ -228,14 +228,11 @@ impl Node {
                 // A copy in a segment file may be megabytes: read off the async workers.
                 let read = match self.inner.store.get_stored(Tree::Sealed, &key) {
                     Ok(Some(crate::store::Stored::External(r))) => {
+                        // Mostly a disk read (and a checksum): on the blocking pool, at the
+                        // node's priority, never refused as busy (it holds a reference only).
                         let store = self.inner.store.clone();
-                        let read = move || store.read_external(&r);
-                        let read = if r.len as usize >= LARGE {
-                            bulk::run(t.priority, read).await.map_err(|e| e.to_string())?
-                        } else {
-                            tokio::task::spawn_blocking(read).await.map_err(|e| e.to_string())?
-                        };
-                        read.map(Some)
+                        let read = tokio::task::spawn_blocking(move || store.read_external(&r));
+                        read.await.map_err(|e| e.to_string())?.map(Some)
                     }
                     Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
                     Ok(None) => Ok(None),
