@@ -255,18 +255,7 @@ mod tests {
     /// Each officer acknowledges once, and a record holds a bounded number.
     #[test]
     fn officers_acknowledge_once_each_up_to_the_bound() {
-        let mut rec = crate::store::InboxRecord {
-            sender: "IT-DCSA".parse().unwrap(),
-            sealed_digest: Digest::of(b"s"),
-            received_at: 42,
-            packet_type: crate::packet::PacketType::InformationRequest,
-            priority: crate::markings::Priority::Urgent,
-            due_by: None,
-            reads: Vec::new(),
-            policy: None,
-            originator: None,
-            run: 0,
-        };
+        let mut rec = stored("IT-DCSA", &Digest::of(b"s"), 42, 0);
         let rossi: crate::ids::OfficerId = "Isp. Rossi".parse().unwrap();
         assert_eq!(acknowledge(&mut rec, &rossi, 50), Ok(()));
         assert_eq!(acknowledge(&mut rec, &rossi, 60), Err(AckRefusal::Already(50)));

@@ -33,6 +33,10 @@ pub type Read = (PacketId, OfficerId, Millis);
 /// and those acknowledgements.
 type Acked = (Entry, Vec<Read>);
 
+/// The notice for a copy left without a receipt item because the store could not be read to
+/// classify it ([`Known::classify`], [`Known::has_received`]).
+const UNREADABLE: &str = "the inbox could not be read; no receipt for this copy, it comes again";
+
 /// What the receiver reads of the node's state. Each call may take a lock briefly; nothing is
 /// held across the batch.
 pub trait Known {
@@ -170,12 +174,7 @@ impl Receiver<'_> {
                 None => match self.known.classify(id, peer, &digest) {
                     Some(class) => class,
                     None => {
-                        notice(
-                            "store",
-                            Some(id),
-                            None,
-                            "the inbox could not be read; no receipt for this copy, it comes again".into(),
-                        );
+                        notice("store", Some(id), None, UNREADABLE.into());
                         continue;
                     }
                 },
@@ -238,12 +237,7 @@ impl Receiver<'_> {
                     continue;
                 }
                 Err(None) => {
-                    notice(
-                        "store",
-                        Some(id),
-                        None,
-                        "the inbox could not be read; no receipt for this copy, it comes again".into(),
-                    );
+                    notice("store", Some(id), None, UNREADABLE.into());
                     continue;
                 }
             }

@@ -1,0 +1,403 @@
+//! The store's tests: commits, failures and the space rules, segments, formats and migrations.
+
+use super::*;
+use crate::markings::Priority;
+
+fn entry(n: u8) -> Entry {
+    Entry {
+        packet_id: format!("019ac0a1-5c00-7000-8000-0000000000{n:02x}").parse().unwrap(),
+        recipient: "ES-UDYCO".parse().unwrap(),
+        priority: Priority::Flash,
+        expires: 1_000_000,
+        sealed_digest: Digest::of(&[n]),
+        signed_digest: Some(Digest::of(&[n, n])),
+        submitted: 5,
+        attempts: 1,
+        state: crate::delivery::EntryState::Queued { not_before: 7 },
+        reads: Vec::new(),
+    }
+}
+
+/// The pending index follows each entry write, and an older store gets it when opened.
+#[test]
+fn the_pending_index_lists_exactly_the_pending_entries() {
+    let pending = |store: &Store| -> Vec<Vec<u8>> {
+        store.scan(Tree::Pending, &[]).unwrap().into_iter().map(|(k, _)| k).collect()
+    };
+    let key = |e: &Entry| pair_key(e.packet_id, &e.recipient);
+    let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+    let (a, mut b) = (entry(1), entry(2));
+    store.commit_blocking([entry_write(&a), entry_write(&b)].concat()).unwrap();
+    assert_eq!(pending(&store), vec![key(&a), key(&b)]);
+    b.state = crate::delivery::EntryState::Delivered { at: 9, digest: b.sealed_digest, receipted: Some(9) };
+    store.commit_blocking(entry_write(&b).to_vec()).unwrap();
+    assert_eq!(pending(&store), vec![key(&a)], "delivered: out of the index, in the same commit");
+
+    // A format-5 store: entries, no index.
+    let mem = Arc::new(MemoryBackend::default());
+    mem.apply(&[
+        Op::Put(Tree::Meta, b"format".to_vec(), vec![5]),
+        put(Tree::Outbox, key(&a), &a),
+        put(Tree::Outbox, key(&b), &b),
+    ])
+    .unwrap();
+    // A key left by a migration that stopped before the mark (then an older build
+    // delivered the entry).
+    mem.apply(&[Op::Put(Tree::Pending, key(&b), Vec::new())]).unwrap();
+    let store = Store::with_backend(mem.clone()).unwrap();
+    assert_eq!(pending(&store), vec![key(&a)], "rebuilt, not added to");
+    assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
+}
+
+#[test]
+fn sled_commits_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let e = entry(1);
+        store
+            .commit_blocking(vec![
+                put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e),
+                Op::Put(Tree::Sealed, pair_key(e.packet_id, &e.recipient), b"sealed bytes".to_vec()),
+            ])
+            .unwrap();
+        store.close();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.outbox_entries().unwrap(), vec![entry(1)]);
+    let e = entry(1);
+    assert_eq!(store.get(Tree::Sealed, &pair_key(e.packet_id, &e.recipient)).unwrap().unwrap(), b"sealed bytes");
+}
+
+/// Thousands of entries are decoded in parts on several threads: all come back, in key
+/// order, each with its own acknowledgements.
+#[test]
+fn many_outbox_entries_load_in_order_with_their_reads() {
+    let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+    let es: NodeId = "ES-UDYCO".parse().unwrap();
+    let mut want = Vec::new();
+    let mut ops = Vec::new();
+    for i in 0..3000u32 {
+        let mut e = entry(0);
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        e.packet_id = PacketId::from_bytes(id);
+        ops.push(put(Tree::Outbox, pair_key(e.packet_id, &es), &e));
+        if i % 1000 == 999 {
+            let officer: OfficerId = format!("Officer {i}").parse().unwrap();
+            ops.push(put_read(e.packet_id, &es, &officer, u64::from(i)));
+            e.reads.push((officer, u64::from(i)));
+        }
+        want.push(e);
+    }
+    store.commit_blocking(ops).unwrap();
+    assert_eq!(store.outbox_entries().unwrap(), want);
+}
+
+#[test]
+fn concurrent_commits_are_grouped_and_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let threads: Vec<_> = (0..8u8)
+        .map(|t| {
+            let s = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u8 {
+                    s.commit_blocking(vec![Op::Put(Tree::Issued, vec![t, i], vec![i])]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(store.scan(Tree::Issued, &[]).unwrap().len(), 400);
+}
+
+#[test]
+fn a_failing_disk_acknowledges_nothing() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem.clone()).unwrap();
+    mem.set_failing(true);
+    let err = store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]).unwrap_err();
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert_eq!(store.get(Tree::Inbox, b"k").unwrap(), None);
+    mem.set_failing(false);
+    store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]).unwrap();
+    assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+/// A batch whose flush fails is taken back: reads do not show it, what it overwrote is
+/// back, and the audit head (what a checkpoint signs) stays where it was.
+#[test]
+fn a_failed_flush_is_taken_back() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem.clone()).unwrap();
+    store.commit_blocking(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"old".to_vec())]).unwrap();
+    let head = store.audit_head().unwrap();
+    mem.set_failing_flushes(true);
+    let ops = vec![
+        Op::Put(Tree::Inbox, b"k".to_vec(), b"new".to_vec()),
+        Op::Put(Tree::Inbox, b"k".to_vec(), b"newer".to_vec()),
+        Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec()),
+        Op::Audit(crate::audit::Event::Stopped),
+    ];
+    assert!(store.commit_blocking(ops).is_err());
+    assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"old"[..]), "what it overwrote is back");
+    assert_eq!(store.get(Tree::Inbox, b"j").unwrap(), None);
+    assert_eq!(store.audit_head().unwrap(), head);
+    assert!(store.scan(Tree::Audit, &[]).unwrap().is_empty());
+    mem.set_failing_flushes(false);
+    mem.crash();
+    let store = Store::with_backend(mem.clone()).unwrap();
+    assert_eq!(store.get(Tree::Inbox, b"k").unwrap().as_deref(), Some(&b"old"[..]));
+}
+
+/// The headroom: bulk stops where it begins, essential commits go on into it down to its last
+/// quarter, nothing refused reaches the backend, and the store takes everything again as
+/// soon as the space is back, without being reopened.
+#[test]
+fn a_full_disk_refuses_by_class_and_the_store_resumes_by_itself() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem.clone()).unwrap();
+    store.set_headroom(Headroom::mib(64));
+    let mib = 1024 * 1024;
+    let bulk = |k: &[u8]| vec![Op::Put(Tree::Sealed, k.to_vec(), vec![7; 4 * mib as usize])];
+    let small =
+        |k: &[u8]| vec![Op::Put(Tree::Inbox, k.to_vec(), b"v".to_vec()), Op::Audit(crate::audit::Event::Stopped)];
+    let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+
+    mem.set_free(Some(70 * mib));
+    assert_eq!(store.health().space, SpaceState::Ok);
+    let e = block_on(store.commit_as(Class::Bulk, bulk(b"a"))).unwrap_err();
+    assert!(matches!(e, StoreError::Full { class: Class::Bulk, kept, .. } if kept == 64 * mib), "{e:?}");
+    assert!(e.to_string().contains("70 MiB free, and 64 MiB are kept for FLASH alerts and receipts"), "{e}");
+    assert_eq!(store.get(Tree::Sealed, b"a").unwrap(), None, "nothing of a refused commit is written");
+    store.commit_blocking(small(b"x")).unwrap();
+    mem.set_free(Some(40 * mib));
+    assert_eq!(store.health().space, SpaceState::Low);
+    assert!(matches!(block_on(store.commit_as(Class::Bulk, bulk(b"a"))), Err(StoreError::Full { .. })));
+    store.commit_blocking(small(b"x")).unwrap();
+    assert_eq!(store.shared.space.load(Ordering::Relaxed), SpaceState::Low.to_u8());
+    let head = store.audit_head().unwrap();
+
+    mem.set_free(Some(10 * mib));
+    assert_eq!(store.health().space, SpaceState::Full);
+    let e = store.commit_blocking(small(b"y")).unwrap_err();
+    assert!(matches!(e, StoreError::Full { class: Class::Essential, .. }), "{e:?}");
+    assert!(e.to_string().contains("the disk is full: 10 MiB free, below the 16 MiB"), "{e}");
+    assert_eq!(store.get(Tree::Inbox, b"y").unwrap(), None);
+    assert_eq!(store.audit_head().unwrap(), head, "a refused audit event takes no place in the chain");
+
+    mem.set_free(Some(200 * mib));
+    block_on(store.commit_as(Class::Bulk, bulk(b"a"))).unwrap();
+    store.commit_blocking(small(b"y")).unwrap();
+    assert_eq!(store.get(Tree::Sealed, b"a").unwrap().map(|v| v.len()), Some(4 * mib as usize));
+    assert_eq!(store.health().space, SpaceState::Ok);
+    assert_eq!(store.shared.space.load(Ordering::Relaxed), SpaceState::Ok.to_u8());
+    assert_eq!(mem.refused(), 0, "the backend never saw a refused write");
+    let node: NodeId = "IT-DCSA".parse().unwrap();
+    let keys = crate::keys::NodeKeys::generate(node, &mut rand_core::OsRng);
+    let audit = store.audit_verify(&node, &keys.public().signing);
+    assert!(audit.unwrap().is_ok(), "the chain has no hole where the refused event was");
+}
+
+/// In one batch, commits are admitted in order while they fit: a large bulk commit that does
+/// not fit does not keep a small one behind it out.
+#[test]
+fn commits_are_admitted_one_by_one_within_a_batch() {
+    let mem = Arc::new(MemoryBackend::default());
+    mem.set_free(Some(70 << 20));
+    let store = Store::with_backend(mem.clone()).unwrap();
+    store.set_headroom(Headroom::mib(64));
+    let big = store.enqueue_as(Class::Bulk, vec![Op::Put(Tree::Sealed, b"big".to_vec(), vec![0; 8 << 20])]);
+    let little = store.enqueue_as(Class::Bulk, vec![Op::Put(Tree::Sealed, b"little".to_vec(), vec![0; 1024])]);
+    assert!(matches!(big.durable_blocking(), Err(StoreError::Full { .. })));
+    little.durable_blocking().unwrap();
+}
+
+/// A write the disk does not complete (sled after a failed write) makes the store refuse
+/// every later commit at once instead of queuing them without end, and report it; `close`
+/// does not wait for it beyond its bound.
+#[test]
+fn a_stuck_write_is_reported_and_later_commits_refused_at_once() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem.clone()).unwrap();
+    store.shared.stuck_after_ms.store(100, Ordering::Relaxed);
+    mem.set_hanging_flushes(true);
+    let first = store.enqueue(vec![Op::Put(Tree::Inbox, b"k".to_vec(), b"v".to_vec())]);
+    let t = std::time::Instant::now();
+    while store.health().stuck_ms.is_none_or(|ms| ms < 150) {
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "the stuck write is not reported");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let e = store.commit_blocking(vec![Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec())]).unwrap_err();
+    assert!(matches!(e, StoreError::Stuck { .. }), "{e:?}");
+    assert!(e.to_string().contains("has not completed a write"), "{e}");
+    mem.set_hanging_flushes(false);
+    first.durable_blocking().unwrap();
+    assert_eq!(store.health().stuck_ms, None);
+    store.commit_blocking(vec![Op::Put(Tree::Inbox, b"j".to_vec(), b"v".to_vec())]).unwrap();
+}
+
+/// A large value committed with `commit_as` lives in a segment file, sled holding a
+/// reference; it reads back the same, after a reopen too. Segment files nothing refers to
+/// are deleted (at open, and by `reclaim`), never the newest or a referenced one.
+#[test]
+fn large_values_live_in_segments_and_dead_segments_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let big = vec![5u8; 100_000];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Evidence, b"a".to_vec(), big.clone())])).unwrap();
+        rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Evidence, b"small".to_vec(), vec![1; 10])]))
+            .unwrap();
+        let raw = store.backend.get(Tree::Evidence, b"a").unwrap().unwrap();
+        assert_eq!(
+            BlobRef::decode(Tree::Evidence, &raw).map(|r| (r.stream, r.segment)),
+            Some((Stream::Received, 1)),
+            "sled keeps a reference"
+        );
+        assert_eq!(store.backend.get(Tree::Evidence, b"small").unwrap().unwrap(), vec![1; 10], "small stays inline");
+        assert_eq!(store.get(Tree::Evidence, b"a").unwrap().unwrap(), big);
+        assert_eq!(store.scan(Tree::Evidence, b"a").unwrap()[0].1, big);
+        store.close();
+    }
+    // Records nobody refers to, in segments 2 and 3 (a crash after the write, before the commit).
+    {
+        let segs = Segments::open_sized(&dir.path().join("segments/received"), Stream::Received, 1000).unwrap();
+        for _ in 0..2 {
+            drop(segs.append(&[Record { tree: Tree::Evidence, key: b"a", value: &[0u8; 2000] }]).unwrap());
+        }
+    }
+    let files = || std::fs::read_dir(dir.path().join("segments/received")).unwrap().count();
+    assert_eq!(files(), 3);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(files(), 2, "segment 2 reclaimed at open; 1 is referenced, 3 is the newest");
+    assert_eq!(store.get(Tree::Evidence, b"a").unwrap().unwrap(), big);
+    assert_eq!(store.reclaim_blocking().unwrap(), 0, "nothing let go of a reference yet");
+    store.commit_blocking(vec![Op::Delete(Tree::Evidence, b"a".to_vec())]).unwrap();
+    assert_eq!(store.reclaim_blocking().unwrap(), 1);
+    assert_eq!(files(), 1);
+    assert_eq!(store.get(Tree::Evidence, b"a").unwrap(), None);
+}
+
+#[test]
+fn wrong_format_version_is_refused() {
+    let mem = Arc::new(MemoryBackend::default());
+    mem.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![99])]).unwrap();
+    assert!(matches!(Store::with_backend(mem), Err(StoreError::Version { found: 99 })));
+}
+
+#[test]
+fn corrupt_values_are_reported_not_panicked() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem).unwrap();
+    store.commit_blocking(vec![Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00])]).unwrap();
+    let err = store.outbox_entries().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { tree: "outbox", .. }), "{err}");
+}
+
+/// Acknowledgements live in a tree of their own and are merged into their entries on
+/// load, with any an older store kept in the entry itself; a snapshot of the entry that
+/// lacks them cannot take them away.
+#[test]
+fn acknowledgements_are_kept_apart_and_merged() {
+    let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+    let rossi: OfficerId = "Isp. Rossi".parse().unwrap();
+    let bianchi: OfficerId = "Isp. Bianchi".parse().unwrap();
+    let e = entry(1);
+    let older = Entry { reads: vec![(rossi.clone(), 50)], ..entry(1) };
+    store
+        .commit_blocking(vec![
+            put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &older),
+            put_read(e.packet_id, &e.recipient, &bianchi, 40),
+            put_read(e.packet_id, &e.recipient, &rossi, 50),
+            put_read(entry(2).packet_id, &e.recipient, &rossi, 60),
+        ])
+        .unwrap();
+    // A later snapshot of the entry without them.
+    store.commit_blocking(vec![put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e)]).unwrap();
+    let loaded = store.outbox_entries().unwrap();
+    assert_eq!(loaded.len(), 1, "an acknowledgement of an entry not kept adds none");
+    assert_eq!(loaded[0].reads, vec![(bianchi, 40), (rossi, 50)]);
+
+    store.commit_blocking(vec![Op::Put(Tree::Reads, b"no separator".to_vec(), vec![0; 8])]).unwrap();
+    let err = store.outbox_entries().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { tree: "reads", .. }), "{err}");
+}
+
+#[test]
+fn inbox_records_round_trip() {
+    let mem = Arc::new(MemoryBackend::default());
+    let store = Store::with_backend(mem).unwrap();
+    let id: PacketId = "019ac0a1-5c00-7000-8000-000000000001".parse().unwrap();
+    let rec = InboxRecord {
+        sender: "IT-DCSA".parse().unwrap(),
+        sealed_digest: Digest::of(b"s"),
+        received_at: 42,
+        packet_type: crate::packet::PacketType::InformationRequest,
+        priority: crate::markings::Priority::Urgent,
+        due_by: None,
+        reads: vec![("Isp. Rossi".parse().unwrap(), 50), ("Isp. Bianchi".parse().unwrap(), 60)],
+        policy: Some(Digest::of(b"policy")),
+        originator: None,
+        run: 3,
+    };
+    let other = InboxRecord { sender: "CO-DIJIN".parse().unwrap(), reads: Vec::new(), ..rec.clone() };
+    store
+        .commit_blocking(vec![
+            put(Tree::Inbox, pair_key(id, &rec.sender), &rec),
+            put(Tree::Inbox, pair_key(id, &other.sender), &other),
+        ])
+        .unwrap();
+    assert_eq!(store.inbox_record(id, &rec.sender).unwrap(), Some(rec.clone()));
+    assert_eq!(store.inbox_records(id).unwrap(), vec![other, rec], "one per sender, in key order");
+}
+
+/// A format-2 store (inbox and evidence keyed by packet id, one acknowledgement per record)
+/// opens as format 3: keyed by packet id and sender, the acknowledgement kept.
+#[test]
+fn a_format_2_store_is_migrated() {
+    #[derive(Serialize)]
+    struct V2 {
+        sender: NodeId,
+        sealed_digest: Digest,
+        received_at: Millis,
+        packet_type: String,
+        priority: crate::markings::Priority,
+        due_by: Option<crate::timestamp::Timestamp>,
+        read: Option<(OfficerId, Millis)>,
+        policy: Option<Digest>,
+        originator: Option<NodeId>,
+    }
+    let mem = Arc::new(MemoryBackend::default());
+    let ids: Vec<PacketId> = (1..=2u8).map(|i| PacketId::from_bytes([i; 16])).collect();
+    let mut ops = vec![Op::Put(Tree::Meta, b"format".to_vec(), vec![2])];
+    for (i, id) in ids.iter().enumerate() {
+        let v2 = V2 {
+            sender: "ES-UDYCO".parse().unwrap(),
+            sealed_digest: Digest::of(b"s"),
+            received_at: 42,
+            packet_type: "ReadAck".into(),
+            priority: crate::markings::Priority::Flash,
+            due_by: None,
+            read: (i == 0).then(|| ("Isp. Rossi".parse().unwrap(), 50)),
+            policy: None,
+            originator: None,
+        };
+        ops.push(put(Tree::Inbox, id.as_bytes().to_vec(), &v2));
+        ops.push(Op::Put(Tree::Evidence, id.as_bytes().to_vec(), vec![i as u8]));
+    }
+    mem.apply(&ops).unwrap();
+    let store = Store::with_backend(mem.clone()).unwrap();
+    let es: NodeId = "ES-UDYCO".parse().unwrap();
+    let first = store.inbox_record(ids[0], &es).unwrap().unwrap();
+    assert_eq!(first.reads, vec![("Isp. Rossi".parse().unwrap(), 50)]);
+    assert!(store.inbox_record(ids[1], &es).unwrap().unwrap().reads.is_empty());
+    assert_eq!(store.get(Tree::Evidence, &pair_key(ids[1], &es)).unwrap(), Some(vec![1]));
+    assert!(store.get(Tree::Inbox, ids[0].as_bytes()).unwrap().is_none(), "old keys gone");
+    assert!(store.get(Tree::Evidence, ids[0].as_bytes()).unwrap().is_none());
+    assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
+}
