@@ -12,7 +12,7 @@ use liaison::delivery::{EntryState, RetryPolicy};
 use liaison::encoding::Digest;
 use liaison::keys::{Keyring, NodeKeys};
 use liaison::node::{Node, NodeConfig, Partner};
-use liaison::packet::Packet;
+use liaison::packet::{Packet, PacketType};
 use liaison::pki::Ca;
 use liaison::seal::SealContext;
 use liaison::store::{MemoryBackend, Store, Tree};
@@ -767,6 +767,36 @@ async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
     until("read", || !it.status(id).unwrap()[0].reads.is_empty()).await;
     let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
     assert_eq!(it.status(id).unwrap()[0].reads.len(), 1, "the acknowledgement was persisted");
+    let _ = fed.stop.send(true);
+}
+
+/// A delivered copy leaves the sender's memory once its receipt is on disk, and a start reads
+/// only pending copies: after a restart, what was delivered before is read from disk (status,
+/// an officer's acknowledgement that comes days later, a consent to pass it on), and the
+/// summary counts what happened since the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_delivered_before_a_restart_are_read_from_disk() {
+    let fed = Federation::new();
+    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
+    let es = fed.start("ES-UDYCO").await;
+    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
+    let id = it.submit(&p).await.unwrap().id;
+    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    until("counted", || it.outbox_summary().delivered == 1).await;
+    let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
+    let summary = it.outbox_summary();
+    assert_eq!((summary.queued, summary.in_flight, summary.delivered), (0, 0, 0), "nothing held: {summary:?}");
+    assert!(matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. }), "read from disk");
+
+    es.ack(id, None, "Subinspector Gómez".parse().unwrap()).await.unwrap();
+    until("read ack at the originator", || !it.status(id).unwrap()[0].reads.is_empty()).await;
+    assert_eq!(it.outbox_summary().read, 1);
+    let acks = it.inbox().unwrap().into_iter().filter(|(_, r)| r.packet_type == PacketType::ReadAck).count();
+    assert_eq!(acks, 1, "the ReadAck was taken, not refused as about an unknown packet");
+
+    let until_ts = liaison::timestamp::Timestamp::now().plus_secs(86_400);
+    let officer: liaison::ids::OfficerId = "Isp. Rossi".parse().unwrap();
+    it.consent(id, &node("ES-UDYCO"), vec![node("CO-DIJIN")], until_ts, officer).await.unwrap();
     let _ = fed.stop.send(true);
 }
 

@@ -245,8 +245,10 @@ pub struct DeadlinesView {
     pub awaiting: Vec<DeadlineView>,
 }
 
-/// `GET /v1/outbox`: how many copies are in each state, and how many were read. (A state
-/// missing from an answer counts none: older nodes left zeros out.)
+/// `GET /v1/outbox`: how many copies wait (every one), and how many were delivered, rejected,
+/// expired and first read since the node started (terminal copies are kept on disk, not
+/// counted at each start). (A state missing from an answer counts none: older nodes left zeros
+/// out.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OutboxSummary {
@@ -254,18 +256,18 @@ pub struct OutboxSummary {
     pub queued: usize,
     /// Written, no receipt yet.
     pub in_flight: usize,
-    /// Receipted as stored.
+    /// Receipted as stored (since the node started).
     pub delivered: usize,
-    /// Receipted as refused.
+    /// Receipted as refused (since the node started).
     pub rejected: usize,
-    /// Expired without a receipt.
+    /// Expired without a receipt (since the node started).
     pub expired: usize,
-    /// Acknowledged by at least one officer.
+    /// Acknowledged by a first officer (since the node started).
     pub read: usize,
 }
 
 impl OutboxSummary {
-    /// Counts one entry.
+    /// Counts one entry's state (its acknowledgements are counted apart, as they come).
     pub fn add(&mut self, e: &Entry) {
         *match DeliveryState::of(&e.state) {
             DeliveryState::Queued => &mut self.queued,
@@ -274,9 +276,6 @@ impl OutboxSummary {
             DeliveryState::Rejected => &mut self.rejected,
             DeliveryState::Expired => &mut self.expired,
         } += 1;
-        if !e.reads.is_empty() {
-            self.read += 1;
-        }
     }
 }
 

@@ -28,7 +28,9 @@ pub mod sender;
 pub mod submit;
 
 pub use inbox::{acknowledge, AckRefusal, Inbox, Incoming};
-pub use outbox::{Entry, EntryState, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+pub use outbox::{
+    Entry, EntryState, Finished, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit,
+};
 pub use sender::{LaneId, Link, PreparedReceipt, Problem, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
 
 /// Milliseconds since the Unix epoch, as the driver's clock reads them.

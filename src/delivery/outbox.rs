@@ -188,7 +188,24 @@ pub enum ReceiptMatch {
 
 type Key = (PacketId, NodeId);
 
+/// Copies that reached a terminal state and left memory since the outbox was made (the node
+/// started): what the outbox summary counts beside the entries it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Finished {
+    /// Delivered.
+    pub delivered: usize,
+    /// Rejected by the recipient.
+    pub rejected: usize,
+    /// Expired without a receipt.
+    pub expired: usize,
+}
+
 /// The sender's outbox.
+///
+/// It holds the entries not yet delivered, rejected or expired, and a terminal one only until
+/// its terminal state is on disk ([`Outbox::apply_prepared`], [`Outbox::committed`]): the store
+/// is where terminal entries are read from (status, acknowledgements, retention), so memory
+/// and a restart grow with what is pending, not with what was ever sent.
 #[derive(Debug)]
 pub struct Outbox {
     policy: RetryPolicy,
@@ -207,6 +224,7 @@ pub struct Outbox {
     /// Entries whose receipt is being committed, with the state they take once it is on disk;
     /// expiry leaves them alone meanwhile.
     prepared: HashMap<Key, EntryState>,
+    finished: Finished,
     rng: SplitMix64,
 }
 
@@ -222,15 +240,17 @@ impl Outbox {
             expiries: BTreeSet::new(),
             dirty: BTreeSet::new(),
             prepared: HashMap::new(),
+            finished: Finished::default(),
             rng: SplitMix64(seed),
         }
     }
 
     /// Rebuilds the outbox from persisted entries after a restart. An entry that was in flight
-    /// when the node stopped is queued again at once: its receipt may never come.
+    /// when the node stopped is queued again at once: its receipt may never come. Terminal
+    /// entries are left out: they are on disk, and read from there.
     pub fn restore(policy: RetryPolicy, seed: u64, entries: impl IntoIterator<Item = Entry>, now: Millis) -> Self {
         let mut out = Self::new(policy, seed);
-        for mut e in entries {
+        for mut e in entries.into_iter().filter(|e| !e.state.is_terminal()) {
             if let EntryState::InFlight { .. } = e.state {
                 e.state = EntryState::Queued { not_before: now };
                 out.dirty.insert(key(&e));
@@ -374,8 +394,9 @@ impl Outbox {
     }
 
     /// A verified receipt arrived from `receiver` for `packet_id`: applied at once, the entry
-    /// marked dirty. (The node uses [`Outbox::prepare_receipt`], so that nothing is applied
-    /// before the receipt is on disk.)
+    /// marked dirty (it leaves memory once written: [`Outbox::committed`]). (The node uses
+    /// [`Outbox::prepare_receipt`], so that nothing is applied before the receipt is on disk.)
+    #[cfg(test)]
     pub fn handle_receipt(
         &mut self,
         now: Millis,
@@ -385,9 +406,9 @@ impl Outbox {
         outcome: ReceiptOutcome,
     ) -> ReceiptMatch {
         let (m, _) = self.prepare_receipt(now, packet_id, receiver, digest, outcome);
-        if m == ReceiptMatch::Completed {
-            self.apply_prepared(packet_id, receiver);
-            self.dirty.insert((packet_id, *receiver));
+        let k = (packet_id, *receiver);
+        if let Some(state) = self.prepared.remove(&k) {
+            self.set_terminal(k, state);
         }
         m
     }
@@ -433,16 +454,33 @@ impl Outbox {
     }
 
     /// The prepared receipt of `packet_id` at `receiver` is on disk: its entry takes the state
-    /// (already persisted with it).
+    /// (already persisted with it) and leaves memory.
     pub fn apply_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
         let k = (packet_id, *receiver);
         let Some(state) = self.prepared.remove(&k) else { return };
-        // Written with the receipt; still dirty only if something else changed it meanwhile.
+        // Written with the receipt; still dirty only if something else changed it meanwhile
+        // (a failed commit before): then it stays until that write is done.
         let was_dirty = self.dirty.contains(&k);
         self.set_terminal(k, state);
         if !was_dirty {
             self.dirty.remove(&k);
+            self.retire(k);
         }
+    }
+
+    /// The entries taken by [`Outbox::take_dirty`] (their keys) are on disk: terminal ones leave
+    /// memory, unless changed again since.
+    pub fn committed(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
+        for k in keys {
+            if !self.dirty.contains(&k) && !self.prepared.contains_key(&k) {
+                self.retire(k);
+            }
+        }
+    }
+
+    /// Copies that left memory in a terminal state since the outbox was made.
+    pub fn finished(&self) -> Finished {
+        self.finished
     }
 
     /// The prepared receipt could not be stored: the entry stays as it was (and is sent again),
@@ -524,24 +562,6 @@ impl Outbox {
         taken.into_iter().filter_map(|k| self.entries.get(&k).cloned()).collect()
     }
 
-    /// Terminal entries whose retention has run out at `now` (`keep`: how long entries to a
-    /// recipient are kept, `None` for ever), with no write of theirs outstanding. Oldest first,
-    /// at most `limit`.
-    pub fn past_retention(&self, now: Millis, keep: impl Fn(&NodeId) -> Option<Millis>, limit: usize) -> Vec<Entry> {
-        let mut past: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|(k, _)| !self.dirty.contains(*k) && !self.prepared.contains_key(*k))
-            .filter_map(|(_, e)| {
-                let from = e.retention_from()?;
-                let keep = keep(&e.recipient)?;
-                (from.saturating_add(keep) < now).then_some(e)
-            })
-            .collect();
-        past.sort_by_key(|e| (e.retention_from(), e.packet_id));
-        past.into_iter().take(limit).cloned().collect()
-    }
-
     /// Drops a terminal entry (deleted from the store by retention). Anything else stays.
     pub fn forget(&mut self, packet_id: PacketId, recipient: &NodeId) {
         let k = (packet_id, *recipient);
@@ -551,7 +571,19 @@ impl Outbox {
         }
     }
 
-    /// One entry.
+    /// A terminal entry whose state is on disk leaves memory, counted in [`Outbox::finished`].
+    fn retire(&mut self, k: Key) {
+        let count = match self.entries.get(&k).map(|e| &e.state) {
+            Some(EntryState::Delivered { .. }) => &mut self.finished.delivered,
+            Some(EntryState::Rejected { .. }) => &mut self.finished.rejected,
+            Some(EntryState::Expired { .. }) => &mut self.finished.expired,
+            _ => return,
+        };
+        *count += 1;
+        self.entries.remove(&k);
+    }
+
+    /// One entry held in memory (pending, or terminal and not yet on disk).
     pub fn entry(&self, packet_id: PacketId, recipient: &NodeId) -> Option<&Entry> {
         self.entries.get(&(packet_id, *recipient))
     }
@@ -777,8 +809,10 @@ mod tests {
         assert_eq!(late, ReceiptMatch::AfterExpiry);
     }
 
+    /// What was in flight is queued again; a terminal entry is not brought back into memory
+    /// (it is on disk); one that has not left memory is written, then leaves.
     #[test]
-    fn restart_requeues_in_flight_and_keeps_the_rest() {
+    fn restart_requeues_in_flight_and_leaves_terminal_entries_on_disk() {
         let mut o = outbox();
         let (es, co) = (node("ES-UDYCO"), node("CO-DIJIN"));
         let d = Digest::of(b"x");
@@ -788,10 +822,16 @@ mod tests {
         o.poll_transmit(0, &co).unwrap();
         o.handle_receipt(1, pid(1), &co, d, ReceiptOutcome::Rejected { code: "policy".into(), reason: "H2".into() });
         let saved: Vec<Entry> = o.entries().cloned().collect();
+        assert_eq!(saved.len(), 2, "the rejected copy waits to be written");
+        let written: Vec<Key> = o.take_dirty().iter().map(key).collect();
+        o.committed(written);
+        assert!(o.entry(pid(1), &co).is_none(), "written: gone from memory");
+        assert_eq!(o.finished(), Finished { rejected: 1, ..Finished::default() });
         let mut r = Outbox::restore(RetryPolicy::default(), 2, saved, 50);
-        assert_eq!(r.entry(pid(1), &co).unwrap().state.name(), "rejected");
+        assert!(r.entry(pid(1), &co).is_none());
         assert_eq!(r.poll_transmit(50, &es).unwrap().attempt, 2);
         assert!(!r.submit(60, pid(1), es, Priority::Flash, 100_000, d), "no duplicate entry");
+        assert_eq!(r.pending(), 1);
     }
 
     #[test]
@@ -808,8 +848,8 @@ mod tests {
     /// A receipt is prepared, stored, then applied: before it is applied nothing shows it, an
     /// abandoned one leaves the entry to be sent again, and expiry waits for a prepared one.
     /// Retention counts from when this node took the receipt, or the partner's claimed delivery
-    /// time if later, held between the submit and the expiry; entries not terminal, or with a
-    /// write outstanding, are never past it; `forget` drops terminal entries only.
+    /// time if later, held between the submit and the expiry (the store's outcome index walks
+    /// by it); `forget` drops terminal entries only.
     #[test]
     fn retention_counts_from_the_outcome_on_this_nodes_clock() {
         let mut o = outbox();
@@ -818,26 +858,23 @@ mod tests {
             let d = Digest::of(&[n]);
             o.submit(100, pid(n), es, Priority::Routine, 10_000, d);
             o.poll_transmit(100, &es).unwrap();
-            o.prepare_receipt(now, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
+            o.take_dirty();
+            let (_, will_be) =
+                o.prepare_receipt(now, pid(n), &es, d, ReceiptOutcome::Accepted { received_at: claimed });
             o.apply_prepared(pid(n), &es);
+            assert!(o.entry(pid(n), &es).is_none(), "stored with its receipt: gone from memory");
+            will_be.unwrap().retention_from()
         };
-        deliver(&mut o, 1, 150, 300);
-        deliver(&mut o, 2, u64::MAX, 300);
+        assert_eq!(deliver(&mut o, 1, 150, 300), Some(300));
+        assert_eq!(deliver(&mut o, 2, u64::MAX, 300), Some(10_000));
         // Claimed long before this node took the receipt: counted from the receipt.
-        deliver(&mut o, 3, 0, 200);
+        assert_eq!(deliver(&mut o, 3, 0, 200), Some(200));
+        assert_eq!(o.finished(), Finished { delivered: 3, ..Finished::default() });
         o.submit(100, pid(4), es, Priority::Routine, 10_000, Digest::of(b"q"));
         o.take_dirty();
-        let from = |o: &Outbox, n| o.entry(pid(n), &es).unwrap().retention_from();
-        assert_eq!((from(&o, 1), from(&o, 2), from(&o, 3), from(&o, 4)), (Some(300), Some(10_000), Some(200), None));
-        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.packet_id).collect::<Vec<_>>();
-        assert_eq!(ids(o.past_retention(1_000, |_| Some(500), 10)), vec![pid(3), pid(1)], "oldest first");
-        assert_eq!(ids(o.past_retention(1_000, |_| None, 10)), vec![], "no policy: kept");
-        assert_eq!(ids(o.past_retention(20_000, |_| Some(500), 1)), vec![pid(3)], "at most the limit");
-        o.forget(pid(3), &es);
+        assert_eq!(o.entry(pid(4), &es).unwrap().retention_from(), None);
         o.forget(pid(4), &es);
-        assert!(o.entry(pid(3), &es).is_none());
         assert!(o.entry(pid(4), &es).is_some(), "a queued entry is never forgotten");
-        assert_eq!(ids(o.past_retention(20_000, |_| Some(500), 10)), vec![pid(1), pid(2)]);
     }
 
     #[test]

@@ -26,16 +26,17 @@ use crate::seal::{peek_route, OpenError, SealContext, SealError};
 use crate::store::{self, pair_key, InboxRecord, Op, Tree};
 use crate::timestamp::Timestamp;
 
-/// An officer's acknowledgement of a copy sent: the packet, who, when (ms).
-pub type Read = (PacketId, OfficerId, Millis);
+/// An officer's acknowledgement of a copy sent: the packet, who, when (ms), and whether it is
+/// the copy's first.
+pub type Read = (PacketId, OfficerId, Millis, bool);
 
 /// A copy sent that a batch acknowledges: the entry with the batch's acknowledgements added,
 /// and those acknowledgements.
 type Acked = (Entry, Vec<Read>);
 
 /// The notice for a copy left without a receipt item because the store could not be read to
-/// classify it ([`Known::classify`], [`Known::has_received`]).
-const UNREADABLE: &str = "the inbox could not be read; no receipt for this copy, it comes again";
+/// classify it ([`Known::classify`], [`Known::has_received`], [`Known::sent_to`]).
+const UNREADABLE: &str = "the store could not be read; no receipt for this copy, it comes again";
 
 /// What the receiver reads of the node's state. Each call may take a lock briefly; nothing is
 /// held across the batch.
@@ -49,8 +50,9 @@ pub trait Known {
     fn has_received(&self, packet_id: PacketId, sender: &NodeId) -> Option<bool>;
     /// This run's id, written in each inbox record stored ([`super::Inbox::run`]).
     fn run(&self) -> u64;
-    /// The outbox entry of the copy of `packet_id` sent to `peer`.
-    fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry>;
+    /// The outbox entry of the copy of `packet_id` sent to `peer` (held in memory, or read from
+    /// the store), with its acknowledgements; `Err` if the store could not be read to tell.
+    fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Result<Option<Entry>, store::StoreError>;
     /// The policy version under which the stored packet was admitted.
     fn admitted_under(&self, packet_id: PacketId, sender: &NodeId) -> Option<Digest>;
 }
@@ -289,9 +291,8 @@ impl Receiver<'_> {
         if items.is_empty() {
             return Ok(None);
         }
-        let acked: Vec<(PacketId, OfficerId, Millis)> =
-            acked.into_values().flat_map(|(_, new)| new.into_iter()).collect();
-        for (id, officer, at) in &acked {
+        let acked: Vec<Read> = acked.into_values().flat_map(|(_, new)| new.into_iter()).collect();
+        for (id, officer, at, _) in &acked {
             ops.push(store::put_read(*id, peer, officer, *at));
         }
         let copies = items.len();
@@ -337,13 +338,16 @@ impl Receiver<'_> {
         match &packet.body {
             Body::ReadAck(ack) => {
                 let known = acked.remove(&ack.packet_id);
-                let known = known.or_else(|| self.known.sent_to(ack.packet_id, peer).map(|e| (e, Vec::new())));
+                let known = match known {
+                    Some(k) => Some(k),
+                    None => self.known.sent_to(ack.packet_id, peer).map_err(|_| None)?.map(|e| (e, Vec::new())),
+                };
                 let m = Outbox::read_ack_match(known.as_ref().map(|(e, _)| e), &ack.officer);
                 if let Some((mut e, mut new)) = known {
                     if m == ReadAckMatch::New {
                         let at = super::millis(ack.read_at);
+                        new.push((ack.packet_id, ack.officer.clone(), at, e.reads.is_empty()));
                         e.reads.push((ack.officer.clone(), at));
-                        new.push((ack.packet_id, ack.officer.clone(), at));
                     }
                     acked.insert(ack.packet_id, (e, new));
                 }

@@ -179,6 +179,8 @@ pub struct Sender {
     rng: SplitMix64,
     /// Why copies wait, since when: set by a failure, cleared by the progress that disproves it.
     problem: Option<(Problem, Millis)>,
+    /// Copies whose first officer's acknowledgement came since the machine was made.
+    first_reads: usize,
 }
 
 fn slot(p: Priority) -> usize {
@@ -195,8 +197,8 @@ impl Sender {
         Self::restore(peer, retry, seed, Vec::new(), 0)
     }
 
-    /// Rebuilds the machine from the partner's persisted entries after a restart (what was in
-    /// flight is queued again at once).
+    /// Rebuilds the machine from the partner's persisted pending entries after a restart (what
+    /// was in flight is queued again at once; terminal entries stay on disk).
     pub fn restore(peer: NodeId, retry: RetryPolicy, seed: u64, entries: Vec<Entry>, now: Millis) -> Self {
         Self {
             peer,
@@ -207,6 +209,7 @@ impl Sender {
             failures: 0,
             rng: SplitMix64(seed ^ 0x5EED),
             problem: None,
+            first_reads: 0,
         }
     }
 
@@ -521,26 +524,35 @@ impl Sender {
         self.outbox.mark_dirty(keys);
     }
 
-    /// The entry of `packet_id`.
+    /// Entries taken by [`Sender::take_dirty`] are on disk (see [`Outbox::committed`]).
+    pub fn committed(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
+        self.outbox.committed(keys);
+    }
+
+    /// The entry of `packet_id` held in memory: pending, or terminal and not yet on disk. A
+    /// terminal entry on disk is read from the store ([`crate::node::sent_entry`]).
     pub fn entry(&self, packet_id: PacketId) -> Option<&Entry> {
         self.outbox.entry(packet_id, &self.peer)
     }
 
-    /// Every entry.
+    /// Every entry held in memory.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.outbox.entries()
+    }
+
+    /// Copies that left memory delivered, rejected or expired since the machine was made.
+    pub fn finished(&self) -> super::outbox::Finished {
+        self.outbox.finished()
+    }
+
+    /// Copies whose first acknowledgement came since the machine was made.
+    pub fn first_reads(&self) -> usize {
+        self.first_reads
     }
 
     /// Entries not yet delivered, rejected or expired.
     pub fn pending(&self) -> usize {
         self.outbox.pending()
-    }
-
-    /// Terminal entries kept longer than `keep` (the retention of the policy with the partner;
-    /// `None`: kept for ever) at `now`, oldest first, at most `limit`: what retention deletes,
-    /// with [`retention_ops`].
-    pub fn past_retention(&self, now: Millis, keep: Option<Millis>, limit: usize) -> Vec<Entry> {
-        self.outbox.past_retention(now, |_| keep, limit)
     }
 
     /// Drops the entries retention deleted from the store.
@@ -556,8 +568,10 @@ impl Sender {
         Outbox::read_ack_match(self.entry(packet_id), officer)
     }
 
-    /// An acknowledgement just persisted, put in force (see [`Outbox::add_read`]).
-    pub fn add_read(&mut self, packet_id: PacketId, officer: OfficerId, at: Millis) {
+    /// An acknowledgement just persisted, put in force (see [`Outbox::add_read`]); `first`:
+    /// the copy's first (counted in [`Sender::first_reads`]).
+    pub fn add_read(&mut self, packet_id: PacketId, officer: OfficerId, at: Millis, first: bool) {
+        self.first_reads += usize::from(first);
         self.outbox.add_read(packet_id, &self.peer, officer, at);
     }
 
@@ -682,19 +696,21 @@ pub fn receipt_ops(
     ops
 }
 
-/// The writes that delete what this node kept of copies past their retention
-/// ([`Sender::past_retention`]): the entry, the signed packet sent, the sealed copy if it is
-/// still there, the link to the receipt, the answer deadline of a request; the officers'
-/// acknowledgements (`reads`, keys found by the caller) and receipts no remaining copy needs are
-/// the caller's to add. The audit trail keeps that they were sent, delivered and deleted.
-pub fn retention_ops(peer: &NodeId, past: &[Entry]) -> Vec<crate::store::Op> {
+/// The writes that delete what this node kept of copies past their retention (packet ids and
+/// outcome keys from [`crate::store::Store::past_retention`]): the entry and its outcome key,
+/// the signed packet sent, the sealed copy if it is still there, the link to the receipt, the
+/// answer deadline of a request; the officers' acknowledgements (`reads`, keys found by the
+/// caller) and receipts no remaining copy needs are the caller's to add. The audit trail keeps
+/// that they were sent, delivered and deleted.
+pub fn retention_ops(peer: &NodeId, past: &[(PacketId, Vec<u8>)]) -> Vec<crate::store::Op> {
     use crate::store::{pair_key, Op, Tree};
-    let mut ops = Vec::with_capacity(past.len() * 6 + 1);
-    for e in past {
-        let key = pair_key(e.packet_id, peer);
+    let mut ops = Vec::with_capacity(past.len() * 7 + 1);
+    for (id, outcome) in past {
+        let key = pair_key(*id, peer);
         for tree in [Tree::Outbox, Tree::Pending, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
             ops.push(Op::Delete(tree, key.clone()));
         }
+        ops.push(Op::Delete(Tree::Outcomes, outcome.clone()));
     }
     ops
 }
@@ -810,7 +826,8 @@ mod tests {
         assert_eq!(prepared.entries().len(), 1);
         assert_eq!(by_id(&s, n), "in_flight", "nothing in force before it is stored");
         s.apply_receipt(20, prepared);
-        assert_eq!(by_id(&s, n), "delivered");
+        assert!(s.entry(pid(n)).is_none(), "delivered, on disk: the machine lets it go");
+        assert_eq!(s.finished().delivered, 1);
         let first = (0..3).find(|i| pid(*i) == sent[0].1.packet_id).unwrap();
         assert_eq!(by_id(&s, first), "queued", "written before the receipted one: dropped, sent again");
         assert!(matches!(s.prepare_receipt(30, lane, &[accepted(second, n)]), Err(ReceiptRefused::CompletesNothing)));

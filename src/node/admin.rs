@@ -230,13 +230,14 @@ impl Node {
         let book = self.policies();
         let mut total = 0;
         for (peer, sender) in &self.inner.senders {
-            let keep = self.retention_of(&book, peer);
+            let Some(keep) = self.retention_of(&book, peer) else { continue };
             loop {
-                let past = lock(sender).past_retention(now, keep, PURGE_BATCH);
+                // Only what a commit made terminal is in the index: nothing being written.
+                let past = self.inner.store.past_retention(peer, now, keep, PURGE_BATCH)?;
                 if past.is_empty() {
                     break;
                 }
-                let ids: Vec<PacketId> = past.iter().map(|e| e.packet_id).collect();
+                let ids: Vec<PacketId> = past.iter().map(|(id, _)| *id).collect();
                 let mut ops = crate::delivery::sender::retention_ops(peer, &past);
                 let mut receipts = std::collections::BTreeSet::new();
                 for id in &ids {

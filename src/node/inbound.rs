@@ -259,8 +259,8 @@ impl Node {
         }
         if let (false, Some(sender)) = (batch.acked.is_empty(), self.sender(peer)) {
             let mut sender = lock(sender);
-            for (id, officer, at) in batch.acked {
-                sender.add_read(id, officer, at);
+            for (id, officer, at, first) in batch.acked {
+                sender.add_read(id, officer, at, first);
             }
         }
         info!(from = %peer, copies = batch.copies, stored = batch.stored.len(), receipt = %batch.receipt_id, "batch stored and receipted");
@@ -298,8 +298,10 @@ impl Known for Node {
         lock(&self.inner.inbox).run()
     }
 
-    fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Option<Entry> {
-        self.sender(peer).and_then(|s| lock(s).entry(packet_id).cloned())
+    fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Result<Option<Entry>, StoreError> {
+        let held = self.sender(peer).and_then(|s| lock(s).entry(packet_id).cloned());
+        super::sent_entry(held, &self.inner.store, packet_id, peer)
+            .inspect_err(|e| warn!(error = %e, %packet_id, "the outbox could not be read"))
     }
 
     fn admitted_under(&self, packet_id: PacketId, sender: &NodeId) -> Option<Digest> {

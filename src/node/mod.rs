@@ -473,7 +473,7 @@ pub fn restore(
     now: Millis,
 ) -> Result<Restored, StoreError> {
     let mut by_partner: HashMap<NodeId, Vec<Entry>> = partners.into_iter().map(|p| (p, Vec::new())).collect();
-    for e in store.outbox_entries()? {
+    for e in store.pending_entries()? {
         by_partner.entry(e.recipient).or_default().push(e);
     }
     let senders = by_partner
@@ -490,6 +490,22 @@ pub fn restore(
         kept.push(store::decode::<Deadline>(Tree::Deadlines, &v)?);
     }
     Ok(Restored { senders, deadlines: Deadlines::restore(kept) })
+}
+
+/// The entry of the copy of `packet_id` sent to `peer`: `held`, the sender machine's if it
+/// holds one (pending, or terminal and not yet on disk: newer than the store's), else the
+/// store's (a terminal entry, with its acknowledgements). Read the machine first: an entry
+/// leaves it only once its terminal state is on disk.
+pub fn sent_entry(
+    held: Option<Entry>,
+    store: &Store,
+    packet_id: PacketId,
+    peer: &NodeId,
+) -> Result<Option<Entry>, StoreError> {
+    match held {
+        Some(e) => Ok(Some(e)),
+        None => store.outbox_entry(packet_id, peer),
+    }
 }
 
 /// Refused client certificates, logged within the budget for unauthenticated events.

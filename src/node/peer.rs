@@ -291,7 +291,10 @@ impl Node {
         {
             let mut m = lock(machine);
             match &committed {
-                Ok(()) => m.apply_receipt(now_ms(), prepared),
+                Ok(()) => {
+                    m.apply_receipt(now_ms(), prepared);
+                    m.committed(dirty_keys);
+                }
                 Err(_) => {
                     m.abandon_receipt(now_ms(), prepared);
                     m.mark_dirty(dirty_keys);
@@ -321,9 +324,12 @@ impl Node {
             }
             (keys, self.inner.store.enqueue(ops))
         };
-        if let Err(e) = pending.durable().await {
-            warn!(error = %e, "could not persist outbox state; kept to write again");
-            lock(machine).mark_dirty(keys);
+        match pending.durable().await {
+            Ok(()) => lock(machine).committed(keys),
+            Err(e) => {
+                warn!(error = %e, "could not persist outbox state; kept to write again");
+                lock(machine).mark_dirty(keys);
+            }
         }
     }
 }

@@ -6,13 +6,18 @@ use super::*;
 impl Node {
     /// Per-recipient delivery status of a packet this node sent.
     pub fn status(&self, packet_id: PacketId) -> Result<Status, NodeError> {
-        let mut entries: Vec<Entry> =
-            self.inner.senders.values().filter_map(|s| lock(s).entry(packet_id).cloned()).collect();
-        entries.sort_by_key(|a| a.recipient);
-        if entries.is_empty() {
+        // The machines first: an entry leaves one only once its terminal state is on disk, so
+        // each copy is either held (and newer than the store's) or read from the store.
+        let held: Vec<Entry> = self.inner.senders.values().filter_map(|s| lock(s).entry(packet_id).cloned()).collect();
+        let mut by_recipient: std::collections::BTreeMap<NodeId, Entry> =
+            self.inner.store.outbox_entries_of(packet_id)?.into_iter().map(|e| (e.recipient, e)).collect();
+        for e in held {
+            by_recipient.insert(e.recipient, e);
+        }
+        if by_recipient.is_empty() {
             return Err(NodeError::UnknownPacket(packet_id));
         }
-        Ok(entries)
+        Ok(by_recipient.into_values().collect())
     }
 
     /// The store's condition: disk space, a stuck or failing disk.
@@ -90,13 +95,21 @@ impl Node {
         }
     }
 
-    /// How many outbox entries are in each state, and how many were read.
+    /// How many copies wait (queued, in flight: all of them), and how many were delivered,
+    /// rejected, expired and first acknowledged since this node started (terminal entries are
+    /// on disk, not in memory: counting those of earlier runs would mean reading them all).
     pub fn outbox_summary(&self) -> crate::api::types::OutboxSummary {
         let mut m = crate::api::types::OutboxSummary::default();
         for sender in self.inner.senders.values() {
-            for e in lock(sender).entries() {
+            let s = lock(sender);
+            for e in s.entries() {
                 m.add(e);
             }
+            let done = s.finished();
+            m.delivered += done.delivered;
+            m.rejected += done.rejected;
+            m.expired += done.expired;
+            m.read += s.first_reads();
         }
         m
     }

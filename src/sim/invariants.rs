@@ -19,22 +19,37 @@ impl Sim {
         for a in 0..self.nodes.len() {
             self.check_sender(a)?;
             self.check_inbox(a)?;
-            self.check_pending_index(a)?;
+            self.check_outbox_on_disk(a)?;
             self.check_deadlines(a)?;
         }
         Ok(())
     }
 
     fn check_sender(&mut self, a: usize) -> Res {
-        // No acknowledged submit lost (after a crash, memory is what the disk kept).
+        // No acknowledged submit lost (after a crash, memory is what the disk kept): each copy
+        // is held by its machine, or on disk with its terminal state (out of the pending index,
+        // which is checked against the entries every ten steps).
         for (origin, id, to) in self.ledger.keys() {
-            if *origin == a && self.nodes[a].senders.get(&self.nodes[*to].id).and_then(|s| s.entry(*id)).is_none() {
+            if *origin != a {
+                continue;
+            }
+            let (node, peer) = (&self.nodes[a], self.nodes[*to].id);
+            if node.senders.get(&peer).is_some_and(|s| s.entry(*id).is_some()) {
+                continue;
+            }
+            let key = pair_key(*id, &peer);
+            if node.store.get(Tree::Outbox, &key).map_err(err("outbox"))?.is_none() {
+                return Err(format!("{} lost the acknowledged copy of {id} for {peer}", node.id));
+            }
+            if node.store.get(Tree::Pending, &key).map_err(err("pending"))?.is_some() {
                 return Err(format!(
-                    "{} lost the acknowledged copy of {id} for {}",
-                    self.nodes[a].id, self.nodes[*to].id
+                    "{} let go of the copy of {id} for {peer} before its outcome was on disk (pending there)",
+                    node.id
                 ));
             }
         }
+        // Terminal entries not yet on disk (the machines drop them once they are: those are
+        // checked from the store every ten steps).
         let mut done = Vec::new();
         for (peer, s) in &self.nodes[a].senders {
             for e in s.entries() {
@@ -44,23 +59,30 @@ impl Sim {
             }
         }
         for (peer, e) in done {
-            let key = (a, e.packet_id, peer);
-            match self.terminal.get(&key) {
-                Some(before) if *before != e.state => {
-                    return Err(format!(
-                        "{}: the terminal state of {} for {peer} changed: {before:?} -> {:?}",
-                        self.nodes[a].id, e.packet_id, e.state
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    self.terminal.insert(key, e.state.clone());
-                }
+            self.check_terminal(a, peer, &e)?;
+        }
+        Ok(())
+    }
+
+    /// A terminal entry's state never changes, and a delivered or rejected one has its receipt
+    /// ([`Sim::check_receipt`], once per entry and run).
+    fn check_terminal(&mut self, a: usize, peer: NodeId, e: &Entry) -> Res {
+        let key = (a, e.packet_id, peer);
+        match self.terminal.get(&key) {
+            Some(before) if *before != e.state => {
+                return Err(format!(
+                    "{}: the terminal state of {} for {peer} changed: {before:?} -> {:?}",
+                    self.nodes[a].id, e.packet_id, e.state
+                ))
             }
-            if !self.verified.contains(&key) && !matches!(e.state, EntryState::Expired { .. }) {
-                self.check_receipt(a, &peer, &e)?;
-                self.verified.insert(key);
+            Some(_) => {}
+            None => {
+                self.terminal.insert(key, e.state.clone());
             }
+        }
+        if !self.verified.contains(&key) && !matches!(e.state, EntryState::Expired { .. }) {
+            self.check_receipt(a, &peer, e)?;
+            self.verified.insert(key);
         }
         Ok(())
     }
@@ -112,28 +134,43 @@ impl Sim {
         }
     }
 
-    /// The index of pending outbox entries lists exactly the entries on disk that are neither
-    /// delivered, rejected nor expired (a start will read the pending entries through it).
-    fn check_pending_index(&self, a: usize) -> Res {
-        let node = &self.nodes[a];
+    /// The outbox on disk: every terminal entry as [`Sim::check_terminal`] wants it, and the
+    /// indexes list exactly the entries that are neither delivered, rejected nor expired
+    /// (`pending`: what a start reads) and the others by outcome (`outcomes`: what retention
+    /// walks).
+    fn check_outbox_on_disk(&mut self, a: usize) -> Res {
         let mut pending = BTreeSet::new();
-        for (k, v) in node.store.scan(Tree::Outbox, &[]).map_err(err("scan"))? {
+        let mut outcomes = BTreeSet::new();
+        let mut done = Vec::new();
+        for (k, v) in self.nodes[a].store.scan(Tree::Outbox, &[]).map_err(err("scan"))? {
             let e: Entry = store::decode(Tree::Outbox, &v).map_err(err("outbox entry"))?;
-            if !e.state.is_terminal() {
-                pending.insert(k);
+            match e.retention_from() {
+                None => {
+                    pending.insert(k);
+                }
+                Some(from) => {
+                    outcomes.insert(store::outcome_key(&e.recipient, from, e.packet_id));
+                    done.push(e);
+                }
             }
         }
-        let indexed: BTreeSet<Vec<u8>> =
-            node.store.scan(Tree::Pending, &[]).map_err(err("scan"))?.into_iter().map(|(k, _)| k).collect();
-        if pending != indexed {
-            return Err(format!(
-                "{}: {} pending entries on disk, {} in the pending index ({} not indexed, {} indexed but not pending)",
-                node.id,
-                pending.len(),
-                indexed.len(),
-                pending.difference(&indexed).count(),
-                indexed.difference(&pending).count()
-            ));
+        for e in done {
+            self.check_terminal(a, e.recipient, &e)?;
+        }
+        let node = &self.nodes[a];
+        for (name, tree, want) in [("pending", Tree::Pending, pending), ("outcome", Tree::Outcomes, outcomes)] {
+            let indexed: BTreeSet<Vec<u8>> =
+                node.store.scan(tree, &[]).map_err(err("scan"))?.into_iter().map(|(k, _)| k).collect();
+            if want != indexed {
+                return Err(format!(
+                    "{}: {} {name} entries on disk, {} in the {name} index ({} not indexed, {} indexed but not there)",
+                    node.id,
+                    want.len(),
+                    indexed.len(),
+                    want.difference(&indexed).count(),
+                    indexed.difference(&want).count()
+                ));
+            }
         }
         Ok(())
     }
@@ -227,7 +264,9 @@ impl Sim {
             self.ledger.iter().map(|(k, v)| (*k, v.clone())).collect();
         for ((a, id, b), expected) in ledger {
             let peer = self.nodes[b].id;
-            let e = self.nodes[a].senders.get(&peer).and_then(|s| s.entry(id)).ok_or("lost")?;
+            let held = self.nodes[a].senders.get(&peer).and_then(|s| s.entry(id).cloned());
+            let e =
+                crate::node::sent_entry(held, &self.nodes[a].store, id, &peer).map_err(err("outbox"))?.ok_or("lost")?;
             match &e.state {
                 EntryState::Delivered { .. } => self.report.delivered += 1,
                 EntryState::Rejected { code, reason, .. } => {

@@ -243,6 +243,20 @@ impl Sim {
         Ok(out)
     }
 
+    /// Every outbox entry of node `i`: on disk, or newer in its machines (as `Node::status`).
+    fn sent_entries(&self, i: usize) -> Result<BTreeMap<(PacketId, NodeId), Entry>, String> {
+        let node = &self.nodes[i];
+        let mut all = BTreeMap::new();
+        for (_, v) in node.store.scan(Tree::Outbox, &[]).map_err(err("scan"))? {
+            let e: Entry = crate::store::decode(Tree::Outbox, &v).map_err(err("outbox entry"))?;
+            all.insert((e.packet_id, e.recipient), e);
+        }
+        for e in node.senders.values().flat_map(|s| s.entries()) {
+            all.insert((e.packet_id, e.recipient), e.clone());
+        }
+        Ok(all)
+    }
+
     /// An officer consents that a recipient of a packet its node sent pass it on to the third
     /// node (as `Node::consent`).
     pub(super) fn consent_random(&mut self) -> Res {
@@ -252,14 +266,13 @@ impl Sim {
         let i = self.below(self.nodes.len() as u64) as usize;
         // Mostly for a node the packet did not go to (consent to pass it to a recipient is
         // given now and then too: the forward is then refused as already received there).
+        let entries = self.sent_entries(i)?;
         let me = &self.nodes[i];
         let third_of = |holder: &NodeId| me.senders.keys().find(|n| *n != holder).cloned();
-        let went_to = |about: PacketId, n: &NodeId| me.senders.get(n).is_some_and(|s| s.entry(about).is_some());
+        let went_to = |about: PacketId, n: &NodeId| entries.contains_key(&(about, *n));
         // The node's own rule: only to a holder whose copy is delivered.
-        let mut sent: Vec<(PacketId, NodeId, Priority, NodeId)> = me
-            .senders
+        let mut sent: Vec<(PacketId, NodeId, Priority, NodeId)> = entries
             .values()
-            .flat_map(|s| s.entries())
             .filter(|e| self.originated.contains(&(i, e.packet_id)))
             .filter_map(|e| submit::consent_holder(Some(e)).ok().map(|p| (e, p)))
             .filter_map(|(e, p)| third_of(&e.recipient).map(|t| (e.packet_id, e.recipient, p, t)))

@@ -21,8 +21,9 @@
 //! | `evidence` | packet id ‖ sender | the signed packet (COSE_Sign1) exactly as received |
 //! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
 //! | `meta` | name | store format version |
+//! | `pending` | packet id ‖ recipient | nothing: the outbox entries not yet terminal |
+//! | `outcomes` | recipient ‖ 0 ‖ outcome time ‖ packet id | nothing: the terminal ones, oldest first per recipient |
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -56,7 +57,10 @@ use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 /// segments are read as before) and marked 5.
 /// 6: the index of pending outbox entries (`pending`); built from the outbox when an older
 /// store is opened.
-pub const FORMAT_VERSION: u8 = 6;
+/// 7: the index of terminal outbox entries by recipient and outcome time (`outcomes`): what
+/// retention deletes, found without reading every entry; built with `pending` when an older
+/// store is opened.
+pub const FORMAT_VERSION: u8 = 7;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,11 +157,15 @@ pub enum Tree {
     /// with each entry ([`entry_write`]), so a start can read the pending entries without
     /// walking the terminal ones (ARCHITECTURE.md, "Not yet").
     Pending,
+    /// The terminal outbox entries (delivered, rejected, expired) by recipient and the time
+    /// their retention counts from ([`outcome_key`]) -> nothing: retention walks a partner's
+    /// oldest first and stops at the first it keeps. Written with each entry ([`entry_write`]).
+    Outcomes,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Outbox,
         Tree::Reads,
         Tree::Sealed,
@@ -172,6 +180,7 @@ impl Tree {
         Tree::Meta,
         Tree::Sent,
         Tree::Pending,
+        Tree::Outcomes,
     ];
 
     /// The tree's number in segment records (its place in [`Tree::ALL`], which only grows at
@@ -202,6 +211,7 @@ impl Tree {
             Self::Meta => "meta",
             Self::Sent => "sent",
             Self::Pending => "pending",
+            Self::Outcomes => "outcomes",
         }
     }
 }
@@ -280,17 +290,41 @@ pub fn pair_key(packet_id: PacketId, node: &NodeId) -> Vec<u8> {
     [packet_id.as_bytes().as_slice(), node.as_str().as_bytes()].concat()
 }
 
-/// The writes that store outbox entry `e`: the entry, and its place in [`Tree::Pending`] (there
-/// while it is neither delivered, rejected nor expired). Every write of an entry goes through
-/// here, so the index and the entries agree in every commit.
-pub fn entry_write(e: &Entry) -> [Op; 2] {
+/// The writes that store outbox entry `e`: the entry, and its place in [`Tree::Pending`] while
+/// it is neither delivered, rejected nor expired, in [`Tree::Outcomes`] once it is (an entry
+/// never leaves a terminal state, so its outcome key never changes). Every write of an entry
+/// goes through here, so the indexes and the entries agree in every commit.
+pub fn entry_write(e: &Entry) -> Vec<Op> {
     let key = pair_key(e.packet_id, &e.recipient);
-    let index = if e.state.is_terminal() {
-        Op::Delete(Tree::Pending, key.clone())
-    } else {
-        Op::Put(Tree::Pending, key.clone(), Vec::new())
-    };
-    [put(Tree::Outbox, key, e), index]
+    match e.retention_from() {
+        Some(from) => vec![
+            Op::Delete(Tree::Pending, key.clone()),
+            Op::Put(Tree::Outcomes, outcome_key(&e.recipient, from, e.packet_id), Vec::new()),
+            put(Tree::Outbox, key, e),
+        ],
+        None => vec![Op::Put(Tree::Pending, key.clone(), Vec::new()), put(Tree::Outbox, key, e)],
+    }
+}
+
+/// The key of a terminal entry in [`Tree::Outcomes`]: [`outcome_prefix`] of its recipient, the
+/// time its retention counts from ([`Entry::retention_from`], big-endian: in time order), its
+/// packet id.
+pub fn outcome_key(recipient: &NodeId, from: Millis, packet_id: PacketId) -> Vec<u8> {
+    [outcome_prefix(recipient).as_slice(), &from.to_be_bytes(), packet_id.as_bytes()].concat()
+}
+
+/// Where a recipient's outcomes start: its node id and a zero byte (no node id holds one, so
+/// `IT-DCS`'s are not among `IT-DCSA`'s).
+pub fn outcome_prefix(recipient: &NodeId) -> Vec<u8> {
+    [recipient.as_str().as_bytes(), &[0]].concat()
+}
+
+/// The outcome time and packet id of an outcome key under `prefix` ([`outcome_prefix`]).
+pub fn parse_outcome_key(prefix: &[u8], key: &[u8]) -> Option<(Millis, PacketId)> {
+    let rest = key.strip_prefix(prefix)?;
+    let from = Millis::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    let id: [u8; 16] = rest.get(8..)?.try_into().ok()?;
+    Some((from, PacketId::from_bytes(id)))
 }
 
 /// The key of `officer`'s acknowledgement at `node` of `packet_id` (in [`Tree::Reads`]): the
@@ -698,47 +732,113 @@ impl Store {
         }
     }
 
-    /// Every outbox entry (for [`crate::delivery::Outbox::restore`] at start-up).
-    pub fn outbox_entries(&self) -> Result<Vec<Entry>, StoreError> {
-        let mut reads: HashMap<Vec<u8>, Vec<(OfficerId, Millis)>> = HashMap::new();
-        for (k, v) in self.scan(Tree::Reads, &[])? {
-            let bad = || StoreError::Corrupt { tree: Tree::Reads.name(), reason: "a malformed acknowledgement".into() };
-            // The packet id's 16 bytes may hold zeros; the node id after them does not.
-            let split = k.iter().skip(16).position(|b| *b == 0).map(|p| p + 16).ok_or_else(bad)?;
-            let officer: OfficerId =
-                std::str::from_utf8(&k[split + 1..]).ok().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
-            let at = Millis::from_be_bytes(v.as_slice().try_into().map_err(|_| bad())?);
-            reads.entry(k[..split].to_vec()).or_default().push((officer, at));
-        }
-        let stored = self.scan(Tree::Outbox, &[])?;
-        // Decoding is most of a restart's time (about 8 us an entry here): spread over the cores.
+    /// The outbox entries not yet delivered, rejected or expired (for
+    /// [`crate::delivery::Outbox::restore`] at start-up), found through [`Tree::Pending`]: a start
+    /// reads none of the terminal entries, however many are kept.
+    pub fn pending_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let keys: Vec<Vec<u8>> = self.scan(Tree::Pending, &[])?.into_iter().map(|(k, _)| k).collect();
+        // Reading and decoding is most of a restart's time (a few us an entry): spread over the
+        // cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let chunk = stored.len().div_ceil(threads).max(1024);
-        let decoded: Vec<Result<Vec<Entry>, StoreError>> = std::thread::scope(|s| {
-            let workers: Vec<_> = stored
+        let chunk = keys.len().div_ceil(threads).max(1024);
+        let read: Vec<Result<Vec<Entry>, StoreError>> = std::thread::scope(|s| {
+            let workers: Vec<_> = keys
                 .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|(_, v)| decode::<Entry>(Tree::Outbox, v)).collect()))
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut v = Vec::with_capacity(part.len());
+                        for k in part {
+                            // Listed and gone: a retention purge or a migration's leftover;
+                            // nothing to send.
+                            if let Some(e) = self.outbox_entry_at(k)? {
+                                v.push(e);
+                            }
+                        }
+                        Ok(v)
+                    })
+                })
                 .collect();
             workers
                 .into_iter()
-                .map(|w| w.join().unwrap_or_else(|_| Err(StoreError::Backend("decoding thread panicked".into()))))
+                .map(|w| w.join().unwrap_or_else(|_| Err(StoreError::Backend("reading thread panicked".into()))))
                 .collect()
         });
-        let mut entries = Vec::with_capacity(stored.len());
-        for (part, keys) in decoded.into_iter().zip(stored.chunks(chunk)) {
-            for (mut e, (k, _)) in part?.into_iter().zip(keys) {
-                // Older stores kept them in the entry only; both are merged, in time order.
-                for (officer, at) in reads.remove(k).unwrap_or_default() {
-                    if !e.reads.iter().any(|(o, _)| *o == officer) {
-                        e.reads.push((officer, at));
-                    }
-                }
-                e.reads.sort_by_key(|(_, at)| *at);
-                e.reads.truncate(MAX_READS);
-                entries.push(e);
-            }
+        let mut entries = Vec::with_capacity(keys.len());
+        for part in read {
+            entries.extend(part?);
         }
         Ok(entries)
+    }
+
+    /// The stored entry of the copy of `packet_id` for `recipient`, with its officers'
+    /// acknowledgements.
+    pub fn outbox_entry(&self, packet_id: PacketId, recipient: &NodeId) -> Result<Option<Entry>, StoreError> {
+        self.outbox_entry_at(&pair_key(packet_id, recipient))
+    }
+
+    /// Every stored entry of `packet_id` (one per recipient), in recipient order, with their
+    /// acknowledgements.
+    pub fn outbox_entries_of(&self, packet_id: PacketId) -> Result<Vec<Entry>, StoreError> {
+        let mut v = Vec::new();
+        for (k, val) in self.scan(Tree::Outbox, packet_id.as_bytes())? {
+            v.push(self.with_reads(&k, decode(Tree::Outbox, &val)?)?);
+        }
+        Ok(v)
+    }
+
+    /// Terminal entries of `recipient` kept longer than `keep` at `now`, oldest first, at most
+    /// `limit`: their packet ids and outcome keys (what [`crate::delivery::sender::retention_ops`]
+    /// deletes). A walk of [`Tree::Outcomes`] that stops at the first entry still kept.
+    pub fn past_retention(
+        &self,
+        recipient: &NodeId,
+        now: Millis,
+        keep: Millis,
+        limit: usize,
+    ) -> Result<Vec<(PacketId, Vec<u8>)>, StoreError> {
+        let prefix = outcome_prefix(recipient);
+        let mut past = Vec::new();
+        let mut after = prefix.clone();
+        'walk: while past.len() < limit {
+            let page = self.keys_after(Tree::Outcomes, Some(&after), 256)?;
+            for k in &page {
+                let Some((from, id)) = parse_outcome_key(&prefix, k) else { break 'walk };
+                if from.saturating_add(keep) >= now || past.len() >= limit {
+                    break 'walk;
+                }
+                past.push((id, k.clone()));
+            }
+            match page.last() {
+                Some(last) if page.len() == 256 => after = last.clone(),
+                _ => break,
+            }
+        }
+        Ok(past)
+    }
+
+    fn outbox_entry_at(&self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        match self.get(Tree::Outbox, key)? {
+            Some(v) => Ok(Some(self.with_reads(key, decode(Tree::Outbox, &v)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `e` (stored under `key`) with the acknowledgements kept apart from it in [`Tree::Reads`]
+    /// (older stores kept them in the entry only; both are merged, in time order).
+    fn with_reads(&self, key: &[u8], mut e: Entry) -> Result<Entry, StoreError> {
+        let prefix = [key, &[0]].concat();
+        for (k, v) in self.scan(Tree::Reads, &prefix)? {
+            let bad = || StoreError::Corrupt { tree: Tree::Reads.name(), reason: "a malformed acknowledgement".into() };
+            let officer: OfficerId =
+                std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
+            let at = Millis::from_be_bytes(v.as_slice().try_into().map_err(|_| bad())?);
+            if !e.reads.iter().any(|(o, _)| *o == officer) {
+                e.reads.push((officer, at));
+            }
+        }
+        e.reads.sort_by_key(|(_, at)| *at);
+        e.reads.truncate(MAX_READS);
+        Ok(e)
     }
 
     /// The audit chain's committed head.
@@ -816,14 +916,14 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn check_format(backend: &dyn Backend) -> Result<(), StoreError> {
     match backend.get(Tree::Meta, b"format")? {
         Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
-        Some(v) if matches!(v.as_slice(), [3] | [4] | [5]) => {
-            index_pending(backend)?;
+        Some(v) if matches!(v.as_slice(), [3] | [4] | [5] | [6]) => {
+            index_outbox(backend)?;
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
             backend.flush()
         }
         Some(v) if v.as_slice() == [2] => {
             migrate_2_to_3(backend)?;
-            index_pending(backend)?;
+            index_outbox(backend)?;
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
             backend.flush()
         }
@@ -865,19 +965,22 @@ fn migrate_2_to_3(backend: &dyn Backend) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Builds [`Tree::Pending`] from the outbox (a store of format 5 or older has none): every
-/// entry not terminal is listed. Run before the format is marked 6, from scratch each time: a
-/// store whose migration stopped before the mark (a crash, an error) may have been used by an
-/// older build since, which changes entries without touching the index.
-fn index_pending(backend: &dyn Backend) -> Result<(), StoreError> {
-    let stale: Vec<Op> =
-        backend.scan(Tree::Pending, &[])?.into_iter().map(|(k, _)| Op::Delete(Tree::Pending, k)).collect();
-    backend.apply(&stale)?;
+/// Builds [`Tree::Pending`] and [`Tree::Outcomes`] from the outbox (a store of format 6 or
+/// older lacks one or both): every entry is listed in one. Run before the format is marked,
+/// from scratch each time: a store whose migration stopped before the mark (a crash, an error)
+/// may have been used by an older build since, which changes entries without touching the
+/// indexes.
+fn index_outbox(backend: &dyn Backend) -> Result<(), StoreError> {
+    for tree in [Tree::Pending, Tree::Outcomes] {
+        let stale: Vec<Op> = backend.scan(tree, &[])?.into_iter().map(|(k, _)| Op::Delete(tree, k)).collect();
+        backend.apply(&stale)?;
+    }
     let mut ops = Vec::new();
     for (k, v) in backend.scan(Tree::Outbox, &[])? {
         let e: Entry = decode(Tree::Outbox, &v)?;
-        if !e.state.is_terminal() {
-            ops.push(Op::Put(Tree::Pending, k, Vec::new()));
+        match e.retention_from() {
+            Some(from) => ops.push(Op::Put(Tree::Outcomes, outcome_key(&e.recipient, from, e.packet_id), Vec::new())),
+            None => ops.push(Op::Put(Tree::Pending, k, Vec::new())),
         }
         if ops.len() >= MIGRATION_BATCH * 16 {
             backend.apply(&std::mem::take(&mut ops))?;

@@ -18,20 +18,38 @@ fn entry(n: u8) -> Entry {
     }
 }
 
-/// The pending index follows each entry write, and an older store gets it when opened.
+/// The pending and outcome indexes follow each entry write, an older store gets them when
+/// opened, and retention walks a recipient's outcomes oldest first.
 #[test]
-fn the_pending_index_lists_exactly_the_pending_entries() {
-    let pending = |store: &Store| -> Vec<Vec<u8>> {
-        store.scan(Tree::Pending, &[]).unwrap().into_iter().map(|(k, _)| k).collect()
-    };
+fn the_indexes_list_exactly_the_pending_and_the_terminal_entries() {
+    let keys =
+        |store: &Store, tree| -> Vec<Vec<u8>> { store.scan(tree, &[]).unwrap().into_iter().map(|(k, _)| k).collect() };
     let key = |e: &Entry| pair_key(e.packet_id, &e.recipient);
+    let delivered = |n: u8, at: Millis| Entry {
+        state: crate::delivery::EntryState::Delivered { at, digest: Digest::of(&[n]), receipted: Some(at) },
+        ..entry(n)
+    };
     let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
-    let (a, mut b) = (entry(1), entry(2));
+    let (a, b) = (entry(1), entry(2));
     store.commit_blocking([entry_write(&a), entry_write(&b)].concat()).unwrap();
-    assert_eq!(pending(&store), vec![key(&a), key(&b)]);
-    b.state = crate::delivery::EntryState::Delivered { at: 9, digest: b.sealed_digest, receipted: Some(9) };
-    store.commit_blocking(entry_write(&b).to_vec()).unwrap();
-    assert_eq!(pending(&store), vec![key(&a)], "delivered: out of the index, in the same commit");
+    assert_eq!(keys(&store, Tree::Pending), vec![key(&a), key(&b)]);
+    assert!(keys(&store, Tree::Outcomes).is_empty());
+    let b = delivered(2, 900);
+    store.commit_blocking(entry_write(&b)).unwrap();
+    assert_eq!(keys(&store, Tree::Pending), vec![key(&a)], "delivered: out of the index, in the same commit");
+    assert_eq!(keys(&store, Tree::Outcomes), vec![outcome_key(&b.recipient, 900, b.packet_id)]);
+
+    // Retention: per recipient (a longer node id sharing the prefix is not walked), oldest
+    // first, up to the first kept, at most the limit.
+    let c = delivered(3, 300);
+    let other = Entry { recipient: "ES-UDYCOX".parse().unwrap(), ..delivered(4, 100) };
+    store.commit_blocking([entry_write(&c), entry_write(&other)].concat()).unwrap();
+    let ids = |v: Vec<(PacketId, Vec<u8>)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let es = a.recipient;
+    assert_eq!(ids(store.past_retention(&es, 1_000, 50, 10).unwrap()), vec![c.packet_id, b.packet_id]);
+    assert_eq!(ids(store.past_retention(&es, 1_000, 500, 10).unwrap()), vec![c.packet_id], "900 + 500 is kept");
+    assert_eq!(ids(store.past_retention(&es, 1_000, 50, 1).unwrap()), vec![c.packet_id], "the limit");
+    assert_eq!(store.past_retention(&es, 1_000, 50, 10).unwrap()[0].1, outcome_key(&es, 300, c.packet_id));
 
     // A format-5 store: entries, no index.
     let mem = Arc::new(MemoryBackend::default());
@@ -45,7 +63,8 @@ fn the_pending_index_lists_exactly_the_pending_entries() {
     // delivered the entry).
     mem.apply(&[Op::Put(Tree::Pending, key(&b), Vec::new())]).unwrap();
     let store = Store::with_backend(mem.clone()).unwrap();
-    assert_eq!(pending(&store), vec![key(&a)], "rebuilt, not added to");
+    assert_eq!(keys(&store, Tree::Pending), vec![key(&a)], "rebuilt, not added to");
+    assert_eq!(keys(&store, Tree::Outcomes), vec![outcome_key(&b.recipient, 900, b.packet_id)]);
     assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
 }
 
@@ -56,23 +75,26 @@ fn sled_commits_survive_reopen() {
         let store = Store::open(dir.path()).unwrap();
         let e = entry(1);
         store
-            .commit_blocking(vec![
-                put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e),
-                Op::Put(Tree::Sealed, pair_key(e.packet_id, &e.recipient), b"sealed bytes".to_vec()),
-            ])
+            .commit_blocking(
+                [
+                    entry_write(&e),
+                    vec![Op::Put(Tree::Sealed, pair_key(e.packet_id, &e.recipient), b"sealed bytes".to_vec())],
+                ]
+                .concat(),
+            )
             .unwrap();
         store.close();
     }
     let store = Store::open(dir.path()).unwrap();
-    assert_eq!(store.outbox_entries().unwrap(), vec![entry(1)]);
+    assert_eq!(store.pending_entries().unwrap(), vec![entry(1)]);
     let e = entry(1);
     assert_eq!(store.get(Tree::Sealed, &pair_key(e.packet_id, &e.recipient)).unwrap().unwrap(), b"sealed bytes");
 }
 
-/// Thousands of entries are decoded in parts on several threads: all come back, in key
-/// order, each with its own acknowledgements.
+/// Thousands of pending entries are read in parts on several threads: all come back, in key
+/// order, each with its own acknowledgements; terminal ones are not read.
 #[test]
-fn many_outbox_entries_load_in_order_with_their_reads() {
+fn many_pending_entries_load_in_order_with_their_reads() {
     let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
     let es: NodeId = "ES-UDYCO".parse().unwrap();
     let mut want = Vec::new();
@@ -82,8 +104,13 @@ fn many_outbox_entries_load_in_order_with_their_reads() {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&i.to_be_bytes());
         e.packet_id = PacketId::from_bytes(id);
-        ops.push(put(Tree::Outbox, pair_key(e.packet_id, &es), &e));
-        if i % 1000 == 999 {
+        if i % 3 == 1 {
+            e.state = crate::delivery::EntryState::Expired { at: 9 };
+            ops.extend(entry_write(&e));
+            continue;
+        }
+        ops.extend(entry_write(&e));
+        if [0, 1500, 2999].contains(&i) {
             let officer: OfficerId = format!("Officer {i}").parse().unwrap();
             ops.push(put_read(e.packet_id, &es, &officer, u64::from(i)));
             e.reads.push((officer, u64::from(i)));
@@ -91,7 +118,9 @@ fn many_outbox_entries_load_in_order_with_their_reads() {
         want.push(e);
     }
     store.commit_blocking(ops).unwrap();
-    assert_eq!(store.outbox_entries().unwrap(), want);
+    assert_eq!(want.len(), 2000);
+    assert_eq!(want.iter().filter(|e| !e.reads.is_empty()).count(), 3);
+    assert_eq!(store.pending_entries().unwrap(), want);
 }
 
 #[test]
@@ -294,8 +323,13 @@ fn wrong_format_version_is_refused() {
 fn corrupt_values_are_reported_not_panicked() {
     let mem = Arc::new(MemoryBackend::default());
     let store = Store::with_backend(mem).unwrap();
-    store.commit_blocking(vec![Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00])]).unwrap();
-    let err = store.outbox_entries().unwrap_err();
+    store
+        .commit_blocking(vec![
+            Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00]),
+            Op::Put(Tree::Pending, b"x".to_vec(), Vec::new()),
+        ])
+        .unwrap();
+    let err = store.pending_entries().unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { tree: "outbox", .. }), "{err}");
 }
 
@@ -311,6 +345,7 @@ fn acknowledgements_are_kept_apart_and_merged() {
     let older = Entry { reads: vec![(rossi.clone(), 50)], ..entry(1) };
     store
         .commit_blocking(vec![
+            Op::Put(Tree::Pending, pair_key(e.packet_id, &e.recipient), Vec::new()),
             put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &older),
             put_read(e.packet_id, &e.recipient, &bianchi, 40),
             put_read(e.packet_id, &e.recipient, &rossi, 50),
@@ -319,12 +354,15 @@ fn acknowledgements_are_kept_apart_and_merged() {
         .unwrap();
     // A later snapshot of the entry without them.
     store.commit_blocking(vec![put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &e)]).unwrap();
-    let loaded = store.outbox_entries().unwrap();
+    let loaded = store.pending_entries().unwrap();
     assert_eq!(loaded.len(), 1, "an acknowledgement of an entry not kept adds none");
-    assert_eq!(loaded[0].reads, vec![(bianchi, 40), (rossi, 50)]);
+    assert_eq!(loaded[0].reads, vec![(bianchi.clone(), 40), (rossi, 50)]);
+    assert_eq!(store.outbox_entry(e.packet_id, &e.recipient).unwrap().unwrap(), loaded[0]);
+    assert_eq!(store.outbox_entries_of(e.packet_id).unwrap(), loaded);
 
-    store.commit_blocking(vec![Op::Put(Tree::Reads, b"no separator".to_vec(), vec![0; 8])]).unwrap();
-    let err = store.outbox_entries().unwrap_err();
+    let bad = read_key(e.packet_id, &e.recipient, &bianchi);
+    store.commit_blocking(vec![Op::Put(Tree::Reads, bad, vec![0; 3])]).unwrap();
+    let err = store.pending_entries().unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { tree: "reads", .. }), "{err}");
 }
 
