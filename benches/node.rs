@@ -332,6 +332,51 @@ fn restart_at(n: usize) {
     }
 }
 
+/// Restart with `n` copies queued for a partner that is down (entries written straight into a
+/// sled store, as the node leaves them): open and restore, and the memory they take.
+fn restart_queued(n: usize) {
+    use liaison::delivery::Outbox;
+    use liaison::encoding::Digest;
+    use liaison::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let es = node_id("ES-UDYCO");
+    println!("-- restart with {n} copies queued");
+    let t = Instant::now();
+    {
+        let sender = Store::open(dir.path()).unwrap();
+        let now = liaison::node::now_ms();
+        for chunk in 0..n.div_ceil(10_000) {
+            let mut ops = Vec::new();
+            for i in chunk * 10_000..((chunk + 1) * 10_000).min(n) {
+                let id = liaison::ids::PacketId::new_v7(now - (n - i) as u64, &mut OsRng);
+                let sealed = Digest::of(&i.to_be_bytes());
+                let mut e =
+                    Outbox::new_entry(now, id, es, liaison::markings::Priority::Routine, now + 86_400_000, sealed);
+                e.signed_digest = Some(Digest::of(b"signed"));
+                ops.extend(liaison::store::entry_write(&e));
+            }
+            sender.commit_blocking(ops).unwrap();
+        }
+        sender.close();
+    }
+    println!("(written in {:.1} s)", t.elapsed().as_secs_f64());
+    let rss_before = rss_kib();
+    let t = Instant::now();
+    let store = Store::open(dir.path()).unwrap();
+    let opened = t.elapsed();
+    let restored = liaison::node::restore(&store, [es], RetryPolicy::default(), liaison::node::now_ms()).unwrap();
+    let loaded = t.elapsed();
+    let pending: usize = restored.senders.values().map(|s| s.pending()).sum();
+    println!(
+        "sender: store opened in {:.0} ms, state loaded in {:.0} ms in all ({pending} copies pending); process RSS {:.0} MiB more",
+        opened.as_secs_f64() * 1000.0,
+        loaded.as_secs_f64() * 1000.0,
+        rss_kib().saturating_sub(rss_before) as f64 / 1024.0
+    );
+    drop(restored);
+    store.close();
+}
+
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -507,6 +552,7 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--restart") {
         restart_at(if quick { 100_000 } else { 1_000_000 });
+        restart_queued(if quick { 100_000 } else { 1_000_000 });
         return;
     }
     if std::env::args().any(|a| a == "--storage") {
