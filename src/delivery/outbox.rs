@@ -468,8 +468,10 @@ impl Outbox {
         }
     }
 
-    /// The entries taken by [`Outbox::take_dirty`] (their keys) are on disk: terminal ones leave
-    /// memory, unless changed again since.
+    /// Entries taken by [`Outbox::take_dirty`] *in a terminal state* (their keys: see
+    /// [`terminal_keys`]) are on disk: they leave memory, unless written again since. (Only a
+    /// terminal snapshot puts the terminal state on disk: a copy taken while queued may expire
+    /// before that commit is answered, and its expiry is in another commit.)
     pub fn committed(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
         for k in keys {
             if !self.dirty.contains(&k) && !self.prepared.contains_key(&k) {
@@ -588,14 +590,7 @@ impl Outbox {
         self.entries.get(&(packet_id, *recipient))
     }
 
-    /// Every entry of a packet (one per recipient).
-    pub fn entries_of(&self, packet_id: PacketId) -> Vec<&Entry> {
-        let mut v: Vec<&Entry> = self.entries.values().filter(|e| e.packet_id == packet_id).collect();
-        v.sort_by_key(|a| a.recipient);
-        v
-    }
-
-    /// All entries.
+    /// All entries held in memory.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries.values()
     }
@@ -701,6 +696,12 @@ pub enum ReceiptOutcome {
 
 fn key(e: &Entry) -> Key {
     (e.packet_id, e.recipient)
+}
+
+/// The keys of the terminal entries among `written` (snapshots from [`Outbox::take_dirty`]):
+/// what [`Outbox::committed`] takes once their commit is on disk.
+pub fn terminal_keys(written: &[Entry]) -> Vec<(PacketId, NodeId)> {
+    written.iter().filter(|e| e.state.is_terminal()).map(key).collect()
 }
 
 /// A tiny PRNG for backoff jitter (not for anything secret).
@@ -832,6 +833,31 @@ mod tests {
         assert_eq!(r.poll_transmit(50, &es).unwrap().attempt, 2);
         assert!(!r.submit(60, pid(1), es, Priority::Flash, 100_000, d), "no duplicate entry");
         assert_eq!(r.pending(), 1);
+    }
+
+    /// An entry leaves memory only once a commit that wrote it terminal is on disk: a commit
+    /// that wrote it queued, answered after it expired, does not let it go, nor does a failed
+    /// commit of the expiry.
+    #[test]
+    fn an_entry_leaves_memory_only_once_its_terminal_state_is_on_disk() {
+        let mut o = outbox();
+        let es = node("ES-UDYCO");
+        o.submit(0, pid(1), es, Priority::Routine, 1_000, Digest::of(b"x"));
+        let queued = o.take_dirty();
+        assert!(terminal_keys(&queued).is_empty());
+        o.handle_timeout(1_000);
+        let expired = o.take_dirty();
+        assert_eq!(terminal_keys(&expired), vec![(pid(1), es)]);
+        o.committed(terminal_keys(&queued));
+        assert!(o.entry(pid(1), &es).is_some(), "the queued snapshot's commit puts no expiry on disk");
+        o.mark_dirty(expired.iter().map(key));
+        assert!(o.entry(pid(1), &es).is_some(), "the expiry's commit failed");
+        let again = o.take_dirty();
+        assert_eq!(again[0].state, EntryState::Expired { at: 1_000 });
+        o.committed(terminal_keys(&again));
+        assert!(o.entry(pid(1), &es).is_none());
+        assert_eq!(o.finished(), Finished { expired: 1, ..Finished::default() });
+        assert_eq!(o.pending(), 0);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::outbox::SplitMix64;
-use super::{Entry, Millis, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
+use super::{Entry, Millis, Outbox, ReceiptMatch, ReceiptOutcome, RetryPolicy, Transmit};
 use crate::encoding::Digest;
 use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::markings::Priority;
@@ -524,7 +524,8 @@ impl Sender {
         self.outbox.mark_dirty(keys);
     }
 
-    /// Entries taken by [`Sender::take_dirty`] are on disk (see [`Outbox::committed`]).
+    /// Terminal entries taken by [`Sender::take_dirty`] are on disk (see [`Outbox::committed`],
+    /// [`super::terminal_keys`]).
     pub fn committed(&mut self, keys: impl IntoIterator<Item = (PacketId, NodeId)>) {
         self.outbox.committed(keys);
     }
@@ -560,12 +561,6 @@ impl Sender {
         for id in packet_ids {
             self.outbox.forget(id, &self.peer);
         }
-    }
-
-    /// What the partner's acknowledgement by `officer` of `packet_id` would do (nothing is
-    /// changed).
-    pub fn read_ack_match(&self, packet_id: PacketId, officer: &OfficerId) -> ReadAckMatch {
-        Outbox::read_ack_match(self.entry(packet_id), officer)
     }
 
     /// An acknowledgement just persisted, put in force (see [`Outbox::add_read`]); `first`:

@@ -233,7 +233,18 @@ impl Node {
             let Some(keep) = self.retention_of(&book, peer) else { continue };
             loop {
                 // Only what a commit made terminal is in the index: nothing being written.
-                let past = self.inner.store.past_retention(peer, now, keep, PURGE_BATCH)?;
+                let mut past = self.inner.store.past_retention(peer, now, keep, PURGE_BATCH)?;
+                if past.is_empty() {
+                    break;
+                }
+                let walked = past.len();
+                // One the machine still holds has a write outstanding (terminal on disk, to be
+                // written again after a failed commit): purged now, that write would bring it
+                // back. It is purged at a later round, once written and let go.
+                {
+                    let m = lock(sender);
+                    past.retain(|(id, _)| m.entry(*id).is_none());
+                }
                 if past.is_empty() {
                     break;
                 }
@@ -275,7 +286,7 @@ impl Node {
                 }
                 info!(%peer, deleted = n, "copies sent past their retention deleted");
                 total += n;
-                if n < PURGE_BATCH {
+                if walked < PURGE_BATCH {
                     break;
                 }
             }

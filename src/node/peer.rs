@@ -266,15 +266,16 @@ impl Node {
         })?;
         // Prepared, snapshot taken and handed to the store under one lock: no older snapshot
         // of these entries can land after this one (see `Outbox::take_dirty`).
-        let (prepared, dirty_keys, pending) = {
+        let (prepared, (dirty_keys, done), pending) = {
             let mut m = lock(machine);
             let prepared = m
                 .prepare_receipt(now_ms(), lane, &receipt.items)
                 .map_err(|e| format!("receipt {}: {e}; refused", receipt.id))?;
             let dirty = m.take_dirty();
             let dirty_keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
+            let done = crate::delivery::terminal_keys(&dirty);
             let pending = store.enqueue(sender::receipt_ops(peer, &receipt, &prepared, dirty));
-            (prepared, dirty_keys, pending)
+            (prepared, (dirty_keys, done), pending)
         };
         for id in prepared.mismatched() {
             warn!(packet_id = %id, receipt = %receipt.id, "receipt names other bytes than were sent; will send again");
@@ -293,7 +294,7 @@ impl Node {
             match &committed {
                 Ok(()) => {
                     m.apply_receipt(now_ms(), prepared);
-                    m.committed(dirty_keys);
+                    m.committed(done);
                 }
                 Err(_) => {
                     m.abandon_receipt(now_ms(), prepared);
@@ -314,18 +315,19 @@ impl Node {
     pub(super) async fn persist_dirty(&self, peer: &NodeId) {
         let Some(machine) = self.sender(peer) else { return };
         // Taken and handed to the store under one lock, so snapshots land in the order taken.
-        let (keys, pending) = {
+        let (keys, done, pending) = {
             let mut m = lock(machine);
             let dirty = m.take_dirty();
             let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
+            let done = crate::delivery::terminal_keys(&dirty);
             let ops = sender::entry_ops(dirty);
             if ops.is_empty() {
                 return;
             }
-            (keys, self.inner.store.enqueue(ops))
+            (keys, done, self.inner.store.enqueue(ops))
         };
         match pending.durable().await {
-            Ok(()) => lock(machine).committed(keys),
+            Ok(()) => lock(machine).committed(done),
             Err(e) => {
                 warn!(error = %e, "could not persist outbox state; kept to write again");
                 lock(machine).mark_dirty(keys);

@@ -641,6 +641,7 @@ impl Sim {
         let peer = self.nodes[b].id;
         let dirty = self.nodes[a].senders.get_mut(&peer).map(Sender::take_dirty).unwrap_or_default();
         let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
+        let done = crate::delivery::terminal_keys(&dirty);
         let ops = entry_ops(dirty);
         if ops.is_empty() {
             return Ok(());
@@ -648,7 +649,7 @@ impl Sim {
         let committed = self.commit(a, ops);
         if let Some(m) = self.nodes[a].senders.get_mut(&peer) {
             match committed {
-                Ok(()) => m.committed(keys),
+                Ok(()) => m.committed(done),
                 Err(_) => m.mark_dirty(keys),
             }
         }
@@ -683,13 +684,14 @@ impl Sim {
         };
         let dirty = machine.take_dirty();
         let keys: Vec<(PacketId, NodeId)> = dirty.iter().map(|e| (e.packet_id, e.recipient)).collect();
+        let done = crate::delivery::terminal_keys(&dirty);
         let ops = receipt_ops(&peer, &receipt, &prepared, dirty);
         let committed = self.commit(s, ops);
         let machine = self.nodes[s].senders.get_mut(&peer).ok_or("no sender machine")?;
         match committed {
             Ok(()) => {
                 machine.apply_receipt(now, prepared);
-                machine.committed(keys);
+                machine.committed(done);
             }
             Err(_) => {
                 machine.abandon_receipt(now, prepared);

@@ -802,7 +802,15 @@ impl Store {
         'walk: while past.len() < limit {
             let page = self.keys_after(Tree::Outcomes, Some(&after), 256)?;
             for k in &page {
-                let Some((from, id)) = parse_outcome_key(&prefix, k) else { break 'walk };
+                if !k.starts_with(&prefix) {
+                    break 'walk;
+                }
+                let Some((from, id)) = parse_outcome_key(&prefix, k) else {
+                    return Err(StoreError::Corrupt {
+                        tree: Tree::Outcomes.name(),
+                        reason: format!("a malformed key under {recipient}"),
+                    });
+                };
                 if from.saturating_add(keep) >= now || past.len() >= limit {
                     break 'walk;
                 }

@@ -50,6 +50,19 @@ fn the_indexes_list_exactly_the_pending_and_the_terminal_entries() {
     assert_eq!(ids(store.past_retention(&es, 1_000, 500, 10).unwrap()), vec![c.packet_id], "900 + 500 is kept");
     assert_eq!(ids(store.past_retention(&es, 1_000, 50, 1).unwrap()), vec![c.packet_id], "the limit");
     assert_eq!(store.past_retention(&es, 1_000, 50, 10).unwrap()[0].1, outcome_key(&es, 300, c.packet_id));
+    // Beyond one page of the walk.
+    let many: Vec<Entry> = (0..600u16)
+        .map(|i| {
+            let mut id = [0u8; 16];
+            id[..2].copy_from_slice(&i.to_be_bytes());
+            Entry { packet_id: PacketId::from_bytes(id), ..delivered(9, u64::from(i) / 3) }
+        })
+        .collect();
+    store.commit_blocking(many.iter().flat_map(entry_write).collect()).unwrap();
+    let walked = ids(store.past_retention(&es, 1_000, 50, 1_000).unwrap());
+    assert_eq!(walked.len(), 602);
+    assert_eq!(walked[..600], many.iter().map(|e| e.packet_id).collect::<Vec<_>>()[..], "oldest first");
+    assert_eq!(walked[600..], [c.packet_id, b.packet_id]);
 
     // A format-5 store: entries, no index.
     let mem = Arc::new(MemoryBackend::default());
