@@ -265,6 +265,38 @@ async fn a_receiver_that_is_down_gets_it_after_restart_exactly_once() {
     let _ = fed.stop.send(true);
 }
 
+/// A start loads the outbox behind it, a page at a time, FLASH first: with more copies queued
+/// than a page holds, every one is delivered once the receiver is up, the FLASH alert among
+/// them, and a submit made while the load runs goes out too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_loads_a_large_outbox_behind_it_and_delivers_everything() {
+    let fed = Federation::new();
+    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
+    let mut ids = Vec::new();
+    for _ in 0..1_100 {
+        ids.push(it.submit(&example("jit-notice.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id);
+    }
+    let flash = it.submit(&example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id;
+    let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
+    ids.push(it.submit(&example("jit-notice.json", "IT-DCSA", &["ES-UDYCO"])).await.unwrap().id);
+    ids.push(flash);
+    let es = fed.start("ES-UDYCO").await;
+    until("FLASH delivered", || matches!(state(&it, flash, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while es.inbox().unwrap().len() < ids.len() {
+        assert!(tokio::time::Instant::now() < deadline, "{} of {} delivered", es.inbox().unwrap().len(), ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until("nothing waiting", || {
+        let s = it.outbox_summary();
+        !s.loading && s.queued + s.in_flight == 0
+    })
+    .await;
+    assert!(ids.iter().all(|id| matches!(state(&it, *id, "ES-UDYCO"), EntryState::Delivered { .. })));
+    assert_eq!(es.inbox().unwrap().len(), ids.len(), "each once");
+    let _ = fed.stop.send(true);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submitting_to_a_node_that_is_not_a_partner_is_refused() {
     let fed = Federation::new();

@@ -264,6 +264,9 @@ pub struct OutboxSummary {
     pub expired: usize,
     /// Acknowledged by a first officer (since the node started).
     pub read: usize,
+    /// The outbox is still being loaded after the start: the copies waiting are not all
+    /// counted yet.
+    pub loading: bool,
 }
 
 impl OutboxSummary {

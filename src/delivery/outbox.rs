@@ -250,14 +250,28 @@ impl Outbox {
     /// entries are left out: they are on disk, and read from there.
     pub fn restore(policy: RetryPolicy, seed: u64, entries: impl IntoIterator<Item = Entry>, now: Millis) -> Self {
         let mut out = Self::new(policy, seed);
+        out.load(now, entries);
+        out
+    }
+
+    /// Adds persisted entries, as [`Outbox::restore`] does (a node loads its outbox behind its
+    /// start, a page at a time): terminal ones and ones already held are left out. Returns how
+    /// many were added.
+    pub fn load(&mut self, now: Millis, entries: impl IntoIterator<Item = Entry>) -> usize {
+        let mut added = 0;
         for mut e in entries.into_iter().filter(|e| !e.state.is_terminal()) {
+            let k = key(&e);
+            if self.entries.contains_key(&k) {
+                continue;
+            }
             if let EntryState::InFlight { .. } = e.state {
                 e.state = EntryState::Queued { not_before: now };
-                out.dirty.insert(key(&e));
+                self.dirty.insert(k);
             }
-            out.insert(e);
+            self.insert(e);
+            added += 1;
         }
-        out
+        added
     }
 
     /// Adds one copy of a packet, queued for immediate sending. Submitting the same (packet,

@@ -181,6 +181,10 @@ pub struct Sender {
     problem: Option<(Problem, Millis)>,
     /// Copies whose first officer's acknowledgement came since the machine was made.
     first_reads: usize,
+    /// While the outbox loads behind the start ([`Sender::begin_loading`]): the packets
+    /// admitted meanwhile, which the load leaves out (the copy it read may be older than what
+    /// this run did with it since, and let go of once on disk).
+    loading: Option<std::collections::HashSet<PacketId>>,
 }
 
 fn slot(p: Priority) -> usize {
@@ -210,6 +214,7 @@ impl Sender {
             rng: SplitMix64(seed ^ 0x5EED),
             problem: None,
             first_reads: 0,
+            loading: None,
         }
     }
 
@@ -237,7 +242,40 @@ impl Sender {
 
     /// Adds an entry already persisted; `false` if the (packet, partner) is already known.
     pub fn admit(&mut self, now: Millis, entry: Entry) -> bool {
-        entry.recipient == self.peer && self.outbox.admit(now, entry)
+        if entry.recipient != self.peer {
+            return false;
+        }
+        if let Some(admitted) = &mut self.loading {
+            admitted.insert(entry.packet_id);
+        }
+        self.outbox.admit(now, entry)
+    }
+
+    /// The persisted entries are to be loaded behind the start ([`Sender::load`]) until
+    /// [`Sender::end_loading`].
+    pub fn begin_loading(&mut self) {
+        self.loading = Some(Default::default());
+    }
+
+    /// Adds pending entries read from the store while loading (what was in flight is queued
+    /// again; one admitted since the start, or already held, is left out). Returns how many
+    /// were added.
+    pub fn load(&mut self, now: Millis, entries: Vec<Entry>) -> usize {
+        let admitted = self.loading.as_ref();
+        let peer = self.peer;
+        let fresh =
+            entries.into_iter().filter(|e| e.recipient == peer && !admitted.is_some_and(|a| a.contains(&e.packet_id)));
+        self.outbox.load(now, fresh)
+    }
+
+    /// The outbox is loaded.
+    pub fn end_loading(&mut self) {
+        self.loading = None;
+    }
+
+    /// Whether the outbox is still being loaded behind the start.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
     }
 
     /// Whether a copy waits to be sent now.
@@ -699,10 +737,12 @@ pub fn receipt_ops(
 /// that they were sent, delivered and deleted.
 pub fn retention_ops(peer: &NodeId, past: &[(PacketId, Vec<u8>)]) -> Vec<crate::store::Op> {
     use crate::store::{pair_key, Op, Tree};
-    let mut ops = Vec::with_capacity(past.len() * 7 + 1);
+    let mut ops = Vec::with_capacity(past.len() * 6 + 1);
     for (id, outcome) in past {
         let key = pair_key(*id, peer);
-        for tree in [Tree::Outbox, Tree::Pending, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
+        // A terminal entry is not in the `pending` index: the commit that made it terminal took
+        // it out.
+        for tree in [Tree::Outbox, Tree::Sent, Tree::Sealed, Tree::ReceiptIndex, Tree::Deadlines] {
             ops.push(Op::Delete(tree, key.clone()));
         }
         ops.push(Op::Delete(Tree::Outcomes, outcome.clone()));
@@ -758,6 +798,32 @@ mod tests {
             digest: Digest::of(&n.to_be_bytes()),
             outcome: ReceiptOutcome::Accepted { received_at: 1 },
         }
+    }
+
+    /// Entries loaded behind the start: one admitted by this run meanwhile is left out (the
+    /// copy read from the store may be older than what this run did with it, and let go of),
+    /// one held already too; what was in flight comes back queued.
+    #[test]
+    fn a_load_behind_the_start_leaves_out_what_this_run_admitted() {
+        let es: NodeId = "ES-UDYCO".parse().unwrap();
+        let e = |n: u16| Outbox::new_entry(0, pid(n), es, Priority::Routine, 1_000_000, Digest::of(&n.to_be_bytes()));
+        let mut s = Sender::new(es, RETRY, 7);
+        s.begin_loading();
+        assert!(s.admit(0, e(1)));
+        s.poll_connect(0);
+        s.handle_connected(0);
+        let (lane, t) = s.poll_transmit(0).unwrap();
+        assert!(s.begin_write(1, lane, &t));
+        let prepared = s.prepare_receipt(2, lane, &[accepted(pid(1), 1)]).unwrap();
+        s.apply_receipt(2, prepared);
+        assert!(s.entry(pid(1)).is_none(), "delivered and let go");
+        let in_flight = Entry { state: EntryState::InFlight { since: 0, deadline: 9 }, ..e(2) };
+        assert_eq!(s.load(3, vec![e(1), in_flight, e(3)]), 2, "the stale copy of 1 is left out");
+        assert!(s.entry(pid(1)).is_none());
+        assert_eq!(s.entry(pid(2)).unwrap().state, EntryState::Queued { not_before: 3 });
+        assert_eq!(s.load(3, vec![e(3)]), 0, "held already");
+        s.end_loading();
+        assert_eq!(s.pending(), 2);
     }
 
     #[test]

@@ -268,8 +268,10 @@ impl Node {
         let me = *config.seal.node();
         let store = config.store;
         let now = now_ms();
+        // The outbox is loaded behind the start (`Node::load_outbox`): a start with a million
+        // copies queued listens at once, and FLASH copies are loaded first.
         let Restored { senders, deadlines } =
-            restore(&store, config.partners.iter().map(|p| p.node), config.retry, now)?;
+            restore_with(&store, config.partners.iter().map(|p| p.node), config.retry, now, false)?;
         let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node).collect();
         let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.congestion)?;
@@ -346,7 +348,7 @@ impl Node {
             }
             Err(e) => return Err(e.into()),
         }
-        info!(node = %me, addr = %node.local_addr(), pending = node.inner.senders.values().map(|s| lock(s).pending()).sum::<usize>(), "node started");
+        info!(node = %me, addr = %node.local_addr(), "node started; loading the outbox");
         // The caller's signal stops the node's loops (as does `shutdown`, or the caller going away).
         let cancel = node.inner.cancel.clone();
         let mut stop = shutdown;
@@ -357,6 +359,7 @@ impl Node {
             }
             cancel.cancel();
         });
+        node.spawn(node.clone().load_outbox().instrument(info_span!("load", node = %me)));
         node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         node.spawn(node.clone().reclaim_loop().instrument(info_span!("reclaim", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
@@ -472,9 +475,23 @@ pub fn restore(
     retry: RetryPolicy,
     now: Millis,
 ) -> Result<Restored, StoreError> {
+    restore_with(store, partners, retry, now, true)
+}
+
+/// [`restore`]; with `outbox` false the machines (one per partner) start empty, to be loaded
+/// behind the start ([`Sender::begin_loading`], [`Node::load_outbox`]).
+fn restore_with(
+    store: &Store,
+    partners: impl IntoIterator<Item = NodeId>,
+    retry: RetryPolicy,
+    now: Millis,
+    outbox: bool,
+) -> Result<Restored, StoreError> {
     let mut by_partner: HashMap<NodeId, Vec<Entry>> = partners.into_iter().map(|p| (p, Vec::new())).collect();
-    for e in store.pending_entries()? {
-        by_partner.entry(e.recipient).or_default().push(e);
+    if outbox {
+        for e in store.pending_entries()? {
+            by_partner.entry(e.recipient).or_default().push(e);
+        }
     }
     let senders = by_partner
         .into_iter()
@@ -482,7 +499,11 @@ pub fn restore(
             // Jitter differs per partner and per start.
             let seed =
                 now ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
-            (peer, Sender::restore(peer, retry, seed, entries, now))
+            let mut s = Sender::restore(peer, retry, seed, entries, now);
+            if !outbox {
+                s.begin_loading();
+            }
+            (peer, s)
         })
         .collect();
     let mut kept = Vec::new();

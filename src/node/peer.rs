@@ -9,7 +9,71 @@
 use super::*;
 use crate::delivery::{sender, LaneId, Problem};
 
+/// Pending entries read per page while the outbox loads behind the start.
+const LOAD_PAGE: usize = 1024;
+
 impl Node {
+    /// Loads the pending outbox entries behind the start, a page at a time, FLASH first (the
+    /// `pending` index is ordered by lane), each partner's machine woken as its copies come: a
+    /// node with a million copies queued listens and takes submits at once. FLASH pages are
+    /// read at the node's priority, the others on the bulk pool. A page that cannot be read is
+    /// read again (logged); a stop ends the walk. Copies for a node that is no longer a
+    /// partner stay on disk (logged): they go out if it is enrolled again.
+    pub(super) async fn load_outbox(self) {
+        let started = std::time::Instant::now();
+        let cancel = self.inner.cancel.clone();
+        let mut after: Option<Vec<u8>> = None;
+        let (mut loaded, mut elsewhere) = (0usize, std::collections::BTreeMap::<NodeId, usize>::new());
+        loop {
+            let lane = match after.as_ref().and_then(|k| k.first()) {
+                None | Some(0) => Priority::Flash,
+                Some(1) => Priority::Urgent,
+                Some(_) => Priority::Routine,
+            };
+            let (store, from) = (self.inner.store.clone(), after.clone());
+            let page = match bulk::run(lane, move || store.pending_after(from.as_deref(), LOAD_PAGE)).await {
+                Ok(read) => read.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let (entries, last) = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    warn!(%error, loaded, "could not read the outbox; trying again in 2 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        _ = cancel.cancelled() => return,
+                    }
+                }
+            };
+            if cancel.is_cancelled() {
+                return;
+            }
+            let Some(last) = last else { break };
+            after = Some(last);
+            let mut by_peer: HashMap<NodeId, Vec<Entry>> = HashMap::new();
+            for e in entries {
+                by_peer.entry(e.recipient).or_default().push(e);
+            }
+            let now = now_ms();
+            for (peer, entries) in by_peer {
+                match (self.sender(&peer), self.inner.wake.get(&peer)) {
+                    (Some(machine), Some(wake)) => {
+                        loaded += lock(machine).load(now, entries);
+                        wake.notify_one();
+                    }
+                    _ => *elsewhere.entry(peer).or_default() += entries.len(),
+                }
+            }
+        }
+        for machine in self.inner.senders.values() {
+            lock(machine).end_loading();
+        }
+        for (peer, copies) in elsewhere {
+            warn!(%peer, copies, "copies queued for a node that is no longer a partner: kept on disk, sent if it is enrolled again");
+        }
+        info!(pending = loaded, ms = started.elapsed().as_millis() as u64, "outbox loaded");
+    }
+
     /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
     pub(super) async fn sender_loop(self, peer: NodeId) {
         let Some(addr) = self.inner.partners.get(&peer).copied() else { return };

@@ -110,6 +110,7 @@ impl Node {
             m.rejected += done.rejected;
             m.expired += done.expired;
             m.read += s.first_reads();
+            m.loading |= s.is_loading();
         }
         m
     }

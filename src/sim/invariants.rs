@@ -41,7 +41,16 @@ impl Sim {
             if node.store.get(Tree::Outbox, &key).map_err(err("outbox"))?.is_none() {
                 return Err(format!("{} lost the acknowledged copy of {id} for {peer}", node.id));
             }
-            if node.store.get(Tree::Pending, &key).map_err(err("pending"))?.is_some() {
+            // Listed in the index under its lane: one of the three.
+            let mut listed = false;
+            for lane in 0..3u8 {
+                listed |= node
+                    .store
+                    .get(Tree::Pending, &[&[lane], key.as_slice()].concat())
+                    .map_err(err("pending"))?
+                    .is_some();
+            }
+            if listed {
                 return Err(format!(
                     "{} let go of the copy of {id} for {peer} before its outcome was on disk (pending there)",
                     node.id
@@ -144,9 +153,12 @@ impl Sim {
         let mut done = Vec::new();
         for (k, v) in self.nodes[a].store.scan(Tree::Outbox, &[]).map_err(err("scan"))? {
             let e: Entry = store::decode(Tree::Outbox, &v).map_err(err("outbox entry"))?;
+            if k != pair_key(e.packet_id, &e.recipient) {
+                return Err(format!("{}: an outbox entry under another key", self.nodes[a].id));
+            }
             match e.retention_from() {
                 None => {
-                    pending.insert(k);
+                    pending.insert(store::pending_key(&e));
                 }
                 Some(from) => {
                     outcomes.insert(store::outcome_key(&e.recipient, from, e.packet_id));

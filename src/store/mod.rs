@@ -21,7 +21,7 @@
 //! | `evidence` | packet id ‖ sender | the signed packet (COSE_Sign1) exactly as received |
 //! | `issued` | packet id | the receipt this node issued (answer to retransmissions) |
 //! | `meta` | name | store format version |
-//! | `pending` | packet id ‖ recipient | nothing: the outbox entries not yet terminal |
+//! | `pending` | lane ‖ packet id ‖ recipient | nothing: the outbox entries not yet terminal, FLASH first |
 //! | `outcomes` | recipient ‖ 0 ‖ outcome time ‖ packet id | nothing: the terminal ones, oldest first per recipient |
 
 use std::path::Path;
@@ -153,9 +153,9 @@ pub enum Tree {
     /// Signed packets sent (COSE_Sign1), per (packet, recipient): what the recipient's receipt
     /// names by its digest, the evidence of what was sent once the sealed copy is gone.
     Sent,
-    /// The outbox entries not yet delivered, rejected or expired: pair key -> nothing. Written
-    /// with each entry ([`entry_write`]), so a start can read the pending entries without
-    /// walking the terminal ones (ARCHITECTURE.md, "Not yet").
+    /// The outbox entries not yet delivered, rejected or expired: [`pending_key`] (the lane,
+    /// then the pair key) -> nothing. Written with each entry ([`entry_write`]), so a start
+    /// reads the pending entries without walking the terminal ones, FLASH first.
     Pending,
     /// The terminal outbox entries (delivered, rejected, expired) by recipient and the time
     /// their retention counts from ([`outcome_key`]) -> nothing: retention walks a partner's
@@ -298,12 +298,23 @@ pub fn entry_write(e: &Entry) -> Vec<Op> {
     let key = pair_key(e.packet_id, &e.recipient);
     match e.retention_from() {
         Some(from) => vec![
-            Op::Delete(Tree::Pending, key.clone()),
+            Op::Delete(Tree::Pending, pending_key(e)),
             Op::Put(Tree::Outcomes, outcome_key(&e.recipient, from, e.packet_id), Vec::new()),
             put(Tree::Outbox, key, e),
         ],
-        None => vec![Op::Put(Tree::Pending, key.clone(), Vec::new()), put(Tree::Outbox, key, e)],
+        None => vec![Op::Put(Tree::Pending, pending_key(e), Vec::new()), put(Tree::Outbox, key, e)],
     }
+}
+
+/// The key of a pending entry in [`Tree::Pending`]: its lane (FLASH 0, URGENT 1, ROUTINE 2: a
+/// start loads FLASH copies first; an entry's lane never changes), then its pair key.
+pub fn pending_key(e: &Entry) -> Vec<u8> {
+    let lane = match e.priority {
+        crate::markings::Priority::Flash => 0u8,
+        crate::markings::Priority::Urgent => 1,
+        crate::markings::Priority::Routine => 2,
+    };
+    [&[lane], pair_key(e.packet_id, &e.recipient).as_slice()].concat()
 }
 
 /// The key of a terminal entry in [`Tree::Outcomes`]: [`outcome_prefix`] of its recipient, the
@@ -737,6 +748,23 @@ impl Store {
     /// reads none of the terminal entries, however many are kept.
     pub fn pending_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let keys: Vec<Vec<u8>> = self.scan(Tree::Pending, &[])?.into_iter().map(|(k, _)| k).collect();
+        self.pending_at(&keys)
+    }
+
+    /// Up to `limit` pending entries after the index key `after` (from the first if `None`),
+    /// FLASH first, and the last index key read (`None` at the end): a start's walk in pages
+    /// ([`crate::node::Node::start`] loads the outbox behind the node's start).
+    pub fn pending_after(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<Vec<u8>>), StoreError> {
+        let keys = self.keys_after(Tree::Pending, after, limit)?;
+        Ok((self.pending_at(&keys)?, keys.last().cloned()))
+    }
+
+    /// The entries listed under `keys` of [`Tree::Pending`].
+    fn pending_at(&self, keys: &[Vec<u8>]) -> Result<Vec<Entry>, StoreError> {
         // Reading and decoding is most of a restart's time (a few us an entry): spread over the
         // cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
@@ -750,7 +778,7 @@ impl Store {
                         for k in part {
                             // Listed and gone: a retention purge or a migration's leftover;
                             // nothing to send.
-                            if let Some(e) = self.outbox_entry_at(k)? {
+                            if let Some(e) = self.outbox_entry_at(k.get(1..).unwrap_or_default())? {
                                 v.push(e);
                             }
                         }
@@ -984,11 +1012,11 @@ fn index_outbox(backend: &dyn Backend) -> Result<(), StoreError> {
         backend.apply(&stale)?;
     }
     let mut ops = Vec::new();
-    for (k, v) in backend.scan(Tree::Outbox, &[])? {
+    for (_, v) in backend.scan(Tree::Outbox, &[])? {
         let e: Entry = decode(Tree::Outbox, &v)?;
         match e.retention_from() {
             Some(from) => ops.push(Op::Put(Tree::Outcomes, outcome_key(&e.recipient, from, e.packet_id), Vec::new())),
-            None => ops.push(Op::Put(Tree::Pending, k, Vec::new())),
+            None => ops.push(Op::Put(Tree::Pending, pending_key(&e), Vec::new())),
         }
         if ops.len() >= MIGRATION_BATCH * 16 {
             backend.apply(&std::mem::take(&mut ops))?;

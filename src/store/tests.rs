@@ -25,18 +25,27 @@ fn the_indexes_list_exactly_the_pending_and_the_terminal_entries() {
     let keys =
         |store: &Store, tree| -> Vec<Vec<u8>> { store.scan(tree, &[]).unwrap().into_iter().map(|(k, _)| k).collect() };
     let key = |e: &Entry| pair_key(e.packet_id, &e.recipient);
+    let pkey = |e: &Entry| pending_key(e);
     let delivered = |n: u8, at: Millis| Entry {
         state: crate::delivery::EntryState::Delivered { at, digest: Digest::of(&[n]), receipted: Some(at) },
         ..entry(n)
     };
     let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
     let (a, b) = (entry(1), entry(2));
-    store.commit_blocking([entry_write(&a), entry_write(&b)].concat()).unwrap();
-    assert_eq!(keys(&store, Tree::Pending), vec![key(&a), key(&b)]);
+    let routine = Entry { priority: Priority::Routine, ..entry(0) };
+    store.commit_blocking([entry_write(&routine), entry_write(&a), entry_write(&b)].concat()).unwrap();
+    assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a), pkey(&b), pkey(&routine)], "FLASH first");
+    let (page, last) = store.pending_after(None, 2).unwrap();
+    assert_eq!((page, last), (vec![a.clone(), b.clone()], Some(pkey(&b))), "a start's first page");
+    assert_eq!(store.pending_after(Some(&pkey(&b)), 2).unwrap().0, vec![routine.clone()]);
+    store
+        .commit_blocking(vec![Op::Delete(Tree::Outbox, key(&routine)), Op::Delete(Tree::Pending, pkey(&routine))])
+        .unwrap();
+    assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a), pkey(&b)]);
     assert!(keys(&store, Tree::Outcomes).is_empty());
     let b = delivered(2, 900);
     store.commit_blocking(entry_write(&b)).unwrap();
-    assert_eq!(keys(&store, Tree::Pending), vec![key(&a)], "delivered: out of the index, in the same commit");
+    assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a)], "delivered: out of the index, in the same commit");
     assert_eq!(keys(&store, Tree::Outcomes), vec![outcome_key(&b.recipient, 900, b.packet_id)]);
 
     // Retention: per recipient (a longer node id sharing the prefix is not walked), oldest
@@ -74,9 +83,9 @@ fn the_indexes_list_exactly_the_pending_and_the_terminal_entries() {
     .unwrap();
     // A key left by a migration that stopped before the mark (then an older build
     // delivered the entry).
-    mem.apply(&[Op::Put(Tree::Pending, key(&b), Vec::new())]).unwrap();
+    mem.apply(&[Op::Put(Tree::Pending, pkey(&b), Vec::new())]).unwrap();
     let store = Store::with_backend(mem.clone()).unwrap();
-    assert_eq!(keys(&store, Tree::Pending), vec![key(&a)], "rebuilt, not added to");
+    assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a)], "rebuilt, not added to");
     assert_eq!(keys(&store, Tree::Outcomes), vec![outcome_key(&b.recipient, 900, b.packet_id)]);
     assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
 }
@@ -339,7 +348,7 @@ fn corrupt_values_are_reported_not_panicked() {
     store
         .commit_blocking(vec![
             Op::Put(Tree::Outbox, b"x".to_vec(), vec![0xff, 0x00]),
-            Op::Put(Tree::Pending, b"x".to_vec(), Vec::new()),
+            Op::Put(Tree::Pending, b"\x00x".to_vec(), Vec::new()),
         ])
         .unwrap();
     let err = store.pending_entries().unwrap_err();
@@ -358,7 +367,7 @@ fn acknowledgements_are_kept_apart_and_merged() {
     let older = Entry { reads: vec![(rossi.clone(), 50)], ..entry(1) };
     store
         .commit_blocking(vec![
-            Op::Put(Tree::Pending, pair_key(e.packet_id, &e.recipient), Vec::new()),
+            Op::Put(Tree::Pending, pending_key(&e), Vec::new()),
             put(Tree::Outbox, pair_key(e.packet_id, &e.recipient), &older),
             put_read(e.packet_id, &e.recipient, &bianchi, 40),
             put_read(e.packet_id, &e.recipient, &rossi, 50),
