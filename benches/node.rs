@@ -387,6 +387,7 @@ fn restart_queued(n: usize) {
     );
     drop(restored);
     store.close();
+    drop(store);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let rss_before = rss_kib();
