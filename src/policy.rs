@@ -645,6 +645,11 @@ impl PolicyBook {
         self.policies.get(partner)
     }
 
+    /// The partners a policy is agreed with.
+    pub fn partners(&self) -> impl Iterator<Item = &NodeId> {
+        self.policies.keys()
+    }
+
     /// Applies the policy for `partner` in `direction` to `packet` at time `now` (for the rate
     /// limit): [`evaluate`] plus the rate limit, or a denial if there is no policy.
     pub fn decide(&self, partner: &NodeId, direction: Direction, packet: &mut Packet, now: Millis) -> Verdict {

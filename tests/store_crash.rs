@@ -5,9 +5,11 @@
 //! reopens the sled store, and checks that every acknowledged record is there, intact. Every
 //! other record is large, so it goes to a segment file first and sled keeps a reference: the
 //! kill lands in segment writes too (a torn tail is cut at the next open, and nothing
-//! acknowledged points into it). Odd records are deleted 20 records later and the segments
-//! reclaimed after each deletion (segments of 256 KiB, so that many go): the kill lands in
-//! reclamation too, and nothing acknowledged and not deleted may be missing.
+//! acknowledged points into it). Half the large records (`i % 4 == 1`) are deleted 20 records
+//! later and the segments reclaimed after each deletion, and compacted after every fourth
+//! (segments of 256 KiB, each left about half live, so that compaction moves the other half
+//! out and the files go): the kill lands in reclamation and compaction too, and nothing
+//! acknowledged and not deleted may be missing or damaged.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -34,10 +36,13 @@ fn child_writer() {
         rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Issued, i.to_be_bytes().to_vec(), value(i))]))
             .unwrap();
         println!("ack {i}");
-        if let Some(old) = i.checked_sub(DELETE_AFTER).filter(|o| o % 2 == 1) {
+        if let Some(old) = i.checked_sub(DELETE_AFTER).filter(|o| o % 4 == 1) {
             rt.block_on(store.commit(vec![Op::Delete(Tree::Issued, old.to_be_bytes().to_vec())])).unwrap();
             println!("del {old}");
             store.reclaim_blocking().unwrap();
+            if old % 16 == 1 {
+                store.compact_blocking().unwrap();
+            }
         }
     }
 }
@@ -87,7 +92,7 @@ fn kill_9_loses_nothing_acknowledged() {
             // skipped) may or may not have happened; every other record is there, intact.
             if deleted.contains(&i) {
                 assert_eq!(v, None, "round {round}: record {i} came back after its deletion was acknowledged");
-            } else if i % 2 == 1 && i + DELETE_AFTER <= last + 1 {
+            } else if i % 4 == 1 && i + DELETE_AFTER <= last + 1 {
                 assert!(v.is_none() || v.as_deref() == Some(value(i).as_slice()), "round {round}: record {i} damaged");
             } else {
                 assert_eq!(v.as_deref(), Some(value(i).as_slice()), "round {round}: acknowledged record {i} lost");
@@ -101,5 +106,5 @@ fn kill_9_loses_nothing_acknowledged() {
     }
     let files = std::fs::read_dir(dir.path().join("segments/received")).unwrap().count();
     let first = dir.path().join("segments/received/0000000000000001.seg");
-    assert!(!first.exists(), "reclaimed: the first segment held only deleted records ({files} files left)");
+    assert!(!first.exists(), "compacted and reclaimed: the first segment's live records moved ({files} files left)");
 }

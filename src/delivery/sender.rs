@@ -251,6 +251,15 @@ impl Sender {
         self.outbox.admit(now, entry)
     }
 
+    /// `packet_id` is about to be committed for the partner: while the outbox loads, a load
+    /// that reads it before it is admitted must leave it out too (the admit follows the
+    /// commit, and the copy may be sent, delivered and let go of by then).
+    pub fn expect(&mut self, packet_id: PacketId) {
+        if let Some(admitted) = &mut self.loading {
+            admitted.insert(packet_id);
+        }
+    }
+
     /// The persisted entries are to be loaded behind the start ([`Sender::load`]) until
     /// [`Sender::end_loading`].
     pub fn begin_loading(&mut self) {

@@ -162,6 +162,10 @@ impl Node {
                 if let Err(e) = self.purge_expired(now_ms()).await {
                     warn!(error = %e, "could not apply the retention rules");
                 }
+                // What the purges left partly live in segment files is compacted (a slow read).
+                if let Ok(Err(e)) = self.slow(|n| n.inner.store.compact_blocking()).await {
+                    warn!(error = %e, "could not compact segment files");
+                }
             }
             rounds += 1;
             tokio::select! {
@@ -229,8 +233,11 @@ impl Node {
     pub async fn purge_sent(&self, now: Millis) -> Result<usize, NodeError> {
         let book = self.policies();
         let mut total = 0;
-        for (peer, sender) in &self.inner.senders {
+        // Every partner a policy says how long to keep for, a former one too (its copies are
+        // on disk, not in a machine).
+        for peer in book.partners() {
             let Some(keep) = self.retention_of(&book, peer) else { continue };
+            let sender = self.sender(peer);
             loop {
                 // Only what a commit made terminal is in the index: nothing being written.
                 let mut past = self.inner.store.past_retention(peer, now, keep, PURGE_BATCH)?;
@@ -241,7 +248,7 @@ impl Node {
                 // One the machine still holds has a write outstanding (terminal on disk, to be
                 // written again after a failed commit): purged now, that write would bring it
                 // back. It is purged at a later round, once written and let go.
-                {
+                if let Some(sender) = sender {
                     let m = lock(sender);
                     past.retain(|(id, _)| m.entry(*id).is_none());
                 }
@@ -277,7 +284,9 @@ impl Node {
                     detail: format!("deleted {n} copies sent to {peer} past retention: {list}"),
                 }));
                 self.inner.store.commit(ops).await?;
-                lock(sender).forget(ids.iter().copied());
+                if let Some(sender) = sender {
+                    lock(sender).forget(ids.iter().copied());
+                }
                 {
                     let mut deadlines = lock(&self.inner.deadlines);
                     for id in &ids {

@@ -183,8 +183,9 @@ struct Inner {
     me: NodeId,
     seal: SealContext,
     store: Store,
-    /// One sender machine per partner (and per former partner with entries left): its outbox
-    /// entries, lanes and link. Each has its own lock, so partners do not wait for each other.
+    /// One sender machine per partner: its pending outbox entries, lanes and link. Each has its
+    /// own lock, so partners do not wait for each other. (Copies queued for a former partner
+    /// stay on disk, and go out if it is enrolled again.)
     senders: HashMap<NodeId, Mutex<Sender>>,
     /// Per partner: sealed copies just submitted, for their first write.
     fresh: HashMap<NodeId, Mutex<peer::Fresh>>,
@@ -257,7 +258,7 @@ impl Node {
         }
     }
 
-    /// The sender machine of `peer` (a partner, or a former one with entries left).
+    /// The sender machine of `peer` (a partner).
     fn sender(&self, peer: &NodeId) -> Option<&Mutex<Sender>> {
         self.inner.senders.get(peer)
     }
@@ -459,7 +460,8 @@ impl Drop for DeadlineReservation {
 
 /// A node's state in memory, rebuilt from its store.
 pub struct Restored {
-    /// One sender machine per partner, and per former partner with entries left.
+    /// One sender machine per partner (and, read whole by [`restore`], per former partner with
+    /// pending entries).
     pub senders: HashMap<NodeId, Sender>,
     /// The answer deadlines.
     pub deadlines: Deadlines,

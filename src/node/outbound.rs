@@ -111,6 +111,11 @@ impl Node {
         // ROUTINE and URGENT stop where the store's headroom begins; FLASH (and the small system
         // packets) may use it.
         let class = store::Class::of_packet(packet);
+        for e in &entries {
+            if let Some(sender) = self.sender(&e.recipient) {
+                lock(sender).expect(e.packet_id);
+            }
+        }
         let stored = self.spawn(async move {
             let reserved = node.reserve_deadlines(copies.iter().map(|(p, _)| p)).await;
             let mut staged = crate::deadlines::Staged::default();

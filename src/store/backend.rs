@@ -83,7 +83,7 @@ impl Backend for SledBackend {
             match op {
                 Op::Put(t, k, v) => self.tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),
                 Op::Delete(t, k) => self.tree(*t).remove(k.as_slice()).map(drop),
-                Op::Audit(_) => return Err(unchained()),
+                Op::Audit(_) | Op::Relocate { .. } => return Err(unchained()),
             }
             .map_err(backend)?;
         }
@@ -215,13 +215,13 @@ fn apply_to(map: &mut MemoryMap, op: &Op) {
         Op::Delete(tree, k) => {
             map.remove(&(*tree, k.clone()));
         }
-        Op::Audit(_) => {}
+        Op::Audit(_) | Op::Relocate { .. } => {}
     }
 }
 
 impl Backend for MemoryBackend {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
-        if ops.iter().any(|op| matches!(op, Op::Audit(_))) {
+        if ops.iter().any(|op| matches!(op, Op::Audit(_) | Op::Relocate { .. })) {
             return Err(unchained());
         }
         self.with(|s| {

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit;
 
 mod backend;
+mod compact;
 pub mod segments;
 pub mod space;
 mod writer;
@@ -41,6 +42,7 @@ use crate::delivery::{Entry, Millis};
 use crate::encoding::{self, Digest};
 use crate::ids::{NodeId, OfficerId, PacketId};
 pub use backend::{Backend, MemoryBackend, SledBackend};
+pub use compact::Compacted;
 use segments::{holds_large, take_large};
 pub use segments::{BlobRef, Record, Segments, Stream, Streams};
 pub use space::{Class, Headroom, SpaceState};
@@ -60,7 +62,9 @@ use writer::{set_space, writer_loop, Commit, Job, Reservation, Shared};
 /// 7: the index of terminal outbox entries by recipient and outcome time (`outcomes`): what
 /// retention deletes, found without reading every entry; built with `pending` when an older
 /// store is opened.
-pub const FORMAT_VERSION: u8 = 7;
+/// 8: `pending` keyed by lane, then pair key ([`pending_key`]: a start loads FLASH first);
+/// rebuilt, with `outcomes`, when a store of format 2–7 is opened.
+pub const FORMAT_VERSION: u8 = 8;
 
 /// Why the store failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -230,6 +234,20 @@ pub enum Op {
     /// (next sequence number, previous entry's hash) as it applies the commit, so entries are
     /// chained in the order their changes reach the disk.
     Audit(crate::audit::Event),
+    /// A compaction's move ([`Store::compact_blocking`]): the value becomes `to` only if it is
+    /// still `from` (a segment reference) and no earlier write of the same batch touched it; a
+    /// value deleted or rewritten since the move was read stays as it is. The writer decides,
+    /// as it applies the batch.
+    Relocate {
+        /// The owner's tree.
+        tree: Tree,
+        /// The owner's key.
+        key: Vec<u8>,
+        /// The reference read.
+        from: Vec<u8>,
+        /// The reference to the copy.
+        to: Vec<u8>,
+    },
 }
 
 /// A packet received and stored: what a listing needs, without the payload (which is in
@@ -464,6 +482,7 @@ impl Store {
             essential_pending: AtomicUsize::new(0),
             reserved: AtomicU64::new(0),
             candidates: Mutex::default(),
+            liveness: Mutex::default(),
             batch_lock: Mutex::default(),
             failures: AtomicU64::new(0),
         });
@@ -748,27 +767,30 @@ impl Store {
     /// reads none of the terminal entries, however many are kept.
     pub fn pending_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let keys: Vec<Vec<u8>> = self.scan(Tree::Pending, &[])?.into_iter().map(|(k, _)| k).collect();
-        self.pending_at(&keys)
+        self.pending_at(&keys, false)
     }
 
     /// Up to `limit` pending entries after the index key `after` (from the first if `None`),
     /// FLASH first, and the last index key read (`None` at the end): a start's walk in pages
-    /// ([`crate::node::Node::start`] loads the outbox behind the node's start).
+    /// ([`crate::node::Node::start`] loads the outbox behind the node's start). An entry that
+    /// cannot be decoded is left on disk and said in the log (the walk goes on past it); a
+    /// read that fails is an error (the page is read again).
     pub fn pending_after(
         &self,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<Entry>, Option<Vec<u8>>), StoreError> {
         let keys = self.keys_after(Tree::Pending, after, limit)?;
-        Ok((self.pending_at(&keys)?, keys.last().cloned()))
+        Ok((self.pending_at(&keys, true)?, keys.last().cloned()))
     }
 
-    /// The entries listed under `keys` of [`Tree::Pending`].
-    fn pending_at(&self, keys: &[Vec<u8>]) -> Result<Vec<Entry>, StoreError> {
+    /// The entries listed under `keys` of [`Tree::Pending`]; with `skip_corrupt`, one that
+    /// cannot be decoded is logged and left out instead of failing them all.
+    fn pending_at(&self, keys: &[Vec<u8>], skip_corrupt: bool) -> Result<Vec<Entry>, StoreError> {
         // Reading and decoding is most of a restart's time (a few us an entry): spread over the
         // cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-        let chunk = keys.len().div_ceil(threads).max(1024);
+        let chunk = keys.len().div_ceil(threads).max(256);
         let read: Vec<Result<Vec<Entry>, StoreError>> = std::thread::scope(|s| {
             let workers: Vec<_> = keys
                 .chunks(chunk)
@@ -776,10 +798,15 @@ impl Store {
                     s.spawn(move || {
                         let mut v = Vec::with_capacity(part.len());
                         for k in part {
-                            // Listed and gone: a retention purge or a migration's leftover;
-                            // nothing to send.
-                            if let Some(e) = self.outbox_entry_at(k.get(1..).unwrap_or_default())? {
-                                v.push(e);
+                            // Listed and gone: a key left by a write that failed half-way
+                            // (sled is not atomic across a crash); nothing to send.
+                            match self.outbox_entry_at(k.get(1..).unwrap_or_default()) {
+                                Ok(Some(e)) => v.push(e),
+                                Ok(None) => {}
+                                Err(e @ StoreError::Corrupt { .. }) if skip_corrupt => {
+                                    tracing::error!(error = %e, key = ?k, "an outbox entry cannot be read: left on disk, not sent");
+                                }
+                                Err(e) => return Err(e),
                             }
                         }
                         Ok(v)
@@ -952,7 +979,7 @@ pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 fn check_format(backend: &dyn Backend) -> Result<(), StoreError> {
     match backend.get(Tree::Meta, b"format")? {
         Some(v) if v.as_slice() == [FORMAT_VERSION] => Ok(()),
-        Some(v) if matches!(v.as_slice(), [3] | [4] | [5] | [6]) => {
+        Some(v) if matches!(v.as_slice(), [3] | [4] | [5] | [6] | [7]) => {
             index_outbox(backend)?;
             backend.apply(&[Op::Put(Tree::Meta, b"format".to_vec(), vec![FORMAT_VERSION])])?;
             backend.flush()

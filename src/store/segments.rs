@@ -257,6 +257,22 @@ impl Gate<'_> {
 /// A record's owner: (the record's offset, the tree, the key).
 type Owner = (u64, Tree, Vec<u8>);
 
+/// A live record: where it is, its owner, and the reference as stored (what a move of it
+/// expects to find).
+pub(super) struct Live {
+    pub(super) r: BlobRef,
+    pub(super) tree: Tree,
+    pub(super) key: Vec<u8>,
+    pub(super) stored: Vec<u8>,
+}
+
+impl Live {
+    /// The bytes it takes in its segment.
+    pub(super) fn bytes(&self) -> u64 {
+        RECORD_HEADER + u64::from(self.r.len)
+    }
+}
+
 /// What a reclaim did: the segments deleted, and those it had to leave for now (the newest, or
 /// with records still being committed) though they were asked about.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -621,6 +637,37 @@ impl Segments {
                 Ok(legacy.as_ref().is_some_and(|l| l.contains(&id)))
             }
         }
+    }
+
+    /// The segments older than the newest with no record being committed: those a compaction
+    /// may move records out of ([`super::Store::compact_blocking`]).
+    pub(super) fn settled(&self) -> Result<Vec<u64>, StoreError> {
+        let active = self.active_id.load(Ordering::SeqCst);
+        let outstanding: BTreeSet<u64> =
+            self.outstanding.lock().map_err(|_| StoreError::Closed)?.keys().copied().collect();
+        Ok(list(&self.dir)?.into_iter().filter(|id| *id < active && !outstanding.contains(id)).collect())
+    }
+
+    /// The bytes segment `id` takes, and its live records: those a stored reference points to
+    /// (`None` for a segment of the first format, whose records do not name their owner).
+    pub(super) fn live(&self, id: u64, backend: &dyn Backend) -> Result<Option<(u64, Vec<Live>)>, StoreError> {
+        let Some(owners) = self.owners(id, None)? else { return Ok(None) };
+        let bytes = std::fs::metadata(self.dir.join(name(id))).map_err(|e| io("read a segment's length", e))?.len();
+        let mut live = Vec::new();
+        for (offset, tree, key) in owners {
+            let Some(stored) = backend.get(tree, &key)? else { continue };
+            let here = BlobRef::decode(tree, &stored)
+                .filter(|r| r.stream == self.stream && r.segment == id && r.offset == offset);
+            if let Some(r) = here {
+                live.push(Live { r, tree, key, stored });
+            }
+        }
+        Ok(Some((bytes, live)))
+    }
+
+    /// The size a segment grows to.
+    pub(super) fn max(&self) -> u64 {
+        self.max
     }
 
     /// Bytes the segment files take.

@@ -137,6 +137,7 @@ pub fn estimate(ops: &[Op]) -> u64 {
             Op::Put(_, k, v) => k.len() + v.len(),
             Op::Delete(_, k) => k.len(),
             Op::Audit(_) => 1024,
+            Op::Relocate { key, to, .. } => key.len() + to.len(),
         })
         .sum();
     (bytes as u64).saturating_mul(2).saturating_add(4096)

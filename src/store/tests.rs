@@ -88,6 +88,18 @@ fn the_indexes_list_exactly_the_pending_and_the_terminal_entries() {
     assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a)], "rebuilt, not added to");
     assert_eq!(keys(&store, Tree::Outcomes), vec![outcome_key(&b.recipient, 900, b.packet_id)]);
     assert_eq!(mem.get(Tree::Meta, b"format").unwrap(), Some(vec![FORMAT_VERSION]));
+
+    // A format-7 store: its pending index keyed by pair key alone.
+    let mem = Arc::new(MemoryBackend::default());
+    mem.apply(&[
+        Op::Put(Tree::Meta, b"format".to_vec(), vec![7]),
+        put(Tree::Outbox, key(&a), &a),
+        Op::Put(Tree::Pending, key(&a), Vec::new()),
+    ])
+    .unwrap();
+    let store = Store::with_backend(mem).unwrap();
+    assert_eq!(keys(&store, Tree::Pending), vec![pkey(&a)]);
+    assert_eq!(store.pending_entries().unwrap(), vec![a.clone()]);
 }
 
 #[test]
@@ -334,6 +346,77 @@ fn large_values_live_in_segments_and_dead_segments_are_reclaimed() {
     assert_eq!(store.get(Tree::Evidence, b"a").unwrap(), None);
 }
 
+/// Segments that are mostly dead but keep a live record each are compacted, emptiest first:
+/// the live records move to the newest segment, the old files go, every kept value reads the
+/// same, nothing deleted comes back; a store within the allowed amplification is left alone.
+#[test]
+fn partly_live_segments_are_compacted_and_their_files_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let store = Store::open_sized(dir.path(), 100_000).unwrap();
+    let value = |i: u8| vec![i; 20_000];
+    // Four values to a segment, 40 of them: ten segments.
+    for i in 0..40u8 {
+        rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Evidence, vec![i], value(i))])).unwrap();
+    }
+    let files = || std::fs::read_dir(dir.path().join("segments/received")).unwrap().count();
+    assert_eq!(files(), 10);
+    assert_eq!(store.compact_blocking().unwrap(), Compacted::default(), "all live: nothing to do");
+    // Three of every four deleted: each segment keeps one live record.
+    let gone: Vec<u8> = (0..40).filter(|i| i % 4 != 0).collect();
+    store.commit_blocking(gone.iter().map(|i| Op::Delete(Tree::Evidence, vec![*i])).collect()).unwrap();
+    assert_eq!(store.reclaim_blocking().unwrap(), 0, "no segment is dead");
+    let before = store.segment_bytes();
+    let done = store.compact_blocking().unwrap();
+    assert!(done.segments >= 6 && done.reclaimed >= done.segments, "{done:?}");
+    let after = store.segment_bytes();
+    let live = 10 * 20_000u64;
+    // Within 1.2× what is live, plus the newest segment (taken as live: it is not compacted)
+    // and one segment of slack.
+    assert!(after <= live / 5 * 6 + 2 * 100_000, "{after} bytes for {live} live (before: {before})");
+    for i in 0..40u8 {
+        let got = store.get(Tree::Evidence, &[i]).unwrap();
+        assert_eq!(got, (i % 4 == 0).then(|| value(i)), "value {i}");
+    }
+    store.close();
+    drop(store);
+    // And after a restart.
+    let store = Store::open_sized(dir.path(), 100_000).unwrap();
+    for i in (0..40u8).step_by(4) {
+        assert_eq!(store.get(Tree::Evidence, &[i]).unwrap(), Some(value(i)));
+    }
+}
+
+/// A move applies only to a value that is still the reference it read, and not after another
+/// write of the same batch.
+#[test]
+fn a_move_never_brings_back_or_overwrites_what_changed() {
+    let store = Store::with_backend(Arc::new(MemoryBackend::default())).unwrap();
+    let (old, new) = (b"old reference".to_vec(), b"new reference".to_vec());
+    let relocate =
+        |key: &[u8]| Op::Relocate { tree: Tree::Evidence, key: key.to_vec(), from: old.clone(), to: new.clone() };
+    store
+        .commit_blocking(vec![
+            Op::Put(Tree::Evidence, b"kept".to_vec(), old.clone()),
+            Op::Put(Tree::Evidence, b"replaced".to_vec(), b"another value".to_vec()),
+            Op::Put(Tree::Evidence, b"same batch".to_vec(), old.clone()),
+        ])
+        .unwrap();
+    store
+        .commit_blocking(vec![
+            relocate(b"kept"),
+            relocate(b"replaced"),
+            relocate(b"deleted"),
+            Op::Delete(Tree::Evidence, b"same batch".to_vec()),
+            relocate(b"same batch"),
+        ])
+        .unwrap();
+    assert_eq!(store.get(Tree::Evidence, b"kept").unwrap(), Some(new.clone()));
+    assert_eq!(store.get(Tree::Evidence, b"replaced").unwrap(), Some(b"another value".to_vec()));
+    assert_eq!(store.get(Tree::Evidence, b"deleted").unwrap(), None);
+    assert_eq!(store.get(Tree::Evidence, b"same batch").unwrap(), None);
+}
+
 #[test]
 fn wrong_format_version_is_refused() {
     let mem = Arc::new(MemoryBackend::default());
@@ -353,6 +436,10 @@ fn corrupt_values_are_reported_not_panicked() {
         .unwrap();
     let err = store.pending_entries().unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { tree: "outbox", .. }), "{err}");
+    // A start's walk goes on past it (logged, left on disk).
+    let e = entry(3);
+    store.commit_blocking(entry_write(&e)).unwrap();
+    assert_eq!(store.pending_after(None, 10).unwrap(), (vec![e.clone()], Some(b"\x00x".to_vec())), "x sorts last");
 }
 
 /// Acknowledgements live in a tree of their own and are merged into their entries on

@@ -38,6 +38,9 @@ pub(super) struct Shared {
     /// Segments a committed batch removed a reference into: perhaps dead now, for
     /// [`super::Store::reclaim`] to look at.
     pub(super) candidates: Mutex<BTreeSet<(Stream, u64)>>,
+    /// What compaction found of each segment (its bytes, and those of its live records), until
+    /// a batch removes a reference into it ([`super::Store::compact_blocking`]).
+    pub(super) liveness: Mutex<std::collections::BTreeMap<(Stream, u64), (u64, u64)>>,
     /// Held from applying a batch until it is flushed or undone ([`super::segments::Gate`]).
     pub(super) batch_lock: Mutex<()>,
     /// Batches that failed, ever ([`super::segments::Gate`]).
@@ -143,6 +146,10 @@ pub(super) fn write_batch(
     let before = head;
     let now = now_ms();
     let mut ops = Vec::with_capacity(batch.iter().map(|c| c.ops.len()).sum::<usize>() + 1);
+    // Keys written earlier in this batch: a move of one of them is dropped (the value changed
+    // after the move read it). Kept only for a batch with moves (compaction is rare).
+    let moves = batch.iter().any(|c| c.ops.iter().any(|o| matches!(o, Op::Relocate { .. })));
+    let mut touched: std::collections::HashSet<(Tree, Vec<u8>)> = std::collections::HashSet::new();
     for c in &mut batch {
         for op in std::mem::take(&mut c.ops) {
             match op {
@@ -150,7 +157,20 @@ pub(super) fn write_batch(
                     let (k, v) = head.append(now, event);
                     ops.push(Op::Put(Tree::Audit, k, v));
                 }
-                other => ops.push(other),
+                Op::Relocate { tree, key, from, to } => {
+                    let unchanged = !touched.contains(&(tree, key.clone()))
+                        && backend.get(tree, &key).ok().flatten().is_some_and(|v| v == from);
+                    if unchanged {
+                        touched.insert((tree, key.clone()));
+                        ops.push(Op::Put(tree, key, to));
+                    }
+                }
+                other => {
+                    if let (true, Op::Put(t, k, _) | Op::Delete(t, k)) = (moves, &other) {
+                        touched.insert((*t, k.clone()));
+                    }
+                    ops.push(other);
+                }
             }
         }
     }
@@ -187,11 +207,12 @@ pub(super) fn write_batch(
             }
             // What the batch overwrote or deleted, as the undo log read it before: a reference
             // there let go of its segment.
-            if let (Ok(undo), Ok(mut c)) = (&undo, shared.candidates.lock()) {
+            if let (Ok(undo), Ok(mut c), Ok(mut l)) = (&undo, shared.candidates.lock(), shared.liveness.lock()) {
                 for op in undo {
                     if let Op::Put(tree, _, old) = op {
                         if let Some(r) = BlobRef::decode(*tree, old) {
                             c.insert((r.stream, r.segment));
+                            l.remove(&(r.stream, r.segment));
                         }
                     }
                 }
