@@ -416,6 +416,53 @@ fn restart_queued(n: usize) {
     });
 }
 
+/// Mixed retention: `mib` MiB of received packets' evidence (256 KiB each) from two partners in
+/// turn, one whose retention has run out (its records deleted) and one kept: every segment
+/// file is left about half live. Store size before and after compaction, against what is live.
+fn compaction(mib: usize) {
+    use liaison::store::{Class, Op, Store, Tree};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let n = mib * 4;
+    println!("-- compaction: {mib} MiB of 256 KiB records, every other one deleted");
+    let t = Instant::now();
+    for i in 0..n as u32 {
+        let value = i.to_be_bytes().repeat(64 * 1024);
+        rt.block_on(store.commit_as(Class::Bulk, vec![Op::Put(Tree::Evidence, i.to_be_bytes().to_vec(), value)]))
+            .unwrap();
+    }
+    println!("(written in {:.1} s)", t.elapsed().as_secs_f64());
+    let deleted: Vec<Op> =
+        (0..n as u32).filter(|i| i % 2 == 1).map(|i| Op::Delete(Tree::Evidence, i.to_be_bytes().to_vec())).collect();
+    store.commit_blocking(deleted).unwrap();
+    let reclaimed = store.reclaim_blocking().unwrap();
+    let live = (n as u64).div_ceil(2) * 256 * 1024;
+    let before = store.segment_bytes();
+    let t = Instant::now();
+    let done = store.compact_blocking(u64::MAX, &|| false).unwrap();
+    let took = t.elapsed();
+    let after = store.segment_bytes();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "segment files {:.0} MiB before compaction ({:.2}x the {:.0} MiB live; {reclaimed} files reclaimed without it), {:.0} MiB after ({:.2}x): {} segments, {:.0} MiB moved in {:.1} s ({:.0} MiB/s)",
+        mib(before),
+        before as f64 / live as f64,
+        mib(live),
+        mib(after),
+        after as f64 / live as f64,
+        done.segments,
+        mib(done.moved),
+        took.as_secs_f64(),
+        mib(done.moved) / took.as_secs_f64()
+    );
+    for i in (0..n as u32).step_by(97) {
+        let got = store.get(Tree::Evidence, &i.to_be_bytes()).unwrap();
+        assert_eq!(got.is_some(), i % 2 == 0, "record {i}");
+    }
+    store.close();
+}
+
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -587,6 +634,10 @@ fn main() {
     if std::env::args().any(|a| a == "--lossy") {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         rt.block_on(lossy(quick));
+        return;
+    }
+    if std::env::args().any(|a| a == "--compaction") {
+        compaction(if quick { 256 } else { 1024 });
         return;
     }
     if std::env::args().any(|a| a == "--restart") {

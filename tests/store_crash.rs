@@ -41,7 +41,7 @@ fn child_writer() {
             println!("del {old}");
             store.reclaim_blocking().unwrap();
             if old % 16 == 1 {
-                store.compact_blocking().unwrap();
+                store.compact_blocking(u64::MAX, &|| false).unwrap();
             }
         }
     }

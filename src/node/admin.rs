@@ -6,6 +6,12 @@ use super::*;
 /// How often the space of segment files nothing refers to is given back.
 pub const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 
+/// How often segment files are looked at for compaction ([`Node::compact_loop`]).
+pub const COMPACT_EVERY: Duration = Duration::from_secs(600);
+
+/// Bytes of records a compaction round moves at most.
+pub const COMPACT_BUDGET: u64 = 256 * 1024 * 1024;
+
 /// Records deleted per commit by retention: a commit stays small (one flush, a bounded undo
 /// log) however much has piled up.
 pub const PURGE_BATCH: usize = 1024;
@@ -162,10 +168,6 @@ impl Node {
                 if let Err(e) = self.purge_expired(now_ms()).await {
                     warn!(error = %e, "could not apply the retention rules");
                 }
-                // What the purges left partly live in segment files is compacted (a slow read).
-                if let Ok(Err(e)) = self.slow(|n| n.inner.store.compact_blocking()).await {
-                    warn!(error = %e, "could not compact segment files");
-                }
             }
             rounds += 1;
             tokio::select! {
@@ -210,6 +212,32 @@ impl Node {
             if let Err(e) = self.inner.store.reclaim().await {
                 warn!(error = %e, "could not reclaim segment files");
             }
+        }
+    }
+
+    /// Compacts segment files that are partly live (what retention leaves when partners' periods
+    /// differ): every [`COMPACT_EVERY`], on the blocking pool within the slow-read slots, at most
+    /// [`COMPACT_BUDGET`] bytes moved a round (sooner again if there is more); a stop ends a
+    /// round between two groups of records.
+    pub(super) async fn compact_loop(self) {
+        let cancel = self.inner.cancel.clone();
+        let mut wait = COMPACT_EVERY;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let stop = cancel.clone();
+            let round =
+                self.slow(move |n| n.inner.store.compact_blocking(COMPACT_BUDGET, &|| stop.is_cancelled())).await;
+            wait = match round {
+                Ok(Ok(done)) if done.moved >= COMPACT_BUDGET => Duration::from_secs(10),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not compact segment files");
+                    COMPACT_EVERY
+                }
+                _ => COMPACT_EVERY,
+            };
         }
     }
 

@@ -363,6 +363,7 @@ impl Node {
         node.spawn(node.clone().load_outbox().instrument(info_span!("load", node = %me)));
         node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         node.spawn(node.clone().reclaim_loop().instrument(info_span!("reclaim", node = %me)));
+        node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.policies().policy(peer).is_none() {

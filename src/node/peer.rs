@@ -295,8 +295,8 @@ impl Node {
                         // Mostly a disk read (and a checksum): on the blocking pool, at the
                         // node's priority, never refused as busy (it holds a reference only).
                         let store = self.inner.store.clone();
-                        let read = tokio::task::spawn_blocking(move || store.read_external(&r));
-                        read.await.map_err(|e| e.to_string())?.map(Some)
+                        let read = tokio::task::spawn_blocking(move || store.read_external(Tree::Sealed, &key, &r));
+                        read.await.map_err(|e| e.to_string())?
                     }
                     Ok(Some(crate::store::Stored::Inline(v))) => Ok(Some(v)),
                     Ok(None) => Ok(None),

@@ -79,6 +79,10 @@ impl SledBackend {
 
 impl Backend for SledBackend {
     fn apply(&self, ops: &[Op]) -> Result<(), StoreError> {
+        // Checked before anything is applied: the writer turns these into writes.
+        if ops.iter().any(|op| matches!(op, Op::Audit(_) | Op::Relocate { .. })) {
+            return Err(unchained());
+        }
         for op in ops {
             match op {
                 Op::Put(t, k, v) => self.tree(*t).insert(k.as_slice(), v.as_slice()).map(drop),

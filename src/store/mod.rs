@@ -483,6 +483,7 @@ impl Store {
             reserved: AtomicU64::new(0),
             candidates: Mutex::default(),
             liveness: Mutex::default(),
+            liveness_generation: AtomicU64::new(0),
             batch_lock: Mutex::default(),
             failures: AtomicU64::new(0),
         });
@@ -707,7 +708,10 @@ impl Store {
 
     /// One committed value (read from its segment if it lives in one).
     pub fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.backend.get(tree, key)?.map(|v| self.resolve(tree, v)).transpose()
+        match self.backend.get(tree, key)? {
+            Some(v) => self.resolve_at(tree, key, v),
+            None => Ok(None),
+        }
     }
 
     /// A committed value as stored: inline, or where it lives in a segment (to read it with
@@ -719,15 +723,11 @@ impl Store {
         }))
     }
 
-    /// The value a segment reference points to.
-    pub fn read_external(&self, r: &BlobRef) -> Result<Vec<u8>, StoreError> {
-        match &self.segments {
-            Some(s) => s.read(r),
-            None => Err(StoreError::Corrupt {
-                tree: "segments",
-                reason: "a segment reference in a store without segments".into(),
-            }),
-        }
+    /// The value a segment reference read from `tree`/`key` points to (`None` if the key was
+    /// deleted since): read again from the key if the record was moved meanwhile
+    /// ([`Store::resolve_at`]).
+    pub fn read_external(&self, tree: Tree, key: &[u8], r: &BlobRef) -> Result<Option<Vec<u8>>, StoreError> {
+        self.resolve_at(tree, key, r.encode())
     }
 
     /// Up to `limit` committed keys of `tree` after `after` (from the first if `None`), in key
@@ -738,13 +738,35 @@ impl Store {
 
     /// Committed values under a key prefix (read from their segments where they live in one).
     pub fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        let mut kvs = self.backend.scan(tree, prefix)?;
-        if holds_large(tree) {
-            for (_, v) in &mut kvs {
-                *v = self.resolve(tree, std::mem::take(v))?;
+        let kvs = self.backend.scan(tree, prefix)?;
+        if !holds_large(tree) {
+            return Ok(kvs);
+        }
+        let mut resolved = Vec::with_capacity(kvs.len());
+        for (k, v) in kvs {
+            if let Some(v) = self.resolve_at(tree, &k, v)? {
+                resolved.push((k, v));
             }
         }
-        Ok(kvs)
+        Ok(resolved)
+    }
+
+    /// `v`, as stored under `tree`/`key`, resolved. A reference whose record cannot be read is
+    /// read again from its key, once: compaction may have moved the record, and its old segment
+    /// may be gone, between the two reads (`None`: the key was deleted meanwhile). A record
+    /// still referenced that cannot be read is an error.
+    fn resolve_at(&self, tree: Tree, key: &[u8], v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        if BlobRef::decode(tree, &v).is_none() {
+            return Ok(Some(v));
+        }
+        match self.resolve(tree, v.clone()) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => match self.backend.get(tree, key)? {
+                None => Ok(None),
+                Some(now) if now != v => self.resolve(tree, now).map(Some),
+                Some(_) => Err(e),
+            },
+        }
     }
 
     /// A stored value as it was committed: a reference is read from its segment.
@@ -891,10 +913,13 @@ impl Store {
     fn with_reads(&self, key: &[u8], mut e: Entry) -> Result<Entry, StoreError> {
         let prefix = [key, &[0]].concat();
         for (k, v) in self.scan(Tree::Reads, &prefix)? {
-            let bad = || StoreError::Corrupt { tree: Tree::Reads.name(), reason: "a malformed acknowledgement".into() };
-            let officer: OfficerId =
-                std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|o| o.parse().ok()).ok_or_else(bad)?;
-            let at = Millis::from_be_bytes(v.as_slice().try_into().map_err(|_| bad())?);
+            let officer: Option<OfficerId> = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|o| o.parse().ok());
+            let at = v.as_slice().try_into().ok().map(Millis::from_be_bytes);
+            let (Some(officer), Some(at)) = (officer, at) else {
+                // One bad acknowledgement does not keep its copy from being sent or shown.
+                tracing::error!(key = ?k, "a malformed acknowledgement: left out");
+                continue;
+            };
             if !e.reads.iter().any(|(o, _)| *o == officer) {
                 e.reads.push((officer, at));
             }
@@ -1039,8 +1064,15 @@ fn index_outbox(backend: &dyn Backend) -> Result<(), StoreError> {
         backend.apply(&stale)?;
     }
     let mut ops = Vec::new();
-    for (_, v) in backend.scan(Tree::Outbox, &[])? {
-        let e: Entry = decode(Tree::Outbox, &v)?;
+    for (k, v) in backend.scan(Tree::Outbox, &[])? {
+        let e: Entry = match decode(Tree::Outbox, &v) {
+            Ok(e) => e,
+            Err(error) => {
+                // The store opens; the entry stays on disk, and the log says so.
+                tracing::error!(%error, key = ?k, "an outbox entry cannot be decoded: left out of the indexes");
+                continue;
+            }
+        };
         match e.retention_from() {
             Some(from) => ops.push(Op::Put(Tree::Outcomes, outcome_key(&e.recipient, from, e.packet_id), Vec::new())),
             None => ops.push(Op::Put(Tree::Pending, pending_key(&e), Vec::new())),

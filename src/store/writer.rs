@@ -41,6 +41,9 @@ pub(super) struct Shared {
     /// What compaction found of each segment (its bytes, and those of its live records), until
     /// a batch removes a reference into it ([`super::Store::compact_blocking`]).
     pub(super) liveness: Mutex<std::collections::BTreeMap<(Stream, u64), (u64, u64)>>,
+    /// Bumped each time a batch removes a reference: a compaction keeps what it read of a
+    /// segment only if no batch did meanwhile.
+    pub(super) liveness_generation: AtomicU64,
     /// Held from applying a batch until it is flushed or undone ([`super::segments::Gate`]).
     pub(super) batch_lock: Mutex<()>,
     /// Batches that failed, ever ([`super::segments::Gate`]).
@@ -213,6 +216,7 @@ pub(super) fn write_batch(
                         if let Some(r) = BlobRef::decode(*tree, old) {
                             c.insert((r.stream, r.segment));
                             l.remove(&(r.stream, r.segment));
+                            shared.liveness_generation.fetch_add(1, Ordering::SeqCst);
                         }
                     }
                 }
