@@ -100,6 +100,17 @@ impl Federation {
         (self.start_on(&name, demo_policies(&name), store, rx).await, stop)
     }
 
+    /// IT-DCSA on a disk the test controls, ES-UDYCO, and an alert from the first delivered to
+    /// the second.
+    async fn alert_delivered(&self) -> (Node, Arc<MemoryBackend>, watch::Sender<bool>, Node, liaison::ids::PacketId) {
+        let (it, disk, it_stop) = self.start_faulty("IT-DCSA").await;
+        let es = self.start("ES-UDYCO").await;
+        let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
+        let id = it.submit(&p).await.unwrap().id;
+        until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+        (it, disk, it_stop, es, id)
+    }
+
     async fn start_on(
         &self,
         name: &str,
@@ -787,11 +798,7 @@ async fn delivered_is_never_shown_without_the_receipt_on_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
     let fed = Federation::new();
-    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
-    let es = fed.start("ES-UDYCO").await;
-    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
-    let id = it.submit(&p).await.unwrap().id;
-    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let (it, disk, it_stop, es, id) = fed.alert_delivered().await;
     disk.set_failing(true);
     es.ack(id, None, "Subinspector Gómez".parse().unwrap()).await.unwrap();
     until("IT refused to store the batch", || disk.refused() > 0).await;
@@ -809,11 +816,7 @@ async fn a_read_ack_is_persisted_when_a_failed_batch_comes_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_delivered_before_a_restart_are_read_from_disk() {
     let fed = Federation::new();
-    let (it, disk, it_stop) = fed.start_faulty("IT-DCSA").await;
-    let es = fed.start("ES-UDYCO").await;
-    let p = example("controlled-delivery-alert.json", "IT-DCSA", &["ES-UDYCO"]);
-    let id = it.submit(&p).await.unwrap().id;
-    until("delivered", || matches!(state(&it, id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
+    let (it, disk, it_stop, es, id) = fed.alert_delivered().await;
     until("counted", || it.outbox_summary().delivered == 1).await;
     let (it, _it_stop) = fed.crash_and_restart(it, &disk, it_stop).await;
     let summary = it.outbox_summary();

@@ -269,19 +269,6 @@ pub struct OutboxSummary {
     pub loading: bool,
 }
 
-impl OutboxSummary {
-    /// Counts one entry's state (its acknowledgements are counted apart, as they come).
-    pub fn add(&mut self, e: &Entry) {
-        *match DeliveryState::of(&e.state) {
-            DeliveryState::Queued => &mut self.queued,
-            DeliveryState::InFlight => &mut self.in_flight,
-            DeliveryState::Delivered => &mut self.delivered,
-            DeliveryState::Rejected => &mut self.rejected,
-            DeliveryState::Expired => &mut self.expired,
-        } += 1;
-    }
-}
-
 /// One packet in `GET /v1/inbox`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxItem {

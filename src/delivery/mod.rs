@@ -29,8 +29,8 @@ pub mod submit;
 
 pub use inbox::{acknowledge, AckRefusal, Inbox, Incoming};
 pub use outbox::{
-    terminal_keys, Entry, EntryState, Finished, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome, RetryPolicy,
-    Transmit,
+    terminal_keys, Counts, Entry, EntryState, Finished, Outbox, ReadAckMatch, ReceiptMatch, ReceiptOutcome,
+    RetryPolicy, Transmit,
 };
 pub use sender::{LaneId, Link, PreparedReceipt, Problem, ReceiptItemIn, ReceiptRefused, Sender, LANES, WINDOW};
 

@@ -200,6 +200,18 @@ pub struct Finished {
     pub expired: usize,
 }
 
+/// How many copies an outbox holds in each state, with those that left memory since it was
+/// made ([`Outbox::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Waiting to be sent.
+    pub queued: usize,
+    /// Sent, no receipt yet.
+    pub in_flight: usize,
+    /// Delivered, rejected or expired: held until on disk, and let go of since.
+    pub done: Finished,
+}
+
 /// The sender's outbox.
 ///
 /// It holds the entries not yet delivered, rejected or expired, and a terminal one only until
@@ -224,6 +236,9 @@ pub struct Outbox {
     /// Entries whose receipt is being committed, with the state they take once it is on disk;
     /// expiry leaves them alone meanwhile.
     prepared: HashMap<Key, EntryState>,
+    /// Terminal entries still held (their state not yet on disk): few, and what
+    /// [`Outbox::counts`] reads instead of every entry.
+    terminal_held: BTreeSet<Key>,
     finished: Finished,
     rng: SplitMix64,
 }
@@ -240,6 +255,7 @@ impl Outbox {
             expiries: BTreeSet::new(),
             dirty: BTreeSet::new(),
             prepared: HashMap::new(),
+            terminal_held: BTreeSet::new(),
             finished: Finished::default(),
             rng: SplitMix64(seed),
         }
@@ -499,6 +515,26 @@ impl Outbox {
         self.finished
     }
 
+    /// How many copies are in each state, without reading every entry (what `/v1/outbox`
+    /// shows, under the lock the partner's sending needs): the in-flight ones are those with a
+    /// receipt deadline, the queued ones the rest of those with an expiry.
+    pub fn counts(&self) -> Counts {
+        let mut done = self.finished;
+        for k in &self.terminal_held {
+            match self.entries.get(k).map(|e| &e.state) {
+                Some(EntryState::Delivered { .. }) => done.delivered += 1,
+                Some(EntryState::Rejected { .. }) => done.rejected += 1,
+                Some(EntryState::Expired { .. }) => done.expired += 1,
+                _ => {}
+            }
+        }
+        Counts {
+            queued: self.expiries.len().saturating_sub(self.deadlines.len()),
+            in_flight: self.deadlines.len(),
+            done,
+        }
+    }
+
     /// The prepared receipt could not be stored: the entry stays as it was (and is sent again),
     /// and is written again (a change made before the receipt went with its failed commit).
     pub fn abandon_prepared(&mut self, packet_id: PacketId, receiver: &NodeId) {
@@ -584,6 +620,7 @@ impl Outbox {
         if self.entries.get(&k).is_some_and(|e| e.state.is_terminal()) && !self.prepared.contains_key(&k) {
             self.entries.remove(&k);
             self.dirty.remove(&k);
+            self.terminal_held.remove(&k);
         }
     }
 
@@ -597,6 +634,7 @@ impl Outbox {
         };
         *count += 1;
         self.entries.remove(&k);
+        self.terminal_held.remove(&k);
     }
 
     /// One entry held in memory (pending, or terminal and not yet on disk).
@@ -688,6 +726,7 @@ impl Outbox {
         self.expiries.remove(&(e.expires, k));
         e.state = state;
         self.dirty.insert(k);
+        self.terminal_held.insert(k);
     }
 }
 

@@ -593,6 +593,11 @@ impl Sender {
         self.outbox.finished()
     }
 
+    /// How many copies are in each state (see [`Outbox::counts`]).
+    pub fn counts(&self) -> super::outbox::Counts {
+        self.outbox.counts()
+    }
+
     /// Copies whose first acknowledgement came since the machine was made.
     pub fn first_reads(&self) -> usize {
         self.first_reads

@@ -102,13 +102,12 @@ impl Node {
         let mut m = crate::api::types::OutboxSummary::default();
         for sender in self.inner.senders.values() {
             let s = lock(sender);
-            for e in s.entries() {
-                m.add(e);
-            }
-            let done = s.finished();
-            m.delivered += done.delivered;
-            m.rejected += done.rejected;
-            m.expired += done.expired;
+            let c = s.counts();
+            m.queued += c.queued;
+            m.in_flight += c.in_flight;
+            m.delivered += c.done.delivered;
+            m.rejected += c.done.rejected;
+            m.expired += c.done.expired;
             m.read += s.first_reads();
             m.loading |= s.is_loading();
         }

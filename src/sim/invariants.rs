@@ -57,6 +57,22 @@ impl Sim {
                 ));
             }
         }
+        // The counts `/v1/outbox` shows, kept without reading every entry, agree with them.
+        for (peer, s) in &self.nodes[a].senders {
+            let mut held = crate::delivery::Counts { done: s.finished(), ..Default::default() };
+            for e in s.entries() {
+                match e.state {
+                    EntryState::Queued { .. } => held.queued += 1,
+                    EntryState::InFlight { .. } => held.in_flight += 1,
+                    EntryState::Delivered { .. } => held.done.delivered += 1,
+                    EntryState::Rejected { .. } => held.done.rejected += 1,
+                    EntryState::Expired { .. } => held.done.expired += 1,
+                }
+            }
+            if held != s.counts() {
+                return Err(format!("{}: counts for {peer} {:?}, entries say {held:?}", self.nodes[a].id, s.counts()));
+            }
+        }
         // Terminal entries not yet on disk (the machines drop them once they are: those are
         // checked from the store every ten steps).
         let mut done = Vec::new();
