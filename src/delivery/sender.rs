@@ -185,6 +185,9 @@ pub struct Sender {
     /// admitted meanwhile, which the load leaves out (the copy it read may be older than what
     /// this run did with it since, and let go of once on disk).
     loading: Option<std::collections::HashSet<PacketId>>,
+    /// While the outbox loads: acknowledgements stored for copies not loaded yet, merged into
+    /// them when they come (the load may have read the copy before the acknowledgement).
+    reads_while_loading: HashMap<PacketId, Vec<(OfficerId, Millis)>>,
 }
 
 fn slot(p: Priority) -> usize {
@@ -215,6 +218,7 @@ impl Sender {
             problem: None,
             first_reads: 0,
             loading: None,
+            reads_while_loading: HashMap::new(),
         }
     }
 
@@ -272,14 +276,26 @@ impl Sender {
     pub fn load(&mut self, now: Millis, entries: Vec<Entry>) -> usize {
         let admitted = self.loading.as_ref();
         let peer = self.peer;
-        let fresh =
-            entries.into_iter().filter(|e| e.recipient == peer && !admitted.is_some_and(|a| a.contains(&e.packet_id)));
+        let reads = &mut self.reads_while_loading;
+        let fresh = entries
+            .into_iter()
+            .filter(|e| e.recipient == peer && !admitted.is_some_and(|a| a.contains(&e.packet_id)))
+            .map(|mut e| {
+                for (officer, at) in reads.remove(&e.packet_id).unwrap_or_default() {
+                    if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
+                        e.reads.push((officer, at));
+                    }
+                }
+                e.reads.sort_by_key(|(_, at)| *at);
+                e
+            });
         self.outbox.load(now, fresh)
     }
 
     /// The outbox is loaded.
     pub fn end_loading(&mut self) {
         self.loading = None;
+        self.reads_while_loading.clear();
     }
 
     /// Whether the outbox is still being loaded behind the start.
@@ -619,6 +635,9 @@ impl Sender {
     /// the copy's first (counted in [`Sender::first_reads`]).
     pub fn add_read(&mut self, packet_id: PacketId, officer: OfficerId, at: Millis, first: bool) {
         self.first_reads += usize::from(first);
+        if self.loading.is_some() && self.outbox.entry(packet_id, &self.peer).is_none() {
+            self.reads_while_loading.entry(packet_id).or_default().push((officer.clone(), at));
+        }
         self.outbox.add_read(packet_id, &self.peer, officer, at);
     }
 

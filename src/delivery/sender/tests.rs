@@ -49,8 +49,13 @@ fn a_load_behind_the_start_leaves_out_what_this_run_admitted() {
     assert!(s.entry(pid(1)).is_none());
     assert_eq!(s.entry(pid(2)).unwrap().state, EntryState::Queued { not_before: 3 });
     assert_eq!(s.load(3, vec![e(3)]), 0, "held already");
+    // An acknowledgement stored for a copy not loaded yet, which the load read before it.
+    let gomez: OfficerId = "Subinspector Gómez".parse().unwrap();
+    s.add_read(pid(4), gomez.clone(), 5, true);
+    assert_eq!(s.load(6, vec![e(4)]), 1);
+    assert_eq!(s.entry(pid(4)).unwrap().reads, vec![(gomez, 5)]);
     s.end_loading();
-    assert_eq!(s.pending(), 2);
+    assert_eq!(s.pending(), 3);
 }
 
 #[test]
