@@ -30,6 +30,24 @@ impl Priority {
             Self::Routine => "ROUTINE",
         }
     }
+
+    /// Its rank, FLASH first (0, 1, 2): lanes and keys that put FLASH first are ordered by it.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Flash => 0,
+            Self::Urgent => 1,
+            Self::Routine => 2,
+        }
+    }
+
+    /// The priority of a rank from [`Priority::rank`]; anything past the last is ROUTINE.
+    pub fn of_rank(rank: u8) -> Self {
+        match rank {
+            0 => Self::Flash,
+            1 => Self::Urgent,
+            _ => Self::Routine,
+        }
+    }
 }
 
 /// Security classification, least to most restrictive.

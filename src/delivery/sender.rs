@@ -191,11 +191,7 @@ pub struct Sender {
 }
 
 fn slot(p: Priority) -> usize {
-    match p {
-        Priority::Flash => 0,
-        Priority::Urgent => 1,
-        Priority::Routine => 2,
-    }
+    usize::from(p.rank())
 }
 
 impl Sender {
@@ -276,20 +272,18 @@ impl Sender {
     pub fn load(&mut self, now: Millis, entries: Vec<Entry>) -> usize {
         let admitted = self.loading.as_ref();
         let peer = self.peer;
-        let reads = &mut self.reads_while_loading;
-        let fresh = entries
+        let fresh: Vec<Entry> = entries
             .into_iter()
             .filter(|e| e.recipient == peer && !admitted.is_some_and(|a| a.contains(&e.packet_id)))
-            .map(|mut e| {
-                for (officer, at) in reads.remove(&e.packet_id).unwrap_or_default() {
-                    if !e.reads.iter().any(|(o, _)| *o == officer) && e.reads.len() < crate::store::MAX_READS {
-                        e.reads.push((officer, at));
-                    }
-                }
-                e.reads.sort_by_key(|(_, at)| *at);
-                e
-            });
-        self.outbox.load(now, fresh)
+            .collect();
+        let ids: Vec<PacketId> = fresh.iter().map(|e| e.packet_id).collect();
+        let added = self.outbox.load(now, fresh);
+        for id in ids {
+            for (officer, at) in self.reads_while_loading.remove(&id).unwrap_or_default() {
+                self.outbox.add_read(id, &peer, officer, at);
+            }
+        }
+        added
     }
 
     /// The outbox is loaded.

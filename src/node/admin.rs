@@ -288,10 +288,7 @@ impl Node {
                 let mut receipts = std::collections::BTreeSet::new();
                 for id in &ids {
                     let key = pair_key(*id, peer);
-                    // The pair key and its zero byte: a shorter node id is not a prefix of a
-                    // longer one's acknowledgements (`IT-DCS` of `IT-DCSA`'s).
-                    let reads = [key.as_slice(), &[0]].concat();
-                    for (k, _) in self.inner.store.scan(Tree::Reads, &reads)? {
+                    for (k, _) in self.inner.store.scan(Tree::Reads, &store::reads_prefix(&key))? {
                         ops.push(Op::Delete(Tree::Reads, k));
                     }
                     if let Some(r) = self.inner.store.get(Tree::ReceiptIndex, &key)? {

@@ -539,11 +539,7 @@ fn refusals_logged() -> transport::OnRefusal {
 
 /// The QUIC stream priority of a lane: FLASH highest.
 fn lane_priority(lane: Priority) -> i32 {
-    match lane {
-        Priority::Flash => 2,
-        Priority::Urgent => 1,
-        Priority::Routine => 0,
-    }
+    2 - i32::from(lane.rank())
 }
 
 fn packet_id_of(key: &[u8]) -> Result<PacketId, StoreError> {

@@ -25,11 +25,8 @@ impl Node {
         let mut after: Option<Vec<u8>> = None;
         let (mut loaded, mut elsewhere) = (0usize, std::collections::BTreeMap::<NodeId, usize>::new());
         loop {
-            let lane = match after.as_ref().and_then(|k| k.first()) {
-                None | Some(0) => Priority::Flash,
-                Some(1) => Priority::Urgent,
-                Some(_) => Priority::Routine,
-            };
+            // The lane of the last key read (`store::pending_key` starts with its rank).
+            let lane = Priority::of_rank(after.as_ref().and_then(|k| k.first()).copied().unwrap_or(0));
             let (store, from) = (self.inner.store.clone(), after.clone());
             let page = match bulk::run(lane, move || store.pending_after(from.as_deref(), LOAD_PAGE)).await {
                 Ok(read) => read.map_err(|e| e.to_string()),

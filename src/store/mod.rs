@@ -329,12 +329,7 @@ pub fn entry_write(e: &Entry) -> Vec<Op> {
 /// The key of a pending entry in [`Tree::Pending`]: its lane (FLASH 0, URGENT 1, ROUTINE 2: a
 /// start loads FLASH copies first; an entry's lane never changes), then its pair key.
 pub fn pending_key(e: &Entry) -> Vec<u8> {
-    let lane = match e.priority {
-        crate::markings::Priority::Flash => 0u8,
-        crate::markings::Priority::Urgent => 1,
-        crate::markings::Priority::Routine => 2,
-    };
-    [&[lane], pair_key(e.packet_id, &e.recipient).as_slice()].concat()
+    [&[e.priority.rank()], pair_key(e.packet_id, &e.recipient).as_slice()].concat()
 }
 
 /// The key of a terminal entry in [`Tree::Outcomes`]: [`outcome_prefix`] of its recipient, the
@@ -361,7 +356,13 @@ pub fn parse_outcome_key(prefix: &[u8], key: &[u8]) -> Option<(Millis, PacketId)
 /// The key of `officer`'s acknowledgement at `node` of `packet_id` (in [`Tree::Reads`]): the
 /// pair key, a zero byte (no node id holds one), the officer.
 pub fn read_key(packet_id: PacketId, node: &NodeId, officer: &OfficerId) -> Vec<u8> {
-    [pair_key(packet_id, node).as_slice(), &[0], officer.as_str().as_bytes()].concat()
+    [reads_prefix(&pair_key(packet_id, node)).as_slice(), officer.as_str().as_bytes()].concat()
+}
+
+/// Where the acknowledgements of the copy under pair key `pair` start in [`Tree::Reads`]: the
+/// pair key and its zero byte (a shorter node id's, `IT-DCS`, are not among `IT-DCSA`'s).
+pub fn reads_prefix(pair: &[u8]) -> Vec<u8> {
+    [pair, &[0]].concat()
 }
 
 /// The write that records `officer`'s acknowledgement at `node` of `packet_id`, read at `at`.
@@ -913,7 +914,7 @@ impl Store {
     /// `e` (stored under `key`) with the acknowledgements kept apart from it in [`Tree::Reads`]
     /// (older stores kept them in the entry only; both are merged, in time order).
     fn with_reads(&self, key: &[u8], mut e: Entry) -> Result<Entry, StoreError> {
-        let prefix = [key, &[0]].concat();
+        let prefix = reads_prefix(key);
         for (k, v) in self.scan(Tree::Reads, &prefix)? {
             let officer: Option<OfficerId> = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|o| o.parse().ok());
             let at = v.as_slice().try_into().ok().map(Millis::from_be_bytes);
