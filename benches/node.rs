@@ -29,6 +29,28 @@ fn node_id(s: &str) -> NodeId {
     s.parse().unwrap()
 }
 
+/// Where node `name` keeps its store: under `dir`, or under the directory given as
+/// `--dir-IT-DCSA=PATH` / `--dir-ES-UDYCO=PATH` (to put one node on another file system, e.g.
+/// a tmpfs, as if the two nodes had disks of their own).
+fn node_dir(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let flag = format!("--dir-{name}=");
+    match std::env::args().find_map(|a| a.strip_prefix(&flag).map(std::path::PathBuf::from)) {
+        Some(base) => base.join(format!("liaison-bench-{}", std::process::id())).join(name),
+        None => dir.join(name),
+    }
+}
+
+/// Removes what [`node_dir`] made outside the bench's temporary directory.
+fn remove_node_dirs() {
+    for a in std::env::args().filter(|a| a.starts_with("--dir-")) {
+        if let Some((_, base)) = a.split_once('=') {
+            let _ = std::fs::remove_dir_all(
+                std::path::Path::new(base).join(format!("liaison-bench-{}", std::process::id())),
+            );
+        }
+    }
+}
+
 async fn start_pair(dir: &std::path::Path) -> (Node, Node, tokio::sync::watch::Sender<bool>) {
     let (it, es, stop, _) = start_pair_via(dir, false, true).await;
     (it, es.unwrap(), stop)
@@ -69,7 +91,7 @@ async fn start_pair_via(
             tls,
             listen: addrs[i],
             socket: Some(socket),
-            store: liaison::store::Store::open(&dir.join(names[i])).unwrap(),
+            store: liaison::store::Store::open(&node_dir(dir, names[i])).unwrap(),
             partners: vec![Partner {
                 node: node_id(names[other]),
                 addr: match (&proxy, i) {
@@ -696,6 +718,12 @@ fn main() {
 
         // Warm up: connection, caches.
         let _ = flash_latencies(&it, 20).await;
+        if std::env::args().any(|a| a == "--flash-only") {
+            flash_report(&it, samples, bulk_mib).await;
+            let _ = stop.send(true);
+            remove_node_dirs();
+            return;
+        }
 
         println!("-- sustained: {n_packets} packets of 1 KiB, IT-DCSA -> ES-UDYCO, durable at both ends");
         let Run { submitted, receipted: total } =
@@ -713,27 +741,31 @@ fn main() {
             return;
         }
 
-        println!("\n-- FLASH submit -> verified receipt, idle link ({samples} samples)");
-        let idle = flash_latencies(&it, samples).await;
-        println!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&idle, 0.5), pct(&idle, 0.99), pct(&idle, 1.0));
-
-        println!(
-            "\n-- FLASH while {bulk_mib} MiB of ROUTINE (1-4 MiB packets) are submitted and sent on the same link"
-        );
-        let (acks, receipts, bulk) = flash_under_bulk(&it, bulk_mib).await;
-        println!(
-            "submit acknowledged: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-            pct(&acks, 0.5),
-            pct(&acks, 0.99),
-            pct(&acks, 1.0)
-        );
-        println!(
-            "submit -> verified receipt: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples; {bulk})",
-            pct(&receipts, 0.5),
-            pct(&receipts, 0.99),
-            pct(&receipts, 1.0),
-            receipts.len()
-        );
+        flash_report(&it, samples, bulk_mib).await;
         let _ = stop.send(true);
+        remove_node_dirs();
     });
+}
+
+/// FLASH submit to verified receipt, idle and under bulk.
+async fn flash_report(it: &Node, samples: usize, bulk_mib: usize) {
+    println!("\n-- FLASH submit -> verified receipt, idle link ({samples} samples)");
+    let idle = flash_latencies(it, samples).await;
+    println!("p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", pct(&idle, 0.5), pct(&idle, 0.99), pct(&idle, 1.0));
+
+    println!("\n-- FLASH while {bulk_mib} MiB of ROUTINE (1-4 MiB packets) are submitted and sent on the same link");
+    let (acks, receipts, bulk) = flash_under_bulk(it, bulk_mib).await;
+    println!(
+        "submit acknowledged: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        pct(&acks, 0.5),
+        pct(&acks, 0.99),
+        pct(&acks, 1.0)
+    );
+    println!(
+        "submit -> verified receipt: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} samples; {bulk})",
+        pct(&receipts, 0.5),
+        pct(&receipts, 0.99),
+        pct(&receipts, 1.0),
+        receipts.len()
+    );
 }
