@@ -15,4 +15,7 @@ for node in IT-DCSA ES-UDYCO CO-DIJIN; do
   done
   cp "nodes/$node/$node.pub.toml" federation/
 done
+# The CA (tls/ca/, with the records of what it issued), every node's certificate, the CRL and
+# the bad cases, made with the same code as `liaison pki init-ca / issue / revoke / crl`.
 "${bin[@]}" pki demo --out tls >/dev/null
+rm -f tls/ca/.lock

@@ -366,7 +366,7 @@ fn read_secret(path: &Path, node: &NodeId, algorithm: &str) -> Result<Zeroizing<
     unhex::<32>(&raw.secret).map(Zeroizing::new).ok_or_else(|| fmt_err("secret: expected 64 hex digits".into()))
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: dir.to_owned(), source };
     if dir.is_dir() {
         return Ok(());
@@ -378,7 +378,7 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     b.create(dir).map_err(io)
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: path.to_owned(), source };
     let mut o = fs::OpenOptions::new();
     o.write(true).create_new(true);

@@ -12,6 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod pki;
+use pki::PkiCommand;
+
 use crate::api::types::{
     AckRequest, ConsentRequest, DeliveryState, DryRunDecision, ForwardRequest, ReadBy, SubmitAnswer,
 };
@@ -142,7 +145,8 @@ enum Command {
     /// Work with packets offline: validate, seal, open, verify.
     #[command(subcommand)]
     Packet(PacketCommand),
-    /// Make federation TLS material.
+    /// The federation CA (init-ca, issue, sign-csr, revoke, crl, list), a node's certificate
+    /// request (csr), reading a certificate or CRL (show), the demo material (demo).
     #[command(subcommand)]
     Pki(PkiCommand),
 }
@@ -200,24 +204,6 @@ enum PolicyCommand {
         api: ApiArgs,
         /// The partner node id.
         partner: NodeId,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum PkiCommand {
-    /// Generate a demo federation: a CA, a certificate per node, a CRL, and the negative cases
-    /// the tests use (expired, revoked, foreign CA, a node that is not enrolled). Demo only: the
-    /// CA key is written next to the certificates.
-    Demo {
-        /// Directory to write into (must not exist yet).
-        #[arg(long)]
-        out: PathBuf,
-        /// The nodes, comma separated.
-        #[arg(long, value_delimiter = ',', default_value = "IT-DCSA,ES-UDYCO,CO-DIJIN")]
-        nodes: Vec<String>,
-        /// Validity of the CA and node certificates, in days.
-        #[arg(long, default_value_t = 3650)]
-        days: i64,
     },
 }
 
@@ -508,17 +494,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             refusals(&answer)
         }
         Command::Audit(cmd) => audit(cmd),
-        Command::Pki(PkiCommand::Demo { out, nodes, days }) => {
-            let nodes = nodes
-                .iter()
-                .map(|n| n.parse::<NodeId>().map_err(|e| CliError::Usage(e.to_string())))
-                .collect::<Result<Vec<_>, _>>()?;
-            let written = crate::pki::write_demo(&out, &nodes, days).map_err(|e| CliError::Usage(e.to_string()))?;
-            for path in written {
-                println!("{}", path.display());
-            }
-            Ok(())
-        }
+        Command::Pki(cmd) => pki::run(cmd),
     }
 }
 
