@@ -86,7 +86,7 @@ async fn start_pair_via(
         let tls = TlsMaterial::from_pem(ca.cert_pem(), &[], &cert.cert_pem, &cert.key_pem).unwrap();
         let other = 1 - i;
         let config = NodeConfig {
-            congestion: Default::default(),
+            transport: Default::default(),
             seal: SealContext::new(k, ring.clone()).unwrap(),
             tls,
             listen: addrs[i],

@@ -39,7 +39,7 @@ struct Raw {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
-    transport: RawTransport,
+    transport: crate::transport::Options,
     #[serde(default)]
     store: RawStore,
     #[serde(default)]
@@ -61,13 +61,6 @@ impl Default for RawStore {
     fn default() -> Self {
         Self { headroom_mib: d_headroom() }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTransport {
-    #[serde(default)]
-    congestion: crate::transport::Congestion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,8 +241,9 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// What each partner may make the node hold or do.
     pub limits: crate::limits::Limits,
-    /// How QUIC paces sending under loss (`[transport] congestion`).
-    pub congestion: crate::transport::Congestion,
+    /// How QUIC paces sending under loss and which TLS key exchange it does (`[transport]
+    /// congestion`, `key_exchange`).
+    pub transport: crate::transport::Options,
     /// Space the store keeps free on its disk (`[store] headroom_mib`).
     pub headroom: crate::store::Headroom,
     /// Log format.
@@ -464,7 +458,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
                 receipt_timeout: d.receipt_timeout_ms,
             },
             limits,
-            congestion: raw.transport.congestion,
+            transport: raw.transport,
             headroom: crate::store::Headroom::mib(raw.store.headroom_mib),
             log_format,
             log_level: raw.log.level,
@@ -532,7 +526,8 @@ mod tests {
             assert_eq!(s.node.as_str(), n);
             assert_eq!(s.partners.len(), 2);
             assert!(s.api_listen.ip().is_loopback());
-            assert_eq!(s.congestion, crate::transport::Congestion::Bbr);
+            assert_eq!(s.transport.congestion, crate::transport::Congestion::Bbr);
+            assert_eq!(s.transport.key_exchange, crate::transport::KeyExchange::PostQuantum);
         }
         // The fallback, from the environment as an admin would set it; a bad value is refused.
         let it = root.join("configs/IT-DCSA.toml");
@@ -542,7 +537,10 @@ mod tests {
                 .separator("__")
                 .source(Some([("LIAISON__TRANSPORT__CONGESTION".to_owned(), v.to_owned())].into()))
         };
-        assert_eq!(Settings::load_with_env(&it, env("cubic")).unwrap().congestion, crate::transport::Congestion::Cubic);
+        assert_eq!(
+            Settings::load_with_env(&it, env("cubic")).unwrap().transport.congestion,
+            crate::transport::Congestion::Cubic
+        );
         let err = Settings::load_with_env(&it, env("reno")).unwrap_err().to_string();
         assert!(err.contains("congestion") || err.contains("variant"), "{err}");
     }

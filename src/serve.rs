@@ -86,7 +86,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
         retry: s.retry,
         limits: s.limits,
-        congestion: s.congestion,
+        transport: s.transport,
     })
 }
 

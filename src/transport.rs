@@ -1,8 +1,11 @@
 //! QUIC with mutual TLS between nodes: configuration and peer identity.
 //!
-//! - TLS 1.3 only, ALPN `liaison/1`, one crypto provider (aws-lc-rs, whose default key exchange
-//!   is the post-quantum hybrid X25519MLKEM768 — recorded traffic stays safe from a future
-//!   quantum computer, which matters for intelligence with a long shelf life).
+//! - TLS 1.3 only, ALPN `liaison/1`, one crypto provider (aws-lc-rs). The key exchange is the
+//!   post-quantum hybrid X25519MLKEM768 and nothing else by default ([`KeyExchange`]): traffic
+//!   recorded today stays safe from a future quantum computer, which matters for intelligence
+//!   with a long shelf life. (aws-lc-rs's own default list puts X25519 first and the hybrid
+//!   last unless rustls is built with `prefer-post-quantum`: two nodes would have agreed on
+//!   plain X25519. The list is set here instead, explicitly.)
 //! - Both sides present certificates chaining to the federation CA, checked against the CRLs.
 //! - A CA-valid chain is not an identity: the client checks the server's certificate names the
 //!   node it meant to reach (rustls server-name check on `<node>.node.liaison`), and the server
@@ -131,9 +134,66 @@ impl TlsMaterial {
     }
 }
 
-/// The one crypto provider of the process.
+/// The one crypto provider of the process (certificate checks; the handshakes use
+/// [`provider_for`], the same provider with the key exchange groups [`KeyExchange`] allows).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// [`provider`], offering and accepting only the key exchange groups `kx` allows, in its order.
+pub fn provider_for(kx: KeyExchange) -> Arc<CryptoProvider> {
+    use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = match kx {
+        KeyExchange::PostQuantum => vec![X25519MLKEM768],
+        KeyExchange::PreferPostQuantum => vec![X25519MLKEM768, X25519],
+        KeyExchange::Classic => vec![X25519],
+    };
+    Arc::new(p)
+}
+
+/// Which TLS key exchange a node does (`[transport] key_exchange`).
+///
+/// Decision: the hybrid only, by default. Every liaison node does it, and a node that accepted
+/// X25519 as well could be talked down to it by a peer (or an old build) that offers nothing
+/// else. `prefer_post_quantum` is for a federation with a member whose TLS cannot do the hybrid
+/// yet: the hybrid first, X25519 accepted. It is node-wide: the server side of QUIC cannot
+/// know which partner dials before the handshake that picks the group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyExchange {
+    /// X25519MLKEM768 only (the default).
+    #[default]
+    PostQuantum,
+    /// X25519MLKEM768, or X25519 with a peer that cannot do it.
+    PreferPostQuantum,
+    /// X25519 only: what an old peer does. Not selectable in a configuration; it exists so
+    /// that tests can be that peer.
+    #[serde(skip)]
+    Classic,
+}
+
+impl KeyExchange {
+    /// The group a handshake in this mode ends with, if only one is possible.
+    pub fn group(self) -> Option<&'static str> {
+        match self {
+            Self::PostQuantum => Some("X25519MLKEM768"),
+            Self::PreferPostQuantum => None,
+            Self::Classic => Some("X25519"),
+        }
+    }
+}
+
+/// How a node's QUIC and TLS are set (`[transport]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// How QUIC paces sending under loss.
+    #[serde(default)]
+    pub congestion: Congestion,
+    /// Which TLS key exchange.
+    #[serde(default)]
+    pub key_exchange: KeyExchange,
 }
 
 /// Bytes a peer may have in flight on one stream before this node reads them (QUIC flow
@@ -189,7 +249,7 @@ pub fn server_config(
     m: &TlsMaterial,
     enrolled: &[NodeId],
     on_refusal: OnRefusal,
-    congestion: Congestion,
+    options: Options,
 ) -> Result<quinn::ServerConfig, TransportError> {
     let tls_err = |e: &dyn std::fmt::Display| TransportError::Tls(e.to_string());
     let inner = WebPkiClientVerifier::builder_with_provider(m.roots.clone(), provider())
@@ -197,7 +257,7 @@ pub fn server_config(
         .build()
         .map_err(|e| tls_err(&e))?;
     let verifier = Arc::new(QuietVerifier { inner, enrolled: enrolled.to_vec(), on_refusal });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider_for(options.key_exchange))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
         .with_client_cert_verifier(verifier)
@@ -207,32 +267,32 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(transport_config(crate::limits::STREAMS_PER_CONNECTION, congestion));
+    cfg.transport_config(transport_config(crate::limits::STREAMS_PER_CONNECTION, options.congestion));
     Ok(cfg)
 }
 
 /// The client side: presents this node's certificate, verifies the server's against the CA and
 /// CRLs; the server name checked is the node being dialled ([`server_name`]).
-pub fn client_config(m: &TlsMaterial, congestion: Congestion) -> Result<quinn::ClientConfig, TransportError> {
-    client_config_with(m, true, congestion)
+pub fn client_config(m: &TlsMaterial, options: Options) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_with(m, true, options)
 }
 
 /// A client that presents no certificate (only for tests of the refusal).
 pub fn client_config_without_certificate(m: &TlsMaterial) -> Result<quinn::ClientConfig, TransportError> {
-    client_config_with(m, false, Congestion::default())
+    client_config_with(m, false, Options::default())
 }
 
 fn client_config_with(
     m: &TlsMaterial,
     with_cert: bool,
-    congestion: Congestion,
+    options: Options,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let tls_err = |e: &dyn std::fmt::Display| TransportError::Tls(e.to_string());
     let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(m.roots.clone(), provider())
         .with_crls(m.crls.clone())
         .build()
         .map_err(|e| tls_err(&e))?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider_for(options.key_exchange))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_err(&e))?
         .with_webpki_verifier(verifier);
@@ -245,7 +305,7 @@ fn client_config_with(
     tls.enable_early_data = false;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| tls_err(&e))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(transport_config(0, congestion));
+    cfg.transport_config(transport_config(0, options.congestion));
     Ok(cfg)
 }
 

@@ -131,7 +131,7 @@ impl Federation {
         let partners =
             self.sockets.iter().filter(|(n, _)| n != name).map(|(n, a)| Partner { node: node(n), addr: *a }).collect();
         let config = NodeConfig {
-            congestion: Default::default(),
+            transport: Default::default(),
             seal: SealContext::new(self.node_keys(name), ring).unwrap(),
             tls,
             listen: addr,

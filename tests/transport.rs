@@ -36,11 +36,18 @@ async fn serve_once(pki: &Pki) -> (SocketAddr, tokio::task::JoinHandle<Result<No
 /// The server's side of one connection: the partner identified, or why it was refused (what the
 /// node logs: the verifier's reason, not what the client was told).
 async fn serve_with(m: TlsMaterial) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
+    serve_with_options(m, Default::default()).await
+}
+
+async fn serve_with_options(
+    m: TlsMaterial,
+    options: transport::Options,
+) -> (SocketAddr, tokio::task::JoinHandle<Result<NodeId, String>>) {
     let enrolled = [node("ES-UDYCO"), node("CO-DIJIN")];
     let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let sink = reasons.clone();
     let on_refusal: transport::OnRefusal = std::sync::Arc::new(move |r: &str| sink.lock().unwrap().push(r.to_owned()));
-    let config = transport::server_config(&m, &enrolled, on_refusal, Default::default()).unwrap();
+    let config = transport::server_config(&m, &enrolled, on_refusal, options).unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = endpoint.local_addr().unwrap();
     let task = tokio::spawn(async move {
@@ -271,4 +278,92 @@ fn unreadable_material_is_a_clear_error() {
     let err = TlsMaterial::from_pem("not a pem", &[], "", "").unwrap_err();
     assert!(matches!(err, TransportError::Pem { .. }), "{err}");
     assert!(err.to_string().contains("CA certificate"), "{err}");
+}
+
+/// Both sides of one TLS 1.3 handshake in memory, with the handshake providers of `server` and
+/// `client`: the group they agreed on.
+fn negotiated(server: transport::KeyExchange, client: transport::KeyExchange) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pki = pki();
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(pki.it.cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pki.it.key_pem.as_bytes()).unwrap();
+    let server_config = rustls::ServerConfig::builder_with_provider(transport::provider_for(server))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(pki.ca.cert_pem().as_bytes()).unwrap()).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(transport::provider_for(client))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(transport::server_name(&node("IT-DCSA"))).unwrap();
+    let mut c = rustls::ClientConnection::new(std::sync::Arc::new(client_config), name).unwrap();
+    let mut s = rustls::ServerConnection::new(std::sync::Arc::new(server_config)).unwrap();
+    for _ in 0..10 {
+        let mut buf = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut buf).unwrap();
+        }
+        s.read_tls(&mut buf.as_slice()).unwrap();
+        s.process_new_packets().map_err(|e| format!("server: {e}"))?;
+        let mut buf = Vec::new();
+        while s.wants_write() {
+            s.write_tls(&mut buf).unwrap();
+        }
+        c.read_tls(&mut buf.as_slice()).unwrap();
+        c.process_new_packets().map_err(|e| format!("client: {e}"))?;
+        if !c.is_handshaking() && !s.is_handshaking() {
+            let group = c.negotiated_key_exchange_group().unwrap().name();
+            assert_eq!(Some(group), s.negotiated_key_exchange_group().map(|g| g.name()));
+            return Ok(format!("{group:?}"));
+        }
+    }
+    Err("no handshake after 10 rounds".into())
+}
+
+#[test]
+fn two_nodes_agree_on_the_post_quantum_hybrid() {
+    use transport::KeyExchange::{Classic, PostQuantum, PreferPostQuantum};
+    assert_eq!(negotiated(PostQuantum, PostQuantum).unwrap(), "X25519MLKEM768");
+    // A node that still accepts X25519 gets the hybrid all the same from a node that offers it.
+    assert_eq!(negotiated(PreferPostQuantum, PostQuantum).unwrap(), "X25519MLKEM768");
+    assert_eq!(negotiated(PostQuantum, PreferPostQuantum).unwrap(), "X25519MLKEM768");
+    // An old peer that offers only X25519: refused by default, accepted where allowed.
+    let refused = negotiated(PostQuantum, Classic).unwrap_err();
+    assert!(refused.contains("server") && refused.to_lowercase().contains("group"), "{refused}");
+    assert_eq!(negotiated(PreferPostQuantum, Classic).unwrap(), "X25519");
+}
+
+#[tokio::test]
+async fn over_quic_a_node_that_cannot_do_the_hybrid_is_refused_by_default() {
+    use transport::{KeyExchange, Options};
+    let pki = pki();
+    let es = pki.ca.issue(&node("ES-UDYCO"), days(-1), days(90)).unwrap();
+    let m = || TlsMaterial::from_pem(pki.ca.cert_pem(), &[&pki.crl], &es.cert_pem, &es.key_pem).unwrap();
+    let it_name = transport::server_name(&node("IT-DCSA"));
+    for (server, client, connects) in [
+        (KeyExchange::PostQuantum, KeyExchange::PostQuantum, true),
+        (KeyExchange::PostQuantum, KeyExchange::Classic, false),
+        (KeyExchange::PreferPostQuantum, KeyExchange::Classic, true),
+    ] {
+        let (addr, served) = serve_with_options(
+            material(&pki.ca, &[&pki.crl], &pki.it),
+            Options { key_exchange: server, ..Default::default() },
+        )
+        .await;
+        let options = Options { key_exchange: client, ..Default::default() };
+        let dialled = dial(transport::client_config(&m(), options).unwrap(), addr, &it_name).await;
+        let served = tokio::time::timeout(Duration::from_secs(10), served).await.unwrap().unwrap();
+        assert_eq!(dialled.is_ok(), connects, "{server:?} <- {client:?}: {dialled:?}");
+        assert_eq!(served.is_ok(), connects, "{server:?} <- {client:?}: {served:?}");
+        if connects {
+            assert_eq!(served.unwrap(), node("ES-UDYCO"));
+        }
+    }
 }

@@ -24,8 +24,8 @@ impl Node {
     /// trail.
     pub async fn reload_tls(&self, tls: &TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
         let enrolled: Vec<NodeId> = self.inner.partners.keys().cloned().collect();
-        let server = transport::server_config(tls, &enrolled, refusals_logged(), self.inner.congestion)?;
-        let client = transport::client_config(tls, self.inner.congestion)?;
+        let server = transport::server_config(tls, &enrolled, refusals_logged(), self.inner.transport)?;
+        let client = transport::client_config(tls, self.inner.transport)?;
         let event = AuditEvent::Admin { action: crate::audit::AdminAction::TlsReload, by: by.into(), detail };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         self.inner.endpoint.set_server_config(Some(server));

@@ -166,8 +166,8 @@ pub struct NodeConfig {
     pub retry: RetryPolicy,
     /// What each partner may make this node hold or do.
     pub limits: Limits,
-    /// How QUIC paces sending under loss.
-    pub congestion: transport::Congestion,
+    /// How QUIC paces sending under loss, and which TLS key exchange it does.
+    pub transport: transport::Options,
 }
 
 /// Per-recipient status of a packet this node sent.
@@ -217,7 +217,7 @@ struct Inner {
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
     /// How QUIC paces sending under loss (kept for TLS reloads).
-    congestion: transport::Congestion,
+    transport: transport::Options,
     /// Acknowledgements read, change and write an inbox record: one at a time.
     acks: tokio::sync::Mutex<()>,
     /// Per partner: the budgets its traffic draws on.
@@ -275,8 +275,8 @@ impl Node {
             restore_with(&store, config.partners.iter().map(|p| p.node), config.retry, now, false)?;
         let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node).collect();
-        let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.congestion)?;
-        let client = transport::client_config(&config.tls, config.congestion)?;
+        let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.transport)?;
+        let client = transport::client_config(&config.tls, config.transport)?;
         let bind = |source| NodeError::Bind { addr: config.listen, source };
         let socket = match config.socket {
             Some(s) => s,
@@ -318,7 +318,7 @@ impl Node {
                 deadlines_freed: Notify::new(),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
-                congestion: config.congestion,
+                transport: config.transport,
                 acks: tokio::sync::Mutex::new(()),
                 budgets,
             }),

@@ -166,7 +166,7 @@ impl Node {
             .await
             .map_err(|_| "connection timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        info!(%addr, "connected");
+        info!(%addr, key_exchange = self.inner.transport.key_exchange.group().unwrap_or("X25519MLKEM768 or X25519"), "connected");
         Ok(conn)
     }
 
