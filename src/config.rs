@@ -266,10 +266,21 @@ pub struct PartnerSettings {
 impl Settings {
     /// Reads `file` (TOML) with environment overrides and validates it.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, config::Environment::with_prefix("LIAISON").prefix_separator("__").separator("__"))
+        let lists = env_lists(|name| std::env::var(name).ok());
+        Self::load_with(file, config::Environment::with_prefix("LIAISON").prefix_separator("__").separator("__"), lists)
     }
 
+    #[cfg(test)]
     fn load_with_env(file: &Path, env: config::Environment) -> Result<Self, ConfigError> {
+        Self::load_with(file, env, Vec::new())
+    }
+
+    /// `lists`: list keys set from the environment ([`env_lists`]), over the file and `env`.
+    fn load_with(
+        file: &Path,
+        env: config::Environment,
+        lists: Vec<(&'static str, Vec<String>)>,
+    ) -> Result<Self, ConfigError> {
         let fail = |p: String| ConfigError { file: file.to_owned(), problems: vec![p] };
         if !file.is_file() {
             return Err(fail("the file does not exist or is not a regular file".into()));
@@ -280,15 +291,36 @@ impl Settings {
         if let Err(e) = toml::from_str::<toml::Table>(&text) {
             return Err(fail(toml_problem(&e, &text)));
         }
-        let raw: Raw = config::Config::builder()
+        let mut builder = config::Config::builder()
             .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
-            .add_source(env)
+            .add_source(env);
+        for (key, values) in lists {
+            builder = builder.set_override(key, values).map_err(|e| fail(e.to_string()))?;
+        }
+        let raw: Raw = builder
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(|e| fail(quoted_values_hidden(&e.to_string())))?;
         let base = file.parent().unwrap_or(Path::new("."));
         validate(raw, base).map_err(|problems| ConfigError { file: file.to_owned(), problems })
     }
+}
+
+/// The configuration's list keys, which the environment sets comma separated
+/// (`LIAISON__KEYS__KEYRING=a.pub.toml,b.pub.toml`): the `config` crate reads every variable as
+/// one string, and its own list parsing would also turn `0123` into the number 123 (a token).
+const LIST_KEYS: [&str; 2] = ["keys.keyring", "tls.crls"];
+
+/// The list keys set in the environment (`get` reads a variable), split at commas.
+fn env_lists(get: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, Vec<String>)> {
+    LIST_KEYS
+        .iter()
+        .filter_map(|key| {
+            let name = format!("LIAISON__{}", key.to_ascii_uppercase().replace('.', "__"));
+            let value = get(&name)?;
+            Some((*key, value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect()))
+        })
+        .collect()
 }
 
 /// A TOML error as "line L, column C: what", without the excerpt of the file the parser's own
@@ -605,6 +637,25 @@ mod tests {
         );
         let err = Settings::load_with_env(&f, no_env()).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn list_keys_come_from_the_environment_comma_separated() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let file = root.join("configs/IT-DCSA.toml");
+        let fed = root.join("certs-example/federation");
+        let lists = env_lists(|name| {
+            (name == "LIAISON__KEYS__KEYRING").then(|| {
+                format!("{}, {}", fed.join("ES-UDYCO.pub.toml").display(), fed.join("CO-DIJIN.pub.toml").display())
+            })
+        });
+        assert_eq!(lists.len(), 1);
+        let s = Settings::load_with(&file, no_env(), lists).unwrap();
+        assert_eq!(s.keyring, vec![fed.join("ES-UDYCO.pub.toml"), fed.join("CO-DIJIN.pub.toml")]);
+        // A file that is not there is named, as from the file.
+        let lists = env_lists(|name| (name == "LIAISON__TLS__CRLS").then(|| "/nonexistent/crl.pem".to_owned()));
+        let err = Settings::load_with(&file, no_env(), lists).unwrap_err().to_string();
+        assert!(err.contains("tls.crls") && err.contains("/nonexistent/crl.pem"), "{err}");
     }
 
     #[test]

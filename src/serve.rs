@@ -56,10 +56,17 @@ pub enum ServeError {
 
 impl ServeError {
     /// Whether the administrator's files are at fault (a key file, the TLS material, a partner
-    /// missing from the keyring) rather than the machine (a port taken, the store): the
+    /// missing from the keyring, a data directory another node has open) rather than the
+    /// machine (a port taken, the store failing): the
     /// binary exits 64 for these, as for any configuration error.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, Self::Keys(_) | Self::Tls(_) | Self::PartnerWithoutKeys(_))
+        matches!(
+            self,
+            Self::Keys(_)
+                | Self::Tls(_)
+                | Self::PartnerWithoutKeys(_)
+                | Self::Node(crate::node::NodeError::Store(crate::store::StoreError::InUse(_)))
+        )
     }
 }
 

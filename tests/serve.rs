@@ -276,6 +276,25 @@ fn a_bad_configuration_is_refused_with_every_problem_before_binding() {
     assert_eq!(o.status.code(), Some(64));
 }
 
+#[test]
+fn a_second_node_on_the_same_data_directory_is_told_so() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let it = c.node("IT-DCSA");
+    // The same data directory, another port: refused before anything is touched.
+    let text = fs::read_to_string(&it.config).unwrap();
+    let other = it.config.with_file_name("second.toml");
+    fs::write(&other, text.replace(&format!(":{}\"", it.quic), ":1\"")).unwrap();
+    let o = Command::new(BIN).args(["serve", "--config"]).arg(&other).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("data directory is in use by another process"), "{err}");
+    // The running node is untouched: it still sends.
+    let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&draft("information-request.json").to_string()));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for("delivered", Duration::from_secs(20), || state_of(it, &id) == "delivered");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_spoofed_and_replayed_packets() {
     let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);

@@ -49,6 +49,23 @@ pub struct SledBackend {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     dir: std::path::PathBuf,
+    /// `DIR/liaison.lock`, locked while the store is open: a second node on the same directory
+    /// is told so in words before sled (or the segment files) is touched.
+    _lock: std::fs::File,
+}
+
+/// Locks `dir` for this process ([`StoreError::InUse`] if another holds it).
+fn lock(dir: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+    let path = dir.join("liaison.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+    fs2::FileExt::try_lock_exclusive(&f).map_err(|_| StoreError::InUse(dir.display().to_string()))?;
+    Ok(f)
 }
 
 /// sled's page cache. Its default (1 GiB) made the cache most of a node's memory: everything
@@ -61,6 +78,7 @@ impl SledBackend {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // No background flushing on a timer: what the writer's flush did not make durable, and
         // took back after a failure, is not flushed behind its back half a second later.
+        let lock = lock(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
@@ -69,7 +87,7 @@ impl SledBackend {
             .open()
             .map_err(backend)?;
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name()).map_err(backend)).collect::<Result<_, _>>()?;
-        Ok(Self { db, trees, dir: dir.to_owned() })
+        Ok(Self { db, trees, dir: dir.to_owned(), _lock: lock })
     }
 
     fn tree(&self, t: Tree) -> &sled::Tree {

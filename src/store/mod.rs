@@ -91,6 +91,12 @@ pub enum StoreError {
     /// The owner thread is gone (the node is shutting down).
     #[error("store: closed")]
     Closed,
+    /// Another process has this data directory open.
+    #[error(
+        "{}: the data directory is in use by another process (is this node already running? every node needs a data_dir of its own)",
+        .0
+    )]
+    InUse(String),
     /// The disk has too little space left for this commit's class: nothing of it was written.
     /// Retry once space is freed (the node resumes by itself).
     #[error("{}", full_text(*.class, *.free, *.kept))]
