@@ -128,6 +128,16 @@ impl Client {
         self.call("GET", &format!("/v1/policy/{partner}"), None)
     }
 
+    /// Every partner's link, keys, policy and waiting copies.
+    pub fn peers(&self) -> Result<Vec<crate::api::types::PeerView>, CallError> {
+        self.call("GET", "/v1/peers", None)
+    }
+
+    /// One partner's.
+    pub fn peer(&self, node: &NodeId) -> Result<crate::api::types::PeerView, CallError> {
+        self.call("GET", &format!("/v1/peers/{node}"), None)
+    }
+
     /// Verifies the node's audit trail.
     pub fn audit_verify(&self) -> Result<AuditVerify, CallError> {
         self.call("GET", "/v1/audit/verify", None)

@@ -117,6 +117,23 @@ struct RawTls {
     key: PathBuf,
     #[serde(default)]
     crls: Vec<PathBuf>,
+    #[serde(default)]
+    stale_crl: StaleCrl,
+}
+
+/// What the node does with a CRL past its next update (`[tls] stale_crl`).
+///
+/// Decision: warn by default. A CA that publishes late would otherwise stop every node of the
+/// federation at its next start, FLASH alerts included; the warning is logged at start and
+/// shown by `liaison config check`. A federation that prefers to stop sets "refuse".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaleCrl {
+    /// Start, and say so.
+    #[default]
+    Warn,
+    /// Do not start.
+    Refuse,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +248,8 @@ pub struct Settings {
     pub tls_key: PathBuf,
     /// CRLs.
     pub tls_crls: Vec<PathBuf>,
+    /// What a CRL past its next update does (`tls.stale_crl`).
+    pub tls_stale_crl: StaleCrl,
     /// Local API address (loopback only).
     pub api_listen: SocketAddr,
     /// Local API clients.
@@ -481,6 +500,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             tls_cert,
             tls_key,
             tls_crls,
+            tls_stale_crl: raw.tls.stale_crl,
             api_listen,
             api_clients,
             partners,

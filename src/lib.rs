@@ -32,7 +32,10 @@
 //!   network, disk and clock, with faults; invariants after every step; seeds replay.
 //! - [`policy`] — per-partner sharing policies (files, rate limits) and `evaluate`, the one
 //!   function that decides what goes to and comes from each partner.
-//! - [`pki`] — federation CA, node certificates (node id as DNS SAN), CRLs; demo material.
+//! - [`pki`] — the federation CA kept in a directory (issue, sign requests, revoke, CRLs, the
+//!   records), node certificates (node id as DNS SAN), reading certificates back; demo material.
+//! - [`selfcheck`] — the node's check of its own keys, certificate, CA and CRLs (`serve`, `config
+//!   check`): every problem at once.
 //! - [`store`] — durable node state in sled behind one owner thread with group commit.
 //! - [`transport`] — QUIC + mutual TLS 1.3 configuration, peer identity from certificates.
 //! - [`limits`] — what a partner (or anyone unauthenticated) can make the node hold or do:
@@ -75,6 +78,7 @@ pub mod packet;
 pub mod pki;
 pub mod policy;
 pub mod seal;
+pub mod selfcheck;
 pub mod serve;
 pub mod sim;
 pub mod store;

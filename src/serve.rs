@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::keys::{Keyring, NodeKeys};
@@ -52,6 +52,9 @@ pub enum ServeError {
     /// A partner has no public keys in the keyring.
     #[error("partner {0} has no public keys in the keyring")]
     PartnerWithoutKeys(crate::ids::NodeId),
+    /// The node's own files do not hold ([`crate::selfcheck`]): every problem, one a line.
+    #[error("the node's files are not usable ({} problem(s)):\n  - {}", .0.len(), .0.join("\n  - "))]
+    SelfCheck(Vec<String>),
 }
 
 impl ServeError {
@@ -65,6 +68,7 @@ impl ServeError {
             Self::Keys(_)
                 | Self::Tls(_)
                 | Self::PartnerWithoutKeys(_)
+                | Self::SelfCheck(_)
                 | Self::Node(crate::node::NodeError::Store(crate::store::StoreError::InUse(_)))
         )
     }
@@ -104,6 +108,13 @@ pub async fn run(
     config_file: Option<std::path::PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let findings = crate::selfcheck::check(&settings, crate::timestamp::Timestamp::now());
+    for w in &findings.warnings {
+        warn!(warning = %w, "self-check");
+    }
+    if !findings.ok() {
+        return Err(ServeError::SelfCheck(findings.problems));
+    }
     let config = node_config(&settings)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let node = Node::start(config, shutdown_rx).await?;

@@ -326,6 +326,33 @@ impl std::fmt::Debug for QuietVerifier {
 /// What a refused client is told.
 pub const REFUSED: rustls::Error = rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure);
 
+/// Why a client certificate was refused, for this node's log: the verifier's reason in words,
+/// and the certificate's subject, serial and issuer (which partner, which certificate).
+fn refusal_in_words(reason: &str, cert: &CertificateDer<'_>) -> String {
+    let words = if reason.contains("BadSignature") || reason.contains("UnknownIssuer") {
+        "not issued by the federation CA (another CA, or a forged certificate)".to_owned()
+    } else if reason.contains("Revoked") {
+        "revoked (in this node's CRL)".to_owned()
+    } else if reason.contains("Expired") {
+        "expired".to_owned()
+    } else if reason.contains("NotValidYet") {
+        "not valid yet (a clock is wrong?)".to_owned()
+    } else {
+        reason.to_owned()
+    };
+    let words = if words == reason { words } else { format!("{words} ({reason})") };
+    match crate::pki::inspect::Certificate::from_der(cert) {
+        Ok(c) => format!(
+            "{words}: certificate of {} (names {}), serial {}, issuer {}",
+            c.info.subject,
+            if c.info.dns_names.is_empty() { "nothing".to_owned() } else { c.info.dns_names.join(", ") },
+            c.info.serial,
+            c.info.issuer
+        ),
+        Err(_) => format!("{words}: a certificate that does not parse"),
+    }
+}
+
 impl ClientCertVerifier for QuietVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
@@ -353,7 +380,7 @@ impl ClientCertVerifier for QuietVerifier {
             identify_certificate(end_entity, &self.enrolled).map(|_| ok).map_err(|e| e.to_string())
         });
         checked.map_err(|reason| {
-            (self.on_refusal)(&reason);
+            (self.on_refusal)(&refusal_in_words(&reason, end_entity));
             REFUSED
         })
     }

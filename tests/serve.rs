@@ -276,6 +276,92 @@ fn a_bad_configuration_is_refused_with_every_problem_before_binding() {
     assert_eq!(o.status.code(), Some(64));
 }
 
+/// The self-check: a node whose certificate is from a foreign CA, expired, or names another
+/// node, or whose key files others may read, does not start, and says every problem at once;
+/// `liaison config check` says the same offline.
+#[test]
+fn a_node_with_bad_files_refuses_to_start_naming_every_problem() {
+    let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], Setup { stopped: vec!["IT-DCSA", "ES-UDYCO"], ..Setup::default() });
+    let it = c.get("IT-DCSA");
+    let tls = it.config.parent().unwrap().join("certs/tls");
+    let keys = it.config.parent().unwrap().join("certs/nodes/IT-DCSA");
+    let put = |from: &str, to: &str| fs::copy(tls.join(from), tls.join(to)).map(|_| ()).unwrap();
+    #[cfg(unix)]
+    let chmod = |p: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let refused = |wants: &[&str]| {
+        let o = Command::new(BIN).args(["serve", "--config"]).arg(&it.config).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(64), "{err}");
+        let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&it.config).output().unwrap();
+        let said = String::from_utf8_lossy(&check.stdout).into_owned();
+        assert_eq!(check.status.code(), Some(1), "{said}");
+        for want in wants {
+            assert!(err.contains(want), "serve does not say {want:?}:\n{err}");
+            assert!(said.contains(want), "config check does not say {want:?}:\n{said}");
+        }
+        assert!(!it.data_dir.exists(), "nothing was created");
+    };
+    // From another CA, and both key files readable by others: three problems, one run.
+    put("bad/foreign.crt", "IT-DCSA.crt");
+    put("bad/foreign.key", "IT-DCSA.key");
+    #[cfg(unix)]
+    {
+        chmod(&tls.join("IT-DCSA.key"), 0o644);
+        chmod(&keys.join("IT-DCSA.sign.key"), 0o644);
+    }
+    refused(&["not issued by the federation CA", "IT-DCSA.key: permissions 644", "IT-DCSA.sign.key: permissions 644"]);
+    #[cfg(unix)]
+    {
+        chmod(&tls.join("IT-DCSA.key"), 0o600);
+        chmod(&keys.join("IT-DCSA.sign.key"), 0o600);
+    }
+    // Expired; then another node's certificate (and its key).
+    put("bad/expired.crt", "IT-DCSA.crt");
+    put("bad/expired.key", "IT-DCSA.key");
+    refused(&["tls.cert", "expired on"]);
+    put("ES-UDYCO.crt", "IT-DCSA.crt");
+    put("ES-UDYCO.key", "IT-DCSA.key");
+    refused(&["does not name this node IT-DCSA", "es-udyco.node.liaison"]);
+    // A key that is not the certificate's, and a revoked certificate.
+    put("bad/revoked.crt", "IT-DCSA.crt");
+    refused(&["is not the key of tls.cert", "revoked (serial"]);
+    // Put right, the check passes.
+    for f in ["IT-DCSA.crt", "IT-DCSA.key"] {
+        fs::copy(root().join("certs-example/tls").join(f), tls.join(f)).unwrap();
+    }
+    #[cfg(unix)]
+    chmod(&tls.join("IT-DCSA.key"), 0o600);
+    let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&it.config).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(said.contains("IT-DCSA ok (0 warning(s))"), "{said}");
+    // A CRL past its next update: a warning by default, a refusal where the config says so.
+    let ca = liaison::pki::Ca::from_pem(
+        &fs::read_to_string(tls.join("ca.crt")).unwrap(),
+        &fs::read_to_string(tls.join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let stale = ca.crl(&[], now - time::Duration::days(10), now - time::Duration::days(3), 99).unwrap();
+    fs::write(tls.join("crl.pem"), stale).unwrap();
+    let check = Command::new(BIN).args(["config", "check", "--config"]).arg(&it.config).output().unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{said}");
+    assert!(said.contains("warning  tls.crls") && said.contains("stale"), "{said}");
+    let check = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&it.config)
+        .env("LIAISON__TLS__STALE_CRL", "refuse")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(said.contains("PROBLEM  tls.crls") && said.contains("stale"), "{said}");
+}
+
 #[test]
 fn a_second_node_on_the_same_data_directory_is_told_so() {
     let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
@@ -787,4 +873,88 @@ fn sighup_reloads_the_sharing_policies() {
     assert_eq!(reloads.len(), 1, "{reloads:?}");
     assert!(reloads[0].contains(&format!("ES-UDYCO: {before} -> {after}")), "{reloads:?}");
     assert_eq!(it.cli(&["audit", "verify"]).status.code(), Some(0));
+}
+
+/// `pki revoke` + `pki crl` + SIGHUP at IT-DCSA: ES-UDYCO is cut off, and each side says why in
+/// words: ES-UDYCO's `status` and `peers show` that IT-DCSA refuses its certificate, IT-DCSA's
+/// that ES-UDYCO's certificate is revoked; IT-DCSA's log names the refused certificate.
+#[test]
+fn a_revoked_partner_is_cut_off_and_both_senders_say_why() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let base = c.get("IT-DCSA").config.parent().unwrap().to_owned();
+    let ca = base.join("certs/tls/ca");
+    // Connected and delivering both ways first.
+    for (from, to) in [("IT-DCSA", "ES-UDYCO"), ("ES-UDYCO", "IT-DCSA")] {
+        let n = c.get(from);
+        let (code, v) =
+            n.api("POST", &format!("/v1/packets?to={to}"), Some(&draft("information-request.json").to_string()));
+        assert_eq!(code, 201, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        wait_for("delivered", Duration::from_secs(20), || state_of(n, &id) == "delivered");
+    }
+    let peer = |n: &NodeProc, p: &str| n.api("GET", &format!("/v1/peers/{p}"), None).1;
+    let es_seen = peer(c.get("IT-DCSA"), "ES-UDYCO");
+    assert_eq!(es_seen["state"], "connected", "{es_seen}");
+    assert_eq!(es_seen["certificate"]["subject"], "ES-UDYCO", "{es_seen}");
+    assert_eq!(es_seen["key_exchange"], "X25519MLKEM768", "{es_seen}");
+    assert!(es_seen["certificate_days_left"].as_i64().unwrap() > 300, "{es_seen}");
+
+    // The federation CA revokes ES-UDYCO's certificate; IT-DCSA takes the new CRL.
+    let pki = |args: &[&str]| {
+        let o = Command::new(BIN).current_dir(&base).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let revoked = pki(&["pki", "revoke", "--ca", ca.to_str().unwrap(), "--node", "ES-UDYCO"]);
+    let serial = revoked.split_whitespace().nth(1).unwrap().to_owned();
+    pki(&["pki", "crl", "--ca", ca.to_str().unwrap(), "--out", "certs/tls/crl.pem"]);
+    let it = c.get("IT-DCSA");
+    let pid = it.child.as_ref().unwrap().id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+
+    // ES-UDYCO (which does not know) sends to IT-DCSA: refused, and it says so.
+    let es = c.get("ES-UDYCO");
+    let (code, v) = es.api("POST", "/v1/packets?to=IT-DCSA", Some(&draft("information-request.json").to_string()));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let reason_of = |n: &NodeProc, id: &str| {
+        n.api("GET", &format!("/v1/packets/{id}"), None).1["recipients"][0]["reason"].as_str().unwrap_or("").to_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !reason_of(es, &id).contains("IT-DCSA refuses this node's certificate") {
+        if std::time::Instant::now() > deadline {
+            let log = es.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            panic!(
+                "ES-UDYCO's status says {:?}; peers: {}; log: {}",
+                reason_of(es, &id),
+                peer(es, "IT-DCSA"),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state_of(es, &id), "queued");
+    let seen = peer(es, "IT-DCSA");
+    assert_eq!(seen["problem"], "refused_by_partner", "{seen}");
+    assert!(seen["last_error"].as_str().unwrap().contains("refuses this node's certificate"), "{seen}");
+    let shown = String::from_utf8_lossy(&es.cli(&["peers", "show", "IT-DCSA"]).stdout).into_owned();
+    assert!(shown.contains("holding up     IT-DCSA refuses this node's certificate"), "{shown}");
+
+    // IT-DCSA sends to ES-UDYCO: ES-UDYCO's certificate is revoked in IT-DCSA's CRL.
+    let it = c.get("IT-DCSA");
+    let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&draft("information-request.json").to_string()));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for("IT-DCSA's status names the revocation", Duration::from_secs(20), || {
+        reason_of(it, &id).contains("ES-UDYCO's certificate is revoked in this node's CRL")
+    });
+    let list = String::from_utf8_lossy(&it.cli(&["peers", "list"]).stdout).into_owned();
+    let row = list.lines().find(|l| l.starts_with("ES-UDYCO")).unwrap_or_default().to_owned();
+    assert!(row.contains("not connected") && row.contains("certificate is revoked"), "{list}");
+    // IT-DCSA's log names the certificate it refused.
+    wait_for("the refusal logged", Duration::from_secs(10), || {
+        let log = it.log_text();
+        log.contains("revoked (in this node's CRL)") && log.contains(&format!("serial {serial}"))
+    });
 }

@@ -139,7 +139,10 @@ async fn a_certificate_for_a_node_that_is_not_enrolled_is_refused() {
     let pki = pki();
     let bka = pki.ca.issue(&node("DE-BKA"), days(-1), days(90)).unwrap();
     let (_, server) = attempt(&pki, Some(&bka), &transport::server_name(&node("IT-DCSA"))).await;
-    assert_eq!(server.unwrap_err(), "peer certificate names no enrolled partner");
+    // The refusing node's log names the reason and the certificate: subject, serial, issuer.
+    let why = server.unwrap_err();
+    assert!(why.starts_with("peer certificate names no enrolled partner: certificate of DE-BKA"), "{why}");
+    assert!(why.contains(&format!("serial {}", liaison::encoding::hex(bka.serial.as_ref()))), "{why}");
 }
 
 #[tokio::test]
@@ -236,7 +239,7 @@ async fn the_demo_material_in_certs_example() {
         ("CO-DIJIN.crt", "CO-DIJIN.key", Ok(node("CO-DIJIN"))),
         ("bad/revoked.crt", "bad/revoked.key", Err("Revoked")),
         ("bad/expired.crt", "bad/expired.key", Err("certificate expired")),
-        ("bad/foreign.crt", "bad/foreign.key", Err("UnknownIssuer")),
+        ("bad/foreign.crt", "bad/foreign.key", Err("not issued by the federation CA")),
         ("bad/not-enrolled.crt", "bad/not-enrolled.key", Err("names no enrolled partner")),
     ];
     for (cert, key, want) in cases {

@@ -82,6 +82,8 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
+        .route("/v1/peers", get(peers))
+        .route("/v1/peers/{node}", get(peer))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
@@ -293,6 +295,20 @@ async fn policy_show(State(api): State<Api>, Path(partner): Path<String>) -> Res
         ));
     };
     Ok(Json(PolicyView::from(policy)))
+}
+
+async fn peers(State(api): State<Api>) -> impl IntoResponse {
+    Json(api.node.peers())
+}
+
+async fn peer(State(api): State<Api>, Path(node): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let node: NodeId = node
+        .parse()
+        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    match api.node.peers().into_iter().find(|p| p.node == node) {
+        Some(p) => Ok(Json(p)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("{node} is not a partner of this node"), None)),
+    }
 }
 
 fn parse_id(s: &str) -> Result<PacketId, ApiError> {

@@ -480,3 +480,47 @@ impl AuditVerify {
         }
     }
 }
+
+/// One partner in `GET /v1/peers`: the link, its last error in words, the partner's certificate
+/// and keys, the policy in force, the copies waiting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The partner.
+    pub node: NodeId,
+    /// Its QUIC address.
+    pub addr: String,
+    /// `connected` (a connection this node dialled is up) or `not connected` (nothing to send,
+    /// or dialling fails: see `reason`).
+    pub state: String,
+    /// Since when connected.
+    pub connected_since: Option<Timestamp>,
+    /// The last time anything came from it (a connection, a receipt).
+    pub last_contact: Option<Timestamp>,
+    /// What holds its copies up now, in words (as its recipients' `status` says).
+    pub reason: Option<String>,
+    /// The same, as a code.
+    pub problem: Option<crate::delivery::Problem>,
+    /// The last failure of the link, in words with the error's detail, and when.
+    pub last_error: Option<String>,
+    /// When that was.
+    pub last_error_at: Option<Timestamp>,
+    /// Its TLS certificate, as presented at the last connection this node dialled.
+    pub certificate: Option<crate::pki::inspect::CertInfo>,
+    /// Days until that certificate expires.
+    pub certificate_days_left: Option<i64>,
+    /// Its signing key id (kid), from the keyring.
+    pub signing_kid: Option<String>,
+    /// Its encryption key id.
+    pub encryption_kid: Option<String>,
+    /// The sharing policy's version hash (`None`: no policy, nothing is exchanged).
+    pub policy: Option<Digest>,
+    /// The agreement's name.
+    pub policy_title: Option<String>,
+    /// Copies waiting to be sent to it.
+    pub queued: usize,
+    /// Copies sent, receipt awaited.
+    pub in_flight: usize,
+    /// The TLS key exchange connections with it use (`X25519MLKEM768`, or either group with
+    /// `[transport] key_exchange = "prefer_post_quantum"`).
+    pub key_exchange: String,
+}

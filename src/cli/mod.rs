@@ -12,7 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod peers;
 mod pki;
+use peers::PeersCommand;
 use pki::PkiCommand;
 
 use crate::api::types::{
@@ -133,6 +135,10 @@ enum Command {
         /// The packet's id.
         id: PacketId,
     },
+    /// The partners as this node sees them: link state, last contact, the last error in words,
+    /// their certificates, keys and policy, the copies waiting.
+    #[command(subcommand)]
+    Peers(PeersCommand),
     /// Sharing policies: dry-run a packet against them, or print one.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -142,6 +148,11 @@ enum Command {
     /// Manage node keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a node's configuration and every file it names, offline, as `serve` does before
+    /// it starts: every problem at once, then what to act on soon. Exit 1 if the node would not
+    /// start.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Work with packets offline: validate, seal, open, verify.
     #[command(subcommand)]
     Packet(PacketCommand),
@@ -204,6 +215,16 @@ enum PolicyCommand {
         api: ApiArgs,
         /// The partner node id.
         partner: NodeId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// The configuration, the keys, the TLS certificate, the CA and the CRLs.
+    Check {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -495,6 +516,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Audit(cmd) => audit(cmd),
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Peers(cmd) => peers::run(cmd),
+        Command::Config(ConfigCommand::Check { config }) => config_check(&config),
     }
 }
 
@@ -836,6 +859,32 @@ fn policy(cmd: PolicyCommand) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+fn config_check(file: &Path) -> Result<(), CliError> {
+    let settings = match crate::config::Settings::load(file) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{e}");
+            return Err(CliError::Rejected(format!("{}: the node would not start", file.display())));
+        }
+    };
+    let f = crate::selfcheck::check(&settings, Timestamp::now());
+    for p in &f.problems {
+        println!("PROBLEM  {p}");
+    }
+    for w in &f.warnings {
+        println!("warning  {w}");
+    }
+    if !f.ok() {
+        return Err(CliError::Rejected(format!(
+            "{}: {} problem(s); the node would not start",
+            file.display(),
+            f.problems.len()
+        )));
+    }
+    println!("{}: {} ok ({} warning(s))", file.display(), settings.node, f.warnings.len());
+    Ok(())
 }
 
 fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {

@@ -132,13 +132,32 @@ impl LaneState {
     }
 }
 
+/// How long a connection must stay up to count as working (its dial failures forgotten) when
+/// no receipt has come on it yet.
+pub const STABLE_AFTER: Millis = 5_000;
+
 /// Why copies to a partner are waiting: what the sender's `status` says beside "queued", so the
 /// person who must act knows why (and whether it is on their side or the partner's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
-    /// The partner cannot be reached (dialling fails).
+    /// The partner cannot be reached: no answer at its address (dialling fails).
     Unreachable,
+    /// The partner refuses this node's certificate (it is revoked there, not enrolled there,
+    /// or from a CA the partner does not trust: the partner's log names which; a refused
+    /// client is not told, by design).
+    RefusedByPartner,
+    /// The partner's certificate is not from the federation CA this node trusts.
+    PartnerCertificateUntrusted,
+    /// The partner's certificate has expired (or is not valid yet: a clock is wrong).
+    PartnerCertificateExpired,
+    /// The partner's certificate is revoked in this node's CRL.
+    PartnerCertificateRevoked,
+    /// What answers at the partner's address is another node (its certificate names another).
+    NotThePartner,
+    /// The TLS handshake failed otherwise (no key exchange in common: one side post-quantum
+    /// only, the other classic only).
+    HandshakeFailed,
     /// The partner's disk is full: it stored nothing of a batch and withheld the receipt (the
     /// stream was reset with [`crate::wire::Reset::StorageFull`]).
     PartnerStorageFull,
@@ -149,10 +168,42 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// A problem of reaching the partner (dialling), cleared once a connection is up.
+    pub fn of_dialling(self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable
+                | Self::RefusedByPartner
+                | Self::PartnerCertificateUntrusted
+                | Self::PartnerCertificateExpired
+                | Self::PartnerCertificateRevoked
+                | Self::NotThePartner
+                | Self::HandshakeFailed
+        )
+    }
+
     /// The problem in words, naming the partner.
     pub fn text(self, peer: &NodeId) -> String {
         match self {
-            Self::Unreachable => format!("{peer} cannot be reached; retrying"),
+            Self::Unreachable => format!("{peer} does not answer at its address (down, or UDP blocked on the way); retrying"),
+            Self::RefusedByPartner => format!(
+                "{peer} refuses this node's certificate: revoked or not enrolled there, or from a CA it does not trust (its log names which); retrying"
+            ),
+            Self::PartnerCertificateUntrusted => {
+                format!("{peer}'s certificate is not from the federation CA this node trusts; nothing is sent to it; retrying")
+            }
+            Self::PartnerCertificateExpired => {
+                format!("{peer}'s certificate has expired (or a clock is wrong); nothing is sent to it; retrying")
+            }
+            Self::PartnerCertificateRevoked => {
+                format!("{peer}'s certificate is revoked in this node's CRL; nothing is sent to it; retrying")
+            }
+            Self::NotThePartner => format!(
+                "what answers at {peer}'s address is not {peer} (its certificate names another node); nothing is sent to it; retrying"
+            ),
+            Self::HandshakeFailed => format!(
+                "the TLS handshake with {peer} fails (no key exchange in common? see [transport] key_exchange on both sides); retrying"
+            ),
             Self::PartnerStorageFull => {
                 format!(
                     "{peer}'s disk is full: it stores nothing more and withholds receipts; sent again until it does"
@@ -174,8 +225,11 @@ pub struct Sender {
     outbox: Outbox,
     lanes: [LaneState; 3],
     link: Link,
-    /// Dial failures in a row.
+    /// Dial failures in a row (a connection the partner closed in its handshake counts as
+    /// one: see [`Sender::handle_connected`]).
     failures: u32,
+    /// Since when the connection is up.
+    up_since: Option<Millis>,
     rng: SplitMix64,
     /// Why copies wait, since when: set by a failure, cleared by the progress that disproves it.
     problem: Option<(Problem, Millis)>,
@@ -210,6 +264,7 @@ impl Sender {
             lanes: Default::default(),
             link: Link::Down { not_before: now },
             failures: 0,
+            up_since: None,
             rng: SplitMix64(seed ^ 0x5EED),
             problem: None,
             first_reads: 0,
@@ -313,20 +368,26 @@ impl Sender {
         false
     }
 
-    /// The connection is up.
-    pub fn handle_connected(&mut self, _now: Millis) {
+    /// The connection is up, as far as this node can tell: in TLS 1.3 the client's handshake
+    /// ends before the server has checked the client's certificate, so a partner that refuses
+    /// this node closes the connection just after. Hence the dial failures are counted off (and
+    /// a refusal forgotten) only once the connection proved itself: a receipt, or
+    /// [`STABLE_AFTER`] up. What the handshake did prove (the partner answers, its certificate
+    /// is good) is cleared at once.
+    pub fn handle_connected(&mut self, now: Millis) {
         self.link = Link::Up;
-        self.failures = 0;
-        if self.problem.map(|(p, _)| p) == Some(Problem::Unreachable) {
+        self.up_since = Some(now);
+        if self.problem.is_some_and(|(p, _)| p.of_dialling() && p != Problem::RefusedByPartner) {
             self.problem = None;
         }
     }
 
-    /// Dialling failed: the next dial waits an exponential backoff with jitter (so that nodes
-    /// that lost a partner together do not redial it in step). Returns the wait.
-    pub fn handle_connect_failed(&mut self, now: Millis) -> Millis {
+    /// Dialling failed for `why` (a [`Problem::of_dialling`]): the next dial waits an
+    /// exponential backoff with jitter (so that nodes that lost a partner together do not
+    /// redial it in step). Returns the wait.
+    pub fn handle_connect_failed(&mut self, now: Millis, why: Problem) -> Millis {
         self.failures = self.failures.saturating_add(1);
-        self.set_problem(now, Problem::Unreachable);
+        self.set_problem(now, if why.of_dialling() { why } else { Problem::Unreachable });
         let wait = self.retry.backoff(self.failures, self.rng.next());
         self.link = Link::Down { not_before: now.saturating_add(wait) };
         wait
@@ -339,6 +400,18 @@ impl Sender {
             self.fail_lane(now, p);
         }
         self.link = Link::Down { not_before: now };
+        if self.up_since.take().is_some_and(|t| now.saturating_sub(t) >= STABLE_AFTER) {
+            self.proved();
+        }
+    }
+
+    /// The link works (a receipt came, or the connection stayed up): dial failures are
+    /// counted off, and a refusal by the partner is forgotten.
+    fn proved(&mut self) {
+        self.failures = 0;
+        if self.problem.map(|(p, _)| p) == Some(Problem::RefusedByPartner) {
+            self.problem = None;
+        }
     }
 
     /// The next copy to hand to a lane: FLASH first, within each lane's window. The returned
@@ -492,6 +565,7 @@ impl Sender {
         if !(flash && self.problem.map(|(p, _)| p) == Some(Problem::PartnerStorageFull)) {
             self.problem = None;
         }
+        self.proved();
         for e in &prepared.completed {
             self.outbox.apply_prepared(e.packet_id, &self.peer);
         }

@@ -41,6 +41,9 @@ impl Node {
                     }
                 };
                 debug!(%remote, %peer, "partner connected");
+                if let Some(l) = node.inner.links.get(&peer) {
+                    lock(l).contact(crate::node::now_ms());
+                }
                 let Some(budget) = node.inner.budgets.get(&peer) else { return };
                 let id = conn.stable_id() as u64;
                 for old in budget.admit(id, conn.clone(), node.inner.limits.connections_per_partner) {

@@ -46,6 +46,7 @@ use crate::wire;
 mod admin;
 mod bulk;
 mod inbound;
+pub mod links;
 mod outbound;
 mod peer;
 mod queries;
@@ -222,6 +223,8 @@ struct Inner {
     acks: tokio::sync::Mutex<()>,
     /// Per partner: the budgets its traffic draws on.
     budgets: HashMap<NodeId, PartnerLimits<quinn::Connection>>,
+    /// Per partner: the link as last seen ([`links::LinkInfo`]).
+    links: HashMap<NodeId, Mutex<links::LinkInfo>>,
 }
 
 /// The node's clock, in ms since the Unix epoch.
@@ -301,6 +304,7 @@ impl Node {
                 seal: config.seal,
                 store,
                 fresh: senders.keys().map(|n| (*n, Mutex::new(peer::Fresh::default()))).collect(),
+                links: senders.keys().map(|n| (*n, Mutex::new(links::LinkInfo::default()))).collect(),
                 senders,
                 // This run's id: the inbox trusts records of earlier runs from the store.
                 inbox: Mutex::new(Inbox::new(rand_core::RngCore::next_u64(&mut rand_core::OsRng))),

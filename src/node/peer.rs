@@ -91,11 +91,33 @@ impl Node {
                     c.close(quinn::VarInt::from_u32(4), b"TLS material reloaded; reconnect");
                 }
             }
-            if conn.as_ref().is_some_and(|c| c.close_reason().is_some()) {
+            if let Some(reason) = conn.as_ref().and_then(quinn::Connection::close_reason) {
                 // Gone (closed by the partner, idle, a reload): everything on it is queued again.
                 conn = None;
                 lanes.clear();
-                lock(machine).handle_connection_lost(now_ms());
+                let now = now_ms();
+                lock(machine).handle_connection_lost(now);
+                // Closed in the handshake: the partner refused this node (TLS 1.3 ends the
+                // client's handshake before the server checks the client's certificate). A
+                // failed dial, with its backoff, not a lost connection to dial again at once.
+                let problem = links::dial_problem(&reason);
+                if matches!(problem, Problem::RefusedByPartner | Problem::HandshakeFailed) {
+                    let wait = lock(machine).handle_connect_failed(now, problem);
+                    warn!(error = %reason, reason = %problem.text(&peer), retry_in_ms = wait, "refused by the partner");
+                }
+                if let Some(l) = self.inner.links.get(&peer) {
+                    lock(l).failed(
+                        now,
+                        format!(
+                            "{} ({reason})",
+                            if problem == Problem::Unreachable {
+                                "connection lost".to_owned()
+                            } else {
+                                problem.text(&peer)
+                            }
+                        ),
+                    );
+                }
             }
             let (timed_out, dial) = {
                 let mut m = lock(machine);
@@ -116,12 +138,19 @@ impl Node {
                 match self.connect(addr, &peer).await {
                     Ok(c) => {
                         lock(machine).handle_connected(now_ms());
+                        if let Some(l) = self.inner.links.get(&peer) {
+                            lock(l).connected(now_ms(), &c);
+                        }
                         lanes.clear();
                         conn = Some(c);
                     }
-                    Err(e) => {
-                        let wait = lock(machine).handle_connect_failed(now_ms());
-                        warn!(error = %e, retry_in_ms = wait, "cannot reach partner");
+                    Err((problem, e)) => {
+                        let now = now_ms();
+                        let wait = lock(machine).handle_connect_failed(now, problem);
+                        if let Some(l) = self.inner.links.get(&peer) {
+                            lock(l).failed(now, format!("{} ({e})", problem.text(&peer)));
+                        }
+                        warn!(error = %e, reason = %problem.text(&peer), retry_in_ms = wait, "cannot reach partner");
                     }
                 }
                 continue;
@@ -158,14 +187,18 @@ impl Node {
         }
     }
 
-    async fn connect(&self, addr: SocketAddr, peer: &NodeId) -> Result<quinn::Connection, String> {
+    /// Dials `peer`; on failure, what holds it up ([`links::dial_problem`]) and the error.
+    async fn connect(&self, addr: SocketAddr, peer: &NodeId) -> Result<quinn::Connection, (Problem, String)> {
         let client = self.inner.client.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let connecting =
-            self.inner.endpoint.connect_with(client, addr, &transport::server_name(peer)).map_err(|e| e.to_string())?;
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(client, addr, &transport::server_name(peer))
+            .map_err(|e| (Problem::Unreachable, e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
-            .map_err(|_| "connection timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| (Problem::Unreachable, "no answer within 10 s".to_owned()))?
+            .map_err(|e| (links::dial_problem(&e), e.to_string()))?;
         info!(%addr, key_exchange = self.inner.transport.key_exchange.group().unwrap_or("X25519MLKEM768 or X25519"), "connected");
         Ok(conn)
     }
@@ -232,6 +265,9 @@ impl Node {
                         Err(e) => return Err(e.to_string()),
                     };
                     let Some(frame) = frame else { return Ok(()) };
+                    if let Some(l) = self.inner.links.get(&peer) {
+                        lock(l).contact(now_ms());
+                    }
                     // Stored and applied in a task of its own: stopping the lane (a timeout, a
                     // reload) must not cut a commit off between the store and the machine.
                     let node = self.clone();

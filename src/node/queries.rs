@@ -114,6 +114,62 @@ impl Node {
         m
     }
 
+    /// Every partner's link, keys, policy and waiting copies (`GET /v1/peers`), by node id.
+    pub fn peers(&self) -> Vec<crate::api::types::PeerView> {
+        let book = self.policies();
+        let ring = self.inner.seal.keyring();
+        let now = now_ms();
+        let mut out: Vec<_> = self
+            .inner
+            .partners
+            .iter()
+            .map(|(node, addr)| {
+                let link = self.inner.links.get(node).map(|l| lock(l).clone()).unwrap_or_default();
+                let (counts, problem) = match self.sender(node) {
+                    Some(s) => {
+                        let s = lock(s);
+                        (Some(s.counts()), s.problem().map(|(p, _)| p))
+                    }
+                    None => (None, None),
+                };
+                let keys = ring.node(node);
+                let policy = book.policy(node);
+                let ts = crate::delivery::receiver::timestamp_of;
+                crate::api::types::PeerView {
+                    node: *node,
+                    addr: addr.to_string(),
+                    state: if link.connected_since.is_some() { "connected" } else { "not connected" }.into(),
+                    connected_since: link.connected_since.map(ts),
+                    last_contact: link.last_contact.map(ts),
+                    reason: problem.map(|p| p.text(node)),
+                    problem,
+                    last_error: link.last_error.as_ref().map(|(_, e)| e.clone()),
+                    last_error_at: link.last_error.as_ref().map(|(t, _)| ts(*t)),
+                    certificate_days_left: link
+                        .certificate
+                        .as_ref()
+                        .map(|c| (c.not_after.unix() - (now / 1000) as i64).div_euclid(86_400)),
+                    certificate: link.certificate,
+                    signing_kid: keys.map(|k| k.signing_kid.as_str().to_owned()),
+                    encryption_kid: keys.map(|k| k.encryption_kid.as_str().to_owned()),
+                    policy: policy.map(|p| p.hash),
+                    policy_title: policy.and_then(|p| p.title.clone()),
+                    queued: counts.map_or(0, |c| c.queued),
+                    in_flight: counts.map_or(0, |c| c.in_flight),
+                    key_exchange: self
+                        .inner
+                        .transport
+                        .key_exchange
+                        .group()
+                        .unwrap_or("X25519MLKEM768 or X25519")
+                        .to_owned(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.node);
+        out
+    }
+
     /// Packets received, oldest first: id, sender, when, read by whom.
     pub fn inbox(&self) -> Result<Vec<(PacketId, InboxRecord)>, NodeError> {
         let mut v = Vec::new();

@@ -10,7 +10,7 @@ use crate::ids::NodeId;
 use crate::timestamp::Timestamp;
 
 /// What a certificate says, as people read it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CertInfo {
     /// The subject's common name (a node id, for node certificates).
     pub subject: String,

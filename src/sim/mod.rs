@@ -582,7 +582,7 @@ impl Sim {
                 self.conns.insert(id, Conn { from: a, to: b, alive: true });
                 self.links.insert((a, b), id);
             } else {
-                machine.handle_connect_failed(now);
+                machine.handle_connect_failed(now, Problem::Unreachable);
             }
         }
         let conn = self.links.get(&(a, b)).copied().unwrap_or(0);

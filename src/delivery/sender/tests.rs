@@ -67,7 +67,7 @@ fn dials_only_with_something_to_send_and_backs_off_with_jitter() {
     assert!(!s.poll_connect(0), "already dialling");
     let mut waits = Vec::new();
     for _ in 0..6 {
-        let w = s.handle_connect_failed(0);
+        let w = s.handle_connect_failed(0, Problem::Unreachable);
         waits.push(w);
         assert!(!s.poll_connect(w - 1));
         assert!(s.poll_connect(w));

@@ -1,0 +1,96 @@
+//! `liaison peers`: every partner's link as this node sees it.
+
+use clap::Subcommand;
+
+use super::{called, client, print_json, ApiArgs, CliError};
+use crate::api::types::PeerView;
+use crate::ids::NodeId;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PeersCommand {
+    /// Every partner: connection state, last contact, what holds its copies up, certificate
+    /// expiry, copies waiting.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One partner in full: address, link, last error in words, its certificate (subject,
+    /// serial, expiry), key ids, policy version, key exchange, copies waiting.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The partner.
+        node: NodeId,
+    },
+}
+
+fn ago(t: Option<crate::timestamp::Timestamp>) -> String {
+    t.map_or_else(|| "never".to_owned(), |t| t.to_string())
+}
+
+pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
+    match cmd {
+        PeersCommand::List { api } => {
+            let peers = called(client(&api)?.peers())?;
+            if api.json {
+                print_json(&peers);
+                return Ok(());
+            }
+            println!(
+                "{:<10}  {:<14}  {:<20}  {:>6}  {:>9}  {:<10}  holding up",
+                "partner", "state", "last contact", "queued", "in flight", "cert"
+            );
+            for p in &peers {
+                let cert = p.certificate_days_left.map_or_else(|| "-".to_owned(), |d| format!("{d} days"));
+                println!(
+                    "{:<10}  {:<14}  {:<20}  {:>6}  {:>9}  {:<10}  {}",
+                    p.node.as_str(),
+                    p.state,
+                    ago(p.last_contact),
+                    p.queued,
+                    p.in_flight,
+                    cert,
+                    p.reason.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        PeersCommand::Show { api, node } => {
+            let p: PeerView = called(client(&api)?.peer(&node))?;
+            if api.json {
+                print_json(&p);
+                return Ok(());
+            }
+            println!("{}  {}", p.node, p.addr);
+            println!(
+                "  state          {}{}",
+                p.state,
+                p.connected_since.map(|t| format!(" since {t}")).unwrap_or_default()
+            );
+            println!("  last contact   {}", ago(p.last_contact));
+            println!("  holding up     {}", p.reason.as_deref().unwrap_or("nothing"));
+            match (&p.last_error, p.last_error_at) {
+                (Some(e), Some(at)) => println!("  last error     {at}: {e}"),
+                _ => println!("  last error     none"),
+            }
+            match &p.certificate {
+                Some(c) => {
+                    println!("  certificate    {} (issuer {}), serial {}", c.subject, c.issuer, c.serial);
+                    let left = p.certificate_days_left.map(|d| format!(", {d} days left")).unwrap_or_default();
+                    println!("                 valid {} to {}{left}", c.not_before, c.not_after);
+                }
+                None => println!("  certificate    not seen yet (seen when this node connects to it)"),
+            }
+            println!("  signing key    {}", p.signing_kid.as_deref().unwrap_or("NONE in the keyring"));
+            println!("  encryption key {}", p.encryption_kid.as_deref().unwrap_or("NONE in the keyring"));
+            match p.policy {
+                Some(h) => {
+                    println!("  policy         {}{}", h, p.policy_title.map(|t| format!("  ({t})")).unwrap_or_default())
+                }
+                None => println!("  policy         NONE: nothing is sent to it or accepted from it"),
+            }
+            println!("  key exchange   {}", p.key_exchange);
+            println!("  waiting        {} queued, {} in flight", p.queued, p.in_flight);
+        }
+    }
+    Ok(())
+}
