@@ -72,6 +72,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod markings;
+pub mod metrics;
 pub mod node;
 pub mod onward;
 pub mod packet;

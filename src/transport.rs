@@ -72,6 +72,8 @@ pub enum TransportError {
 /// The PEM material a node needs: the federation CA, CRLs, its certificate chain and key.
 pub struct TlsMaterial {
     roots: Arc<RootCertStore>,
+    /// The CA certificates, as read (for [`TlsMaterial::expiries`]).
+    cas: Vec<CertificateDer<'static>>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -91,8 +93,11 @@ impl TlsMaterial {
             reason: e.to_string(),
         };
         let mut roots = RootCertStore::empty();
+        let mut cas = Vec::new();
         for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.map_err(|e| pem("CA certificate", e))?).map_err(|e| TransportError::Tls(e.to_string()))?;
+            let c = c.map_err(|e| pem("CA certificate", e))?;
+            roots.add(c.clone()).map_err(|e| TransportError::Tls(e.to_string()))?;
+            cas.push(c);
         }
         if roots.is_empty() {
             return Err(TransportError::Pem { what: "CA certificate".into(), reason: "no certificate found".into() });
@@ -108,7 +113,29 @@ impl TlsMaterial {
             return Err(TransportError::Pem { what: "node certificate".into(), reason: "no certificate found".into() });
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| pem("node key", e))?;
-        Ok(Self { roots: Arc::new(roots), crls, chain, key })
+        Ok(Self { roots: Arc::new(roots), cas, crls, chain, key })
+    }
+
+    /// When each piece of this material stops being usable: the node's certificate
+    /// (`certificate`), each CA certificate (`ca`), each CRL's next update (`crl`). What does
+    /// not parse is left out (the self-check says so).
+    pub fn expiries(&self) -> Vec<(&'static str, String, crate::timestamp::Timestamp)> {
+        use crate::pki::inspect::{Certificate, CrlInfo};
+        let mut out = Vec::new();
+        if let Some(c) = self.chain.first().and_then(|c| Certificate::from_der(c).ok()) {
+            out.push(("certificate", c.info.subject, c.info.not_after));
+        }
+        for c in self.cas.iter().filter_map(|c| Certificate::from_der(c).ok()) {
+            out.push(("ca", c.info.subject, c.info.not_after));
+        }
+        for crl in &self.crls {
+            if let Ok(c) = CrlInfo::from_der(crl) {
+                if let Some(next) = c.next_update {
+                    out.push(("crl", format!("{} #{}", c.issuer, c.number.unwrap_or(0)), next));
+                }
+            }
+        }
+        out
     }
 
     /// From files. The private key file must be readable by its owner only (0600), as the node's

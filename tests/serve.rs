@@ -958,3 +958,94 @@ fn a_revoked_partner_is_cut_off_and_both_senders_say_why() {
         log.contains("revoked (in this node's CRL)") && log.contains(&format!("serial {serial}"))
     });
 }
+
+/// `GET path` on a node's API with `token` (or none): the status code and the body as text.
+fn http_get(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let host = api.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (code, body)
+}
+
+/// Prometheus metrics (with the API token) and the probes (without): after a delivery, the
+/// counters, the latency histogram, the link, the expiries and the store are there.
+#[test]
+fn metrics_and_probes() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let it = c.get("IT-DCSA");
+    let (code, v) = it.api("POST", "/v1/packets?to=ES-UDYCO", Some(&draft("information-request.json").to_string()));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_for("delivered", Duration::from_secs(20), || state_of(it, &id) == "delivered");
+    assert_eq!(http_get(&it.api, "/healthz", None), (200, "ok\n".to_owned()));
+    assert_eq!(http_get(&it.api, "/readyz", None), (200, "ready\n".to_owned()));
+    assert_eq!(http_get(&it.api, "/metrics", None).0, 401, "metrics need the token");
+    let (code, text) = http_get(&it.api, "/metrics", Some(&it.token));
+    assert_eq!(code, 200, "{text}");
+    let value = |line_start: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("no {line_start} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("liaison_delivered_total{partner=\"ES-UDYCO\"}"), 1.0);
+    assert_eq!(value("liaison_queued{partner=\"ES-UDYCO\"}"), 0.0);
+    assert_eq!(value("liaison_queue_ready{partner=\"ES-UDYCO\",lane=\"FLASH\"}"), 0.0);
+    assert_eq!(value("liaison_submit_to_receipt_seconds_count"), 1.0);
+    assert_eq!(value("liaison_submit_to_receipt_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    assert_eq!(value("liaison_partner_connected{partner=\"ES-UDYCO\"}"), 1.0);
+    assert!(value("liaison_partner_certificate_expiry_seconds{partner=\"ES-UDYCO\"") > 86_400.0 * 300.0);
+    assert!(value("liaison_expiry_seconds{what=\"certificate\",name=\"IT-DCSA\"}") > 86_400.0 * 300.0);
+    assert!(value("liaison_expiry_seconds{what=\"crl\"") > 0.0);
+    assert!(value("liaison_audit_head_seq") >= 2.0);
+    assert_eq!(value("liaison_store_space{state=\"ok\"}"), 1.0);
+    assert_eq!(value("liaison_key_exchange_info{group=\"X25519MLKEM768\"}"), 1.0);
+    for family in
+        ["liaison_in_flight", "liaison_rejected_total", "liaison_store_free_bytes", "liaison_store_segment_bytes"]
+    {
+        assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
+    }
+}
+
+/// The expiry watch: a node whose certificate expires in five days says so when it starts (the
+/// self-check and the watch), and `/metrics` has the date.
+#[test]
+fn a_certificate_close_to_expiry_is_said_at_start() {
+    let mut c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], Setup { stopped: vec!["IT-DCSA"], ..Setup::default() });
+    let base = c.get("IT-DCSA").config.parent().unwrap().to_owned();
+    let out = base.join("short");
+    let o = Command::new(BIN)
+        .current_dir(&base)
+        .args(["pki", "issue", "--ca", "certs/tls/ca", "--node", "IT-DCSA", "--days", "5", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["IT-DCSA.crt", "IT-DCSA.key"] {
+        fs::copy(out.join(f), base.join("certs/tls").join(f)).unwrap();
+    }
+    let it = c.node("IT-DCSA");
+    it.start();
+    let said = || {
+        let log = it.log_text();
+        // Five days less the seconds since the issue: 5 or 4, as the clock's second falls.
+        ["4", "5"].iter().any(|d| log.contains(&format!("this node's TLS certificate (IT-DCSA) expires in {d} day(s)")))
+            && log.contains("self-check")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !said() {
+        let log = it.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("expire") || l.contains("self-check")).collect();
+        assert!(std::time::Instant::now() < deadline, "not said; the log has:\n{}", lines.join("\n"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, text) = http_get(&it.api, "/metrics", Some(&it.token));
+    let line = text.lines().find(|l| l.starts_with("liaison_expiry_seconds{what=\"certificate\"")).unwrap();
+    let secs: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(secs > 4.0 * 86_400.0 && secs <= 5.0 * 86_400.0, "{line}");
+}

@@ -88,7 +88,11 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
         .route("/v1/inbox/{id}/ack", post(ack))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        // Probes, without a token: they say "ok" or why not, nothing of the node's content.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
@@ -331,6 +335,24 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl I
 
 async fn health(State(api): State<Api>) -> impl IntoResponse {
     Json(api.node.store_health())
+}
+
+/// Prometheus's text format (with the API token: it names partners and their queues).
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], api.node.metrics_text())
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> impl IntoResponse {
+    "ok\n"
+}
+
+/// Readiness: the node takes work (its disk takes writes, its outbox is loaded), or why not.
+async fn readyz(State(api): State<Api>) -> impl IntoResponse {
+    match api.node.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
 }
 
 async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {

@@ -515,6 +515,12 @@ impl Outbox {
         self.finished
     }
 
+    /// Copies of `recipient` ready to send now in the lane of `priority` (not those waiting
+    /// out a backoff).
+    pub fn ready_in(&self, recipient: &NodeId, priority: Priority) -> usize {
+        self.ready.get(&(*recipient, priority)).map_or(0, BTreeSet::len)
+    }
+
     /// How many copies are in each state, without reading every entry (what `/v1/outbox`
     /// shows, under the lock the partner's sending needs): the in-flight ones are those with a
     /// receipt deadline, the queued ones the rest of those with an expiry.

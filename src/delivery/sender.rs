@@ -677,6 +677,11 @@ impl Sender {
         self.outbox.finished()
     }
 
+    /// Copies ready to send now in the lane of `priority`.
+    pub fn ready_in(&self, priority: Priority) -> usize {
+        self.outbox.ready_in(&self.peer, priority)
+    }
+
     /// How many copies are in each state (see [`Outbox::counts`]).
     pub fn counts(&self) -> super::outbox::Counts {
         self.outbox.counts()

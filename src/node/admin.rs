@@ -6,6 +6,9 @@ use super::*;
 /// How often the space of segment files nothing refers to is given back.
 pub const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 
+/// How often the expiry watch looks ([`Node::expiry_loop`]).
+const EXPIRY_WATCH_EVERY: Duration = Duration::from_secs(3600);
+
 /// How often segment files are looked at for compaction ([`Node::compact_loop`]).
 pub const COMPACT_EVERY: Duration = Duration::from_secs(600);
 
@@ -30,6 +33,7 @@ impl Node {
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         self.inner.endpoint.set_server_config(Some(server));
         *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        *self.inner.expiries.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tls.expiries();
         self.inner.tls_generation.send_modify(|g| *g += 1);
         for w in self.inner.wake.values() {
             w.notify_one();
@@ -238,6 +242,61 @@ impl Node {
                 }
                 _ => COMPACT_EVERY,
             };
+        }
+    }
+
+    /// The expiry watch: at start and every hour, what will stop working — this node's
+    /// certificate, the CA, each CRL's next update, each partner's certificate as last seen —
+    /// is said in the log when it comes within 30, 7 and 1 days (a warning) and when it has
+    /// passed (an error): once per step, not every hour. `peers list` and `/metrics` show the
+    /// same dates.
+    pub(super) async fn expiry_loop(self) {
+        let cancel = self.inner.cancel.clone();
+        let mut said: HashMap<String, u8> = HashMap::new();
+        loop {
+            let now = crate::timestamp::Timestamp::now();
+            let mut items: Vec<(String, crate::timestamp::Timestamp)> = self
+                .inner
+                .expiries
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(what, name, at)| {
+                    let what = match *what {
+                        "certificate" => format!("this node's TLS certificate ({name})"),
+                        "ca" => format!("the federation CA certificate ({name})"),
+                        _ => format!("the CRL's next update ({name})"),
+                    };
+                    (what, *at)
+                })
+                .collect();
+            for (node, link) in &self.inner.links {
+                if let Some(c) = &lock(link).certificate {
+                    items.push((format!("{node}'s TLS certificate (serial {})", c.serial), c.not_after));
+                }
+            }
+            for (what, at) in items {
+                let days = (at.unix() - now.unix()).div_euclid(86_400);
+                let step = match days {
+                    d if d < 0 => 4,
+                    0 | 1 => 3,
+                    2..=7 => 2,
+                    8..=30 => 1,
+                    _ => 0,
+                };
+                if step > said.get(&what).copied().unwrap_or(0) {
+                    if step == 4 {
+                        tracing::error!(expired = %at, "{what} has expired");
+                    } else {
+                        warn!(expires = %at, days, "{what} expires in {days} day(s)");
+                    }
+                }
+                said.insert(what, step);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(EXPIRY_WATCH_EVERY) => {}
+                _ = cancel.cancelled() => return,
+            }
         }
     }
 

@@ -225,6 +225,10 @@ struct Inner {
     budgets: HashMap<NodeId, PartnerLimits<quinn::Connection>>,
     /// Per partner: the link as last seen ([`links::LinkInfo`]).
     links: HashMap<NodeId, Mutex<links::LinkInfo>>,
+    /// Submit to verified receipt stored, per delivered copy (`GET /metrics`).
+    receipt_latency: crate::metrics::Histogram,
+    /// When the TLS material in force stops being usable ([`TlsMaterial::expiries`]).
+    expiries: std::sync::RwLock<Vec<(&'static str, String, crate::timestamp::Timestamp)>>,
 }
 
 /// The node's clock, in ms since the Unix epoch.
@@ -305,6 +309,8 @@ impl Node {
                 store,
                 fresh: senders.keys().map(|n| (*n, Mutex::new(peer::Fresh::default()))).collect(),
                 links: senders.keys().map(|n| (*n, Mutex::new(links::LinkInfo::default()))).collect(),
+                receipt_latency: crate::metrics::Histogram::default(),
+                expiries: std::sync::RwLock::new(config.tls.expiries()),
                 senders,
                 // This run's id: the inbox trusts records of earlier runs from the store.
                 inbox: Mutex::new(Inbox::new(rand_core::RngCore::next_u64(&mut rand_core::OsRng))),
@@ -368,6 +374,7 @@ impl Node {
         node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         node.spawn(node.clone().reclaim_loop().instrument(info_span!("reclaim", node = %me)));
         node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
+        node.spawn(node.clone().expiry_loop().instrument(info_span!("expiry", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
         for peer in node.inner.partners.keys() {
             if node.policies().policy(peer).is_none() {

@@ -390,7 +390,13 @@ impl Node {
             let mut m = lock(machine);
             match &committed {
                 Ok(()) => {
-                    m.apply_receipt(now_ms(), prepared);
+                    let now = now_ms();
+                    for e in prepared.entries() {
+                        if matches!(e.state, crate::delivery::EntryState::Delivered { .. }) {
+                            self.inner.receipt_latency.observe_ms(now.saturating_sub(e.submitted));
+                        }
+                    }
+                    m.apply_receipt(now, prepared);
                     m.committed(done);
                 }
                 Err(_) => {

@@ -114,6 +114,131 @@ impl Node {
         m
     }
 
+    /// Whether the node takes work (`GET /readyz`): `Err` says why not (the disk full or
+    /// failing, the outbox still loading).
+    pub fn ready(&self) -> Result<(), String> {
+        let h = self.store_health();
+        if h.space == crate::store::SpaceState::Full {
+            return Err("the disk is full: nothing can be stored".into());
+        }
+        if let Some(ms) = h.stuck_ms.filter(|ms| *ms >= 5_000) {
+            return Err(format!("the store has not completed a write for {} s", ms / 1000));
+        }
+        if let Some(ms) = h.failing_ms {
+            return Err(format!("the store's writes have failed for {} s", ms / 1000));
+        }
+        if self.inner.senders.values().any(|s| lock(s).is_loading()) {
+            return Err("the outbox is still loading".into());
+        }
+        Ok(())
+    }
+
+    /// The node's metrics, in Prometheus's text format (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        use crate::markings::Priority;
+        let mut e = crate::metrics::Exposition::default();
+        let peers = self.peers();
+        let now_s = (now_ms() / 1000) as f64;
+        e.family("liaison_queued", "gauge", "Copies waiting to be sent to the partner (backoff included).");
+        for p in &peers {
+            e.sample("liaison_queued", &[("partner", p.node.as_str())], p.queued as f64);
+        }
+        e.family("liaison_queue_ready", "gauge", "Copies ready to send now, per partner and lane.");
+        for (node, sender) in &self.inner.senders {
+            let s = lock(sender);
+            for lane in [Priority::Flash, Priority::Urgent, Priority::Routine] {
+                e.sample(
+                    "liaison_queue_ready",
+                    &[("partner", node.as_str()), ("lane", lane.as_str())],
+                    s.ready_in(lane) as f64,
+                );
+            }
+        }
+        e.family("liaison_in_flight", "gauge", "Copies sent to the partner, receipt awaited.");
+        for p in &peers {
+            e.sample("liaison_in_flight", &[("partner", p.node.as_str())], p.in_flight as f64);
+        }
+        for (name, help) in [
+            ("liaison_delivered_total", "Copies receipted as stored by the partner, since the node started."),
+            ("liaison_rejected_total", "Copies receipted as refused by the partner, since the node started."),
+            ("liaison_expired_total", "Copies expired without a receipt, since the node started."),
+        ] {
+            e.family(name, "counter", help);
+            for (node, sender) in &self.inner.senders {
+                let done = lock(sender).counts().done;
+                let v = match name {
+                    "liaison_delivered_total" => done.delivered,
+                    "liaison_rejected_total" => done.rejected,
+                    _ => done.expired,
+                };
+                e.sample(name, &[("partner", node.as_str())], v as f64);
+            }
+        }
+        e.histogram(
+            "liaison_submit_to_receipt_seconds",
+            "Submit to the partner's verified receipt stored, per delivered copy.",
+            &self.inner.receipt_latency,
+        );
+        e.family("liaison_partner_connected", "gauge", "1 while a connection this node dialled to the partner is up.");
+        for p in &peers {
+            e.sample(
+                "liaison_partner_connected",
+                &[("partner", p.node.as_str())],
+                f64::from(u8::from(p.state == "connected")),
+            );
+        }
+        e.family("liaison_partner_problem", "gauge", "1 for what holds the partner's copies up, if anything.");
+        for p in &peers {
+            if let Some(problem) = p.problem {
+                let code =
+                    serde_json::to_value(problem).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                e.sample("liaison_partner_problem", &[("partner", p.node.as_str()), ("problem", &code)], 1.0);
+            }
+        }
+        e.family(
+            "liaison_partner_certificate_expiry_seconds",
+            "gauge",
+            "Seconds until the partner's TLS certificate (as last seen) expires.",
+        );
+        for p in &peers {
+            if let Some(c) = &p.certificate {
+                e.sample(
+                    "liaison_partner_certificate_expiry_seconds",
+                    &[("partner", p.node.as_str()), ("serial", &c.serial)],
+                    c.not_after.unix() as f64 - now_s,
+                );
+            }
+        }
+        e.family(
+            "liaison_expiry_seconds",
+            "gauge",
+            "Seconds until this node's certificate, a CA certificate or a CRL's next update.",
+        );
+        for (what, name, at) in self.inner.expiries.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+            e.sample("liaison_expiry_seconds", &[("what", what), ("name", name)], at.unix() as f64 - now_s);
+        }
+        let h = self.store_health();
+        e.family("liaison_store_segment_bytes", "gauge", "Bytes of the store's segment files (large content).");
+        e.sample("liaison_store_segment_bytes", &[], self.inner.store.segment_bytes() as f64);
+        e.family("liaison_store_free_bytes", "gauge", "Bytes free on the store's file system.");
+        if let Some(free) = h.free_bytes {
+            e.sample("liaison_store_free_bytes", &[], free as f64);
+        }
+        e.family("liaison_store_headroom_bytes", "gauge", "Bytes the store keeps free (for FLASH and receipts).");
+        e.sample("liaison_store_headroom_bytes", &[], h.headroom_bytes as f64);
+        e.family("liaison_store_space", "gauge", "1 for the store's disk state (ok, low, full).");
+        let space = serde_json::to_value(h.space).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        e.sample("liaison_store_space", &[("state", &space)], 1.0);
+        e.family("liaison_audit_head_seq", "gauge", "Sequence number of the last audit trail entry.");
+        if let Ok(head) = self.inner.store.audit_head() {
+            e.sample("liaison_audit_head_seq", &[], head.seq as f64);
+        }
+        e.family("liaison_key_exchange_info", "gauge", "The TLS key exchange this node does with its partners.");
+        let kx = self.inner.transport.key_exchange.group().unwrap_or("X25519MLKEM768 or X25519");
+        e.sample("liaison_key_exchange_info", &[("group", kx)], 1.0);
+        e.finish()
+    }
+
     /// Every partner's link, keys, policy and waiting copies (`GET /v1/peers`), by node id.
     pub fn peers(&self) -> Vec<crate::api::types::PeerView> {
         let book = self.policies();

@@ -140,6 +140,26 @@ pub struct CrlInfo {
 }
 
 impl CrlInfo {
+    /// A DER CRL (not checked against a CA).
+    pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        let (_, crl) =
+            CertificateRevocationList::from_der(der).map_err(|e| PkiError::Invalid(format!("not a CRL: {e}")))?;
+        Self::of(&crl)
+    }
+
+    fn of(crl: &CertificateRevocationList<'_>) -> Result<Self, PkiError> {
+        let time = |t: x509_parser::time::ASN1Time| {
+            Timestamp::from_unix(t.timestamp()).map_err(|e| PkiError::Invalid(format!("a CRL date: {e}")))
+        };
+        Ok(CrlInfo {
+            issuer: common_name(crl.issuer()),
+            this_update: time(crl.last_update())?,
+            next_update: crl.next_update().map(time).transpose()?,
+            number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
+            revoked: crl.iter_revoked_certificates().map(|r| crate::encoding::hex(r.raw_serial())).collect(),
+        })
+    }
+
     /// Every CRL of a PEM text; with `ca`, each must be signed by it.
     pub fn all_from_pem(pem: &str, ca: Option<&Certificate>) -> Result<Vec<Self>, PkiError> {
         let ca_cert = match ca {
@@ -161,16 +181,7 @@ impl CrlInfo {
                     return Err(PkiError::Invalid("a CRL not signed by the federation CA".into()));
                 }
             }
-            let time = |t: x509_parser::time::ASN1Time| {
-                Timestamp::from_unix(t.timestamp()).map_err(|e| PkiError::Invalid(format!("a CRL date: {e}")))
-            };
-            out.push(CrlInfo {
-                issuer: common_name(crl.issuer()),
-                this_update: time(crl.last_update())?,
-                next_update: crl.next_update().map(time).transpose()?,
-                number: crl.crl_number().and_then(|n| u64::try_from(n).ok()),
-                revoked: crl.iter_revoked_certificates().map(|r| crate::encoding::hex(r.raw_serial())).collect(),
-            });
+            out.push(Self::of(&crl)?);
         }
         if out.is_empty() {
             return Err(PkiError::Invalid("no CRL in it (-----BEGIN X509 CRL-----)".into()));
