@@ -337,7 +337,11 @@ fn env_lists(get: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, Vec<Str
         .filter_map(|key| {
             let name = format!("LIAISON__{}", key.to_ascii_uppercase().replace('.', "__"));
             let value = get(&name)?;
-            Some((*key, value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect()))
+            let items: Vec<String> =
+                value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect();
+            // An empty variable (a template whose value was unset) is no setting: it must not
+            // empty the file's list (no CRLs would switch revocation checking off).
+            (!items.is_empty()).then_some((*key, items))
         })
         .collect()
 }
@@ -670,6 +674,7 @@ mod tests {
             })
         });
         assert_eq!(lists.len(), 1);
+        assert!(env_lists(|_| Some(" , ".to_owned())).is_empty(), "an empty variable is no setting");
         let s = Settings::load_with(&file, no_env(), lists).unwrap();
         assert_eq!(s.keyring, vec![fed.join("ES-UDYCO.pub.toml"), fed.join("CO-DIJIN.pub.toml")]);
         // A file that is not there is named, as from the file.

@@ -150,13 +150,15 @@ fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
         }
         None => Vec::new(),
     };
+    // A bundle may keep an old CA after a rollover: only the CA this node's own certificate
+    // chains to must be valid (below); the others are warned about.
     for ca in &cas {
         let i = &ca.info;
         if !i.is_ca {
-            f.problems.push(format!("tls.ca {}: {} is not a CA certificate", s.tls_ca.display(), i.subject));
+            f.warnings.push(format!("tls.ca {}: {} is not a CA certificate", s.tls_ca.display(), i.subject));
         }
         if now > i.not_after {
-            f.problems.push(format!("tls.ca {}: the CA {} expired on {}", s.tls_ca.display(), i.subject, i.not_after));
+            f.warnings.push(format!("tls.ca {}: the CA {} expired on {}", s.tls_ca.display(), i.subject, i.not_after));
         } else if days_left(i.not_after, now) < WARN_DAYS {
             f.warnings.push(format!(
                 "tls.ca {}: the CA {} expires on {} ({} days)",
@@ -206,7 +208,26 @@ fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
     if !cas.is_empty() {
         let links_hold = chain.windows(2).all(|w| w[0].signed_by(&w[1]));
         let last = chain.last().unwrap_or(leaf);
-        if !links_hold || !cas.iter().any(|ca| last.signed_by(ca)) {
+        let anchor = cas.iter().find(|ca| last.signed_by(ca));
+        if let Some(a) = anchor.filter(|a| now > a.info.not_after || !a.info.is_ca) {
+            f.problems.push(format!(
+                "tls.ca {}: the CA that issued this node's certificate ({}) {}",
+                s.tls_ca.display(),
+                a.info.subject,
+                if a.info.is_ca {
+                    format!("expired on {}", a.info.not_after)
+                } else {
+                    "is not a CA certificate".into()
+                }
+            ));
+        }
+        for c in chain.iter().skip(1).filter(|c| now > c.info.not_after) {
+            f.problems.push(format!(
+                "tls.cert {cert_file}: the intermediate {} expired on {}",
+                c.info.subject, c.info.not_after
+            ));
+        }
+        if !links_hold || anchor.is_none() {
             f.problems.push(format!(
                 "tls.cert {cert_file}: not issued by the federation CA in tls.ca ({}; this certificate's issuer: {})",
                 s.tls_ca.display(),
@@ -227,25 +248,23 @@ fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
         }
     }
     // CRLs.
+    if s.tls_crls.is_empty() {
+        f.warnings.push(
+            "tls.crls: none; a revoked partner certificate would still be accepted (give the federation CA's CRL)"
+                .into(),
+        );
+    }
     for path in &s.tls_crls {
         let Some(text) = read(path, "tls.crls", f) else { continue };
-        let signer = cas.first();
-        let crls = match CrlInfo::all_from_pem(&text, None) {
+        // Signed by a CA of tls.ca or of this node's own chain (an intermediate's CRL).
+        let signers: Vec<Certificate> = cas.iter().chain(chain.iter().skip(1)).cloned().collect();
+        let crls = match CrlInfo::all_from_pem(&text, &signers) {
             Ok(c) => c,
             Err(e) => {
                 f.problems.push(format!("tls.crls {}: {e}", path.display()));
                 continue;
             }
         };
-        if let Some(ca) = signer {
-            if cas.iter().all(|ca| CrlInfo::all_from_pem(&text, Some(ca)).is_err()) {
-                f.problems.push(format!(
-                    "tls.crls {}: not signed by the federation CA ({})",
-                    path.display(),
-                    ca.info.subject
-                ));
-            }
-        }
         for c in crls {
             if c.revoked.contains(&i.serial) {
                 f.problems.push(format!(

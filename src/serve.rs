@@ -196,6 +196,19 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
             };
             let now = tls_fingerprint(&s);
             if now.is_some() && now != tls_files {
+                // New TLS files are held to the start's rules: a certificate for another node,
+                // expired or revoked, a key of another certificate, a foreign CRL are refused.
+                let findings = crate::selfcheck::check(&s, crate::timestamp::Timestamp::now());
+                for w in &findings.warnings {
+                    warn!(warning = %w, "self-check");
+                }
+                if !findings.ok() {
+                    tracing::error!(
+                        problems = %findings.problems.join("; "),
+                        "reload refused; the policies and TLS material in force stay"
+                    );
+                    continue;
+                }
                 let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
                 let loaded = TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key);
                 match loaded {

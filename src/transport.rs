@@ -102,10 +102,18 @@ impl TlsMaterial {
         if roots.is_empty() {
             return Err(TransportError::Pem { what: "CA certificate".into(), reason: "no certificate found".into() });
         }
-        let crls = crls
-            .iter()
-            .map(|c| CertificateRevocationListDer::from_pem_slice(c.as_bytes()).map_err(|e| pem("CRL", e)))
-            .collect::<Result<_, _>>()?;
+        // Every CRL of every file (a file may hold several: a root's and an intermediate's).
+        let mut all = Vec::new();
+        for text in crls {
+            let before = all.len();
+            for c in CertificateRevocationListDer::pem_slice_iter(text.as_bytes()) {
+                all.push(c.map_err(|e| pem("CRL", e))?);
+            }
+            if all.len() == before {
+                return Err(TransportError::Pem { what: "CRL".into(), reason: "no CRL found".into() });
+            }
+        }
+        let crls = all;
         let chain: Vec<_> = CertificateDer::pem_slice_iter(chain.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| pem("node certificate", e))?;
@@ -356,26 +364,33 @@ pub const REFUSED: rustls::Error = rustls::Error::InvalidCertificate(Certificate
 /// Why a client certificate was refused, for this node's log: the verifier's reason in words,
 /// and the certificate's subject, serial and issuer (which partner, which certificate).
 fn refusal_in_words(reason: &str, cert: &CertificateDer<'_>) -> String {
-    let words = if reason.contains("BadSignature") || reason.contains("UnknownIssuer") {
+    let r = reason.to_ascii_lowercase();
+    let words = if r.contains("badsignature") || r.contains("unknownissuer") {
         "not issued by the federation CA (another CA, or a forged certificate)".to_owned()
-    } else if reason.contains("Revoked") {
+    } else if r.contains("revoked") {
         "revoked (in this node's CRL)".to_owned()
-    } else if reason.contains("Expired") {
-        "expired".to_owned()
-    } else if reason.contains("NotValidYet") {
+    } else if r.contains("not valid yet") || r.contains("notvalidyet") {
         "not valid yet (a clock is wrong?)".to_owned()
+    } else if r.contains("expired") {
+        "expired".to_owned()
     } else {
         reason.to_owned()
     };
     let words = if words == reason { words } else { format!("{words} ({reason})") };
+    // What the certificate says is the peer's own text, unauthenticated: made printable and
+    // cut short before it goes into a log line.
+    let p = |s: &str| crate::node::links::printable(s, 80);
     match crate::pki::inspect::Certificate::from_der(cert) {
-        Ok(c) => format!(
-            "{words}: certificate of {} (names {}), serial {}, issuer {}",
-            c.info.subject,
-            if c.info.dns_names.is_empty() { "nothing".to_owned() } else { c.info.dns_names.join(", ") },
-            c.info.serial,
-            c.info.issuer
-        ),
+        Ok(c) => {
+            let names: Vec<String> = c.info.dns_names.iter().take(4).map(|n| p(n)).collect();
+            format!(
+                "{words}: certificate of {} (names {}), serial {}, issuer {}",
+                p(&c.info.subject),
+                if names.is_empty() { "nothing".to_owned() } else { names.join(", ") },
+                p(&c.info.serial),
+                p(&c.info.issuer)
+            )
+        }
         Err(_) => format!("{words}: a certificate that does not parse"),
     }
 }

@@ -520,7 +520,8 @@ pub struct PeerView {
     pub queued: usize,
     /// Copies sent, receipt awaited.
     pub in_flight: usize,
-    /// The TLS key exchange connections with it use (`X25519MLKEM768`, or either group with
-    /// `[transport] key_exchange = "prefer_post_quantum"`).
+    /// The TLS key exchange this node's configuration allows with it (`X25519MLKEM768`, or
+    /// either group with `[transport] key_exchange = "prefer_post_quantum"`): quinn does not
+    /// report the group a handshake agreed on.
     pub key_exchange: String,
 }

@@ -248,7 +248,7 @@ pub(super) fn run(cmd: PkiCommand) -> Result<(), CliError> {
         PkiCommand::Show { file } => {
             let text = read(&file)?;
             if text.contains("-----BEGIN X509 CRL-----") {
-                for c in CrlInfo::all_from_pem(&text, None)? {
+                for c in CrlInfo::all_from_pem(&text, &[])? {
                     println!("CRL of {}  number {}", c.issuer, c.number.map_or("-".into(), |n| n.to_string()));
                     let stale = c.next_update.is_some_and(|n| n < now);
                     let next = c.next_update.map_or("none".into(), |n| n.to_string());

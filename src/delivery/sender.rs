@@ -405,6 +405,12 @@ impl Sender {
         }
     }
 
+    /// Whether the connection up since `up_since` is young enough that its closing in the
+    /// handshake reads as a refusal (see [`Sender::handle_connected`]).
+    pub fn connection_is_new(&self, now: Millis) -> bool {
+        self.up_since.is_some_and(|t| now.saturating_sub(t) < STABLE_AFTER)
+    }
+
     /// The link works (a receipt came, or the connection stayed up): dial failures are
     /// counted off, and a refusal by the partner is forgotten.
     fn proved(&mut self) {
@@ -609,6 +615,9 @@ impl Sender {
     /// queued again). Returns those lanes: the driver closes their streams.
     pub fn handle_timeout(&mut self, now: Millis) -> Vec<LaneId> {
         self.outbox.handle_timeout(now);
+        if self.link == Link::Up && self.up_since.is_some_and(|t| now.saturating_sub(t) >= STABLE_AFTER) {
+            self.proved();
+        }
         let mut closed = Vec::new();
         for p in LANES {
             let lane = &self.lanes[slot(p)];
@@ -631,7 +640,12 @@ impl Sender {
             Link::Down { not_before } if self.outbox.pending() > 0 => Some(not_before),
             _ => None,
         };
-        self.outbox.poll_timeout().into_iter().chain(lanes).chain(dial).min()
+        // A connection that stays up proves itself (see `handle_connected`) at this time.
+        let stable = match (self.link, self.up_since) {
+            (Link::Up, Some(t)) if self.failures > 0 || self.problem.is_some() => Some(t.saturating_add(STABLE_AFTER)),
+            _ => None,
+        };
+        self.outbox.poll_timeout().into_iter().chain(lanes).chain(dial).chain(stable).min()
     }
 
     /// Whether `lane` is the lane now open at its priority.

@@ -96,27 +96,23 @@ impl Node {
                 conn = None;
                 lanes.clear();
                 let now = now_ms();
+                let new = lock(machine).connection_is_new(now);
                 lock(machine).handle_connection_lost(now);
                 // Closed in the handshake: the partner refused this node (TLS 1.3 ends the
                 // client's handshake before the server checks the client's certificate). A
                 // failed dial, with its backoff, not a lost connection to dial again at once.
                 let problem = links::dial_problem(&reason);
-                if matches!(problem, Problem::RefusedByPartner | Problem::HandshakeFailed) {
+                if new && matches!(problem, Problem::RefusedByPartner | Problem::HandshakeFailed) {
                     let wait = lock(machine).handle_connect_failed(now, problem);
                     warn!(error = %reason, reason = %problem.text(&peer), retry_in_ms = wait, "refused by the partner");
                 }
                 if let Some(l) = self.inner.links.get(&peer) {
-                    lock(l).failed(
-                        now,
-                        format!(
-                            "{} ({reason})",
-                            if problem == Problem::Unreachable {
-                                "connection lost".to_owned()
-                            } else {
-                                problem.text(&peer)
-                            }
-                        ),
-                    );
+                    let what = if problem == Problem::Unreachable {
+                        "connection lost".to_owned()
+                    } else {
+                        problem.text(&peer)
+                    };
+                    lock(l).failed(now, format!("{what} ({})", links::printable(&reason.to_string(), 200)));
                 }
             }
             let (timed_out, dial) = {
@@ -148,7 +144,7 @@ impl Node {
                         let now = now_ms();
                         let wait = lock(machine).handle_connect_failed(now, problem);
                         if let Some(l) = self.inner.links.get(&peer) {
-                            lock(l).failed(now, format!("{} ({e})", problem.text(&peer)));
+                            lock(l).failed(now, format!("{} ({})", problem.text(&peer), links::printable(&e, 200)));
                         }
                         warn!(error = %e, reason = %problem.text(&peer), retry_in_ms = wait, "cannot reach partner");
                     }

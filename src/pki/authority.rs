@@ -207,20 +207,27 @@ impl Authority {
             )));
         }
         crate::keys::create_private_dir(dir)?;
-        crate::keys::create_private_dir(&dir.join("issued"))?;
-        let lock = lock(dir)?;
-        let from = offset(now.plus_secs(-BACKDATE_SECS))?;
-        let ca = Ca::generate(name, from, offset(now.plus_secs(days * 86_400))?)?;
-        crate::keys::write_new(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
-        crate::keys::write_new(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644)?;
-        let a = Self {
-            dir: dir.to_owned(),
-            ca,
-            records: Records { format: FORMAT, name: name.to_owned(), crl_number: 0, issued: Vec::new() },
-            _lock: lock,
-        };
-        a.save()?;
-        Ok(a)
+        let made = (|| {
+            crate::keys::create_private_dir(&dir.join("issued"))?;
+            let lock = lock(dir)?;
+            let from = offset(now.plus_secs(-BACKDATE_SECS))?;
+            let ca = Ca::generate(name, from, offset(now.plus_secs(days * 86_400))?)?;
+            crate::keys::write_new(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
+            crate::keys::write_new(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644)?;
+            let a = Self {
+                dir: dir.to_owned(),
+                ca,
+                records: Records { format: FORMAT, name: name.to_owned(), crl_number: 0, issued: Vec::new() },
+                _lock: lock,
+            };
+            a.save()?;
+            Ok(a)
+        })();
+        if made.is_err() {
+            // Half a CA could neither be made again (not empty) nor opened (no records): gone.
+            let _ = fs::remove_dir_all(dir);
+        }
+        made
     }
 
     /// Opens the CA in `dir`: its key must be 0600 and belong to its certificate.
@@ -370,23 +377,22 @@ impl Authority {
         if !(1..=NODE_DAYS_AT_MOST).contains(&days) {
             return Err(PkiError::Invalid(format!("--days: 1 to {NODE_DAYS_AT_MOST} for a CRL, not {days}")));
         }
+        // Signed now, not backdated: a revocation recorded minutes ago must not date after the
+        // CRL's own thisUpdate (validators that look at history would read it as not revoked
+        // yet). Revocation times are never after it.
         let revoked = self
             .records
             .issued
             .iter()
             .filter_map(|i| {
                 let r = i.revoked.as_ref()?;
-                Some((parse_serial(&i.serial), r.at, r.reason))
+                Some((parse_serial(&i.serial), r.at.min(now), r.reason))
             })
             .map(|(s, at, reason)| Ok((s?, offset(at)?, reason.rfc5280())))
             .collect::<Result<Vec<_>, PkiError>>()?;
         self.records.crl_number += 1;
-        let pem = self.ca.crl_of(
-            &revoked,
-            offset(now.plus_secs(-BACKDATE_SECS))?,
-            offset(now.plus_secs(days * 86_400))?,
-            self.records.crl_number,
-        )?;
+        let pem =
+            self.ca.crl_of(&revoked, offset(now)?, offset(now.plus_secs(days * 86_400))?, self.records.crl_number)?;
         self.save()?;
         write_replacing(&self.dir.join("crl.pem"), pem.as_bytes())?;
         Ok(pem)
@@ -497,8 +503,8 @@ mod tests {
         assert_eq!(ca.issued()[0].state(now), State::Revoked);
         assert_eq!(ca.issued()[1].state(now), State::Valid);
         let ca_cert = Certificate::from_pem(ca.cert_pem()).unwrap();
-        let first = &CrlInfo::all_from_pem(&pem, Some(&ca_cert)).unwrap()[0];
-        let second = &CrlInfo::all_from_pem(&pem2, Some(&ca_cert)).unwrap()[0];
+        let first = &CrlInfo::all_from_pem(&pem, std::slice::from_ref(&ca_cert)).unwrap()[0];
+        let second = &CrlInfo::all_from_pem(&pem2, std::slice::from_ref(&ca_cert)).unwrap()[0];
         assert_eq!(first.revoked, vec![fr.serial.clone()]);
         assert_eq!((first.number, second.number), (Some(1), Some(2)), "each CRL has the next number");
         assert_eq!(fs::read_to_string(dir.join("crl.pem")).unwrap(), pem2);
@@ -535,6 +541,11 @@ mod tests {
         let err = ca.sign_request("hello", &node("FR-OFAST"), 90, now).unwrap_err();
         assert!(err.to_string().contains("not a PEM certificate request"), "{err}");
         assert!(ca.sign_request(&csr, &node("FR-OFAST"), 0, now).is_err(), "zero days");
+        // A key of another type than nodes make.
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let other = rcgen::CertificateParams::new(vec![]).unwrap().serialize_request(&p384).unwrap().pem().unwrap();
+        let err = ca.sign_request(&other, &node("FR-OFAST"), 90, now).unwrap_err();
+        assert!(err.to_string().contains("not ECDSA P-256 or Ed25519"), "{err}");
         assert_eq!(ca.issued().len(), 1, "refused requests leave no record");
     }
 

@@ -33,12 +33,13 @@ pub struct CertInfo {
 impl CertInfo {
     /// The nodes its DNS names name (`<node>.node.liaison`).
     pub fn nodes(&self) -> Vec<NodeId> {
+        // DNS names compare without regard to case (as rustls matches them).
         let suffix = format!(".{NODE_NAME_SUFFIX}");
         self.dns_names
             .iter()
-            .filter_map(|n| n.strip_suffix(&suffix))
-            .filter_map(|n| n.to_ascii_uppercase().parse().ok())
-            .filter(|n: &NodeId| super::node_dns_name(n) == n.as_str().to_ascii_lowercase() + &suffix)
+            .map(|n| n.to_ascii_lowercase())
+            .filter_map(|n| n.strip_suffix(&suffix).map(str::to_ascii_uppercase))
+            .filter_map(|n| n.parse().ok())
             .collect()
     }
 
@@ -160,14 +161,13 @@ impl CrlInfo {
         })
     }
 
-    /// Every CRL of a PEM text; with `ca`, each must be signed by it.
-    pub fn all_from_pem(pem: &str, ca: Option<&Certificate>) -> Result<Vec<Self>, PkiError> {
-        let ca_cert = match ca {
-            Some(c) => Some(
-                X509Certificate::from_der(&c.der).map_err(|e| PkiError::Invalid(format!("the CA certificate: {e}")))?.1,
-            ),
-            None => None,
-        };
+    /// Every CRL of a PEM text; with `signers`, each must be signed by one of them.
+    pub fn all_from_pem(pem: &str, signers: &[Certificate]) -> Result<Vec<Self>, PkiError> {
+        let signers = signers
+            .iter()
+            .map(|c| X509Certificate::from_der(&c.der).map(|(_, x)| x))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PkiError::Invalid(format!("a CA certificate: {e}")))?;
         let mut out = Vec::new();
         for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
             let block = block.map_err(|e| PkiError::Invalid(format!("not PEM: {e}")))?;
@@ -176,10 +176,15 @@ impl CrlInfo {
             }
             let (_, crl) = CertificateRevocationList::from_der(&block.contents)
                 .map_err(|e| PkiError::Invalid(format!("not a CRL: {e}")))?;
-            if let Some(ca) = &ca_cert {
-                if crl.issuer() != ca.subject() || crl.verify_signature(ca.public_key()).is_err() {
-                    return Err(PkiError::Invalid("a CRL not signed by the federation CA".into()));
-                }
+            // Each CRL on its own: signed by one of the signers (a root's, an intermediate's).
+            let signed = |ca: &X509Certificate<'_>| {
+                crl.issuer() == ca.subject() && crl.verify_signature(ca.public_key()).is_ok()
+            };
+            if !signers.is_empty() && !signers.iter().any(signed) {
+                return Err(PkiError::Invalid(format!(
+                    "a CRL of {} not signed by the federation CA (nor by a CA of this node's chain)",
+                    common_name(crl.issuer())
+                )));
             }
             out.push(Self::of(&crl)?);
         }
@@ -230,15 +235,15 @@ mod tests {
         let issued = ca.issue(&node, now - time::Duration::days(1), now + time::Duration::days(5)).unwrap();
         let pem = ca.crl(std::slice::from_ref(&issued.serial), now, now + time::Duration::days(7), 4).unwrap();
         let ca_cert = Certificate::from_pem(ca.cert_pem()).unwrap();
-        let crls = CrlInfo::all_from_pem(&pem, Some(&ca_cert)).unwrap();
+        let crls = CrlInfo::all_from_pem(&pem, std::slice::from_ref(&ca_cert)).unwrap();
         assert_eq!(crls.len(), 1);
         assert_eq!(crls[0].number, Some(4));
         assert_eq!(crls[0].revoked, vec![crate::encoding::hex(issued.serial.as_ref())]);
         assert!(crls[0].next_update.unwrap() > Timestamp::now());
         let other = Ca::generate("test CA", now - time::Duration::days(1), now + time::Duration::days(10)).unwrap();
-        let err = CrlInfo::all_from_pem(&pem, Some(&Certificate::from_pem(other.cert_pem()).unwrap())).unwrap_err();
+        let err = CrlInfo::all_from_pem(&pem, &[Certificate::from_pem(other.cert_pem()).unwrap()]).unwrap_err();
         assert!(err.to_string().contains("not signed by the federation CA"), "{err}");
         assert!(Certificate::from_pem("junk").is_err());
-        assert!(CrlInfo::all_from_pem(ca.cert_pem(), None).is_err(), "a certificate is not a CRL");
+        assert!(CrlInfo::all_from_pem(ca.cert_pem(), &[]).is_err(), "a certificate is not a CRL");
     }
 }

@@ -72,6 +72,12 @@ pub enum PkiError {
 pub fn write_demo(dir: &std::path::Path, nodes: &[NodeId], days: i64) -> Result<Vec<std::path::PathBuf>, PkiError> {
     use crate::timestamp::Timestamp;
     use std::path::PathBuf;
+    if !(1..=authority::NODE_DAYS_AT_MOST).contains(&days) {
+        return Err(PkiError::Invalid(format!(
+            "--days: 1 to {} for the demo, not {days}",
+            authority::NODE_DAYS_AT_MOST
+        )));
+    }
     let io = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| PkiError::Io { path, source }
@@ -236,6 +242,18 @@ impl Ca {
             }
             other => PkiError::Generate(other),
         })?;
+        // The key types nodes make (`pki csr`, `pki issue`): ECDSA P-256 (an uncompressed
+        // point) or Ed25519. rcgen names the algorithm by the request's signature, so the key's
+        // size is checked too (ecdsa-with-SHA256 would also cover a P-384 key).
+        let raw = rcgen::PublicKeyData::der_bytes(&request.public_key);
+        let alg = request.public_key.algorithm();
+        let p256 = *alg == rcgen::PKCS_ECDSA_P256_SHA256 && raw.len() == 65 && raw[0] == 4;
+        let ed25519 = *alg == rcgen::PKCS_ED25519 && raw.len() == 32;
+        if !(p256 || ed25519) {
+            return Err(PkiError::Invalid(
+                "the certificate request's key is not ECDSA P-256 or Ed25519 (make it with `liaison pki csr`)".into(),
+            ));
+        }
         let (params, serial) = node_params(node.as_str(), &[node_dns_name(node)], not_before, not_after)?;
         let cert = rcgen::CertificateSigningRequestParams { params, public_key: request.public_key }
             .signed_by(&self.issuer)?;

@@ -222,3 +222,58 @@ fn a_long_write_does_not_time_the_lane_out() {
     assert!(s.handle_timeout(800).is_empty(), "500 ms after the start, but 100 after the end of the write");
     assert_eq!(s.handle_timeout(1_200), vec![lane]);
 }
+
+/// A partner that refuses this node's certificate closes each connection just after the
+/// client's handshake ends: the failures keep counting (the backoff grows) and the refusal
+/// stays said, until a receipt or STABLE_AFTER of a connection that stays up proves the link.
+#[test]
+fn a_refusal_after_the_handshake_backs_off_until_the_link_proves_itself() {
+    let mut s = sender_with(1, Priority::Routine);
+    let mut now = 0;
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        assert!(s.poll_connect(now));
+        s.handle_connected(now);
+        assert!(s.connection_is_new(now + 10));
+        s.handle_connection_lost(now + 10);
+        let w = s.handle_connect_failed(now + 10, Problem::RefusedByPartner);
+        waits.push(w);
+        assert_eq!(s.problem().map(|(p, _)| p), Some(Problem::RefusedByPartner));
+        now += 10 + w;
+    }
+    assert!(waits[3] > waits[0], "the backoff grows: {waits:?}");
+    // Connected again; nothing proves it yet: the refusal is still what is said.
+    assert!(s.poll_connect(now));
+    s.handle_connected(now);
+    assert_eq!(s.problem().map(|(p, _)| p), Some(Problem::RefusedByPartner));
+    assert!(s.poll_timeout().unwrap() <= now + STABLE_AFTER, "the machine wakes to prove the link");
+    s.handle_timeout(now + STABLE_AFTER - 1);
+    assert!(s.problem().is_some(), "not proved before STABLE_AFTER");
+    s.handle_timeout(now + STABLE_AFTER);
+    assert_eq!(s.problem(), None, "a connection up for STABLE_AFTER proves the link");
+    assert!(!s.connection_is_new(now + STABLE_AFTER));
+    // The failures were counted off: the next failed dial waits the first step again.
+    s.handle_connection_lost(now + STABLE_AFTER + 1);
+    let w = s.handle_connect_failed(now + STABLE_AFTER + 1, Problem::Unreachable);
+    assert!(w <= 100, "back to the first step: {w}");
+}
+
+/// What the handshake proves on this side (the partner answers, its certificate is good) is
+/// cleared at connect; a refusal by the partner is not.
+#[test]
+fn connecting_clears_what_the_handshake_proves() {
+    for (problem, cleared) in [
+        (Problem::Unreachable, true),
+        (Problem::PartnerCertificateExpired, true),
+        (Problem::NotThePartner, true),
+        (Problem::RefusedByPartner, false),
+    ] {
+        let mut s = sender_with(1, Priority::Routine);
+        assert!(s.poll_connect(0));
+        s.handle_connect_failed(0, problem);
+        let w = s.poll_timeout().unwrap();
+        assert!(s.poll_connect(w));
+        s.handle_connected(w);
+        assert_eq!(s.problem().is_none(), cleared, "{problem:?}");
+    }
+}
