@@ -909,7 +909,11 @@ fn a_revoked_partner_is_cut_off_and_both_senders_say_why() {
     pki(&["pki", "crl", "--ca", ca.to_str().unwrap(), "--out", "certs/tls/crl.pem"]);
     let it = c.get("IT-DCSA");
     let pid = it.child.as_ref().unwrap().id().to_string();
+    let reloads = it.log_text().matches("TLS material reloaded; live connections are made again").count();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_for("IT-DCSA reloaded", Duration::from_secs(20), || {
+        it.log_text().matches("TLS material reloaded; live connections are made again").count() > reloads
+    });
 
     // ES-UDYCO (which does not know) sends to IT-DCSA: refused, and it says so.
     let es = c.get("ES-UDYCO");
@@ -1021,6 +1025,16 @@ fn metrics_and_probes() {
     {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
     }
+    // The audit trail, readable, filtered by partner; and the outbox's summary.
+    let shown = String::from_utf8_lossy(&it.cli(&["audit", "show", "--partner", "ES-UDYCO"]).stdout).into_owned();
+    let line = shown.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not in:\n{shown}"));
+    assert!(line.contains("submitted"), "{shown}");
+    let other = String::from_utf8_lossy(&it.cli(&["audit", "show", "--partner", "CO-DIJIN"]).stdout).into_owned();
+    assert!(!other.contains(&id), "{other}");
+    let all = String::from_utf8_lossy(&it.cli(&["audit", "show"]).stdout).into_owned();
+    assert!(all.lines().count() > shown.lines().count(), "the filter leaves entries out:\n{all}");
+    let outbox = String::from_utf8_lossy(&it.cli(&["outbox"]).stdout).into_owned();
+    assert!(outbox.contains("waiting 0  in flight 0") && outbox.contains("delivered 1"), "{outbox}");
 }
 
 /// The expiry watch: a node whose certificate expires in five days says so when it starts (the

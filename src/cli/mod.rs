@@ -67,6 +67,12 @@ enum Command {
         /// The packet id.
         id: Option<PacketId>,
     },
+    /// The outbox: copies waiting, in flight, and the outcomes since the node started; then
+    /// per partner (as `peers list`).
+    Outbox {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Packets received from partners.
     Inbox {
         #[command(flatten)]
@@ -177,22 +183,48 @@ enum AuditCommand {
         #[arg(long)]
         key: Option<PathBuf>,
     },
+    /// The entries recorded between two times, decoded, one a line: sequence number, time,
+    /// what happened and its ids and parties; --partner keeps those that name a partner.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        range: TimeRange,
+        /// Only entries that name this node (a partner, a recipient, a sender).
+        #[arg(long)]
+        partner: Option<NodeId>,
+    },
     /// Write the entries recorded between two times, up to a signed checkpoint, to a
     /// self-contained JSON file.
     Export {
         #[command(flatten)]
         api: ApiArgs,
-        /// From: RFC 3339 (2026-11-01T00:00:00Z) or relative to now (now-7d); default: the
-        /// beginning.
-        #[arg(long)]
-        from: Option<String>,
-        /// To: RFC 3339 or relative to now (now-1h); default: now.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        range: TimeRange,
         /// Where to write it (must not exist).
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// A range of the audit trail.
+#[derive(Debug, clap::Args)]
+struct TimeRange {
+    /// From: RFC 3339 (2026-11-01T00:00:00Z) or relative to now (now-7d); default: the
+    /// beginning.
+    #[arg(long)]
+    from: Option<String>,
+    /// To: RFC 3339 or relative to now (now-1h); default: now.
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl TimeRange {
+    fn parse(&self) -> Result<(Option<Timestamp>, Option<Timestamp>), CliError> {
+        let from = self.from.as_deref().map(|f| when("--from", f)).transpose()?;
+        let to = self.to.as_deref().map(|t| when("--to", t)).transpose()?;
+        Ok((from, to))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -448,6 +480,32 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Inbox { api, watch } => inbox(&api, watch),
+        Command::Outbox { api } => {
+            let c = client(&api)?;
+            let o = called(c.outbox())?;
+            if api.json {
+                print_json(&o);
+                return Ok(());
+            }
+            let loading = if o.loading { "  (still loading after the start: more may wait)" } else { "" };
+            println!("waiting {}  in flight {}{loading}", o.queued, o.in_flight);
+            println!(
+                "since the start: delivered {}  rejected {}  expired {}  read {}",
+                o.delivered, o.rejected, o.expired, o.read
+            );
+            for p in called(c.peers())? {
+                if p.queued + p.in_flight > 0 || p.reason.is_some() {
+                    println!(
+                        "  {:<10} {} waiting, {} in flight{}",
+                        p.node.as_str(),
+                        p.queued,
+                        p.in_flight,
+                        p.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Show { api, from, id } => {
             let v = called(client(&api)?.show(id, from.as_ref()))?;
             if api.json {
@@ -753,9 +811,46 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
                 _ => Err(CliError::Rejected("BROKEN: the node said neither intact nor where".into())),
             }
         }
-        AuditCommand::Export { api, from, to, out } => {
-            let from = from.as_deref().map(|f| when("--from", f)).transpose()?;
-            let to = to.as_deref().map(|t| when("--to", t)).transpose()?;
+        AuditCommand::Show { api, range, partner } => {
+            let (from, to) = range.parse()?;
+            let export = called(client(&api)?.audit_export(from, to))?;
+            let entries = export.decoded();
+            let undecodable = export.entries.len() - entries.len();
+            let mut shown = Vec::new();
+            for e in entries {
+                let event = serde_json::to_value(&e.event).unwrap_or_default();
+                if let Some(p) = &partner {
+                    if !names(&event, p.as_str()) {
+                        continue;
+                    }
+                }
+                shown.push((e, event));
+            }
+            if api.json {
+                let rows: Vec<_> = shown
+                    .iter()
+                    .map(|(e, ev)| serde_json::json!({"seq": e.seq, "at": crate::delivery::receiver::timestamp_of(e.at), "event": ev}))
+                    .collect();
+                print_json(&rows);
+                return Ok(());
+            }
+            for (e, event) in &shown {
+                let (kind, detail) = match event {
+                    serde_json::Value::Object(m) if m.len() == 1 => {
+                        let (k, v) = m.iter().next().map(|(k, v)| (k.clone(), v.to_string())).unwrap_or_default();
+                        (k, v)
+                    }
+                    other => (other.as_str().unwrap_or("?").to_owned(), String::new()),
+                };
+                println!("{:>6}  {}  {:<20} {detail}", e.seq, crate::delivery::receiver::timestamp_of(e.at), kind);
+            }
+            if undecodable > 0 {
+                println!("({undecodable} entries could not be decoded: run `liaison audit verify`)");
+            }
+            Ok(())
+        }
+        AuditCommand::Export { api, range, out } => {
+            let (from, to) = range.parse()?;
             let export = called(client(&api)?.audit_export(from, to))?;
             let text = serde_json::to_string_pretty(&export).map_err(|e| CliError::Rejected(e.to_string()))?;
             let mut f = std::fs::OpenOptions::new()
@@ -767,6 +862,16 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
             println!("wrote {} audit entries to {}", export.entries.len(), out.display());
             Ok(())
         }
+    }
+}
+
+/// Whether a JSON value holds `s` as a string anywhere (an audit event naming a node).
+fn names(v: &serde_json::Value, s: &str) -> bool {
+    match v {
+        serde_json::Value::String(x) => x == s,
+        serde_json::Value::Array(a) => a.iter().any(|x| names(x, s)),
+        serde_json::Value::Object(m) => m.values().any(|x| names(x, s)),
+        _ => false,
     }
 }
 
