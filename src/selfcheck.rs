@@ -81,6 +81,14 @@ fn open_key_files(dir: &Path, f: &mut Findings) {
     let _ = (dir, f);
 }
 
+/// The TLS part of [`check`] alone: what a SIGHUP reload puts in force (the keys, the keyring
+/// and the partners take effect at a restart, and must not hold up a new CRL).
+pub fn check_tls(s: &Settings, now: Timestamp) -> Findings {
+    let mut f = Findings::default();
+    tls(s, now, &mut f);
+    f
+}
+
 /// Checks the files `s` names, at `now`.
 pub fn check(s: &Settings, now: Timestamp) -> Findings {
     let mut f = Findings::default();
@@ -155,7 +163,13 @@ fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
     for ca in &cas {
         let i = &ca.info;
         if !i.is_ca {
-            f.warnings.push(format!("tls.ca {}: {} is not a CA certificate", s.tls_ca.display(), i.subject));
+            // Every certificate of the bundle becomes a trust anchor (webpki does not look at
+            // basicConstraints there): a node certificate pasted into it could issue partners.
+            f.problems.push(format!(
+                "tls.ca {}: {} is not a CA certificate; it would be trusted to issue partners' certificates",
+                s.tls_ca.display(),
+                i.subject
+            ));
         }
         if now > i.not_after {
             f.warnings.push(format!("tls.ca {}: the CA {} expired on {}", s.tls_ca.display(), i.subject, i.not_after));
@@ -208,7 +222,10 @@ fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
     if !cas.is_empty() {
         let links_hold = chain.windows(2).all(|w| w[0].signed_by(&w[1]));
         let last = chain.last().unwrap_or(leaf);
-        let anchor = cas.iter().find(|ca| last.signed_by(ca));
+        // Of the CAs whose key signed it (a CA renewed with the same key signs alike), a valid one.
+        let signers: Vec<&Certificate> = cas.iter().filter(|ca| last.signed_by(ca)).collect();
+        let anchor =
+            signers.iter().find(|ca| ca.info.is_ca && ca.info.valid_at(now)).or_else(|| signers.first()).copied();
         if let Some(a) = anchor.filter(|a| now > a.info.not_after || !a.info.is_ca) {
             f.problems.push(format!(
                 "tls.ca {}: the CA that issued this node's certificate ({}) {}",

@@ -198,7 +198,7 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
             if now.is_some() && now != tls_files {
                 // New TLS files are held to the start's rules: a certificate for another node,
                 // expired or revoked, a key of another certificate, a foreign CRL are refused.
-                let findings = crate::selfcheck::check(&s, crate::timestamp::Timestamp::now());
+                let findings = crate::selfcheck::check_tls(&s, crate::timestamp::Timestamp::now());
                 for w in &findings.warnings {
                     warn!(warning = %w, "self-check");
                 }

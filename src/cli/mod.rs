@@ -817,7 +817,12 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
             let entries = export.decoded();
             let undecodable = export.entries.len() - entries.len();
             let mut shown = Vec::new();
-            for e in entries {
+            // The export runs to the checkpoint after `--to`: the range is cut here.
+            let in_range = |at: crate::delivery::Millis| {
+                let at = (at / 1000) as i64;
+                from.is_none_or(|f| at >= f.unix()) && to.is_none_or(|t| at <= t.unix())
+            };
+            for e in entries.into_iter().filter(|e| in_range(e.at)) {
                 let event = serde_json::to_value(&e.event).unwrap_or_default();
                 if let Some(p) = &partner {
                     if !names(&event, p.as_str()) {

@@ -636,13 +636,20 @@ impl Sender {
             .iter()
             .filter(|l| l.open && l.awaiting())
             .map(|l| l.progress.saturating_add(self.retry.receipt_timeout));
+        // Dial when the backoff is over, if a copy is ready then; copies waiting out their own
+        // backoff wake the machine through the outbox's timeout, and are ready after it. (Not
+        // `pending() > 0`: with only waiting copies, `not_before` passed and `poll_connect`
+        // refusing, that was a wake-up in the past at every poll.)
+        let ready = LANES.iter().any(|p| self.outbox.ready_in(&self.peer, *p) > 0);
         let dial = match self.link {
-            Link::Down { not_before } if self.outbox.pending() > 0 => Some(not_before),
+            Link::Down { not_before } if ready => Some(not_before),
             _ => None,
         };
-        // A connection that stays up proves itself (see `handle_connected`) at this time.
+        // A connection that stays up proves itself (see `handle_connected`) at this time, if
+        // there is anything left to prove (what `proved` clears: after it, no wake-up).
+        let unproved = self.failures > 0 || self.problem.map(|(p, _)| p) == Some(Problem::RefusedByPartner);
         let stable = match (self.link, self.up_since) {
-            (Link::Up, Some(t)) if self.failures > 0 || self.problem.is_some() => Some(t.saturating_add(STABLE_AFTER)),
+            (Link::Up, Some(t)) if unproved => Some(t.saturating_add(STABLE_AFTER)),
             _ => None,
         };
         self.outbox.poll_timeout().into_iter().chain(lanes).chain(dial).chain(stable).min()

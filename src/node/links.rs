@@ -74,7 +74,8 @@ pub fn dial_problem(e: &quinn::ConnectionError) -> Problem {
         E::TransportError(t) => match alert(u64::from(t.code)) {
             Some(44) => Problem::PartnerCertificateRevoked,
             Some(45) => Problem::PartnerCertificateExpired,
-            Some(48 | 51) => Problem::PartnerCertificateUntrusted,
+            // 43: a certificate not for this use (no serverAuth): not a node certificate.
+            Some(43 | 48 | 51) => Problem::PartnerCertificateUntrusted,
             Some(42) => Problem::NotThePartner,
             Some(_) => Problem::HandshakeFailed,
             None => Problem::Unreachable,

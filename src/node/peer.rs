@@ -104,7 +104,7 @@ impl Node {
                 let problem = links::dial_problem(&reason);
                 if new && matches!(problem, Problem::RefusedByPartner | Problem::HandshakeFailed) {
                     let wait = lock(machine).handle_connect_failed(now, problem);
-                    warn!(error = %reason, reason = %problem.text(&peer), retry_in_ms = wait, "refused by the partner");
+                    warn!(error = %links::printable(&reason.to_string(), 200), reason = %problem.text(&peer), retry_in_ms = wait, "refused by the partner");
                 }
                 if let Some(l) = self.inner.links.get(&peer) {
                     let what = if problem == Problem::Unreachable {
@@ -146,7 +146,7 @@ impl Node {
                         if let Some(l) = self.inner.links.get(&peer) {
                             lock(l).failed(now, format!("{} ({})", problem.text(&peer), links::printable(&e, 200)));
                         }
-                        warn!(error = %e, reason = %problem.text(&peer), retry_in_ms = wait, "cannot reach partner");
+                        warn!(error = %links::printable(&e, 200), reason = %problem.text(&peer), retry_in_ms = wait, "cannot reach partner");
                     }
                 }
                 continue;

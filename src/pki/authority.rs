@@ -207,13 +207,18 @@ impl Authority {
             )));
         }
         crate::keys::create_private_dir(dir)?;
+        // Held from here: a second `init-ca` on the same directory stops at the lock and
+        // touches nothing.
+        let lock = lock(dir)?;
         let made = (|| {
             crate::keys::create_private_dir(&dir.join("issued"))?;
-            let lock = lock(dir)?;
             let from = offset(now.plus_secs(-BACKDATE_SECS))?;
             let ca = Ca::generate(name, from, offset(now.plus_secs(days * 86_400))?)?;
             crate::keys::write_new(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
             crate::keys::write_new(&dir.join("ca.crt"), ca.cert_pem().as_bytes(), 0o644)?;
+            Ok(ca)
+        })()
+        .and_then(|ca| {
             let a = Self {
                 dir: dir.to_owned(),
                 ca,
@@ -222,10 +227,14 @@ impl Authority {
             };
             a.save()?;
             Ok(a)
-        })();
+        });
         if made.is_err() {
-            // Half a CA could neither be made again (not empty) nor opened (no records): gone.
-            let _ = fs::remove_dir_all(dir);
+            // Half a CA could neither be made again (not empty) nor opened (no records): what
+            // this call wrote goes (the directory itself stays: it may be a mount point).
+            for f in [RECORDS, "ca.crt", "ca.key", ".lock"] {
+                let _ = fs::remove_file(dir.join(f));
+            }
+            let _ = fs::remove_dir(dir.join("issued"));
         }
         made
     }

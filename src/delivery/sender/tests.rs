@@ -252,6 +252,10 @@ fn a_refusal_after_the_handshake_backs_off_until_the_link_proves_itself() {
     s.handle_timeout(now + STABLE_AFTER);
     assert_eq!(s.problem(), None, "a connection up for STABLE_AFTER proves the link");
     assert!(!s.connection_is_new(now + STABLE_AFTER));
+    assert!(
+        s.poll_timeout().is_none_or(|t| t > now + STABLE_AFTER),
+        "nothing left to prove: no wake-up in the past (the driver would spin)"
+    );
     // The failures were counted off: the next failed dial waits the first step again.
     s.handle_connection_lost(now + STABLE_AFTER + 1);
     let w = s.handle_connect_failed(now + STABLE_AFTER + 1, Problem::Unreachable);
@@ -276,4 +280,21 @@ fn connecting_clears_what_the_handshake_proves() {
         s.handle_connected(w);
         assert_eq!(s.problem().is_none(), cleared, "{problem:?}");
     }
+}
+
+/// After a lost connection, the copies on it wait out their backoff: the machine's next
+/// wake-up is then, not the dial time that has passed (the driver would wake every
+/// millisecond until the copies are ready).
+#[test]
+fn no_wake_up_in_the_past_while_copies_wait_out_their_backoff() {
+    let mut s = sender_with(1, Priority::Routine);
+    assert!(s.poll_connect(0));
+    s.handle_connected(0);
+    assert!(s.poll_transmit(0).is_some());
+    s.handle_connection_lost(10);
+    assert!(!s.poll_connect(10), "nothing ready yet: the copy waits out its backoff");
+    let next = s.poll_timeout().unwrap();
+    assert!(next > 10, "the next wake-up is ahead: {next}");
+    // At that time the copy is ready, and the dial is due.
+    assert!(s.poll_connect(next));
 }
