@@ -1025,14 +1025,22 @@ fn metrics_and_probes() {
     {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing");
     }
-    // The audit trail, readable, filtered by partner; and the outbox's summary.
+    // The audit trail, readable, filtered by partner (a read: it adds no entry); and the
+    // outbox's summary.
+    let head = |n: &NodeProc| {
+        let text = http_get(&n.api, "/metrics", Some(&n.token)).1;
+        text.lines().find(|l| l.starts_with("liaison_audit_head_seq")).unwrap().to_owned()
+    };
+    let before = head(it);
     let shown = String::from_utf8_lossy(&it.cli(&["audit", "show", "--partner", "ES-UDYCO"]).stdout).into_owned();
     let line = shown.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{id} not in:\n{shown}"));
     assert!(line.contains("submitted"), "{shown}");
     let other = String::from_utf8_lossy(&it.cli(&["audit", "show", "--partner", "CO-DIJIN"]).stdout).into_owned();
     assert!(!other.contains(&id), "{other}");
     let all = String::from_utf8_lossy(&it.cli(&["audit", "show"]).stdout).into_owned();
-    assert!(all.lines().count() > shown.lines().count(), "the filter leaves entries out:\n{all}");
+    assert!(all.lines().count() >= 4 && all.contains(" started "), "{all}");
+    assert_eq!(other.lines().count(), 0, "no entry of this run names CO-DIJIN:\n{other}");
+    assert_eq!(head(it), before, "showing the trail records nothing");
     let outbox = String::from_utf8_lossy(&it.cli(&["outbox"]).stdout).into_owned();
     assert!(outbox.contains("waiting 0  in flight 0") && outbox.contains("delivered 1"), "{outbox}");
 }

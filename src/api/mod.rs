@@ -18,7 +18,11 @@
 //! | POST | `/v1/inbox/{id}/forward` | [`types::ForwardRequest`]: pass it on to further partners |
 //! | GET | `/v1/audit/verify` | verify the audit trail ([`types::AuditVerify`]) |
 //! | GET | `/v1/health` | the store's condition: disk space, a stuck or failing disk ([`crate::store::Health`]) |
-//! | GET | `/v1/audit/export?from=T&to=T` | an offline-verifiable excerpt ([`crate::audit::Export`]) |
+//! | GET | `/v1/audit/export?from=T&to=T` | an offline-verifiable excerpt ([`crate::audit::Export`]); recorded in the trail |
+//! | GET | `/v1/audit/entries?from=T&to=T` | the entries of a range, decoded, at most 10,000 ([`types::AuditEntries`]); a read, recorded nowhere |
+//! | GET | `/v1/peers`, `/v1/peers/{node}` | each partner's link, last error in words, certificate, keys, policy, copies waiting ([`types::PeerView`]) |
+//! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
+//! | GET | `/healthz`, `/readyz` | probes, without a token: `ok`; `ready` or 503 saying why not |
 //!
 //! A received packet is identified by its id and its sender: where two partners used one id (a
 //! collision, or one squatting the other's id; both packets are kept and listed with
@@ -80,6 +84,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/deadlines", get(deadlines))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/audit/export", get(audit_export))
+        .route("/v1/audit/entries", get(audit_entries))
         .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
         .route("/v1/peers", get(peers))
@@ -262,11 +267,8 @@ struct ExportQuery {
 }
 
 /// A self-contained, offline-verifiable excerpt of the audit trail.
-async fn audit_export(
-    State(api): State<Api>,
-    Extension(client): Extension<Client>,
-    Query(q): Query<ExportQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+/// The `from` / `to` of an audit query, in ms (the whole trail by default).
+fn export_range(q: &ExportQuery) -> Result<(u64, u64), ApiError> {
     let bound = |name: &str, v: &Option<String>, default: u64| -> Result<u64, ApiError> {
         match v {
             None => Ok(default),
@@ -280,6 +282,25 @@ async fn audit_export(
     if from > to {
         return Err(ApiError(StatusCode::BAD_REQUEST, "from is after to".into(), Some("from".into())));
     }
+    Ok((from, to))
+}
+
+/// Most entries `GET /v1/audit/entries` returns at once.
+const AUDIT_ENTRIES_AT_MOST: usize = 10_000;
+
+/// The entries of a range, decoded: a read (unlike an export, nothing is recorded or signed).
+async fn audit_entries(State(api): State<Api>, Query(q): Query<ExportQuery>) -> Result<impl IntoResponse, ApiError> {
+    let (from, to) = export_range(&q)?;
+    let (entries, more) = api.node.audit_entries(from, to, AUDIT_ENTRIES_AT_MOST).await?;
+    Ok(Json(crate::api::types::AuditEntries { entries, more }))
+}
+
+async fn audit_export(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Query(q): Query<ExportQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (from, to) = export_range(&q)?;
     let range = format!("from {} to {}", q.from.as_deref().unwrap_or("the start"), q.to.as_deref().unwrap_or("now"));
     api.node.audit_admin(crate::audit::AdminAction::AuditExport, &client.0, range).await?;
     Ok(Json(api.node.audit_export(from, to).await?))

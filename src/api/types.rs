@@ -525,3 +525,12 @@ pub struct PeerView {
     /// report the group a handshake agreed on.
     pub key_exchange: String,
 }
+
+/// `GET /v1/audit/entries`: the entries of a time range, decoded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntries {
+    /// Oldest first.
+    pub entries: Vec<crate::audit::Entry>,
+    /// More entries are in the range than were returned (narrow it).
+    pub more: bool,
+}

@@ -813,16 +813,9 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
         }
         AuditCommand::Show { api, range, partner } => {
             let (from, to) = range.parse()?;
-            let export = called(client(&api)?.audit_export(from, to))?;
-            let entries = export.decoded();
-            let undecodable = export.entries.len() - entries.len();
+            let answer = called(client(&api)?.audit_entries(from, to))?;
             let mut shown = Vec::new();
-            // The export runs to the checkpoint after `--to`: the range is cut here.
-            let in_range = |at: crate::delivery::Millis| {
-                let at = (at / 1000) as i64;
-                from.is_none_or(|f| at >= f.unix()) && to.is_none_or(|t| at <= t.unix())
-            };
-            for e in entries.into_iter().filter(|e| in_range(e.at)) {
+            for e in answer.entries {
                 let event = serde_json::to_value(&e.event).unwrap_or_default();
                 if let Some(p) = &partner {
                     if !names(&event, p.as_str()) {
@@ -849,8 +842,8 @@ fn audit(cmd: AuditCommand) -> Result<(), CliError> {
                 };
                 println!("{:>6}  {}  {:<20} {detail}", e.seq, crate::delivery::receiver::timestamp_of(e.at), kind);
             }
-            if undecodable > 0 {
-                println!("({undecodable} entries could not be decoded: run `liaison audit verify`)");
+            if answer.more {
+                println!("(more entries in this range: narrow it with --from / --to)");
             }
             Ok(())
         }

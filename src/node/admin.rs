@@ -117,6 +117,32 @@ impl Node {
         self.slow(move |node| node.export_until(signed, from, to)).await?
     }
 
+    /// The entries recorded between `from` and `to` (ms), decoded, oldest first, at most
+    /// `limit`, and whether more are in the range (`liaison audit show`). A read: nothing is
+    /// recorded, no checkpoint signed (an export is what takes entries off the node).
+    pub async fn audit_entries(
+        &self,
+        from: Millis,
+        to: Millis,
+        limit: usize,
+    ) -> Result<(Vec<crate::audit::Entry>, bool), NodeError> {
+        self.slow(move |node| {
+            let mut out = Vec::new();
+            for (_, bytes) in node.inner.store.scan(Tree::Audit, &[])? {
+                let e: crate::audit::Entry = store::decode(Tree::Audit, &bytes)?;
+                if e.at < from || e.at > to {
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push(e);
+            }
+            Ok((out, false))
+        })
+        .await?
+    }
+
     /// The export of the entries between `from` and `to`, ending at the signed head `signed`
     /// (reads the whole trail: on the blocking pool).
     fn export_until(&self, signed: AuditHead, from: Millis, to: Millis) -> Result<crate::audit::Export, NodeError> {
