@@ -937,7 +937,10 @@ fn a_revoked_partner_is_cut_off_and_both_senders_say_why() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(state_of(es, &id), "queued");
+    // Not delivered: queued, or for a moment in flight on a connection the partner is about to
+    // refuse (TLS 1.3 ends the client's handshake before the server checks its certificate).
+    let state = state_of(es, &id);
+    assert!(state == "queued" || state == "in_flight", "{state}");
     let seen = peer(es, "IT-DCSA");
     assert_eq!(seen["problem"], "refused_by_partner", "{seen}");
     assert!(seen["last_error"].as_str().unwrap().contains("refuses this node's certificate"), "{seen}");
