@@ -340,17 +340,34 @@ impl NodeKeys {
     }
 }
 
-fn read_secret(path: &Path, node: &NodeId, algorithm: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
-    let fmt_err = |reason: String| KeyError::Format { path: path.to_owned(), reason };
-    let file = fs::File::open(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+/// The mode of a secret file that group or others may read (`None`: 0600 or stricter, or not
+/// a Unix system). The one rule for every secret file: node keys, the TLS key, the CA's key.
+pub(crate) fn too_open_mode(meta: &fs::Metadata) -> Option<u32> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode =
-            file.metadata().map_err(|source| KeyError::Io { path: path.to_owned(), source })?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions { path: path.to_owned(), mode: mode & 0o777 });
-        }
+        let mode = meta.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// [`too_open_mode`] of the file at `path` (`None` also if it cannot be read: that is said
+/// where it is read).
+pub(crate) fn too_open(path: &Path) -> Option<u32> {
+    fs::metadata(path).ok().as_ref().and_then(too_open_mode)
+}
+
+fn read_secret(path: &Path, node: &NodeId, algorithm: &str) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let fmt_err = |reason: String| KeyError::Format { path: path.to_owned(), reason };
+    let file = fs::File::open(path).map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+    let meta = file.metadata().map_err(|source| KeyError::Io { path: path.to_owned(), source })?;
+    if let Some(mode) = too_open_mode(&meta) {
+        return Err(KeyError::Permissions { path: path.to_owned(), mode });
     }
     let mut text = Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut &file, &mut text)

@@ -58,27 +58,15 @@ fn read(path: &Path, what: &str, f: &mut Findings) -> Option<String> {
 
 /// Every secret key file in `dir` (`*.key`) that group or others may read.
 fn open_key_files(dir: &Path, f: &mut Findings) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "key") {
-                if let Ok(m) = std::fs::metadata(&p) {
-                    let mode = m.permissions().mode() & 0o777;
-                    if mode & 0o077 != 0 {
-                        f.problems.push(format!(
-                            "{}: permissions {mode:o} are too open; a secret key file must be 0600 (chmod 600)",
-                            p.display()
-                        ));
-                    }
-                }
-            }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for p in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "key")) {
+        if let Some(mode) = crate::keys::too_open(&p) {
+            f.problems.push(format!(
+                "{}: permissions {mode:o} are too open; a secret key file must be 0600 (chmod 600)",
+                p.display()
+            ));
         }
     }
-    #[cfg(not(unix))]
-    let _ = (dir, f);
 }
 
 /// The TLS part of [`check`] alone: what a SIGHUP reload puts in force (the keys, the keyring
@@ -134,11 +122,8 @@ pub fn check(s: &Settings, now: Timestamp) -> Findings {
 }
 
 fn tls(s: &Settings, now: Timestamp, f: &mut Findings) {
-    #[cfg(unix)]
-    if let Ok(m) = std::fs::metadata(&s.tls_key) {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 && !f.problems.iter().any(|p| p.starts_with(&s.tls_key.display().to_string())) {
+    if let Some(mode) = crate::keys::too_open(&s.tls_key) {
+        if !f.problems.iter().any(|p| p.starts_with(&s.tls_key.display().to_string())) {
             f.problems.push(format!(
                 "{}: permissions {mode:o} are too open; the TLS private key file must be 0600 (chmod 600)",
                 s.tls_key.display()

@@ -153,15 +153,10 @@ impl TlsMaterial {
             std::fs::read_to_string(p)
                 .map_err(|e| TransportError::Pem { what: p.display().to_string(), reason: e.to_string() })
         };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let meta = std::fs::metadata(key)
-                .map_err(|e| TransportError::Pem { what: key.display().to_string(), reason: e.to_string() })?;
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(TransportError::Permissions { path: key.display().to_string(), mode: mode & 0o777 });
-            }
+        let meta = std::fs::metadata(key)
+            .map_err(|e| TransportError::Pem { what: key.display().to_string(), reason: e.to_string() })?;
+        if let Some(mode) = crate::keys::too_open_mode(&meta) {
+            return Err(TransportError::Permissions { path: key.display().to_string(), mode });
         }
         let crl_texts = crls.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
         let key_text = zeroize::Zeroizing::new(read(key)?);
@@ -209,6 +204,11 @@ pub enum KeyExchange {
 }
 
 impl KeyExchange {
+    /// The group or groups a handshake in this mode can end with, for people and metrics.
+    pub fn describe(self) -> &'static str {
+        self.group().unwrap_or("X25519MLKEM768 or X25519")
+    }
+
     /// The group a handshake in this mode ends with, if only one is possible.
     pub fn group(self) -> Option<&'static str> {
         match self {

@@ -195,7 +195,7 @@ impl Node {
             .await
             .map_err(|_| (Problem::Unreachable, "no answer within 10 s".to_owned()))?
             .map_err(|e| (links::dial_problem(&e), e.to_string()))?;
-        info!(%addr, key_exchange = self.inner.transport.key_exchange.group().unwrap_or("X25519MLKEM768 or X25519"), "connected");
+        info!(%addr, key_exchange = self.inner.transport.key_exchange.describe(), "connected");
         Ok(conn)
     }
 

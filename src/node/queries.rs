@@ -234,7 +234,7 @@ impl Node {
             e.sample("liaison_audit_head_seq", &[], head.seq as f64);
         }
         e.family("liaison_key_exchange_info", "gauge", "The TLS key exchange this node does with its partners.");
-        let kx = self.inner.transport.key_exchange.group().unwrap_or("X25519MLKEM768 or X25519");
+        let kx = self.inner.transport.key_exchange.describe();
         e.sample("liaison_key_exchange_info", &[("group", kx)], 1.0);
         e.finish()
     }
@@ -281,13 +281,7 @@ impl Node {
                     policy_title: policy.and_then(|p| p.title.clone()),
                     queued: counts.map_or(0, |c| c.queued),
                     in_flight: counts.map_or(0, |c| c.in_flight),
-                    key_exchange: self
-                        .inner
-                        .transport
-                        .key_exchange
-                        .group()
-                        .unwrap_or("X25519MLKEM768 or X25519")
-                        .to_owned(),
+                    key_exchange: self.inner.transport.key_exchange.describe().to_owned(),
                 }
             })
             .collect();

@@ -249,13 +249,9 @@ impl Authority {
         }
         let lock = lock(dir)?;
         let key_path = dir.join("ca.key");
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            let mode = fs::metadata(&key_path).map_err(io(&key_path))?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(crate::keys::KeyError::Permissions { path: key_path, mode }.into());
-            }
+        let meta = fs::metadata(&key_path).map_err(io(&key_path))?;
+        if let Some(mode) = crate::keys::too_open_mode(&meta) {
+            return Err(crate::keys::KeyError::Permissions { path: key_path, mode }.into());
         }
         let key = Zeroizing::new(fs::read_to_string(&key_path).map_err(io(&key_path))?);
         let cert_path = dir.join("ca.crt");
