@@ -102,6 +102,7 @@ async fn start_pair_via(
             policies: liaison::policy::PolicyBook::new([bench_policy(names[i], names[other])]),
             retry: RetryPolicy { initial_backoff: 100, max_backoff: 2_000, receipt_timeout: 30_000 },
             limits: liaison::limits::Limits::default(),
+            partners_dir: None,
         };
         nodes.push(Node::start(config, stop.subscribe()).await.unwrap());
     }

@@ -178,6 +178,9 @@ pub enum AdminAction {
     /// New sharing policies put in force.
     #[serde(rename = "policy reload")]
     PolicyReload,
+    /// Partners enrolled, removed or moved, or their keys changed, while the node ran.
+    #[serde(rename = "partners changed")]
+    PartnersChanged,
     /// Received packets past their retention deleted.
     #[serde(rename = "retention purge")]
     RetentionPurge,
@@ -194,6 +197,7 @@ impl std::fmt::Display for AdminAction {
         f.write_str(match self {
             Self::TlsReload => "tls reload",
             Self::PolicyReload => "policy reload",
+            Self::PartnersChanged => "partners changed",
             Self::RetentionPurge => "retention purge",
             Self::AuditVerify => "audit verify",
             Self::AuditExport => "audit export",

@@ -138,6 +138,16 @@ impl Client {
         self.call("GET", &format!("/v1/peers/{node}"), None)
     }
 
+    /// Enrols a partner now (an admin client).
+    pub fn enrol(&self, req: &crate::api::types::EnrolRequest) -> Result<crate::api::types::PeerChange, CallError> {
+        self.call_with("POST", "/v1/peers", req)
+    }
+
+    /// Removes a partner enrolled through the API (an admin client).
+    pub fn unenrol(&self, node: &NodeId) -> Result<crate::api::types::PeerChange, CallError> {
+        self.call("DELETE", &format!("/v1/peers/{node}"), None)
+    }
+
     /// Verifies the node's audit trail.
     pub fn audit_verify(&self) -> Result<AuditVerify, CallError> {
         self.call("GET", "/v1/audit/verify", None)

@@ -100,6 +100,8 @@ struct RawNode {
     id: String,
     listen: String,
     data_dir: PathBuf,
+    #[serde(default)]
+    partners_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +151,8 @@ struct RawApi {
 struct RawClient {
     name: String,
     token_sha256: String,
+    #[serde(default)]
+    admin: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +220,8 @@ pub struct ApiClient {
     pub name: String,
     /// SHA-256 of the token; the token itself is never stored.
     pub token_sha256: Digest,
+    /// Whether it may change the node (enrol and remove partners): `admin = true`.
+    pub admin: bool,
 }
 
 /// Log output format.
@@ -254,8 +260,12 @@ pub struct Settings {
     pub api_listen: SocketAddr,
     /// Local API clients.
     pub api_clients: Vec<ApiClient>,
-    /// Partners, where to reach them, and the sharing policy agreed with each.
+    /// Partners, where to reach them, and the sharing policy agreed with each: those of the
+    /// file's `[[partners]]`, then those enrolled through the API ([`crate::enrolment`]).
     pub partners: Vec<PartnerSettings>,
+    /// Where partners enrolled through the API are kept (`[node] partners_dir`, by default
+    /// `<data_dir>/partners`); its `*.pub.toml` are part of the keyring.
+    pub partners_dir: PathBuf,
     /// Retry spacing.
     pub retry: RetryPolicy,
     /// What each partner may make the node hold or do.
@@ -280,6 +290,9 @@ pub struct PartnerSettings {
     pub addr: SocketAddr,
     /// The sharing policy with it; `None`: nothing is exchanged (deny by default).
     pub policy: Option<Policy>,
+    /// Its partner file, if it was enrolled through the API (else it is in the configuration
+    /// file).
+    pub enrolled: Option<PathBuf>,
 }
 
 impl Settings {
@@ -403,7 +416,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
     };
     let keys_dir = rel(&raw.keys.dir);
     must_exist("keys.dir", &keys_dir);
-    let keyring: Vec<PathBuf> = raw.keys.keyring.iter().map(|p| rel(p)).collect();
+    let mut keyring: Vec<PathBuf> = raw.keys.keyring.iter().map(|p| rel(p)).collect();
     for p in &keyring {
         must_exist("keys.keyring", p);
     }
@@ -422,7 +435,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
     for (i, c) in raw.api.clients.iter().enumerate() {
         match unhex::<32>(&c.token_sha256) {
             Some(h) if !c.name.trim().is_empty() => {
-                api_clients.push(ApiClient { name: c.name.clone(), token_sha256: Digest(h) })
+                api_clients.push(ApiClient { name: c.name.clone(), token_sha256: Digest(h), admin: c.admin })
             }
             Some(_) => problems.push(format!("api.clients[{i}].name: must not be empty")),
             None => {
@@ -453,9 +466,35 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             } else if partners.iter().any(|p: &PartnerSettings| p.id == id) {
                 problems.push(format!("partners[{i}].id: {id} is listed twice"));
             } else {
-                partners.push(PartnerSettings { id, addr, policy });
+                partners.push(PartnerSettings { id, addr, policy, enrolled: None });
             }
         }
+    }
+    let data_dir = rel(&raw.node.data_dir);
+    let partners_dir = raw.node.partners_dir.as_deref().map_or_else(|| data_dir.join("partners"), rel);
+    match crate::enrolment::read_dir(&partners_dir) {
+        Err(p) => problems.extend(p.into_iter().map(|p| format!("node.partners_dir: {p}"))),
+        Ok(enrolled) => {
+            for e in enrolled {
+                let file = e.file.display().to_string();
+                let policy = e.policy.as_ref().and_then(|p| {
+                    Policy::load(p, Some(&e.id)).map_err(|err| problems.push(format!("{file}: policy: {err}"))).ok()
+                });
+                if Some(&e.id) == node.as_ref() {
+                    problems.push(format!("{file}: {} is this node", e.id));
+                } else if partners.iter().any(|p| p.id == e.id) {
+                    problems.push(format!(
+                        "{file}: {} is also among the configuration's [[partners]]; keep one of the two",
+                        e.id
+                    ));
+                } else {
+                    partners.push(PartnerSettings { id: e.id, addr: e.addr, policy, enrolled: Some(e.file) });
+                }
+            }
+        }
+    }
+    if partners_dir.is_dir() {
+        keyring.push(partners_dir.clone());
     }
     let d = &raw.delivery;
     if d.initial_backoff_ms == 0 || d.max_backoff_ms < d.initial_backoff_ms {
@@ -497,7 +536,8 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
         (Some(node), Some(listen), Some(api_listen)) if problems.is_empty() => Ok(Settings {
             node,
             listen,
-            data_dir: rel(&raw.node.data_dir),
+            data_dir,
+            partners_dir,
             keys_dir,
             keyring,
             tls_ca,
@@ -599,6 +639,40 @@ mod tests {
         );
         let err = Settings::load_with_env(&it, env("reno")).unwrap_err().to_string();
         assert!(err.contains("congestion") || err.contains("variant"), "{err}");
+    }
+
+    #[test]
+    fn partners_enrolled_through_the_api_are_read_beside_the_file() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let fr: NodeId = "FR-OFAST".parse().unwrap();
+        let keys = crate::keys::NodeKeys::generate(fr, &mut rand_core::OsRng);
+        let files = crate::enrolment::Files::new(
+            dir.path(),
+            &fr,
+            "127.0.0.1:7404".parse().unwrap(),
+            &keys.public().to_toml(),
+            None,
+            "test",
+        );
+        files.write().unwrap();
+        let env = || {
+            config::Environment::with_prefix("LIAISON")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some([("LIAISON__NODE__PARTNERS_DIR".to_owned(), dir.path().display().to_string())].into()))
+        };
+        let it = root.join("configs/IT-DCSA.toml");
+        let s = Settings::load_with_env(&it, env()).unwrap();
+        let ids: Vec<&str> = s.partners.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["ES-UDYCO", "CO-DIJIN", "FR-OFAST"]);
+        assert_eq!(s.partners[2].enrolled.as_deref(), Some(files.partner.0.as_path()));
+        assert!(s.keyring.contains(&dir.path().to_owned()), "its keys are in the keyring");
+        // The same partner in both places: refused, naming the file.
+        std::fs::write(dir.path().join("ES-UDYCO.partner.toml"), "id = \"ES-UDYCO\"\naddr = \"127.0.0.1:1\"\n")
+            .unwrap();
+        let err = Settings::load_with_env(&it, env()).unwrap_err().to_string();
+        assert!(err.contains("ES-UDYCO.partner.toml") && err.contains("keep one of the two"), "{err}");
     }
 
     #[test]

@@ -66,8 +66,10 @@ pub mod delivery;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod encoding;
+pub mod enrolment;
 pub mod faultproxy;
 pub mod federation;
+pub mod files;
 pub mod ids;
 pub mod keys;
 pub mod limits;

@@ -56,6 +56,7 @@
 //! again after verification against the signed recipient list.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ciborium::Value;
 use coset::{
@@ -316,7 +317,7 @@ pub struct Opened {
 
 /// This node's keys, the keyring, and the pairwise X25519 secrets computed from them.
 pub struct SealContext {
-    keys: NodeKeys,
+    keys: Arc<NodeKeys>,
     keyring: Keyring,
     /// X25519(my secret, peer public) by the peer's encryption kid.
     pairwise: HashMap<Vec<u8>, Zeroizing<[u8; 32]>>,
@@ -331,7 +332,17 @@ impl std::fmt::Debug for SealContext {
 impl SealContext {
     /// Builds the context; this node's own public keys are added to the keyring if absent.
     /// Computes one X25519 per peer. Fails on a peer key that is a low-order point.
-    pub fn new(keys: NodeKeys, mut keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+    pub fn new(keys: NodeKeys, keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+        Self::build(Arc::new(keys), keyring)
+    }
+
+    /// The same node's keys with another keyring (partners enrolled or removed while the node
+    /// runs): the pairwise secrets are computed again.
+    pub fn with_keyring(&self, keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+        Self::build(self.keys.clone(), keyring)
+    }
+
+    fn build(keys: Arc<NodeKeys>, mut keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
         keyring.add(keys.public().clone())?;
         let mut pairwise = HashMap::new();
         for peer in keyring.iter() {

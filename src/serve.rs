@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::config::Settings;
 use crate::keys::{Keyring, NodeKeys};
-use crate::node::{Node, NodeConfig, Partner};
+use crate::node::{Node, NodeConfig, Partner, PartnerSet};
 use crate::policy::PolicyBook;
 use crate::seal::SealContext;
 use crate::transport::TlsMaterial;
@@ -98,6 +98,16 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
         retry: s.retry,
         limits: s.limits,
         transport: s.transport,
+        partners_dir: Some(s.partners_dir.clone()),
+    })
+}
+
+/// The partners, keyring and policies the settings name, for [`Node::set_partners`].
+pub fn partner_set(s: &Settings) -> Result<PartnerSet, ServeError> {
+    Ok(PartnerSet {
+        partners: s.partners.iter().map(|p| Partner { node: p.id, addr: p.addr }).collect(),
+        keyring: Keyring::load(&s.keyring)?,
+        policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
     })
 }
 
@@ -172,10 +182,12 @@ async fn store_failure(node: &Node) -> String {
     }
 }
 
-/// On SIGHUP: reads the configuration again and puts in force its sharing policies and, if the
-/// files changed, its TLS material (a new CRL after a revocation, a renewed certificate). A
-/// configuration, policy or TLS file with any problem is refused as a whole (every problem
-/// logged) and what is in force stays. Partners, addresses, keys and ports need a restart.
+/// On SIGHUP: reads the configuration again and puts in force, if the files changed, its TLS
+/// material (a new CRL after a revocation, a renewed certificate), then its partners (enrolled,
+/// removed, moved: in the file's `[[partners]]` or the partners directory), the keyring and the
+/// sharing policies, saying what changed. A configuration, policy, key or TLS file with any
+/// problem is refused as a whole (every problem logged) and what is in force stays. This node's
+/// own keys, addresses and ports need a restart.
 async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: watch::Receiver<bool>) {
     #[cfg(unix)]
     {
@@ -218,18 +230,26 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
                     }
                     Ok(tls) => {
                         let detail = format!("CA, certificate and {} CRL file(s) read again", s.tls_crls.len());
-                        match node.reload_tls(&tls, "SIGHUP", detail).await {
+                        match node.reload_tls(tls, "SIGHUP", detail).await {
                             Ok(()) => tls_files = now,
                             Err(e) => tracing::error!(error = %e, "TLS reload failed; the material in force stays"),
                         }
                     }
                 }
             }
-            let book = PolicyBook::new(s.partners.into_iter().filter_map(|p| p.policy));
-            match node.reload_policies(book, "SIGHUP").await {
-                Ok(changes) if changes.is_empty() => info!("reload: the policies did not change"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "policy reload failed; the policies in force stay"),
+            let target = match partner_set(&s) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the partners, keys and policies in force stay");
+                    continue;
+                }
+            };
+            match node.set_partners(target, "SIGHUP").await {
+                Ok(changes) if changes.is_empty() => info!("reload: partners, keys and policies did not change"),
+                Ok(changes) => info!(changes = %changes.join("; "), "reload: in force"),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; the partners, keys and policies in force stay")
+                }
             }
         }
     }

@@ -141,6 +141,7 @@ impl Federation {
             policies,
             retry: RetryPolicy { initial_backoff: 50, max_backoff: 500, receipt_timeout: 10_000 },
             limits: liaison::limits::Limits::default(),
+            partners_dir: None,
         };
         Node::start(config, stop).await.unwrap()
     }
@@ -703,7 +704,7 @@ async fn a_tls_reload_with_a_new_crl_cuts_off_a_revoked_partner_at_once() {
         (crl, (certs["IT-DCSA"].cert_pem.clone(), certs["IT-DCSA"].key_pem.clone()))
     };
     let tls = TlsMaterial::from_pem(fed.ca.cert_pem(), &[&crl], &it_cert.0, &it_cert.1).unwrap();
-    it.reload_tls(&tls, "test", "CRL 2 revokes ES-UDYCO".into()).await.unwrap();
+    it.reload_tls(tls, "test", "CRL 2 revokes ES-UDYCO".into()).await.unwrap();
 
     // Nothing from ES-UDYCO gets in any more, and IT-DCSA does not deliver to it either.
     let refused = es.submit(&example("information-request.json", "ES-UDYCO", &["IT-DCSA"])).await.unwrap().id;

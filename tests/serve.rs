@@ -977,6 +977,209 @@ fn a_revoked_partner_is_cut_off_and_both_senders_say_why() {
     assert_eq!(code, 200, "the node runs on with the material in force");
 }
 
+/// A fourth node, FR-OFAST, is enrolled while IT-DCSA and ES-UDYCO run: its keys and
+/// certificate request made on its side, signed by the federation CA; IT-DCSA takes it through
+/// the API (`peers add`), ES-UDYCO through its files and SIGHUP. Packets go both ways with no
+/// running node restarted; then it is removed the same two ways, and is cut off at once.
+#[test]
+fn a_fourth_node_is_enrolled_and_removed_without_a_restart() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let base = c.get("IT-DCSA").config.parent().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN).current_dir(&base).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // On FR-OFAST's side: its keys, its TLS key and request. At the CA: the certificate.
+    run(&["keys", "generate", "--node", "FR-OFAST", "--out", "fr/keys"]);
+    run(&["pki", "csr", "--node", "FR-OFAST", "--out", "fr/tls"]);
+    run(&[
+        "pki",
+        "sign-csr",
+        "--ca",
+        "certs/tls/ca",
+        "--node",
+        "FR-OFAST",
+        "--csr",
+        "fr/tls/FR-OFAST.csr",
+        "--out",
+        "fr/tls/FR-OFAST.crt",
+    ]);
+    // The agreements: each side's policy with FR-OFAST, as with ES-UDYCO.
+    let policy = |of: &str, with: &str| {
+        let text = fs::read_to_string(base.join(format!("policies/{of}/ES-UDYCO.toml")))
+            .or_else(|_| fs::read_to_string(base.join(format!("policies/{of}/IT-DCSA.toml"))))
+            .unwrap();
+        let text = text.replace("partner = \"ES-UDYCO\"", &format!("partner = \"{with}\""));
+        text.replace("partner = \"IT-DCSA\"", &format!("partner = \"{with}\""))
+    };
+    fs::create_dir_all(base.join("policies/FR-OFAST")).unwrap();
+    for (of, with) in
+        [("IT-DCSA", "FR-OFAST"), ("ES-UDYCO", "FR-OFAST"), ("FR-OFAST", "IT-DCSA"), ("FR-OFAST", "ES-UDYCO")]
+    {
+        let src = if of == "FR-OFAST" { "IT-DCSA" } else { of };
+        fs::write(base.join(format!("policies/{of}/{with}.toml")), policy(src, with)).unwrap();
+    }
+    let fr_quic = free_udp();
+    let fr_api = free_tcp();
+
+    // IT-DCSA: through the API, in force at once.
+    let it = c.get("IT-DCSA");
+    let it_pid = it.pid();
+    let o = it.cli(&[
+        "peers",
+        "add",
+        "FR-OFAST",
+        "--addr",
+        &format!("127.0.0.1:{fr_quic}"),
+        "--keys",
+        base.join("fr/keys/FR-OFAST.pub.toml").to_str().unwrap(),
+        "--policy",
+        base.join("policies/IT-DCSA/FR-OFAST.toml").to_str().unwrap(),
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains(&format!("FR-OFAST enrolled at 127.0.0.1:{fr_quic}")), "{out}");
+    assert!(it.data_dir.join("partners/FR-OFAST.partner.toml").exists(), "kept for the next start");
+    // Twice: refused, and said why.
+    let o = it.cli(&[
+        "peers",
+        "add",
+        "FR-OFAST",
+        "--addr",
+        "127.0.0.1:9",
+        "--keys",
+        base.join("fr/keys/FR-OFAST.pub.toml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already a partner"), "{}", String::from_utf8_lossy(&o.stderr));
+    // A partner of the configuration file is not removed through the API.
+    let (code, v) = it.api("DELETE", "/v1/peers/ES-UDYCO", None);
+    assert_eq!(code, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("[[partners]]"), "{v}");
+
+    // ES-UDYCO: its files, then SIGHUP.
+    let es = c.get("ES-UDYCO");
+    let es_pid = es.pid();
+    fs::copy(base.join("fr/keys/FR-OFAST.pub.toml"), base.join("certs/federation/FR-OFAST.pub.toml")).unwrap();
+    let es_config = fs::read_to_string(&es.config).unwrap();
+    let fr_entry = format!("[[partners]]\nid = \"FR-OFAST\"\naddr = \"127.0.0.1:{fr_quic}\"\npolicy = \"policies/ES-UDYCO/FR-OFAST.toml\"\n");
+    fs::write(&es.config, es_config.replacen("[delivery]", &format!("{fr_entry}[delivery]"), 1)).unwrap();
+    let hup =
+        |n: &NodeProc| assert!(Command::new("kill").args(["-HUP", &n.pid().to_string()]).status().unwrap().success());
+    hup(es);
+    wait_for("ES-UDYCO enrols FR-OFAST", Duration::from_secs(20), || es.log_text().contains("FR-OFAST enrolled at"));
+
+    // FR-OFAST starts (a new node, not a restart), with both as partners.
+    let fr_token = "test-token-FR-OFAST".to_owned();
+    let hash = liaison::encoding::hex(&liaison::encoding::Digest::of(fr_token.as_bytes()).0);
+    let partners: String = [("IT-DCSA", c.get("IT-DCSA").quic), ("ES-UDYCO", c.get("ES-UDYCO").quic)]
+        .iter()
+        .map(|(n, q)| {
+            format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\npolicy = \"policies/FR-OFAST/{n}.toml\"\n")
+        })
+        .collect();
+    let config = format!(
+        "[node]\nid = \"FR-OFAST\"\nlisten = \"127.0.0.1:{fr_quic}\"\ndata_dir = \"data/FR-OFAST\"\n\
+         [keys]\ndir = \"fr/keys\"\nkeyring = [\"certs/federation\"]\n\
+         [tls]\nca = \"certs/tls/ca.crt\"\ncert = \"fr/tls/FR-OFAST.crt\"\nkey = \"fr/tls/FR-OFAST.key\"\ncrls = [\"certs/tls/crl.pem\"]\n\
+         [api]\nlisten = \"127.0.0.1:{fr_api}\"\nclients = [{{ name = \"test\", token_sha256 = \"{hash}\" }}]\n{partners}\
+         [delivery]\ninitial_backoff_ms = 50\nmax_backoff_ms = 1000\nreceipt_timeout_ms = 3000\n[log]\nformat = \"json\"\nlevel = \"info\"\n"
+    );
+    fs::write(base.join("FR-OFAST.toml"), config).unwrap();
+    c.nodes.push(NodeProc {
+        name: "FR-OFAST".into(),
+        quic: fr_quic,
+        config: base.join("FR-OFAST.toml"),
+        log: base.join("FR-OFAST.log"),
+        data_dir: base.join("data/FR-OFAST"),
+        api: format!("http://127.0.0.1:{fr_api}"),
+        token: fr_token,
+        child: None,
+    });
+    c.node("FR-OFAST").start();
+
+    // Packets to and from FR-OFAST, delivered and receipted.
+    let send = |from: &str, to: &str| {
+        let n = c.get(from);
+        let mut d = draft("information-request.json");
+        d["envelope"]["recipients"] = json!([to]);
+        let (code, v) = n.api("POST", &format!("/v1/packets?to={to}"), Some(&d.to_string()));
+        assert_eq!(code, 201, "{from} -> {to}: {v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let mut arrived = Vec::new();
+    for (from, to) in
+        [("IT-DCSA", "FR-OFAST"), ("FR-OFAST", "IT-DCSA"), ("ES-UDYCO", "FR-OFAST"), ("FR-OFAST", "ES-UDYCO")]
+    {
+        let id = send(from, to);
+        let n = c.get(from);
+        wait_for(&format!("{from} -> {to} delivered"), Duration::from_secs(30), || state_of(n, &id) == "delivered");
+        arrived.push((to, id));
+    }
+    for (to, id) in &arrived {
+        assert!(c.get(to).inbox_ids().contains(id), "{to} holds {id}");
+    }
+    // FR-OFAST's API client is not an admin client: it may not change the node.
+    let (code, v) = c.get("FR-OFAST").api("DELETE", "/v1/peers/IT-DCSA", None);
+    assert_eq!(code, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not an admin client"), "{v}");
+    let shown = String::from_utf8_lossy(&c.get("IT-DCSA").cli(&["peers", "show", "FR-OFAST"]).stdout).into_owned();
+    assert!(
+        shown.contains("FR-OFAST  127.0.0.1:")
+            && shown.contains("FR-OFAST/sig/")
+            && shown.contains("certificate    FR-OFAST"),
+        "{shown}"
+    );
+    assert_eq!((c.get("IT-DCSA").pid(), c.get("ES-UDYCO").pid()), (it_pid, es_pid), "no running node restarted");
+
+    // Removed at IT-DCSA through the API: nothing more goes to it, and it is refused.
+    let it = c.get("IT-DCSA");
+    let o = it.cli(&["peers", "remove", "FR-OFAST"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("FR-OFAST removed"), "{out}");
+    assert!(!it.data_dir.join("partners/FR-OFAST.partner.toml").exists());
+    assert!(it.data_dir.join("partners/FR-OFAST.pub.toml").exists(), "kept, to verify what it sent");
+    let (code, v) = it.api("POST", "/v1/packets?to=FR-OFAST", Some(&draft("information-request.json").to_string()));
+    assert_eq!(code, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("not a partner"), "{v}");
+    // What it received from FR-OFAST before still verifies (its keys are kept).
+    let from_fr = &arrived[1].1;
+    let (code, v) = it.api("GET", &format!("/v1/inbox/{from_fr}"), None);
+    assert_eq!(code, 200, "{v}");
+    let id = send("FR-OFAST", "IT-DCSA");
+    let fr = c.get("FR-OFAST");
+    wait_for("FR-OFAST's status says IT-DCSA refuses it", Duration::from_secs(30), || {
+        fr.api("GET", &format!("/v1/packets/{id}"), None).1["recipients"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("IT-DCSA refuses this node's certificate"))
+    });
+    assert_ne!(state_of(fr, &id), "delivered");
+    wait_for("IT-DCSA logs the refusal", Duration::from_secs(10), || {
+        it.log_text().contains("names no enrolled partner")
+    });
+
+    // Removed at ES-UDYCO through its files and SIGHUP.
+    let es = c.get("ES-UDYCO");
+    fs::write(&es.config, es_config).unwrap();
+    hup(es);
+    wait_for("ES-UDYCO removes FR-OFAST", Duration::from_secs(20), || es.log_text().contains("FR-OFAST removed"));
+    let (code, _) = es.api("GET", "/v1/peers/FR-OFAST", None);
+    assert_eq!(code, 404);
+
+    // Both on record in IT-DCSA's audit trail, which verifies.
+    let changes: Vec<String> = it
+        .audit_events()
+        .iter()
+        .filter(|e| e["admin"]["action"] == "partners changed")
+        .map(|e| e["admin"]["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes[0].contains("FR-OFAST enrolled") && changes[1].contains("FR-OFAST removed"), "{changes:?}");
+    assert_eq!(it.cli(&["audit", "verify"]).status.code(), Some(0));
+}
+
 /// `GET path` on a node's API with `token` (or none): the status code and the body as text.
 fn http_get(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read as _, Write as _};

@@ -21,6 +21,8 @@
 //! | GET | `/v1/audit/export?from=T&to=T` | an offline-verifiable excerpt ([`crate::audit::Export`]); recorded in the trail |
 //! | GET | `/v1/audit/entries?from=T&to=T` | the entries of a range, decoded, at most 10,000 ([`types::AuditEntries`]); a read, recorded nowhere |
 //! | GET | `/v1/peers`, `/v1/peers/{node}` | each partner's link, last error in words, certificate, keys, policy, copies waiting ([`types::PeerView`]) |
+//! | POST | `/v1/peers` | admin clients: [`types::EnrolRequest`]: enrol a partner now, its files kept in the partners directory; 201 [`types::PeerChange`] |
+//! | DELETE | `/v1/peers/{node}` | admin clients: remove a partner enrolled through the API, now ([`types::PeerChange`]); its queued copies stay on disk |
 //! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //! | GET | `/healthz`, `/readyz` | probes, without a token: `ok`; `ready` or 503 saying why not |
 //!
@@ -30,8 +32,8 @@
 //! senders without it.
 //!
 //! Errors are [`types::ErrorBody`] `{"error": "...", "field": "..."}`: 400 for a bad packet or
-//! request body (the field named), 403 when policy refused every recipient (each named), 401
-//! unauthenticated, 404 unknown id, 409 for an ambiguous id or a repeated acknowledgement, 422
+//! request body (the field named), 403 when policy refused every recipient (each named) or the
+//! client is not an admin client for an admin route, 401 unauthenticated, 404 unknown id, 409 for an ambiguous id or a repeated acknowledgement, 422
 //! for a packet that cannot go where asked, 507 when the node's disk is full (nothing was stored;
 //! submit again once space is freed: the node resumes by itself), 503 when the store cannot take
 //! it for another reason (nothing was accepted).
@@ -87,8 +89,8 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/audit/entries", get(audit_entries))
         .route("/v1/policy/{partner}", get(policy_show))
         .route("/v1/outbox", get(outbox_summary))
-        .route("/v1/peers", get(peers))
-        .route("/v1/peers/{node}", get(peer))
+        .route("/v1/peers", get(peers).post(enrol))
+        .route("/v1/peers/{node}", get(peer).delete(unenrol))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
@@ -124,6 +126,7 @@ impl From<NodeError> for ApiError {
             NodeError::NotAPartner(_) | NodeError::NotARecipient { .. } | NodeError::Seal(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            NodeError::PartnerChange(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string(), None)
@@ -134,9 +137,24 @@ fn bad_packet(e: PacketError) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, e.to_string(), e.field().map(str::to_owned))
 }
 
-/// The authenticated API client's name (from the config), for the audit trail.
+/// The authenticated API client's name (from the config), for the audit trail, and whether it
+/// is an admin client.
 #[derive(Clone)]
-struct Client(String);
+struct Client(String, bool);
+
+impl Client {
+    /// Refuses (403) a client that is not an admin client.
+    fn admin(&self) -> Result<(), ApiError> {
+        if self.1 {
+            return Ok(());
+        }
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("API client {} is not an admin client (admin = true in [api] clients)", self.0),
+            None,
+        ))
+    }
+}
 
 async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Request, next: Next) -> Response {
     let token = headers
@@ -146,12 +164,12 @@ async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Reque
     let client = token.and_then(|t| {
         let d = Digest::of(t.as_bytes());
         // Compare against every client, in constant time each, without stopping early.
-        api.clients.iter().fold(None, |found, c| if c.token_sha256.ct_eq(&d) { Some(c.name.clone()) } else { found })
+        api.clients.iter().fold(None, |found, c| if c.token_sha256.ct_eq(&d) { Some(c) } else { found })
     });
     match client {
-        Some(name) => {
-            tracing::debug!(client = %name, method = %req.method(), path = %req.uri().path(), "api request");
-            req.extensions_mut().insert(Client(name));
+        Some(c) => {
+            tracing::debug!(client = %c.name, method = %req.method(), path = %req.uri().path(), "api request");
+            req.extensions_mut().insert(Client(c.name.clone(), c.admin));
             next.run(req).await
         }
         None => {
@@ -334,6 +352,40 @@ async fn peer(State(api): State<Api>, Path(node): Path<String>) -> Result<impl I
         Some(p) => Ok(Json(p)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{node} is not a partner of this node"), None)),
     }
+}
+
+/// Enrols a partner now (admin clients).
+async fn enrol(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    text: String,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let req: types::EnrolRequest = body(&text)?;
+    let addr = req.addr.parse().map_err(|e: std::net::AddrParseError| {
+        ApiError(StatusCode::BAD_REQUEST, format!("addr {:?}: {e}", req.addr), Some("addr".into()))
+    })?;
+    let node = req.node;
+    let e = crate::node::Enrolment { node, addr, public_keys: req.public_keys, policy: req.policy };
+    let changes = api.node.enrol(e, &client.0).await?;
+    info!(client = %client.0, %node, "partner enrolled through the API");
+    let peer = api.node.peers().into_iter().find(|p| p.node == node);
+    Ok((StatusCode::CREATED, Json(types::PeerChange { node, changes, peer })))
+}
+
+/// Removes a partner enrolled through the API (admin clients).
+async fn unenrol(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(node): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let node: NodeId = node
+        .parse()
+        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    let changes = api.node.unenrol(&node, &client.0).await?;
+    info!(client = %client.0, %node, "partner removed through the API");
+    Ok(Json(types::PeerChange { node, changes, peer: None }))
 }
 
 fn parse_id(s: &str) -> Result<PacketId, ApiError> {

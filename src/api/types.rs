@@ -481,6 +481,33 @@ impl AuditVerify {
     }
 }
 
+/// `POST /v1/peers`: a partner to enrol now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The partner.
+    pub node: NodeId,
+    /// Its QUIC address (`host:port`).
+    pub addr: String,
+    /// Its public key file (`NODE.pub.toml`), as text.
+    pub public_keys: String,
+    /// The sharing policy agreed with it (TOML text); without one nothing is exchanged.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// The answer to `POST /v1/peers` and `DELETE /v1/peers/{node}`: what changed, in words, and
+/// the partner as it now is (none once removed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerChange {
+    /// The partner.
+    pub node: NodeId,
+    /// What changed, as recorded in the audit trail.
+    pub changes: Vec<String>,
+    /// The partner now.
+    pub peer: Option<PeerView>,
+}
+
 /// One partner in `GET /v1/peers`: the link, its last error in words, the partner's certificate
 /// and keys, the policy in force, the copies waiting.
 #[derive(Debug, Clone, Serialize, Deserialize)]

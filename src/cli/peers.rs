@@ -22,6 +22,34 @@ pub(super) enum PeersCommand {
         /// The partner.
         node: NodeId,
     },
+    /// Enrols a partner now, without a restart (an admin client): its public key file, its
+    /// address and the sharing policy agreed with it. The node keeps the files in its partners
+    /// directory, so the partner stays enrolled after a restart.
+    Add {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The partner's node id.
+        node: NodeId,
+        /// Its QUIC address (host:port).
+        #[arg(long)]
+        addr: String,
+        /// Its public key file (NODE.pub.toml, from `liaison keys generate` there).
+        #[arg(long)]
+        keys: std::path::PathBuf,
+        /// The sharing policy agreed with it (TOML). Without one, nothing is sent to it or
+        /// accepted from it.
+        #[arg(long)]
+        policy: Option<std::path::PathBuf>,
+    },
+    /// Removes a partner enrolled with `peers add`, now (an admin client). Its connections
+    /// close and it can no longer connect; copies queued for it stay on disk and go out if it
+    /// is enrolled again. A partner of the configuration file is removed there, then SIGHUP.
+    Remove {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The partner.
+        node: NodeId,
+    },
 }
 
 fn ago(t: Option<crate::timestamp::Timestamp>) -> String {
@@ -30,6 +58,35 @@ fn ago(t: Option<crate::timestamp::Timestamp>) -> String {
 
 pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
     match cmd {
+        PeersCommand::Add { api, node, addr, keys, policy } => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+            };
+            let req = crate::api::types::EnrolRequest {
+                node,
+                addr,
+                public_keys: read(&keys)?,
+                policy: policy.as_deref().map(read).transpose()?,
+            };
+            let done = called(client(&api)?.enrol(&req))?;
+            if api.json {
+                print_json(&done);
+            } else {
+                for c in &done.changes {
+                    println!("{c}");
+                }
+            }
+        }
+        PeersCommand::Remove { api, node } => {
+            let done = called(client(&api)?.unenrol(&node))?;
+            if api.json {
+                print_json(&done);
+            } else {
+                for c in &done.changes {
+                    println!("{c}");
+                }
+            }
+        }
         PeersCommand::List { api } => {
             let peers = called(client(&api)?.peers())?;
             if api.json {

@@ -165,6 +165,9 @@ pub enum Problem {
     PartnerStoreFailed,
     /// The partner's receipt could not be stored here (this node's disk).
     ReceiptNotStored,
+    /// The node is no longer a partner (it was removed): its copies stay on disk and go out
+    /// if it is enrolled again.
+    NotAPartner,
 }
 
 impl Problem {
@@ -213,6 +216,9 @@ impl Problem {
             Self::ReceiptNotStored => {
                 format!("{peer}'s receipt could not be stored here (this node's disk); the copies are sent again")
             }
+            Self::NotAPartner => format!(
+                "{peer} is no longer a partner of this node: its copies are kept on disk and go out if it is enrolled again"
+            ),
         }
     }
 }

@@ -25,51 +25,23 @@ impl Node {
     /// and made again under it, so a revoked partner is cut off now rather than at its next
     /// reconnect. Copies in flight are sent again (the receiver dedups). Recorded in the audit
     /// trail.
-    pub async fn reload_tls(&self, tls: &TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
-        let enrolled: Vec<NodeId> = self.inner.partners.keys().cloned().collect();
-        let server = transport::server_config(tls, &enrolled, refusals_logged(), self.inner.transport)?;
-        let client = transport::client_config(tls, self.inner.transport)?;
+    pub async fn reload_tls(&self, tls: TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
+        let _one = self.inner.admin.lock().await;
+        let enrolled: Vec<NodeId> = self.partner_states().iter().map(|p| p.node).collect();
+        let server = transport::server_config(&tls, &enrolled, refusals_logged(), self.inner.transport)?;
+        let client = transport::client_config(&tls, self.inner.transport)?;
         let event = AuditEvent::Admin { action: crate::audit::AdminAction::TlsReload, by: by.into(), detail };
         self.inner.store.commit(vec![Op::Audit(event)]).await?;
         self.inner.endpoint.set_server_config(Some(server));
         *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
         *self.inner.expiries.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tls.expiries();
+        *self.inner.tls.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tls);
         self.inner.tls_generation.send_modify(|g| *g += 1);
-        for w in self.inner.wake.values() {
-            w.notify_one();
+        for p in self.partner_states() {
+            p.wake.notify_one();
         }
         info!("TLS material reloaded; live connections are made again");
         Ok(())
-    }
-
-    /// Puts `book` in force in place of the current policies (an administrator edited the
-    /// files). The change is recorded in the audit trail first, with each partner's old and new
-    /// version, so the trail says from which entry on the new rules applied. Policies for nodes
-    /// that are not enrolled partners are ignored (enrolling needs a restart). Returns the
-    /// changes.
-    pub async fn reload_policies(&self, book: PolicyBook, by: &str) -> Result<Vec<String>, NodeError> {
-        let old = self.policies();
-        let version =
-            |b: &PolicyBook, p: &NodeId| b.policy(p).map_or_else(|| "none".to_owned(), |x| x.hash.to_string());
-        let mut partners: Vec<&NodeId> = self.inner.partners.keys().collect();
-        partners.sort();
-        let changes: Vec<String> = partners
-            .into_iter()
-            .filter(|p| old.policy(p) != book.policy(p))
-            .map(|p| format!("{p}: {} -> {}", version(&old, p), version(&book, p)))
-            .collect();
-        if changes.is_empty() {
-            return Ok(changes);
-        }
-        let event = AuditEvent::Admin {
-            action: crate::audit::AdminAction::PolicyReload,
-            by: by.into(),
-            detail: changes.join("; "),
-        };
-        self.inner.store.commit(vec![Op::Audit(event)]).await?;
-        *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(book);
-        info!(changes = %changes.join("; "), "sharing policies reloaded");
-        Ok(changes)
     }
 
     /// Signs a checkpoint of the audit trail's head, unless the head is already signed; returns
@@ -80,7 +52,7 @@ impl Node {
             return Ok(head);
         }
         let at = now_ms();
-        let signature = self.inner.seal.sign_detached(&Checkpoint::message(&self.inner.me, &head, at));
+        let signature = self.seal().sign_detached(&Checkpoint::message(&self.inner.me, &head, at));
         let c = Checkpoint { node: self.inner.me, head, at, signature };
         self.inner.store.commit(vec![store::put(Tree::AuditCheckpoints, crate::audit::key(head.seq), &c)]).await?;
         debug!(seq = head.seq, "audit checkpoint signed");
@@ -101,7 +73,7 @@ impl Node {
 
     /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
     pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
-        Ok(self.inner.store.audit_verify(&self.inner.me, &self.inner.seal.public().signing)?)
+        Ok(self.inner.store.audit_verify(&self.inner.me, &self.seal().public().signing)?)
     }
 
     fn checkpoints(&self) -> Result<Vec<Checkpoint>, NodeError> {
@@ -177,7 +149,7 @@ impl Node {
             _ => (self.inner.store.audit_head()?, Vec::new()),
         };
         let (first, last) = (start.seq, entries.last().map_or(start.seq, |(s, _)| *s));
-        let public_key = crate::encoding::hex(self.inner.seal.public().signing.as_bytes());
+        let public_key = crate::encoding::hex(self.seal().public().signing.as_bytes());
         Ok(crate::audit::Export {
             format: crate::audit::EXPORT_FORMAT.into(),
             node: self.inner.me,
@@ -208,8 +180,9 @@ impl Node {
                 warn!(error = %e, "could not sign an audit checkpoint");
             }
             crate::limits::flush_refusals();
-            for (peer, b) in &self.inner.budgets {
-                for (kind, n) in b.unlogged(now_ms()) {
+            for p in self.partner_states() {
+                let peer = p.node;
+                for (kind, n) in p.budget.unlogged(now_ms()) {
                     warn!(%peer, kind, count = n, "{n} more events of this kind about the partner's traffic in the last minute, not logged one by one (the audit trail has each packet)");
                 }
             }
@@ -296,9 +269,9 @@ impl Node {
                     (what, *at)
                 })
                 .collect();
-            for (node, link) in &self.inner.links {
-                if let Some(c) = &lock(link).certificate {
-                    items.push((format!("{node}'s TLS certificate (serial {})", c.serial), c.not_after));
+            for p in self.partner_states() {
+                if let Some(c) = &lock(&p.link).certificate {
+                    items.push((format!("{}'s TLS certificate (serial {})", p.node, c.serial), c.not_after));
                 }
             }
             for (what, at) in items {
@@ -350,7 +323,7 @@ impl Node {
         // on disk, not in a machine).
         for peer in book.partners() {
             let Some(keep) = self.retention_of(&book, peer) else { continue };
-            let sender = self.sender(peer);
+            let partner = self.partner(peer);
             loop {
                 // Only what a commit made terminal is in the index: nothing being written.
                 let mut past = self.inner.store.past_retention(peer, now, keep, PURGE_BATCH)?;
@@ -361,8 +334,8 @@ impl Node {
                 // One the machine still holds has a write outstanding (terminal on disk, to be
                 // written again after a failed commit): purged now, that write would bring it
                 // back. It is purged at a later round, once written and let go.
-                if let Some(sender) = sender {
-                    let m = lock(sender);
+                if let Some(p) = &partner {
+                    let m = lock(&p.sender);
                     past.retain(|(id, _)| m.entry(*id).is_none());
                 }
                 if past.is_empty() {
@@ -394,8 +367,8 @@ impl Node {
                     detail: format!("deleted {n} copies sent to {peer} past retention: {list}"),
                 }));
                 self.inner.store.commit(ops).await?;
-                if let Some(sender) = sender {
-                    lock(sender).forget(ids.iter().copied());
+                if let Some(p) = &partner {
+                    lock(&p.sender).forget(ids.iter().copied());
                 }
                 {
                     let mut deadlines = lock(&self.inner.deadlines);
@@ -480,7 +453,7 @@ impl Node {
         let Some(bytes) = self.inner.store.get(Tree::Receipts, receipt_id)? else { return Ok(false) };
         // Verified when it was stored; a receipt that does not verify now (a key no longer in
         // the keyring) is kept rather than judged.
-        let Ok(signed) = crate::seal::verify_signed(self.inner.seal.keyring(), &bytes) else { return Ok(true) };
+        let Ok(signed) = crate::seal::verify_signed(self.seal().keyring(), &bytes) else { return Ok(true) };
         let Body::DeliveryReceipt(r) = &signed.packet.body else { return Ok(true) };
         for item in &r.receipts {
             if gone.contains(&item.packet_id) {
@@ -499,7 +472,8 @@ impl Node {
     /// and the walk stops at the first one within the shortest retention). Returns how many.
     pub async fn purge_issued(&self, now: Millis) -> Result<usize, NodeError> {
         let book = self.policies();
-        let Some(shortest) = self.inner.partners.keys().filter_map(|p| self.retention_of(&book, p)).min() else {
+        let Some(shortest) = self.partner_states().iter().filter_map(|p| self.retention_of(&book, &p.node)).min()
+        else {
             return Ok(0);
         };
         let mut after: Option<Vec<u8>> = None;

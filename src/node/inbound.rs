@@ -32,19 +32,25 @@ impl Node {
                         return;
                     }
                 };
-                let peer = match transport::identify_peer(&conn, node.inner.partners.keys()) {
-                    Ok(p) => p,
+                let enrolled: Vec<NodeId> = node.partner_states().iter().map(|p| p.node).collect();
+                let found = transport::identify_peer(&conn, enrolled.iter()).map(|peer| node.partner(&peer));
+                let partner = match found {
+                    Ok(Some(p)) => p,
+                    // Removed between the two reads.
+                    Ok(None) => {
+                        conn.close(quinn::VarInt::from_u32(1), b"refused");
+                        return;
+                    }
                     Err(e) => {
                         crate::limits::log_refusal("refused connection", &format!("{remote}: {e}"));
                         conn.close(quinn::VarInt::from_u32(1), b"refused");
                         return;
                     }
                 };
+                let peer = partner.node;
                 debug!(%remote, %peer, "partner connected");
-                if let Some(l) = node.inner.links.get(&peer) {
-                    lock(l).contact(crate::node::now_ms());
-                }
-                let Some(budget) = node.inner.budgets.get(&peer) else { return };
+                lock(&partner.link).contact(crate::node::now_ms());
+                let budget = &partner.budget;
                 let id = conn.stable_id() as u64;
                 for old in budget.admit(id, conn.clone(), node.inner.limits.connections_per_partner) {
                     // A partner can open connections as fast as it likes: logged within a budget.
@@ -53,13 +59,13 @@ impl Node {
                     }
                     old.close(quinn::VarInt::from_u32(6), b"replaced by a newer connection");
                 }
-                node.clone().serve_connection(conn, peer).instrument(info_span!("conn", %peer)).await;
+                node.clone().serve_connection(conn, partner.clone()).instrument(info_span!("conn", %peer)).await;
                 budget.release(id);
             });
         }
     }
 
-    async fn serve_connection(self, conn: quinn::Connection, peer: NodeId) {
+    async fn serve_connection(self, conn: quinn::Connection, partner: Arc<PartnerState>) {
         let mut reloaded = self.inner.tls_generation.subscribe();
         loop {
             let accepted = tokio::select! {
@@ -69,25 +75,32 @@ impl Node {
                     conn.close(quinn::VarInt::from_u32(4), b"TLS material reloaded; reconnect");
                     return;
                 }
+                _ = partner.gone.cancelled() => {
+                    if !self.inner.cancel.is_cancelled() {
+                        info!("closing the connection: no longer a partner");
+                        conn.close(quinn::VarInt::from_u32(7), b"no longer a partner");
+                    }
+                    return;
+                }
             };
             let Ok((send, recv)) = accepted else { return };
-            let node = self.clone();
-            self.spawn(async move { node.serve_stream(peer, send, recv).await });
+            let (node, p) = (self.clone(), partner.clone());
+            self.spawn(async move { node.serve_stream(p, send, recv).await });
         }
     }
 
     /// One incoming lane: a reader task reads frames ahead (bounded in bytes), this task takes
     /// whatever has arrived as one batch, commits it with one flush, and answers with one receipt.
-    async fn serve_stream(self, peer: NodeId, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(self, partner: Arc<PartnerState>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let (tx, mut rx) = mpsc::channel::<(wire::Frame, [OwnedSemaphorePermit; 2])>(MAX_RECEIPT_ITEMS);
-        let Some(budget) = self.inner.budgets.get(&peer) else { return };
+        let (peer, budget) = (partner.node, &partner.budget);
         // The stream's share keeps one lane from taking the whole partner budget (its FLASH
         // lane reads on while its bulk lane waits to commit); the partner budget bounds them all.
         let stream_memory = MemoryBudget::new(self.inner.limits.stream_memory());
         let partner_memory = budget.memory.clone();
         let stall = self.inner.limits.frame_stall;
         let node = self.clone();
-        let from = peer;
+        let from = partner.clone();
         let reader = self.spawn(async move {
             loop {
                 node.pace(&from).await;
@@ -182,13 +195,13 @@ impl Node {
     /// for that `kind` of event: `Some(n)` with the `n` events of the minute before that were
     /// only counted.
     pub(super) fn partner_log(&self, peer: &NodeId, kind: &'static str) -> Option<u64> {
-        self.inner.budgets.get(peer)?.log(kind, now_ms())
+        self.partner(peer)?.budget.log(kind, now_ms())
     }
 
     /// Waits until `peer` may send another frame (see [`crate::limits`]: twice its agreed
     /// receive rate).
-    async fn pace(&self, peer: &NodeId) {
-        let Some(budget) = self.inner.budgets.get(peer) else { return };
+    async fn pace(&self, partner: &PartnerState) {
+        let (peer, budget) = (&partner.node, &partner.budget);
         loop {
             let agreed = self.policies().policy(peer).map(|p| p.receive.max_packets_per_minute);
             let per_minute = crate::limits::pace_per_minute(agreed);
@@ -217,7 +230,8 @@ impl Node {
         let large = frames.iter().map(|f| f.len()).sum::<usize>() >= LARGE;
         let work = move || {
             let policies = node.policies();
-            let receiver = Receiver { seal: &node.inner.seal, policies: &policies, known: &node };
+            let seal = node.seal();
+            let receiver = Receiver { seal: &seal, policies: &policies, known: &node };
             receiver.receive(&from, &frames, received_ms, &mut rand_core::OsRng)
         };
         let batch = match lane {
@@ -260,8 +274,8 @@ impl Node {
                 inbox.record(*id, *peer, *digest, *at);
             }
         }
-        if let (false, Some(sender)) = (batch.acked.is_empty(), self.sender(peer)) {
-            let mut sender = lock(sender);
+        if let (false, Some(p)) = (batch.acked.is_empty(), self.partner(peer)) {
+            let mut sender = lock(&p.sender);
             for (id, officer, at, first) in batch.acked {
                 sender.add_read(id, officer, at, first);
             }
@@ -302,7 +316,7 @@ impl Known for Node {
     }
 
     fn sent_to(&self, packet_id: PacketId, peer: &NodeId) -> Result<Option<Entry>, StoreError> {
-        let held = self.sender(peer).and_then(|s| lock(s).entry(packet_id).cloned());
+        let held = self.partner(peer).and_then(|p| lock(&p.sender).entry(packet_id).cloned());
         super::sent_entry(held, &self.inner.store, packet_id, peer)
             .inspect_err(|e| warn!(error = %e, %packet_id, "the outbox could not be read"))
     }

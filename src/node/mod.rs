@@ -48,8 +48,11 @@ mod bulk;
 mod inbound;
 pub mod links;
 mod outbound;
+mod partners;
 mod peer;
+use partners::PartnerState;
 mod queries;
+pub use partners::{Enrolment, PartnerSet};
 pub use queries::{consents_about, held};
 
 /// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
@@ -112,6 +115,10 @@ pub enum NodeError {
     /// The transport could not be set up.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    /// A change of partners was refused (a partner without keys, keys that clash, a partner
+    /// of the configuration file removed through the API...); nothing changed.
+    #[error("partner change refused: {0}")]
+    PartnerChange(String),
     /// Binding the UDP socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -169,6 +176,9 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// How QUIC paces sending under loss, and which TLS key exchange it does.
     pub transport: transport::Options,
+    /// Where partners enrolled through the API are written ([`crate::enrolment`]); `None`: this
+    /// node takes enrolments from its files only.
+    pub partners_dir: Option<std::path::PathBuf>,
 }
 
 /// Per-recipient status of a packet this node sent.
@@ -182,17 +192,21 @@ pub struct Node {
 
 struct Inner {
     me: NodeId,
-    seal: SealContext,
+    /// This node's keys and the keyring: replaced whole when partners change (read with
+    /// [`Node::seal`]).
+    seal: std::sync::RwLock<Arc<SealContext>>,
     store: Store,
-    /// One sender machine per partner: its pending outbox entries, lanes and link. Each has its
-    /// own lock, so partners do not wait for each other. (Copies queued for a former partner
-    /// stay on disk, and go out if it is enrolled again.)
-    senders: HashMap<NodeId, Mutex<Sender>>,
-    /// Per partner: sealed copies just submitted, for their first write.
-    fresh: HashMap<NodeId, Mutex<peer::Fresh>>,
+    /// The partners, each with its sender machine, link and budgets ([`PartnerState`]): added
+    /// and removed while the node runs ([`Node::set_partners`]). (Copies queued for a former
+    /// partner stay on disk, and go out if it is enrolled again.)
+    partners: std::sync::RwLock<HashMap<NodeId, Arc<PartnerState>>>,
+    /// Where partners enrolled through the API are written.
+    partners_dir: Option<std::path::PathBuf>,
+    /// One change of partners or TLS material at a time.
+    admin: tokio::sync::Mutex<()>,
+    /// The TLS material in force (the server side is built again when partners change).
+    tls: std::sync::RwLock<Arc<TlsMaterial>>,
     inbox: Mutex<Inbox>,
-    wake: HashMap<NodeId, Arc<Notify>>,
-    partners: HashMap<NodeId, SocketAddr>,
     endpoint: quinn::Endpoint,
     /// The client side of TLS, replaced on a reload (connections are dialled with it).
     client: std::sync::RwLock<quinn::ClientConfig>,
@@ -217,14 +231,12 @@ struct Inner {
     /// Bumped whenever receipts were applied: wakes whoever waits for a packet's outcome.
     receipts_applied: watch::Sender<u64>,
     limits: Limits,
+    /// Retry spacing (for the machines of partners enrolled while the node runs).
+    retry: RetryPolicy,
     /// How QUIC paces sending under loss (kept for TLS reloads).
     transport: transport::Options,
     /// Acknowledgements read, change and write an inbox record: one at a time.
     acks: tokio::sync::Mutex<()>,
-    /// Per partner: the budgets its traffic draws on.
-    budgets: HashMap<NodeId, PartnerLimits<quinn::Connection>>,
-    /// Per partner: the link as last seen ([`links::LinkInfo`]).
-    links: HashMap<NodeId, Mutex<links::LinkInfo>>,
     /// Submit to verified receipt stored, per delivered copy (`GET /metrics`).
     receipt_latency: crate::metrics::Histogram,
     /// When the TLS material in force stops being usable ([`TlsMaterial::expiries`]).
@@ -265,9 +277,9 @@ impl Node {
         }
     }
 
-    /// The sender machine of `peer` (a partner).
-    fn sender(&self, peer: &NodeId) -> Option<&Mutex<Sender>> {
-        self.inner.senders.get(peer)
+    /// This node's keys and the keyring now in force.
+    pub fn seal(&self) -> Arc<SealContext> {
+        self.inner.seal.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Opens the store, restores the outbox and the deadlines, binds the endpoint, and starts
@@ -278,9 +290,8 @@ impl Node {
         let now = now_ms();
         // The outbox is loaded behind the start (`Node::load_outbox`): a start with a million
         // copies queued listens at once, and FLASH copies are loaded first.
-        let Restored { senders, deadlines } =
+        let Restored { mut senders, deadlines } =
             restore_with(&store, config.partners.iter().map(|p| p.node), config.retry, now, false)?;
-        let senders: HashMap<NodeId, Mutex<Sender>> = senders.into_iter().map(|(n, s)| (n, Mutex::new(s))).collect();
         let enrolled: Vec<NodeId> = config.partners.iter().map(|p| p.node).collect();
         let server = transport::server_config(&config.tls, &enrolled, refusals_logged(), config.transport)?;
         let client = transport::client_config(&config.tls, config.transport)?;
@@ -293,33 +304,32 @@ impl Node {
         let mut endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
         endpoint.set_default_client_config(client.clone());
-        let partners: HashMap<NodeId, SocketAddr> = config.partners.iter().map(|p| (p.node, p.addr)).collect();
-        let wake = partners.keys().map(|n| (*n, Arc::new(Notify::new()))).collect();
-        let budgets = partners
-            .keys()
-            .map(|n| {
-                let agreed = config.policies.policy(n).map(|p| p.receive.max_packets_per_minute);
-                (*n, PartnerLimits::new(&config.limits, crate::limits::pace_per_minute(agreed), now))
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let partners = config
+            .partners
+            .iter()
+            .filter_map(|p| {
+                let sender = senders.remove(&p.node)?;
+                Some((p.node, PartnerState::new(p, sender, &config.policies, &config.limits, &cancel, now)))
             })
             .collect();
         let node = Node {
             inner: Arc::new(Inner {
                 me,
-                seal: config.seal,
+                seal: std::sync::RwLock::new(Arc::new(config.seal)),
                 store,
-                fresh: senders.keys().map(|n| (*n, Mutex::new(peer::Fresh::default()))).collect(),
-                links: senders.keys().map(|n| (*n, Mutex::new(links::LinkInfo::default()))).collect(),
+                partners: std::sync::RwLock::new(partners),
+                partners_dir: config.partners_dir,
+                admin: tokio::sync::Mutex::new(()),
                 receipt_latency: crate::metrics::Histogram::default(),
                 expiries: std::sync::RwLock::new(config.tls.expiries()),
-                senders,
+                tls: std::sync::RwLock::new(Arc::new(config.tls)),
                 // This run's id: the inbox trusts records of earlier runs from the store.
                 inbox: Mutex::new(Inbox::new(rand_core::RngCore::next_u64(&mut rand_core::OsRng))),
-                wake,
-                partners,
                 endpoint,
                 client: std::sync::RwLock::new(client),
                 tls_generation: watch::channel(0).0,
-                cancel: tokio_util::sync::CancellationToken::new(),
+                cancel,
                 tasks: tokio_util::task::TaskTracker::new(),
                 slow: Arc::new(tokio::sync::Semaphore::new(SLOW_SLOTS)),
                 policies: std::sync::RwLock::new(Arc::new(config.policies)),
@@ -328,15 +338,15 @@ impl Node {
                 deadlines_freed: Notify::new(),
                 receipts_applied: watch::channel(0).0,
                 limits: config.limits,
+                retry: config.retry,
                 transport: config.transport,
                 acks: tokio::sync::Mutex::new(()),
-                budgets,
             }),
         };
+        let ids: Vec<NodeId> = node.partner_states().iter().map(|p| p.node).collect();
         let with: Vec<(NodeId, Digest)> =
-            node.inner.partners.keys().filter_map(|p| node.policies().policy(p).map(|x| (*p, x.hash))).collect();
-        let without: Vec<NodeId> =
-            node.inner.partners.keys().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
+            ids.iter().filter_map(|p| node.policies().policy(p).map(|x| (*p, x.hash))).collect();
+        let without: Vec<NodeId> = ids.iter().filter(|p| node.policies().policy(p).is_none()).cloned().collect();
         let started = Op::Audit(AuditEvent::Started { node: me, policies: with, without_policy: without });
         match node.inner.store.commit(vec![started.clone()]).await {
             Ok(()) => {}
@@ -376,12 +386,11 @@ impl Node {
         node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
         node.spawn(node.clone().expiry_loop().instrument(info_span!("expiry", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
-        for peer in node.inner.partners.keys() {
-            if node.policies().policy(peer).is_none() {
-                warn!(%peer, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
+        for partner in node.partner_states() {
+            if node.policies().policy(&partner.node).is_none() {
+                warn!(peer = %partner.node, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
             }
-            let span = info_span!("sender", node = %me, peer = %peer);
-            node.spawn(node.clone().sender_loop(*peer).instrument(span));
+            node.start_partner(partner);
         }
         Ok(node)
     }
@@ -510,10 +519,7 @@ fn restore_with(
     let senders = by_partner
         .into_iter()
         .map(|(peer, entries)| {
-            // Jitter differs per partner and per start.
-            let seed =
-                now ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default());
-            let mut s = Sender::restore(peer, retry, seed, entries, now);
+            let mut s = Sender::restore(peer, retry, partners::jitter_seed(&peer, now), entries, now);
             if !outbox {
                 s.begin_loading();
             }

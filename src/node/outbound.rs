@@ -33,7 +33,7 @@ impl Node {
     async fn submit_with(&self, packet: Checked, with: Vec<Op>) -> Result<Submitted, NodeError> {
         let id = packet.envelope.id;
         for r in &packet.envelope.recipients {
-            if !self.inner.partners.contains_key(r) {
+            if !self.is_partner(r) {
                 return Err(NodeError::NotAPartner(*r));
             }
             // A draft may carry its own id: one already sent would overwrite the copy's state
@@ -66,7 +66,7 @@ impl Node {
         denied: Vec<Refused>,
         now: Millis,
     ) -> Result<crate::delivery::submit::Prepared, crate::seal::SealError> {
-        crate::delivery::submit::seal(&self.inner.seal, packet, copies, denied, now, &mut rand_core::OsRng)
+        crate::delivery::submit::seal(&self.seal(), packet, copies, denied, now, &mut rand_core::OsRng)
     }
 
     /// Stores the copies sealed for `packet`, records the decisions in the audit trail, and
@@ -91,6 +91,10 @@ impl Node {
             }
         };
         ops.extend(sub.ops);
+        // The recipients' machines, held from here on: a partner removed meanwhile gets its
+        // copies on disk, sent if it is enrolled again.
+        let machines: HashMap<NodeId, Arc<PartnerState>> =
+            sub.entries.iter().filter_map(|e| self.partner(&e.recipient).map(|p| (e.recipient, p))).collect();
         // The sealed copies, kept for their first write once on disk.
         let mut fresh: Vec<(NodeId, PacketId, Vec<u8>)> = Vec::new();
         for e in &sub.entries {
@@ -112,8 +116,8 @@ impl Node {
         // packets) may use it.
         let class = store::Class::of_packet(packet);
         for e in &entries {
-            if let Some(sender) = self.sender(&e.recipient) {
-                lock(sender).expect(e.packet_id);
+            if let Some(p) = machines.get(&e.recipient) {
+                lock(&p.sender).expect(e.packet_id);
             }
         }
         let stored = self.spawn(async move {
@@ -130,17 +134,14 @@ impl Node {
             lock(&node.inner.deadlines).apply(staged);
             drop(reserved);
             for (to, id, bytes) in fresh {
-                if let Some(f) = node.inner.fresh.get(&to) {
-                    lock(f).keep(id, bytes);
+                if let Some(p) = machines.get(&to) {
+                    lock(&p.fresh).keep(id, bytes);
                 }
             }
             for e in entries {
-                let to = e.recipient;
-                if let Some(sender) = node.sender(&to) {
-                    lock(sender).admit(now, e);
-                }
-                if let Some(w) = node.inner.wake.get(&to) {
-                    w.notify_one();
+                if let Some(p) = machines.get(&e.recipient) {
+                    lock(&p.sender).admit(now, e);
+                    p.wake.notify_one();
                 }
             }
             Ok::<(), NodeError>(())
@@ -165,7 +166,7 @@ impl Node {
         officer: OfficerId,
     ) -> Result<Submitted, NodeError> {
         for r in to {
-            if !self.inner.partners.contains_key(r) {
+            if !self.is_partner(r) {
                 return Err(NodeError::NotAPartner(*r));
             }
         }
@@ -210,7 +211,7 @@ impl Node {
         originator: &NodeId,
         carried: Option<SignedPacket>,
     ) -> Result<Vec<SignedPacket>, NodeError> {
-        consents_about(&self.inner.store, self.inner.seal.keyring(), packet, originator, carried)
+        consents_about(&self.inner.store, self.seal().keyring(), packet, originator, carried)
     }
 
     /// Gives consent that `packet` (sent by this node) may be passed on by `holder` (one of its

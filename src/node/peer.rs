@@ -22,6 +22,10 @@ impl Node {
     pub(super) async fn load_outbox(self) {
         let started = std::time::Instant::now();
         let cancel = self.inner.cancel.clone();
+        // The partners of the start: one enrolled later reads its own copies
+        // (`Node::set_partners`), and one removed meanwhile is fed for nothing.
+        let machines: HashMap<NodeId, Arc<PartnerState>> =
+            self.partner_states().into_iter().map(|p| (p.node, p)).collect();
         let mut after: Option<Vec<u8>> = None;
         let (mut loaded, mut elsewhere) = (0usize, std::collections::BTreeMap::<NodeId, usize>::new());
         loop {
@@ -53,17 +57,17 @@ impl Node {
             }
             let now = now_ms();
             for (peer, entries) in by_peer {
-                match (self.sender(&peer), self.inner.wake.get(&peer)) {
-                    (Some(machine), Some(wake)) => {
-                        loaded += lock(machine).load(now, entries);
-                        wake.notify_one();
+                match machines.get(&peer) {
+                    Some(p) => {
+                        loaded += lock(&p.sender).load(now, entries);
+                        p.wake.notify_one();
                     }
-                    _ => *elsewhere.entry(peer).or_default() += entries.len(),
+                    None => *elsewhere.entry(peer).or_default() += entries.len(),
                 }
             }
         }
-        for machine in self.inner.senders.values() {
-            lock(machine).end_loading();
+        for p in machines.values() {
+            lock(&p.sender).end_loading();
         }
         for (peer, copies) in elsewhere {
             warn!(%peer, copies, "copies queued for a node that is no longer a partner: kept on disk, sent if it is enrolled again");
@@ -71,13 +75,12 @@ impl Node {
         info!(pending = loaded, ms = started.elapsed().as_millis() as u64, "outbox loaded");
     }
 
-    /// Keeps a connection to `peer` while there is something to send, and feeds its lanes.
-    pub(super) async fn sender_loop(self, peer: NodeId) {
-        let Some(addr) = self.inner.partners.get(&peer).copied() else { return };
-        let Some(wake) = self.inner.wake.get(&peer).cloned() else { return };
-        let Some(machine) = self.sender(&peer) else { return };
-        let cancel = self.inner.cancel.clone();
+    /// Keeps a connection to partner `p` while there is something to send, and feeds its
+    /// lanes; ends when the node stops or the partner is removed.
+    pub(super) async fn sender_loop(self, p: Arc<PartnerState>) {
+        let (peer, wake, machine, cancel) = (p.node, p.wake.clone(), &p.sender, p.gone.clone());
         let mut conn: Option<quinn::Connection> = None;
+        let mut dialled = p.addr();
         let mut tls_seen = *self.inner.tls_generation.borrow();
         let mut lanes: HashMap<Priority, LaneHandle> = HashMap::new();
         loop {
@@ -89,6 +92,13 @@ impl Node {
                 if let Some(c) = &conn {
                     info!("closing the connection: TLS material reloaded");
                     c.close(quinn::VarInt::from_u32(4), b"TLS material reloaded; reconnect");
+                }
+            }
+            if dialled != p.addr() {
+                dialled = p.addr();
+                if let Some(c) = &conn {
+                    info!(addr = %dialled, "closing the connection: the partner's address changed");
+                    c.close(quinn::VarInt::from_u32(4), b"address changed; reconnect");
                 }
             }
             if let Some(reason) = conn.as_ref().and_then(quinn::Connection::close_reason) {
@@ -106,14 +116,9 @@ impl Node {
                     let wait = lock(machine).handle_connect_failed(now, problem);
                     warn!(error = %links::printable(&reason.to_string(), 200), reason = %problem.text(&peer), retry_in_ms = wait, "refused by the partner");
                 }
-                if let Some(l) = self.inner.links.get(&peer) {
-                    let what = if problem == Problem::Unreachable {
-                        "connection lost".to_owned()
-                    } else {
-                        problem.text(&peer)
-                    };
-                    lock(l).failed(now, format!("{what} ({})", links::printable(&reason.to_string(), 200)));
-                }
+                let what =
+                    if problem == Problem::Unreachable { "connection lost".to_owned() } else { problem.text(&peer) };
+                lock(&p.link).failed(now, format!("{what} ({})", links::printable(&reason.to_string(), 200)));
             }
             let (timed_out, dial) = {
                 let mut m = lock(machine);
@@ -129,23 +134,19 @@ impl Node {
                     lanes.remove(&lane.priority);
                 }
             }
-            self.persist_dirty(&peer).await;
+            self.persist_dirty(&p).await;
             if dial {
-                match self.connect(addr, &peer).await {
+                match self.connect(dialled, &peer).await {
                     Ok(c) => {
                         lock(machine).handle_connected(now_ms());
-                        if let Some(l) = self.inner.links.get(&peer) {
-                            lock(l).connected(now_ms(), &c);
-                        }
+                        lock(&p.link).connected(now_ms(), &c);
                         lanes.clear();
                         conn = Some(c);
                     }
                     Err((problem, e)) => {
                         let now = now_ms();
                         let wait = lock(machine).handle_connect_failed(now, problem);
-                        if let Some(l) = self.inner.links.get(&peer) {
-                            lock(l).failed(now, format!("{} ({})", problem.text(&peer), links::printable(&e, 200)));
-                        }
+                        lock(&p.link).failed(now, format!("{} ({})", problem.text(&peer), links::printable(&e, 200)));
                         warn!(error = %links::printable(&e, 200), reason = %problem.text(&peer), retry_in_ms = wait, "cannot reach partner");
                     }
                 }
@@ -158,7 +159,7 @@ impl Node {
                     let handle = match lanes.get(&lane.priority) {
                         Some(h) if h.id == lane => h,
                         _ => {
-                            let h = self.open_lane(c.clone(), peer, lane);
+                            let h = self.open_lane(c.clone(), &p, lane);
                             lanes.insert(lane.priority, h);
                             &lanes[&lane.priority]
                         }
@@ -171,7 +172,7 @@ impl Node {
                     }
                 }
             }
-            self.persist_dirty(&peer).await;
+            self.persist_dirty(&p).await;
             let next = lock(machine).poll_timeout();
             let idle = next
                 .map_or(Duration::from_secs(1), |t| Duration::from_millis(t.saturating_sub(now_ms()).clamp(1, 1000)));
@@ -179,6 +180,11 @@ impl Node {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(idle) => {}
                 _ = cancel.cancelled() => {}
+            }
+        }
+        if let Some(c) = &conn {
+            if !self.inner.cancel.is_cancelled() {
+                c.close(quinn::VarInt::from_u32(7), b"no longer a partner");
             }
         }
     }
@@ -201,10 +207,10 @@ impl Node {
 
     /// Starts a lane task; its stream is opened with the first copy. Dropping the handle stops
     /// the task.
-    fn open_lane(&self, conn: quinn::Connection, peer: NodeId, lane: LaneId) -> LaneHandle {
+    fn open_lane(&self, conn: quinn::Connection, p: &Arc<PartnerState>, lane: LaneId) -> LaneHandle {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let span = info_span!("lane", peer = %peer, lane = lane.priority.as_str());
-        let task = self.spawn(self.clone().run_lane(conn, peer, lane, rx).instrument(span));
+        let span = info_span!("lane", peer = %p.node, lane = lane.priority.as_str());
+        let task = self.spawn_for(p, self.clone().run_lane(conn, p.clone(), lane, rx).instrument(span));
         LaneHandle { id: lane, jobs, task: task.abort_handle() }
     }
 
@@ -213,11 +219,11 @@ impl Node {
     async fn run_lane(
         self,
         conn: quinn::Connection,
-        peer: NodeId,
+        p: Arc<PartnerState>,
         lane: LaneId,
         mut jobs: mpsc::UnboundedReceiver<Transmit>,
     ) {
-        let Some(machine) = self.sender(&peer) else { return };
+        let (peer, machine) = (p.node, &p.sender);
         let result = async {
             let Some(first) = jobs.recv().await else { return Ok(()) };
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -226,11 +232,11 @@ impl Node {
                 let mut next = Some(first);
                 let mut sent = Vec::new();
                 while let Some(t) = next {
-                    if self.write_copy(&mut send, lane, &t).await? {
+                    if self.write_copy(&p, &mut send, lane, &t).await? {
                         sent.push(crate::audit::SentCopy { packet_id: t.packet_id, attempt: t.attempt, at: now_ms() });
-                    } else if let Some(w) = self.inner.wake.get(&peer) {
+                    } else {
                         // Its window slot is free again.
-                        w.notify_one();
+                        p.wake.notify_one();
                     }
                     // Record a burst of sends once the lane has nothing more waiting.
                     if jobs.is_empty() && !sent.is_empty() {
@@ -261,14 +267,11 @@ impl Node {
                         Err(e) => return Err(e.to_string()),
                     };
                     let Some(frame) = frame else { return Ok(()) };
-                    if let Some(l) = self.inner.links.get(&peer) {
-                        lock(l).contact(now_ms());
-                    }
+                    lock(&p.link).contact(now_ms());
                     // Stored and applied in a task of its own: stopping the lane (a timeout, a
                     // reload) must not cut a commit off between the store and the machine.
-                    let node = self.clone();
-                    let from = peer;
-                    let applied = self.spawn(async move { node.apply_receipt(&from, lane, &frame).await });
+                    let (node, from) = (self.clone(), p.clone());
+                    let applied = self.spawn_for(&p, async move { node.apply_receipt(&from, lane, &frame).await });
                     let outcome = applied.await.unwrap_or_else(|e| Err(format!("receipt task failed: {e}")));
                     if let Err(e) = outcome {
                         // A partner answering with what is not a receipt for what was sent:
@@ -290,10 +293,8 @@ impl Node {
             debug!(error = %e, "lane failed; its copies will be sent again");
         }
         lock(machine).handle_lane_failed(now_ms(), lane);
-        self.persist_dirty(&peer).await;
-        if let Some(w) = self.inner.wake.get(&peer) {
-            w.notify_one();
-        }
+        self.persist_dirty(&p).await;
+        p.wake.notify_one();
     }
 
     /// Appends the sends of a burst to the audit trail, without holding up the lane (the record
@@ -310,10 +311,16 @@ impl Node {
 
     /// Writes one copy on its lane, if the machine still wants it written; returns whether it
     /// was written.
-    async fn write_copy(&self, send: &mut quinn::SendStream, lane: LaneId, t: &Transmit) -> Result<bool, String> {
-        let Some(machine) = self.sender(&t.recipient) else { return Ok(false) };
+    async fn write_copy(
+        &self,
+        p: &PartnerState,
+        send: &mut quinn::SendStream,
+        lane: LaneId,
+        t: &Transmit,
+    ) -> Result<bool, String> {
+        let machine = &p.sender;
         // A copy's first write takes the bytes kept from its submit; later ones read the store.
-        let kept = self.inner.fresh.get(&t.recipient).and_then(|f| lock(f).take(&t.packet_id));
+        let kept = lock(&p.fresh).take(&t.packet_id);
         let bytes = match kept {
             Some(b) => b,
             None => {
@@ -351,10 +358,10 @@ impl Node {
     /// A receipt came back on a lane: verify it, let the machine prepare it, store it with the
     /// new entry states in one commit, then put it in force (or, if the store failed, abandon
     /// it: the lane closes and its copies are sent again).
-    async fn apply_receipt(&self, peer: &NodeId, lane: LaneId, bytes: &[u8]) -> Result<(), String> {
-        let Some(machine) = self.sender(peer) else { return Err("not a partner".into()) };
+    async fn apply_receipt(&self, p: &PartnerState, lane: LaneId, bytes: &[u8]) -> Result<(), String> {
+        let (peer, machine) = (&p.node, &p.sender);
         let store = &self.inner.store;
-        let receipt = sender::open_receipt(&self.inner.seal, peer, bytes, Timestamp::now(), |id| {
+        let receipt = sender::open_receipt(&self.seal(), peer, bytes, Timestamp::now(), |id| {
             store.get(Tree::Receipts, id.as_bytes()).map(|r| r.is_some()).map_err(|e| e.to_string())
         })?;
         // Prepared, snapshot taken and handed to the store under one lock: no older snapshot
@@ -403,16 +410,14 @@ impl Node {
         }
         committed.map_err(|e| e.to_string())?;
         self.inner.receipts_applied.send_modify(|n| *n += 1);
-        if let Some(w) = self.inner.wake.get(peer) {
-            w.notify_one();
-        }
+        p.wake.notify_one();
         Ok(())
     }
 
-    /// Persists the entries of `peer`'s machine changed since the last call; if the store
+    /// Persists the entries of `p`'s machine changed since the last call; if the store
     /// fails they stay dirty and are written by a later call.
-    pub(super) async fn persist_dirty(&self, peer: &NodeId) {
-        let Some(machine) = self.sender(peer) else { return };
+    pub(super) async fn persist_dirty(&self, p: &PartnerState) {
+        let machine = &p.sender;
         // Taken and handed to the store under one lock, so snapshots land in the order taken.
         let (keys, done, pending) = {
             let mut m = lock(machine);

@@ -8,7 +8,8 @@ impl Node {
     pub fn status(&self, packet_id: PacketId) -> Result<Status, NodeError> {
         // The machines first: an entry leaves one only once its terminal state is on disk, so
         // each copy is either held (and newer than the store's) or read from the store.
-        let held: Vec<Entry> = self.inner.senders.values().filter_map(|s| lock(s).entry(packet_id).cloned()).collect();
+        let held: Vec<Entry> =
+            self.partner_states().iter().filter_map(|p| lock(&p.sender).entry(packet_id).cloned()).collect();
         let mut by_recipient: std::collections::BTreeMap<NodeId, Entry> =
             self.inner.store.outbox_entries_of(packet_id)?.into_iter().map(|e| (e.recipient, e)).collect();
         for e in held {
@@ -25,9 +26,13 @@ impl Node {
         self.inner.store.health()
     }
 
-    /// Why copies to `peer` wait, and since when, if anything is known against it.
+    /// Why copies to `peer` wait, and since when, if anything is known against it (a node that
+    /// is no longer a partner: that).
     pub fn partner_problem(&self, peer: &NodeId) -> Option<(crate::delivery::Problem, Millis)> {
-        self.sender(peer).and_then(|s| lock(s).problem())
+        match self.partner(peer) {
+            Some(p) => lock(&p.sender).problem(),
+            None => Some((crate::delivery::Problem::NotAPartner, now_ms())),
+        }
     }
 
     /// The signed receipt `recipient` returned for `packet_id` (verified again from the store),
@@ -41,8 +46,8 @@ impl Node {
             return Ok(None);
         };
         let bytes = self.inner.store.get(Tree::Receipts, &receipt_id)?.unwrap_or_default();
-        let signed = crate::seal::verify_signed(self.inner.seal.keyring(), &bytes)
-            .map_err(|e| NodeError::Evidence(packet_id, e))?;
+        let signed =
+            crate::seal::verify_signed(self.seal().keyring(), &bytes).map_err(|e| NodeError::Evidence(packet_id, e))?;
         let item = match &signed.packet.body {
             Body::DeliveryReceipt(r) if r.receiver == *recipient => {
                 r.receipts.iter().find(|i| i.packet_id == packet_id).cloned()
@@ -63,7 +68,7 @@ impl Node {
         let Some(bytes) = self.inner.store.get(Tree::Sent, &pair_key(packet_id, recipient))? else {
             return Ok(None);
         };
-        crate::seal::verify_signed(self.inner.seal.keyring(), &bytes)
+        crate::seal::verify_signed(self.seal().keyring(), &bytes)
             .map(Some)
             .map_err(|e| NodeError::Evidence(packet_id, e))
     }
@@ -100,8 +105,8 @@ impl Node {
     /// on disk, not in memory: counting those of earlier runs would mean reading them all).
     pub fn outbox_summary(&self) -> crate::api::types::OutboxSummary {
         let mut m = crate::api::types::OutboxSummary::default();
-        for sender in self.inner.senders.values() {
-            let s = lock(sender);
+        for p in self.partner_states() {
+            let s = lock(&p.sender);
             let c = s.counts();
             m.queued += c.queued;
             m.in_flight += c.in_flight;
@@ -127,7 +132,7 @@ impl Node {
         if let Some(ms) = h.failing_ms {
             return Err(format!("the store's writes have failed for {} s", ms / 1000));
         }
-        if self.inner.senders.values().any(|s| lock(s).is_loading()) {
+        if self.partner_states().iter().any(|p| lock(&p.sender).is_loading()) {
             return Err("the outbox is still loading".into());
         }
         Ok(())
@@ -144,8 +149,8 @@ impl Node {
             e.sample("liaison_queued", &[("partner", p.node.as_str())], p.queued as f64);
         }
         e.family("liaison_queue_ready", "gauge", "Copies ready to send now, per partner and lane.");
-        for (node, sender) in &self.inner.senders {
-            let s = lock(sender);
+        for p in self.partner_states() {
+            let (node, s) = (p.node, lock(&p.sender));
             for lane in [Priority::Flash, Priority::Urgent, Priority::Routine] {
                 e.sample(
                     "liaison_queue_ready",
@@ -164,8 +169,8 @@ impl Node {
             ("liaison_expired_total", "Copies expired without a receipt, since the node started."),
         ] {
             e.family(name, "counter", help);
-            for (node, sender) in &self.inner.senders {
-                let done = lock(sender).counts().done;
+            for p in self.partner_states() {
+                let (node, done) = (p.node, lock(&p.sender).counts().done);
                 let v = match name {
                     "liaison_delivered_total" => done.delivered,
                     "liaison_rejected_total" => done.rejected,
@@ -242,20 +247,18 @@ impl Node {
     /// Every partner's link, keys, policy and waiting copies (`GET /v1/peers`), by node id.
     pub fn peers(&self) -> Vec<crate::api::types::PeerView> {
         let book = self.policies();
-        let ring = self.inner.seal.keyring();
+        let seal = self.seal();
+        let ring = seal.keyring();
         let now = now_ms();
         let mut out: Vec<_> = self
-            .inner
-            .partners
+            .partner_states()
             .iter()
-            .map(|(node, addr)| {
-                let link = self.inner.links.get(node).map(|l| lock(l).clone()).unwrap_or_default();
-                let (counts, problem) = match self.sender(node) {
-                    Some(s) => {
-                        let s = lock(s);
-                        (Some(s.counts()), s.problem().map(|(p, _)| p))
-                    }
-                    None => (None, None),
+            .map(|p| {
+                let (node, addr) = (&p.node, p.addr());
+                let link = lock(&p.link).clone();
+                let (counts, problem) = {
+                    let s = lock(&p.sender);
+                    (Some(s.counts()), s.problem().map(|(p, _)| p))
                 };
                 let keys = ring.node(node);
                 let policy = book.policy(node);
@@ -336,7 +339,7 @@ impl Node {
         packet_id: PacketId,
         sender: &NodeId,
     ) -> Result<(SignedPacket, Option<SignedPacket>), NodeError> {
-        held(&self.inner.store, self.inner.seal.keyring(), packet_id, sender)
+        held(&self.inner.store, self.seal().keyring(), packet_id, sender)
     }
 }
 

@@ -20,7 +20,6 @@
 //! CA writes the node's DNS name and the key usages itself (`sign-csr --node`).
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{RevocationReason, SerialNumber};
@@ -416,22 +415,9 @@ impl Authority {
     }
 }
 
-/// Writes `bytes` to `path` whole or not at all: a temporary file synced, renamed, the
-/// directory synced.
+/// [`crate::files::write_replacing`], its error naming the file.
 pub(crate) fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io(path))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
-    Ok(())
+    crate::files::write_replacing(path, bytes).map_err(io(path))
 }
 
 fn validity(days: i64, now: Timestamp) -> Result<(Timestamp, Timestamp), PkiError> {

@@ -339,7 +339,7 @@ key = "certs/tls/{name}.key"
 crls = ["certs/tls/crl.pem"]
 [api]
 listen = "127.0.0.1:{api}"
-clients = [{{ name = "test", token_sha256 = "{hash}" }}]
+clients = [{{ name = "test", token_sha256 = "{hash}", admin = true }}]
 {partners}
 [delivery]
 initial_backoff_ms = 50

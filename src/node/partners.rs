@@ -1,0 +1,391 @@
+//! The partners of a running node, and changing them without a restart.
+//!
+//! Each partner has a [`PartnerState`]: its sender machine, the copies just submitted, its link
+//! as last seen, the budgets its traffic draws on, and a token that ends its tasks. The node
+//! holds them in one map behind a lock; whoever needs a partner takes its `Arc` and works on
+//! that, so a partner removed (or removed and enrolled again) while a lane still writes or a
+//! receipt is being stored does not mix the old state with the new.
+//!
+//! [`Node::set_partners`] is the one way the set changes: SIGHUP passes what the files now say,
+//! `POST /v1/peers` and `DELETE /v1/peers/{node}` ([`Node::enrol`], [`Node::unenrol`]) the set
+//! with one partner more or less. In order: the change is checked whole (every partner has
+//! keys; the keyring holds together), recorded in the audit trail, then put in force — keys,
+//! policies, the map, the TLS server's list of who may connect — and the removed partners'
+//! tasks are waited for, their machines' last changes stored. Their copies stay on disk and go
+//! out if they are enrolled again.
+
+use super::*;
+use crate::keys::{Keyring, PublicKeys};
+use crate::policy::Policy;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a removal waits for the removed partner's tasks to end (a receipt being stored).
+const REMOVAL_WAIT: Duration = Duration::from_secs(10);
+
+/// One partner of the running node. Replaced whole when it is enrolled again.
+pub(crate) struct PartnerState {
+    pub(super) node: NodeId,
+    /// Its address (a reload may change it: the connection is then made again).
+    addr: Mutex<SocketAddr>,
+    /// Its sender machine: pending outbox entries, lanes and link. Each partner has its own
+    /// lock, so partners do not wait for each other.
+    pub(super) sender: Mutex<Sender>,
+    /// Sealed copies just submitted, for their first write.
+    pub(super) fresh: Mutex<peer::Fresh>,
+    pub(super) wake: Arc<Notify>,
+    /// The budgets its traffic draws on.
+    pub(super) budget: PartnerLimits<quinn::Connection>,
+    /// The link as last seen ([`links::LinkInfo`]).
+    pub(super) link: Mutex<links::LinkInfo>,
+    /// Cancelled when the partner is removed (or the node stops): its loops end, its
+    /// connections close.
+    pub(super) gone: CancellationToken,
+    /// Its sender loop, lanes and receipts being stored: a removal waits for them.
+    tasks: TaskTracker,
+}
+
+impl PartnerState {
+    pub(super) fn new(
+        p: &Partner,
+        sender: Sender,
+        policies: &PolicyBook,
+        limits: &Limits,
+        node_cancel: &CancellationToken,
+        now: Millis,
+    ) -> Arc<Self> {
+        let agreed = policies.policy(&p.node).map(|x| x.receive.max_packets_per_minute);
+        Arc::new(Self {
+            node: p.node,
+            addr: Mutex::new(p.addr),
+            sender: Mutex::new(sender),
+            fresh: Mutex::new(peer::Fresh::default()),
+            wake: Arc::new(Notify::new()),
+            budget: PartnerLimits::new(limits, crate::limits::pace_per_minute(agreed), now),
+            link: Mutex::new(links::LinkInfo::default()),
+            gone: node_cancel.child_token(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Its address now.
+    pub(super) fn addr(&self) -> SocketAddr {
+        *lock(&self.addr)
+    }
+}
+
+/// The partners a node is to have, with the keyring and the policies that go with them.
+pub struct PartnerSet {
+    /// The partners and their addresses.
+    pub partners: Vec<Partner>,
+    /// Public keys of the partners (and of former partners, to verify what they sent).
+    pub keyring: Keyring,
+    /// The sharing policies.
+    pub policies: PolicyBook,
+}
+
+/// A partner to enrol through the API: its files' contents, checked here.
+#[derive(Debug, Clone)]
+pub struct Enrolment {
+    /// The partner.
+    pub node: NodeId,
+    /// Its QUIC address.
+    pub addr: SocketAddr,
+    /// Its public key file (`NODE.pub.toml`), as text.
+    pub public_keys: String,
+    /// The sharing policy agreed with it (TOML), if any: without one nothing is exchanged.
+    pub policy: Option<String>,
+}
+
+impl Node {
+    /// The state of partner `id`, if it is one.
+    pub(crate) fn partner(&self, id: &NodeId) -> Option<Arc<PartnerState>> {
+        self.inner.partners.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+    }
+
+    /// Every partner's state, by node id.
+    pub(crate) fn partner_states(&self) -> Vec<Arc<PartnerState>> {
+        let mut v: Vec<_> =
+            self.inner.partners.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect();
+        v.sort_by_key(|p| p.node);
+        v
+    }
+
+    /// Whether `id` is a partner now.
+    pub fn is_partner(&self, id: &NodeId) -> bool {
+        self.inner.partners.read().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(id)
+    }
+
+    /// Starts `p`'s sender loop.
+    pub(super) fn start_partner(&self, p: Arc<PartnerState>) {
+        let span = info_span!("sender", node = %self.inner.me, peer = %p.node);
+        self.spawn_for(&p, self.clone().sender_loop(p.clone()).instrument(span));
+    }
+
+    /// Starts a task the node and partner `p` track (a removal waits for it, as does shutdown).
+    pub(super) fn spawn_for<F>(&self, p: &PartnerState, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(p.tasks.track_future(task))
+    }
+
+    /// Puts `target` in force: partners added, removed or moved to another address, the
+    /// keyring, the policies (see the module doc). Returns what changed, in words (empty: nothing
+    /// did). Refused whole, nothing changed, if a partner has no keys or the keyring does not
+    /// hold together.
+    pub async fn set_partners(&self, target: PartnerSet, by: &str) -> Result<Vec<String>, NodeError> {
+        let _one = self.inner.admin.lock().await;
+        self.set_partners_locked(target, by).await
+    }
+
+    async fn set_partners_locked(&self, target: PartnerSet, by: &str) -> Result<Vec<String>, NodeError> {
+        let refuse = |why: String| NodeError::PartnerChange(why);
+        let me = self.inner.me;
+        let mut problems = Vec::new();
+        for p in &target.partners {
+            if p.node == me {
+                problems.push(format!("{me} is this node"));
+            } else if target.keyring.node(&p.node).is_none() {
+                problems.push(format!("{} has no public keys in the keyring", p.node));
+            }
+        }
+        let seal = self.seal().with_keyring(target.keyring).map_err(|e| problems.push(e.to_string())).ok();
+        let (Some(seal), true) = (seal, problems.is_empty()) else {
+            return Err(refuse(problems.join("; ")));
+        };
+        let now: HashMap<NodeId, SocketAddr> = self.partner_states().iter().map(|p| (p.node, p.addr())).collect();
+        let wanted: HashMap<NodeId, SocketAddr> = target.partners.iter().map(|p| (p.node, p.addr)).collect();
+        let mut added: Vec<&Partner> = target.partners.iter().filter(|p| !now.contains_key(&p.node)).collect();
+        added.sort_by_key(|p| p.node);
+        let mut removed: Vec<NodeId> = now.keys().filter(|n| !wanted.contains_key(n)).copied().collect();
+        removed.sort();
+        let mut moved: Vec<&Partner> =
+            target.partners.iter().filter(|p| now.get(&p.node).is_some_and(|a| *a != p.addr)).collect();
+        moved.sort_by_key(|p| p.node);
+        let mut changes: Vec<String> = Vec::new();
+        let old_book = self.policies();
+        let version =
+            |b: &PolicyBook, p: &NodeId| b.policy(p).map_or_else(|| "none".to_owned(), |x| x.hash.to_string());
+        for p in &added {
+            changes.push(format!("{} enrolled at {} (policy {})", p.node, p.addr, version(&target.policies, &p.node)));
+        }
+        for n in &removed {
+            changes.push(format!("{n} removed (its queued copies are kept on disk)"));
+        }
+        for p in &moved {
+            changes.push(format!("{}: address {} -> {}", p.node, now[&p.node], p.addr));
+        }
+        let old_seal = self.seal();
+        let kids = |ring: &Keyring| -> std::collections::BTreeMap<NodeId, String> {
+            ring.iter().map(|k| (k.node, format!("{} {}", k.signing_kid, k.encryption_kid))).collect()
+        };
+        let (before, after) = (kids(old_seal.keyring()), kids(seal.keyring()));
+        let keys_changed = before != after;
+        for (node, k) in &after {
+            match before.get(node) {
+                Some(old) if old != k => changes.push(format!("{node}: keys {old} -> {k}")),
+                None if !added.iter().any(|p| p.node == *node) => changes.push(format!("{node}: keys {k} added")),
+                _ => {}
+            }
+        }
+        let mut policy_changes: Vec<String> = Vec::new();
+        let mut ids: Vec<&NodeId> = wanted.keys().filter(|n| now.contains_key(n)).collect();
+        ids.sort();
+        for p in ids {
+            if old_book.policy(p) != target.policies.policy(p) {
+                policy_changes.push(format!("{p}: {} -> {}", version(&old_book, p), version(&target.policies, p)));
+            }
+        }
+        if changes.is_empty() && policy_changes.is_empty() && !keys_changed {
+            return Ok(Vec::new());
+        }
+        // The machines of the partners enrolled: their copies left from an earlier enrolment,
+        // read (on the blocking pool) before anything can be submitted to them.
+        let retry = self.inner.retry;
+        let mut fresh = Vec::new();
+        for p in &added {
+            let peer = p.node;
+            let entries = self.slow(move |n| pending_of(&n.inner.store, &peer)).await??;
+            let at = now_ms();
+            let sender = Sender::restore(peer, retry, jitter_seed(&peer, at), entries, at);
+            fresh.push(PartnerState::new(p, sender, &target.policies, &self.inner.limits, &self.inner.cancel, at));
+        }
+        let mut enrolled: Vec<NodeId> = wanted.keys().copied().collect();
+        enrolled.sort();
+        let tls = self.inner.tls.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let server = transport::server_config(&tls, &enrolled, refusals_logged(), self.inner.transport)?;
+        let mut events = Vec::new();
+        if !changes.is_empty() {
+            let action = crate::audit::AdminAction::PartnersChanged;
+            events.push(Op::Audit(AuditEvent::Admin { action, by: by.into(), detail: changes.join("; ") }));
+        }
+        if !policy_changes.is_empty() {
+            let action = crate::audit::AdminAction::PolicyReload;
+            events.push(Op::Audit(AuditEvent::Admin { action, by: by.into(), detail: policy_changes.join("; ") }));
+        }
+        self.inner.store.commit(events).await?;
+        // In force: keys and policies first (a new partner's first packet verifies), then the
+        // partners, then who may connect.
+        *self.inner.seal.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(seal);
+        *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(target.policies);
+        let gone: Vec<Arc<PartnerState>> = {
+            let mut map = self.inner.partners.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for p in &fresh {
+                map.insert(p.node, p.clone());
+            }
+            for p in &moved {
+                if let Some(s) = map.get(&p.node) {
+                    *lock(&s.addr) = p.addr;
+                    s.wake.notify_one();
+                }
+            }
+            removed.iter().filter_map(|n| map.remove(n)).collect()
+        };
+        self.inner.endpoint.set_server_config(Some(server));
+        for p in fresh {
+            self.start_partner(p);
+        }
+        for p in gone {
+            p.gone.cancel();
+            p.tasks.close();
+            if tokio::time::timeout(REMOVAL_WAIT, p.tasks.wait()).await.is_err() {
+                warn!(peer = %p.node, "the removed partner's tasks did not end within 10 s");
+            }
+            self.persist_dirty(&p).await;
+        }
+        for c in &changes {
+            info!(change = %c, by, "partners changed");
+        }
+        if !policy_changes.is_empty() {
+            info!(changes = %policy_changes.join("; "), by, "sharing policies reloaded");
+        }
+        changes.extend(policy_changes);
+        if changes.is_empty() {
+            changes.push("keyring reloaded".into());
+        }
+        Ok(changes)
+    }
+
+    /// The partners, keyring and policies now in force, as a [`PartnerSet`] to change.
+    fn partner_set(&self) -> PartnerSet {
+        let book = self.policies();
+        let partners: Vec<Partner> =
+            self.partner_states().iter().map(|p| Partner { node: p.node, addr: p.addr() }).collect();
+        let policies = PolicyBook::new(partners.iter().filter_map(|p| book.policy(&p.node).cloned()));
+        PartnerSet { keyring: self.seal().keyring().clone(), partners, policies }
+    }
+
+    /// Enrols a partner through the API: checks its keys and policy, writes its files into the
+    /// node's partners directory ([`crate::enrolment`]), then puts it in force
+    /// ([`Node::set_partners`]); if that is refused, the files are taken back.
+    pub async fn enrol(&self, e: Enrolment, by: &str) -> Result<Vec<String>, NodeError> {
+        let refuse = |why: String| NodeError::PartnerChange(why);
+        let _one = self.inner.admin.lock().await;
+        let Some(dir) = self.inner.partners_dir.clone() else {
+            return Err(refuse("this node was started without a partners directory; enrol in its files".into()));
+        };
+        if e.node == self.inner.me {
+            return Err(refuse(format!("{} is this node", e.node)));
+        }
+        if self.is_partner(&e.node) {
+            return Err(refuse(format!("{} is already a partner; remove it first to enrol it again", e.node)));
+        }
+        let mut problems = Vec::new();
+        let keys = PublicKeys::from_toml(&e.public_keys, Path::new("public_keys"))
+            .map_err(|x| problems.push(x.to_string()))
+            .ok()
+            .filter(|k| {
+                let ok = k.node == e.node;
+                if !ok {
+                    problems.push(format!("public_keys: the keys are {}'s, not {}'s", k.node, e.node));
+                }
+                ok
+            });
+        let policy = match &e.policy {
+            None => None,
+            Some(text) => Policy::from_toml(text, Some(&e.node))
+                .map_err(|p| problems.extend(p.into_iter().map(|p| format!("policy: {p}"))))
+                .ok(),
+        };
+        let mut target = self.partner_set();
+        if let Some(k) = keys {
+            if let Err(x) = target.keyring.add(k) {
+                problems.push(format!("public_keys: {x}"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(refuse(problems.join("; ")));
+        }
+        target.partners.push(Partner { node: e.node, addr: e.addr });
+        let book = self.policies();
+        target.policies =
+            PolicyBook::new(target.partners.iter().filter_map(|p| book.policy(&p.node).cloned()).chain(policy));
+        let note = format!("{} enrolled through the API by {by} at {}", e.node, Timestamp::now());
+        let files = crate::enrolment::Files::new(&dir, &e.node, e.addr, &e.public_keys, e.policy.as_deref(), &note);
+        let keys_there = files.keys.0.exists();
+        let written = files.clone();
+        self.slow(move |_| written.write()).await?.map_err(|x| refuse(x.to_string()))?;
+        match self.set_partners_locked(target, by).await {
+            Ok(changes) => Ok(changes),
+            Err(err) => {
+                let _ = files.remove();
+                if !keys_there {
+                    let _ = crate::files::remove_durably(&files.keys.0);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes a partner enrolled through the API: its files first (its public keys stay), then
+    /// the change in force; if that is refused, the files are put back. A partner of the
+    /// configuration file is removed there (and SIGHUP).
+    pub async fn unenrol(&self, node: &NodeId, by: &str) -> Result<Vec<String>, NodeError> {
+        let refuse = |why: String| NodeError::PartnerChange(why);
+        let _one = self.inner.admin.lock().await;
+        if !self.is_partner(node) {
+            return Err(NodeError::NotAPartner(*node));
+        }
+        let files = self.inner.partners_dir.as_deref().and_then(|d| crate::enrolment::Files::read(d, node));
+        let Some(files) = files else {
+            return Err(refuse(format!(
+                "{node} is enrolled in the configuration file, not through the API: remove its [[partners]] entry there and send SIGHUP"
+            )));
+        };
+        let mut target = self.partner_set();
+        target.partners.retain(|p| p.node != *node);
+        let book = self.policies();
+        target.policies = PolicyBook::new(target.partners.iter().filter_map(|p| book.policy(&p.node).cloned()));
+        let removed = files.clone();
+        self.slow(move |_| removed.remove()).await?.map_err(|x| refuse(x.to_string()))?;
+        match self.set_partners_locked(target, by).await {
+            Ok(changes) => Ok(changes),
+            Err(err) => {
+                let _ = files.write();
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The pending entries of the copies to `peer`, read from the store's index.
+fn pending_of(store: &Store, peer: &NodeId) -> Result<Vec<Entry>, NodeError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let (entries, last) = store.pending_after(after.as_deref(), 1024)?;
+        out.extend(entries.into_iter().filter(|e| e.recipient == *peer));
+        match last {
+            Some(l) => after = Some(l),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The seed of a sender machine's jitter: differs per partner and per start.
+pub(super) fn jitter_seed(peer: &NodeId, now: Millis) -> u64 {
+    now ^ u64::from_be_bytes(Digest::of(peer.as_str().as_bytes()).0[..8].try_into().unwrap_or_default())
+}
