@@ -343,7 +343,7 @@ pub fn verify(
     head: Option<Head>,
     checkpoints: &[Checkpoint],
     node: &NodeId,
-    key: &VerifyingKey,
+    keys: &[VerifyingKey],
 ) -> Result<Verified, Broken> {
     let mut at = start;
     let mut hashes = std::collections::BTreeMap::new();
@@ -386,7 +386,8 @@ pub fn verify(
     let mut signed_up_to = 0;
     let mut checked = 0;
     for c in checkpoints {
-        if &c.node != node || !c.verify(key) {
+        // Any generation of the node's signing keys (a rotation changes the key mid-trail).
+        if &c.node != node || !keys.iter().any(|k| c.verify(k)) {
             return Err(Broken { seq: c.head.seq, reason: "its checkpoint signature does not verify".into() });
         }
         if c.head.seq <= start.seq || c.head.seq > at.seq {
@@ -405,7 +406,8 @@ pub fn verify(
 }
 
 /// A self-contained excerpt of the trail: entries from `start.seq + 1` to a signed checkpoint,
-/// with the node's public signing key. Verifiable offline ([`Export::verify`]).
+/// with the node's public signing keys (every generation: its checkpoints may be signed by
+/// several across a rotation). Verifiable offline ([`Export::verify`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
@@ -413,8 +415,12 @@ pub struct Export {
     pub format: String,
     /// The node.
     pub node: NodeId,
-    /// Its Ed25519 public key (hex), to be compared with the one the federation published.
+    /// Its Ed25519 public key in force at the export (hex), to be compared with the one the
+    /// federation published.
     pub public_key: String,
+    /// Every generation of its Ed25519 public keys (hex), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
     /// The head before the first entry (what the first entry's `prev` must be).
     pub start: Head,
     /// The entries, as stored: (seq, CBOR bytes).
@@ -427,9 +433,9 @@ pub struct Export {
 pub const EXPORT_FORMAT: &str = "liaison-audit-export/1";
 
 impl Export {
-    /// Checks the excerpt against `key` (the node's published key, not only the one inside):
+    /// Checks the excerpt against `keys` (the node's published keys, not only those inside):
     /// every link, every checkpoint signature, and that the last entry is signed.
-    pub fn verify(&self, key: &VerifyingKey) -> Result<Verified, Broken> {
+    pub fn verify(&self, keys: &[VerifyingKey]) -> Result<Verified, Broken> {
         if self.format != EXPORT_FORMAT {
             return Err(Broken { seq: self.start.seq + 1, reason: format!("not an audit export ({})", self.format) });
         }
@@ -437,7 +443,7 @@ impl Export {
             return Ok(Verified { first: self.start.seq + 1, last: self.start.seq, checkpoints: 0, signed_up_to: 0 });
         }
         let entries: Vec<StoredEntry> = self.entries.iter().map(|(s, b)| (self::key(*s), b.0.clone())).collect();
-        let v = verify(self.start, &entries, None, &self.checkpoints, &self.node, key)?;
+        let v = verify(self.start, &entries, None, &self.checkpoints, &self.node, keys)?;
         if v.signed_up_to != v.last {
             return Err(Broken {
                 seq: v.last,
@@ -484,48 +490,48 @@ mod tests {
         let vk = sk.verifying_key();
         let (entries, head) = chain(10);
         let cps = [checkpoint(&sk, head)];
-        let ok = verify(Head::GENESIS, &entries, Some(head), &cps, &node(), &vk).unwrap();
+        let ok = verify(Head::GENESIS, &entries, Some(head), &cps, &node(), &[vk]).unwrap();
         assert_eq!((ok.first, ok.last, ok.checkpoints, ok.signed_up_to), (1, 10, 1, 10));
 
         // A changed byte in entry 4: entry 5 no longer links to it.
         let mut t = entries.clone();
         let last = t[3].1.len() - 3;
         t[3].1[last] ^= 1;
-        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &vk).unwrap_err();
+        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &[vk]).unwrap_err();
         assert_eq!(e.seq, 4, "{e}");
         // A changed last entry: only the head and the checkpoint can tell.
         let mut t = entries.clone();
         let last = t[9].1.len() - 3;
         t[9].1[last] ^= 1;
-        assert_eq!(verify(Head::GENESIS, &t, Some(head), &cps, &node(), &vk).unwrap_err().seq, 10);
-        assert_eq!(verify(Head::GENESIS, &t, None, &cps, &node(), &vk).unwrap_err().seq, 10);
+        assert_eq!(verify(Head::GENESIS, &t, Some(head), &cps, &node(), &[vk]).unwrap_err().seq, 10);
+        assert_eq!(verify(Head::GENESIS, &t, None, &cps, &node(), &[vk]).unwrap_err().seq, 10);
         // Entry 6 deleted.
         let mut t = entries.clone();
         t.remove(5);
-        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &vk).unwrap_err();
+        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &[vk]).unwrap_err();
         assert_eq!((e.seq, e.reason.as_str()), (6, "missing: the next stored entry is entry 7"));
         // Entries 3 and 4 swapped (values moved under each other's keys).
         let mut t = entries.clone();
         let (a, b) = (t[2].1.clone(), t[3].1.clone());
         t[2].1 = b;
         t[3].1 = a;
-        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &vk).unwrap_err();
+        let e = verify(Head::GENESIS, &t, Some(head), &cps, &node(), &[vk]).unwrap_err();
         assert_eq!(e.seq, 3, "{e}");
         // The last entry deleted: the head says there were 10.
         let mut t = entries.clone();
         t.pop();
-        assert_eq!(verify(Head::GENESIS, &t, Some(head), &cps, &node(), &vk).unwrap_err().seq, 10);
+        assert_eq!(verify(Head::GENESIS, &t, Some(head), &cps, &node(), &[vk]).unwrap_err().seq, 10);
         // A rewritten, re-linked tail (an attacker without the key): the checkpoint catches it.
         let mut forged_head = Head { seq: 7, hash: Digest::of(&entries[6].1) };
         let mut t = entries[..7].to_vec();
         for i in 7..10u64 {
             t.push(forged_head.append(2000 + i, Event::Stopped));
         }
-        let e = verify(Head::GENESIS, &t, Some(forged_head), &cps, &node(), &vk).unwrap_err();
+        let e = verify(Head::GENESIS, &t, Some(forged_head), &cps, &node(), &[vk]).unwrap_err();
         assert_eq!(e.seq, 10, "{e}");
         // A checkpoint signed by another key.
         let other = SigningKey::from_bytes(&[8; 32]);
-        let e = verify(Head::GENESIS, &entries, Some(head), &[checkpoint(&other, head)], &node(), &vk).unwrap_err();
+        let e = verify(Head::GENESIS, &entries, Some(head), &[checkpoint(&other, head)], &node(), &[vk]).unwrap_err();
         assert!(e.reason.contains("signature"), "{e}");
     }
 
@@ -538,6 +544,7 @@ mod tests {
             format: EXPORT_FORMAT.into(),
             node: node(),
             public_key: String::new(),
+            public_keys: Vec::new(),
             start,
             entries: entries[2..]
                 .iter()
@@ -546,15 +553,15 @@ mod tests {
                 .collect(),
             checkpoints: vec![checkpoint(&sk, head)],
         };
-        let v = export.verify(&sk.verifying_key()).unwrap();
+        let v = export.verify(&[sk.verifying_key()]).unwrap();
         assert_eq!((v.first, v.last, v.signed_up_to), (3, 6, 6));
         let mut cut = export.clone();
         cut.entries.pop();
-        assert!(cut.verify(&sk.verifying_key()).unwrap_err().reason.contains("no signed checkpoint"));
+        assert!(cut.verify(&[sk.verifying_key()]).unwrap_err().reason.contains("no signed checkpoint"));
         let mut forged = export.clone();
         forged.entries[1].1 .0[10] ^= 1;
-        assert_eq!(forged.verify(&sk.verifying_key()).unwrap_err().seq, 4);
-        assert!(export.verify(&SigningKey::from_bytes(&[9; 32]).verifying_key()).is_err());
+        assert_eq!(forged.verify(&[sk.verifying_key()]).unwrap_err().seq, 4);
+        assert!(export.verify(&[SigningKey::from_bytes(&[9; 32]).verifying_key()]).is_err());
         // No payloads: an entry is ids and names only.
         assert!(export.decoded().iter().all(|e| matches!(e.event, Event::Acknowledged { .. })));
     }

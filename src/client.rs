@@ -143,6 +143,11 @@ impl Client {
         self.call_with("POST", "/v1/peers", req)
     }
 
+    /// Takes a partner's announced keys into the keyring (an admin client).
+    pub fn accept_keys(&self, node: &NodeId) -> Result<crate::api::types::PeerChange, CallError> {
+        self.call("POST", &format!("/v1/peers/{node}/keys/accept"), None)
+    }
+
     /// Removes a partner enrolled through the API (an admin client).
     pub fn unenrol(&self, node: &NodeId) -> Result<crate::api::types::PeerChange, CallError> {
         self.call("DELETE", &format!("/v1/peers/{node}"), None)

@@ -126,10 +126,18 @@ pub enum Flow {
     Received,
 }
 
-/// Packets a node makes about other packets (receipts, acknowledgements, consents, forwards):
+/// Packets a node makes about other packets or itself (receipts, acknowledgements, consents,
+/// forwards, key announcements):
 /// none of them answers, delays or clarifies a request.
 fn node_business(packet: &Packet) -> bool {
-    matches!(packet.body, Body::DeliveryReceipt(_) | Body::ReadAck(_) | Body::OnwardConsent(_) | Body::Forward(_))
+    matches!(
+        packet.body,
+        Body::DeliveryReceipt(_)
+            | Body::ReadAck(_)
+            | Body::OnwardConsent(_)
+            | Body::Forward(_)
+            | Body::KeyAnnouncement(_)
+    )
 }
 
 /// Deadline changes worked out but not yet in force: written with the commit that stores the

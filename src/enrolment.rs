@@ -144,14 +144,71 @@ impl Files {
         Ok(())
     }
 
-    /// Removes the partner file, then the policy; the public keys stay (see the module doc).
-    pub fn remove(&self) -> Result<(), EnrolmentError> {
+    fn paths(&self) -> Vec<&PathBuf> {
+        [Some(&self.partner.0), self.policy.as_ref().map(|(p, _)| p), Some(&self.keys.0)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// What is at these files' paths now (to put back if a write is refused).
+    pub fn before(&self) -> Before {
+        Before(self.paths().into_iter().map(|p| (p.clone(), std::fs::read_to_string(p).ok())).collect())
+    }
+
+    /// Puts back what was at the paths `before` (the partner file first: it is what enrols).
+    pub fn take_back(&self, before: &Before) -> Result<(), EnrolmentError> {
+        for (path, text) in &before.0 {
+            let done = match text {
+                Some(t) => crate::files::write_replacing(path, t.as_bytes()),
+                None => crate::files::remove_durably(path),
+            };
+            done.map_err(|source| EnrolmentError { path: path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    fn aside(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".aside");
+        PathBuf::from(name)
+    }
+
+    /// Sets the partner file and the policy aside (renamed: no space needed), which ends the
+    /// enrolment for the next start; the public keys stay (see the module doc).
+    pub fn set_aside(&self) -> Result<(), EnrolmentError> {
         for path in [Some(&self.partner.0), self.policy.as_ref().map(|(p, _)| p)].into_iter().flatten() {
-            crate::files::remove_durably(path).map_err(|source| EnrolmentError { path: path.clone(), source })?;
+            std::fs::rename(path, Self::aside(path)).map_err(|source| EnrolmentError { path: path.clone(), source })?;
+        }
+        crate::files::sync_dir_of(&self.partner.0)
+            .map_err(|source| EnrolmentError { path: self.partner.0.clone(), source })
+    }
+
+    /// Undoes [`Files::set_aside`] (the policy first, the partner file last).
+    pub fn put_back(&self) -> Result<(), EnrolmentError> {
+        for path in [self.policy.as_ref().map(|(p, _)| p), Some(&self.partner.0)].into_iter().flatten() {
+            let aside = Self::aside(path);
+            if aside.exists() {
+                std::fs::rename(&aside, path).map_err(|source| EnrolmentError { path: path.clone(), source })?;
+            }
+        }
+        crate::files::sync_dir_of(&self.partner.0)
+            .map_err(|source| EnrolmentError { path: self.partner.0.clone(), source })
+    }
+
+    /// Deletes what [`Files::set_aside`] set aside.
+    pub fn drop_aside(&self) -> Result<(), EnrolmentError> {
+        for path in [Some(&self.partner.0), self.policy.as_ref().map(|(p, _)| p)].into_iter().flatten() {
+            let aside = Self::aside(path);
+            crate::files::remove_durably(&aside).map_err(|source| EnrolmentError { path: aside, source })?;
         }
         Ok(())
     }
 }
+
+/// What was at an enrolment's paths before it was written ([`Files::before`]).
+#[derive(Debug, Clone)]
+pub struct Before(Vec<(PathBuf, Option<String>)>);
 
 #[cfg(test)]
 mod tests {
@@ -172,9 +229,22 @@ mod tests {
         assert_eq!(read[0].policy.as_deref(), Some(d.join("FR-OFAST.policy.toml").as_path()));
         let again = Files::read(&d, &id).unwrap();
         assert_eq!(again.partner.1, files.partner.1);
-        again.remove().unwrap();
+        again.set_aside().unwrap();
         assert_eq!(read_dir(&d).unwrap(), vec![]);
-        assert!(d.join("FR-OFAST.pub.toml").exists(), "the keys stay, for what it sent before");
+        again.put_back().unwrap();
+        assert_eq!(read_dir(&d).unwrap().len(), 1, "put back");
+        again.set_aside().unwrap();
+        again.drop_aside().unwrap();
+        assert_eq!(read_dir(&d).unwrap(), vec![]);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "only the keys stay, for what it sent before");
+        assert!(d.join("FR-OFAST.pub.toml").exists());
+        // A write taken back leaves what was there before.
+        let other = Files::new(&d, &id, addr, "other keys", None, "again");
+        let before = other.before();
+        other.write().unwrap();
+        other.take_back(&before).unwrap();
+        assert_eq!(std::fs::read_to_string(d.join("FR-OFAST.pub.toml")).unwrap(), "keys");
+        assert_eq!(read_dir(&d).unwrap(), vec![]);
     }
 
     #[test]

@@ -27,7 +27,8 @@ pub fn remove_durably(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+/// Syncs the directory `path` is in (after a rename or removal there).
+pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -5,6 +5,15 @@
 //! `SigningSecret(..)`, memory is zeroized on drop, and key files are written with mode 0600 and
 //! refused when group- or world-readable. A key id (`kid`) names a public key without ambiguity:
 //! `IT-DCSA/sig/<first 16 bytes of SHA-256 of the key, hex>` (`enc` for encryption keys).
+//!
+//! **Generations.** A node may hold several key pairs over time (key rotation with overlap):
+//! each generation is a signing and an encryption key with a window (`valid_from`,
+//! `valid_until`, both optional). A node signs and encrypts with its newest generation in force
+//! ([`SealContext`](crate::seal::SealContext)); a partner encrypts to the newest generation of
+//! the node in force and accepts, on live traffic, every generation within its window; old
+//! public keys stay in the keyring, to verify old receipts, evidence and audit checkpoints.
+//! Generation 1 is `NODE.sign.key`, `NODE.enc.key`, `NODE.pub.toml`; later ones
+//! `NODE.gN.sign.key`... ([`key_file_names_of`]), made by `liaison keys rotate`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,6 +30,7 @@ use zeroize::Zeroizing;
 
 use crate::encoding::{hex, unhex, Digest};
 use crate::ids::NodeId;
+use crate::timestamp::Timestamp;
 
 /// Why keys could not be made, read, written or enrolled.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +135,7 @@ impl EncryptionSecret {
     }
 }
 
-/// A node's public keys, as shared with partners.
+/// A node's public keys (one generation), as shared with partners.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublicKeys {
     /// The node these keys belong to.
@@ -138,9 +148,45 @@ pub struct PublicKeys {
     pub signing_kid: KeyId,
     /// Kid of `encryption`.
     pub encryption_kid: KeyId,
+    /// From when this generation is in force (none: always was).
+    pub valid_from: Option<Timestamp>,
+    /// Until when it is accepted on live traffic (none: until further notice). Evidence it
+    /// signed verifies after that too.
+    pub valid_until: Option<Timestamp>,
 }
 
+/// Leeway for clocks when a key's window is checked on live traffic.
+pub const WINDOW_SLACK_SECS: i64 = 300;
+
 impl PublicKeys {
+    /// Whether `t` lies in the window (with [`WINDOW_SLACK_SECS`] either side); `Err` says why
+    /// not.
+    pub fn in_window(&self, t: Timestamp) -> Result<(), String> {
+        if let Some(from) = self.valid_from {
+            if t.unix().saturating_add(WINDOW_SLACK_SECS) < from.unix() {
+                return Err(format!("is not in force before {from}"));
+            }
+        }
+        if let Some(until) = self.valid_until {
+            if t.unix().saturating_sub(WINDOW_SLACK_SECS) > until.unix() {
+                return Err(format!("was retired at {until}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this generation has started at `t` (no slack: the newest started one is used).
+    pub fn started(&self, t: Timestamp) -> bool {
+        self.valid_from.is_none_or(|f| f <= t)
+    }
+
+    /// The same keys with a window.
+    pub fn with_window(mut self, valid_from: Option<Timestamp>, valid_until: Option<Timestamp>) -> Self {
+        self.valid_from = valid_from;
+        self.valid_until = valid_until;
+        self
+    }
+
     /// Public keys from raw key bytes; fails on an Ed25519 key that is not a valid point.
     pub fn from_raw(node: NodeId, signing: [u8; 32], encryption: [u8; 32]) -> Result<Self, String> {
         let signing = VerifyingKey::from_bytes(&signing)
@@ -155,12 +201,14 @@ impl PublicKeys {
             node,
             signing,
             encryption,
+            valid_from: None,
+            valid_until: None,
         })
     }
 
     /// The shareable TOML form (`NODE.pub.toml`).
     pub fn to_toml(&self) -> String {
-        format!(
+        let mut text = format!(
             "# liaison public keys of node {node}. Give this file to partner nodes; it holds no secret.\n\
              node = \"{node}\"\n\
              # Ed25519 verifying key (hex); kid {sk}\n\
@@ -172,7 +220,14 @@ impl PublicKeys {
             ek = self.encryption_kid,
             s = hex(self.signing.as_bytes()),
             e = hex(self.encryption.as_bytes()),
-        )
+        );
+        if let Some(t) = self.valid_from {
+            text.push_str(&format!("# In force from (RFC 3339).\nvalid_from = \"{t}\"\n"));
+        }
+        if let Some(t) = self.valid_until {
+            text.push_str(&format!("# Accepted on live traffic until (RFC 3339).\nvalid_until = \"{t}\"\n"));
+        }
+        text
     }
 
     /// Parses the shareable TOML form.
@@ -183,6 +238,10 @@ impl PublicKeys {
             node: NodeId,
             signing_key: String,
             encryption_key: String,
+            #[serde(default)]
+            valid_from: Option<String>,
+            #[serde(default)]
+            valid_until: Option<String>,
         }
         let fmt_err = |reason: String| KeyError::Format { path: path.to_owned(), reason };
         let raw: Raw = toml::from_str(text)
@@ -190,7 +249,16 @@ impl PublicKeys {
         let s = unhex::<32>(&raw.signing_key).ok_or_else(|| fmt_err("signing_key: expected 64 hex digits".into()))?;
         let e =
             unhex::<32>(&raw.encryption_key).ok_or_else(|| fmt_err("encryption_key: expected 64 hex digits".into()))?;
-        Self::from_raw(raw.node, s, e).map_err(fmt_err)
+        let time = |key: &str, v: &Option<String>| -> Result<Option<Timestamp>, KeyError> {
+            v.as_deref().map(|t| t.parse::<Timestamp>().map_err(|e| fmt_err(format!("{key}: {e}")))).transpose()
+        };
+        let (from, until) = (time("valid_from", &raw.valid_from)?, time("valid_until", &raw.valid_until)?);
+        if let (Some(f), Some(u)) = (from, until) {
+            if u <= f {
+                return Err(fmt_err("valid_until must be after valid_from".into()));
+            }
+        }
+        Ok(Self::from_raw(raw.node, s, e).map_err(fmt_err)?.with_window(from, until))
     }
 
     /// Reads a `NODE.pub.toml` file.
@@ -209,9 +277,16 @@ pub struct NodeKeys {
     public: PublicKeys,
 }
 
-/// The file names `keys generate` writes for `node` in a directory.
+/// The file names `keys generate` writes for `node` in a directory (generation 1).
 pub fn key_file_names(node: &NodeId) -> [String; 3] {
-    [format!("{node}.sign.key"), format!("{node}.enc.key"), format!("{node}.pub.toml")]
+    key_file_names_of(node, 1)
+}
+
+/// The file names of generation `gen` of `node`'s keys: `NODE.sign.key`... for the first,
+/// `NODE.gN.sign.key`... for later ones.
+pub fn key_file_names_of(node: &NodeId, gen: u32) -> [String; 3] {
+    let stem = if gen <= 1 { node.to_string() } else { format!("{node}.g{gen}") };
+    [format!("{stem}.sign.key"), format!("{stem}.enc.key"), format!("{stem}.pub.toml")]
 }
 
 #[derive(Serialize, Deserialize)]
@@ -250,8 +325,21 @@ impl NodeKeys {
             node,
             signing: vk,
             encryption: ek,
+            valid_from: None,
+            valid_until: None,
         };
         Self { node, signing: SigningSecret(signing), encryption: EncryptionSecret(encryption), public }
+    }
+
+    /// A second copy of the same keys (a keyring change builds a new seal context from them;
+    /// both copies are zeroized when dropped).
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            node: self.node,
+            signing: SigningSecret(self.signing.0.clone()),
+            encryption: EncryptionSecret(self.encryption.0.clone()),
+            public: self.public.clone(),
+        }
     }
 
     /// The node these keys belong to.
@@ -274,8 +362,14 @@ impl NodeKeys {
     /// Writes `NODE.sign.key`, `NODE.enc.key` (mode 0600) and `NODE.pub.toml` (0644) into `dir`,
     /// creating it (0700) if needed. Refuses to overwrite any existing file. Returns the paths.
     pub fn write_to_dir(&self, dir: &Path) -> Result<[PathBuf; 3], KeyError> {
+        self.write_generation(dir, 1)
+    }
+
+    /// [`NodeKeys::write_to_dir`] as generation `gen` ([`key_file_names_of`]); the public file
+    /// carries the window.
+    pub fn write_generation(&self, dir: &Path, gen: u32) -> Result<[PathBuf; 3], KeyError> {
         create_private_dir(dir)?;
-        let [s, e, p] = key_file_names(&self.node).map(|n| dir.join(n));
+        let [s, e, p] = key_file_names_of(&self.node, gen).map(|n| dir.join(n));
         for path in [&s, &e, &p] {
             if path.exists() {
                 return Err(KeyError::Exists(path.clone()));
@@ -300,17 +394,73 @@ impl NodeKeys {
     /// Reads the keys of `node` from `dir` (as written by [`NodeKeys::write_to_dir`]), checking
     /// file permissions, that both secrets belong to `node`, and that the public file matches.
     pub fn load_from_dir(dir: &Path, node: &NodeId) -> Result<Self, KeyError> {
-        let [s, e, p] = key_file_names(node).map(|n| dir.join(n));
+        Self::load_generation(dir, node, 1)
+    }
+
+    /// Generation `gen` of `node`'s keys in `dir`, its window from the public file beside.
+    pub fn load_generation(dir: &Path, node: &NodeId, gen: u32) -> Result<Self, KeyError> {
+        let [s, e, p] = key_file_names_of(node, gen).map(|n| dir.join(n));
         let signing = read_secret(&s, node, "ed25519")?;
         let encryption = read_secret(&e, node, "x25519")?;
-        let keys = Self::from_secret_bytes(*node, &signing, *encryption);
+        let mut keys = Self::from_secret_bytes(*node, &signing, *encryption);
         if p.exists() {
             let public = PublicKeys::load(&p)?;
-            if public != keys.public {
+            if public.signing_kid != keys.public.signing_kid || public.encryption_kid != keys.public.encryption_kid {
                 return Err(KeyError::Format { path: p, reason: "does not match the secret keys beside it".into() });
             }
+            keys.public = public;
         }
         Ok(keys)
+    }
+
+    /// Every generation of `node`'s keys in `dir` (the first required), oldest first, each with
+    /// its number.
+    pub fn load_generations(dir: &Path, node: &NodeId) -> Result<Vec<(u32, Self)>, KeyError> {
+        let mut out = vec![(1, Self::load_from_dir(dir, node)?)];
+        let io = |source| KeyError::Io { path: dir.to_owned(), source };
+        let prefix = format!("{node}.g");
+        let mut gens: Vec<u32> = fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_prefix(&prefix)?.strip_suffix(".sign.key")?.parse().ok())
+            .filter(|g| *g > 1)
+            .collect();
+        gens.sort_unstable();
+        for g in gens {
+            out.push((g, Self::load_generation(dir, node, g)?));
+        }
+        Ok(out)
+    }
+
+    /// Key rotation with overlap: makes the next generation of `node`'s keys in `dir`, in force
+    /// from `from`, and retires the newest one there at `from` + `overlap_secs` (its public file
+    /// rewritten with `valid_until`). Returns the new generation's number and keys.
+    pub fn rotate(
+        dir: &Path,
+        node: &NodeId,
+        from: Timestamp,
+        overlap_secs: i64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<(u32, Self), KeyError> {
+        let gens = Self::load_generations(dir, node)?;
+        let Some((last_gen, last)) = gens.last() else {
+            return Err(KeyError::Format { path: dir.to_owned(), reason: "no keys to rotate".into() });
+        };
+        if last.public.valid_from.is_some_and(|f| f >= from) {
+            return Err(KeyError::Conflict(format!(
+                "generation {last_gen} comes into force only at {}; the next must come after it",
+                last.public.valid_from.map(|t| t.to_string()).unwrap_or_default()
+            )));
+        }
+        let gen = last_gen + 1;
+        let next = Self::generate(*node, rng);
+        let next = Self { public: next.public.clone().with_window(Some(from), None), ..next };
+        next.write_generation(dir, gen)?;
+        let retired = last.public.clone().with_window(last.public.valid_from, Some(from.plus_secs(overlap_secs)));
+        let [_, _, p] = key_file_names_of(node, *last_gen).map(|n| dir.join(n));
+        crate::files::write_replacing(&p, retired.to_toml().as_bytes())
+            .map_err(|source| KeyError::Io { path: p, source })?;
+        Ok((gen, next))
     }
 
     /// Finds the single node whose keys are in `dir` (the one `NODE.sign.key` file).
@@ -414,10 +564,11 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyE
     f.sync_all().map_err(io)
 }
 
-/// The public keys of known nodes (partners and this node itself), by node and by kid.
+/// The public keys of known nodes (partners and this node itself), by node (every generation,
+/// oldest first) and by kid.
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {
-    by_node: HashMap<NodeId, Arc<PublicKeys>>,
+    by_node: HashMap<NodeId, Vec<Arc<PublicKeys>>>,
     by_kid: HashMap<Vec<u8>, Arc<PublicKeys>>,
 }
 
@@ -427,23 +578,44 @@ impl Keyring {
         Self::default()
     }
 
-    /// Adds a node's public keys. A node can be enrolled once; a kid can name one key only.
+    /// Adds one generation of a node's public keys. A kid can name one key only, and a
+    /// signing key goes with one encryption key. The same generation again (another file, an
+    /// announcement) narrows its window: the later `valid_from`, the earlier `valid_until`.
     pub fn add(&mut self, keys: PublicKeys) -> Result<(), KeyError> {
-        if let Some(old) = self.by_node.get(&keys.node) {
-            if **old == keys {
-                return Ok(());
-            }
-            return Err(KeyError::Conflict(format!("{} is enrolled twice with different keys", keys.node)));
-        }
         for kid in [&keys.signing_kid, &keys.encryption_kid] {
-            if self.by_kid.contains_key(kid.as_bytes()) {
-                return Err(KeyError::Conflict(format!("key id {kid} is already used by another node")));
+            if let Some(other) = self.by_kid.get(kid.as_bytes()) {
+                if other.node != keys.node {
+                    return Err(KeyError::Conflict(format!("key id {kid} is already used by {}", other.node)));
+                }
             }
         }
+        let gens = self.by_node.entry(keys.node).or_default();
+        let same =
+            gens.iter().position(|g| g.signing_kid == keys.signing_kid || g.encryption_kid == keys.encryption_kid);
+        let keys = match same {
+            Some(i) => {
+                let old = gens.remove(i);
+                if old.signing_kid != keys.signing_kid || old.encryption_kid != keys.encryption_kid {
+                    gens.insert(i, old);
+                    return Err(KeyError::Conflict(format!(
+                        "{}: signing key {} and encryption key {} are each paired with another key in another file",
+                        keys.node, keys.signing_kid, keys.encryption_kid
+                    )));
+                }
+                let from = old.valid_from.max(keys.valid_from);
+                let until = match (old.valid_until, keys.valid_until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                keys.with_window(from, until)
+            }
+            None => keys,
+        };
         let keys = Arc::new(keys);
+        gens.push(keys.clone());
+        gens.sort_by_key(|g| g.valid_from.map_or(i64::MIN, Timestamp::unix));
         self.by_kid.insert(keys.signing_kid.as_bytes().to_vec(), keys.clone());
-        self.by_kid.insert(keys.encryption_kid.as_bytes().to_vec(), keys.clone());
-        self.by_node.insert(keys.node, keys);
+        self.by_kid.insert(keys.encryption_kid.as_bytes().to_vec(), keys);
         Ok(())
     }
 
@@ -469,9 +641,21 @@ impl Keyring {
         Ok(ring)
     }
 
-    /// The keys of `node`.
+    /// The keys of `node` in force now ([`Keyring::node_at`]).
     pub fn node(&self, node: &NodeId) -> Option<&Arc<PublicKeys>> {
-        self.by_node.get(node)
+        self.node_at(node, Timestamp::now())
+    }
+
+    /// The keys of `node` in force at `t`: its newest generation that has started (the oldest
+    /// if none has).
+    pub fn node_at(&self, node: &NodeId, t: Timestamp) -> Option<&Arc<PublicKeys>> {
+        let gens = self.by_node.get(node)?;
+        gens.iter().rev().find(|g| g.started(t)).or_else(|| gens.first())
+    }
+
+    /// Every generation of `node`'s keys, oldest first.
+    pub fn generations(&self, node: &NodeId) -> &[Arc<PublicKeys>] {
+        self.by_node.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// The keys named by a kid, and which of the two the kid names.
@@ -481,9 +665,14 @@ impl Keyring {
         Some((keys, usage))
     }
 
-    /// Every enrolled node's keys.
+    /// Every generation of every node's keys.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<PublicKeys>> {
-        self.by_node.values()
+        self.by_node.values().flatten()
+    }
+
+    /// Every node with keys here.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.by_node.keys()
     }
 }
 
@@ -534,17 +723,54 @@ mod tests {
     }
 
     #[test]
-    fn keyring_refuses_conflicts() {
+    fn keyring_holds_generations_and_refuses_mixed_pairs() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
         let a = NodeKeys::generate(node("IT-DCSA"), &mut rng);
         let a2 = NodeKeys::generate(node("IT-DCSA"), &mut rng);
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
         let mut ring = Keyring::new();
         ring.add(a.public().clone()).unwrap();
         ring.add(a.public().clone()).unwrap();
-        assert!(matches!(ring.add(a2.public().clone()), Err(KeyError::Conflict(_))));
+        // A second generation, in force from a date: the first until then, the second after.
+        ring.add(a2.public().clone().with_window(Some(t("2030-01-01T00:00:00Z")), None)).unwrap();
+        let it = node("IT-DCSA");
+        assert_eq!(ring.generations(&it).len(), 2);
+        assert_eq!(ring.node_at(&it, t("2029-12-31T23:59:59Z")).unwrap().signing_kid, a.public().signing_kid);
+        assert_eq!(ring.node_at(&it, t("2030-01-01T00:00:00Z")).unwrap().signing_kid, a2.public().signing_kid);
+        // The first one's retirement, learnt later, narrows its window.
+        ring.add(a.public().clone().with_window(None, Some(t("2030-02-01T00:00:00Z")))).unwrap();
+        let (first, _) = ring.kid(a.public().signing_kid.as_bytes()).unwrap();
+        assert_eq!(first.valid_until, Some(t("2030-02-01T00:00:00Z")));
+        assert!(first.in_window(t("2030-01-15T00:00:00Z")).is_ok());
+        assert!(first.in_window(t("2030-03-01T00:00:00Z")).unwrap_err().contains("retired"));
+        // One generation's signing key with another's encryption key: refused.
+        let mixed =
+            PublicKeys::from_raw(it, *a.public().signing.as_bytes(), *a2.public().encryption.as_bytes()).unwrap();
+        assert!(matches!(ring.add(mixed), Err(KeyError::Conflict(_))));
+        assert_eq!(ring.generations(&it).len(), 2, "unchanged");
         let (k, usage) = ring.kid(a.public().encryption_kid.as_bytes()).unwrap();
         assert_eq!((k.node.as_str(), usage), ("IT-DCSA", KeyUse::Encryption));
         assert!(a.public().signing_kid.as_str().starts_with("IT-DCSA/sig/"));
+    }
+
+    #[test]
+    fn rotation_writes_the_next_generation_and_retires_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let it = node("IT-DCSA");
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        NodeKeys::generate(it, &mut rng).write_to_dir(dir.path()).unwrap();
+        let from: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let (gen, next) = NodeKeys::rotate(dir.path(), &it, from, 86_400, &mut rng).unwrap();
+        assert_eq!(gen, 2);
+        let gens = NodeKeys::load_generations(dir.path(), &it).unwrap();
+        assert_eq!(gens.len(), 2);
+        assert_eq!(gens[0].1.public().valid_until, Some(from.plus_secs(86_400)));
+        assert_eq!(gens[1].1.public(), next.public());
+        assert_eq!(gens[1].1.public().valid_from, Some(from));
+        // Not before the one just made.
+        assert!(NodeKeys::rotate(dir.path(), &it, from, 86_400, &mut rng).is_err());
+        let ring = Keyring::load(&[dir.path().to_owned()]).unwrap();
+        assert_eq!(ring.generations(&it).len(), 2, "the public files of both generations");
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub struct Policy {
     /// How long packets received from the partner are kept, in days; then they are deleted
     /// (their audit entries, which hold no content, stay).
     pub retention_days: u32,
+    /// What this node does with the partner's announced keys (`[keys]`, optional). Left out of
+    /// the canonical form when it is the default, so that policies without it keep their hash.
+    #[serde(skip_serializing_if = "KeyRules::is_default")]
+    pub keys: KeyRules,
     /// SHA-256 of the canonical form (everything above, as JSON with sorted keys).
     #[serde(skip)]
     pub hash: Digest,
@@ -104,6 +108,23 @@ pub struct Onward {
     pub from_partner: OnwardRule,
     /// Whether this node accepts packets this partner passes on from other originators.
     pub accept_forwarded: bool,
+}
+
+/// The partner's keys (`[keys]` in a policy file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRules {
+    /// Whether keys the partner announces (a KeyAnnouncement signed with its key in force) are
+    /// taken into the keyring at once; `false` (the default): they wait for this node's
+    /// administrator (`liaison peers accept-keys`).
+    #[serde(default)]
+    pub accept_announced: bool,
+}
+
+impl KeyRules {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// May a packet be passed on?
@@ -333,7 +354,8 @@ fn redact(rules: &Rules, direction: Direction, packet: &mut Packet) -> Vec<Redac
         | Body::ClarificationRequest(_)
         | Body::DeliveryReceipt(_)
         | Body::ReadAck(_)
-        | Body::OnwardConsent(_) => (None, None, ""),
+        | Body::OnwardConsent(_)
+        | Body::KeyAnnouncement(_) => (None, None, ""),
         // A forward's entities are inside the originator's signed packet: the node evaluates
         // that packet itself (and cannot redact what another node signed).
         Body::Forward(_) => (None, None, ""),
@@ -475,6 +497,8 @@ struct RawPolicy {
     send: RawRules,
     receive: RawRules,
     onward: Onward,
+    #[serde(default)]
+    keys: KeyRules,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +549,7 @@ impl Policy {
                     receive,
                     onward: raw.onward,
                     retention_days: raw.retention_days,
+                    keys: raw.keys,
                     hash: Digest([0; 32]),
                 };
                 let canonical = serde_json::to_vec(&policy).map_err(|e| vec![e.to_string()])?;

@@ -315,17 +315,22 @@ pub struct Opened {
     pub sealed_digest: Digest,
 }
 
-/// This node's keys, the keyring, and the pairwise X25519 secrets computed from them.
+/// This node's keys (every generation), the keyring, and the pairwise X25519 secrets computed
+/// from them.
 pub struct SealContext {
-    keys: Arc<NodeKeys>,
+    /// Oldest first; the newest that has started signs and encrypts ([`SealContext::current`]).
+    own: Arc<Vec<NodeKeys>>,
     keyring: Keyring,
-    /// X25519(my secret, peer public) by the peer's encryption kid.
-    pairwise: HashMap<Vec<u8>, Zeroizing<[u8; 32]>>,
+    /// X25519(my secret, peer public) by (my encryption kid, the peer's encryption kid).
+    pairwise: HashMap<KidPair, Zeroizing<[u8; 32]>>,
 }
+
+/// (this node's encryption kid, a peer's encryption kid).
+type KidPair = (Vec<u8>, Vec<u8>);
 
 impl std::fmt::Debug for SealContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealContext").field("node", self.keys.node()).field("peers", &self.pairwise.len()).finish()
+        f.debug_struct("SealContext").field("node", self.node()).field("pairs", &self.pairwise.len()).finish()
     }
 }
 
@@ -333,34 +338,61 @@ impl SealContext {
     /// Builds the context; this node's own public keys are added to the keyring if absent.
     /// Computes one X25519 per peer. Fails on a peer key that is a low-order point.
     pub fn new(keys: NodeKeys, keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+        Self::build(Arc::new(vec![keys]), keyring)
+    }
+
+    /// The context of a node with several generations of keys (key rotation), oldest first.
+    pub fn with_generations(keys: Vec<NodeKeys>, keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+        let node = keys.first().map(|k| *k.node());
+        if keys.is_empty() || keys.iter().any(|k| Some(*k.node()) != node) {
+            return Err(crate::keys::KeyError::Conflict("a node's key generations must all be its own".into()));
+        }
+        let mut keys = keys;
+        keys.sort_by_key(|k| k.public().valid_from.map_or(i64::MIN, Timestamp::unix));
         Self::build(Arc::new(keys), keyring)
     }
 
     /// The same node's keys with another keyring (partners enrolled or removed while the node
     /// runs): the pairwise secrets are computed again.
     pub fn with_keyring(&self, keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
-        Self::build(self.keys.clone(), keyring)
+        Self::build(self.own.clone(), keyring)
     }
 
-    fn build(keys: Arc<NodeKeys>, mut keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
-        keyring.add(keys.public().clone())?;
-        let mut pairwise = HashMap::new();
-        for peer in keyring.iter() {
-            let shared = keys.encryption().key().diffie_hellman(&peer.encryption);
-            if !shared.was_contributory() {
-                return Err(crate::keys::KeyError::Conflict(format!(
-                    "the X25519 key of {} is a low-order point; refusing it",
-                    peer.node
-                )));
-            }
-            pairwise.insert(peer.encryption_kid.as_bytes().to_vec(), Zeroizing::new(shared.to_bytes()));
+    fn build(own: Arc<Vec<NodeKeys>>, mut keyring: Keyring) -> Result<Self, crate::keys::KeyError> {
+        for keys in own.iter() {
+            keyring.add(keys.public().clone())?;
         }
-        Ok(Self { keys, keyring, pairwise })
+        let mut pairwise = HashMap::new();
+        for keys in own.iter() {
+            for peer in keyring.iter() {
+                let shared = keys.encryption().key().diffie_hellman(&peer.encryption);
+                if !shared.was_contributory() {
+                    return Err(crate::keys::KeyError::Conflict(format!(
+                        "the X25519 key of {} is a low-order point; refusing it",
+                        peer.node
+                    )));
+                }
+                let pair = (keys.public().encryption_kid.as_bytes().to_vec(), peer.encryption_kid.as_bytes().to_vec());
+                pairwise.insert(pair, Zeroizing::new(shared.to_bytes()));
+            }
+        }
+        Ok(Self { own, keyring, pairwise })
+    }
+
+    /// This node's keys in force now: its newest generation that has started.
+    pub fn current(&self) -> &NodeKeys {
+        let now = Timestamp::now();
+        self.own.iter().rev().find(|k| k.public().started(now)).unwrap_or(&self.own[0])
+    }
+
+    /// Every generation of this node's keys, oldest first.
+    pub fn generations(&self) -> &[NodeKeys] {
+        &self.own
     }
 
     /// This node.
     pub fn node(&self) -> &NodeId {
-        self.keys.node()
+        self.own[0].node()
     }
 
     /// The keyring in use.
@@ -368,9 +400,9 @@ impl SealContext {
         &self.keyring
     }
 
-    /// This node's public keys.
+    /// This node's public keys in force now.
     pub fn public(&self) -> &crate::keys::PublicKeys {
-        self.keys.public()
+        self.current().public()
     }
 
     /// An Ed25519 signature by this node over `message`, for statements that are not packets
@@ -378,7 +410,7 @@ impl SealContext {
     /// one purpose cannot be passed off as another (packets are signed as COSE structures,
     /// which begin differently).
     pub fn sign_detached(&self, message: &[u8]) -> [u8; 64] {
-        self.keys.signing().key().sign(message).to_bytes()
+        self.current().signing().key().sign(message).to_bytes()
     }
 
     /// Signs a packet this node originates (COSE_Sign1, Ed25519).
@@ -405,11 +437,12 @@ impl SealContext {
         payload: Vec<u8>,
         policy: Option<Digest>,
     ) -> Result<SignedPacket, SealError> {
-        let me = self.keys.node();
+        let keys = self.current();
+        let me = keys.node();
         if &packet.envelope.originator.node != me {
             return Err(SealError::NotOriginator { originator: packet.envelope.originator.node, me: *me });
         }
-        let kid = self.keys.public().signing_kid.clone();
+        let kid = keys.public().signing_kid.clone();
         let protected = HeaderBuilder::new()
             .algorithm(iana::Algorithm::Ed25519)
             .key_id(kid.as_bytes().to_vec())
@@ -422,7 +455,7 @@ impl SealContext {
             None => protected,
         }
         .build();
-        let sk = self.keys.signing().key();
+        let sk = keys.signing().key();
         let bytes = CoseSign1Builder::new()
             .protected(protected)
             .payload(payload)
@@ -446,9 +479,11 @@ impl SealContext {
             return Err(SealError::NotARecipient(*recipient));
         }
         let peer = self.keyring.node(recipient).ok_or(SealError::UnknownRecipient(*recipient))?;
-        let shared = self.pairwise.get(peer.encryption_kid.as_bytes()).ok_or(SealError::WeakKey(*recipient))?;
+        let mine = self.current().public();
+        let pair = (mine.encryption_kid.as_bytes().to_vec(), peer.encryption_kid.as_bytes().to_vec());
+        let shared = self.pairwise.get(&pair).ok_or(SealError::WeakKey(*recipient))?;
         let route = RouteHeader {
-            sender: *self.keys.node(),
+            sender: *self.node(),
             recipient: *recipient,
             packet_id: env.id,
             priority: env.priority,
@@ -470,7 +505,7 @@ impl SealContext {
             .unprotected(
                 HeaderBuilder::new()
                     .key_id(peer.encryption_kid.as_bytes().to_vec())
-                    .value(HEADER_STATIC_KEY_ID, Value::Bytes(self.keys.public().encryption_kid.as_bytes().to_vec()))
+                    .value(HEADER_STATIC_KEY_ID, Value::Bytes(mine.encryption_kid.as_bytes().to_vec()))
                     .value(HEADER_SALT, Value::Bytes(salt.to_vec()))
                     .build(),
             )
@@ -504,23 +539,26 @@ impl SealContext {
     pub fn open(&self, bytes: &[u8], now: Timestamp) -> Result<Opened, OpenError> {
         let enc = parse_encrypt(bytes)?;
         let route = route_of(&enc)?;
-        let me = self.keys.node();
+        let me = self.node();
         if &route.recipient != me {
             return Err(OpenError::NotForMe { recipient: route.recipient, me: *me });
         }
         let [recipient] = enc.recipients.as_slice() else {
             return Err(malformed(Layer::Encrypted, format!("expected one recipient, found {}", enc.recipients.len())));
         };
-        let my_kid = &self.keys.public().encryption_kid;
-        if recipient.unprotected.key_id != my_kid.as_bytes() {
+        let Some(mine) = self.own.iter().find(|k| k.public().encryption_kid.as_bytes() == recipient.unprotected.key_id)
+        else {
             return Err(OpenError::UnknownKey {
                 kid: lossy(&recipient.unprotected.key_id),
-                reason: format!("not this node's encryption key ({my_kid})"),
+                reason: format!("not an encryption key of this node ({})", self.public().encryption_kid),
             });
-        }
+        };
         let (sender_kid, salt) = recipient_params(recipient)?;
         match self.keyring.kid(sender_kid) {
-            Some((k, KeyUse::Encryption)) if k.node == route.sender => {}
+            Some((k, KeyUse::Encryption)) if k.node == route.sender => {
+                // On live traffic a partner's key counts within its window only.
+                k.in_window(now).map_err(|reason| OpenError::UnknownKey { kid: lossy(sender_kid), reason })?;
+            }
             Some((k, _)) => {
                 return Err(OpenError::UnknownKey {
                     kid: lossy(sender_kid),
@@ -529,7 +567,8 @@ impl SealContext {
             }
             None => return Err(OpenError::UnknownKey { kid: lossy(sender_kid), reason: "not in the keyring".into() }),
         }
-        let shared = self.pairwise.get(sender_kid).ok_or(OpenError::DecryptionFailed)?;
+        let pair = (mine.public().encryption_kid.as_bytes().to_vec(), sender_kid.to_vec());
+        let shared = self.pairwise.get(&pair).ok_or(OpenError::DecryptionFailed)?;
         let cek =
             derive_cek(shared, salt, &recipient.protected).map_err(|e| malformed(Layer::Encrypted, e.to_string()))?;
         let iv: [u8; IV_LEN] = enc
@@ -545,6 +584,9 @@ impl SealContext {
         )?;
 
         let signed = verify_signed(&self.keyring, &plaintext)?;
+        if let Some((k, _)) = self.keyring.kid(signed.signer.as_bytes()) {
+            k.in_window(now).map_err(|reason| OpenError::UnknownKey { kid: signed.signer.to_string(), reason })?;
+        }
         let p = &signed.packet.envelope;
         if route.packet_id != p.id {
             return Err(OpenError::HeaderMismatch(format!(

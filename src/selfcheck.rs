@@ -83,7 +83,7 @@ pub fn check(s: &Settings, now: Timestamp) -> Findings {
     // Keys.
     open_key_files(&s.keys_dir, &mut f);
     let mode_problems = f.problems.len();
-    let own = match NodeKeys::load_from_dir(&s.keys_dir, &s.node) {
+    let own = match NodeKeys::load_generations(&s.keys_dir, &s.node) {
         Ok(k) => Some(k),
         Err(crate::keys::KeyError::Permissions { .. }) if mode_problems > 0 => None, // said above
         Err(e) => {
@@ -98,8 +98,10 @@ pub fn check(s: &Settings, now: Timestamp) -> Findings {
                     f.problems.push(format!("partner {}: no public keys for it in keys.keyring", p.id));
                 }
             }
-            if let (Some(own), Some(listed)) = (&own, ring.node(&s.node)) {
-                if **listed != *own.public() {
+            if let Some(own) = &own {
+                let mine =
+                    |k: &crate::keys::PublicKeys| own.iter().any(|(_, o)| o.public().signing_kid == k.signing_kid);
+                if ring.generations(&s.node).iter().any(|k| !mine(k)) {
                     f.problems.push(format!(
                         "keys.keyring: its keys for {} are not this node's own (keys.dir): an old copy?",
                         s.node

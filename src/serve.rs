@@ -76,7 +76,7 @@ impl ServeError {
 
 /// Loads what the settings name and builds the node's configuration.
 pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
-    let keys = NodeKeys::load_from_dir(&s.keys_dir, &s.node)?;
+    let keys = NodeKeys::load_generations(&s.keys_dir, &s.node)?.into_iter().map(|(_, k)| k).collect();
     let keyring = Keyring::load(&s.keyring)?;
     for p in &s.partners {
         if keyring.node(&p.id).is_none() {
@@ -88,7 +88,7 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     let store = crate::store::Store::open(&s.data_dir).map_err(crate::node::NodeError::from)?;
     store.set_headroom(s.headroom);
     Ok(NodeConfig {
-        seal: SealContext::new(keys, keyring)?,
+        seal: SealContext::with_generations(keys, keyring)?,
         tls,
         listen: s.listen,
         socket: None,
@@ -102,12 +102,14 @@ pub fn node_config(s: &Settings) -> Result<NodeConfig, ServeError> {
     })
 }
 
-/// The partners, keyring and policies the settings name, for [`Node::set_partners`].
+/// The partners, keyring and policies the settings name, and this node's own keys (every
+/// generation: a rotation is taken on SIGHUP), for [`Node::set_partners`].
 pub fn partner_set(s: &Settings) -> Result<PartnerSet, ServeError> {
     Ok(PartnerSet {
         partners: s.partners.iter().map(|p| Partner { node: p.id, addr: p.addr }).collect(),
         keyring: Keyring::load(&s.keyring)?,
         policies: PolicyBook::new(s.partners.iter().filter_map(|p| p.policy.clone())),
+        own: Some(NodeKeys::load_generations(&s.keys_dir, &s.node)?.into_iter().map(|(_, k)| k).collect()),
     })
 }
 
@@ -199,57 +201,11 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
                 _ = hup.recv() => {}
                 _ = shutdown.changed() => return,
             }
-            let s = match Settings::load(&file) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the policies and TLS material in force stay");
-                    continue;
-                }
-            };
-            let now = tls_fingerprint(&s);
-            if now.is_some() && now != tls_files {
-                // New TLS files are held to the start's rules: a certificate for another node,
-                // expired or revoked, a key of another certificate, a foreign CRL are refused.
-                let findings = crate::selfcheck::check_tls(&s, crate::timestamp::Timestamp::now());
-                for w in &findings.warnings {
-                    warn!(warning = %w, "self-check");
-                }
-                if !findings.ok() {
-                    tracing::error!(
-                        problems = %findings.problems.join("; "),
-                        "reload refused; the policies and TLS material in force stay"
-                    );
-                    continue;
-                }
-                let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
-                let loaded = TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key);
-                match loaded {
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload refused; the policies and TLS material in force stay");
-                        continue;
-                    }
-                    Ok(tls) => {
-                        let detail = format!("CA, certificate and {} CRL file(s) read again", s.tls_crls.len());
-                        match node.reload_tls(tls, "SIGHUP", detail).await {
-                            Ok(()) => tls_files = now,
-                            Err(e) => tracing::error!(error = %e, "TLS reload failed; the material in force stays"),
-                        }
-                    }
-                }
-            }
-            let target = match partner_set(&s) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the partners, keys and policies in force stay");
-                    continue;
-                }
-            };
-            match node.set_partners(target, "SIGHUP").await {
-                Ok(changes) if changes.is_empty() => info!("reload: partners, keys and policies did not change"),
-                Ok(changes) => info!(changes = %changes.join("; "), "reload: in force"),
-                Err(e) => {
-                    tracing::error!(error = %e, "reload refused; the partners, keys and policies in force stay")
-                }
+            // The files are read under the admin lock: an enrolment through the API in between
+            // cannot be undone by what was read before it.
+            let held = node.admin_lock().await;
+            if let Err(why) = reload(&node, &held, &file, &mut tls_files).await {
+                tracing::error!(error = %why, "reload refused; the TLS material, partners, keys and policies in force stay");
             }
         }
     }
@@ -257,6 +213,52 @@ async fn reload_on_hangup(node: Node, file: std::path::PathBuf, mut shutdown: wa
     {
         let _ = (node, file, shutdown.changed().await);
     }
+}
+
+/// One SIGHUP's reload (see [`reload_on_hangup`]): everything is read and checked before
+/// anything is put in force, so a file with a problem leaves everything as it was.
+async fn reload(
+    node: &Node,
+    held: &crate::node::AdminLock<'_>,
+    file: &std::path::Path,
+    tls_files: &mut Option<crate::encoding::Digest>,
+) -> Result<(), String> {
+    let s = Settings::load(file).map_err(|e| e.to_string())?;
+    if Some(s.partners_dir.as_path()) != node.partners_dir() {
+        return Err(format!(
+            "node.partners_dir changed to {}: that needs a restart (partners enrolled through the API are in the directory of the start)",
+            s.partners_dir.display()
+        ));
+    }
+    let now = tls_fingerprint(&s);
+    let tls = if now.is_some() && now != *tls_files {
+        // New TLS files are held to the start's rules: a certificate for another node,
+        // expired or revoked, a key of another certificate, a foreign CRL are refused.
+        let findings = crate::selfcheck::check_tls(&s, crate::timestamp::Timestamp::now());
+        for w in &findings.warnings {
+            warn!(warning = %w, "self-check");
+        }
+        if !findings.ok() {
+            return Err(findings.problems.join("; "));
+        }
+        let crls: Vec<&std::path::Path> = s.tls_crls.iter().map(|p| p.as_path()).collect();
+        Some(TlsMaterial::load(&s.tls_ca, &crls, &s.tls_cert, &s.tls_key).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let target = partner_set(&s).map_err(|e| e.to_string())?;
+    node.check_partners(&target).map_err(|e| e.to_string())?;
+    if let Some(tls) = tls {
+        let detail = format!("CA, certificate and {} CRL file(s) read again", s.tls_crls.len());
+        node.reload_tls_locked(held, tls, "SIGHUP", detail).await.map_err(|e| format!("TLS reload failed: {e}"))?;
+        *tls_files = now;
+    }
+    match node.set_partners_locked(held, target, "SIGHUP").await {
+        Ok(changes) if changes.is_empty() => info!("reload: partners, keys and policies did not change"),
+        Ok(changes) => info!(changes = %changes.join("; "), "reload: in force"),
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(())
 }
 
 /// A digest of the TLS files the settings name (to reload them only when they changed); `None`

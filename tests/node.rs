@@ -204,7 +204,7 @@ async fn a_packet_is_delivered_receipted_read_and_acknowledged() {
     let inbox = es.inbox().unwrap();
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].0, id);
-    let (shown, rec) = es.show(id, None).unwrap();
+    let (shown, rec, _) = es.show(id, None).unwrap();
     assert_eq!(shown, p);
     assert_eq!(rec.sender, node("IT-DCSA"));
     let EntryState::Delivered { digest, .. } = state(&it, id, "ES-UDYCO") else { unreachable!() };
@@ -354,7 +354,7 @@ async fn egress_denial_refuses_one_partner_and_not_the_other() {
     assert_eq!(done.denied[0].denial.rule, "send.max_classification");
     assert_eq!(it.status(done.id).unwrap().len(), 1, "no outbox entry for the refused partner");
     until("delivered to ES", || matches!(state(&it, done.id, "ES-UDYCO"), EntryState::Delivered { .. })).await;
-    let (shown, _) = es.show(done.id, None).unwrap();
+    let (shown, _, _) = es.show(done.id, None).unwrap();
     assert_eq!(shown.envelope.recipients, [node("ES-UDYCO")], "the copy names only who gets it");
     assert!(co.inbox().unwrap().is_empty());
     // Refused for every recipient: the submit fails and nothing is stored.
@@ -421,7 +421,7 @@ async fn redacted_fields_never_reach_the_partner() {
         ]
     );
     until("delivered", || matches!(state(&it, done.id, "CO-DIJIN"), EntryState::Delivered { .. })).await;
-    let (shown, _) = co.show(done.id, None).unwrap();
+    let (shown, _, _) = co.show(done.id, None).unwrap();
     let liaison::packet::Body::InformationResponse(r) = &shown.body else { panic!() };
     assert!(r.entities.iter().all(|e| e.kind() != "account"));
     let liaison::packet::Entity::Person(p) = &r.entities[0] else { panic!() };
@@ -515,7 +515,7 @@ async fn h2_is_passed_on_only_with_the_originators_consent() {
     let done = es.forward(alert_id, None, &[node("IT-DCSA"), node("IT-DCSA")], officer.clone()).await.unwrap();
     assert_eq!(done.sent.len(), 1, "{done:?}");
     until("forward at IT", || matches!(state(&es, done.id, "IT-DCSA"), EntryState::Delivered { .. })).await;
-    let (shown, rec) = it.show(done.id, None).unwrap();
+    let (shown, rec, _) = it.show(done.id, None).unwrap();
     assert_eq!(shown, original, "IT-DCSA sees the original exactly as CO-DIJIN signed it");
     assert_eq!((rec.sender.as_str(), rec.originator.as_ref().map(|n| n.as_str())), ("ES-UDYCO", Some("CO-DIJIN")));
     assert_eq!(rec.packet_type, liaison::packet::PacketType::ControlledDeliveryAlert);
@@ -630,7 +630,7 @@ async fn the_audit_trail_records_sends_and_expiries() {
         ),
         "{events:?}"
     );
-    assert!(export.verify(&fed.node_keys("IT-DCSA").public().signing).is_ok());
+    assert!(export.verify(&[fed.node_keys("IT-DCSA").public().signing]).is_ok());
     let _ = es;
     let _ = fed.stop.send(true);
 }
@@ -887,7 +887,7 @@ async fn shutdown_joins_every_task_and_closes_the_store() {
         "and it is signed"
     );
     let verifying = fed.node_keys("IT-DCSA").public().signing;
-    assert!(store.audit_verify(&key, &verifying).unwrap().is_ok());
+    assert!(store.audit_verify(&key, &[verifying]).unwrap().is_ok());
     drop(es);
     let _ = fed.stop.send(true);
 }

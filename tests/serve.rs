@@ -1180,6 +1180,156 @@ fn a_fourth_node_is_enrolled_and_removed_without_a_restart() {
     assert_eq!(it.cli(&["audit", "verify"]).status.code(), Some(0));
 }
 
+/// IT-DCSA rotates its signing and encryption keys with overlap while packets flow both ways:
+/// `keys rotate` + SIGHUP; it announces the new keys in a packet signed with its old ones, and
+/// ES-UDYCO (whose policy takes announced keys) takes them. Nothing is lost or rejected; packets
+/// after the switch are signed with the new key; every receipt IT-DCSA issued before (signed
+/// with the old key) still verifies at ES-UDYCO; IT-DCSA's audit trail, with checkpoints under
+/// both keys, verifies live and exported (offline: with both keys, not with the old one alone).
+#[test]
+fn keys_rotate_with_overlap_while_packets_flow_both_ways() {
+    let c = Cluster::with(
+        &["IT-DCSA", "ES-UDYCO"],
+        Setup {
+            policy: Some(Box::new(|node: &str, partner: &str, text: String| {
+                if (node, partner) == ("ES-UDYCO", "IT-DCSA") {
+                    format!("{text}\n[keys]\naccept_announced = true\n")
+                } else {
+                    text
+                }
+            })),
+            ..Default::default()
+        },
+    );
+    let base = c.get("IT-DCSA").config.parent().unwrap().to_owned();
+    let (it, es) = (c.get("IT-DCSA"), c.get("ES-UDYCO"));
+    let send = |n: &NodeProc, to: &str| {
+        let (code, v) =
+            n.api("POST", &format!("/v1/packets?to={to}"), Some(&draft("information-request.json").to_string()));
+        assert_eq!(code, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let old_kid = es.api("GET", "/v1/peers/IT-DCSA", None).1["signing_kid"].as_str().unwrap().to_owned();
+    // Before: traffic both ways, and a checkpoint signed with the old key (an export signs one).
+    let early: Vec<(String, &str)> =
+        (0..5).flat_map(|_| [(send(it, "ES-UDYCO"), "IT-DCSA"), (send(es, "IT-DCSA"), "ES-UDYCO")]).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let before_export = dir.path().join("before.json");
+    assert_eq!(it.cli(&["audit", "export", "--out", before_export.to_str().unwrap()]).status.code(), Some(0));
+
+    // Packets both ways for the whole rotation, paced.
+    let stream = |n: &NodeProc, to: &'static str| {
+        let mut ids = Vec::new();
+        for _ in 0..60 {
+            ids.push(send(n, to));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ids
+    };
+    let stream = &stream;
+    let (sent_it, sent_es) = std::thread::scope(|scope| {
+        let a = scope.spawn(move || stream(it, "ES-UDYCO"));
+        let b = scope.spawn(move || stream(es, "IT-DCSA"));
+        std::thread::sleep(Duration::from_millis(500));
+        // The rotation: new keys in force in 3 s, the old ones accepted 30 days more.
+        let o = Command::new(BIN)
+            .current_dir(&base)
+            .args(["keys", "rotate", "--node", "IT-DCSA", "--dir", "certs/nodes/IT-DCSA", "--from", "now+3s"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.contains("generation 2 of IT-DCSA's keys"), "{out}");
+        assert!(Command::new("kill").args(["-HUP", &it.pid().to_string()]).status().unwrap().success());
+        wait_for("IT-DCSA takes its new keys", Duration::from_secs(20), || {
+            it.log_text().contains("keys announced to its partners")
+        });
+        wait_for("ES-UDYCO takes IT-DCSA's announced keys", Duration::from_secs(20), || {
+            let v = es.api("GET", "/v1/peers/IT-DCSA", None).1;
+            v["announced"]["accepted"] == true && v["key_generations"].as_array().is_some_and(|g| g.len() == 2)
+        });
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    // Everything delivered, nothing rejected, each shown once.
+    let all: Vec<(String, &str)> = early
+        .into_iter()
+        .chain(sent_it.into_iter().map(|id| (id, "IT-DCSA")))
+        .chain(sent_es.into_iter().map(|id| (id, "ES-UDYCO")))
+        .collect();
+    for (id, from) in &all {
+        let n = c.get(from);
+        wait_for(&format!("{from}'s {id} delivered"), Duration::from_secs(30), || state_of(n, id) == "delivered");
+    }
+    let it_sent: Vec<&String> = all.iter().filter(|(_, f)| *f == "IT-DCSA").map(|(id, _)| id).collect();
+    let inbox = es.inbox();
+    let kinds = |k: &str| inbox.iter().filter(|p| p["type"] == k).count();
+    assert_eq!(kinds("InformationRequest"), it_sent.len(), "each shown once");
+    assert_eq!(kinds("KeyAnnouncement"), 1, "the announcement, kept as evidence");
+    let es_inbox: HashSet<&str> = inbox.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert!(it_sent.iter().all(|id| es_inbox.contains(id.as_str())));
+    // The later packets are signed with the new key; the early ones, with the old, still verify.
+    let signer = |id: &str| es.api("GET", &format!("/v1/inbox/{id}"), None).1["signer"].as_str().unwrap().to_owned();
+    let new_kid = es.api("GET", "/v1/peers/IT-DCSA", None).1["signing_kid"].as_str().unwrap().to_owned();
+    assert_ne!(new_kid, old_kid, "IT-DCSA's keys in force are the new ones");
+    assert_eq!(signer(it_sent[0]), old_kid);
+    assert_eq!(signer(it_sent.last().unwrap()), new_kid);
+    // Receipts IT-DCSA signed before the switch still verify at ES-UDYCO, as do those after.
+    let es_sent: Vec<&String> = all.iter().filter(|(_, f)| *f == "ES-UDYCO").map(|(id, _)| id).collect();
+    let mut signers = HashSet::new();
+    for id in &es_sent {
+        let (code, v) = es.api("GET", &format!("/v1/packets/{id}/receipts"), None);
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v[0]["verified"], true, "{v}");
+        assert_eq!(v[0]["outcome"], "accepted", "{v}");
+        signers.insert(v[0]["signer"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(signers, HashSet::from([old_kid.clone(), new_kid.clone()]), "receipts under both keys");
+
+    // The audit trail: a checkpoint under the new key now, and the whole trail verifies.
+    let after_export = dir.path().join("after.json");
+    assert_eq!(it.cli(&["audit", "export", "--out", after_export.to_str().unwrap()]).status.code(), Some(0));
+    let o = it.cli(&["audit", "verify"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let keys_dir = base.join("certs/nodes/IT-DCSA");
+    let offline = |file: &Path, keys: &[&Path]| {
+        let mut args = vec!["audit".to_owned(), "verify".into(), "--file".into(), file.display().to_string()];
+        for k in keys {
+            args.extend(["--key".to_owned(), k.display().to_string()]);
+        }
+        Command::new(BIN).args(&args).output().unwrap()
+    };
+    let full = dir.path().join("full.json");
+    assert_eq!(
+        it.cli(&["audit", "export", "--from", "now-1d", "--out", full.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    for f in [&before_export, &after_export, &full] {
+        let o = offline(f, &[&keys_dir]);
+        assert_eq!(o.status.code(), Some(0), "{}: {}", f.display(), String::from_utf8_lossy(&o.stderr));
+    }
+    let o = offline(&full, &[&keys_dir.join("IT-DCSA.pub.toml")]);
+    assert_eq!(o.status.code(), Some(1), "the old key alone does not verify what the new one signed");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("checkpoint signature"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // On record at both ends.
+    let changes: Vec<String> = es
+        .audit_events()
+        .iter()
+        .filter(|e| e["admin"]["action"] == "partners changed")
+        .map(|e| e["admin"]["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(changes.iter().any(|c| c.contains("IT-DCSA: keys now") && c.contains(&new_kid)), "{changes:?}");
+}
+
 /// `GET path` on a node's API with `token` (or none): the status code and the body as text.
 fn http_get(api: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read as _, Write as _};

@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | POST | `/v1/packets?to=A,B` | submit a JSON packet (a draft: id, created, due_by, originator node may be left out); 201 [`types::SubmitAnswer`] once on disk |
 //! | GET | `/v1/packets/{id}` | per-recipient status, answers awaited ([`types::PacketStatus`]) |
+//! | GET | `/v1/packets/{id}/receipts` | each recipient's signed receipt, verified again from the store ([`types::ReceiptView`]) |
 //! | POST | `/v1/packets/{id}/consent` | [`types::ConsentRequest`]: a holder may pass a packet this node sent on |
 //! | POST | `/v1/policy/check?to=A,B` | dry run of a draft against each recipient's policy ([`types::PolicyCheck`]) |
 //! | GET | `/v1/policy/{partner}` | the policy in force with a partner ([`types::PolicyView`]) |
@@ -22,6 +23,7 @@
 //! | GET | `/v1/audit/entries?from=T&to=T` | the entries of a range, decoded, at most 10,000 ([`types::AuditEntries`]); a read, recorded nowhere |
 //! | GET | `/v1/peers`, `/v1/peers/{node}` | each partner's link, last error in words, certificate, keys, policy, copies waiting ([`types::PeerView`]) |
 //! | POST | `/v1/peers` | admin clients: [`types::EnrolRequest`]: enrol a partner now, its files kept in the partners directory; 201 [`types::PeerChange`] |
+//! | POST | `/v1/peers/{node}/keys/accept` | admin clients: take the keys the partner announced into the keyring ([`types::PeerChange`]) |
 //! | DELETE | `/v1/peers/{node}` | admin clients: remove a partner enrolled through the API, now ([`types::PeerChange`]); its queued copies stay on disk |
 //! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //! | GET | `/healthz`, `/readyz` | probes, without a token: `ok`; `ready` or 503 saying why not |
@@ -80,6 +82,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
     Router::new()
         .route("/v1/packets", post(submit))
         .route("/v1/packets/{id}", get(status))
+        .route("/v1/packets/{id}/receipts", get(receipts))
         .route("/v1/packets/{id}/consent", post(consent))
         .route("/v1/inbox/{id}/forward", post(forward))
         .route("/v1/policy/check", post(policy_check))
@@ -91,6 +94,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/outbox", get(outbox_summary))
         .route("/v1/peers", get(peers).post(enrol))
         .route("/v1/peers/{node}", get(peer).delete(unenrol))
+        .route("/v1/peers/{node}/keys/accept", post(accept_keys))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
@@ -373,6 +377,21 @@ async fn enrol(
     Ok((StatusCode::CREATED, Json(types::PeerChange { node, changes, peer })))
 }
 
+/// Takes a partner's announced keys into the keyring (admin clients).
+async fn accept_keys(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(node): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let node: NodeId = node
+        .parse()
+        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    let changes = api.node.accept_keys(&node, &client.0).await?;
+    let peer = api.node.peers().into_iter().find(|p| p.node == node);
+    Ok(Json(types::PeerChange { node, changes, peer }))
+}
+
 /// Removes a partner enrolled through the API (admin clients).
 async fn unenrol(
     State(api): State<Api>,
@@ -404,6 +423,37 @@ async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl I
             .collect(),
         deadlines: api.node.deadlines_of(id).iter().map(|d| DeadlineView::of(d, now)).collect(),
     }))
+}
+
+/// Each recipient's signed receipt for a packet this node sent, verified again from the store
+/// (against every generation of the recipient's keys: one rotated since still verifies).
+async fn receipts(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let entries = api.node.status(id)?;
+    let mut out = Vec::new();
+    for e in &entries {
+        match api.node.receipt(id, &e.recipient)? {
+            Some((signed, item)) => out.push(types::ReceiptView {
+                recipient: e.recipient,
+                receipt_id: Some(signed.packet.envelope.id),
+                signer: Some(signed.signer.to_string()),
+                verified: true,
+                received_at: Some(item.received_at),
+                sealed_digest: Some(item.sealed_digest),
+                outcome: Some(item.outcome),
+            }),
+            None => out.push(types::ReceiptView {
+                recipient: e.recipient,
+                receipt_id: None,
+                signer: None,
+                verified: false,
+                received_at: None,
+                sealed_digest: None,
+                outcome: None,
+            }),
+        }
+    }
+    Ok(Json(out))
 }
 
 async fn health(State(api): State<Api>) -> impl IntoResponse {
@@ -470,9 +520,10 @@ async fn show(
     Query(q): Query<FromQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let (packet, rec) = api.node.show(id, q.sender()?.as_ref())?;
+    let (packet, rec, signer) = api.node.show(id, q.sender()?.as_ref())?;
     Ok(Json(Shown {
         packet,
+        signer: Some(signer.to_string()),
         from: rec.sender,
         received_at: crate::delivery::receiver::timestamp_of(rec.received_at),
         sealed_digest: rec.sealed_digest,

@@ -334,6 +334,9 @@ pub struct Shown {
     /// Other partners that sent a packet with the same id (suspicious).
     #[serde(default)]
     pub also_from: Vec<NodeId>,
+    /// The key that signed it (its originator's; verified again from the stored evidence).
+    #[serde(default)]
+    pub signer: Option<String>,
 }
 
 /// `POST /v1/inbox/{id}/ack`.
@@ -431,6 +434,9 @@ pub struct PolicyView {
     pub onward: Onward,
     /// Days packets from it are kept.
     pub retention_days: u32,
+    /// Its announced keys: taken at once or by the administrator.
+    #[serde(default)]
+    pub keys: crate::policy::KeyRules,
     /// The policy's version hash.
     pub hash: Digest,
 }
@@ -444,6 +450,7 @@ impl From<&Policy> for PolicyView {
             receive: p.receive.clone(),
             onward: p.onward,
             retention_days: p.retention_days,
+            keys: p.keys,
             hash: p.hash,
         }
     }
@@ -479,6 +486,40 @@ impl AuditVerify {
             Err(b) => Self { ok: false, verified: None, broken: Some(Broken { seq: b.seq, reason: b.reason.clone() }) },
         }
     }
+}
+
+/// One recipient's receipt for a packet this node sent (`GET /v1/packets/{id}/receipts`),
+/// verified again from the store; all `None` while no receipt is stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptView {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// The receipt's own id.
+    pub receipt_id: Option<PacketId>,
+    /// The key that signed it.
+    pub signer: Option<String>,
+    /// Whether its signature was verified now (a receipt that no longer verifies is an error,
+    /// not `false`).
+    pub verified: bool,
+    /// When the recipient stored the copy.
+    pub received_at: Option<Timestamp>,
+    /// The digest of the sealed bytes it names.
+    pub sealed_digest: Option<Digest>,
+    /// Accepted, or the rule that rejected it.
+    pub outcome: Option<crate::packet::ReceiptOutcome>,
+}
+
+/// A partner's announcement of its keys, in `peers show`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnnouncedView {
+    /// The packet that carried it.
+    pub packet_id: PacketId,
+    /// When it was stored here.
+    pub at: Timestamp,
+    /// The generations announced (kids and window).
+    pub keys: Vec<String>,
+    /// Whether they are in the keyring (else: `liaison peers accept-keys`).
+    pub accepted: bool,
 }
 
 /// `POST /v1/peers`: a partner to enrol now.
@@ -551,6 +592,12 @@ pub struct PeerView {
     /// either group with `[transport] key_exchange = "prefer_post_quantum"`): quinn does not
     /// report the group a handshake agreed on.
     pub key_exchange: String,
+    /// Every generation of its keys in the keyring (kids and window), oldest first.
+    #[serde(default)]
+    pub key_generations: Vec<String>,
+    /// Its latest announcement of its keys since this node started, if any.
+    #[serde(default)]
+    pub announced: Option<AnnouncedView>,
 }
 
 /// `GET /v1/audit/entries`: the entries of a time range, decoded.

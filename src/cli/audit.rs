@@ -17,9 +17,10 @@ pub(super) enum AuditCommand {
         /// An export (from `liaison audit export`) to check offline instead.
         #[arg(long, requires = "key")]
         file: Option<PathBuf>,
-        /// The node's public key file (NODE.pub.toml, as the federation published it).
+        /// The node's public key file (NODE.pub.toml, as the federation published it), or a
+        /// directory of them; repeat for each generation of its keys (after a rotation).
         #[arg(long)]
-        key: Option<PathBuf>,
+        key: Vec<PathBuf>,
     },
     /// The entries recorded between two times, decoded, one a line: sequence number, time,
     /// what happened and its ids and parties; --partner keeps those that name a partner.
@@ -67,19 +68,24 @@ impl TimeRange {
 
 pub(super) fn audit(cmd: AuditCommand) -> Result<(), CliError> {
     match cmd {
-        AuditCommand::Verify { file: Some(file), key: Some(key), api } => {
-            let keys = crate::keys::PublicKeys::load(&key).map_err(|e| CliError::Usage(e.to_string()))?;
+        AuditCommand::Verify { file: Some(file), key, api } => {
+            let ring = crate::keys::Keyring::load(&key).map_err(|e| CliError::Usage(e.to_string()))?;
             let text =
                 std::fs::read_to_string(&file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
             let export: crate::audit::Export = serde_json::from_str(&text)
                 .map_err(|e| CliError::Rejected(format!("{}: not an audit export: {e}", file.display())))?;
-            if export.node != keys.node {
+            let generations = ring.generations(&export.node);
+            if generations.is_empty() {
+                let whose: Vec<&str> = ring.nodes().map(NodeId::as_str).collect();
                 return Err(CliError::Rejected(format!(
-                    "the export is from {}, the key is {}'s",
-                    export.node, keys.node
+                    "the export is from {}; the keys given are {}'s",
+                    export.node,
+                    whose.join(", ")
                 )));
             }
-            match export.verify(&keys.signing) {
+            let verifying: Vec<_> = generations.iter().map(|k| k.signing).collect();
+            let kids: Vec<&str> = generations.iter().map(|k| k.signing_kid.as_str()).collect();
+            match export.verify(&verifying) {
                 Ok(v) => {
                     if api.json {
                         println!("{}", serde_json::json!({ "ok": true, "verified": v }));
@@ -91,7 +97,7 @@ pub(super) fn audit(cmd: AuditCommand) -> Result<(), CliError> {
                             v.last,
                             export.node,
                             v.checkpoints,
-                            keys.signing_kid
+                            kids.join(" or ")
                         );
                     }
                     Ok(())

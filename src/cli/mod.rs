@@ -214,6 +214,24 @@ enum KeysCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Key rotation with overlap: make the next generation of a node's keys, in force from
+    /// --from, and retire the newest one there --overlap-days after. Then SIGHUP the node: it
+    /// takes the new keys and announces them to its partners, signed with its key in force.
+    Rotate {
+        /// The node id.
+        #[arg(long)]
+        node: String,
+        /// The node's key directory (keys.dir).
+        #[arg(long)]
+        dir: PathBuf,
+        /// When the new keys come into force: RFC 3339 or relative (now+1d). Leave the partners
+        /// time to take the announcement (those whose policy does not take it at once).
+        #[arg(long, default_value = "now+1d")]
+        from: String,
+        /// How long the old keys stay accepted after that, in days.
+        #[arg(long, default_value_t = 30)]
+        overlap_days: i64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -486,6 +504,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("  signing key    {}  ({}, secret, mode 0600)", p.signing_kid, paths[0].display());
             println!("  encryption key {}  ({}, secret, mode 0600)", p.encryption_kid, paths[1].display());
             println!("  public keys    {}  (give this file to partner nodes)", paths[2].display());
+            Ok(())
+        }
+        Command::Keys(KeysCommand::Rotate { node, dir, from, overlap_days }) => {
+            let node: NodeId = node.parse().map_err(|e: crate::ids::IdError| CliError::Usage(e.to_string()))?;
+            let from = when("--from", &from)?;
+            if !(1..=3650).contains(&overlap_days) {
+                return Err(CliError::Usage("--overlap-days: 1 to 3650".into()));
+            }
+            let (gen, keys) = NodeKeys::rotate(&dir, &node, from, overlap_days * 86_400, &mut rand_core::OsRng)?;
+            let p = keys.public();
+            println!("generation {gen} of {node}'s keys, in force from {from}");
+            println!("  signing key    {}", p.signing_kid);
+            println!("  encryption key {}", p.encryption_kid);
+            println!("the keys before it are accepted until {}", from.plus_secs(overlap_days * 86_400));
+            println!("now send the node SIGHUP: it takes them and announces them to its partners");
             Ok(())
         }
         Command::Packet(cmd) => packet(cmd),
@@ -787,6 +820,14 @@ fn policy(cmd: PolicyCommand) -> Result<(), CliError> {
                 onward.accept_forwarded
             );
             println!("retention         {} days", v.retention_days);
+            println!(
+                "announced keys    {}",
+                if v.keys.accept_announced {
+                    "taken at once"
+                } else {
+                    "wait for the administrator (liaison peers accept-keys)"
+                }
+            );
             Ok(())
         }
     }

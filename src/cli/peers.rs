@@ -41,6 +41,14 @@ pub(super) enum PeersCommand {
         #[arg(long)]
         policy: Option<std::path::PathBuf>,
     },
+    /// Takes the keys a partner announced (a key rotation) into the keyring, now (an admin
+    /// client); `peers show` lists them first.
+    AcceptKeys {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The partner.
+        node: NodeId,
+    },
     /// Removes a partner enrolled with `peers add`, now (an admin client). Its connections
     /// close and it can no longer connect; copies queued for it stay on disk and go out if it
     /// is enrolled again. A partner of the configuration file is removed there, then SIGHUP.
@@ -71,6 +79,18 @@ pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
             let done = called(client(&api)?.enrol(&req))?;
             if api.json {
                 print_json(&done);
+            } else {
+                for c in &done.changes {
+                    println!("{c}");
+                }
+            }
+        }
+        PeersCommand::AcceptKeys { api, node } => {
+            let done = called(client(&api)?.accept_keys(&node))?;
+            if api.json {
+                print_json(&done);
+            } else if done.changes.is_empty() {
+                println!("nothing changed: the announced keys were in the keyring already");
             } else {
                 for c in &done.changes {
                     println!("{c}");
@@ -139,6 +159,18 @@ pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
             }
             println!("  signing key    {}", p.signing_kid.as_deref().unwrap_or("NONE in the keyring"));
             println!("  encryption key {}", p.encryption_kid.as_deref().unwrap_or("NONE in the keyring"));
+            if p.key_generations.len() > 1 {
+                for (i, g) in p.key_generations.iter().enumerate() {
+                    println!("  generation {}   {g}", i + 1);
+                }
+            }
+            if let Some(a) = &p.announced {
+                let state = if a.accepted { "taken" } else { "WAITING: liaison peers accept-keys" };
+                println!("  announced      {} (packet {}): {state}", a.at, a.packet_id);
+                for k in &a.keys {
+                    println!("                 {k}");
+                }
+            }
             match p.policy {
                 Some(h) => {
                     println!("  policy         {}{}", h, p.policy_title.map(|t| format!("  ({t})")).unwrap_or_default())

@@ -94,6 +94,9 @@ pub struct Batch {
     pub acked: Vec<Read>,
     /// Stored packets that may change a deadline, in order: the driver stages them.
     pub about_deadlines: Vec<Packet>,
+    /// Key announcements stored (the partner's next keys): the driver takes them, or shows
+    /// them for its administrator to, as the policy says, once on disk.
+    pub announced: Vec<(PacketId, crate::packet::KeyAnnouncement)>,
     /// For the log.
     pub notices: Vec<Notice>,
     /// Receipt items.
@@ -131,6 +134,7 @@ impl Receiver<'_> {
         let mut acked: HashMap<PacketId, Acked> = HashMap::new();
         let mut lane = Priority::Routine;
         let mut about_deadlines: Vec<Packet> = Vec::new();
+        let mut announced = Vec::new();
         let mut notice = |kind, packet_id, code: Option<String>, message: String| {
             notices.push(Notice { kind, packet_id, code, message })
         };
@@ -285,6 +289,9 @@ impl Receiver<'_> {
             if Deadlines::concerns(packet) {
                 about_deadlines.push(packet.clone());
             }
+            if let Body::KeyAnnouncement(a) = &packet.body {
+                announced.push((id, a.clone()));
+            }
             items.push(accepted(id, now, digest, Some(signed), verdict.policy));
             new.insert(id, (digest, rec));
         }
@@ -317,6 +324,7 @@ impl Receiver<'_> {
             stored: new.into_iter().map(|(id, (digest, rec))| (id, digest, rec.received_at)).collect(),
             acked,
             about_deadlines,
+            announced,
             notices,
             copies,
         }))

@@ -26,7 +26,18 @@ impl Node {
     /// reconnect. Copies in flight are sent again (the receiver dedups). Recorded in the audit
     /// trail.
     pub async fn reload_tls(&self, tls: TlsMaterial, by: &str, detail: String) -> Result<(), NodeError> {
-        let _one = self.inner.admin.lock().await;
+        let held = self.admin_lock().await;
+        self.reload_tls_locked(&held, tls, by, detail).await
+    }
+
+    /// [`Node::reload_tls`] under the admin lock the caller holds.
+    pub async fn reload_tls_locked(
+        &self,
+        _held: &super::AdminLock<'_>,
+        tls: TlsMaterial,
+        by: &str,
+        detail: String,
+    ) -> Result<(), NodeError> {
         let enrolled: Vec<NodeId> = self.partner_states().iter().map(|p| p.node).collect();
         let server = transport::server_config(&tls, &enrolled, refusals_logged(), self.inner.transport)?;
         let client = transport::client_config(&tls, self.inner.transport)?;
@@ -73,7 +84,8 @@ impl Node {
 
     /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
     pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
-        Ok(self.inner.store.audit_verify(&self.inner.me, &self.seal().public().signing)?)
+        let keys: Vec<_> = self.seal().generations().iter().map(|k| k.public().signing).collect();
+        Ok(self.inner.store.audit_verify(&self.inner.me, &keys)?)
     }
 
     fn checkpoints(&self) -> Result<Vec<Checkpoint>, NodeError> {
@@ -149,11 +161,15 @@ impl Node {
             _ => (self.inner.store.audit_head()?, Vec::new()),
         };
         let (first, last) = (start.seq, entries.last().map_or(start.seq, |(s, _)| *s));
-        let public_key = crate::encoding::hex(self.seal().public().signing.as_bytes());
+        let seal = self.seal();
+        let public_key = crate::encoding::hex(seal.public().signing.as_bytes());
+        let public_keys =
+            seal.generations().iter().map(|k| crate::encoding::hex(k.public().signing.as_bytes())).collect();
         Ok(crate::audit::Export {
             format: crate::audit::EXPORT_FORMAT.into(),
             node: self.inner.me,
             public_key,
+            public_keys,
             start,
             entries,
             checkpoints: checkpoints.into_iter().filter(|c| c.head.seq > first && c.head.seq <= last).collect(),

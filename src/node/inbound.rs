@@ -280,6 +280,9 @@ impl Node {
                 sender.add_read(id, officer, at, first);
             }
         }
+        for (id, a) in batch.announced {
+            self.take_announcement(*peer, id, a);
+        }
         info!(from = %peer, copies = batch.copies, stored = batch.stored.len(), receipt = %batch.receipt_id, "batch stored and receipted");
         Ok(Some((batch.receipt, batch.lane)))
     }

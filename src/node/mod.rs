@@ -50,10 +50,12 @@ pub mod links;
 mod outbound;
 mod partners;
 mod peer;
-use partners::PartnerState;
 mod queries;
-pub use partners::{Enrolment, PartnerSet};
+mod rotation;
+use partners::PartnerState;
+pub use partners::{AdminLock, Enrolment, PartnerSet};
 pub use queries::{consents_about, held};
+pub use rotation::Announced;
 
 /// Largest receipt frame accepted from a partner: a receipt of [`MAX_RECEIPT_ITEMS`] copies,
 /// each with a rejection reason, with room to spare.
@@ -202,8 +204,18 @@ struct Inner {
     partners: std::sync::RwLock<HashMap<NodeId, Arc<PartnerState>>>,
     /// Where partners enrolled through the API are written.
     partners_dir: Option<std::path::PathBuf>,
-    /// One change of partners or TLS material at a time.
+    /// One change of partners or TLS material at a time ([`Node::admin_lock`]).
     admin: tokio::sync::Mutex<()>,
+    /// A submit holds it (shared) from taking its recipients' machines until it has handed
+    /// them its copies; a change of partners holds it (alone) while it changes the map. So no
+    /// copy goes to the machine of a partner removed meanwhile while the one enrolled again
+    /// reads the store too early to see it.
+    gate: Arc<tokio::sync::RwLock<()>>,
+    /// Removed partners whose tasks had not ended 10 s after: not enrolled again before they
+    /// have.
+    draining: Mutex<HashMap<NodeId, Arc<PartnerState>>>,
+    /// Each partner's latest announcement of its keys ([`rotation`]).
+    announced: Mutex<HashMap<NodeId, Announced>>,
     /// The TLS material in force (the server side is built again when partners change).
     tls: std::sync::RwLock<Arc<TlsMaterial>>,
     inbox: Mutex<Inbox>,
@@ -321,6 +333,9 @@ impl Node {
                 partners: std::sync::RwLock::new(partners),
                 partners_dir: config.partners_dir,
                 admin: tokio::sync::Mutex::new(()),
+                gate: Arc::new(tokio::sync::RwLock::new(())),
+                draining: Mutex::new(HashMap::new()),
+                announced: Mutex::new(HashMap::new()),
                 receipt_latency: crate::metrics::Histogram::default(),
                 expiries: std::sync::RwLock::new(config.tls.expiries()),
                 tls: std::sync::RwLock::new(Arc::new(config.tls)),
@@ -386,6 +401,14 @@ impl Node {
         node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
         node.spawn(node.clone().expiry_loop().instrument(info_span!("expiry", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
+        // A rotation under way (a generation to come, or one being retired): the partners are
+        // told again (an announcement they already took changes nothing there).
+        let now = crate::timestamp::Timestamp::now();
+        let live = node.seal().generations().iter().filter(|k| k.public().valid_until.is_none_or(|u| u > now)).count();
+        if live > 1 {
+            let n = node.clone();
+            node.spawn(async move { n.announce_keys().await });
+        }
         for partner in node.partner_states() {
             if node.policies().policy(&partner.node).is_none() {
                 warn!(peer = %partner.node, "no sharing policy with this partner: nothing will be sent to it or accepted from it");
@@ -403,6 +426,11 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.inner.me
+    }
+
+    /// Where partners enrolled through the API are written, if anywhere.
+    pub fn partners_dir(&self) -> Option<&std::path::Path> {
+        self.inner.partners_dir.as_deref()
     }
 
     /// The sharing policies with the partners, as now in force.

@@ -91,8 +91,9 @@ impl Node {
             }
         };
         ops.extend(sub.ops);
-        // The recipients' machines, held from here on: a partner removed meanwhile gets its
-        // copies on disk, sent if it is enrolled again.
+        // The recipients' machines, held from here on, under the gate (see `Inner::gate`): a
+        // partner removed meanwhile gets its copies on disk, sent if it is enrolled again.
+        let gate = self.inner.gate.clone().read_owned().await;
         let machines: HashMap<NodeId, Arc<PartnerState>> =
             sub.entries.iter().filter_map(|e| self.partner(&e.recipient).map(|p| (e.recipient, p))).collect();
         // The sealed copies, kept for their first write once on disk.
@@ -144,6 +145,7 @@ impl Node {
                     p.wake.notify_one();
                 }
             }
+            drop(gate);
             Ok::<(), NodeError>(())
         });
         stored.await.map_err(|_| NodeError::Store(StoreError::Closed))??;
@@ -259,7 +261,7 @@ impl Node {
 
     async fn ack_now(&self, packet_id: PacketId, from: Option<&NodeId>, officer: OfficerId) -> Result<(), NodeError> {
         let _one_at_a_time = self.inner.acks.lock().await;
-        let (packet, mut rec) = self.show(packet_id, from)?;
+        let (packet, mut rec, _) = self.show(packet_id, from)?;
         let now = Timestamp::now();
         crate::delivery::acknowledge(&mut rec, &officer, now_ms()).map_err(|refusal| {
             NodeError::AckRefused(match refusal {

@@ -83,7 +83,13 @@ pub struct PartnerSet {
     pub keyring: Keyring,
     /// The sharing policies.
     pub policies: PolicyBook,
+    /// This node's own keys, every generation (`None`: those in force stay). The oldest must
+    /// still be the one the node started with or later: a node cannot lose its keys.
+    pub own: Option<Vec<crate::keys::NodeKeys>>,
 }
+
+/// Proof that the caller holds the node's admin lock ([`Node::admin_lock`]).
+pub struct AdminLock<'a>(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>);
 
 /// A partner to enrol through the API: its files' contents, checked here.
 #[derive(Debug, Clone)]
@@ -132,17 +138,24 @@ impl Node {
         self.spawn(p.tasks.track_future(task))
     }
 
+    /// One change of partners, keys or TLS material at a time: held from reading the files to
+    /// putting them in force, so that a change read earlier never lands over a later one.
+    pub async fn admin_lock(&self) -> AdminLock<'_> {
+        AdminLock(self.inner.admin.lock().await)
+    }
+
     /// Puts `target` in force: partners added, removed or moved to another address, the
     /// keyring, the policies (see the module doc). Returns what changed, in words (empty: nothing
     /// did). Refused whole, nothing changed, if a partner has no keys or the keyring does not
     /// hold together.
     pub async fn set_partners(&self, target: PartnerSet, by: &str) -> Result<Vec<String>, NodeError> {
-        let _one = self.inner.admin.lock().await;
-        self.set_partners_locked(target, by).await
+        let lock = self.admin_lock().await;
+        self.set_partners_locked(&lock, target, by).await
     }
 
-    async fn set_partners_locked(&self, target: PartnerSet, by: &str) -> Result<Vec<String>, NodeError> {
-        let refuse = |why: String| NodeError::PartnerChange(why);
+    /// The checks [`Node::set_partners`] makes before changing anything: `Ok` with the keys
+    /// and keyring it would put in force.
+    pub fn check_partners(&self, target: &PartnerSet) -> Result<crate::seal::SealContext, NodeError> {
         let me = self.inner.me;
         let mut problems = Vec::new();
         for p in &target.partners {
@@ -152,10 +165,44 @@ impl Node {
                 problems.push(format!("{} has no public keys in the keyring", p.node));
             }
         }
-        let seal = self.seal().with_keyring(target.keyring).map_err(|e| problems.push(e.to_string())).ok();
-        let (Some(seal), true) = (seal, problems.is_empty()) else {
-            return Err(refuse(problems.join("; ")));
+        let draining = lock(&self.inner.draining);
+        for p in &target.partners {
+            if draining.get(&p.node).is_some_and(|d| !d.tasks.is_empty()) && !self.is_partner(&p.node) {
+                problems.push(format!("{} is still being removed (its tasks are ending); try again", p.node));
+            }
+        }
+        drop(draining);
+        let own = match &target.own {
+            Some(own) => {
+                let before = self.seal();
+                let kept = before.generations().iter().all(|k| {
+                    own.iter().any(|o| o.public().signing_kid == k.public().signing_kid)
+                        || k.public().valid_until.is_some_and(|u| u < Timestamp::now())
+                });
+                if !kept {
+                    problems.push("this node's own keys: a generation in force is missing from keys.dir".into());
+                }
+                own.iter().map(crate::keys::NodeKeys::duplicate).collect::<Vec<_>>()
+            }
+            None => self.seal().generations().iter().map(crate::keys::NodeKeys::duplicate).collect(),
         };
+        let seal = crate::seal::SealContext::with_generations(own, target.keyring.clone())
+            .map_err(|e| problems.push(e.to_string()))
+            .ok();
+        match (seal, problems.is_empty()) {
+            (Some(seal), true) => Ok(seal),
+            _ => Err(NodeError::PartnerChange(problems.join("; "))),
+        }
+    }
+
+    /// [`Node::set_partners`] under a lock the caller holds (a SIGHUP reads its files under it).
+    pub async fn set_partners_locked(
+        &self,
+        _held: &AdminLock<'_>,
+        target: PartnerSet,
+        by: &str,
+    ) -> Result<Vec<String>, NodeError> {
+        let seal = self.check_partners(&target)?;
         let now: HashMap<NodeId, SocketAddr> = self.partner_states().iter().map(|p| (p.node, p.addr())).collect();
         let wanted: HashMap<NodeId, SocketAddr> = target.partners.iter().map(|p| (p.node, p.addr)).collect();
         let mut added: Vec<&Partner> = target.partners.iter().filter(|p| !now.contains_key(&p.node)).collect();
@@ -179,16 +226,23 @@ impl Node {
             changes.push(format!("{}: address {} -> {}", p.node, now[&p.node], p.addr));
         }
         let old_seal = self.seal();
-        let kids = |ring: &Keyring| -> std::collections::BTreeMap<NodeId, String> {
-            ring.iter().map(|k| (k.node, format!("{} {}", k.signing_kid, k.encryption_kid))).collect()
+        let own = |s: &crate::seal::SealContext| -> Vec<String> {
+            s.generations().iter().map(|k| describe_keys(k.public())).collect()
+        };
+        let own_changed = own(&old_seal) != own(&seal);
+        let kids = |ring: &Keyring| -> std::collections::BTreeMap<NodeId, Vec<String>> {
+            let mut m = std::collections::BTreeMap::<NodeId, Vec<String>>::new();
+            for k in ring.iter() {
+                m.entry(k.node).or_default().push(describe_keys(k));
+            }
+            m.values_mut().for_each(|v| v.sort());
+            m
         };
         let (before, after) = (kids(old_seal.keyring()), kids(seal.keyring()));
         let keys_changed = before != after;
         for (node, k) in &after {
-            match before.get(node) {
-                Some(old) if old != k => changes.push(format!("{node}: keys {old} -> {k}")),
-                None if !added.iter().any(|p| p.node == *node) => changes.push(format!("{node}: keys {k} added")),
-                _ => {}
+            if before.get(node) != Some(k) && !added.iter().any(|p| p.node == *node) {
+                changes.push(format!("{node}: keys now {}", k.join("; ")));
             }
         }
         let mut policy_changes: Vec<String> = Vec::new();
@@ -199,18 +253,21 @@ impl Node {
                 policy_changes.push(format!("{p}: {} -> {}", version(&old_book, p), version(&target.policies, p)));
             }
         }
+        for node in before.keys().filter(|n| !after.contains_key(n)) {
+            changes.push(format!("{node}: keys removed from the keyring"));
+        }
         if changes.is_empty() && policy_changes.is_empty() && !keys_changed {
             return Ok(Vec::new());
         }
-        // The machines of the partners enrolled: their copies left from an earlier enrolment,
-        // read (on the blocking pool) before anything can be submitted to them.
+        // The machines of the partners enrolled start empty and loading: their copies left from
+        // an earlier enrolment are read behind (as at a start), and a submit meanwhile is kept
+        // out of what the load adds.
         let retry = self.inner.retry;
         let mut fresh = Vec::new();
         for p in &added {
-            let peer = p.node;
-            let entries = self.slow(move |n| pending_of(&n.inner.store, &peer)).await??;
             let at = now_ms();
-            let sender = Sender::restore(peer, retry, jitter_seed(&peer, at), entries, at);
+            let mut sender = Sender::restore(p.node, retry, jitter_seed(&p.node, at), Vec::new(), at);
+            sender.begin_loading();
             fresh.push(PartnerState::new(p, sender, &target.policies, &self.inner.limits, &self.inner.cancel, at));
         }
         let mut enrolled: Vec<NodeId> = wanted.keys().copied().collect();
@@ -231,6 +288,8 @@ impl Node {
         // partners, then who may connect.
         *self.inner.seal.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(seal);
         *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(target.policies);
+        // No submit holds a partner's machine across this (see `Inner::gate`).
+        let gate = self.inner.gate.write().await;
         let gone: Vec<Arc<PartnerState>> = {
             let mut map = self.inner.partners.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for p in &fresh {
@@ -244,17 +303,32 @@ impl Node {
             }
             removed.iter().filter_map(|n| map.remove(n)).collect()
         };
+        drop(gate);
         self.inner.endpoint.set_server_config(Some(server));
-        for p in fresh {
-            self.start_partner(p);
+        for p in &fresh {
+            self.start_partner(p.clone());
         }
         for p in gone {
             p.gone.cancel();
             p.tasks.close();
             if tokio::time::timeout(REMOVAL_WAIT, p.tasks.wait()).await.is_err() {
-                warn!(peer = %p.node, "the removed partner's tasks did not end within 10 s");
+                // Enrolling it again waits until they have (two machines for one partner
+                // would write over each other's entries).
+                warn!(peer = %p.node, "the removed partner's tasks did not end within 10 s; it cannot be enrolled again until they do");
+                lock(&self.inner.draining).insert(p.node, p.clone());
+                continue;
             }
             self.persist_dirty(&p).await;
+        }
+        lock(&self.inner.draining).retain(|_, p| !p.tasks.is_empty());
+        for p in fresh {
+            let node = self.clone();
+            self.spawn_for(&p.clone(), async move { node.load_partner(&p).await });
+        }
+        if own_changed {
+            // Partners learn this node's new keys from it, signed with its key in force.
+            let node = self.clone();
+            self.spawn(async move { node.announce_keys().await });
         }
         for c in &changes {
             info!(change = %c, by, "partners changed");
@@ -269,13 +343,35 @@ impl Node {
         Ok(changes)
     }
 
+    /// Loads the copies left for partner `p` (enrolled again) from an earlier enrolment into its
+    /// machine, which was made loading ([`Sender::begin_loading`]).
+    async fn load_partner(&self, p: &PartnerState) {
+        let peer = p.node;
+        match self.slow(move |n| pending_of(&n.inner.store, &peer)).await {
+            Ok(Ok(entries)) => {
+                let loaded = lock(&p.sender).load(now_ms(), entries);
+                if loaded > 0 {
+                    info!(%peer, copies = loaded, "copies queued for it before were loaded");
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(%peer, error = %e, "could not read the copies queued for it before; they go out after a restart")
+            }
+            Err(e) => {
+                warn!(%peer, error = %e, "could not read the copies queued for it before; they go out after a restart")
+            }
+        }
+        lock(&p.sender).end_loading();
+        p.wake.notify_one();
+    }
+
     /// The partners, keyring and policies now in force, as a [`PartnerSet`] to change.
-    fn partner_set(&self) -> PartnerSet {
+    pub(super) fn partner_set(&self) -> PartnerSet {
         let book = self.policies();
         let partners: Vec<Partner> =
             self.partner_states().iter().map(|p| Partner { node: p.node, addr: p.addr() }).collect();
         let policies = PolicyBook::new(partners.iter().filter_map(|p| book.policy(&p.node).cloned()));
-        PartnerSet { keyring: self.seal().keyring().clone(), partners, policies }
+        PartnerSet { keyring: self.seal().keyring().clone(), partners, policies, own: None }
     }
 
     /// Enrols a partner through the API: checks its keys and policy, writes its files into the
@@ -283,7 +379,7 @@ impl Node {
     /// ([`Node::set_partners`]); if that is refused, the files are taken back.
     pub async fn enrol(&self, e: Enrolment, by: &str) -> Result<Vec<String>, NodeError> {
         let refuse = |why: String| NodeError::PartnerChange(why);
-        let _one = self.inner.admin.lock().await;
+        let held = self.admin_lock().await;
         let Some(dir) = self.inner.partners_dir.clone() else {
             return Err(refuse("this node was started without a partners directory; enrol in its files".into()));
         };
@@ -325,19 +421,22 @@ impl Node {
             PolicyBook::new(target.partners.iter().filter_map(|p| book.policy(&p.node).cloned()).chain(policy));
         let note = format!("{} enrolled through the API by {by} at {}", e.node, Timestamp::now());
         let files = crate::enrolment::Files::new(&dir, &e.node, e.addr, &e.public_keys, e.policy.as_deref(), &note);
-        let keys_there = files.keys.0.exists();
+        // Checked before anything is written; what was there before is put back on a failure.
+        self.check_partners(&target)?;
+        let before = files.before();
         let written = files.clone();
-        self.slow(move |_| written.write()).await?.map_err(|x| refuse(x.to_string()))?;
-        match self.set_partners_locked(target, by).await {
-            Ok(changes) => Ok(changes),
-            Err(err) => {
-                let _ = files.remove();
-                if !keys_there {
-                    let _ = crate::files::remove_durably(&files.keys.0);
-                }
-                Err(err)
+        let undo = |err: NodeError| {
+            if let Err(x) = files.take_back(&before) {
+                tracing::error!(error = %x, "could not take back the files of a refused enrolment; check the partners directory");
             }
+            err
+        };
+        match self.slow(move |_| written.write()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(x)) => return Err(undo(refuse(x.to_string()))),
+            Err(x) => return Err(undo(x)),
         }
+        self.set_partners_locked(&held, target, by).await.map_err(undo)
     }
 
     /// Removes a partner enrolled through the API: its files first (its public keys stay), then
@@ -345,7 +444,7 @@ impl Node {
     /// configuration file is removed there (and SIGHUP).
     pub async fn unenrol(&self, node: &NodeId, by: &str) -> Result<Vec<String>, NodeError> {
         let refuse = |why: String| NodeError::PartnerChange(why);
-        let _one = self.inner.admin.lock().await;
+        let held = self.admin_lock().await;
         if !self.is_partner(node) {
             return Err(NodeError::NotAPartner(*node));
         }
@@ -359,16 +458,37 @@ impl Node {
         target.partners.retain(|p| p.node != *node);
         let book = self.policies();
         target.policies = PolicyBook::new(target.partners.iter().filter_map(|p| book.policy(&p.node).cloned()));
-        let removed = files.clone();
-        self.slow(move |_| removed.remove()).await?.map_err(|x| refuse(x.to_string()))?;
-        match self.set_partners_locked(target, by).await {
-            Ok(changes) => Ok(changes),
+        // Set aside (a rename, which needs no free space), then in force, then deleted; put
+        // back if the change is refused.
+        let aside = files.clone();
+        self.slow(move |_| aside.set_aside()).await?.map_err(|x| refuse(x.to_string()))?;
+        match self.set_partners_locked(&held, target, by).await {
+            Ok(changes) => {
+                if let Err(x) = files.drop_aside() {
+                    warn!(error = %x, "the removed partner's files set aside could not be deleted");
+                }
+                Ok(changes)
+            }
             Err(err) => {
-                let _ = files.write();
+                if let Err(x) = files.put_back() {
+                    tracing::error!(error = %x, "could not put back the files of a refused removal; check the partners directory");
+                }
                 Err(err)
             }
         }
     }
+}
+
+/// One generation of keys in words: its kids and its window.
+pub(crate) fn describe_keys(k: &PublicKeys) -> String {
+    let mut s = format!("{} {}", k.signing_kid, k.encryption_kid);
+    if let Some(t) = k.valid_from {
+        s.push_str(&format!(" from {t}"));
+    }
+    if let Some(t) = k.valid_until {
+        s.push_str(&format!(" until {t}"));
+    }
+    s
 }
 
 /// The pending entries of the copies to `peer`, read from the store's index.

@@ -25,7 +25,7 @@ impl Node {
         // The partners of the start: one enrolled later reads its own copies
         // (`Node::set_partners`), and one removed meanwhile is fed for nothing.
         let machines: HashMap<NodeId, Arc<PartnerState>> =
-            self.partner_states().into_iter().map(|p| (p.node, p)).collect();
+            self.partner_states().into_iter().filter(|p| lock(&p.sender).is_loading()).map(|p| (p.node, p)).collect();
         let mut after: Option<Vec<u8>> = None;
         let (mut loaded, mut elsewhere) = (0usize, std::collections::BTreeMap::<NodeId, usize>::new());
         loop {

@@ -285,6 +285,13 @@ impl Node {
                     queued: counts.map_or(0, |c| c.queued),
                     in_flight: counts.map_or(0, |c| c.in_flight),
                     key_exchange: self.inner.transport.key_exchange.describe().to_owned(),
+                    key_generations: ring.generations(node).iter().map(|k| partners::describe_keys(k)).collect(),
+                    announced: self.announcement(node).map(|a| crate::api::types::AnnouncedView {
+                        packet_id: a.packet_id,
+                        at: ts(a.at),
+                        keys: a.keys.iter().map(partners::describe_keys).collect(),
+                        accepted: a.accepted,
+                    }),
                 }
             })
             .collect();
@@ -326,10 +333,14 @@ impl Node {
     }
 
     /// A received packet, verified again from the stored evidence.
-    pub fn show(&self, packet_id: PacketId, from: Option<&NodeId>) -> Result<(Packet, InboxRecord), NodeError> {
+    pub fn show(
+        &self,
+        packet_id: PacketId,
+        from: Option<&NodeId>,
+    ) -> Result<(Packet, InboxRecord, crate::keys::KeyId), NodeError> {
         let rec = self.received(packet_id, from)?;
         let (original, _) = self.held(packet_id, &rec.sender)?;
-        Ok((original.packet, rec))
+        Ok((original.packet, rec, original.signer))
     }
 
     /// A received packet as its originator signed it (for a forward: the original it carried,

@@ -716,6 +716,76 @@ impl Forward {
     }
 }
 
+/// A node's keys (system packet), every generation in force or to come, oldest first: signed
+/// with its key in force, so a partner that trusts that key learns the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAnnouncement {
+    /// The generations, oldest first (1 to [`KeyAnnouncement::MAX_GENERATIONS`]).
+    pub keys: Vec<AnnouncedKeys>,
+}
+
+/// One generation of keys in a [`KeyAnnouncement`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnouncedKeys {
+    /// Ed25519 verifying key (32 bytes).
+    pub signing_key: Blob,
+    /// X25519 public key (32 bytes).
+    pub encryption_key: Blob,
+    /// In force from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_from: Option<Timestamp>,
+    /// Accepted on live traffic until.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<Timestamp>,
+}
+
+impl KeyAnnouncement {
+    /// Most generations one announcement lists.
+    pub const MAX_GENERATIONS: usize = 8;
+
+    /// The generations as public keys of `node`.
+    pub fn public_keys(&self, node: &NodeId) -> Result<Vec<crate::keys::PublicKeys>, String> {
+        self.keys
+            .iter()
+            .map(|k| {
+                let s: [u8; 32] =
+                    k.signing_key.0.as_slice().try_into().map_err(|_| "signing_key: 32 bytes".to_owned())?;
+                let e: [u8; 32] =
+                    k.encryption_key.0.as_slice().try_into().map_err(|_| "encryption_key: 32 bytes".to_owned())?;
+                Ok(crate::keys::PublicKeys::from_raw(*node, s, e)?.with_window(k.valid_from, k.valid_until))
+            })
+            .collect()
+    }
+
+    pub(crate) fn check(&self, c: &Check, node: &NodeId) -> Result<(), PacketError> {
+        if self.keys.is_empty() || self.keys.len() > Self::MAX_GENERATIONS {
+            return Err(c.at("keys").invalid(format!("1 to {} generations", Self::MAX_GENERATIONS)));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if let (Some(f), Some(u)) = (k.valid_from, k.valid_until) {
+                if u <= f {
+                    return Err(c.at("keys").at(&i.to_string()).at("valid_until").invalid("must be after valid_from"));
+                }
+            }
+        }
+        self.public_keys(node).map(|_| ()).map_err(|e| c.at("keys").invalid(e))
+    }
+}
+
+impl AnnouncedKeys {
+    /// One generation of public keys, as announced.
+    pub fn of(k: &crate::keys::PublicKeys) -> Self {
+        Self {
+            signing_key: Blob(k.signing.as_bytes().to_vec()),
+            encryption_key: Blob(k.encryption.as_bytes().to_vec()),
+            valid_from: k.valid_from,
+            valid_until: k.valid_until,
+        }
+    }
+}
+
 /// An officer at the receiving node has read the packet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

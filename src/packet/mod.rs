@@ -205,6 +205,9 @@ pub enum Body {
     OnwardConsent(OnwardConsent),
     /// A packet of another originator passed on, with its originator's consent where needed.
     Forward(Forward),
+    /// A node's keys, every generation in force or to come (system packet): how partners learn
+    /// its next keys without a file copy (key rotation with overlap).
+    KeyAnnouncement(KeyAnnouncement),
 }
 
 /// The type of a packet, without its content.
@@ -232,6 +235,8 @@ pub enum PacketType {
     OnwardConsent,
     /// See [`Body::Forward`].
     Forward,
+    /// See [`Body::KeyAnnouncement`].
+    KeyAnnouncement,
 }
 
 impl Serialize for PacketType {
@@ -257,7 +262,7 @@ impl std::str::FromStr for PacketType {
 
 impl PacketType {
     /// Every packet type.
-    pub const ALL: [PacketType; 11] = [
+    pub const ALL: [PacketType; 12] = [
         Self::ControlledDeliveryAlert,
         Self::JitNotice,
         Self::InformationRequest,
@@ -269,6 +274,7 @@ impl PacketType {
         Self::ReadAck,
         Self::OnwardConsent,
         Self::Forward,
+        Self::KeyAnnouncement,
     ];
 
     /// The type's name as on the wire.
@@ -285,12 +291,13 @@ impl PacketType {
             Self::ReadAck => "ReadAck",
             Self::OnwardConsent => "OnwardConsent",
             Self::Forward => "Forward",
+            Self::KeyAnnouncement => "KeyAnnouncement",
         }
     }
 
     /// System packets are issued by nodes, not officers.
     pub fn is_system(self) -> bool {
-        matches!(self, Self::DeliveryReceipt | Self::ReadAck)
+        matches!(self, Self::DeliveryReceipt | Self::ReadAck | Self::KeyAnnouncement)
     }
 
     /// Replies must name the packet they answer in `in_reply_to`.
@@ -302,7 +309,7 @@ impl PacketType {
                 | Self::DelayNotice
                 | Self::ClarificationRequest
                 | Self::OnwardConsent
-        ) || self.is_system()
+        ) || (self.is_system() && self != Self::KeyAnnouncement)
     }
 
     /// Types the sharing policies' `packet_types` do not govern: system packets (ids only),
@@ -334,6 +341,7 @@ impl Body {
             Self::ReadAck(_) => PacketType::ReadAck,
             Self::OnwardConsent(_) => PacketType::OnwardConsent,
             Self::Forward(_) => PacketType::Forward,
+            Self::KeyAnnouncement(_) => PacketType::KeyAnnouncement,
         }
     }
 }
@@ -482,6 +490,20 @@ impl Packet {
         let mut p = Self::system(node, holder, about, priority, body, now, rng);
         p.envelope.originator.officer = Some(officer);
         p.envelope.expires = until;
+        p
+    }
+
+    /// `node`'s announcement of its keys, every generation `keys` lists, to partner `to`.
+    pub fn key_announcement(
+        node: &NodeId,
+        to: &NodeId,
+        keys: Vec<AnnouncedKeys>,
+        now: Timestamp,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Self {
+        let body = Body::KeyAnnouncement(KeyAnnouncement { keys });
+        let mut p = Self::system(node, to, PacketId::from_bytes([0; 16]), Priority::Urgent, body, now, rng);
+        p.envelope.in_reply_to = None;
         p
     }
 
@@ -725,6 +747,12 @@ impl Packet {
                 x.check(&b)
             }
             Body::Forward(x) => x.check(&b),
+            Body::KeyAnnouncement(x) => {
+                if e.in_reply_to.is_some() {
+                    return Err(c.at("in_reply_to").invalid("a key announcement answers nothing"));
+                }
+                x.check(&b, &e.originator.node)
+            }
         }
     }
 }

@@ -277,7 +277,7 @@ impl Sim {
 
     pub(super) fn check_audit(&self) -> Res {
         for n in &self.nodes {
-            match n.store.audit_verify(&n.id, &n.seal.public().signing).map_err(err("audit"))? {
+            match n.store.audit_verify(&n.id, &[n.seal.public().signing]).map_err(err("audit"))? {
                 Ok(_) => {}
                 Err(broken) => return Err(format!("{}: the audit trail does not verify: {broken}", n.id)),
             }

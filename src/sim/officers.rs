@@ -64,7 +64,11 @@ impl Sim {
         let (copies, denied) = submit::decide(&self.nodes[i].policies, &checked, self.now);
         if !matches!(
             packet.body,
-            Body::ReadAck(_) | Body::OnwardConsent(_) | Body::DeliveryReceipt(_) | Body::Forward(_)
+            Body::ReadAck(_)
+                | Body::OnwardConsent(_)
+                | Body::DeliveryReceipt(_)
+                | Body::Forward(_)
+                | Body::KeyAnnouncement(_)
         ) {
             self.originated.insert((i, packet.envelope.id));
         }

@@ -958,13 +958,13 @@ impl Store {
     pub fn audit_verify(
         &self,
         node: &NodeId,
-        key: &ed25519_dalek::VerifyingKey,
+        keys: &[ed25519_dalek::VerifyingKey],
     ) -> Result<Result<audit::Verified, audit::Broken>, StoreError> {
         let head = self.audit_head()?;
         let mut entries = self.scan(Tree::Audit, &[])?;
         entries.retain(|(k, _)| <[u8; 8]>::try_from(k.as_slice()).map_or(true, |b| u64::from_be_bytes(b) <= head.seq));
         let checkpoints = self.audit_checkpoints()?;
-        Ok(audit::verify(audit::Head::GENESIS, &entries, Some(head), &checkpoints, node, key))
+        Ok(audit::verify(audit::Head::GENESIS, &entries, Some(head), &checkpoints, node, keys))
     }
 
     /// The inbox record of `packet_id` from `sender`.

@@ -261,7 +261,7 @@ fn a_full_disk_refuses_by_class_and_the_store_resumes_by_itself() {
     assert_eq!(mem.refused(), 0, "the backend never saw a refused write");
     let node: NodeId = "IT-DCSA".parse().unwrap();
     let keys = crate::keys::NodeKeys::generate(node, &mut rand_core::OsRng);
-    let audit = store.audit_verify(&node, &keys.public().signing);
+    let audit = store.audit_verify(&node, &[keys.public().signing]);
     assert!(audit.unwrap().is_ok(), "the chain has no hole where the refused event was");
 }
 
