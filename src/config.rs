@@ -323,6 +323,12 @@ impl Settings {
         if let Err(e) = toml::from_str::<toml::Table>(&text) {
             return Err(fail(toml_problem(&e, &text)));
         }
+        // Every unknown key and wrong value of the file at once, each with its line (the
+        // `config` crate below stops at the first).
+        let shape = shape_problems::<Raw>(&text);
+        if !shape.is_empty() {
+            return Err(ConfigError { file: file.to_owned(), problems: shape });
+        }
         let mut builder = config::Config::builder()
             .add_source(config::File::from(file).format(config::FileFormat::Toml).required(true))
             .add_source(env);
@@ -334,8 +340,100 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(|e| fail(quoted_values_hidden(&e.to_string())))?;
         let base = file.parent().unwrap_or(Path::new("."));
-        validate(raw, base).map_err(|problems| ConfigError { file: file.to_owned(), problems })
+        validate(raw, base).map_err(|problems| ConfigError {
+            file: file.to_owned(),
+            problems: problems.into_iter().map(|p| with_line(&text, p)).collect(),
+        })
     }
+}
+
+/// The problems of the file's shape (unknown keys, values of the wrong type or out of range),
+/// all of them: the file is read, the line of each problem found is blanked out and the file
+/// read again, up to 32 times. A missing key ends the walk (the environment may set it; the
+/// `config` crate's pass says so).
+pub(crate) fn shape_problems<T: serde::de::DeserializeOwned>(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut problems = Vec::new();
+    // Lines of unknown keys blanked out, with the keys their table expects, not yet used.
+    let mut unknown: Vec<(usize, String, String)> = Vec::new();
+    // Keys whose line was blanked for a wrong value: missing now, and no misspelling of theirs.
+    let mut wrong: Vec<String> = Vec::new();
+    for _ in 0..32 {
+        let current = lines.join("\n");
+        let Err(e) = toml::from_str::<T>(&current) else { break };
+        let Some(span) = e.span() else { break };
+        if let Some(field) = e.message().strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+            // A key that is missing because it was misspelt (reported as unknown above): read
+            // the misspelt line under the right name, so its value is checked and the walk
+            // goes on. Otherwise the walk ends here.
+            if wrong.iter().any(|k| k == field) {
+                break;
+            }
+            let wanted = format!("`{field}`");
+            let Some(i) = unknown.iter().position(|(_, _, expected)| expected.contains(&wanted)) else { break };
+            let (at, original, _) = unknown.remove(i);
+            let Some((_, value)) = original.split_once('=') else { break };
+            lines[at] = format!("{field} ={value}");
+            continue;
+        }
+        let line = current[..span.start.min(current.len())].matches('\n').count();
+        problems.push(toml_problem(&e, &current));
+        match lines.get_mut(line) {
+            Some(l) if !l.trim_start().starts_with('[') => {
+                match e.message().strip_prefix("unknown field").and_then(|m| m.split_once("expected")) {
+                    Some((_, expected)) => unknown.push((line, l.clone(), expected.to_owned())),
+                    None => wrong.extend(l.split_once('=').map(|(k, _)| k.trim().to_owned())),
+                }
+                *l = String::new();
+            }
+            _ => break,
+        }
+    }
+    problems.sort_by_key(|p| {
+        p.strip_prefix("line ").and_then(|r| r.split(',').next()).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0)
+    });
+    problems
+}
+
+/// `problem`, which starts with the key it is about (`partners[1].addr: ...`), with the line
+/// of that key in the TOML `text` when it is there: `line 12: partners[1].addr: ...`.
+pub(crate) fn with_line(text: &str, problem: String) -> String {
+    let key = problem.split([':', ' ']).next().unwrap_or_default();
+    match line_of(text, key) {
+        Some(n) => format!("line {n}: {problem}"),
+        None => problem,
+    }
+}
+
+/// The line (from 1) of the key `path` (`node.listen`, `partners[1].addr`) in `text`.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut at: Option<&DeValue<'_>> = None;
+    let mut start = None;
+    for seg in path.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (seg, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        let table = match at {
+            None => doc.get_ref(),
+            Some(DeValue::Table(t)) => t,
+            Some(_) => return None,
+        };
+        let (k, mut v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        start = Some(k.span().start);
+        if let Some(i) = index {
+            let DeValue::Array(items) = v.get_ref() else { return None };
+            v = items.get(i)?;
+            start = Some(v.span().start);
+        }
+        at = Some(v.get_ref());
+    }
+    Some(text[..start?.min(text.len())].matches('\n').count() + 1)
 }
 
 /// The configuration's list keys, which the environment sets comma separated
@@ -722,6 +820,46 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
         assert!(err.problems.len() >= 10, "{text}");
+        // Each with the line of its key.
+        for want in ["line 3: node.id", "line 4: node.listen", "line 14: api.listen", "line 23: log.format"] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn three_typos_are_three_problems_in_one_run() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(root.join("configs/IT-DCSA.toml")).unwrap();
+        let text = text
+            .replace("\nlisten = \"127.0.0.1:7401\"", "\nlisen = \"127.0.0.1:7401\"")
+            .replace("receipt_timeout_ms = 15000", "receipt_timeout_ms = \"soon\"")
+            .replace("headroom_mib = 256", "headroom_mb = 256");
+        let f = dir.path().join("IT-DCSA.toml");
+        std::fs::write(&f, &text).unwrap();
+        let err = Settings::load_with_env(&f, no_env()).unwrap_err();
+        let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(
+            err.problems[0].starts_with(&format!("line {}", line("lisen"))) && err.problems[0].contains("lisen"),
+            "{err}"
+        );
+        assert!(err.problems[1].starts_with(&format!("line {}", line("receipt_timeout_ms"))), "{err}");
+        assert!(
+            err.problems[2].starts_with(&format!("line {}", line("headroom_mb")))
+                && err.problems[2].contains("headroom_mb"),
+            "{err}"
+        );
+        // A policy file likewise.
+        let policy = std::fs::read_to_string(root.join("configs/policies/IT-DCSA/ES-UDYCO.toml")).unwrap();
+        let bad = policy.replacen("max_tlp = \"RED\"", "max_tlp = \"PURPLE\"", 1).replacen(
+            "attachments = ",
+            "attachmets = ",
+            1,
+        );
+        let problems = Policy::from_toml(&bad, None).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems.iter().all(|p| p.starts_with("line ")), "{problems:?}");
     }
 
     #[test]

@@ -581,7 +581,68 @@ impl Keyring {
     /// Adds one generation of a node's public keys. A kid can name one key only, and a
     /// signing key goes with one encryption key. The same generation again (another file, an
     /// announcement) narrows its window: the later `valid_from`, the earlier `valid_until`.
+    /// Of a node's generations not retired (no `valid_until`), at most one may be without
+    /// `valid_from`: two such would be two keys in force at once, undated (a stray old file).
     pub fn add(&mut self, keys: PublicKeys) -> Result<(), KeyError> {
+        let node = keys.node;
+        let before = self.by_node.get(&node).cloned();
+        self.merge(keys)?;
+        let open = |g: &&Arc<PublicKeys>| g.valid_from.is_none() && g.valid_until.is_none();
+        let undated: Vec<String> =
+            self.generations(&node).iter().filter(open).map(|g| g.signing_kid.to_string()).collect();
+        if undated.len() > 1 {
+            self.put_back(node, before);
+            return Err(KeyError::Conflict(format!(
+                "{node} has {} keys in force with no valid_from ({}): date the newer one (valid_from) or retire the older (valid_until), or remove its file",
+                undated.len(),
+                undated.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces every generation of `keys.node` with `keys` alone in force: the others are
+    /// retired at `now` (kept, to verify what they signed). A partner enrolled again with new
+    /// keys.
+    pub fn replace(&mut self, keys: PublicKeys, now: Timestamp) -> Result<(), KeyError> {
+        let node = keys.node;
+        let before = self.by_node.get(&node).cloned();
+        let others: Vec<PublicKeys> = self
+            .generations(&node)
+            .iter()
+            .filter(|g| g.signing_kid != keys.signing_kid)
+            .map(|g| {
+                let until = g.valid_until.map_or(now, |u| u.min(now));
+                (**g).clone().with_window(g.valid_from.filter(|f| *f < until), Some(until))
+            })
+            .collect();
+        self.put_back(node, None);
+        let mut done = Ok(());
+        for g in others.into_iter().chain([keys]) {
+            done = done.and_then(|()| self.merge(g));
+        }
+        if done.is_err() {
+            self.put_back(node, before);
+        }
+        done
+    }
+
+    /// Sets `node`'s generations back to `gens` (none: removes them), with their kids.
+    fn put_back(&mut self, node: NodeId, gens: Option<Vec<Arc<PublicKeys>>>) {
+        for g in self.by_node.remove(&node).unwrap_or_default() {
+            self.by_kid.remove(g.signing_kid.as_bytes());
+            self.by_kid.remove(g.encryption_kid.as_bytes());
+        }
+        if let Some(gens) = gens {
+            for g in &gens {
+                self.by_kid.insert(g.signing_kid.as_bytes().to_vec(), g.clone());
+                self.by_kid.insert(g.encryption_kid.as_bytes().to_vec(), g.clone());
+            }
+            self.by_node.insert(node, gens);
+        }
+    }
+
+    fn merge(&mut self, keys: PublicKeys) -> Result<(), KeyError> {
         for kid in [&keys.signing_kid, &keys.encryption_kid] {
             if let Some(other) = self.by_kid.get(kid.as_bytes()) {
                 if other.node != keys.node {
@@ -650,7 +711,8 @@ impl Keyring {
     /// if none has).
     pub fn node_at(&self, node: &NodeId, t: Timestamp) -> Option<&Arc<PublicKeys>> {
         let gens = self.by_node.get(node)?;
-        gens.iter().rev().find(|g| g.started(t)).or_else(|| gens.first())
+        let live = |g: &&Arc<PublicKeys>| g.started(t) && g.valid_until.is_none_or(|u| u > t);
+        gens.iter().rev().find(live).or_else(|| gens.iter().rev().find(|g| g.started(t))).or_else(|| gens.first())
     }
 
     /// Every generation of `node`'s keys, oldest first.
@@ -751,6 +813,30 @@ mod tests {
         let (k, usage) = ring.kid(a.public().encryption_kid.as_bytes()).unwrap();
         assert_eq!((k.node.as_str(), usage), ("IT-DCSA", KeyUse::Encryption));
         assert!(a.public().signing_kid.as_str().starts_with("IT-DCSA/sig/"));
+    }
+
+    #[test]
+    fn two_undated_keys_in_force_are_refused_and_a_new_enrolment_retires_the_old() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let it = node("IT-DCSA");
+        let (a, b) = (NodeKeys::generate(it, &mut rng), NodeKeys::generate(it, &mut rng));
+        let mut ring = Keyring::new();
+        ring.add(a.public().clone()).unwrap();
+        // A stray second file with other keys and no dates: refused, the keyring unchanged.
+        let err = ring.add(b.public().clone()).unwrap_err().to_string();
+        assert!(err.contains("no valid_from"), "{err}");
+        assert_eq!(ring.generations(&it).len(), 1);
+        assert!(ring.kid(b.public().signing_kid.as_bytes()).is_none());
+        // Enrolled again with new keys: the old ones are retired, kept for evidence.
+        let now: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        ring.replace(b.public().clone(), now).unwrap();
+        assert_eq!(ring.generations(&it).len(), 2);
+        assert_eq!(ring.node_at(&it, now.plus_secs(1)).unwrap().signing_kid, b.public().signing_kid);
+        let (old, _) = ring.kid(a.public().signing_kid.as_bytes()).unwrap();
+        assert_eq!(old.valid_until, Some(now));
+        // And back to the first keys: the second retired in turn, the first in force again.
+        ring.replace(a.public().clone(), now.plus_secs(10)).unwrap();
+        assert_eq!(ring.node_at(&it, now.plus_secs(11)).unwrap().signing_kid, a.public().signing_kid);
     }
 
     #[test]

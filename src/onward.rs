@@ -127,7 +127,19 @@ pub struct Unwrapped {
 
 /// The checks of one hop: `forward` (already opened and verified as `forwarder`'s packet)
 /// carries an original that verifies and is alive now (not expired, not dated ahead of the
-/// clock), with a consent given to `forwarder` that covers `me` now if the original needs one
+/// clock), its signer's key within its window when it was made, with a consent given to
+/// `forwarder` that covers `me` now if the original needs one
+/// Whether the key that signed `signed` was within its window when the packet says it was made
+/// (an originator's key retired, perhaps stolen, cannot date new packets after its retirement).
+fn signed_in_window(keyring: &Keyring, signed: &crate::seal::SignedPacket) -> Result<(), String> {
+    match keyring.kid(signed.signer.as_bytes()) {
+        Some((k, _)) => k
+            .in_window(signed.packet.envelope.created)
+            .map_err(|why| format!("signed with {}, which {why}", signed.signer)),
+        None => Ok(()),
+    }
+}
+
 /// (H2), and the forward's markings are the original's.
 pub fn unwrap(
     keyring: &Keyring,
@@ -140,6 +152,7 @@ pub fn unwrap(
         return Err(OnwardError::OriginalInvalid(format!("a {} is not a forward", forward.packet_type())));
     };
     let original = verify_signed(keyring, &original.0).map_err(|e| OnwardError::OriginalInvalid(e.to_string()))?;
+    signed_in_window(keyring, &original).map_err(OnwardError::OriginalInvalid)?;
     crate::seal::check_times(&original.packet, now).map_err(|e| match e {
         crate::seal::OpenError::CreatedInFuture { .. } => OnwardError::OriginalCreatedInFuture(e.to_string()),
         e => OnwardError::OriginalExpired(e.to_string()),
@@ -165,6 +178,7 @@ pub fn unwrap(
         None => None,
         Some(bytes) => {
             let c = verify_signed(keyring, &bytes.0).map_err(|e| OnwardError::ConsentInvalid(e.to_string()))?;
+            signed_in_window(keyring, &c).map_err(OnwardError::ConsentInvalid)?;
             consent_for(&c, p, forwarder, me, now).map_err(OnwardError::ConsentInvalid)?;
             Some(c)
         }

@@ -527,7 +527,15 @@ impl Policy {
 
     /// Parses a policy; every problem is reported, each naming its key.
     pub fn from_toml(text: &str, partner: Option<&NodeId>) -> Result<Policy, Vec<String>> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| vec![crate::config::toml_problem(&e, text)])?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            // Every problem of the file's shape at once, each with its line.
+            let all = crate::config::shape_problems::<RawPolicy>(text);
+            if all.is_empty() {
+                vec![crate::config::toml_problem(&e, text)]
+            } else {
+                all
+            }
+        })?;
         let mut problems = Vec::new();
         let node = raw.partner.parse::<NodeId>().map_err(|e| problems.push(format!("partner: {e}"))).ok();
         if let (Some(node), Some(expected)) = (&node, partner) {
@@ -540,6 +548,7 @@ impl Policy {
         }
         let send = rules(raw.send, "send", &mut problems);
         let receive = rules(raw.receive, "receive", &mut problems);
+        let problems: Vec<String> = problems.into_iter().map(|p| crate::config::with_line(text, p)).collect();
         match (node, problems.is_empty()) {
             (Some(partner), true) => {
                 let mut policy = Policy {

@@ -206,6 +206,17 @@ pub enum OpenError {
         /// Why it does not fit.
         reason: String,
     },
+    /// A key of the sender itself that this node does not hold yet, or whose window has not
+    /// started: keys it rotated to and announced, not taken here yet (the administrator has not
+    /// accepted them, or the announcement is on its way). Not a rejection: the copy gets no
+    /// receipt and comes again.
+    #[error("key {kid:?} of the sender is not known here yet: {reason}")]
+    KeyNotYetKnown {
+        /// The kid, as text (lossy).
+        kid: String,
+        /// Why.
+        reason: String,
+    },
     /// The AEAD tag did not verify: tampered ciphertext or header, or the wrong key.
     #[error("decryption failed: ciphertext or protected header altered, or not encrypted for this node's key")]
     DecryptionFailed,
@@ -268,6 +279,7 @@ impl OpenError {
             Self::Unsupported(_) => "unsupported",
             Self::NotForMe { .. } => "not_for_me",
             Self::UnknownKey { .. } => "unknown_key",
+            Self::KeyNotYetKnown { .. } => "key_not_yet_known",
             Self::DecryptionFailed => "decryption_failed",
             Self::SignatureInvalid { .. } => "signature_invalid",
             Self::InvalidPacket(PacketError::Cbor(e)) => e.strict_code().unwrap_or("invalid_packet"),
@@ -313,6 +325,8 @@ pub struct Opened {
     pub signed: SignedPacket,
     /// SHA-256 of the exact sealed bytes received (named in the delivery receipt).
     pub sealed_digest: Digest,
+    /// The kid of the sender's static encryption key.
+    pub sender_key: String,
 }
 
 /// This node's keys (every generation), the keyring, and the pairwise X25519 secrets computed
@@ -323,6 +337,9 @@ pub struct SealContext {
     keyring: Keyring,
     /// X25519(my secret, peer public) by (my encryption kid, the peer's encryption kid).
     pairwise: HashMap<KidPair, Zeroizing<[u8; 32]>>,
+    /// A generation to sign and seal with instead of the newest started one
+    /// ([`SealContext::for_announcement`]).
+    pin: Option<usize>,
 }
 
 /// (this node's encryption kid, a peer's encryption kid).
@@ -376,11 +393,23 @@ impl SealContext {
                 pairwise.insert(pair, Zeroizing::new(shared.to_bytes()));
             }
         }
-        Ok(Self { own, keyring, pairwise })
+        Ok(Self { own, keyring, pairwise, pin: None })
+    }
+
+    /// The same context signing and sealing with this node's oldest generation still in its
+    /// window: what a key announcement is signed with, so that every partner holds the key
+    /// that signed it (one that has not taken the newer keys yet, too).
+    pub fn for_announcement(&self) -> Self {
+        let now = Timestamp::now();
+        let pin = self.own.iter().position(|k| k.public().valid_until.is_none_or(|u| u > now));
+        Self { own: self.own.clone(), keyring: self.keyring.clone(), pairwise: self.pairwise.clone(), pin }
     }
 
     /// This node's keys in force now: its newest generation that has started.
     pub fn current(&self) -> &NodeKeys {
+        if let Some(k) = self.pin.and_then(|i| self.own.get(i)) {
+            return k;
+        }
         let now = Timestamp::now();
         self.own.iter().rev().find(|k| k.public().started(now)).unwrap_or(&self.own[0])
     }
@@ -535,8 +564,9 @@ impl SealContext {
         packet.envelope.recipients.iter().map(|r| self.encrypt_for(&signed, r, rng)).collect()
     }
 
-    /// Opens a sealed packet addressed to this node, running every check in the module doc.
-    pub fn open(&self, bytes: &[u8], now: Timestamp) -> Result<Opened, OpenError> {
+    /// Opens a sealed packet addressed to this node, running every check in the module doc but
+    /// the keys' windows ([`SealContext::check_windows`]).
+    pub fn open_any_window(&self, bytes: &[u8], now: Timestamp) -> Result<Opened, OpenError> {
         let enc = parse_encrypt(bytes)?;
         let route = route_of(&enc)?;
         let me = self.node();
@@ -555,17 +585,14 @@ impl SealContext {
         };
         let (sender_kid, salt) = recipient_params(recipient)?;
         match self.keyring.kid(sender_kid) {
-            Some((k, KeyUse::Encryption)) if k.node == route.sender => {
-                // On live traffic a partner's key counts within its window only.
-                k.in_window(now).map_err(|reason| OpenError::UnknownKey { kid: lossy(sender_kid), reason })?;
-            }
+            Some((k, KeyUse::Encryption)) if k.node == route.sender => {}
             Some((k, _)) => {
                 return Err(OpenError::UnknownKey {
                     kid: lossy(sender_kid),
                     reason: format!("belongs to {} and is not the encryption key of sender {}", k.node, route.sender),
                 })
             }
-            None => return Err(OpenError::UnknownKey { kid: lossy(sender_kid), reason: "not in the keyring".into() }),
+            None => return Err(self.not_yet_or_unknown(&route.sender, lossy(sender_kid))),
         }
         let pair = (mine.public().encryption_kid.as_bytes().to_vec(), sender_kid.to_vec());
         let shared = self.pairwise.get(&pair).ok_or(OpenError::DecryptionFailed)?;
@@ -583,10 +610,12 @@ impl SealContext {
             |ct, aad| aead::open(&cek, &iv, ct, aad).ok_or(OpenError::DecryptionFailed),
         )?;
 
-        let signed = verify_signed(&self.keyring, &plaintext)?;
-        if let Some((k, _)) = self.keyring.kid(signed.signer.as_bytes()) {
-            k.in_window(now).map_err(|reason| OpenError::UnknownKey { kid: signed.signer.to_string(), reason })?;
-        }
+        let signed = verify_signed(&self.keyring, &plaintext).map_err(|e| match e {
+            OpenError::UnknownKey { kid, reason } if reason == NOT_IN_KEYRING => {
+                self.not_yet_or_unknown(&route.sender, kid)
+            }
+            e => e,
+        })?;
         let p = &signed.packet.envelope;
         if route.packet_id != p.id {
             return Err(OpenError::HeaderMismatch(format!(
@@ -607,9 +636,49 @@ impl SealContext {
             return Err(OpenError::HeaderMismatch("routing priority or expiry differs from the signed packet".into()));
         }
         check_times(&signed.packet, now)?;
-        Ok(Opened { route, signed, sealed_digest: Digest::of(bytes) })
+        Ok(Opened { route, signed, sealed_digest: Digest::of(bytes), sender_key: lossy(sender_kid) })
+    }
+
+    /// [`SealContext::open_any_window`], then [`SealContext::check_windows`]: a packet opened
+    /// on live traffic, its keys within their windows.
+    pub fn open(&self, bytes: &[u8], now: Timestamp) -> Result<Opened, OpenError> {
+        let opened = self.open_any_window(bytes, now)?;
+        self.check_windows(&opened, now)?;
+        Ok(opened)
+    }
+
+    /// A kid not in the keyring: one in the namespace of a sender this node holds keys of is a
+    /// key not known here yet (it rotated; not taken here yet), anything else is unknown.
+    fn not_yet_or_unknown(&self, sender: &NodeId, kid: String) -> OpenError {
+        if kid.starts_with(&format!("{sender}/")) && !self.keyring.generations(sender).is_empty() {
+            OpenError::KeyNotYetKnown { kid, reason: "not in the keyring (rotated, not taken here yet?)".into() }
+        } else {
+            OpenError::UnknownKey { kid, reason: NOT_IN_KEYRING.into() }
+        }
+    }
+
+    /// Whether the keys that signed and sealed `opened` are within their windows at `now` (a
+    /// key not started yet: [`OpenError::KeyNotYetKnown`]; retired: [`OpenError::UnknownKey`]).
+    /// The receiver checks this once it knows a copy is new: a copy received before, sent again
+    /// byte for byte after its key was retired, is receipted as the first time.
+    pub fn check_windows(&self, opened: &Opened, now: Timestamp) -> Result<(), OpenError> {
+        for kid in [opened.signed.signer.as_str(), opened.sender_key.as_str()] {
+            if let Some((k, _)) = self.keyring.kid(kid.as_bytes()) {
+                if let Err(reason) = k.in_window(now) {
+                    return Err(if k.valid_from.is_some_and(|f| f > now) {
+                        OpenError::KeyNotYetKnown { kid: kid.to_owned(), reason }
+                    } else {
+                        OpenError::UnknownKey { kid: kid.to_owned(), reason }
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
+
+/// The reason [`verify_signed`] gives for a kid it does not hold.
+const NOT_IN_KEYRING: &str = "not in the keyring";
 
 /// How far ahead of this node's clock a packet's `created` may lie. Partner nodes keep their
 /// clocks with NTP, within seconds of each other; five minutes leaves room for a badly kept one.
@@ -662,7 +731,7 @@ pub fn verify_signed(keyring: &Keyring, bytes: &[u8]) -> Result<SignedPacket, Op
                 reason: format!("is an encryption key of {}, not a signing key", k.node),
             })
         }
-        None => return Err(OpenError::UnknownKey { kid: lossy(kid), reason: "not in the keyring".into() }),
+        None => return Err(OpenError::UnknownKey { kid: lossy(kid), reason: NOT_IN_KEYRING.into() }),
     };
     let Some(payload) = s1.payload.as_deref() else {
         return Err(malformed(Layer::Signed, "detached payload".into()));

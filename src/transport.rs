@@ -124,6 +124,34 @@ impl TlsMaterial {
         Ok(Self { roots: Arc::new(roots), cas, crls, chain, key })
     }
 
+    /// This node's certificate (the leaf), DER.
+    pub fn certificate_der(&self) -> Option<&[u8]> {
+        self.chain.first().map(|c| c.as_ref())
+    }
+
+    /// Checks a certificate a partner announced (a renewal to come): that it is from a CA this
+    /// node trusts, names `node`, and has not expired at `now`. What it says, or why not.
+    pub fn vouch_for(
+        &self,
+        der: &[u8],
+        node: &NodeId,
+        now: crate::timestamp::Timestamp,
+    ) -> Result<crate::pki::inspect::CertInfo, String> {
+        use crate::pki::inspect::Certificate;
+        let c = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+        let cas: Vec<Certificate> = self.cas.iter().filter_map(|c| Certificate::from_der(c).ok()).collect();
+        if !cas.iter().any(|ca| c.signed_by(ca)) {
+            return Err("not from a CA this node trusts".into());
+        }
+        if !c.info.nodes().contains(node) {
+            return Err(format!("does not name {node}"));
+        }
+        if c.info.not_after < now {
+            return Err(format!("expired at {}", c.info.not_after));
+        }
+        Ok(c.info)
+    }
+
     /// When each piece of this material stops being usable: the node's certificate
     /// (`certificate`), each CA certificate (`ca`), each CRL's next update (`crl`). What does
     /// not parse is left out (the self-check says so).

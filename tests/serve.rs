@@ -1320,6 +1320,26 @@ fn keys_rotate_with_overlap_while_packets_flow_both_ways() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // The announcement carried IT-DCSA's TLS certificate, checked at ES-UDYCO against its CA.
+    let seen = es.api("GET", "/v1/peers/IT-DCSA", None).1;
+    assert!(seen["announced"]["certificate"]["serial"].is_string(), "{seen}");
+    // A TLS renewal (a new certificate from the CA, SIGHUP): partners are told of it.
+    let run = |args: &[&str]| {
+        let o = Command::new(BIN).current_dir(&base).args(args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["pki", "issue", "--ca", "certs/tls/ca", "--node", "IT-DCSA", "--out", "renewed"]);
+    for f in ["IT-DCSA.crt", "IT-DCSA.key"] {
+        fs::copy(base.join("renewed").join(f), base.join("certs/tls").join(f)).unwrap();
+    }
+    let renewed = run(&["pki", "show", "renewed/IT-DCSA.crt"]);
+    assert!(Command::new("kill").args(["-HUP", &it.pid().to_string()]).status().unwrap().success());
+    wait_for("ES-UDYCO is told of the renewal", Duration::from_secs(20), || {
+        let v = es.api("GET", "/v1/peers/IT-DCSA", None).1;
+        v["announced"]["certificate"]["serial"].as_str().is_some_and(|s| renewed.contains(s))
+            && v["announced"]["accepted"] == true
+    });
     // On record at both ends.
     let changes: Vec<String> = es
         .audit_events()
@@ -1328,6 +1348,68 @@ fn keys_rotate_with_overlap_while_packets_flow_both_ways() {
         .map(|e| e["admin"]["detail"].as_str().unwrap().to_owned())
         .collect();
     assert!(changes.iter().any(|c| c.contains("IT-DCSA: keys now") && c.contains(&new_kid)), "{changes:?}");
+}
+
+/// Announced keys wait for the partner's administrator (the default policy): meanwhile the
+/// rotating node's new-key packets and receipts are not taken, and not rejected either (no
+/// receipt: sent again); the waiting announcement survives the partner's restart; once the
+/// administrator accepts, everything held up is delivered, each exactly once.
+#[test]
+fn announced_keys_wait_for_the_administrator_and_nothing_is_rejected_meanwhile() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let base = c.get("IT-DCSA").config.parent().unwrap().to_owned();
+    let o = Command::new(BIN)
+        .current_dir(&base)
+        .args(["keys", "rotate", "--node", "IT-DCSA", "--dir", "certs/nodes/IT-DCSA", "--from", "now+2s"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let it = c.get("IT-DCSA");
+    assert!(Command::new("kill").args(["-HUP", &it.pid().to_string()]).status().unwrap().success());
+    let es = c.get("ES-UDYCO");
+    wait_for("ES-UDYCO holds the announcement for its administrator", Duration::from_secs(20), || {
+        es.log_text().contains("they wait for the administrator")
+    });
+    std::thread::sleep(Duration::from_secs(3)); // past valid_from: IT-DCSA signs with its new key
+    let send = |n: &NodeProc, to: &str| {
+        let (code, v) =
+            n.api("POST", &format!("/v1/packets?to={to}"), Some(&draft("information-request.json").to_string()));
+        assert_eq!(code, 201, "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let from_it: Vec<String> = (0..3).map(|_| send(it, "ES-UDYCO")).collect();
+    let from_es: Vec<String> = (0..3).map(|_| send(es, "IT-DCSA")).collect();
+    std::thread::sleep(Duration::from_secs(3));
+    for id in &from_it {
+        let s = state_of(it, id);
+        assert!(s == "queued" || s == "in_flight", "held up, not rejected: {s}");
+    }
+    assert!(es.inbox_ids().iter().all(|id| !from_it.contains(id)), "not stored at ES-UDYCO yet");
+    // ES-UDYCO restarts: the announcement still waits.
+    c.node("ES-UDYCO").terminate();
+    c.node("ES-UDYCO").start();
+    let es = c.get("ES-UDYCO");
+    let seen = es.api("GET", "/v1/peers/IT-DCSA", None).1;
+    assert_eq!(seen["announced"]["accepted"], false, "{seen}");
+    let shown = String::from_utf8_lossy(&es.cli(&["peers", "show", "IT-DCSA"]).stdout).into_owned();
+    assert!(shown.contains("WAITING: liaison peers accept-keys"), "{shown}");
+    // The administrator accepts: everything goes through, once.
+    let o = es.cli(&["peers", "accept-keys", "IT-DCSA"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("IT-DCSA: keys now"), "{out}");
+    let it = c.get("IT-DCSA");
+    for (n, ids) in [(it, &from_it), (es, &from_es)] {
+        for id in ids {
+            wait_for("delivered after the acceptance", Duration::from_secs(30), || state_of(n, id) == "delivered");
+        }
+    }
+    let inbox = es.inbox_ids();
+    for id in &from_it {
+        assert_eq!(inbox.iter().filter(|x| *x == id).count(), 1);
+    }
+    assert_eq!(es.cli(&["audit", "verify"]).status.code(), Some(0));
+    assert_eq!(it.cli(&["audit", "verify"]).status.code(), Some(0));
 }
 
 /// `GET path` on a node's API with `token` (or none): the status code and the body as text.

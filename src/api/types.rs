@@ -520,6 +520,13 @@ pub struct AnnouncedView {
     pub keys: Vec<String>,
     /// Whether they are in the keyring (else: `liaison peers accept-keys`).
     pub accepted: bool,
+    /// The TLS certificate it carried (a renewal to come), checked here: from the federation
+    /// CA and naming the partner.
+    #[serde(default)]
+    pub certificate: Option<crate::pki::inspect::CertInfo>,
+    /// Why the certificate it carried is not acceptable, if it is not.
+    #[serde(default)]
+    pub certificate_problem: Option<String>,
 }
 
 /// `POST /v1/peers`: a partner to enrol now.
@@ -592,6 +599,10 @@ pub struct PeerView {
     /// either group with `[transport] key_exchange = "prefer_post_quantum"`): quinn does not
     /// report the group a handshake agreed on.
     pub key_exchange: String,
+    /// Copies ready to send now, per lane (FLASH, URGENT, ROUTINE); those waiting out a
+    /// backoff are counted in `queued` only.
+    #[serde(default)]
+    pub ready_by_lane: [usize; 3],
     /// Every generation of its keys in the keyring (kids and window), oldest first.
     #[serde(default)]
     pub key_generations: Vec<String>,

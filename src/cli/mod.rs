@@ -509,6 +509,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keys(KeysCommand::Rotate { node, dir, from, overlap_days }) => {
             let node: NodeId = node.parse().map_err(|e: crate::ids::IdError| CliError::Usage(e.to_string()))?;
             let from = when("--from", &from)?;
+            if from <= Timestamp::now() {
+                return Err(CliError::Usage(
+                    "--from: in the future (now+1d: partners take the announcement before the switch)".into(),
+                ));
+            }
             if !(1..=3650).contains(&overlap_days) {
                 return Err(CliError::Usage("--overlap-days: 1 to 3650".into()));
             }

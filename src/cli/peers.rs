@@ -170,6 +170,15 @@ pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
                 for k in &a.keys {
                     println!("                 {k}");
                 }
+                if let Some(c) = &a.certificate {
+                    println!(
+                        "                 TLS certificate serial {}, valid {} to {} (from the federation CA, names {})",
+                        c.serial, c.not_before, c.not_after, p.node
+                    );
+                }
+                if let Some(why) = &a.certificate_problem {
+                    println!("                 TLS certificate NOT ACCEPTABLE: {why}");
+                }
             }
             match p.policy {
                 Some(h) => {
@@ -179,6 +188,8 @@ pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
             }
             println!("  key exchange   {}", p.key_exchange);
             println!("  waiting        {} queued, {} in flight", p.queued, p.in_flight);
+            let [f, u, r] = p.ready_by_lane;
+            println!("  ready now      FLASH {f}, URGENT {u}, ROUTINE {r}");
         }
     }
     Ok(())

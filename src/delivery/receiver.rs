@@ -140,8 +140,9 @@ impl Receiver<'_> {
         };
         for bytes in frames {
             let bytes = bytes.as_ref();
-            // `open` hashes the bytes it opened; hash here only what it could not open.
-            let opened = self.seal.open(bytes, now);
+            // `open` hashes the bytes it opened; hash here only what it could not open. The keys'
+            // windows are checked once the copy is known to be new (below).
+            let opened = self.seal.open_any_window(bytes, now);
             let digest = match &opened {
                 Ok(o) => o.sealed_digest,
                 Err(_) => Digest::of(bytes),
@@ -155,6 +156,17 @@ impl Receiver<'_> {
             });
             let mut opened = match opened {
                 Ok(o) => o,
+                Err(e @ OpenError::KeyNotYetKnown { .. }) => {
+                    // Keys the partner rotated to, not taken here yet: no receipt, so it sends
+                    // the copy again until they are (a rejection would be final).
+                    notice(
+                        "keys",
+                        peek_route(bytes).ok().map(|r| r.packet_id),
+                        Some(e.code().into()),
+                        format!("not receipted yet: {e}"),
+                    );
+                    continue;
+                }
                 Err(e) => {
                     let Ok(route) = peek_route(bytes) else {
                         notice(
@@ -208,6 +220,19 @@ impl Receiver<'_> {
                 }
                 Incoming::New { also_from } => also_from,
             };
+            // New: its keys must be within their windows now.
+            match self.seal.check_windows(&opened, now) {
+                Ok(()) => {}
+                Err(e @ OpenError::KeyNotYetKnown { .. }) => {
+                    notice("keys", Some(id), Some(e.code().into()), format!("not receipted yet: {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    notice("rejected", Some(id), Some(e.code().into()), format!("rejected: {e}"));
+                    items.push(rejection(id, now, digest, e.code(), e.to_string(), None));
+                    continue;
+                }
+            }
             // The receiving side of the agreement: checked once, on first arrival (a
             // retransmission gets the answer the first copy got). A forward is checked as the
             // packet it carries (and its consent), under the rules for the partner that passed

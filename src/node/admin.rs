@@ -46,7 +46,14 @@ impl Node {
         self.inner.endpoint.set_server_config(Some(server));
         *self.inner.client.write().unwrap_or_else(std::sync::PoisonError::into_inner) = client;
         *self.inner.expiries.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tls.expiries();
+        let renewed = self.inner.tls.read().unwrap_or_else(std::sync::PoisonError::into_inner).certificate_der()
+            != tls.certificate_der();
         *self.inner.tls.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(tls);
+        if renewed {
+            // Partners are told of the renewed certificate (their `peers show` and log).
+            let node = self.clone();
+            self.spawn(async move { node.announce_keys().await });
+        }
         self.inner.tls_generation.send_modify(|g| *g += 1);
         for p in self.partner_states() {
             p.wake.notify_one();
@@ -84,7 +91,11 @@ impl Node {
 
     /// Verifies the whole audit trail: every link, the recorded head, every checkpoint.
     pub fn audit_verify(&self) -> Result<Result<crate::audit::Verified, crate::audit::Broken>, NodeError> {
-        let keys: Vec<_> = self.seal().generations().iter().map(|k| k.public().signing).collect();
+        // Every generation this node has held: its own, and those in the keyring (the public
+        // file of one whose secret files are gone verifies what it signed).
+        let seal = self.seal();
+        let mut keys: Vec<_> = seal.generations().iter().map(|k| k.public().signing).collect();
+        keys.extend(seal.keyring().generations(&self.inner.me).iter().map(|k| k.signing));
         Ok(self.inner.store.audit_verify(&self.inner.me, &keys)?)
     }
 
@@ -260,6 +271,23 @@ impl Node {
         }
     }
 
+    /// Keys in force that are retired at a date with nothing to follow them (no newer
+    /// generation): this node's and each partner's, as (node, signing kid, retirement).
+    pub(super) fn key_expiries(&self) -> Vec<(NodeId, String, crate::timestamp::Timestamp)> {
+        let seal = self.seal();
+        let ring = seal.keyring();
+        let mut nodes: Vec<NodeId> = vec![self.inner.me];
+        nodes.extend(self.partner_states().iter().map(|p| p.node));
+        nodes
+            .into_iter()
+            .filter_map(|n| {
+                let gens = ring.generations(&n);
+                let last = gens.last()?;
+                Some((n, last.signing_kid.to_string(), last.valid_until?))
+            })
+            .collect()
+    }
+
     /// The expiry watch: at start and every hour, what will stop working — this node's
     /// certificate, the CA, each CRL's next update, each partner's certificate as last seen —
     /// is said in the log when it comes within 30, 7 and 1 days (a warning) and when it has
@@ -289,6 +317,13 @@ impl Node {
                 if let Some(c) = &lock(&p.link).certificate {
                     items.push((format!("{}'s TLS certificate (serial {})", p.node, c.serial), c.not_after));
                 }
+            }
+            for (node, kid, at) in self.key_expiries() {
+                let whose = if node == self.inner.me { "this node's".to_owned() } else { format!("{node}'s") };
+                items.push((
+                    format!("{whose} signing and encryption keys in force ({kid}) with no next generation"),
+                    at,
+                ));
             }
             for (what, at) in items {
                 let days = (at.unix() - now.unix()).div_euclid(86_400);

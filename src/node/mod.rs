@@ -206,11 +206,6 @@ struct Inner {
     partners_dir: Option<std::path::PathBuf>,
     /// One change of partners or TLS material at a time ([`Node::admin_lock`]).
     admin: tokio::sync::Mutex<()>,
-    /// A submit holds it (shared) from taking its recipients' machines until it has handed
-    /// them its copies; a change of partners holds it (alone) while it changes the map. So no
-    /// copy goes to the machine of a partner removed meanwhile while the one enrolled again
-    /// reads the store too early to see it.
-    gate: Arc<tokio::sync::RwLock<()>>,
     /// Removed partners whose tasks had not ended 10 s after: not enrolled again before they
     /// have.
     draining: Mutex<HashMap<NodeId, Arc<PartnerState>>>,
@@ -333,7 +328,6 @@ impl Node {
                 partners: std::sync::RwLock::new(partners),
                 partners_dir: config.partners_dir,
                 admin: tokio::sync::Mutex::new(()),
-                gate: Arc::new(tokio::sync::RwLock::new(())),
                 draining: Mutex::new(HashMap::new()),
                 announced: Mutex::new(HashMap::new()),
                 receipt_latency: crate::metrics::Histogram::default(),
@@ -401,6 +395,7 @@ impl Node {
         node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
         node.spawn(node.clone().expiry_loop().instrument(info_span!("expiry", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
+        node.restore_announcements();
         // A rotation under way (a generation to come, or one being retired): the partners are
         // told again (an announcement they already took changes nothing there).
         let now = crate::timestamp::Timestamp::now();

@@ -66,7 +66,13 @@ impl Node {
         denied: Vec<Refused>,
         now: Millis,
     ) -> Result<crate::delivery::submit::Prepared, crate::seal::SealError> {
-        crate::delivery::submit::seal(&self.seal(), packet, copies, denied, now, &mut rand_core::OsRng)
+        let seal = self.seal();
+        // A key announcement is signed with the oldest key in force, which every partner holds.
+        let seal = match packet.body {
+            crate::packet::Body::KeyAnnouncement(_) => Arc::new(seal.for_announcement()),
+            _ => seal,
+        };
+        crate::delivery::submit::seal(&seal, packet, copies, denied, now, &mut rand_core::OsRng)
     }
 
     /// Stores the copies sealed for `packet`, records the decisions in the audit trail, and
@@ -91,11 +97,10 @@ impl Node {
             }
         };
         ops.extend(sub.ops);
-        // The recipients' machines, held from here on, under the gate (see `Inner::gate`): a
-        // partner removed meanwhile gets its copies on disk, sent if it is enrolled again.
-        let gate = self.inner.gate.clone().read_owned().await;
-        let machines: HashMap<NodeId, Arc<PartnerState>> =
-            sub.entries.iter().filter_map(|e| self.partner(&e.recipient).map(|p| (e.recipient, p))).collect();
+        // The recipients' machines as they are now (told to expect the copies, so that one
+        // loading behind leaves them out) and, after the commit, as they are then: a partner
+        // removed meanwhile gets its copies on disk, sent if it is enrolled again; one enrolled
+        // again meanwhile gets them in its new machine.
         // The sealed copies, kept for their first write once on disk.
         let mut fresh: Vec<(NodeId, PacketId, Vec<u8>)> = Vec::new();
         for e in &sub.entries {
@@ -117,7 +122,7 @@ impl Node {
         // packets) may use it.
         let class = store::Class::of_packet(packet);
         for e in &entries {
-            if let Some(p) = machines.get(&e.recipient) {
+            if let Some(p) = self.partner(&e.recipient) {
                 lock(&p.sender).expect(e.packet_id);
             }
         }
@@ -135,17 +140,16 @@ impl Node {
             lock(&node.inner.deadlines).apply(staged);
             drop(reserved);
             for (to, id, bytes) in fresh {
-                if let Some(p) = machines.get(&to) {
+                if let Some(p) = node.partner(&to) {
                     lock(&p.fresh).keep(id, bytes);
                 }
             }
             for e in entries {
-                if let Some(p) = machines.get(&e.recipient) {
+                if let Some(p) = node.partner(&e.recipient) {
                     lock(&p.sender).admit(now, e);
                     p.wake.notify_one();
                 }
             }
-            drop(gate);
             Ok::<(), NodeError>(())
         });
         stored.await.map_err(|_| NodeError::Store(StoreError::Closed))??;

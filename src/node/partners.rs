@@ -177,7 +177,9 @@ impl Node {
                 let before = self.seal();
                 let kept = before.generations().iter().all(|k| {
                     own.iter().any(|o| o.public().signing_kid == k.public().signing_kid)
-                        || k.public().valid_until.is_some_and(|u| u < Timestamp::now())
+                        || k.public().valid_until.is_some_and(|u| {
+                            u.unix().saturating_add(crate::keys::WINDOW_SLACK_SECS) < Timestamp::now().unix()
+                        })
                 });
                 if !kept {
                     problems.push("this node's own keys: a generation in force is missing from keys.dir".into());
@@ -288,8 +290,6 @@ impl Node {
         // partners, then who may connect.
         *self.inner.seal.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(seal);
         *self.inner.policies.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(target.policies);
-        // No submit holds a partner's machine across this (see `Inner::gate`).
-        let gate = self.inner.gate.write().await;
         let gone: Vec<Arc<PartnerState>> = {
             let mut map = self.inner.partners.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             for p in &fresh {
@@ -303,7 +303,6 @@ impl Node {
             }
             removed.iter().filter_map(|n| map.remove(n)).collect()
         };
-        drop(gate);
         self.inner.endpoint.set_server_config(Some(server));
         for p in &fresh {
             self.start_partner(p.clone());
@@ -407,9 +406,22 @@ impl Node {
                 .ok(),
         };
         let mut target = self.partner_set();
+        // Its keys replace any it had before (an earlier enrolment): those are retired now, and
+        // kept, to verify what it sent then.
+        let mut retired = Vec::new();
         if let Some(k) = keys {
-            if let Err(x) = target.keyring.add(k) {
-                problems.push(format!("public_keys: {x}"));
+            let kid = k.signing_kid.clone();
+            match target.keyring.replace(k, Timestamp::now()) {
+                Ok(()) => {
+                    retired = target
+                        .keyring
+                        .generations(&e.node)
+                        .iter()
+                        .filter(|g| g.signing_kid != kid)
+                        .map(|g| (**g).clone())
+                        .collect();
+                }
+                Err(x) => problems.push(format!("public_keys: {x}")),
             }
         }
         if !problems.is_empty() {
@@ -425,6 +437,15 @@ impl Node {
         self.check_partners(&target)?;
         let before = files.before();
         let written = files.clone();
+        let keep = dir.clone();
+        let kept = self
+            .slow(move |_| {
+                retired
+                    .iter()
+                    .try_for_each(|g| crate::files::write_replacing(&key_file(&keep, g), g.to_toml().as_bytes()))
+            })
+            .await?;
+        kept.map_err(|x| refuse(format!("keeping its earlier keys: {x}")))?;
         let undo = |err: NodeError| {
             if let Err(x) = files.take_back(&before) {
                 tracing::error!(error = %x, "could not take back the files of a refused enrolment; check the partners directory");
@@ -477,6 +498,14 @@ impl Node {
             }
         }
     }
+}
+
+/// The file in the partners directory `dir` that keeps one generation of a partner's keys
+/// (taken from an announcement, or retired by a new enrolment): `NODE.<kid>.pub.toml`.
+pub(crate) fn key_file(dir: &Path, k: &PublicKeys) -> std::path::PathBuf {
+    let kid = k.signing_kid.as_str();
+    let tail = kid.rsplit('/').next().unwrap_or(kid).get(..12).unwrap_or("key");
+    dir.join(format!("{}.{tail}.pub.toml", k.node))
 }
 
 /// One generation of keys in words: its kids and its window.

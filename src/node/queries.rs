@@ -217,10 +217,13 @@ impl Node {
         e.family(
             "liaison_expiry_seconds",
             "gauge",
-            "Seconds until this node's certificate, a CA certificate or a CRL's next update.",
+            "Seconds until this node's certificate, a CA certificate, a CRL's next update, or keys in force (with no next generation) are retired.",
         );
         for (what, name, at) in self.inner.expiries.read().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
             e.sample("liaison_expiry_seconds", &[("what", what), ("name", name)], at.unix() as f64 - now_s);
+        }
+        for (_, kid, at) in self.key_expiries() {
+            e.sample("liaison_expiry_seconds", &[("what", "keys"), ("name", &kid)], at.unix() as f64 - now_s);
         }
         let h = self.store_health();
         e.family("liaison_store_segment_bytes", "gauge", "Bytes of the store's segment files (large content).");
@@ -256,9 +259,10 @@ impl Node {
             .map(|p| {
                 let (node, addr) = (&p.node, p.addr());
                 let link = lock(&p.link).clone();
-                let (counts, problem) = {
+                let (counts, problem, ready) = {
                     let s = lock(&p.sender);
-                    (Some(s.counts()), s.problem().map(|(p, _)| p))
+                    let lanes = [Priority::Flash, Priority::Urgent, Priority::Routine];
+                    (Some(s.counts()), s.problem().map(|(p, _)| p), lanes.map(|l| s.ready_in(l)))
                 };
                 let keys = ring.node(node);
                 let policy = book.policy(node);
@@ -285,12 +289,15 @@ impl Node {
                     queued: counts.map_or(0, |c| c.queued),
                     in_flight: counts.map_or(0, |c| c.in_flight),
                     key_exchange: self.inner.transport.key_exchange.describe().to_owned(),
+                    ready_by_lane: ready,
                     key_generations: ring.generations(node).iter().map(|k| partners::describe_keys(k)).collect(),
                     announced: self.announcement(node).map(|a| crate::api::types::AnnouncedView {
                         packet_id: a.packet_id,
                         at: ts(a.at),
                         keys: a.keys.iter().map(partners::describe_keys).collect(),
                         accepted: a.accepted,
+                        certificate: a.certificate.as_ref().and_then(|c| c.as_ref().ok()).cloned(),
+                        certificate_problem: a.certificate.as_ref().and_then(|c| c.as_ref().err()).cloned(),
                     }),
                 }
             })

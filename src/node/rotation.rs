@@ -21,6 +21,29 @@ pub struct Announced {
     pub keys: Vec<PublicKeys>,
     /// Whether they are in the keyring.
     pub accepted: bool,
+    /// The TLS certificate it carried, as checked here (from the CA, naming the partner, not
+    /// expired), or why it is not acceptable.
+    pub certificate: Option<Result<crate::pki::inspect::CertInfo, String>>,
+    /// Whether taking it (by the policy) is under way: one at a time per partner.
+    pub accepting: bool,
+}
+
+/// The meta key naming `peer`'s latest key announcement.
+fn announced_key(peer: &NodeId) -> Vec<u8> {
+    format!("announced/{peer}").into_bytes()
+}
+
+/// Puts back what was at each path (`None`: nothing).
+fn put_back(before: &[(std::path::PathBuf, Option<String>)]) {
+    for (path, text) in before {
+        let done = match text {
+            Some(t) => crate::files::write_replacing(path, t.as_bytes()),
+            None => crate::files::remove_durably(path),
+        };
+        if let Err(e) = done {
+            tracing::error!(path = %path.display(), error = %e, "could not put back a key file; check the partners directory");
+        }
+    }
 }
 
 impl Node {
@@ -36,12 +59,27 @@ impl Node {
             .filter(|k| k.valid_until.is_none_or(|u| u > now))
             .map(AnnouncedKeys::of)
             .collect();
+        let certificate = self
+            .inner
+            .tls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .certificate_der()
+            .map(<[u8]>::to_vec)
+            .filter(|c| c.len() <= KeyAnnouncement::MAX_CERTIFICATE);
         let mut sent = 0;
         for p in self.partner_states() {
             if self.policies().policy(&p.node).is_none() {
                 continue;
             }
-            let packet = Packet::key_announcement(&self.inner.me, &p.node, keys.clone(), now, &mut rand_core::OsRng);
+            let packet = Packet::key_announcement(
+                &self.inner.me,
+                &p.node,
+                keys.clone(),
+                certificate.clone(),
+                now,
+                &mut rand_core::OsRng,
+            );
             match self.submit(&packet).await {
                 Ok(_) => sent += 1,
                 Err(e) => warn!(peer = %p.node, error = %e, "could not announce this node's keys"),
@@ -51,8 +89,9 @@ impl Node {
         sent
     }
 
-    /// A partner's announcement, stored: remembered for `peers show`, and taken at once if the
-    /// policy with the partner says so.
+    /// A partner's announcement, stored: remembered for `peers show` (its keys, and the TLS
+    /// certificate it carries, checked: from the CA, naming the partner), and its keys taken at
+    /// once if the policy with the partner says so.
     pub(super) fn take_announcement(&self, peer: NodeId, packet_id: PacketId, a: KeyAnnouncement) {
         let keys = match a.public_keys(&peer) {
             Ok(k) => k,
@@ -61,17 +100,84 @@ impl Node {
                 return;
             }
         };
+        if !self.is_partner(&peer) {
+            return;
+        }
         let seal = self.seal();
         let known = seal.keyring().generations(&peer);
-        if keys.iter().all(|k| known.iter().any(|g| **g == *k)) {
+        // New: a generation not held, or a narrower window for one held (a retirement). A wider
+        // window is not taken (a key once retired stays retired).
+        let narrower = |k: &PublicKeys, g: &PublicKeys| {
+            k.valid_from.is_some_and(|f| g.valid_from.is_none_or(|gf| f > gf))
+                || k.valid_until.is_some_and(|u| g.valid_until.is_none_or(|gu| u < gu))
+        };
+        let keys_known = keys.iter().all(|k| {
+            known
+                .iter()
+                .any(|g| g.signing_kid == k.signing_kid && g.encryption_kid == k.encryption_kid && !narrower(k, g))
+        });
+        let certificate = a.certificate.as_ref().map(|c| {
+            let tls = self.inner.tls.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            tls.vouch_for(&c.0, &peer, Timestamp::now())
+        });
+        let fingerprint = |c: &Option<Result<crate::pki::inspect::CertInfo, String>>| {
+            c.as_ref().and_then(|r| r.as_ref().ok()).map(|i| i.sha256.clone())
+        };
+        let announced_before = lock(&self.inner.announced).get(&peer).and_then(|x| fingerprint(&x.certificate));
+        let new_certificate = match certificate.as_ref() {
+            Some(Ok(c)) => announced_before.as_ref() != Some(&c.sha256),
+            Some(Err(_)) => true,
+            None => false,
+        };
+        if keys_known && !new_certificate {
             return; // nothing new (announced again, or already taken)
         }
+        match &certificate {
+            Some(Ok(c)) if new_certificate => info!(
+                %peer, serial = %c.serial, not_before = %c.not_before, not_after = %c.not_after,
+                "the partner announced its TLS certificate (from the federation CA, naming it)"
+            ),
+            Some(Err(why)) => {
+                warn!(%peer, %packet_id, reason = %why, "the partner announced a TLS certificate that is not acceptable")
+            }
+            _ => {}
+        }
+        // Remembered across restarts: the announcement is in the inbox as evidence; this says
+        // which one is the partner's latest (read at start, `restore_announcements`).
+        let store = self.inner.store.clone();
+        let key = announced_key(&peer);
+        self.spawn(async move {
+            if let Err(e) = store.commit(vec![Op::Put(Tree::Meta, key, packet_id.as_bytes().to_vec())]).await {
+                warn!(%peer, error = %e, "could not record the partner's latest key announcement");
+            }
+        });
         let list: Vec<String> = keys.iter().map(partners::describe_keys).collect();
-        lock(&self.inner.announced).insert(peer, Announced { packet_id, at: now_ms(), keys, accepted: false });
-        let auto = self.policies().policy(&peer).is_some_and(|p| p.keys.accept_announced);
-        if !auto {
-            warn!(%peer, %packet_id, keys = %list.join("; "), "the partner announced new keys; they wait for the administrator: liaison peers accept-keys {peer}");
+        let auto = self.policies().policy(&peer).is_some_and(|p| p.keys.accept_announced) && !keys_known;
+        let already = {
+            let mut map = lock(&self.inner.announced);
+            let already = map.get(&peer).is_some_and(|x| x.accepting);
+            let entry = Announced {
+                packet_id,
+                at: now_ms(),
+                keys,
+                accepted: keys_known,
+                certificate,
+                accepting: already || auto,
+            };
+            map.insert(peer, entry);
+            already
+        };
+        if keys_known {
             return;
+        }
+        if !auto {
+            if let Some(suppressed) = self.partner_log(&peer, "keys") {
+                warn!(%peer, %packet_id, keys = %list.join("; "), suppressed, "the partner announced new keys; they wait for the administrator: liaison peers accept-keys {peer}");
+            }
+            return;
+        }
+        if already {
+            return; // the one under way takes the latest announcement
         }
         let node = self.clone();
         self.spawn(async move {
@@ -82,7 +188,10 @@ impl Node {
         });
     }
 
-    /// Takes `peer`'s announced keys into the keyring (and the partners directory).
+    /// Takes `peer`'s announced keys into the keyring (and the partners directory, each
+    /// generation as the keyring now holds it: a window is only ever narrowed). At most
+    /// [`KeyAnnouncement::MAX_GENERATIONS`] generations of a partner may be in force or to
+    /// come. Refused whole, files put back, if the change is.
     pub async fn accept_keys(&self, peer: &NodeId, by: &str) -> Result<Vec<String>, NodeError> {
         let refuse = |why: String| NodeError::PartnerChange(why);
         let held = self.admin_lock().await;
@@ -96,17 +205,28 @@ impl Node {
         for k in &a.keys {
             target.keyring.add(k.clone()).map_err(|e| refuse(e.to_string()))?;
         }
+        let now = Timestamp::now();
+        let live = target.keyring.generations(peer).iter().filter(|g| g.valid_until.is_none_or(|u| u > now)).count();
+        if live > KeyAnnouncement::MAX_GENERATIONS {
+            return Err(refuse(format!(
+                "{peer} would have {live} generations of keys in force or to come; at most {}",
+                KeyAnnouncement::MAX_GENERATIONS
+            )));
+        }
         self.check_partners(&target)?;
-        let mut written = Vec::new();
+        // The files: what the keyring now holds for each announced generation; what was there
+        // before is put back if the change is refused.
+        let mut before: Vec<(std::path::PathBuf, Option<String>)> = Vec::new();
         if let Some(dir) = &self.inner.partners_dir {
             std::fs::create_dir_all(dir).map_err(|e| refuse(format!("{}: {e}", dir.display())))?;
             for k in &a.keys {
-                let kid = k.signing_kid.as_str();
-                let tail = kid.rsplit('/').next().unwrap_or(kid).get(..12).unwrap_or("key");
-                let path = dir.join(format!("{peer}.{tail}.pub.toml"));
-                crate::files::write_replacing(&path, k.to_toml().as_bytes())
-                    .map_err(|e| refuse(format!("{}: {e}", path.display())))?;
-                written.push(path);
+                let Some((merged, _)) = target.keyring.kid(k.signing_kid.as_bytes()) else { continue };
+                let path = partners::key_file(dir, merged);
+                before.push((path.clone(), std::fs::read_to_string(&path).ok()));
+                if let Err(e) = crate::files::write_replacing(&path, merged.to_toml().as_bytes()) {
+                    put_back(&before);
+                    return Err(refuse(format!("{}: {e}", path.display())));
+                }
             }
         }
         match self.set_partners_locked(&held, target, by).await {
@@ -115,14 +235,36 @@ impl Node {
                     if x.packet_id == a.packet_id {
                         x.accepted = true;
                     }
+                    x.accepting = false;
                 }
                 Ok(changes)
             }
             Err(e) => {
-                for p in written {
-                    let _ = crate::files::remove_durably(&p);
+                put_back(&before);
+                if let Some(x) = lock(&self.inner.announced).get_mut(peer) {
+                    x.accepting = false;
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// At start: each partner's latest announcement of its keys, read again from the stored
+    /// evidence (one its administrator had not accepted before the restart still waits).
+    pub(super) fn restore_announcements(&self) {
+        for p in self.partner_states() {
+            let Ok(Some(id)) = self.inner.store.get(Tree::Meta, &announced_key(&p.node)) else { continue };
+            let Ok(id) = <[u8; 16]>::try_from(id.as_slice()).map(PacketId::from_bytes) else { continue };
+            let Ok(Some(bytes)) = self.inner.store.get(Tree::Evidence, &pair_key(id, &p.node)) else { continue };
+            match crate::seal::verify_signed(self.seal().keyring(), &bytes) {
+                Ok(signed) => {
+                    if let crate::packet::Body::KeyAnnouncement(a) = signed.packet.body {
+                        self.take_announcement(p.node, id, a);
+                    }
+                }
+                Err(e) => {
+                    warn!(peer = %p.node, packet_id = %id, error = %e, "a stored key announcement does not verify")
+                }
             }
         }
     }

@@ -629,8 +629,8 @@ impl RejectionCode {
             _ if c.starts_with("onward.") => RejectionKind::Onward,
             _ if c.starts_with("system.") => RejectionKind::System,
             "too_large" | "malformed" | "trailing_bytes" | "unsupported" | "not_for_me" | "unknown_key"
-            | "decryption_failed" | "signature_invalid" | "invalid_packet" | "cose_unknown_crit"
-            | "header_mismatch" => RejectionKind::Integrity,
+            | "key_not_yet_known" | "decryption_failed" | "signature_invalid" | "invalid_packet"
+            | "cose_unknown_crit" | "header_mismatch" => RejectionKind::Integrity,
             _ if c.starts_with("cbor_") => RejectionKind::Integrity,
             _ => RejectionKind::Unknown,
         }
@@ -723,6 +723,11 @@ impl Forward {
 pub struct KeyAnnouncement {
     /// The generations, oldest first (1 to [`KeyAnnouncement::MAX_GENERATIONS`]).
     pub keys: Vec<AnnouncedKeys>,
+    /// The node's TLS certificate (DER) as of the announcement: partners are told of a renewal
+    /// (`peers show`, their log), checked against their CA (at most
+    /// [`KeyAnnouncement::MAX_CERTIFICATE`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Blob>,
 }
 
 /// One generation of keys in a [`KeyAnnouncement`].
@@ -744,6 +749,8 @@ pub struct AnnouncedKeys {
 impl KeyAnnouncement {
     /// Most generations one announcement lists.
     pub const MAX_GENERATIONS: usize = 8;
+    /// Largest certificate it carries, in bytes.
+    pub const MAX_CERTIFICATE: usize = 4096;
 
     /// The generations as public keys of `node`.
     pub fn public_keys(&self, node: &NodeId) -> Result<Vec<crate::keys::PublicKeys>, String> {
@@ -760,6 +767,9 @@ impl KeyAnnouncement {
     }
 
     pub(crate) fn check(&self, c: &Check, node: &NodeId) -> Result<(), PacketError> {
+        if self.certificate.as_ref().is_some_and(|c| c.0.is_empty() || c.0.len() > Self::MAX_CERTIFICATE) {
+            return Err(c.at("certificate").invalid(format!("1 to {} bytes", Self::MAX_CERTIFICATE)));
+        }
         if self.keys.is_empty() || self.keys.len() > Self::MAX_GENERATIONS {
             return Err(c.at("keys").invalid(format!("1 to {} generations", Self::MAX_GENERATIONS)));
         }

@@ -498,10 +498,11 @@ impl Packet {
         node: &NodeId,
         to: &NodeId,
         keys: Vec<AnnouncedKeys>,
+        certificate: Option<Vec<u8>>,
         now: Timestamp,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Self {
-        let body = Body::KeyAnnouncement(KeyAnnouncement { keys });
+        let body = Body::KeyAnnouncement(KeyAnnouncement { keys, certificate: certificate.map(crate::encoding::Blob) });
         let mut p = Self::system(node, to, PacketId::from_bytes([0; 16]), Priority::Urgent, body, now, rng);
         p.envelope.in_reply_to = None;
         p
