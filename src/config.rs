@@ -360,6 +360,10 @@ pub(crate) fn shape_problems<T: serde::de::DeserializeOwned>(text: &str) -> Vec<
     let mut wrong: Vec<String> = Vec::new();
     for _ in 0..32 {
         let current = lines.join("\n");
+        // A blanked line of a value spread over several lines breaks the syntax: stop there.
+        if toml::from_str::<toml::Table>(&current).is_err() {
+            break;
+        }
         let Err(e) = toml::from_str::<T>(&current) else { break };
         let Some(span) = e.span() else { break };
         if let Some(field) = e.message().strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
@@ -376,7 +380,7 @@ pub(crate) fn shape_problems<T: serde::de::DeserializeOwned>(text: &str) -> Vec<
             lines[at] = format!("{field} ={value}");
             continue;
         }
-        let line = current[..span.start.min(current.len())].matches('\n').count();
+        let line = current.as_bytes()[..span.start.min(current.len())].iter().filter(|b| **b == b'\n').count();
         problems.push(toml_problem(&e, &current));
         match lines.get_mut(line) {
             Some(l) if !l.trim_start().starts_with('[') => {
@@ -433,7 +437,7 @@ fn line_of(text: &str, path: &str) -> Option<usize> {
         }
         at = Some(v.get_ref());
     }
-    Some(text[..start?.min(text.len())].matches('\n').count() + 1)
+    Some(text.as_bytes()[..start?.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1)
 }
 
 /// The configuration's list keys, which the environment sets comma separated

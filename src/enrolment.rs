@@ -151,21 +151,10 @@ impl Files {
             .collect()
     }
 
-    /// What is at these files' paths now (to put back if a write is refused).
-    pub fn before(&self) -> Before {
-        Before(self.paths().into_iter().map(|p| (p.clone(), std::fs::read_to_string(p).ok())).collect())
-    }
-
-    /// Puts back what was at the paths `before` (the partner file first: it is what enrols).
-    pub fn take_back(&self, before: &Before) -> Result<(), EnrolmentError> {
-        for (path, text) in &before.0 {
-            let done = match text {
-                Some(t) => crate::files::write_replacing(path, t.as_bytes()),
-                None => crate::files::remove_durably(path),
-            };
-            done.map_err(|source| EnrolmentError { path: path.clone(), source })?;
-        }
-        Ok(())
+    /// What is at these files' paths now, the partner file first (it is what enrols), to put
+    /// back if a write is refused.
+    pub fn before(&self) -> crate::files::Snapshot {
+        crate::files::Snapshot::of(self.paths().into_iter().map(PathBuf::as_path))
     }
 
     fn aside(path: &Path) -> PathBuf {
@@ -206,10 +195,6 @@ impl Files {
     }
 }
 
-/// What was at an enrolment's paths before it was written ([`Files::before`]).
-#[derive(Debug, Clone)]
-pub struct Before(Vec<(PathBuf, Option<String>)>);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,7 +227,7 @@ mod tests {
         let other = Files::new(&d, &id, addr, "other keys", None, "again");
         let before = other.before();
         other.write().unwrap();
-        other.take_back(&before).unwrap();
+        before.restore().unwrap();
         assert_eq!(std::fs::read_to_string(d.join("FR-OFAST.pub.toml")).unwrap(), "keys");
         assert_eq!(read_dir(&d).unwrap(), vec![]);
     }

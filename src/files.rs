@@ -27,6 +27,35 @@ pub fn remove_durably(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// What was at some paths (`None`: nothing), to put back if what follows is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot(Vec<(std::path::PathBuf, Option<String>)>);
+
+impl Snapshot {
+    /// What is at `paths` now.
+    pub fn of<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Self {
+        Self(paths.into_iter().map(|p| (p.to_owned(), fs::read_to_string(p).ok())).collect())
+    }
+
+    /// Adds what is at `path` now.
+    pub fn add(&mut self, path: &Path) {
+        self.0.push((path.to_owned(), fs::read_to_string(path).ok()));
+    }
+
+    /// Puts it back, in order: each file rewritten whole, or removed if there was none. Stops
+    /// at the first failure, naming the file.
+    pub fn restore(&self) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+        for (path, text) in &self.0 {
+            let done = match text {
+                Some(t) => write_replacing(path, t.as_bytes()),
+                None => remove_durably(path),
+            };
+            done.map_err(|e| (path.clone(), e))?;
+        }
+        Ok(())
+    }
+}
+
 /// Syncs the directory `path` is in (after a rename or removal there).
 pub fn sync_dir_of(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {

@@ -584,14 +584,28 @@ impl Keyring {
     /// Of a node's generations not retired (no `valid_until`), at most one may be without
     /// `valid_from`: two such would be two keys in force at once, undated (a stray old file).
     pub fn add(&mut self, keys: PublicKeys) -> Result<(), KeyError> {
-        let node = keys.node;
-        let before = self.by_node.get(&node).cloned();
-        self.merge(keys)?;
+        self.add_all(vec![keys])
+    }
+
+    /// [`Keyring::add`] for several generations at once (the files of a directory, an
+    /// announcement): the rule on undated keys is checked once all are merged, so the order
+    /// they come in does not matter. Refused whole.
+    pub fn add_all(&mut self, keys: Vec<PublicKeys>) -> Result<(), KeyError> {
+        let before = self.clone();
+        let nodes: std::collections::BTreeSet<NodeId> = keys.iter().map(|k| k.node).collect();
+        let merged = keys.into_iter().try_for_each(|k| self.merge(k));
+        let checked = merged.and_then(|()| nodes.iter().try_for_each(|n| self.check_undated(n)));
+        if checked.is_err() {
+            *self = before;
+        }
+        checked
+    }
+
+    fn check_undated(&self, node: &NodeId) -> Result<(), KeyError> {
         let open = |g: &&Arc<PublicKeys>| g.valid_from.is_none() && g.valid_until.is_none();
         let undated: Vec<String> =
-            self.generations(&node).iter().filter(open).map(|g| g.signing_kid.to_string()).collect();
+            self.generations(node).iter().filter(open).map(|g| g.signing_kid.to_string()).collect();
         if undated.len() > 1 {
-            self.put_back(node, before);
             return Err(KeyError::Conflict(format!(
                 "{node} has {} keys in force with no valid_from ({}): date the newer one (valid_from) or retire the older (valid_until), or remove its file",
                 undated.len(),
@@ -607,10 +621,12 @@ impl Keyring {
     pub fn replace(&mut self, keys: PublicKeys, now: Timestamp) -> Result<(), KeyError> {
         let node = keys.node;
         let before = self.by_node.get(&node).cloned();
+        // The others are retired now; one that never came into force is dropped (retiring it
+        // would open its window backwards).
         let others: Vec<PublicKeys> = self
             .generations(&node)
             .iter()
-            .filter(|g| g.signing_kid != keys.signing_kid)
+            .filter(|g| g.signing_kid != keys.signing_kid && g.valid_from.is_none_or(|f| f < now))
             .map(|g| {
                 let until = g.valid_until.map_or(now, |u| u.min(now));
                 (**g).clone().with_window(g.valid_from.filter(|f| *f < until), Some(until))
@@ -682,7 +698,7 @@ impl Keyring {
 
     /// Loads every `*.pub.toml` in each path (a file, or a directory of them).
     pub fn load(paths: &[PathBuf]) -> Result<Self, KeyError> {
-        let mut ring = Self::new();
+        let mut all = Vec::new();
         for path in paths {
             if path.is_dir() {
                 let io = |source| KeyError::Io { path: path.clone(), source };
@@ -693,12 +709,14 @@ impl Keyring {
                     .collect();
                 files.sort();
                 for f in files {
-                    ring.add(PublicKeys::load(&f)?)?;
+                    all.push(PublicKeys::load(&f)?);
                 }
             } else {
-                ring.add(PublicKeys::load(path)?)?;
+                all.push(PublicKeys::load(path)?);
             }
         }
+        let mut ring = Self::new();
+        ring.add_all(all)?;
         Ok(ring)
     }
 

@@ -125,10 +125,6 @@ pub struct Unwrapped {
     pub consent: Option<SignedPacket>,
 }
 
-/// The checks of one hop: `forward` (already opened and verified as `forwarder`'s packet)
-/// carries an original that verifies and is alive now (not expired, not dated ahead of the
-/// clock), its signer's key within its window when it was made, with a consent given to
-/// `forwarder` that covers `me` now if the original needs one
 /// Whether the key that signed `signed` was within its window when the packet says it was made
 /// (an originator's key retired, perhaps stolen, cannot date new packets after its retirement).
 fn signed_in_window(keyring: &Keyring, signed: &crate::seal::SignedPacket) -> Result<(), String> {
@@ -140,7 +136,11 @@ fn signed_in_window(keyring: &Keyring, signed: &crate::seal::SignedPacket) -> Re
     }
 }
 
-/// (H2), and the forward's markings are the original's.
+/// The checks of one hop: `forward` (already opened and verified as `forwarder`'s packet)
+/// carries an original that verifies and is alive now (not expired, not dated ahead of the
+/// clock), its signer's key within its window when it was made, with a consent given to
+/// `forwarder` that covers `me` now if the original needs one (H2), and the forward's markings
+/// are the original's.
 pub fn unwrap(
     keyring: &Keyring,
     forward: &Packet,

@@ -334,9 +334,9 @@ pub struct Opened {
 pub struct SealContext {
     /// Oldest first; the newest that has started signs and encrypts ([`SealContext::current`]).
     own: Arc<Vec<NodeKeys>>,
-    keyring: Keyring,
+    keyring: Arc<Keyring>,
     /// X25519(my secret, peer public) by (my encryption kid, the peer's encryption kid).
-    pairwise: HashMap<KidPair, Zeroizing<[u8; 32]>>,
+    pairwise: Arc<HashMap<KidPair, Zeroizing<[u8; 32]>>>,
     /// A generation to sign and seal with instead of the newest started one
     /// ([`SealContext::for_announcement`]).
     pin: Option<usize>,
@@ -393,13 +393,13 @@ impl SealContext {
                 pairwise.insert(pair, Zeroizing::new(shared.to_bytes()));
             }
         }
-        Ok(Self { own, keyring, pairwise, pin: None })
+        Ok(Self { own, keyring: Arc::new(keyring), pairwise: Arc::new(pairwise), pin: None })
     }
 
     /// The same context signing and sealing with this node's oldest generation still in its
-    /// window: what a key announcement is signed with, so that every partner holds the key
-    /// that signed it (one that has not taken the newer keys yet, too).
-    pub fn for_announcement(&self) -> Self {
+    /// window: what key announcements and receipts are signed with, so that every partner
+    /// holds the key (one that has not taken the newer keys yet, too). Cheap: shares the rest.
+    pub fn with_oldest_key(&self) -> Self {
         let now = Timestamp::now();
         let pin = self.own.iter().position(|k| k.public().valid_until.is_none_or(|u| u > now));
         Self { own: self.own.clone(), keyring: self.keyring.clone(), pairwise: self.pairwise.clone(), pin }
@@ -650,7 +650,12 @@ impl SealContext {
     /// A kid not in the keyring: one in the namespace of a sender this node holds keys of is a
     /// key not known here yet (it rotated; not taken here yet), anything else is unknown.
     fn not_yet_or_unknown(&self, sender: &NodeId, kid: String) -> OpenError {
-        if kid.starts_with(&format!("{sender}/")) && !self.keyring.generations(sender).is_empty() {
+        // The form of a kid of this sender: NODE/sig/<32 hex> or NODE/enc/<32 hex>.
+        let of_sender =
+            kid.strip_prefix(&format!("{sender}/")).and_then(|r| r.split_once('/')).is_some_and(|(use_, h)| {
+                matches!(use_, "sig" | "enc") && h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())
+            });
+        if of_sender && !self.keyring.generations(sender).is_empty() {
             OpenError::KeyNotYetKnown { kid, reason: "not in the keyring (rotated, not taken here yet?)".into() }
         } else {
             OpenError::UnknownKey { kid, reason: NOT_IN_KEYRING.into() }

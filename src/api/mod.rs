@@ -349,9 +349,7 @@ async fn peers(State(api): State<Api>) -> impl IntoResponse {
 }
 
 async fn peer(State(api): State<Api>, Path(node): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let node: NodeId = node
-        .parse()
-        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    let node = node_param(&node)?;
     match api.node.peers().into_iter().find(|p| p.node == node) {
         Some(p) => Ok(Json(p)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("{node} is not a partner of this node"), None)),
@@ -384,9 +382,7 @@ async fn accept_keys(
     Path(node): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     client.admin()?;
-    let node: NodeId = node
-        .parse()
-        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    let node = node_param(&node)?;
     let changes = api.node.accept_keys(&node, &client.0).await?;
     let peer = api.node.peers().into_iter().find(|p| p.node == node);
     Ok(Json(types::PeerChange { node, changes, peer }))
@@ -399,12 +395,15 @@ async fn unenrol(
     Path(node): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     client.admin()?;
-    let node: NodeId = node
-        .parse()
-        .map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))?;
+    let node = node_param(&node)?;
     let changes = api.node.unenrol(&node, &client.0).await?;
     info!(client = %client.0, %node, "partner removed through the API");
     Ok(Json(types::PeerChange { node, changes, peer: None }))
+}
+
+/// A node id from the path, or 400 naming it.
+fn node_param(s: &str) -> Result<NodeId, ApiError> {
+    s.parse().map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("node".into())))
 }
 
 fn parse_id(s: &str) -> Result<PacketId, ApiError> {

@@ -60,6 +60,19 @@ pub(super) enum PeersCommand {
     },
 }
 
+/// What a change of partners or keys did, one line each (or the API's JSON).
+fn print_change(done: &crate::api::types::PeerChange, json: bool) {
+    if json {
+        print_json(done);
+    } else if done.changes.is_empty() {
+        println!("nothing changed");
+    } else {
+        for c in &done.changes {
+            println!("{c}");
+        }
+    }
+}
+
 fn ago(t: Option<crate::timestamp::Timestamp>) -> String {
     t.map_or_else(|| "never".to_owned(), |t| t.to_string())
 }
@@ -76,36 +89,13 @@ pub(super) fn run(cmd: PeersCommand) -> Result<(), CliError> {
                 public_keys: read(&keys)?,
                 policy: policy.as_deref().map(read).transpose()?,
             };
-            let done = called(client(&api)?.enrol(&req))?;
-            if api.json {
-                print_json(&done);
-            } else {
-                for c in &done.changes {
-                    println!("{c}");
-                }
-            }
+            print_change(&called(client(&api)?.enrol(&req))?, api.json);
         }
         PeersCommand::AcceptKeys { api, node } => {
-            let done = called(client(&api)?.accept_keys(&node))?;
-            if api.json {
-                print_json(&done);
-            } else if done.changes.is_empty() {
-                println!("nothing changed: the announced keys were in the keyring already");
-            } else {
-                for c in &done.changes {
-                    println!("{c}");
-                }
-            }
+            print_change(&called(client(&api)?.accept_keys(&node))?, api.json);
         }
         PeersCommand::Remove { api, node } => {
-            let done = called(client(&api)?.unenrol(&node))?;
-            if api.json {
-                print_json(&done);
-            } else {
-                for c in &done.changes {
-                    println!("{c}");
-                }
-            }
+            print_change(&called(client(&api)?.unenrol(&node))?, api.json);
         }
         PeersCommand::List { api } => {
             let peers = called(client(&api)?.peers())?;

@@ -156,7 +156,7 @@ impl Receiver<'_> {
             });
             let mut opened = match opened {
                 Ok(o) => o,
-                Err(e @ OpenError::KeyNotYetKnown { .. }) => {
+                Err(e @ OpenError::KeyNotYetKnown { .. }) if peek_route(bytes).is_ok_and(|r| r.sender == *peer) => {
                     // Keys the partner rotated to, not taken here yet: no receipt, so it sends
                     // the copy again until they are (a rejection would be final).
                     notice(
@@ -337,7 +337,9 @@ impl Receiver<'_> {
             items: audited,
             policy: self.policies.policy(peer).map(|p| p.hash),
         }));
-        let sealed = self.seal.seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
+        // Signed with the oldest key in force: a partner that has not taken this node's newer
+        // keys yet can still complete its copies.
+        let sealed = self.seal.with_oldest_key().seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
         let bulk = new.values().any(|(_, rec)| rec.priority != Priority::Flash);
         Ok(Some(Batch {

@@ -281,9 +281,12 @@ impl Node {
         nodes
             .into_iter()
             .filter_map(|n| {
-                let gens = ring.generations(&n);
-                let last = gens.last()?;
-                Some((n, last.signing_kid.to_string(), last.valid_until?))
+                let now = crate::timestamp::Timestamp::now();
+                let current = ring.node_at(&n, now)?;
+                let until = current.valid_until?;
+                // A generation to come (dated after it) follows it: a planned retirement.
+                let next = ring.generations(&n).iter().any(|g| g.valid_from.is_some_and(|f| f > now));
+                (!next && until > now.plus_secs(-86_400 * 365)).then(|| (n, current.signing_kid.to_string(), until))
             })
             .collect()
     }

@@ -281,7 +281,7 @@ impl Node {
             }
         }
         for (id, a) in batch.announced {
-            self.take_announcement(*peer, id, a);
+            self.take_announcement(*peer, id, a, None);
         }
         info!(from = %peer, copies = batch.copies, stored = batch.stored.len(), receipt = %batch.receipt_id, "batch stored and receipted");
         Ok(Some((batch.receipt, batch.lane)))

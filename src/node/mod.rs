@@ -389,13 +389,15 @@ impl Node {
             }
             cancel.cancel();
         });
+        // Before connections are taken: a live announcement is never overwritten by an older
+        // one read back.
+        node.restore_announcements();
         node.spawn(node.clone().load_outbox().instrument(info_span!("load", node = %me)));
         node.spawn(node.clone().maintenance_loop().instrument(info_span!("maintenance", node = %me)));
         node.spawn(node.clone().reclaim_loop().instrument(info_span!("reclaim", node = %me)));
         node.spawn(node.clone().compact_loop().instrument(info_span!("compact", node = %me)));
         node.spawn(node.clone().expiry_loop().instrument(info_span!("expiry", node = %me)));
         node.spawn(node.clone().accept_loop().instrument(info_span!("accept", node = %me)));
-        node.restore_announcements();
         // A rotation under way (a generation to come, or one being retired): the partners are
         // told again (an announcement they already took changes nothing there).
         let now = crate::timestamp::Timestamp::now();

@@ -69,7 +69,7 @@ impl Node {
         let seal = self.seal();
         // A key announcement is signed with the oldest key in force, which every partner holds.
         let seal = match packet.body {
-            crate::packet::Body::KeyAnnouncement(_) => Arc::new(seal.for_announcement()),
+            crate::packet::Body::KeyAnnouncement(_) => Arc::new(seal.with_oldest_key()),
             _ => seal,
         };
         crate::delivery::submit::seal(&seal, packet, copies, denied, now, &mut rand_core::OsRng)

@@ -409,8 +409,12 @@ impl Node {
         // Its keys replace any it had before (an earlier enrolment): those are retired now, and
         // kept, to verify what it sent then.
         let mut retired = Vec::new();
+        let mut own_kid_file = None;
         if let Some(k) = keys {
             let kid = k.signing_kid.clone();
+            // A file of these keys kept from an earlier round (retired then) would retire them
+            // again at the next start: NODE.pub.toml holds them now.
+            own_kid_file = Some(key_file(&dir, &k));
             match target.keyring.replace(k, Timestamp::now()) {
                 Ok(()) => {
                     retired = target
@@ -435,23 +439,32 @@ impl Node {
         let files = crate::enrolment::Files::new(&dir, &e.node, e.addr, &e.public_keys, e.policy.as_deref(), &note);
         // Checked before anything is written; what was there before is put back on a failure.
         self.check_partners(&target)?;
-        let before = files.before();
+        let mut before = files.before();
+        for g in &retired {
+            before.add(&key_file(&dir, g));
+        }
+        if let Some(f) = &own_kid_file {
+            before.add(f);
+        }
         let written = files.clone();
         let keep = dir.clone();
         let kept = self
             .slow(move |_| {
                 retired
                     .iter()
-                    .try_for_each(|g| crate::files::write_replacing(&key_file(&keep, g), g.to_toml().as_bytes()))
+                    .try_for_each(|g| crate::files::write_replacing(&key_file(&keep, g), g.to_toml().as_bytes()))?;
+                own_kid_file.map_or(Ok(()), |f| crate::files::remove_durably(&f))
             })
             .await?;
-        kept.map_err(|x| refuse(format!("keeping its earlier keys: {x}")))?;
         let undo = |err: NodeError| {
-            if let Err(x) = files.take_back(&before) {
-                tracing::error!(error = %x, "could not take back the files of a refused enrolment; check the partners directory");
+            if let Err((path, x)) = before.restore() {
+                tracing::error!(path = %path.display(), error = %x, "could not take back the files of a refused enrolment; check the partners directory");
             }
             err
         };
+        if let Err(x) = kept {
+            return Err(undo(refuse(format!("keeping its earlier keys: {x}"))));
+        }
         match self.slow(move |_| written.write()).await {
             Ok(Ok(())) => {}
             Ok(Err(x)) => return Err(undo(refuse(x.to_string()))),

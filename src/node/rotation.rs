@@ -26,23 +26,22 @@ pub struct Announced {
     pub certificate: Option<Result<crate::pki::inspect::CertInfo, String>>,
     /// Whether taking it (by the policy) is under way: one at a time per partner.
     pub accepting: bool,
+    /// SHA-256 of the certificate it carried (an unacceptable one too).
+    pub certificate_der: Option<Digest>,
 }
+
+/// Most generations of a partner's keys held, retired ones included.
+const MAX_HELD_GENERATIONS: usize = 32;
 
 /// The meta key naming `peer`'s latest key announcement.
 fn announced_key(peer: &NodeId) -> Vec<u8> {
     format!("announced/{peer}").into_bytes()
 }
 
-/// Puts back what was at each path (`None`: nothing).
-fn put_back(before: &[(std::path::PathBuf, Option<String>)]) {
-    for (path, text) in before {
-        let done = match text {
-            Some(t) => crate::files::write_replacing(path, t.as_bytes()),
-            None => crate::files::remove_durably(path),
-        };
-        if let Err(e) = done {
-            tracing::error!(path = %path.display(), error = %e, "could not put back a key file; check the partners directory");
-        }
+/// Puts back the key files of a refused acceptance.
+fn put_back(before: &crate::files::Snapshot) {
+    if let Err((path, e)) = before.restore() {
+        tracing::error!(path = %path.display(), error = %e, "could not put back a key file; check the partners directory");
     }
 }
 
@@ -92,7 +91,14 @@ impl Node {
     /// A partner's announcement, stored: remembered for `peers show` (its keys, and the TLS
     /// certificate it carries, checked: from the CA, naming the partner), and its keys taken at
     /// once if the policy with the partner says so.
-    pub(super) fn take_announcement(&self, peer: NodeId, packet_id: PacketId, a: KeyAnnouncement) {
+    /// `restoring`: read again at start, stored at that time (no new record).
+    pub(super) fn take_announcement(
+        &self,
+        peer: NodeId,
+        packet_id: PacketId,
+        a: KeyAnnouncement,
+        restoring: Option<Millis>,
+    ) {
         let keys = match a.public_keys(&peer) {
             Ok(k) => k,
             Err(e) => {
@@ -105,6 +111,13 @@ impl Node {
         }
         let seal = self.seal();
         let known = seal.keyring().generations(&peer);
+        // A generation already retired and not held here is of no use on live traffic: left out
+        // (a partner cannot grow the keyring with dead keys).
+        let now = Timestamp::now();
+        let keys: Vec<PublicKeys> = keys
+            .into_iter()
+            .filter(|k| k.valid_until.is_none_or(|u| u > now) || known.iter().any(|g| g.signing_kid == k.signing_kid))
+            .collect();
         // New: a generation not held, or a narrower window for one held (a retirement). A wider
         // window is not taken (a key once retired stays retired).
         let narrower = |k: &PublicKeys, g: &PublicKeys| {
@@ -123,34 +136,46 @@ impl Node {
         let fingerprint = |c: &Option<Result<crate::pki::inspect::CertInfo, String>>| {
             c.as_ref().and_then(|r| r.as_ref().ok()).map(|i| i.sha256.clone())
         };
-        let announced_before = lock(&self.inner.announced).get(&peer).and_then(|x| fingerprint(&x.certificate));
+        let announced_before =
+            lock(&self.inner.announced).get(&peer).map(|x| (fingerprint(&x.certificate), x.certificate_der));
+        let der = a.certificate.as_ref().map(|c| Digest::of(&c.0));
         let new_certificate = match certificate.as_ref() {
-            Some(Ok(c)) => announced_before.as_ref() != Some(&c.sha256),
-            Some(Err(_)) => true,
+            Some(Ok(c)) => announced_before.as_ref().and_then(|(f, _)| f.as_ref()) != Some(&c.sha256),
+            // The same unacceptable certificate again is nothing new.
+            Some(Err(_)) => announced_before.as_ref().map(|(_, d)| *d) != Some(der),
             None => false,
         };
         if keys_known && !new_certificate {
             return; // nothing new (announced again, or already taken)
         }
-        match &certificate {
-            Some(Ok(c)) if new_certificate => info!(
-                %peer, serial = %c.serial, not_before = %c.not_before, not_after = %c.not_after,
-                "the partner announced its TLS certificate (from the federation CA, naming it)"
-            ),
-            Some(Err(why)) => {
-                warn!(%peer, %packet_id, reason = %why, "the partner announced a TLS certificate that is not acceptable")
+        if let Some(suppressed) = self.partner_log(&peer, "announcements") {
+            match &certificate {
+                Some(Ok(c)) if new_certificate => info!(
+                    %peer, serial = %c.serial, not_before = %c.not_before, not_after = %c.not_after, suppressed,
+                    "the partner announced its TLS certificate (from the federation CA, naming it)"
+                ),
+                Some(Err(why)) => warn!(
+                    %peer, %packet_id, reason = %why, suppressed,
+                    "the partner announced a TLS certificate that is not acceptable"
+                ),
+                _ => {}
             }
-            _ => {}
         }
         // Remembered across restarts: the announcement is in the inbox as evidence; this says
-        // which one is the partner's latest (read at start, `restore_announcements`).
-        let store = self.inner.store.clone();
-        let key = announced_key(&peer);
-        self.spawn(async move {
-            if let Err(e) = store.commit(vec![Op::Put(Tree::Meta, key, packet_id.as_bytes().to_vec())]).await {
-                warn!(%peer, error = %e, "could not record the partner's latest key announcement");
-            }
-        });
+        // which one is the partner's latest (read at start, `restore_announcements`). Enqueued
+        // here, so records land in the order the announcements came.
+        if restoring.is_none() {
+            let pending = self.inner.store.enqueue(vec![Op::Put(
+                Tree::Meta,
+                announced_key(&peer),
+                packet_id.as_bytes().to_vec(),
+            )]);
+            self.spawn(async move {
+                if let Err(e) = pending.durable().await {
+                    warn!(%peer, error = %e, "could not record the partner's latest key announcement");
+                }
+            });
+        }
         let list: Vec<String> = keys.iter().map(partners::describe_keys).collect();
         let auto = self.policies().policy(&peer).is_some_and(|p| p.keys.accept_announced) && !keys_known;
         let already = {
@@ -158,10 +183,11 @@ impl Node {
             let already = map.get(&peer).is_some_and(|x| x.accepting);
             let entry = Announced {
                 packet_id,
-                at: now_ms(),
+                at: restoring.unwrap_or_else(now_ms),
                 keys,
                 accepted: keys_known,
                 certificate,
+                certificate_der: der,
                 accepting: already || auto,
             };
             map.insert(peer, entry);
@@ -171,7 +197,7 @@ impl Node {
             return;
         }
         if !auto {
-            if let Some(suppressed) = self.partner_log(&peer, "keys") {
+            if let Some(suppressed) = self.partner_log(&peer, "announcements") {
                 warn!(%peer, %packet_id, keys = %list.join("; "), suppressed, "the partner announced new keys; they wait for the administrator: liaison peers accept-keys {peer}");
             }
             return;
@@ -181,9 +207,34 @@ impl Node {
         }
         let node = self.clone();
         self.spawn(async move {
-            let by = format!("announcement {packet_id} (policy: accept_announced)");
-            if let Err(e) = node.accept_keys(&peer, &by).await {
-                warn!(%peer, error = %e, "could not take the partner's announced keys");
+            // Until the latest announcement is taken (one that came while this ran, too), or
+            // taking it fails; the flag is cleared on every way out.
+            loop {
+                let latest = node.announcement(&peer).map(|x| x.packet_id);
+                let by = format!(
+                    "announcement {} (policy: accept_announced)",
+                    latest.map(|i| i.to_string()).unwrap_or_default()
+                );
+                let result = node.accept_keys(&peer, &by).await;
+                let again = {
+                    let mut map = lock(&node.inner.announced);
+                    match map.get_mut(&peer) {
+                        Some(x) if result.is_ok() && Some(x.packet_id) != latest && !x.accepted => true,
+                        Some(x) => {
+                            x.accepting = false;
+                            false
+                        }
+                        None => false,
+                    }
+                };
+                if let Err(e) = result {
+                    if let Some(suppressed) = node.partner_log(&peer, "announcements") {
+                        warn!(%peer, error = %e, suppressed, "could not take the partner's announced keys");
+                    }
+                }
+                if !again {
+                    return;
+                }
             }
         });
     }
@@ -202,27 +253,27 @@ impl Node {
             return Err(refuse(format!("{peer} has announced no keys since this node started")));
         };
         let mut target = self.partner_set();
-        for k in &a.keys {
-            target.keyring.add(k.clone()).map_err(|e| refuse(e.to_string()))?;
-        }
+        target.keyring.add_all(a.keys.clone()).map_err(|e| refuse(e.to_string()))?;
         let now = Timestamp::now();
-        let live = target.keyring.generations(peer).iter().filter(|g| g.valid_until.is_none_or(|u| u > now)).count();
-        if live > KeyAnnouncement::MAX_GENERATIONS {
+        let gens = target.keyring.generations(peer);
+        let live = gens.iter().filter(|g| g.valid_until.is_none_or(|u| u > now)).count();
+        if live > KeyAnnouncement::MAX_GENERATIONS || gens.len() > MAX_HELD_GENERATIONS {
             return Err(refuse(format!(
-                "{peer} would have {live} generations of keys in force or to come; at most {}",
+                "{peer} would have {live} generations of keys in force or to come ({} in all); at most {} ({MAX_HELD_GENERATIONS})",
+                gens.len(),
                 KeyAnnouncement::MAX_GENERATIONS
             )));
         }
         self.check_partners(&target)?;
         // The files: what the keyring now holds for each announced generation; what was there
         // before is put back if the change is refused.
-        let mut before: Vec<(std::path::PathBuf, Option<String>)> = Vec::new();
+        let mut before = crate::files::Snapshot::default();
         if let Some(dir) = &self.inner.partners_dir {
             std::fs::create_dir_all(dir).map_err(|e| refuse(format!("{}: {e}", dir.display())))?;
             for k in &a.keys {
                 let Some((merged, _)) = target.keyring.kid(k.signing_kid.as_bytes()) else { continue };
                 let path = partners::key_file(dir, merged);
-                before.push((path.clone(), std::fs::read_to_string(&path).ok()));
+                before.add(&path);
                 if let Err(e) = crate::files::write_replacing(&path, merged.to_toml().as_bytes()) {
                     put_back(&before);
                     return Err(refuse(format!("{}: {e}", path.display())));
@@ -235,15 +286,11 @@ impl Node {
                     if x.packet_id == a.packet_id {
                         x.accepted = true;
                     }
-                    x.accepting = false;
                 }
                 Ok(changes)
             }
             Err(e) => {
                 put_back(&before);
-                if let Some(x) = lock(&self.inner.announced).get_mut(peer) {
-                    x.accepting = false;
-                }
                 Err(e)
             }
         }
@@ -259,7 +306,8 @@ impl Node {
             match crate::seal::verify_signed(self.seal().keyring(), &bytes) {
                 Ok(signed) => {
                     if let crate::packet::Body::KeyAnnouncement(a) = signed.packet.body {
-                        self.take_announcement(p.node, id, a);
+                        let at = id.unix_millis().unwrap_or_else(now_ms);
+                        self.take_announcement(p.node, id, a, Some(at));
                     }
                 }
                 Err(e) => {
