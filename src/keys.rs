@@ -754,6 +754,17 @@ impl Keyring {
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
         self.by_node.keys()
     }
+
+    /// The node whose key `kid` would be, if it has the form of a kid (`NODE/sig/<32 hex>`,
+    /// `NODE/enc/<32 hex>`), is not held here, and names a node this keyring holds other keys
+    /// of: a key it rotated to that is not taken here yet.
+    pub fn awaited(&self, kid: &str) -> Option<NodeId> {
+        let (node, rest) = kid.split_once('/')?;
+        let (usage, h) = rest.split_once('/')?;
+        let formed = matches!(usage, "sig" | "enc") && h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        let node: NodeId = node.parse().ok()?;
+        (formed && !self.by_kid.contains_key(kid.as_bytes()) && !self.generations(&node).is_empty()).then_some(node)
+    }
 }
 
 #[cfg(test)]
@@ -823,6 +834,14 @@ mod tests {
         assert_eq!(first.valid_until, Some(t("2030-02-01T00:00:00Z")));
         assert!(first.in_window(t("2030-01-15T00:00:00Z")).is_ok());
         assert!(first.in_window(t("2030-03-01T00:00:00Z")).unwrap_err().contains("retired"));
+        // A kid of IT-DCSA's form not held here: awaited (a key it rotated to); one held, one of
+        // a node without keys here, or not of the form: not.
+        let unknown_kid = format!("IT-DCSA/sig/{}", "ab".repeat(16));
+        assert_eq!(ring.awaited(&unknown_kid), Some(it));
+        assert_eq!(ring.awaited(a.public().signing_kid.as_str()), None);
+        assert_eq!(ring.awaited(&format!("DE-BKA/sig/{}", "ab".repeat(16))), None);
+        assert_eq!(ring.awaited("IT-DCSA/sig/short"), None);
+        assert_eq!(ring.awaited(&format!("IT-DCSA/key/{}", "ab".repeat(16))), None);
         // One generation's signing key with another's encryption key: refused.
         let mixed =
             PublicKeys::from_raw(it, *a.public().signing.as_bytes(), *a2.public().encryption.as_bytes()).unwrap();

@@ -41,6 +41,10 @@ pub enum OnwardError {
     /// The carried consent does not cover this hop.
     #[error("the consent does not cover this: {0}")]
     ConsentInvalid(String),
+    /// The original or the consent is signed with a key of its originator that this node does
+    /// not hold yet (rotated, not taken here yet): the forward is not receipted, and comes again.
+    #[error("signed with {0}, a key of its originator not taken here yet")]
+    KeyNotYetKnown(String),
     /// The forward's envelope claims other markings than the original carries.
     #[error("the forward's markings differ from the original's ({0})")]
     MarkingsDiffer(&'static str),
@@ -57,6 +61,7 @@ impl OnwardError {
             Self::ConsentRequired(_) => "onward.consent_required",
             Self::ConsentInvalid(_) => "onward.consent_invalid",
             Self::MarkingsDiffer(_) => "onward.markings_differ",
+            Self::KeyNotYetKnown(_) => "onward.key_not_yet_known",
         }
     }
 }
@@ -151,7 +156,13 @@ pub fn unwrap(
     let Body::Forward(Forward { original, consent }) = &forward.body else {
         return Err(OnwardError::OriginalInvalid(format!("a {} is not a forward", forward.packet_type())));
     };
-    let original = verify_signed(keyring, &original.0).map_err(|e| OnwardError::OriginalInvalid(e.to_string()))?;
+    let awaited = |e: crate::seal::OpenError, other: fn(String) -> OnwardError| match e {
+        crate::seal::OpenError::UnknownKey { kid, .. } if keyring.awaited(&kid).is_some() => {
+            OnwardError::KeyNotYetKnown(kid)
+        }
+        e => other(e.to_string()),
+    };
+    let original = verify_signed(keyring, &original.0).map_err(|e| awaited(e, OnwardError::OriginalInvalid))?;
     signed_in_window(keyring, &original).map_err(OnwardError::OriginalInvalid)?;
     crate::seal::check_times(&original.packet, now).map_err(|e| match e {
         crate::seal::OpenError::CreatedInFuture { .. } => OnwardError::OriginalCreatedInFuture(e.to_string()),
@@ -177,7 +188,7 @@ pub fn unwrap(
     let consent = match consent {
         None => None,
         Some(bytes) => {
-            let c = verify_signed(keyring, &bytes.0).map_err(|e| OnwardError::ConsentInvalid(e.to_string()))?;
+            let c = verify_signed(keyring, &bytes.0).map_err(|e| awaited(e, OnwardError::ConsentInvalid))?;
             signed_in_window(keyring, &c).map_err(OnwardError::ConsentInvalid)?;
             consent_for(&c, p, forwarder, me, now).map_err(OnwardError::ConsentInvalid)?;
             Some(c)

@@ -650,12 +650,7 @@ impl SealContext {
     /// A kid not in the keyring: one in the namespace of a sender this node holds keys of is a
     /// key not known here yet (it rotated; not taken here yet), anything else is unknown.
     fn not_yet_or_unknown(&self, sender: &NodeId, kid: String) -> OpenError {
-        // The form of a kid of this sender: NODE/sig/<32 hex> or NODE/enc/<32 hex>.
-        let of_sender =
-            kid.strip_prefix(&format!("{sender}/")).and_then(|r| r.split_once('/')).is_some_and(|(use_, h)| {
-                matches!(use_, "sig" | "enc") && h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit())
-            });
-        if of_sender && !self.keyring.generations(sender).is_empty() {
+        if self.keyring.awaited(&kid).as_ref() == Some(sender) {
             OpenError::KeyNotYetKnown { kid, reason: "not in the keyring (rotated, not taken here yet?)".into() }
         } else {
             OpenError::UnknownKey { kid, reason: NOT_IN_KEYRING.into() }

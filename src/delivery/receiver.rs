@@ -97,10 +97,19 @@ pub struct Batch {
     /// Key announcements stored (the partner's next keys): the driver takes them, or shows
     /// them for its administrator to, as the policy says, once on disk.
     pub announced: Vec<(PacketId, crate::packet::KeyAnnouncement)>,
-    /// For the log.
-    pub notices: Vec<Notice>,
     /// Receipt items.
     pub copies: usize,
+}
+
+/// What a batch of frames came to: the batch to commit and receipt, if any copy could be
+/// receipted, and what to log either way (a batch whose copies all wait for keys not taken yet
+/// has notices and no batch).
+#[derive(Debug)]
+pub struct Received {
+    /// The batch, if any copy is receipted.
+    pub batch: Option<Batch>,
+    /// For the log.
+    pub notices: Vec<Notice>,
 }
 
 /// Where the receiver stands: who it is, what it checks with.
@@ -114,15 +123,15 @@ pub struct Receiver<'a> {
 }
 
 impl Receiver<'_> {
-    /// Receives one batch of `frames` from `peer` at `received_ms`. `None` if no copy could
-    /// even be attributed to a packet (nothing to receipt).
+    /// Receives one batch of `frames` from `peer` at `received_ms`. No batch if no copy can be
+    /// receipted (none could be attributed to a packet, or all wait for keys not taken yet).
     pub fn receive<B: AsRef<[u8]>>(
         &self,
         peer: &NodeId,
         frames: &[B],
         received_ms: Millis,
         rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
-    ) -> Result<Option<Batch>, SealError> {
+    ) -> Result<Received, SealError> {
         let me = self.seal.node();
         let now = timestamp_of(received_ms);
         let mut items = Vec::with_capacity(frames.len());
@@ -246,6 +255,11 @@ impl Receiver<'_> {
                     self.policies.decide(peer, Direction::Receive, &mut original, received_ms)
                 }
                 Ok(None) => self.policies.decide(peer, Direction::Receive, &mut opened.signed.packet, received_ms),
+                Err((code, reason)) if code == "onward.key_not_yet_known" => {
+                    // As for a direct copy: not receipted, sent again until the key is taken.
+                    notice("keys", Some(id), Some(code), format!("forward not receipted yet: {reason}"));
+                    continue;
+                }
                 Err((code, reason)) => {
                     notice("forwards", Some(id), Some(code.clone()), "forward refused; not stored".into());
                     let policy = self.policies.policy(peer).map(|p| p.hash);
@@ -321,7 +335,7 @@ impl Receiver<'_> {
             new.insert(id, (digest, rec));
         }
         if items.is_empty() {
-            return Ok(None);
+            return Ok(Received { batch: None, notices });
         }
         let acked: Vec<Read> = acked.into_values().flat_map(|(_, new)| new.into_iter()).collect();
         for (id, officer, at, _) in &acked {
@@ -342,7 +356,7 @@ impl Receiver<'_> {
         let sealed = self.seal.with_oldest_key().seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
         let bulk = new.values().any(|(_, rec)| rec.priority != Priority::Flash);
-        Ok(Some(Batch {
+        let batch = Batch {
             receipt: sealed,
             receipt_id,
             lane,
@@ -352,9 +366,9 @@ impl Receiver<'_> {
             acked,
             about_deadlines,
             announced,
-            notices,
             copies,
-        }))
+        };
+        Ok(Received { batch: Some(batch), notices })
     }
 
     /// System packets are about something this node holds: a ReadAck about a copy it sent to

@@ -234,14 +234,15 @@ impl Node {
             let receiver = Receiver { seal: &seal, policies: &policies, known: &node };
             receiver.receive(&from, &frames, received_ms, &mut rand_core::OsRng)
         };
-        let batch = match lane {
+        let received = match lane {
             Some(lane) if large => bulk::run(lane, work).await?,
             _ => tokio::task::spawn_blocking(work)
                 .await
                 .map_err(|e| NodeError::Store(StoreError::Backend(format!("the batch task failed: {e}"))))?,
         }?;
-        let Some(batch) = batch else { return Ok(None) };
-        for n in &batch.notices {
+        // Logged whether or not anything is receipted (copies all waiting for keys not taken
+        // yet make notices and no batch).
+        for n in &received.notices {
             if let Some(suppressed) = self.partner_log(peer, n.kind) {
                 match n.packet_id {
                     Some(id) => {
@@ -251,6 +252,7 @@ impl Node {
                 }
             }
         }
+        let Some(batch) = received.batch else { return Ok(None) };
         let mut ops = batch.ops;
         // Deadline changes go to disk with the packets and into force after them; a failed
         // commit leaves them as they were, and the retransmission stages them again.

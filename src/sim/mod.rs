@@ -726,8 +726,8 @@ impl Sim {
         let peer = self.nodes[s].id;
         let node = &self.nodes[r];
         let receiver = Receiver { seal: &node.seal, policies: &node.policies, known: node };
-        let batch = receiver.receive(&peer, &frames, now, &mut self.rng).map_err(err("receive"))?;
-        let Some(batch) = batch else { return Ok(()) };
+        let received = receiver.receive(&peer, &frames, now, &mut self.rng).map_err(err("receive"))?;
+        let Some(batch) = received.batch else { return Ok(()) };
         self.report.batches += 1;
         let mut ops = batch.ops;
         let mut staged = Staged::default();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the sealed test vectors in this directory with the project's own CLI and the demo
 # keys copied into keys/ (public test material). Each seal uses fresh random salt and IV, so the
-# bytes change on every run; tests/vectors.rs checks whatever is committed.
+# bytes change on every run; tests/offline/vectors.rs checks whatever is committed.
 set -euo pipefail
 cd "$(dirname "$0")"
 root=../..

@@ -1,7 +1,7 @@
 //! The example packets in schemas/examples: every valid one parses and survives both faces, every
 //! invalid one is refused with an error naming the field at fault.
 
-mod common;
+use crate::common;
 
 use liaison::packet::{Packet, PacketError, PacketType};
 use liaison::timestamp::{Date, Timestamp};

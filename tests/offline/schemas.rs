@@ -1,7 +1,7 @@
 //! Schema and code cannot drift apart: every example packet, encoded by the code, validates
 //! against the CDDL in schemas/, and so does real sealed output (both COSE layers).
 
-mod common;
+use crate::common;
 
 use std::fs;
 

@@ -1,7 +1,7 @@
 //! Property tests: random valid packets survive JSON -> packet -> CBOR -> sealed -> opened
 //! unchanged; random bytes and random mutations of sealed packets never open and never panic.
 
-mod common;
+use crate::common;
 
 use proptest::collection::vec;
 use proptest::option;

@@ -1,7 +1,7 @@
 //! Seal and open: every packet type round-trips, and every way a sealed packet can be wrong is
 //! refused with its own error, never a panic.
 
-mod common;
+use crate::common;
 
 use ciborium::Value;
 use coset::{CoseEncrypt, CoseSign1, TaggedCborSerializable};

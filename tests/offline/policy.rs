@@ -2,7 +2,7 @@
 //! partner, and every redacted field is absent from the bytes the partner receives (the signed
 //! payload it decrypts), not only from the displayed packet.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

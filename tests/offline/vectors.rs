@@ -1,7 +1,7 @@
 //! The committed test vectors open, verify, and match their JSON; and an independent
 //! implementation (Python, cbor2 + cryptography, tests/vectors/verify_independent.py) agrees.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::PathBuf;
