@@ -327,6 +327,8 @@ pub struct Opened {
     pub sealed_digest: Digest,
     /// The kid of the sender's static encryption key.
     pub sender_key: String,
+    /// The kid of this node's encryption key it was sealed to: a generation the sender holds.
+    pub recipient_key: String,
 }
 
 /// This node's keys (every generation), the keyring, and the pairwise X25519 secrets computed
@@ -400,8 +402,30 @@ impl SealContext {
     /// window: what key announcements and receipts are signed with, so that every partner
     /// holds the key (one that has not taken the newer keys yet, too). Cheap: shares the rest.
     pub fn with_oldest_key(&self) -> Self {
+        self.pinned(None)
+    }
+
+    /// The same context signing and sealing with the generation whose encryption key is
+    /// `encryption_kid` (one a partner sealed to: it holds it), else as [`Self::with_oldest_key`].
+    pub fn with_key_of(&self, encryption_kid: &str) -> Self {
+        self.pinned(Some(encryption_kid))
+    }
+
+    fn pinned(&self, encryption_kid: Option<&str>) -> Self {
+        if let Some(i) =
+            encryption_kid.and_then(|kid| self.own.iter().position(|k| k.public().encryption_kid.as_str() == kid))
+        {
+            return Self {
+                own: self.own.clone(),
+                keyring: self.keyring.clone(),
+                pairwise: self.pairwise.clone(),
+                pin: Some(i),
+            };
+        }
         let now = Timestamp::now();
-        let pin = self.own.iter().position(|k| k.public().valid_until.is_none_or(|u| u > now));
+        // Started and not retired; none such: the newest started (`current`).
+        let pin =
+            self.own.iter().position(|k| k.public().started(now) && k.public().valid_until.is_none_or(|u| u > now));
         Self { own: self.own.clone(), keyring: self.keyring.clone(), pairwise: self.pairwise.clone(), pin }
     }
 
@@ -636,7 +660,13 @@ impl SealContext {
             return Err(OpenError::HeaderMismatch("routing priority or expiry differs from the signed packet".into()));
         }
         check_times(&signed.packet, now)?;
-        Ok(Opened { route, signed, sealed_digest: Digest::of(bytes), sender_key: lossy(sender_kid) })
+        Ok(Opened {
+            route,
+            signed,
+            sealed_digest: Digest::of(bytes),
+            sender_key: lossy(sender_kid),
+            recipient_key: mine.public().encryption_kid.to_string(),
+        })
     }
 
     /// [`SealContext::open_any_window`], then [`SealContext::check_windows`]: a packet opened

@@ -1184,7 +1184,7 @@ fn a_fourth_node_is_enrolled_and_removed_without_a_restart() {
 /// `keys rotate` + SIGHUP; it announces the new keys in a packet signed with its old ones, and
 /// ES-UDYCO (whose policy takes announced keys) takes them. Nothing is lost or rejected; packets
 /// after the switch are signed with the new key; every receipt IT-DCSA issued (signed with the
-/// old key, which every partner holds, until the overlap ends) verifies at ES-UDYCO; IT-DCSA's audit trail, with checkpoints under
+/// generation ES-UDYCO sealed to: old, then new) verifies at ES-UDYCO; IT-DCSA's audit trail, with checkpoints under
 /// both keys, verifies live and exported (offline: with both keys, not with the old one alone).
 #[test]
 fn keys_rotate_with_overlap_while_packets_flow_both_ways() {
@@ -1283,9 +1283,9 @@ fn keys_rotate_with_overlap_while_packets_flow_both_ways() {
         assert_eq!(v[0]["outcome"], "accepted", "{v}");
         signers.insert(v[0]["signer"].as_str().unwrap().to_owned());
     }
-    // Receipts are signed with the oldest key in force (every partner holds it) until the
-    // overlap ends: here, all with the old one, and all verify.
-    assert_eq!(signers, HashSet::from([old_kid.clone()]), "receipts under the key every partner holds");
+    // A receipt is signed with the generation the partner sealed its copies to (one it holds):
+    // the old key before ES-UDYCO took the new one, the new after; all verify.
+    assert_eq!(signers, HashSet::from([old_kid.clone(), new_kid.clone()]), "receipts under both keys");
 
     // The audit trail: a checkpoint under the new key now, and the whole trail verifies.
     let after_export = dir.path().join("after.json");

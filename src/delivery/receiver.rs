@@ -144,6 +144,7 @@ impl Receiver<'_> {
         let mut lane = Priority::Routine;
         let mut about_deadlines: Vec<Packet> = Vec::new();
         let mut announced = Vec::new();
+        let mut sealed_to: Option<String> = None;
         let mut notice = |kind, packet_id, code: Option<String>, message: String| {
             notices.push(Notice { kind, packet_id, code, message })
         };
@@ -163,6 +164,9 @@ impl Receiver<'_> {
                     Err(OpenError::HeaderMismatch(format!("sent by {} over the connection of {peer}", o.route.sender)))
                 }
             });
+            if let Ok(o) = &opened {
+                sealed_to = Some(o.recipient_key.clone());
+            }
             let mut opened = match opened {
                 Ok(o) => o,
                 Err(e @ OpenError::KeyNotYetKnown { .. }) if peek_route(bytes).is_ok_and(|r| r.sender == *peer) => {
@@ -351,9 +355,17 @@ impl Receiver<'_> {
             items: audited,
             policy: self.policies.policy(peer).map(|p| p.hash),
         }));
-        // Signed with the oldest key in force: a partner that has not taken this node's newer
-        // keys yet can still complete its copies.
-        let sealed = self.seal.with_oldest_key().seal(&receipt, rng)?.pop().map(|s| s.bytes).unwrap_or_default();
+        // Signed with the generation the partner sealed its copies to (it holds that one), else
+        // the oldest in force: a partner that has not taken this node's newer keys yet, or
+        // enrolled it with the newest only, can complete its copies either way.
+        let sealed = match &sealed_to {
+            Some(kid) => self.seal.with_key_of(kid),
+            None => self.seal.with_oldest_key(),
+        }
+        .seal(&receipt, rng)?
+        .pop()
+        .map(|s| s.bytes)
+        .unwrap_or_default();
         ops.push(Op::Put(Tree::Issued, receipt_id.as_bytes().to_vec(), sealed.clone()));
         let bulk = new.values().any(|(_, rec)| rec.priority != Priority::Flash);
         let batch = Batch {

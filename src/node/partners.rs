@@ -410,7 +410,9 @@ impl Node {
         // kept, to verify what it sent then.
         let mut retired = Vec::new();
         let mut own_kid_file = None;
+        let mut dropped = Vec::new();
         if let Some(k) = keys {
+            let held: Vec<PublicKeys> = target.keyring.generations(&e.node).iter().map(|g| (**g).clone()).collect();
             let kid = k.signing_kid.clone();
             // A file of these keys kept from an earlier round (retired then) would retire them
             // again at the next start: NODE.pub.toml holds them now.
@@ -423,6 +425,13 @@ impl Node {
                         .iter()
                         .filter(|g| g.signing_kid != kid)
                         .map(|g| (**g).clone())
+                        .collect();
+                    // Generations `replace` dropped (never in force): their files go too, or the
+                    // next start would load them again.
+                    dropped = held
+                        .iter()
+                        .filter(|g| target.keyring.kid(g.signing_kid.as_bytes()).is_none())
+                        .map(|g| key_file(&dir, g))
                         .collect();
                 }
                 Err(x) => problems.push(format!("public_keys: {x}")),
@@ -446,6 +455,9 @@ impl Node {
         if let Some(f) = &own_kid_file {
             before.add(f);
         }
+        for f in &dropped {
+            before.add(f);
+        }
         let written = files.clone();
         let keep = dir.clone();
         let kept = self
@@ -453,7 +465,7 @@ impl Node {
                 retired
                     .iter()
                     .try_for_each(|g| crate::files::write_replacing(&key_file(&keep, g), g.to_toml().as_bytes()))?;
-                own_kid_file.map_or(Ok(()), |f| crate::files::remove_durably(&f))
+                dropped.iter().chain(own_kid_file.iter()).try_for_each(|f| crate::files::remove_durably(f))
             })
             .await?;
         let undo = |err: NodeError| {

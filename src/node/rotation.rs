@@ -210,6 +210,13 @@ impl Node {
             // Until the latest announcement is taken (one that came while this ran, too), or
             // taking it fails; the flag is cleared on every way out.
             loop {
+                // The policy may have changed since: then the administrator takes the keys.
+                if !node.policies().policy(&peer).is_some_and(|p| p.keys.accept_announced) {
+                    if let Some(x) = lock(&node.inner.announced).get_mut(&peer) {
+                        x.accepting = false;
+                    }
+                    return;
+                }
                 let latest = node.announcement(&peer).map(|x| x.packet_id);
                 let by = format!(
                     "announcement {} (policy: accept_announced)",
@@ -259,7 +266,7 @@ impl Node {
         let live = gens.iter().filter(|g| g.valid_until.is_none_or(|u| u > now)).count();
         if live > KeyAnnouncement::MAX_GENERATIONS || gens.len() > MAX_HELD_GENERATIONS {
             return Err(refuse(format!(
-                "{peer} would have {live} generations of keys in force or to come ({} in all); at most {} ({MAX_HELD_GENERATIONS})",
+                "{peer} would have {live} generations of keys in force or to come and {} in all; at most {} and {MAX_HELD_GENERATIONS} (move the files of retired ones, {peer}.<kid>.pub.toml in the partners directory, to an archive, then SIGHUP)",
                 gens.len(),
                 KeyAnnouncement::MAX_GENERATIONS
             )));
