@@ -126,6 +126,20 @@ pub enum Event {
         /// The partners that used the id before.
         also_from: Vec<NodeId>,
     },
+    /// An officer's account: added, disabled, reset by an administrator; a sign-in, a refusal,
+    /// a lock; an action in the web workspace under the account.
+    Account {
+        /// The account (absent: a sign-in under a name no account has; the name typed is not
+        /// recorded, it may be a password typed in the wrong field).
+        account: Option<OfficerId>,
+        /// What happened.
+        action: AccountAction,
+        /// Who did it: the admin client or account for a change, the account itself for its
+        /// actions, the address a sign-in came from.
+        by: String,
+        /// Details (scopes, the packet concerned, why refused); never a password, code or secret.
+        detail: String,
+    },
     /// An administrative action (audit export, verification...).
     Admin {
         /// What.
@@ -201,6 +215,66 @@ impl std::fmt::Display for AdminAction {
             Self::RetentionPurge => "retention purge",
             Self::AuditVerify => "audit verify",
             Self::AuditExport => "audit export",
+        })
+    }
+}
+
+/// What happened to or under an account (recorded by its name, e.g. `signed in`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccountAction {
+    /// An administrator added it.
+    #[serde(rename = "added")]
+    Added,
+    /// An administrator disabled it.
+    #[serde(rename = "disabled")]
+    Disabled,
+    /// An administrator enabled it again.
+    #[serde(rename = "enabled")]
+    Enabled,
+    /// An administrator gave it a new password and TOTP secret (and unlocked it).
+    #[serde(rename = "reset")]
+    Reset,
+    /// Signed in.
+    #[serde(rename = "signed in")]
+    SignedIn,
+    /// A sign-in was refused (wrong password or code, locked, disabled, unknown name).
+    #[serde(rename = "sign-in refused")]
+    SignInRefused,
+    /// Locked by failed sign-ins.
+    #[serde(rename = "locked")]
+    Locked,
+    /// Signed out (or the session ended: idle, too old, account changed).
+    #[serde(rename = "signed out")]
+    SignedOut,
+    /// Opened a packet (a received one, or one this node sent).
+    #[serde(rename = "viewed")]
+    Viewed,
+    /// Searched the inbox (the terms are in the detail).
+    #[serde(rename = "searched")]
+    Searched,
+    /// Downloaded an attachment.
+    #[serde(rename = "downloaded")]
+    Downloaded,
+    /// A request refused for the account's scope or role.
+    #[serde(rename = "refused")]
+    Refused,
+}
+
+impl std::fmt::Display for AccountAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Added => "added",
+            Self::Disabled => "disabled",
+            Self::Enabled => "enabled",
+            Self::Reset => "reset",
+            Self::SignedIn => "signed in",
+            Self::SignInRefused => "sign-in refused",
+            Self::Locked => "locked",
+            Self::SignedOut => "signed out",
+            Self::Viewed => "viewed",
+            Self::Searched => "searched",
+            Self::Downloaded => "downloaded",
+            Self::Refused => "refused",
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::api::types::{
     OutboxSummary, PacketStatus, PolicyCheck, PolicyView, Shown, SubmitAnswer,
 };
 use crate::audit::Export;
-use crate::ids::{NodeId, PacketId};
+use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::timestamp::Timestamp;
 
 /// Why a call failed before an HTTP answer came back.
@@ -153,6 +153,31 @@ impl Client {
         self.call("DELETE", &format!("/v1/peers/{node}"), None)
     }
 
+    /// Every officer's account (an admin client).
+    pub fn users(&self) -> Result<Vec<crate::accounts::Account>, CallError> {
+        self.call("GET", "/v1/users", None)
+    }
+
+    /// Adds an officer's account (an admin client); its credentials come back once.
+    pub fn user_add(&self, req: &crate::accounts::NewAccount) -> Result<crate::accounts::Credentials, CallError> {
+        self.call_with("POST", "/v1/users", req)
+    }
+
+    /// Disables an account, or enables it again (an admin client).
+    pub fn user_disable(&self, name: &OfficerId, disabled: bool) -> Result<crate::accounts::Account, CallError> {
+        let verb = if disabled { "disable" } else { "enable" };
+        self.call("POST", &format!("/v1/users/{}/{verb}", path_segment(name.as_str())), None)
+    }
+
+    /// Gives an account a new password and TOTP secret and unlocks it (an admin client).
+    pub fn user_reset(
+        &self,
+        name: &OfficerId,
+        req: &crate::api::types::ResetRequest,
+    ) -> Result<crate::accounts::Credentials, CallError> {
+        self.call_with("POST", &format!("/v1/users/{}/reset", path_segment(name.as_str())), req)
+    }
+
     /// Verifies the node's audit trail.
     pub fn audit_verify(&self) -> Result<AuditVerify, CallError> {
         self.call("GET", "/v1/audit/verify", None)
@@ -285,6 +310,16 @@ fn range_query(from: Option<Timestamp>, to: Option<Timestamp>) -> String {
     let q: Vec<String> =
         [("from", from), ("to", to)].iter().filter_map(|(k, t)| t.map(|t| format!("{k}={t}"))).collect();
     q.join("&")
+}
+
+/// Text as one URL path segment (percent-encoded but for unreserved characters).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -44,6 +44,37 @@ struct Raw {
     store: RawStore,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: String,
+    #[serde(default = "d_idle_minutes")]
+    idle_minutes: u64,
+    #[serde(default = "d_session_hours")]
+    session_hours: u64,
+}
+
+fn d_idle_minutes() -> u64 {
+    15
+}
+
+fn d_session_hours() -> u64 {
+    12
+}
+
+/// The officers' web workspace (`[web]`).
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// Where it listens (a loopback address).
+    pub listen: SocketAddr,
+    /// A session unused this long ends (`idle_minutes`, 15 by default).
+    pub idle: std::time::Duration,
+    /// A session ends this long after its sign-in, used or not (`session_hours`, 12 by default).
+    pub lifetime: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +310,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter (`info`, `liaison=debug`...).
     pub log_level: String,
+    /// The officers' web workspace, if `[web]` is configured.
+    pub web: Option<WebSettings>,
 }
 
 /// One enrolled partner.
@@ -634,6 +667,32 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             LogFormat::Text
         }
     };
+    let web = raw.web.as_ref().and_then(|w| {
+        let listen = w
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("web.listen {:?}: {e}", w.listen)))
+            .ok()?;
+        if !listen.ip().is_loopback() {
+            // Served over plain HTTP: only on this machine. TLS for the workspace (and client
+            // certificates for smart cards) is what a wider address needs; it is not built yet.
+            problems.push(format!(
+                "web.listen {listen}: the web workspace listens on a loopback address only (it is served without TLS; put a TLS-terminating proxy on this machine in front of it)"
+            ));
+            return None;
+        }
+        if !(1..=24 * 60).contains(&w.idle_minutes) {
+            problems.push(format!("web.idle_minutes {}: expected 1 to 1440", w.idle_minutes));
+        }
+        if !(1..=24).contains(&w.session_hours) {
+            problems.push(format!("web.session_hours {}: expected 1 to 24", w.session_hours));
+        }
+        Some(WebSettings {
+            listen,
+            idle: std::time::Duration::from_secs(w.idle_minutes * 60),
+            lifetime: std::time::Duration::from_secs(w.session_hours * 3600),
+        })
+    });
     match (node, listen, api_listen) {
         (Some(node), Some(listen), Some(api_listen)) if problems.is_empty() => Ok(Settings {
             node,
@@ -660,6 +719,7 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             headroom: crate::store::Headroom::mib(raw.store.headroom_mib),
             log_format,
             log_level: raw.log.level,
+            web,
         }),
         _ => Err(problems),
     }

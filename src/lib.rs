@@ -47,7 +47,10 @@
 //! - [`serve`] — `liaison serve`: node + local API until SIGINT/SIGTERM, ordered shutdown.
 //! - [`audit`] — the hash-chained audit trail, signed checkpoints, verification and export.
 //! - [`api`] — the local HTTP+JSON API with per-client bearer tokens.
+//! - [`catalogue`] — the inbox listing officers page through and search, without I/O.
+//! - [`accounts`] — officers' personal accounts: argon2id passwords, TOTP, roles, scopes, lockout.
 //! - [`client`] — the CLI's minimal HTTP client for the local API.
+//! - [`web`] — the officers' web workspace: sign-in, inbox, live alerts, packet view.
 //! - [`cli`] — the `liaison` command line; `demo` — the offline demo federation on embedded
 //!   demo keys (feature `demo`, on by default; production builds leave it out).
 //!
@@ -56,8 +59,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod accounts;
 pub mod api;
 pub mod audit;
+pub mod catalogue;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -87,4 +92,5 @@ pub mod sim;
 pub mod store;
 pub mod timestamp;
 pub mod transport;
+pub mod web;
 pub mod wire;

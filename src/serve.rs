@@ -45,6 +45,14 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The web workspace's address could not be bound.
+    #[error("web: cannot listen on {addr}: {source}")]
+    Web {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The store stopped completing writes while the node ran (see the module doc): the node
     /// stopped in order, to be started again.
     #[error("the store stopped: {0}; the node stopped so that its service manager starts it again")]
@@ -137,16 +145,41 @@ pub async fn run(
         .await
         .map_err(|source| ServeError::Api { addr: settings.api_listen, source })?;
     let api_addr = listener.local_addr().unwrap_or(settings.api_listen);
-    // The line tests and the demo wait for; it names both addresses.
-    info!(node = %settings.node, quic = %node.local_addr(), api = %api_addr, "ready");
+    // Ends the workspace's live-alert streams at shutdown (a graceful shutdown waits for them).
+    let web_closing = tokio_util::sync::CancellationToken::new();
+    let web = match &settings.web {
+        Some(w) => {
+            let l = tokio::net::TcpListener::bind(w.listen)
+                .await
+                .map_err(|source| ServeError::Web { addr: w.listen, source })?;
+            let addr = l.local_addr().unwrap_or(w.listen);
+            Some((l, addr, crate::web::router(node.clone(), w, web_closing.clone())))
+        }
+        None => None,
+    };
+    // The line tests and the demo wait for; it names every address.
+    let web_addr = web.as_ref().map(|(_, a, _)| a.to_string()).unwrap_or_else(|| "off".into());
+    info!(node = %settings.node, quic = %node.local_addr(), api = %api_addr, web = %web_addr, "ready");
     let app = crate::api::router(node.clone(), settings.api_clients.clone());
     let mut api_stop = shutdown_tx.subscribe();
+    let mut web_stop = shutdown_tx.subscribe();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.changed().await;
-            })
-            .await;
+        let api = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = api_stop.changed().await;
+        });
+        match web {
+            Some((l, _, router)) => {
+                let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+                let web = axum::serve(l, service).with_graceful_shutdown(async move {
+                    let _ = web_stop.changed().await;
+                });
+                let _ =
+                    tokio::join!(std::future::IntoFuture::into_future(api), std::future::IntoFuture::into_future(web));
+            }
+            None => {
+                let _ = api.await;
+            }
+        }
     });
     let failed = tokio::select! {
         () = stop => None,
@@ -159,6 +192,7 @@ pub async fn run(
         }
     }
     let _ = shutdown_tx.send(true);
+    web_closing.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
     node.shutdown().await;
     failed.map_or(Ok(()), |why| Err(ServeError::StoreFailed(why)))

@@ -1095,6 +1095,7 @@ fn a_fourth_node_is_enrolled_and_removed_without_a_restart() {
         data_dir: base.join("data/FR-OFAST"),
         api: format!("http://127.0.0.1:{fr_api}"),
         token: fr_token,
+        web: String::new(),
         child: None,
     });
     c.node("FR-OFAST").start();

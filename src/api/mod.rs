@@ -25,6 +25,10 @@
 //! | POST | `/v1/peers` | admin clients: [`types::EnrolRequest`]: enrol a partner now, its files kept in the partners directory; 201 [`types::PeerChange`] |
 //! | POST | `/v1/peers/{node}/keys/accept` | admin clients: take the keys the partner announced into the keyring ([`types::PeerChange`]) |
 //! | DELETE | `/v1/peers/{node}` | admin clients: remove a partner enrolled through the API, now ([`types::PeerChange`]); its queued copies stay on disk |
+//! | GET | `/v1/users` | admin clients: every officer's account ([`crate::accounts::Account`]) |
+//! | POST | `/v1/users` | admin clients: [`crate::accounts::NewAccount`]; 201 [`crate::accounts::Credentials`], shown once |
+//! | POST | `/v1/users/{name}/disable`, `/enable` | admin clients: the account can (not) sign in ([`crate::accounts::Account`]) |
+//! | POST | `/v1/users/{name}/reset` | admin clients: [`types::ResetRequest`]: a new password and TOTP secret, unlocked ([`crate::accounts::Credentials`]) |
 //! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //! | GET | `/healthz`, `/readyz` | probes, without a token: `ok`; `ready` or 503 saying why not |
 //!
@@ -95,6 +99,10 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/peers", get(peers).post(enrol))
         .route("/v1/peers/{node}", get(peer).delete(unenrol))
         .route("/v1/peers/{node}/keys/accept", post(accept_keys))
+        .route("/v1/users", get(users).post(user_add))
+        .route("/v1/users/{name}/disable", post(user_disable))
+        .route("/v1/users/{name}/enable", post(user_enable))
+        .route("/v1/users/{name}/reset", post(user_reset))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/inbox/{id}", get(show))
@@ -373,6 +381,79 @@ async fn enrol(
     info!(client = %client.0, %node, "partner enrolled through the API");
     let peer = api.node.peers().into_iter().find(|p| p.node == node);
     Ok((StatusCode::CREATED, Json(types::PeerChange { node, changes, peer })))
+}
+
+/// Every officer's account (admin clients).
+async fn users(State(api): State<Api>, Extension(client): Extension<Client>) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    Ok(Json(api.node.accounts().list()))
+}
+
+impl From<crate::accounts::AccountError> for ApiError {
+    fn from(e: crate::accounts::AccountError) -> Self {
+        use crate::accounts::AccountError as E;
+        let code = match &e {
+            E::Unknown(_) => StatusCode::NOT_FOUND,
+            E::Exists(_) | E::Full => StatusCode::CONFLICT,
+            E::Invalid(_) | E::Password(_) => StatusCode::BAD_REQUEST,
+            E::Store(crate::store::StoreError::Full { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let field = matches!(e, E::Password(_)).then(|| "password".to_owned());
+        ApiError(code, e.to_string(), field)
+    }
+}
+
+/// Adds an officer's account (admin clients): 201 with its credentials, shown this once.
+async fn user_add(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    text: String,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let req: crate::accounts::NewAccount = body(&text)?;
+    let creds = api.node.accounts().add(req, &client.0, crate::node::now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(creds)))
+}
+
+fn officer_param(name: &str) -> Result<crate::ids::OfficerId, ApiError> {
+    name.parse().map_err(|e: crate::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("name".into())))
+}
+
+/// Disables an account (admin clients): it cannot sign in, its sessions end.
+async fn user_disable(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let name = officer_param(&name)?;
+    Ok(Json(api.node.accounts().set_disabled(&name, true, &client.0, crate::node::now_ms()).await?))
+}
+
+/// Enables a disabled account again (admin clients).
+async fn user_enable(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let name = officer_param(&name)?;
+    Ok(Json(api.node.accounts().set_disabled(&name, false, &client.0, crate::node::now_ms()).await?))
+}
+
+/// Gives an account a new password and TOTP secret and unlocks it (admin clients); the body
+/// may name the password (`{"password": "..."}`), else one is made.
+async fn user_reset(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(name): Path<String>,
+    text: String,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let name = officer_param(&name)?;
+    let req: types::ResetRequest = if text.trim().is_empty() { types::ResetRequest::default() } else { body(&text)? };
+    Ok(Json(api.node.accounts().reset(&name, req.password, &client.0).await?))
 }
 
 /// Takes a partner's announced keys into the keyring (admin clients).

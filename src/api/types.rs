@@ -619,3 +619,12 @@ pub struct AuditEntries {
     /// More entries are in the range than were returned (narrow it).
     pub more: bool,
 }
+
+/// `POST /v1/users/{name}/reset`: the new password, or none to have one made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// The new password (at least 12 characters).
+    #[serde(default)]
+    pub password: Option<String>,
+}

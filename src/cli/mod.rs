@@ -16,10 +16,12 @@ mod audit;
 mod keys;
 mod peers;
 mod pki;
+mod users;
 use audit::{audit, AuditCommand};
 use keys::KeysCommand;
 use peers::PeersCommand;
 use pki::PkiCommand;
+use users::UsersCommand;
 
 use crate::api::types::{
     AckRequest, ConsentRequest, DeliveryState, DryRunDecision, ForwardRequest, ReadBy, SubmitAnswer,
@@ -149,6 +151,10 @@ enum Command {
     /// their certificates, keys and policy, the copies waiting.
     #[command(subcommand)]
     Peers(PeersCommand),
+    /// Officers' accounts for the web workspace (an admin client): add, list, disable, enable,
+    /// reset.
+    #[command(subcommand)]
+    Users(UsersCommand),
     /// Sharing policies: dry-run a packet against them, or print one.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -497,6 +503,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Audit(cmd) => audit(cmd),
         Command::Pki(cmd) => pki::run(cmd),
         Command::Peers(cmd) => peers::run(cmd),
+        Command::Users(cmd) => users::run(cmd),
         Command::Config(ConfigCommand::Check { config }) => config_check(&config),
     }
 }

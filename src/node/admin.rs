@@ -606,6 +606,7 @@ impl Node {
                 inbox.forget(*id, sender);
                 deadlines.forget(*id, sender);
             }
+            lock(&self.inner.listing).removed(chunk.iter().map(|(id, sender, _)| (*id, *sender)).collect());
         }
         if n > 0 {
             info!(deleted = n, "received packets past their retention deleted");

@@ -276,6 +276,16 @@ impl Node {
                 inbox.record(*id, *peer, *digest, *at);
             }
         }
+        {
+            let mut listing = lock(&self.inner.listing);
+            for (id, _, at) in &batch.stored {
+                listing.arrived(*id, *peer, *at);
+            }
+        }
+        for (id, _, _) in &batch.stored {
+            // Nobody listening is fine.
+            let _ = self.inner.arrivals.send(super::Arrival { id: *id, from: *peer });
+        }
         if let (false, Some(p)) = (batch.acked.is_empty(), self.partner(peer)) {
             let mut sender = lock(&p.sender);
             for (id, officer, at, first) in batch.acked {

@@ -47,6 +47,7 @@ mod admin;
 mod bulk;
 mod inbound;
 pub mod links;
+mod listing;
 mod outbound;
 mod partners;
 mod peer;
@@ -244,10 +245,29 @@ struct Inner {
     transport: transport::Options,
     /// Acknowledgements read, change and write an inbox record: one at a time.
     acks: tokio::sync::Mutex<()>,
+    /// Officers' accounts (the web workspace's sign-in).
+    accounts: crate::accounts::Accounts,
+    /// Packets stored in the inbox, as they are (for the web workspace's live alerts; a
+    /// listener that falls behind is told it lagged and reloads).
+    arrivals: tokio::sync::broadcast::Sender<Arrival>,
+    /// The inbox listing of the web workspace ([`listing`]).
+    listing: Mutex<listing::Listing>,
     /// Submit to verified receipt stored, per delivered copy (`GET /metrics`).
     receipt_latency: crate::metrics::Histogram,
     /// When the TLS material in force stops being usable ([`TlsMaterial::expiries`]).
     expiries: std::sync::RwLock<Vec<(&'static str, String, crate::timestamp::Timestamp)>>,
+}
+
+/// Arrivals a slow listener may fall behind by before it is told it lagged.
+const ARRIVALS_KEPT: usize = 1024;
+
+/// A packet just stored in the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The packet.
+    pub id: PacketId,
+    /// Its sender.
+    pub from: NodeId,
 }
 
 /// The node's clock, in ms since the Unix epoch.
@@ -311,6 +331,7 @@ impl Node {
         let mut endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime).map_err(bind)?;
         endpoint.set_default_client_config(client.clone());
+        let accounts = crate::accounts::Accounts::load(store.clone(), &me)?;
         let cancel = tokio_util::sync::CancellationToken::new();
         let partners = config
             .partners
@@ -350,6 +371,9 @@ impl Node {
                 retry: config.retry,
                 transport: config.transport,
                 acks: tokio::sync::Mutex::new(()),
+                accounts,
+                arrivals: tokio::sync::broadcast::channel(ARRIVALS_KEPT).0,
+                listing: Mutex::new(listing::Listing::default()),
             }),
         };
         let ids: Vec<NodeId> = node.partner_states().iter().map(|p| p.node).collect();
@@ -423,6 +447,16 @@ impl Node {
     /// This node's id.
     pub fn id(&self) -> &NodeId {
         &self.inner.me
+    }
+
+    /// Officers' accounts.
+    pub fn accounts(&self) -> &crate::accounts::Accounts {
+        &self.inner.accounts
+    }
+
+    /// Packets stored in the inbox from now on, as they are stored.
+    pub fn arrivals(&self) -> tokio::sync::broadcast::Receiver<Arrival> {
+        self.inner.arrivals.subscribe()
     }
 
     /// Where partners enrolled through the API are written, if anywhere.

@@ -173,11 +173,13 @@ pub enum Tree {
     /// their retention counts from ([`outcome_key`]) -> nothing: retention walks a partner's
     /// oldest first and stops at the first it keeps. Written with each entry ([`entry_write`]).
     Outcomes,
+    /// Officers' accounts: officer id -> account ([`crate::accounts`]).
+    Accounts,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 16] = [
         Tree::Outbox,
         Tree::Reads,
         Tree::Sealed,
@@ -193,6 +195,7 @@ impl Tree {
         Tree::Sent,
         Tree::Pending,
         Tree::Outcomes,
+        Tree::Accounts,
     ];
 
     /// The tree's number in segment records (its place in [`Tree::ALL`], which only grows at
@@ -224,6 +227,7 @@ impl Tree {
             Self::Sent => "sent",
             Self::Pending => "pending",
             Self::Outcomes => "outcomes",
+            Self::Accounts => "accounts",
         }
     }
 }

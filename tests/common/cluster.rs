@@ -25,6 +25,8 @@ pub struct NodeProc {
     pub data_dir: PathBuf,
     pub api: String,
     pub token: String,
+    /// The web workspace (`http://127.0.0.1:PORT`).
+    pub web: String,
     pub child: Option<Child>,
 }
 
@@ -306,6 +308,7 @@ impl Cluster {
         let ports: Vec<(String, u16, u16)> = names.iter().map(|n| (n.to_string(), free_udp(), free_tcp())).collect();
         let mut nodes = Vec::new();
         for (name, quic, api) in &ports {
+            let web = free_tcp();
             let token = format!("test-token-{name}");
             let partners: String = ports
                 .iter()
@@ -340,6 +343,8 @@ crls = ["certs/tls/crl.pem"]
 [api]
 listen = "127.0.0.1:{api}"
 clients = [{{ name = "test", token_sha256 = "{hash}", admin = true }}]
+[web]
+listen = "127.0.0.1:{web}"
 {partners}
 [delivery]
 initial_backoff_ms = 50
@@ -364,6 +369,7 @@ level = "info"
                 data_dir: dir.path().join(format!("data/{name}")),
                 api: format!("http://127.0.0.1:{api}"),
                 token,
+                web: format!("http://127.0.0.1:{web}"),
                 child: None,
             });
         }

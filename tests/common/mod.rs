@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,556 @@
+//! The officers' web workspace, served by the node on a loopback address (`[web] listen`):
+//! sign-in with a personal account (password and TOTP, [`crate::accounts`]), the inbox with
+//! filters and search ([`crate::catalogue`]), live FLASH and URGENT alerts (server-sent
+//! events), the packet view with its markings on top, acknowledgement under the officer's own
+//! name.
+//!
+//! Server-rendered HTML ([`pages`], maud: escaped by construction) and one small script;
+//! every answer carries a strict Content-Security-Policy (no inline script or style, nothing
+//! from elsewhere, no framing), `no-store`, `nosniff` and `no-referrer`. Every page needs a
+//! session ([`session`]); every change (a POST) needs the session's CSRF token as well, and the
+//! sign-in form a token of its own (login CSRF). An account sees the partners and cases of its
+//! scopes only: anything else is "not found", and the refusal is in the audit trail.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | GET, POST | `/signin` | the sign-in form; a session cookie once name, password and code are right |
+//! | POST | `/signout` | ends the session |
+//! | GET | `/inbox?q=&partner=&case=&type=&unread=1&flash=1&overdue=1&page=N` | the inbox, 50 a page, newest first |
+//! | GET | `/events` | server-sent events: `packet` for each arrival the account may see |
+//! | GET | `/packets/{id}?from=NODE` | a received packet: markings banner, envelope, body, acknowledgements |
+//! | POST | `/packets/{id}/ack?from=NODE` | acknowledge it as the signed-in officer (a signed ReadAck goes to the originator) |
+//! | GET | `/assets/app.js`, `/assets/app.css` | the script and the style sheet |
+
+pub mod pages;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use maud::Markup;
+use serde::Deserialize;
+use tracing::warn;
+
+use crate::accounts::Account;
+use crate::audit::AccountAction;
+use crate::catalogue::{Query as Find, Row};
+use crate::config::WebSettings;
+use crate::ids::{NodeId, PacketId};
+use crate::node::Node;
+use pages::Frame;
+use session::{same_token, Session, Sessions};
+
+/// Rows on an inbox page.
+pub const PER_PAGE: usize = 50;
+/// The Content-Security-Policy of every answer.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+                       form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const SESSION_COOKIE: &str = "liaison_session";
+const SIGNIN_COOKIE: &str = "liaison_signin";
+
+#[derive(Clone)]
+struct Web {
+    node: Node,
+    sessions: Arc<Sessions>,
+    /// Cancelled when the node stops: live-alert streams end.
+    closing: tokio_util::sync::CancellationToken,
+}
+
+/// The workspace's routes over a running node. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: sign-ins are recorded with the
+/// address they came from.
+pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::CancellationToken) -> Router {
+    let web = Web { node, sessions: Arc::new(Sessions::new(settings.idle, settings.lifetime)), closing };
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/inbox") }))
+        .route("/signin", get(signin_form).post(signin))
+        .route("/signout", post(signout))
+        .route("/inbox", get(inbox))
+        .route("/events", get(events))
+        .route("/packets/{id}", get(packet))
+        .route("/packets/{id}/ack", post(ack))
+        .route(
+            "/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_str!("assets/app.js")) }),
+        )
+        .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("assets/app.css")) }))
+        .layer(middleware::from_fn(headers))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(web)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, kind)], body).into_response()
+}
+
+/// The security headers of every answer.
+async fn headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert("permissions-policy", HeaderValue::from_static("camera=(), microphone=(), geolocation=()"));
+    res
+}
+
+fn html(status: StatusCode, m: Markup) -> Response {
+    (status, Html(m.into_string())).into_response()
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+    // Served on loopback over plain HTTP: no `Secure` (the cookie never leaves this machine).
+    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{age}");
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// A signed-in officer: the session and the account as it is now.
+struct Officer {
+    token: String,
+    session: Session,
+    account: Account,
+}
+
+impl Web {
+    /// The officer of a request's session cookie, if the session is alive and its account may
+    /// still sign in (a disabled or locked account's sessions end here).
+    fn officer(&self, headers: &HeaderMap, touch: bool) -> Option<Officer> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let session = self.sessions.get(&token, Instant::now(), touch)?;
+        let account = self.node.accounts().get(&session.account)?;
+        if !account.usable() {
+            self.sessions.end_all(&account.name);
+            return None;
+        }
+        Some(Officer { token, session, account })
+    }
+
+    async fn frame_unread(&self, o: &Officer) -> usize {
+        let account = o.account.clone();
+        self.node.catalogue(move |c| c.page(&Find::default(), |r| visible(&account, r), 0, 0).unread).await.unwrap_or(0)
+    }
+
+    async fn record(&self, o: &Officer, action: AccountAction, detail: String) -> Result<(), Response> {
+        self.node.accounts().record(&o.account.name, action, detail).await.map_err(|e| {
+            html(StatusCode::SERVICE_UNAVAILABLE, pages::error(None, &format!("the node cannot record this now: {e}")))
+        })
+    }
+}
+
+fn visible(account: &Account, r: &Row) -> bool {
+    account.may_see(&r.from, r.case_ref.as_ref()) && account.may_see(&r.originator, r.case_ref.as_ref())
+}
+
+fn to_signin() -> Response {
+    Redirect::to("/signin").into_response()
+}
+
+async fn signin_form(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if web.officer(&headers, false).is_some() {
+        return Redirect::to("/inbox").into_response();
+    }
+    let token = session::random_token();
+    let mut res = html(StatusCode::OK, pages::signin(&token, None, ""));
+    res.headers_mut().insert(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, &token, Some(900)));
+    res
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    csrf: String,
+    name: String,
+    password: String,
+    code: String,
+}
+
+async fn signin(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(f): Form<SignIn>,
+) -> Response {
+    let fresh = session::random_token();
+    let again = |status: StatusCode, msg: &str| {
+        let mut res = html(status, pages::signin(&fresh, Some(msg), &f.name));
+        res.headers_mut().insert(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, &fresh, Some(900)));
+        res
+    };
+    let expected = cookie(&headers, SIGNIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !same_token(&expected, &f.csrf) {
+        return again(StatusCode::FORBIDDEN, "The form expired: sign in again.");
+    }
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match web.node.accounts().sign_in(&f.name, &f.password, &f.code, unix, &peer.ip().to_string()).await {
+        Ok(account) => {
+            let token = web.sessions.begin(&account.name, Instant::now());
+            let mut res = Redirect::to("/inbox").into_response();
+            let h = res.headers_mut();
+            h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &token, None));
+            h.append(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, "", Some(0)));
+            res
+        }
+        Err(e) => again(StatusCode::UNAUTHORIZED, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+/// Why a change (a POST) was refused before anything was done.
+enum Refused {
+    /// No live session.
+    NoSession,
+    /// The form's CSRF token is not the session's.
+    Csrf,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::NoSession => (StatusCode::UNAUTHORIZED, Html("sign in first")).into_response(),
+            Refused::Csrf => {
+                html(StatusCode::FORBIDDEN, pages::error(None, "This form is not from your session: reload the page."))
+            }
+        }
+    }
+}
+
+/// The officer of a POST: session alive and the form's CSRF token its own.
+fn changing(web: &Web, headers: &HeaderMap, csrf: &str) -> Result<Officer, Refused> {
+    let o = web.officer(headers, true).ok_or(Refused::NoSession)?;
+    if !same_token(&o.session.csrf, csrf) {
+        warn!(target: "audit", account = %o.account.name, "a change refused: CSRF token wrong");
+        return Err(Refused::Csrf);
+    }
+    Ok(o)
+}
+
+async fn signout(State(web): State<Web>, headers: HeaderMap, Form(f): Form<CsrfForm>) -> Response {
+    let o = match changing(&web, &headers, &f.csrf) {
+        Ok(o) => o,
+        Err(r) => return r.into_response(),
+    };
+    web.sessions.end(&o.token);
+    let _ = web.record(&o, AccountAction::SignedOut, String::new()).await;
+    let mut res = Redirect::to("/signin").into_response();
+    res.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));
+    res
+}
+
+#[derive(Deserialize, Default)]
+struct InboxQuery {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    partner: String,
+    #[serde(default)]
+    case: String,
+    #[serde(default, rename = "type")]
+    packet_type: String,
+    #[serde(default)]
+    unread: Option<String>,
+    #[serde(default)]
+    flash: Option<String>,
+    #[serde(default)]
+    overdue: Option<String>,
+    #[serde(default)]
+    page: usize,
+}
+
+impl InboxQuery {
+    fn url(&self, page: usize) -> String {
+        let mut parts = vec![];
+        for (k, v) in [("q", &self.q), ("partner", &self.partner), ("case", &self.case), ("type", &self.packet_type)] {
+            if !v.is_empty() {
+                parts.push(format!("{k}={}", form_escape(v)));
+            }
+        }
+        for (k, v) in [("unread", &self.unread), ("flash", &self.flash), ("overdue", &self.overdue)] {
+            if v.is_some() {
+                parts.push(format!("{k}=1"));
+            }
+        }
+        if page > 0 {
+            parts.push(format!("page={page}"));
+        }
+        format!("/inbox?{}", parts.join("&"))
+    }
+}
+
+fn form_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// This node's deadline to answer each received request, as text, overdue ones marked.
+fn deadlines_of(node: &Node) -> std::collections::HashMap<(PacketId, NodeId), (String, bool)> {
+    use crate::deadlines::Due;
+    let now = crate::node::now_ms();
+    node.open_deadlines(crate::deadlines::Role::Answer)
+        .into_iter()
+        .map(|d| {
+            let due = pages::when_ms(d.due_by);
+            let (text, late) = match d.due(now) {
+                Due::Overdue { .. } => (format!("OVERDUE since {due}"), true),
+                Due::Paused => ("paused: clarification asked".to_owned(), false),
+                Due::DueSoon { .. } => (format!("due soon: {due}"), false),
+                Due::Open { .. } => (format!("due {due}"), false),
+                Due::Answered { late } => (if late { "answered late" } else { "answered" }.to_owned(), late),
+            };
+            ((d.request, d.counterpart), (text, late))
+        })
+        .collect()
+}
+
+async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): Query<InboxQuery>) -> Response {
+    let Some(o) = web.officer(&headers, true) else { return to_signin() };
+    let deadlines = deadlines_of(&web.node);
+    let partner = q.partner.trim().parse::<NodeId>().ok();
+    let packet_type = crate::packet::PacketType::ALL.iter().copied().find(|t| t.as_str() == q.packet_type);
+    let only = q.overdue.is_some().then(|| deadlines.iter().filter(|(_, (_, late))| *late).map(|(k, _)| *k).collect());
+    let find = Find {
+        unread: q.unread.is_some(),
+        flash: q.flash.is_some(),
+        partner,
+        case: Some(q.case.trim().to_owned()).filter(|c| !c.is_empty()),
+        packet_type,
+        only,
+        text: q.q.chars().take(256).collect(),
+    };
+    if !find.text.trim().is_empty() {
+        if let Err(r) = web.record(&o, AccountAction::Searched, find.text.clone()).await {
+            return r;
+        }
+    }
+    let account = o.account.clone();
+    let offset = q.page.saturating_mul(PER_PAGE);
+    let found = web.node.catalogue(move |c| c.page(&find, |r| visible(&account, r), offset, PER_PAGE)).await;
+    let page = match found {
+        Ok(p) => p,
+        Err(e) => return html(StatusCode::SERVICE_UNAVAILABLE, pages::error(None, &e.to_string())),
+    };
+    let rows: Vec<(Row, Option<String>)> = page
+        .rows
+        .into_iter()
+        .map(|r| {
+            let d = deadlines.get(&(r.id, r.from)).map(|(t, _)| t.clone());
+            (r, d)
+        })
+        .collect();
+    let frame = Frame {
+        node: web.node.id().as_str(),
+        account: &o.account,
+        csrf: &o.session.csrf,
+        unread: page.unread,
+        live: true,
+        rows: q.page == 0 && q.url(0) == "/inbox?",
+    };
+    let filters = pages::Filters {
+        unread: q.unread.is_some(),
+        flash: q.flash.is_some(),
+        overdue: q.overdue.is_some(),
+        partner: &q.partner,
+        case: &q.case,
+        packet_type: &q.packet_type,
+        q: &q.q,
+    };
+    let next = (offset + PER_PAGE < page.total).then(|| q.url(q.page + 1));
+    let prev = (q.page > 0).then(|| q.url(q.page - 1));
+    let pager = pages::Pager { total: page.total, page_no: q.page, per_page: PER_PAGE, next, prev };
+    html(StatusCode::OK, pages::inbox(&frame, &filters, &rows, &pager))
+}
+
+#[derive(Deserialize)]
+struct FromQuery {
+    from: Option<String>,
+}
+
+fn packet_key(id: &str, q: &FromQuery) -> Option<(PacketId, NodeId)> {
+    Some((id.parse().ok()?, q.from.as_deref()?.parse().ok()?))
+}
+
+async fn packet(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+) -> Response {
+    let Some(o) = web.officer(&headers, true) else { return to_signin() };
+    let unread = web.frame_unread(&o).await;
+    let frame = Frame {
+        node: web.node.id().as_str(),
+        account: &o.account,
+        csrf: &o.session.csrf,
+        unread,
+        live: true,
+        rows: false,
+    };
+    let Some((id, from)) = packet_key(&id, &q) else { return html(StatusCode::NOT_FOUND, pages::not_found(&frame)) };
+    let shown = web.node.show(id, Some(&from));
+    let (packet, rec) = match shown {
+        Ok((p, rec, _))
+            if o.account.may_see(&from, p.envelope.case_ref.as_ref())
+                && o.account.may_see(&p.envelope.originator.node, p.envelope.case_ref.as_ref()) =>
+        {
+            (p, rec)
+        }
+        Ok(_) => {
+            let _ =
+                web.record(&o, AccountAction::Refused, format!("{id} from {from}: outside the account's scope")).await;
+            return html(StatusCode::NOT_FOUND, pages::not_found(&frame));
+        }
+        Err(_) => return html(StatusCode::NOT_FOUND, pages::not_found(&frame)),
+    };
+    if let Err(r) = web.record(&o, AccountAction::Viewed, format!("{id} from {from}")).await {
+        return r;
+    }
+    let acked_by_me = rec.reads.iter().any(|(who, _)| *who == o.account.name);
+    let body = serde_json::to_value(&packet.body).unwrap_or_default();
+    let e = &packet.envelope;
+    let content = maud::html! {
+        (pages::banner(&packet))
+        h1 { span class={ "prio prio-" (pages::wire(&e.priority)) } { (pages::wire(&e.priority)) } " " (packet.packet_type().as_str()) " " (e.case_ref.as_ref().map_or("", |c| c.as_str())) }
+        dl.fields #envelope {
+            dt { "Packet" } dd { (e.id) }
+            dt { "From" } dd { (e.originator.node) @if let Some(off) = &e.originator.officer { ", " (off) } @if from != e.originator.node { " (passed on by " (from) ")" } }
+            dt { "Created" } dd { (e.created) }
+            dt { "Received" } dd { (pages::when_ms(rec.received_at)) }
+            dt { "Expires" } dd { (e.expires) }
+            @if let Some(u) = &e.urgency_reason { dt { "Urgency" } dd { (pages::wire(u)) } }
+            @if let Some(d) = e.due_by { dt { "Answer due" } dd { (d) } }
+            @if let Some(l) = &e.legal_basis { dt { "Legal basis" } dd { (l) } }
+            @if let Some(p) = &e.purpose { dt { "Purpose" } dd { (p) } }
+            @if let Some(r) = e.in_reply_to { dt { "In reply to" } dd { (r) } }
+            @if !e.related.is_empty() { dt { "Related" } dd { @for r in &e.related { (r) " " } } }
+            dt { "Language" } dd { (e.language.as_str()) }
+        }
+        section #body { h2 { "Content" } (pages::body(&body)) }
+        section #reads {
+            h2 { "Acknowledged" }
+            @if rec.reads.is_empty() { p.muted { "Not yet acknowledged here." } }
+            ul { @for (who, at) in &rec.reads { li { (who) " at " (pages::when_ms(*at)) } } }
+            @if !acked_by_me {
+                form method="post" action={ "/packets/" (id) "/ack?from=" (from) } {
+                    input type="hidden" name="csrf" value=(o.session.csrf);
+                    button #ack type="submit" { "Acknowledge as " (o.account.display_name) }
+                }
+            }
+        }
+    };
+    html(StatusCode::OK, pages::page(&format!("{} {}", packet.packet_type().as_str(), id), Some(&frame), content))
+}
+
+async fn ack(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let o = match changing(&web, &headers, &f.csrf) {
+        Ok(o) => o,
+        Err(r) => return r.into_response(),
+    };
+    let Some((id, from)) = packet_key(&id, &q) else { return StatusCode::NOT_FOUND.into_response() };
+    // The scope is checked before anything is done: a packet outside it does not exist here.
+    match web.node.show(id, Some(&from)) {
+        Ok((p, _, _))
+            if o.account.may_see(&from, p.envelope.case_ref.as_ref())
+                && o.account.may_see(&p.envelope.originator.node, p.envelope.case_ref.as_ref()) => {}
+        _ => {
+            let _ = web.record(&o, AccountAction::Refused, format!("acknowledge {id} from {from}: not in scope")).await;
+            return StatusCode::NOT_FOUND.into_response();
+        }
+    }
+    match web.node.ack(id, Some(&from), o.account.name.clone()).await {
+        Ok(()) => Redirect::to(&format!("/packets/{id}?from={from}")).into_response(),
+        Err(e) => html(StatusCode::CONFLICT, pages::error(None, &e.to_string())),
+    }
+}
+
+/// Live alerts: a `packet` event for each arrival the account may see, a `signed-out` event
+/// when its session ends. The stream does not keep the session alive.
+async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
+    let Some(o) = web.officer(&headers, true) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let rx = web.node.arrivals();
+    let state = (web, o.token, o.account, rx);
+    let stream = futures_util::stream::unfold(Some(state), |state| async move {
+        let (web, token, account, mut rx) = state?;
+        loop {
+            let alive = web.sessions.get(&token, Instant::now(), false).is_some()
+                && web.node.accounts().get(&account.name).is_some_and(|a| a.usable());
+            if !alive {
+                let ev = SseEvent::default().event("signed-out").data("");
+                return Some((Ok::<_, std::convert::Infallible>(ev), None));
+            }
+            let next = tokio::select! {
+                () = web.closing.cancelled() => return None,
+                next = tokio::time::timeout(Duration::from_secs(15), rx.recv()) => next,
+            };
+            let arrival = match next {
+                Err(_) => continue,
+                Ok(Ok(a)) => a,
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                    let ev = SseEvent::default().event("reload").data("");
+                    return Some((Ok(ev), Some((web, token, account, rx))));
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+            };
+            let who = account.clone();
+            let seen = web
+                .node
+                .catalogue(move |c| {
+                    let row = c.row(arrival.id, &arrival.from).filter(|r| visible(&who, r)).cloned();
+                    let unread = c.page(&Find::default(), |r| visible(&who, r), 0, 0).unread;
+                    row.map(|r| (r, unread))
+                })
+                .await;
+            let Ok(Some((row, unread))) = seen else { continue };
+            let data = serde_json::json!({
+                "id": row.id.to_string(),
+                "from": row.from.to_string(),
+                "priority": pages::wire(&row.priority),
+                "type": row.packet_type.as_str(),
+                "case_ref": row.case_ref.as_ref().map(|c| c.as_str().to_owned()),
+                "summary": row.summary,
+                "markings": pages::marking_badges(&row),
+                "received": pages::when_ms(row.received_at),
+                "url": pages::packet_url(&row),
+                "unread": unread,
+            });
+            let ev = SseEvent::default().event("packet").data(data.to_string());
+            return Some((Ok(ev), Some((web, token, account, rx))));
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}

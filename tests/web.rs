@@ -1,0 +1,366 @@
+//! The officers' web workspace on real node processes: sign-in with a personal account
+//! (password and TOTP), sessions and CSRF tokens, scopes, lockout, packet text rendered inert,
+//! and — in a real headless Chromium driven through chromedriver — a FLASH alert sent by
+//! another node process appearing on the open inbox without a reload, opened, acknowledged
+//! under the officer's name, and found again by a search on an entity's name.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+mod common;
+
+use common::browser::{docs_dir, Browser};
+use common::cluster::*;
+use common::http::{form, input_value, request, Answer};
+use liaison::accounts::totp::{base32_decode, TotpSecret, STEP_SECONDS};
+use serde_json::{json, Value};
+
+/// An account made with `liaison users add` (through the node's admin API).
+struct Officer {
+    name: String,
+    password: String,
+    secret: TotpSecret,
+}
+
+impl Officer {
+    /// The TOTP code `steps` steps after the current one (a step is accepted once per account,
+    /// and the next one is accepted too: several sign-ins in one test use 0, then 1).
+    fn code(&self, steps: u64) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        format!("{:06}", self.secret.code_at(now / STEP_SECONDS + steps))
+    }
+}
+
+fn add_officer(n: &NodeProc, name: &str, display: &str, extra: &[&str]) -> Officer {
+    let password = format!("{name}-passphrase-of-some-length");
+    let mut args = vec!["users", "add", name, "--display-name", display, "--password-stdin", "--json"];
+    args.extend_from_slice(extra);
+    let mut child = std::process::Command::new(BIN)
+        .args(&args)
+        .env("LIAISON_API", &n.api)
+        .env("LIAISON_TOKEN", &n.token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "users add: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["password"].is_null(), "a given password is not echoed");
+    let secret = TotpSecret::from_bytes(&base32_decode(v["totp_secret"].as_str().unwrap()).unwrap());
+    Officer { name: name.into(), password, secret }
+}
+
+/// Signs in over HTTP: the form (its own CSRF cookie), then the post.
+fn sign_in(web: &str, name: &str, password: &str, code: &str) -> Answer {
+    let page = request(web, "GET", "/signin", &[], None);
+    assert_eq!(page.status, 200);
+    let (_, pre) = page.cookies().into_iter().find(|(k, _)| k == "liaison_signin").unwrap();
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    assert_eq!(csrf, pre);
+    let body = form(&[("csrf", &csrf), ("name", name), ("password", password), ("code", code)]);
+    let cookie = format!("liaison_signin={pre}");
+    request(
+        web,
+        "POST",
+        "/signin",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )
+}
+
+/// The session cookie of a successful sign-in.
+fn session(a: &Answer) -> String {
+    assert_eq!(a.status, 303, "sign-in refused: {}", a.body);
+    let (_, v) = a.cookies().into_iter().find(|(k, _)| k == "liaison_session").expect("a session cookie");
+    format!("liaison_session={v}")
+}
+
+fn get(web: &str, path: &str, cookie: &str) -> Answer {
+    request(web, "GET", path, &[("Cookie", cookie)], None)
+}
+
+fn post(web: &str, path: &str, cookie: &str, pairs: &[(&str, &str)]) -> Answer {
+    request(
+        web,
+        "POST",
+        path,
+        &[("Cookie", cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&form(pairs)),
+    )
+}
+
+fn submit(n: &NodeProc, to: &str, packet: &Value) -> String {
+    let (code, v) = n.api("POST", &format!("/v1/packets?to={to}"), Some(&packet.to_string()));
+    assert_eq!(code, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+fn wait_received(n: &NodeProc, id: &str) {
+    wait_for(&format!("{id} at {}", n.name), Duration::from_secs(30), || n.inbox().iter().any(|i| i["id"] == id));
+}
+
+/// Account events of the audit trail, as "account action".
+fn account_events(n: &NodeProc) -> Vec<String> {
+    let (code, v) = n.api("GET", "/v1/audit/entries", None);
+    assert_eq!(code, 200, "{v}");
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let a = &e["event"]["account"];
+            a.is_object().then(|| format!("{} {}", a["account"].as_str().unwrap_or("-"), a["action"].as_str().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn pages_need_a_session_changes_need_its_csrf_token_and_packet_text_stays_text() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let (it, es) = (c.get("IT-DCSA"), c.get("ES-UDYCO"));
+    let web = &it.web;
+
+    // Nothing without a session: pages send to the sign-in, streams and changes are refused.
+    for path in ["/", "/inbox", "/inbox?q=x", "/packets/019ac0a1-5c00-7000-8000-000000000003?from=ES-UDYCO"] {
+        let a = request(web, "GET", path, &[], None);
+        assert!(a.status == 303 || a.status == 401, "{path}: {}", a.status);
+        assert!(!a.body.contains("Inbox"), "{path}");
+        if path != "/" {
+            assert_eq!(a.header("location"), Some("/signin"), "{path}");
+        }
+    }
+    assert_eq!(request(web, "GET", "/events", &[], None).status, 401);
+    for path in ["/signout", "/packets/019ac0a1-5c00-7000-8000-000000000003/ack?from=ES-UDYCO"] {
+        let a = request(web, "POST", path, &[("Content-Type", "application/x-www-form-urlencoded")], Some("csrf=x"));
+        assert_eq!(a.status, 401, "{path}");
+    }
+    // A forged session cookie is no session; the API wants its token.
+    assert_eq!(get(web, "/inbox", "liaison_session=00ff").header("location"), Some("/signin"));
+    assert_eq!(liaison::client::call(&it.api, "wrong", "GET", "/v1/inbox", None).unwrap().0, 401);
+    // Every answer carries the strict policy.
+    let signin = request(web, "GET", "/signin", &[], None);
+    let csp = signin.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(signin.header("x-frame-options"), Some("DENY"));
+    assert_eq!(signin.header("cache-control"), Some("no-store"));
+
+    let ana = add_officer(it, "ana.rossi", "Isp. Ana Rossi", &["--role", "officer"]);
+    // A sign-in form posted from elsewhere (its token not the one in this browser's cookie).
+    let a = request(
+        web,
+        "POST",
+        "/signin",
+        &[("Cookie", "liaison_signin=aaaa"), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&form(&[("csrf", "bbbb"), ("name", &ana.name), ("password", &ana.password), ("code", &ana.code(0))])),
+    );
+    assert_eq!(a.status, 403);
+    assert!(a.cookies().iter().all(|(k, _)| k != "liaison_session"));
+    let cookie = session(&sign_in(web, &ana.name, &ana.password, &ana.code(0)));
+    let inbox = get(web, "/inbox", &cookie);
+    assert_eq!(inbox.status, 200);
+    assert!(inbox.body.contains("Isp. Ana Rossi"), "{}", inbox.body);
+
+    // A packet whose text tries to run: shown as text, linked nowhere.
+    let mut p = common::draft("information-request.json");
+    p["envelope"]["purpose"] = json!("<script>alert('purpose')</script> see <a href=\"javascript:alert(1)\">here</a>");
+    p["body"]["InformationRequest"]["subject"] = json!("<img src=x onerror=alert(2)> javascript:alert(3)");
+    let id = submit(es, "IT-DCSA", &p);
+    wait_received(it, &id);
+    let inbox = get(web, "/inbox", &cookie);
+    assert!(inbox.body.contains(&id), "{}", inbox.body);
+    let view = get(web, &format!("/packets/{id}?from=ES-UDYCO"), &cookie);
+    assert_eq!(view.status, 200, "{}", view.body);
+    for page in [&inbox.body, &view.body] {
+        assert_eq!(page.matches("<script").count(), 1, "only the workspace's own script:\n{page}");
+        assert!(
+            !page.contains("<img") && !page.contains("href=\"javascript:") && !page.contains("<a href=\"javascript")
+        );
+        assert!(page.contains("&lt;img src=x onerror=alert(2)&gt;"), "{page}");
+    }
+    assert!(
+        view.body.contains("&lt;script&gt;alert(&#39;purpose&#39;)&lt;/script&gt;")
+            || view.body.contains("&lt;script&gt;alert('purpose')&lt;/script&gt;"),
+        "{}",
+        view.body
+    );
+
+    // A change with a forged CSRF token is refused, and nothing is acknowledged.
+    let ack = format!("/packets/{id}/ack?from=ES-UDYCO");
+    let forged =
+        post(web, &ack, &cookie, &[("csrf", "0000000000000000000000000000000000000000000000000000000000000000")]);
+    assert_eq!(forged.status, 403);
+    let missing = request(
+        web,
+        "POST",
+        &ack,
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(""),
+    );
+    assert!(missing.status >= 400, "{}", missing.status);
+    assert!(it.inbox().iter().find(|i| i["id"] == id).unwrap()["read_by"].is_null());
+    // With the session's token: acknowledged as the signed-in officer, and the originator sees it.
+    let csrf = input_value(&view.body, "csrf").unwrap();
+    let done = post(web, &ack, &cookie, &[("csrf", &csrf)]);
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(it.inbox().iter().find(|i| i["id"] == id).unwrap()["read_by"], "ana.rossi");
+    wait_for("the originator sees who read it", Duration::from_secs(20), || {
+        es.api("GET", &format!("/v1/packets/{id}"), None).1["recipients"][0]["read_by"] == "ana.rossi"
+    });
+    // Sign-out ends the session.
+    assert_eq!(post(web, "/signout", &cookie, &[("csrf", &csrf)]).status, 303);
+    assert_eq!(get(web, "/inbox", &cookie).header("location"), Some("/signin"));
+    let events = account_events(it);
+    for e in ["ana.rossi added", "ana.rossi signed in", "ana.rossi viewed", "ana.rossi signed out"] {
+        assert!(events.iter().any(|x| x == e), "{e} in {events:?}");
+    }
+}
+
+#[test]
+fn accounts_see_only_their_scope_and_a_locked_account_stays_locked() {
+    let mut c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let (it, es, co) = (c.get("IT-DCSA"), c.get("ES-UDYCO"), c.get("CO-DIJIN"));
+    let web = it.web.clone();
+    let es_desk = add_officer(it, "es.desk", "Spanish desk", &["--partners", "ES-UDYCO"]);
+    let case_desk = add_officer(it, "case.desk", "Case 77 team", &["--cases", "ES-UDYCO/2026/77*"]);
+    let mut from_es = common::draft("information-request.json");
+    from_es["envelope"]["case_ref"] = json!("ES-UDYCO/2026/7701");
+    let mut from_co = common::draft("information-request.json");
+    from_co["envelope"]["case_ref"] = json!("CO-DIJIN/2026/5501");
+    let mut es_other = common::draft("information-request.json");
+    es_other["envelope"]["case_ref"] = json!("ES-UDYCO/2026/9900");
+    let es_id = submit(es, "IT-DCSA", &from_es);
+    let co_id = submit(co, "IT-DCSA", &from_co);
+    let es_other_id = submit(es, "IT-DCSA", &es_other);
+    for id in [&es_id, &co_id, &es_other_id] {
+        wait_received(it, id);
+    }
+    let desk = session(&sign_in(&web, &es_desk.name, &es_desk.password, &es_desk.code(0)));
+    let page = get(&web, "/inbox", &desk).body;
+    assert!(page.contains(&es_id) && page.contains(&es_other_id) && !page.contains(&co_id), "{page}");
+    assert!(!get(&web, "/inbox?q=CO-DIJIN%2F2026%2F5501", &desk).body.contains(&co_id));
+    let direct = get(&web, &format!("/packets/{co_id}?from=CO-DIJIN"), &desk);
+    assert_eq!(direct.status, 404);
+    assert!(!direct.body.contains("CO-DIJIN/2026/5501"));
+    let csrf = input_value(&page, "csrf").unwrap();
+    assert_eq!(post(&web, &format!("/packets/{co_id}/ack?from=CO-DIJIN"), &desk, &[("csrf", &csrf)]).status, 404);
+    let cases = session(&sign_in(&web, &case_desk.name, &case_desk.password, &case_desk.code(0)));
+    let page = get(&web, "/inbox", &cases).body;
+    assert!(page.contains(&es_id) && !page.contains(&es_other_id) && !page.contains(&co_id), "{page}");
+    assert_eq!(get(&web, &format!("/packets/{es_other_id}?from=ES-UDYCO"), &cases).status, 404);
+    assert!(account_events(it).iter().any(|e| e == "es.desk refused"));
+
+    // Five wrong passwords lock the account; then the right password and code say "locked".
+    let ana = add_officer(it, "ana", "Ana", &[]);
+    for _ in 0..liaison::accounts::MAX_FAILURES {
+        let a = sign_in(&web, &ana.name, "not her passphrase at all", &ana.code(0));
+        assert_eq!(a.status, 401);
+        assert!(a.body.contains("not recognised"), "{}", a.body);
+    }
+    let a = sign_in(&web, &ana.name, &ana.password, &ana.code(0));
+    assert_eq!(a.status, 401);
+    assert!(a.body.contains("locked"), "{}", a.body);
+    // A kill -9 and a start: still locked.
+    let it = c.node("IT-DCSA");
+    it.kill_9();
+    it.start();
+    let a = sign_in(&web, &ana.name, &ana.password, &ana.code(1));
+    assert!(a.status == 401 && a.body.contains("locked"), "{} {}", a.status, a.body);
+    let list = String::from_utf8_lossy(&it.cli(&["users", "list"]).stdout).into_owned();
+    assert!(list.lines().any(|l| l.starts_with("ana ") && l.contains("locked")), "{list}");
+    // An administrator resets it: new password and secret, unlocked.
+    let o = it.cli(&["users", "reset", "ana", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fresh = Officer {
+        name: "ana".into(),
+        password: v["password"].as_str().unwrap().into(),
+        secret: TotpSecret::from_bytes(&base32_decode(v["totp_secret"].as_str().unwrap()).unwrap()),
+    };
+    let cookie = session(&sign_in(&web, &fresh.name, &fresh.password, &fresh.code(0)));
+    assert_eq!(get(&web, "/inbox", &cookie).status, 200);
+    // Disabling ends the open session at its next request.
+    assert!(it.cli(&["users", "disable", "ana"]).status.success());
+    assert_eq!(get(&web, "/inbox", &cookie).header("location"), Some("/signin"));
+    let events = account_events(it);
+    for e in ["ana locked", "ana reset", "ana disabled"] {
+        assert!(events.iter().any(|x| x == e), "{e} in {events:?}");
+    }
+    // A non-admin client cannot manage accounts.
+    let (code, _) = it.api("GET", "/v1/users", None);
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name() {
+    let c = Cluster::new(&["IT-DCSA", "CO-DIJIN", "ES-UDYCO"]);
+    let (it, co, es) = (c.get("IT-DCSA"), c.get("CO-DIJIN"), c.get("ES-UDYCO"));
+    let officer = add_officer(it, "g.rossi", "Isp. Giulia Rossi", &[]);
+    // Something in the inbox already.
+    let mut earlier = Vec::new();
+    for (from, example) in [(es, "information-request.json"), (es, "jit-notice.json"), (co, "information-request.json")]
+    {
+        earlier.push(submit(from, "IT-DCSA", &common::draft(example)));
+    }
+    for id in &earlier {
+        wait_received(it, id);
+    }
+
+    let b = Browser::start();
+    b.goto(&format!("{}/signin", it.web));
+    b.type_into("#name", &officer.name);
+    b.type_into("#password", &officer.password);
+    b.type_into("#code", &officer.code(0));
+    b.click("#signin");
+    b.find("table.inbox", Duration::from_secs(10));
+    assert!(b.url().ends_with("/inbox"), "{}", b.url());
+    assert!(b.text("header.top").contains("Isp. Giulia Rossi"));
+    // The page stays open: a marker set now survives only if it is never reloaded.
+    b.script("window.__stayed = true; return true;");
+    b.wait_true(
+        "the live stream is open",
+        "return !!document.body && document.body.dataset.live === 'on';",
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // CO-DIJIN's process sends a FLASH controlled-delivery alert.
+    let alert = submit(co, "IT-DCSA", &common::draft("controlled-delivery-alert.json"));
+    let row = format!("tr[data-id=\"{alert}\"]");
+    b.find(&row, Duration::from_secs(30));
+    assert_eq!(b.script("return window.__stayed === true;"), Value::Bool(true), "the page was reloaded");
+    let bar = b.text("#alert-bar");
+    assert!(bar.contains("FLASH") && bar.contains("ControlledDeliveryAlert") && bar.contains("CO-DIJIN"), "{bar}");
+    assert!(b.text(&row).contains("CO-DIJIN/2026/CD-0117"));
+    b.screenshot(&docs_dir().join("inbox.png"));
+
+    // Open it: the markings first, with what H2 means.
+    b.click(&format!("{row} a.open"));
+    b.find("#markings", Duration::from_secs(10));
+    let banner = b.text("#markings");
+    for m in ["EU_RESTRICTED", "TLP:RED", "H2", "not to be passed on without the provider's permission", "B2"] {
+        assert!(banner.contains(m), "{m} in {banner}");
+    }
+    assert!(b.text("#body").contains("Ortega Ruiz"));
+    b.screenshot(&docs_dir().join("packet.png"));
+    // Acknowledge: the originator sees the officer's name.
+    b.click("#ack");
+    b.find("#reads li", Duration::from_secs(10));
+    assert!(b.text("#reads").contains("g.rossi"));
+    wait_for("CO-DIJIN sees who read it", Duration::from_secs(20), || {
+        co.api("GET", &format!("/v1/packets/{alert}"), None).1["recipients"][0]["read_by"] == "g.rossi"
+    });
+
+    // Search by the courier's name finds it, and only it.
+    b.goto(&format!("{}/inbox", it.web));
+    b.type_into("#q", "ortega");
+    b.click("#search");
+    b.find(&row, Duration::from_secs(10));
+    assert!(b.text("#total").starts_with("1 packet"), "{}", b.text("#total"));
+}
