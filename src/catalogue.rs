@@ -23,8 +23,10 @@ pub const SUMMARY_CHARS: usize = 160;
 /// One received packet in the listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// The packet.
+    /// The packet as stored here (for a packet passed on: the forward's own id).
     pub id: PacketId,
+    /// For a packet passed on: the id of the packet it carries.
+    pub original: Option<PacketId>,
     /// The partner that sent it.
     pub from: NodeId,
     /// Its originator (another node for a packet passed on).
@@ -58,11 +60,12 @@ pub struct Row {
 }
 
 impl Row {
-    /// The row of `packet` (as its originator signed it), received from `from` at `received_at`.
-    pub fn of(packet: &Packet, from: NodeId, received_at: Millis, read: bool) -> Self {
+    /// The row of `packet` (as its originator signed it), stored as `id` (a forward's own id:
+    /// the packet it carries is shown) from `from` at `received_at`.
+    pub fn of(packet: &Packet, id: PacketId, from: NodeId, received_at: Millis, read: bool) -> Self {
         let e = &packet.envelope;
         let summary = clip(&summary_of(packet), SUMMARY_CHARS);
-        let mut text = format!("{} {} {} ", e.id, e.case_ref.as_ref().map_or("", |c| c.as_str()), summary);
+        let mut text = format!("{id} {} {} {} ", e.id, e.case_ref.as_ref().map_or("", |c| c.as_str()), summary);
         for part in [e.purpose.as_deref(), e.legal_basis.as_deref(), e.originator.officer.as_ref().map(|o| o.as_str())]
         {
             text.push_str(part.unwrap_or(""));
@@ -73,7 +76,8 @@ impl Row {
             strings_of(&body, &mut text);
         }
         Self {
-            id: e.id,
+            id,
+            original: (id != e.id).then_some(e.id),
             from,
             originator: e.originator.node,
             packet_type: packet.packet_type(),
@@ -164,6 +168,65 @@ pub fn wire<T: serde::Serialize>(x: &T) -> String {
     }
 }
 
+/// A packet this node's officers sent, as the sent listing shows it: what it is (from the
+/// packet as submitted, before any recipient's redactions) and what each recipient's policy
+/// decided. Written with the packet's copies at submit ([`crate::store::Tree::Submissions`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SentRecord {
+    /// The packet.
+    pub id: PacketId,
+    /// When it was submitted (ms).
+    pub at: Millis,
+    /// Its type.
+    pub packet_type: PacketType,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its case reference.
+    pub case_ref: Option<CaseRef>,
+    /// One line saying what it is about.
+    pub summary: String,
+    /// Its classification.
+    pub classification: Classification,
+    /// Its TLP marking.
+    pub tlp: Option<Tlp>,
+    /// Its handling codes.
+    pub handling: Handling,
+    /// Its grading.
+    pub grading: Option<Grading>,
+    /// The officer who wrote it.
+    pub officer: Option<crate::ids::OfficerId>,
+    /// The packet it answers.
+    pub in_reply_to: Option<PacketId>,
+    /// When the answer is due, for a request.
+    pub due_by: Option<Timestamp>,
+    /// Each recipient's policy decision: allowed, allowed with these fields removed, refused by
+    /// this rule.
+    pub decisions: Vec<crate::audit::Decided>,
+}
+
+impl SentRecord {
+    /// The record of `packet` submitted at `at`, with its recipients' decisions.
+    pub fn of(packet: &Packet, at: Millis, decisions: Vec<crate::audit::Decided>) -> Self {
+        let e = &packet.envelope;
+        Self {
+            id: e.id,
+            at,
+            packet_type: packet.packet_type(),
+            priority: e.priority,
+            case_ref: e.case_ref.clone(),
+            summary: clip(&summary_of(packet), SUMMARY_CHARS),
+            classification: e.classification,
+            tlp: e.tlp,
+            handling: e.handling.clone(),
+            grading: e.grading,
+            officer: e.originator.officer.clone(),
+            in_reply_to: e.in_reply_to,
+            due_by: e.due_by,
+            decisions,
+        }
+    }
+}
+
 /// What an officer asks of the inbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
@@ -211,32 +274,26 @@ pub struct Catalogue {
 impl Catalogue {
     /// Adds a row (a packet already listed is left as it is).
     pub fn add(&mut self, row: Row) {
-        let key = (row.id, row.from);
-        if self.at.contains_key(&key) {
-            return;
-        }
-        // Arrivals come in order; rows loaded at start may interleave with them: keep the
-        // order by received time.
-        let pos = self.rows.partition_point(|r| r.received_at <= row.received_at);
-        if pos == self.rows.len() {
-            self.at.insert(key, pos);
-            self.rows.push(row);
-        } else {
-            self.rows.insert(pos, row);
-            self.reindex();
-        }
+        self.extend([row]);
     }
 
-    /// Adds many rows at once (a start), then orders them.
+    /// Adds many rows at once (a start, or the arrivals since the last read), keeping the order
+    /// by received time; a packet already listed is left as it is.
     pub fn extend(&mut self, rows: impl IntoIterator<Item = Row>) {
+        let before = self.rows.len();
+        let mut in_order = true;
         for row in rows {
             if let std::collections::hash_map::Entry::Vacant(v) = self.at.entry((row.id, row.from)) {
-                v.insert(usize::MAX);
+                in_order &= self.rows.last().is_none_or(|last| last.received_at <= row.received_at);
+                v.insert(self.rows.len());
                 self.rows.push(row);
             }
         }
-        self.rows.sort_by_key(|r| r.received_at);
-        self.reindex();
+        if !in_order && self.rows.len() > before {
+            // Stable: rows of one time keep the order they came in.
+            self.rows.sort_by_key(|r| r.received_at);
+            self.reindex();
+        }
     }
 
     fn reindex(&mut self) {
@@ -261,6 +318,11 @@ impl Catalogue {
     /// A packet's row.
     pub fn row(&self, id: PacketId, from: &NodeId) -> Option<&Row> {
         self.at.get(&(id, *from)).map(|&i| &self.rows[i])
+    }
+
+    /// Every row, oldest first.
+    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter()
     }
 
     /// How many rows there are.
@@ -317,7 +379,7 @@ mod tests {
     #[test]
     fn rows_carry_markings_summary_and_searchable_entities() {
         let p = example("information-request.json");
-        let row = Row::of(&p, "IT-DCSA".parse().unwrap(), 5, false);
+        let row = Row::of(&p, p.envelope.id, "IT-DCSA".parse().unwrap(), 5, false);
         assert_eq!(row.case_ref, p.envelope.case_ref);
         assert!(!row.summary.is_empty() && row.summary.chars().count() <= SUMMARY_CHARS);
         let mut c = Catalogue::default();

@@ -98,6 +98,17 @@ impl Client {
         self.call("GET", "/v1/inbox", None)
     }
 
+    /// Packets received matching a query string (`unread=1&partner=ES-UDYCO&q=ortega`; see
+    /// `GET /v1/inbox`).
+    pub fn inbox_where(&self, query: &str) -> Result<Vec<InboxItem>, CallError> {
+        self.call("GET", &format!("/v1/inbox?{query}"), None)
+    }
+
+    /// A packet officers of this node sent: decisions, delivery, receipts, the packet as sent.
+    pub fn sent(&self, id: PacketId) -> Result<crate::api::types::SentView, CallError> {
+        self.call("GET", &format!("/v1/sent/{id}"), None)
+    }
+
     /// One received packet (`from`: which sender's, where two used one id).
     pub fn show(&self, id: PacketId, from: Option<&NodeId>) -> Result<Shown, CallError> {
         self.call("GET", &format!("/v1/inbox/{id}{}", from_query(from)), None)

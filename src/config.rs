@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::delivery::RetryPolicy;
 use crate::encoding::{unhex, Digest};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, OfficerId};
 use crate::policy::Policy;
 
 /// The configuration could not be used; every problem found is listed.
@@ -56,6 +56,10 @@ struct RawWeb {
     idle_minutes: u64,
     #[serde(default = "d_session_hours")]
     session_hours: u64,
+    #[serde(default)]
+    secure_cookies: bool,
+    #[serde(default)]
+    hosts: Vec<String>,
 }
 
 fn d_idle_minutes() -> u64 {
@@ -75,6 +79,12 @@ pub struct WebSettings {
     pub idle: std::time::Duration,
     /// A session ends this long after its sign-in, used or not (`session_hours`, 12 by default).
     pub lifetime: std::time::Duration,
+    /// Cookies marked `Secure` (named `__Host-...`): behind a TLS-terminating proxy on this
+    /// machine (`secure_cookies`, off by default: plain HTTP on loopback).
+    pub secure_cookies: bool,
+    /// Host names (`host` or `host:port`) the workspace answers to besides its own address and
+    /// `localhost`: a proxy's public name (`hosts`). Any other Host is refused (DNS rebinding).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,6 +194,8 @@ struct RawClient {
     token_sha256: String,
     #[serde(default)]
     admin: bool,
+    #[serde(default)]
+    names_officers: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +265,9 @@ pub struct ApiClient {
     pub token_sha256: Digest,
     /// Whether it may change the node (enrol and remove partners): `admin = true`.
     pub admin: bool,
+    /// Whether it is a case system that signs its own users in and names the officer each
+    /// request acts for (`names_officers = true`); any other client acts under its own name.
+    pub names_officers: bool,
 }
 
 /// Log output format.
@@ -569,10 +584,16 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
     let mut api_clients = Vec::new();
     for (i, c) in raw.api.clients.iter().enumerate() {
         match unhex::<32>(&c.token_sha256) {
-            Some(h) if !c.name.trim().is_empty() => {
-                api_clients.push(ApiClient { name: c.name.clone(), token_sha256: Digest(h), admin: c.admin })
-            }
-            Some(_) => problems.push(format!("api.clients[{i}].name: must not be empty")),
+            Some(h) if c.name.parse::<OfficerId>().is_ok() => api_clients.push(ApiClient {
+                name: c.name.clone(),
+                token_sha256: Digest(h),
+                admin: c.admin,
+                names_officers: c.names_officers,
+            }),
+            Some(_) => problems.push(format!(
+                "api.clients[{i}].name {:?}: 1 to 64 characters, no control characters or surrounding spaces (it is the name the client acts under)",
+                c.name
+            )),
             None => {
                 problems.push(format!("api.clients[{i}].token_sha256: expected 64 hex digits (sha256 of the token)"))
             }
@@ -687,10 +708,17 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
         if !(1..=24).contains(&w.session_hours) {
             problems.push(format!("web.session_hours {}: expected 1 to 24", w.session_hours));
         }
+        for (i, h) in w.hosts.iter().enumerate() {
+            if h.is_empty() || h.len() > 253 || !h.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) {
+                problems.push(format!("web.hosts[{i}] {h:?}: a host name, or host:port"));
+            }
+        }
         Some(WebSettings {
             listen,
             idle: std::time::Duration::from_secs(w.idle_minutes * 60),
             lifetime: std::time::Duration::from_secs(w.session_hours * 3600),
+            secure_cookies: w.secure_cookies,
+            hosts: w.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         })
     });
     match (node, listen, api_listen) {

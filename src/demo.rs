@@ -101,7 +101,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
             "[node]\nid = \"{name}\"\nlisten = \"127.0.0.1:{quic}\"\ndata_dir = \"data\"\n\
              [keys]\ndir = \".\"\nkeyring = [\"../federation\"]\n\
              [tls]\nca = \"ca.crt\"\ncert = \"tls.crt\"\nkey = \"tls.key\"\ncrls = [\"crl.pem\"]\n\
-             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-officer\", token_sha256 = \"{}\" }}]\n\
+             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-case-system\", token_sha256 = \"{}\", names_officers = true }}]\n\
              {partners}[delivery]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nreceipt_timeout_ms = 5000\n\
              [log]\nformat = \"text\"\nlevel = \"info\"\n",
             hex(&Digest::of(token.as_bytes()).0)
@@ -170,7 +170,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         let entry = inbox.iter().find(|e| e.id == id).ok_or(format!("{name}: not in inbox"))?;
         p(out, format!("   {name:<9} INBOX {} {} from {}", entry.priority.as_str(), entry.packet_type, entry.from))?;
     }
-    api("IT-DCSA")?.ack(id, None, &AckRequest { officer: rossi.clone() }).map_err(|e| e.to_string())?;
+    api("IT-DCSA")?.ack(id, None, &AckRequest { officer: Some(rossi.clone()) }).map_err(|e| e.to_string())?;
     wait_for("the read acknowledgement", Duration::from_secs(30), || {
         api("CO-DIJIN")
             .and_then(|c| c.status(id).map_err(|e| e.to_string()))
@@ -224,7 +224,7 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     for r in &removed {
         p(out, format!("     - {r}"))?;
     }
-    let forward = ForwardRequest { to: nodes(&["ES-UDYCO"])?, officer: rossi.clone() };
+    let forward = ForwardRequest { to: nodes(&["ES-UDYCO"])?, officer: Some(rossi.clone()) };
     let refusal = match api("IT-DCSA")?.forward(id, None, &forward) {
         Err(CallError::Api { status: 403, body }) => body.denied.into_iter().next().ok_or("403 without a refusal")?,
         other => return Err(format!("passing on an alert ES-UDYCO already has should be refused, got {other:?}")),

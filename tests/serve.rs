@@ -1083,7 +1083,7 @@ fn a_fourth_node_is_enrolled_and_removed_without_a_restart() {
         "[node]\nid = \"FR-OFAST\"\nlisten = \"127.0.0.1:{fr_quic}\"\ndata_dir = \"data/FR-OFAST\"\n\
          [keys]\ndir = \"fr/keys\"\nkeyring = [\"certs/federation\"]\n\
          [tls]\nca = \"certs/tls/ca.crt\"\ncert = \"fr/tls/FR-OFAST.crt\"\nkey = \"fr/tls/FR-OFAST.key\"\ncrls = [\"certs/tls/crl.pem\"]\n\
-         [api]\nlisten = \"127.0.0.1:{fr_api}\"\nclients = [{{ name = \"test\", token_sha256 = \"{hash}\" }}]\n{partners}\
+         [api]\nlisten = \"127.0.0.1:{fr_api}\"\nclients = [{{ name = \"test\", token_sha256 = \"{hash}\", names_officers = true }}]\n{partners}\
          [delivery]\ninitial_backoff_ms = 50\nmax_backoff_ms = 1000\nreceipt_timeout_ms = 3000\n[log]\nformat = \"json\"\nlevel = \"info\"\n"
     );
     fs::write(base.join("FR-OFAST.toml"), config).unwrap();

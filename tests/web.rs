@@ -99,8 +99,12 @@ fn submit(n: &NodeProc, to: &str, packet: &Value) -> String {
     v["id"].as_str().unwrap().to_owned()
 }
 
+/// Waits until `id` is in the node's inbox listing (what officers see: listed once noted after
+/// the store's commit, so a packet is there by the time its sender holds the receipt).
 fn wait_received(n: &NodeProc, id: &str) {
-    wait_for(&format!("{id} at {}", n.name), Duration::from_secs(30), || n.inbox().iter().any(|i| i["id"] == id));
+    wait_for(&format!("{id} at {}", n.name), Duration::from_secs(30), || {
+        n.api("GET", "/v1/inbox", None).1.as_array().is_some_and(|a| a.iter().any(|i| i["id"] == id))
+    });
 }
 
 /// Account events of the audit trail, as "account action".
@@ -149,6 +153,9 @@ fn pages_need_a_session_changes_need_its_csrf_token_and_packet_text_stays_text()
         "{csp}"
     );
     assert_eq!(signin.header("x-frame-options"), Some("DENY"));
+    // Another Host (a page elsewhere reaching this address through DNS rebinding) is refused.
+    let rebound = request(web, "GET", "/signin", &[("Host", "attacker.example")], None);
+    assert_eq!(rebound.status, 421);
     assert_eq!(signin.header("cache-control"), Some("no-store"));
 
     let ana = add_officer(it, "ana.rossi", "Isp. Ana Rossi", &["--role", "officer"]);
@@ -205,8 +212,21 @@ fn pages_need_a_session_changes_need_its_csrf_token_and_packet_text_stays_text()
     );
     assert!(missing.status >= 400, "{}", missing.status);
     assert!(it.inbox().iter().find(|i| i["id"] == id).unwrap()["read_by"].is_null());
-    // With the session's token: acknowledged as the signed-in officer, and the originator sees it.
+    // With the session's token, but sent from another site: refused.
     let csrf = input_value(&view.body, "csrf").unwrap();
+    let cross = request(
+        web,
+        "POST",
+        &ack,
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "http://attacker.example"),
+        ],
+        Some(&form(&[("csrf", &csrf)])),
+    );
+    assert_eq!(cross.status, 403);
+    // From this page: acknowledged as the signed-in officer, and the originator sees it.
     let done = post(web, &ack, &cookie, &[("csrf", &csrf)]);
     assert_eq!(done.status, 303, "{}", done.body);
     assert_eq!(it.inbox().iter().find(|i| i["id"] == id).unwrap()["read_by"], "ana.rossi");
@@ -254,6 +274,9 @@ fn accounts_see_only_their_scope_and_a_locked_account_stays_locked() {
     let page = get(&web, "/inbox", &cases).body;
     assert!(page.contains(&es_id) && !page.contains(&es_other_id) && !page.contains(&co_id), "{page}");
     assert_eq!(get(&web, &format!("/packets/{es_other_id}?from=ES-UDYCO"), &cases).status, 404);
+    // A reset (a lost phone) ends the account's open sessions.
+    assert!(it.cli(&["users", "reset", "case.desk"]).status.success());
+    assert_eq!(get(&web, "/inbox", &cases).header("location"), Some("/signin"));
     assert!(account_events(it).iter().any(|e| e == "es.desk refused"));
 
     // Five wrong passwords lock the account; then the right password and code say "locked".
@@ -292,9 +315,6 @@ fn accounts_see_only_their_scope_and_a_locked_account_stays_locked() {
     for e in ["ana locked", "ana reset", "ana disabled"] {
         assert!(events.iter().any(|x| x == e), "{e} in {events:?}");
     }
-    // A non-admin client cannot manage accounts.
-    let (code, _) = it.api("GET", "/v1/users", None);
-    assert_eq!(code, 200);
 }
 
 #[test]
@@ -312,6 +332,10 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
         wait_received(it, id);
     }
 
+    // The documentation's screenshots are made with LIAISON_SCREENSHOTS=1 (docs/); otherwise
+    // they are made all the same, in a temporary directory.
+    let tmp = tempfile::tempdir().unwrap();
+    let shots = if std::env::var_os("LIAISON_SCREENSHOTS").is_some() { docs_dir() } else { tmp.path().to_owned() };
     let b = Browser::start();
     b.goto(&format!("{}/signin", it.web));
     b.type_into("#name", &officer.name);
@@ -323,12 +347,7 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     assert!(b.text("header.top").contains("Isp. Giulia Rossi"));
     // The page stays open: a marker set now survives only if it is never reloaded.
     b.script("window.__stayed = true; return true;");
-    b.wait_true(
-        "the live stream is open",
-        "return !!document.body && document.body.dataset.live === 'on';",
-        Duration::from_secs(5),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    b.wait_true("the live stream is open", "return document.body.dataset.stream === 'open';", Duration::from_secs(10));
 
     // CO-DIJIN's process sends a FLASH controlled-delivery alert.
     let alert = submit(co, "IT-DCSA", &common::draft("controlled-delivery-alert.json"));
@@ -338,7 +357,7 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     let bar = b.text("#alert-bar");
     assert!(bar.contains("FLASH") && bar.contains("ControlledDeliveryAlert") && bar.contains("CO-DIJIN"), "{bar}");
     assert!(b.text(&row).contains("CO-DIJIN/2026/CD-0117"));
-    b.screenshot(&docs_dir().join("inbox.png"));
+    b.screenshot(&shots.join("inbox.png"));
 
     // Open it: the markings first, with what H2 means.
     b.click(&format!("{row} a.open"));
@@ -348,7 +367,7 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
         assert!(banner.contains(m), "{m} in {banner}");
     }
     assert!(b.text("#body").contains("Ortega Ruiz"));
-    b.screenshot(&docs_dir().join("packet.png"));
+    b.screenshot(&shots.join("packet.png"));
     // Acknowledge: the originator sees the officer's name.
     b.click("#ack");
     b.find("#reads li", Duration::from_secs(10));
@@ -363,4 +382,122 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     b.click("#search");
     b.find(&row, Duration::from_secs(10));
     assert!(b.text("#total").starts_with("1 packet"), "{}", b.text("#total"));
+}
+
+#[test]
+fn api_clients_act_under_their_own_name_unless_they_name_officers() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO"]);
+    let (it, es) = (c.get("IT-DCSA"), c.get("ES-UDYCO"));
+    let terminal = |method: &str, path: &str, body: Option<&str>| {
+        liaison::client::call(&it.api, TERMINAL_TOKEN, method, path, body).unwrap()
+    };
+    // Not an admin client: no accounts.
+    assert_eq!(terminal("GET", "/v1/users", None).0, 403);
+    let (code, _) = terminal(
+        "POST",
+        "/v1/users",
+        Some(r#"{"name": "x", "display_name": "X", "role": "admin", "password": "long enough password"}"#),
+    );
+    assert_eq!(code, 403);
+    // A draft naming another officer is refused; without a name it goes under the client's.
+    let mut d = common::draft("information-request.json");
+    let (code, v) = terminal("POST", "/v1/packets?to=ES-UDYCO", Some(&d.to_string()));
+    assert_eq!(code, 403, "{v}");
+    assert_eq!(v["field"], "envelope.originator.officer");
+    d["envelope"]["originator"].as_object_mut().unwrap().remove("officer");
+    let (code, v) = terminal("POST", "/v1/packets?to=ES-UDYCO", Some(&d.to_string()));
+    assert_eq!(code, 201, "{v}");
+    let sent = v["id"].as_str().unwrap().to_owned();
+    wait_received(es, &sent);
+    let (_, shown) = es.api("GET", &format!("/v1/inbox/{sent}"), None);
+    assert_eq!(shown["packet"]["envelope"]["originator"]["officer"], "terminal-7");
+    // An acknowledgement naming someone else is refused; without a name it is the client's.
+    let id = submit(es, "IT-DCSA", &common::draft("information-request.json"));
+    wait_received(it, &id);
+    let (code, v) = terminal("POST", &format!("/v1/inbox/{id}/ack"), Some(r#"{"officer": "Isp. Rossi"}"#));
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = terminal("POST", &format!("/v1/inbox/{id}/ack"), Some("{}"));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["officer"], "terminal-7");
+    wait_for("the originator sees the client's name", Duration::from_secs(20), || {
+        es.api("GET", &format!("/v1/packets/{id}"), None).1["recipients"][0]["read_by"] == "terminal-7"
+    });
+    // The CLI, with this token: the same.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("LIAISON_API", &it.api)
+            .env("LIAISON_TOKEN", TERMINAL_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let o = cli(&["ack", "--officer", "Someone Else", &id]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("acts under its own name"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The inbox: the listing's columns, and no system packets.
+    let o = cli(&["inbox"]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.contains("IT-DCSA/2026/0042") && text.contains("BASIC_PROTECTION TLP:AMBER H0 H1 B2"), "{text}");
+    assert!(!text.contains("ReadAck") && !text.contains("DeliveryReceipt"), "{text}");
+    let o = cli(&["inbox", "--search", "1234-KLM", "--partner", "ES-UDYCO", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("\"id\"").count(), 1);
+    let o = cli(&["inbox", "--search", "no-such-plate-anywhere"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 1, "the header only");
+    // show: the markings first, then readable text.
+    let o = cli(&["show", &id]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(text.starts_with("BASIC_PROTECTION TLP:AMBER H0 H1 B2\n"), "{text}");
+    assert!(text.contains("H1  not to be used in judicial proceedings") && text.contains("+34612345678"), "{text}");
+    assert!(!text.trim_start().starts_with('{'), "not JSON: {text}");
+}
+
+#[test]
+fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let (it, co, es) = (c.get("IT-DCSA"), c.get("CO-DIJIN"), c.get("ES-UDYCO"));
+    // An answer to CO-DIJIN and ES-UDYCO: the policy with CO-DIJIN removes a person's biometrics
+    // and date of birth and every account; ES-UDYCO gets it as written.
+    let mut answer = common::draft("information-response.json");
+    answer["body"]["InformationResponse"].as_object_mut().unwrap().remove("attachments");
+    let id = submit(it, "CO-DIJIN,ES-UDYCO", &answer);
+    wait_received(co, &id);
+    wait_received(es, &id);
+    assert_eq!(co.api("POST", &format!("/v1/inbox/{id}/ack"), Some(r#"{"officer": "My. Salcedo"}"#)).0, 200);
+    wait_for("IT-DCSA hears CO-DIJIN read it", Duration::from_secs(20), || {
+        it.api("GET", &format!("/v1/sent/{id}"), None).1["status"]["recipients"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x["node"] == "CO-DIJIN" && x["read_by"] == "My. Salcedo"))
+    });
+    let officer = add_officer(it, "g.rossi", "Isp. Giulia Rossi", &[]);
+    let cookie = session(&sign_in(&it.web, &officer.name, &officer.password, &officer.code(0)));
+    let list = get(&it.web, "/sent", &cookie);
+    assert!(list.body.contains(&id), "{}", list.body);
+    let view = get(&it.web, &format!("/sent/{id}"), &cookie);
+    assert_eq!(view.status, 200, "{}", view.body);
+    let co_row = view.body.split("data-recipient=\"CO-DIJIN\"").nth(1).unwrap().split("</tr>").next().unwrap();
+    for removed in [
+        "date_of_birth",
+        "biometrics",
+        "sent with these removed",
+        "delivered",
+        "My. Salcedo",
+        "signed by CO-DIJIN/sig/",
+    ] {
+        assert!(co_row.contains(removed), "{removed} in {co_row}");
+    }
+    let es_row = view.body.split("data-recipient=\"ES-UDYCO\"").nth(1).unwrap().split("</tr>").next().unwrap();
+    assert!(es_row.contains("sent as written") && es_row.contains("delivered"), "{es_row}");
+    // An account whose scope is ES-UDYCO sees ES-UDYCO's line only.
+    let es_desk = add_officer(it, "es.desk", "Spanish desk", &["--partners", "ES-UDYCO"]);
+    let desk = session(&sign_in(&it.web, &es_desk.name, &es_desk.password, &es_desk.code(0)));
+    let view = get(&it.web, &format!("/sent/{id}"), &desk).body;
+    assert!(view.contains("data-recipient=\"ES-UDYCO\"") && !view.contains("data-recipient=\"CO-DIJIN\""), "{view}");
+    // The CLI shows it too (it is not in this node's inbox).
+    let text = String::from_utf8_lossy(&it.cli(&["show", &id]).stdout).into_owned();
+    assert!(text.contains("SENT") && text.contains("CO-DIJIN") && text.contains("date_of_birth"), "{text}");
+    assert!(text.contains("read by My. Salcedo"), "{text}");
 }

@@ -17,7 +17,7 @@
 pub mod password;
 pub mod totp;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -164,6 +164,9 @@ struct Stored {
     disabled_at: Option<Millis>,
     created_at: Millis,
     last_sign_in: Option<Millis>,
+    /// Bumped by a reset and a disable: sessions begun under an older generation end.
+    #[serde(default)]
+    generation: u64,
 }
 
 impl Drop for Stored {
@@ -185,6 +188,7 @@ impl Stored {
             failures: self.failures,
             created_at: self.created_at,
             last_sign_in: self.last_sign_in,
+            generation: self.generation,
         }
     }
 }
@@ -212,12 +216,22 @@ pub struct Account {
     pub created_at: Millis,
     /// Its last sign-in.
     pub last_sign_in: Option<Millis>,
+    /// Sessions begun under an older generation have ended (a reset or a disable bumps it).
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl Account {
     /// Whether it may sign in now.
     pub fn usable(&self) -> bool {
         self.locked_at.is_none() && self.disabled_at.is_none()
+    }
+
+    /// Whether a session begun under `generation` may go on: not after a disable or a reset. A
+    /// lock by failed sign-ins stops new sign-ins only: whoever guessed at the password must
+    /// not sign the officer on duty out of the FLASH alerts.
+    pub fn session_valid(&self, generation: u64) -> bool {
+        self.disabled_at.is_none() && self.generation == generation
     }
 
     /// Whether it may see a packet exchanged with `partner` about `case`.
@@ -321,6 +335,9 @@ pub enum SignInError {
     /// The store did not take the sign-in's record: refused, nothing changed.
     #[error("the node cannot record the sign-in now: {0}")]
     Unavailable(String),
+    /// Too many sign-ins at once (a flood): refused without a check.
+    #[error("too many sign-ins at once: try again in a moment")]
+    Busy,
 }
 
 /// The accounts of a node: in memory, as last stored.
@@ -335,7 +352,26 @@ struct Inner {
     map: RwLock<BTreeMap<OfficerId, Stored>>,
     /// One change at a time: each reads the account, decides, commits, then puts it in force.
     write: tokio::sync::Mutex<()>,
-    hashing: tokio::sync::Semaphore,
+    hashing: Arc<tokio::sync::Semaphore>,
+    /// Sign-ins waiting for a password check.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Refusals recorded per source (an unknown name, or a locked account): one audit entry a
+    /// source and minute, the rest counted into the next one.
+    refusals: std::sync::Mutex<HashMap<String, (u64, u32)>>,
+}
+
+/// Sign-ins that may wait for a password check before more are refused.
+const SIGN_INS_WAITING: usize = 32;
+/// Sources whose refusals are counted at once (more: the counts start again).
+const SOURCES_KEPT: usize = 1024;
+
+/// Decrements a counter when dropped.
+struct Leave<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn key(name: &OfficerId) -> Vec<u8> {
@@ -360,7 +396,9 @@ impl Accounts {
                 issuer: format!("liaison {node}"),
                 map: RwLock::new(map),
                 write: tokio::sync::Mutex::new(()),
-                hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
+                hashing: Arc::new(tokio::sync::Semaphore::new(HASHING_AT_ONCE)),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+                refusals: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -393,11 +431,34 @@ impl Accounts {
     }
 
     async fn hash(&self, password: Zeroizing<String>) -> Result<String, AccountError> {
-        let _turn = self.inner.hashing.acquire().await.map_err(|_| StoreError::Closed)?;
-        tokio::task::spawn_blocking(move || password::hash(&password))
-            .await
-            .map_err(|_| StoreError::Closed)?
-            .map_err(AccountError::from)
+        let turn = self.inner.hashing.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            password::hash(&password)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+        .map_err(AccountError::from)
+    }
+
+    /// Checks a password on the blocking pool, at most [`HASHING_AT_ONCE`] at a time (the slot
+    /// is held by the check itself, so a caller that goes away does not free it early), with at
+    /// most [`SIGN_INS_WAITING`] waiting: more is a flood, refused at once.
+    async fn verify(&self, stored: Option<String>, pw: &str) -> Result<bool, SignInError> {
+        let busy = || SignInError::Busy;
+        let waiting = self.inner.waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _leave = Leave(&self.inner.waiting);
+        if waiting >= SIGN_INS_WAITING {
+            return Err(busy());
+        }
+        let turn = self.inner.hashing.clone().acquire_owned().await.map_err(|_| busy())?;
+        let pw = Zeroizing::new(pw.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            password::verify(stored.as_deref(), &pw)
+        })
+        .await
+        .map_err(|_| busy())
     }
 
     /// Adds an account (by: the admin client or account that did).
@@ -436,6 +497,7 @@ impl Accounts {
             disabled_at: None,
             created_at: now,
             last_sign_in: None,
+            generation: 0,
         };
         let detail = scope_text(&account);
         self.commit(account, audit(&new.name, crate::audit::AccountAction::Added, by, detail)).await?;
@@ -465,6 +527,7 @@ impl Accounts {
         let mut account = self.read().get(name).cloned().ok_or_else(|| AccountError::Unknown(name.clone()))?;
         let action = if disabled {
             account.disabled_at = account.disabled_at.or(Some(now));
+            account.generation += 1;
             crate::audit::AccountAction::Disabled
         } else {
             account.disabled_at = None;
@@ -499,6 +562,7 @@ impl Accounts {
         account.totp_step = None;
         account.failures = 0;
         account.locked_at = None;
+        account.generation += 1;
         let detail = if was_locked { "new password and TOTP secret; unlocked" } else { "new password and TOTP secret" };
         self.commit(account, audit(name, crate::audit::AccountAction::Reset, by, detail.into())).await?;
         info!(target: "audit", account = %name, by, "account reset");
@@ -521,24 +585,20 @@ impl Accounts {
         let unavailable = |e: StoreError| SignInError::Unavailable(e.to_string());
         let officer = name.trim().parse::<OfficerId>().ok();
         let stored = officer.as_ref().and_then(|o| self.read().get(o).map(|a| a.password.clone()));
-        let password_ok = {
-            let _turn = self.inner.hashing.acquire().await.map_err(|_| SignInError::Unavailable("closing".into()))?;
-            let pw = Zeroizing::new(pw.to_owned());
-            tokio::task::spawn_blocking(move || password::verify(stored.as_deref(), &pw))
-                .await
-                .map_err(|_| SignInError::Unavailable("closing".into()))?
-        };
+        let password_ok = self.verify(stored, pw).await?;
         let _one = self.inner.write.lock().await;
         let Some(mut account) = officer.as_ref().and_then(|o| self.read().get(o).cloned()) else {
             // No such account: recorded without the name typed (it may be a password typed in
-            // the wrong field), with where the attempt came from.
-            let event = Event::Account {
-                account: None,
-                action: AccountAction::SignInRefused,
-                by: from.to_owned(),
-                detail: format!("no such account, from {from}"),
-            };
-            self.inner.store.commit(vec![Op::Audit(event)]).await.map_err(unavailable)?;
+            // the wrong field), with where the attempt came from, once a minute per source.
+            if let Some(earlier) = self.first_this_minute(&format!("unknown {from}"), unix_seconds) {
+                let event = Event::Account {
+                    account: None,
+                    action: AccountAction::SignInRefused,
+                    by: from.to_owned(),
+                    detail: format!("no such account, from {from} ({earlier} more such attempts before)"),
+                };
+                self.inner.store.commit(vec![Op::Audit(event)]).await.map_err(unavailable)?;
+            }
             warn!(target: "audit", from, "sign-in refused: no such account");
             return Err(SignInError::Refused);
         };
@@ -546,6 +606,17 @@ impl Accounts {
         let step = secret.check(code, unix_seconds, account.totp_step);
         let now = unix_seconds.saturating_mul(1000);
         let name = account.name.clone();
+        if !(password_ok && step.is_some()) && account.locked_at.is_some() {
+            // Locked already: nothing more to count; recorded once a minute per source.
+            if let Some(earlier) = self.first_this_minute(&format!("{name} {from}"), unix_seconds) {
+                let detail =
+                    format!("locked; wrong password or code, from {from} ({earlier} more such attempts before)");
+                let event = audit(&name, AccountAction::SignInRefused, from, detail);
+                self.inner.store.commit(vec![event]).await.map_err(unavailable)?;
+            }
+            warn!(target: "audit", account = %name, from, "sign-in refused: locked");
+            return Err(SignInError::Refused);
+        }
         if !(password_ok && step.is_some()) {
             account.failures = account.failures.saturating_add(1);
             let newly_locked = account.failures >= MAX_FAILURES && account.locked_at.is_none();
@@ -582,6 +653,24 @@ impl Accounts {
             .map_err(unavailable)?;
         info!(target: "audit", account = %name, from, "signed in");
         Ok(view)
+    }
+
+    /// Whether this is the first refusal of its kind (`key`: what and from where) this minute;
+    /// if so, how many came in the minutes before it, not recorded one by one.
+    fn first_this_minute(&self, key: &str, unix_seconds: u64) -> Option<u32> {
+        let minute = unix_seconds / 60;
+        let mut map = self.inner.refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= SOURCES_KEPT && !map.contains_key(key) {
+            map.clear();
+        }
+        let e = map.entry(key.to_owned()).or_insert((u64::MAX, 0));
+        if e.0 == minute {
+            e.1 = e.1.saturating_add(1);
+            return None;
+        }
+        let earlier = if e.0 == u64::MAX { 0 } else { e.1 };
+        *e = (minute, 0);
+        Some(earlier)
     }
 
     /// Records an action of a signed-in account in the audit trail (signed out, a packet

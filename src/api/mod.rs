@@ -13,7 +13,9 @@
 //! | GET | `/v1/policy/{partner}` | the policy in force with a partner ([`types::PolicyView`]) |
 //! | GET | `/v1/deadlines` | open answer deadlines on both sides ([`types::DeadlinesView`]) |
 //! | GET | `/v1/outbox` | copies queued, in flight, delivered, rejected, expired, read ([`types::OutboxSummary`]) |
-//! | GET | `/v1/inbox` | packets received ([`types::InboxItem`]) |
+//! | GET | `/v1/inbox?unread=1&flash=1&partner=&case=&type=&overdue=1&q=&limit=&offset=` | packets received, with their case, summary and markings ([`types::InboxItem`]); system packets only with `?system=1` |
+//! | GET | `/v1/sent?limit=&offset=` | packets officers sent, newest first, with each recipient's policy decision ([`types::SentList`]) |
+//! | GET | `/v1/sent/{id}` | one: decisions (redactions), delivery, receipts, reads, deadlines, the packet as sent ([`types::SentView`]) |
 //! | GET | `/v1/inbox/{id}` | one received packet, verified again from the stored evidence ([`types::Shown`]) |
 //! | POST | `/v1/inbox/{id}/ack` | [`types::AckRequest`]: acknowledge it; a signed ReadAck goes to the originator |
 //! | POST | `/v1/inbox/{id}/forward` | [`types::ForwardRequest`]: pass it on to further partners |
@@ -61,14 +63,14 @@ use tracing::info;
 use crate::config::ApiClient;
 use crate::deadlines::Role;
 use crate::encoding::Digest;
-use crate::ids::{NodeId, PacketId};
+use crate::ids::{NodeId, OfficerId, PacketId};
 use crate::node::{Node, NodeError};
 use crate::packet::{Checked, Packet, PacketError};
 use crate::policy::{Decision, Direction};
 use crate::timestamp::Timestamp;
 use types::{
     AckAnswer, AckRequest, AuditVerify, ConsentRequest, DeadlineView, DeadlinesView, DryRun, DryRunDecision, ErrorBody,
-    ForwardRequest, InboxItem, PacketStatus, PolicyCheck, PolicyView, RecipientStatus, Shown, SubmitAnswer,
+    ForwardRequest, InboxItem, PolicyCheck, PolicyView, Shown, SubmitAnswer,
 };
 
 /// Largest request body accepted.
@@ -105,6 +107,8 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/users/{name}/reset", post(user_reset))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
+        .route("/v1/sent", get(sent_list))
+        .route("/v1/sent/{id}", get(sent_one))
         .route("/v1/inbox/{id}", get(show))
         .route("/v1/inbox/{id}/ack", post(ack))
         .route("/metrics", get(metrics))
@@ -149,12 +153,40 @@ fn bad_packet(e: PacketError) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, e.to_string(), e.field().map(str::to_owned))
 }
 
-/// The authenticated API client's name (from the config), for the audit trail, and whether it
-/// is an admin client.
+/// The authenticated API client's name (from the config), for the audit trail, whether it
+/// is an admin client, and whether it names the officers it acts for.
 #[derive(Clone)]
-struct Client(String, bool);
+struct Client(String, bool, bool);
 
 impl Client {
+    /// The officer a request acts for. A case system that signs its own users in and names them
+    /// (`names_officers = true`) must name one; any other client acts under its own name, and a
+    /// request naming someone else is refused (403): people sign in to the web workspace as
+    /// themselves, nobody types another's name.
+    fn officer(&self, named: Option<OfficerId>) -> Result<OfficerId, ApiError> {
+        let own = || {
+            self.0.parse::<OfficerId>().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), None))
+        };
+        match (self.2, named) {
+            (true, Some(o)) => Ok(o),
+            (true, None) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("API client {} names the officers it acts for: name one (officer)", self.0),
+                Some("officer".into()),
+            )),
+            (false, None) => own(),
+            (false, Some(o)) if o.as_str() == self.0 => own(),
+            (false, Some(o)) => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "API client {} acts under its own name and cannot act for {o}: officers sign in to the web workspace as themselves (a case system that signs its users in may name them: names_officers = true in [api] clients)",
+                    self.0
+                ),
+                Some("officer".into()),
+            )),
+        }
+    }
+
     /// Refuses (403) a client that is not an admin client.
     fn admin(&self) -> Result<(), ApiError> {
         if self.1 {
@@ -181,7 +213,7 @@ async fn authenticate(State(api): State<Api>, headers: HeaderMap, mut req: Reque
     match client {
         Some(c) => {
             tracing::debug!(client = %c.name, method = %req.method(), path = %req.uri().path(), "api request");
-            req.extensions_mut().insert(Client(c.name.clone(), c.admin));
+            req.extensions_mut().insert(Client(c.name.clone(), c.admin, c.names_officers));
             next.run(req).await
         }
         None => {
@@ -203,12 +235,23 @@ struct SubmitQuery {
 
 /// A packet draft from an API body: the originator node defaults to this node, `?to=` sets the
 /// recipients. Checked here, once: the submit does not check it again.
-fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Checked, ApiError> {
+fn draft_packet(api: &Api, client: &Client, q: &SubmitQuery, body: &str) -> Result<Checked, ApiError> {
     let mut v: Value = serde_json::from_str(body)
         .map_err(|e| bad_packet(PacketError::Json { field: String::new(), reason: e.to_string() }))?;
     if let Some(env) = v.get_mut("envelope").and_then(Value::as_object_mut) {
         if let Some(o) = env.get_mut("originator").and_then(Value::as_object_mut) {
             o.entry("node").or_insert(api.node.id().to_string().into());
+            // The officer: the one a case system names, or this client itself.
+            let named = match o.get("officer") {
+                Some(Value::String(s)) => Some(s.parse::<OfficerId>().map_err(|e| {
+                    ApiError(StatusCode::BAD_REQUEST, e.to_string(), Some("envelope.originator.officer".into()))
+                })?),
+                _ => None,
+            };
+            let officer = client
+                .officer(named)
+                .map_err(|e| ApiError(e.0, e.1, e.2.map(|_| "envelope.originator.officer".to_owned())))?;
+            o.insert("officer".into(), officer.as_str().into());
         }
         if let Some(to) = &q.to {
             let list: Vec<Value> = to.split(',').map(|s| Value::String(s.trim().to_owned())).collect();
@@ -230,22 +273,23 @@ fn draft_packet(api: &Api, q: &SubmitQuery, body: &str) -> Result<Checked, ApiEr
 /// check, so it runs on the node's bulk pool, below the threads a FLASH alert needs. Its priority
 /// is not known before it is parsed: large drafts take the URGENT line (ahead of ROUTINE
 /// sealing).
-async fn parse_draft(api: &Api, q: SubmitQuery, body: String) -> Result<Checked, ApiError> {
+async fn parse_draft(api: &Api, client: &Client, q: SubmitQuery, body: String) -> Result<Checked, ApiError> {
     if body.len() < crate::node::LARGE {
-        return draft_packet(api, &q, &body);
+        return draft_packet(api, client, &q, &body);
     }
-    let api = api.clone();
-    crate::node::run_bulk_bounded(crate::markings::Priority::Urgent, move || draft_packet(&api, &q, &body))
+    let (api, client) = (api.clone(), client.clone());
+    crate::node::run_bulk_bounded(crate::markings::Priority::Urgent, move || draft_packet(&api, &client, &q, &body))
         .await
         .map_err(|e| ApiError::from(NodeError::from(e)))?
 }
 
 async fn submit(
     State(api): State<Api>,
+    Extension(client): Extension<Client>,
     Query(q): Query<SubmitQuery>,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
-    let packet = parse_draft(&api, q, body).await?;
+    let packet = parse_draft(&api, &client, q, body).await?;
     let (id, due_by) = (packet.envelope.id, packet.envelope.due_by);
     let result = api.node.submit_checked(packet).await;
     if result.is_ok() {
@@ -257,10 +301,11 @@ async fn submit(
 /// The dry run: what each recipient's policy would decide, without sending or counting.
 async fn policy_check(
     State(api): State<Api>,
+    Extension(client): Extension<Client>,
     Query(q): Query<SubmitQuery>,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
-    let packet = parse_draft(&api, q, body).await?;
+    let packet = parse_draft(&api, &client, q, body).await?;
     let mut out = Vec::new();
     for r in &packet.envelope.recipients {
         let mut copy = packet.packet().clone();
@@ -493,47 +538,35 @@ fn parse_id(s: &str) -> Result<PacketId, ApiError> {
 
 async fn status(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let entries = api.node.status(id)?;
-    let now = crate::node::now_ms();
-    Ok(Json(PacketStatus {
-        id,
-        recipients: entries
-            .iter()
-            .map(|e| RecipientStatus::waiting(e, api.node.partner_problem(&e.recipient).map(|(p, _)| p)))
-            .collect(),
-        deadlines: api.node.deadlines_of(id).iter().map(|d| DeadlineView::of(d, now)).collect(),
-    }))
+    Ok(Json(api.node.packet_status(id)?))
 }
 
 /// Each recipient's signed receipt for a packet this node sent, verified again from the store
 /// (against every generation of the recipient's keys: one rotated since still verifies).
 async fn receipts(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let entries = api.node.status(id)?;
-    let mut out = Vec::new();
-    for e in &entries {
-        match api.node.receipt(id, &e.recipient)? {
-            Some((signed, item)) => out.push(types::ReceiptView {
-                recipient: e.recipient,
-                receipt_id: Some(signed.packet.envelope.id),
-                signer: Some(signed.signer.to_string()),
-                verified: true,
-                received_at: Some(item.received_at),
-                sealed_digest: Some(item.sealed_digest),
-                outcome: Some(item.outcome),
-            }),
-            None => out.push(types::ReceiptView {
-                recipient: e.recipient,
-                receipt_id: None,
-                signer: None,
-                verified: false,
-                received_at: None,
-                sealed_digest: None,
-                outcome: None,
-            }),
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(api.node.receipt_views(id)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// Packets officers sent, newest first.
+async fn sent_list(State(api): State<Api>, Query(q): Query<PageQuery>) -> Result<impl IntoResponse, ApiError> {
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100).min(1000));
+    let (records, total) = api.node.slow(move |n| n.sent_records(offset, limit)).await??;
+    Ok(Json(types::SentList { records, total }))
+}
+
+/// A packet officers sent: what it is, each recipient's decision, delivery, receipt and reads,
+/// and the packet as sent.
+async fn sent_one(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&id)?;
+    api.node.sent_view(id)?.map(Json).ok_or_else(|| ApiError::from(NodeError::UnknownPacket(id)))
 }
 
 async fn health(State(api): State<Api>) -> impl IntoResponse {
@@ -562,14 +595,88 @@ async fn outbox_summary(State(api): State<Api>) -> impl IntoResponse {
     Json(api.node.outbox_summary())
 }
 
-async fn inbox(State(api): State<Api>) -> Result<impl IntoResponse, ApiError> {
+/// `GET /v1/inbox` filters (all optional): the web workspace's, for case systems and the CLI.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InboxQuery {
+    /// `1`: only packets nobody here acknowledged.
+    unread: Option<String>,
+    /// `1`: only FLASH.
+    flash: Option<String>,
+    /// Only from this partner (sender or originator).
+    partner: Option<String>,
+    /// Only with this case reference.
+    case: Option<String>,
+    /// Only of this type.
+    #[serde(rename = "type")]
+    packet_type: Option<String>,
+    /// `1`: only requests this node answers late.
+    overdue: Option<String>,
+    /// Words that must all appear (ids, case, entity names and identifiers, text).
+    q: Option<String>,
+    /// `1`: every stored packet, system packets (receipts, acknowledgements, consents, key
+    /// announcements) included; filters do not apply.
+    system: Option<String>,
+    /// At most this many, newest first (without it: all, oldest first).
+    limit: Option<usize>,
+    /// Skip this many (with `limit`).
+    offset: Option<usize>,
+}
+
+fn flag(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|v| v == "1" || v == "true")
+}
+
+/// Packets received: officers' packets by default (system packets are states of the packets
+/// they concern), filtered and searched like the web inbox; `?system=1` lists everything stored.
+async fn inbox(State(api): State<Api>, Query(q): Query<InboxQuery>) -> Result<impl IntoResponse, ApiError> {
     let now = crate::node::now_ms();
-    let mut out = Vec::new();
-    for (id, rec) in api.node.slow(Node::inbox).await?? {
+    let item = |id: PacketId, rec: &crate::store::InboxRecord| {
         let deadline =
             api.node.deadlines_of(id).into_iter().find(|d| d.role == Role::Answer && d.counterpart == rec.sender);
-        let also_from = api.node.also_from(id, &rec.sender);
-        out.push(InboxItem::of(id, &rec, deadline.map(|d| DeadlineView::of(&d, now)), also_from));
+        InboxItem::of(id, rec, deadline.map(|d| DeadlineView::of(&d, now)), api.node.also_from(id, &rec.sender))
+    };
+    if flag(&q.system) {
+        let records = api.node.slow(Node::inbox).await??;
+        let rows = api
+            .node
+            .catalogue(|c| {
+                c.rows()
+                    .map(|r| ((r.id, r.from), crate::api::types::Listing::from(r)))
+                    .collect::<std::collections::HashMap<_, _>>()
+            })
+            .await?;
+        let out: Vec<InboxItem> = records
+            .iter()
+            .map(|(id, rec)| InboxItem { listing: rows.get(&(*id, rec.sender)).cloned(), ..item(*id, rec) })
+            .collect();
+        return Ok(Json(out));
+    }
+    let packet_type = match q.packet_type.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => Some(crate::packet::PacketType::ALL.iter().copied().find(|x| x.as_str() == t).ok_or_else(|| {
+            ApiError(StatusCode::BAD_REQUEST, format!("type {t:?}: not a packet type"), Some("type".into()))
+        })?),
+    };
+    let find = crate::catalogue::Query {
+        unread: flag(&q.unread),
+        flash: flag(&q.flash),
+        partner: q.partner.as_deref().filter(|p| !p.is_empty()).map(|p| field::<NodeId>("partner", p)).transpose()?,
+        case: q.case.clone().filter(|c| !c.trim().is_empty()),
+        packet_type,
+        only: flag(&q.overdue).then(|| api.node.overdue_answers(now)),
+        text: q.q.clone().unwrap_or_default().chars().take(256).collect(),
+    };
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(usize::MAX));
+    let page = api.node.catalogue(move |c| c.page(&find, |_| true, offset, limit)).await?;
+    let mut out = Vec::with_capacity(page.rows.len());
+    for r in &page.rows {
+        // Deleted by retention since it was listed: left out.
+        let Ok(rec) = api.node.received(r.id, Some(&r.from)) else { continue };
+        out.push(InboxItem { listing: Some(r.into()), ..item(r.id, &rec) });
+    }
+    if q.limit.is_none() {
+        out.reverse();
     }
     Ok(Json(out))
 }
@@ -652,6 +759,7 @@ fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ApiError> {
 /// Passes a received packet on to further partners.
 async fn forward(
     State(api): State<Api>,
+    Extension(client): Extension<Client>,
     Path(id): Path<String>,
     Query(q): Query<FromQuery>,
     body: String,
@@ -659,25 +767,34 @@ async fn forward(
     let id = parse_id(&id)?;
     let from = q.sender()?;
     let b: ForwardRequest = self::body(&body)?;
-    submitted(api.node.forward(id, from.as_ref(), &b.to, b.officer).await, None)
+    let officer = client.officer(b.officer)?;
+    submitted(api.node.forward(id, from.as_ref(), &b.to, officer).await, None)
 }
 
 /// Consents that a packet this node sent may be passed on.
-async fn consent(State(api): State<Api>, Path(id): Path<String>, body: String) -> Result<impl IntoResponse, ApiError> {
+async fn consent(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let b: ConsentRequest = self::body(&body)?;
-    submitted(api.node.consent(id, &b.holder, b.allowed, b.until, b.officer).await, None)
+    let officer = client.officer(b.officer)?;
+    submitted(api.node.consent(id, &b.holder, b.allowed, b.until, officer).await, None)
 }
 
 async fn ack(
     State(api): State<Api>,
+    Extension(client): Extension<Client>,
     Path(id): Path<String>,
     Query(q): Query<FromQuery>,
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
     let from = q.sender()?;
-    let b: AckRequest = self::body(&body)?;
-    api.node.ack(id, from.as_ref(), b.officer.clone()).await?;
-    Ok(Json(AckAnswer { id, acknowledged: true, officer: b.officer }))
+    let b: AckRequest = if body.trim().is_empty() { AckRequest::default() } else { self::body(&body)? };
+    let officer = client.officer(b.officer)?;
+    api.node.ack(id, from.as_ref(), officer.clone()).await?;
+    Ok(Json(AckAnswer { id, acknowledged: true, officer }))
 }

@@ -295,6 +295,44 @@ pub struct InboxItem {
     /// Other partners that sent a packet with the same id (suspicious).
     #[serde(default)]
     pub also_from: Vec<NodeId>,
+    /// What a listing shows of its content (absent for system packets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing: Option<Listing>,
+}
+
+/// What the inbox shows of a packet's content: the case, a line saying what it is about, and its
+/// markings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listing {
+    /// Its case reference.
+    pub case_ref: Option<crate::ids::CaseRef>,
+    /// One line saying what it is about.
+    pub summary: String,
+    /// Its classification.
+    pub classification: crate::markings::Classification,
+    /// Its TLP marking.
+    pub tlp: Option<crate::markings::Tlp>,
+    /// Its handling codes.
+    pub handling: crate::markings::Handling,
+    /// Its grading as a whole.
+    pub grading: Option<crate::markings::Grading>,
+    /// Its originator, where another node passed it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originator: Option<NodeId>,
+}
+
+impl From<&crate::catalogue::Row> for Listing {
+    fn from(r: &crate::catalogue::Row) -> Self {
+        Self {
+            case_ref: r.case_ref.clone(),
+            summary: r.summary.clone(),
+            classification: r.classification,
+            tlp: r.tlp,
+            handling: r.handling.clone(),
+            grading: r.grading,
+            originator: (r.originator != r.from).then_some(r.originator),
+        }
+    }
 }
 
 impl InboxItem {
@@ -311,6 +349,7 @@ impl InboxItem {
             read_by: rec.reads.first().map(|(o, _)| o.clone()),
             reads: ReadBy::list(&rec.reads),
             also_from,
+            listing: None,
         }
     }
 }
@@ -340,11 +379,13 @@ pub struct Shown {
 }
 
 /// `POST /v1/inbox/{id}/ack`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
-    /// The officer who read it.
-    pub officer: OfficerId,
+    /// The officer who read it: named only by a case-system client (`names_officers = true`);
+    /// any other client acknowledges under its own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub officer: Option<OfficerId>,
 }
 
 /// The answer to an acknowledgement.
@@ -364,8 +405,9 @@ pub struct AckAnswer {
 pub struct ForwardRequest {
     /// To whom.
     pub to: Vec<NodeId>,
-    /// The officer passing it on.
-    pub officer: OfficerId,
+    /// The officer passing it on (named only by a case-system client, as for [`AckRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub officer: Option<OfficerId>,
 }
 
 /// `POST /v1/packets/{id}/consent`: the originator's consent that a holder pass a packet on.
@@ -378,8 +420,9 @@ pub struct ConsentRequest {
     pub allowed: Vec<NodeId>,
     /// Until when.
     pub until: Timestamp,
-    /// The officer consenting.
-    pub officer: OfficerId,
+    /// The officer consenting (named only by a case-system client, as for [`AckRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub officer: Option<OfficerId>,
 }
 
 /// What one recipient's policy would decide.
@@ -627,4 +670,27 @@ pub struct ResetRequest {
     /// The new password (at least 12 characters).
     #[serde(default)]
     pub password: Option<String>,
+}
+
+/// `GET /v1/sent`: packets officers sent, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentList {
+    /// The page.
+    pub records: Vec<crate::catalogue::SentRecord>,
+    /// How many there are in all.
+    pub total: usize,
+}
+
+/// `GET /v1/sent/{id}`: a packet officers sent, as the sender follows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentView {
+    /// What it is and each recipient's policy decision (allowed, fields removed, refused).
+    pub record: crate::catalogue::SentRecord,
+    /// Each recipient's delivery and reads; the answers awaited.
+    pub status: PacketStatus,
+    /// Each recipient's signed receipt, verified again.
+    pub receipts: Vec<ReceiptView>,
+    /// The packet as signed for the recipient whose copy lost least to redaction (absent when
+    /// no copy was sent, or retention deleted them).
+    pub packet: Option<Packet>,
 }

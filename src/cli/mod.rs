@@ -13,11 +13,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod inbox;
 mod keys;
 mod peers;
 mod pki;
 mod users;
 use audit::{audit, AuditCommand};
+use inbox::InboxFilter;
 use keys::KeysCommand;
 use peers::PeersCommand;
 use pki::PkiCommand;
@@ -83,6 +85,8 @@ enum Command {
     Inbox {
         #[command(flatten)]
         api: ApiArgs,
+        #[command(flatten)]
+        filter: InboxFilter,
         /// Keep watching and print new packets as they arrive (poll every second).
         #[arg(long)]
         watch: bool,
@@ -97,14 +101,16 @@ enum Command {
         /// The packet id.
         id: PacketId,
     },
-    /// Acknowledge a received packet as an officer; the originator gets a signed ReadAck. Each
-    /// officer acknowledges once.
+    /// Acknowledge a received packet; the originator gets a signed ReadAck naming who (this
+    /// client, or the officer a case-system client names). Each acknowledges once.
     Ack {
         #[command(flatten)]
         api: ApiArgs,
-        /// Who acknowledges it.
+        /// The officer, for a case-system client that names the officers it acts for
+        /// (`names_officers = true`); any other client acts under its own name (officers sign in
+        /// to the web workspace as themselves).
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: OfficerId,
+        officer: Option<OfficerId>,
         /// The sender, where two partners sent packets with this id (the inbox marks them).
         #[arg(long)]
         from: Option<NodeId>,
@@ -119,9 +125,11 @@ enum Command {
         /// The new recipients, comma separated.
         #[arg(long, value_delimiter = ',', required = true)]
         to: Vec<NodeId>,
-        /// Who passes it on.
+        /// The officer, for a case-system client that names the officers it acts for
+        /// (`names_officers = true`); any other client acts under its own name (officers sign in
+        /// to the web workspace as themselves).
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: OfficerId,
+        officer: Option<OfficerId>,
         /// The sender, where two partners sent packets with this id (the inbox marks them).
         #[arg(long)]
         from: Option<NodeId>,
@@ -141,9 +149,11 @@ enum Command {
         /// Until when: RFC 3339, or relative to now (now+30d, now+12h).
         #[arg(long)]
         until: String,
-        /// Who consents.
+        /// The officer, for a case-system client that names the officers it acts for
+        /// (`names_officers = true`); any other client acts under its own name (officers sign in
+        /// to the web workspace as themselves).
         #[arg(long, env = "LIAISON_OFFICER")]
-        officer: OfficerId,
+        officer: Option<OfficerId>,
         /// The packet's id.
         id: PacketId,
     },
@@ -417,7 +427,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Inbox { api, watch } => inbox(&api, watch),
+        Command::Inbox { api, filter, watch } => inbox::inbox(&api, &filter, watch),
         Command::Outbox { api } => {
             let c = client(&api)?;
             let o = called(c.outbox())?;
@@ -444,25 +454,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Show { api, from, id } => {
-            let v = called(client(&api)?.show(id, from.as_ref()))?;
-            if api.json {
-                print_json(&v);
-            } else {
-                println!("from {}  received {}  sealed {}", v.from, v.received_at, v.sealed_digest);
-                if !v.reads.is_empty() {
-                    println!("acknowledged by {}", reads_text(&v.reads));
-                }
-                if !v.also_from.is_empty() {
-                    println!(
-                        "SUSPICIOUS: {} also sent a packet with this id; check with them which is genuine",
-                        join(&v.also_from)
-                    );
-                }
-                println!("{}", v.packet.to_json());
-            }
-            Ok(())
-        }
+        Command::Show { api, from, id } => inbox::show(&api, from.as_ref(), id),
         Command::Ack { api, officer, from, id } => {
             let v = called(client(&api)?.ack(id, from.as_ref(), &AckRequest { officer }))?;
             if api.json {
@@ -810,45 +802,6 @@ fn config_check(file: &Path) -> Result<(), CliError> {
     }
     println!("{}: {} ok ({} warning(s))", file.display(), settings.node, f.warnings.len());
     Ok(())
-}
-
-fn inbox(api: &ApiArgs, watch: bool) -> Result<(), CliError> {
-    let client = client(api)?;
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        for p in called(client.inbox())? {
-            // A packet is its id and its sender (two partners may have used one id).
-            if !seen.insert((p.id, p.from)) {
-                continue;
-            }
-            if api.json {
-                print_json(&p);
-                continue;
-            }
-            let mut line =
-                format!("{}  {:<9} {:<8} {:<24} {}", p.id, p.from, p.priority.as_str(), p.packet_type, p.received_at);
-            if let Some(d) = &p.deadline {
-                line += &format!("  answer due {} {}", d.due_by, due_text(&d.due));
-                if let Some(theirs) = d.sender_due_by.filter(|t| *t != d.due_by) {
-                    line += &format!(" (the requester expects it by {theirs})");
-                }
-            }
-            line += &if p.reads.is_empty() {
-                "  UNREAD".to_owned()
-            } else {
-                format!("  read by {}", p.reads.iter().map(|r| r.officer.as_str()).collect::<Vec<_>>().join(", "))
-            };
-            if !p.also_from.is_empty() {
-                line += &format!("  SUSPICIOUS: same id as a packet from {} (--from {})", join(&p.also_from), p.from);
-            }
-            println!("{line}");
-        }
-        if !watch {
-            return Ok(());
-        }
-        let _ = std::io::stdout().flush();
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
 }
 
 fn context(k: &KeyArgs) -> Result<SealContext, CliError> {

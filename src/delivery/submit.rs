@@ -262,8 +262,9 @@ pub fn seal(
     let mut decisions = denied_decisions(&denied);
     let kind = packet.packet_type().as_str().to_owned();
     if copies.is_empty() {
-        // Nothing is sent, but the refusal is on record.
-        let ops = vec![Op::Audit(AuditEvent::Submitted { packet_id: id, kind, decisions })];
+        // Nothing is sent, but the refusal is on record, and in the sender's list.
+        let mut ops = sent_record(packet, now, &decisions);
+        ops.push(Op::Audit(AuditEvent::Submitted { packet_id: id, kind, decisions }));
         return Ok(Prepared::AllDenied { ops, denied });
     }
     let receiving: Vec<NodeId> = copies.iter().map(|(_, c)| c.recipient).collect();
@@ -304,10 +305,20 @@ pub fn seal(
         entries.push(e);
         narrowed.push((copy.into_packet(), sent));
     }
+    ops.extend(sent_record(packet, now, &decisions));
     ops.push(Op::Audit(AuditEvent::Submitted { packet_id: id, kind, decisions }));
     let (packets, sent): (Vec<Packet>, Vec<SentCopy>) = narrowed.into_iter().unzip();
     let copies = packets.into_iter().zip(receiving).collect();
     Ok(Prepared::Copies(Submission { submitted: Submitted { id, sent, denied }, ops, entries, copies }))
+}
+
+/// The sent listing's record of an officer's packet (none for the packets nodes make).
+fn sent_record(packet: &Packet, now: Millis, decisions: &[Decided]) -> Vec<Op> {
+    if packet.packet_type().is_system() {
+        return Vec::new();
+    }
+    let record = crate::catalogue::SentRecord::of(packet, now, decisions.to_vec());
+    vec![store::put(Tree::Submissions, packet.envelope.id.as_bytes().to_vec(), &record)]
 }
 
 /// Refusals as audit decisions.

@@ -430,6 +430,16 @@ impl Node {
                         deadlines.forget(*id, peer);
                     }
                 }
+                // A packet whose last copy went goes from the sent listing too.
+                let mut orphans = Vec::new();
+                for id in &ids {
+                    if self.inner.store.outbox_entries_of(*id)?.is_empty() {
+                        orphans.push(Op::Delete(Tree::Submissions, id.as_bytes().to_vec()));
+                    }
+                }
+                if !orphans.is_empty() {
+                    self.inner.store.commit(orphans).await?;
+                }
                 info!(%peer, deleted = n, "copies sent past their retention deleted");
                 total += n;
                 if walked < PURGE_BATCH {
@@ -606,7 +616,7 @@ impl Node {
                 inbox.forget(*id, sender);
                 deadlines.forget(*id, sender);
             }
-            lock(&self.inner.listing).removed(chunk.iter().map(|(id, sender, _)| (*id, *sender)).collect());
+            self.inner.listing.removed(chunk.iter().map(|(id, sender, _)| (*id, *sender)).collect());
         }
         if n > 0 {
             info!(deleted = n, "received packets past their retention deleted");

@@ -276,11 +276,8 @@ impl Node {
                 inbox.record(*id, *peer, *digest, *at);
             }
         }
-        {
-            let mut listing = lock(&self.inner.listing);
-            for (id, _, at) in &batch.stored {
-                listing.arrived(*id, *peer, *at);
-            }
+        for (id, _, at) in &batch.stored {
+            self.inner.listing.arrived(*id, *peer, *at);
         }
         for (id, _, _) in &batch.stored {
             // Nobody listening is fine.

@@ -251,7 +251,7 @@ struct Inner {
     /// listener that falls behind is told it lagged and reloads).
     arrivals: tokio::sync::broadcast::Sender<Arrival>,
     /// The inbox listing of the web workspace ([`listing`]).
-    listing: Mutex<listing::Listing>,
+    listing: listing::Listing,
     /// Submit to verified receipt stored, per delivered copy (`GET /metrics`).
     receipt_latency: crate::metrics::Histogram,
     /// When the TLS material in force stops being usable ([`TlsMaterial::expiries`]).
@@ -373,7 +373,7 @@ impl Node {
                 acks: tokio::sync::Mutex::new(()),
                 accounts,
                 arrivals: tokio::sync::broadcast::channel(ARRIVALS_KEPT).0,
-                listing: Mutex::new(listing::Listing::default()),
+                listing: listing::Listing::default(),
             }),
         };
         let ids: Vec<NodeId> = node.partner_states().iter().map(|p| p.node).collect();

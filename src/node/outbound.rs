@@ -299,7 +299,7 @@ impl Node {
         ];
         let ack = Checked::new(ack).map_err(crate::seal::SealError::from)?;
         self.submit_with(ack, record).await?;
-        lock(&self.inner.listing).read(packet_id, &sender);
+        self.inner.listing.read(packet_id, &sender);
         Ok(())
     }
 }

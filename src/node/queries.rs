@@ -306,6 +306,109 @@ impl Node {
         out
     }
 
+    /// Packets officers sent, newest first (packet ids are time-ordered): `limit` after
+    /// skipping `offset`, and how many there are.
+    pub fn sent_records(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<crate::catalogue::SentRecord>, usize), NodeError> {
+        let all = self.inner.store.scan(Tree::Submissions, &[])?;
+        let total = all.len();
+        let mut out = Vec::new();
+        for (_, v) in all.iter().rev().skip(offset).take(limit) {
+            out.push(store::decode(Tree::Submissions, v)?);
+        }
+        Ok((out, total))
+    }
+
+    /// Each recipient's delivery of a packet this node sent, and the answers it awaits.
+    pub fn packet_status(&self, id: PacketId) -> Result<crate::api::types::PacketStatus, NodeError> {
+        use crate::api::types::{DeadlineView, PacketStatus, RecipientStatus};
+        let entries = self.status(id)?;
+        let now = now_ms();
+        Ok(PacketStatus {
+            id,
+            recipients: entries
+                .iter()
+                .map(|e| RecipientStatus::waiting(e, self.partner_problem(&e.recipient).map(|(p, _)| p)))
+                .collect(),
+            deadlines: self.deadlines_of(id).iter().map(|d| DeadlineView::of(d, now)).collect(),
+        })
+    }
+
+    /// Each recipient's signed receipt for a packet this node sent, verified again.
+    pub fn receipt_views(&self, id: PacketId) -> Result<Vec<crate::api::types::ReceiptView>, NodeError> {
+        use crate::api::types::ReceiptView;
+        let mut out = Vec::new();
+        for e in &self.status(id)? {
+            out.push(match self.receipt(id, &e.recipient)? {
+                Some((signed, item)) => ReceiptView {
+                    recipient: e.recipient,
+                    receipt_id: Some(signed.packet.envelope.id),
+                    signer: Some(signed.signer.to_string()),
+                    verified: true,
+                    received_at: Some(item.received_at),
+                    sealed_digest: Some(item.sealed_digest),
+                    outcome: Some(item.outcome),
+                },
+                None => ReceiptView {
+                    recipient: e.recipient,
+                    receipt_id: None,
+                    signer: None,
+                    verified: false,
+                    received_at: None,
+                    sealed_digest: None,
+                    outcome: None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// A packet officers sent, as the sender follows it; `None` if there is no such record.
+    pub fn sent_view(&self, id: PacketId) -> Result<Option<crate::api::types::SentView>, NodeError> {
+        let Some(record) = self.sent_record(id)? else { return Ok(None) };
+        // Refused for every recipient: no copy, no status.
+        let status = match self.packet_status(id) {
+            Ok(s) => s,
+            Err(NodeError::UnknownPacket(_)) => {
+                crate::api::types::PacketStatus { id, recipients: Vec::new(), deadlines: Vec::new() }
+            }
+            Err(e) => return Err(e),
+        };
+        let receipts = if status.recipients.is_empty() { Vec::new() } else { self.receipt_views(id)? };
+        // The copy that lost least to redaction.
+        let mut order: Vec<&crate::audit::Decided> =
+            record.decisions.iter().filter(|d| d.decision != crate::audit::DecisionKind::Deny).collect();
+        order.sort_by_key(|d| d.redacted.len());
+        let mut packet = None;
+        for d in order {
+            if let Some(signed) = self.sent(id, &d.to)? {
+                packet = Some(signed.packet);
+                break;
+            }
+        }
+        Ok(Some(crate::api::types::SentView { record, status, receipts, packet }))
+    }
+
+    /// The sent listing's record of a packet officers sent.
+    pub fn sent_record(&self, id: PacketId) -> Result<Option<crate::catalogue::SentRecord>, NodeError> {
+        match self.inner.store.get(Tree::Submissions, id.as_bytes())? {
+            Some(v) => Ok(Some(store::decode(Tree::Submissions, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The requests this node answers late at `now`: (request, requester).
+    pub fn overdue_answers(&self, now: Millis) -> std::collections::HashSet<(PacketId, NodeId)> {
+        self.open_deadlines(Role::Answer)
+            .into_iter()
+            .filter(|d| matches!(d.due(now), crate::deadlines::Due::Overdue { .. }))
+            .map(|d| (d.request, d.counterpart))
+            .collect()
+    }
+
     /// Packets received, oldest first: id, sender, when, read by whom.
     pub fn inbox(&self) -> Result<Vec<(PacketId, InboxRecord)>, NodeError> {
         let mut v = Vec::new();

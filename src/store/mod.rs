@@ -175,11 +175,14 @@ pub enum Tree {
     Outcomes,
     /// Officers' accounts: officer id -> account ([`crate::accounts`]).
     Accounts,
+    /// Packets officers sent: packet id -> [`crate::catalogue::SentRecord`] (what it is, each
+    /// recipient's policy decision), written with its copies; deleted with its last copy.
+    Submissions,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 16] = [
+    pub const ALL: [Tree; 17] = [
         Tree::Outbox,
         Tree::Reads,
         Tree::Sealed,
@@ -196,6 +199,7 @@ impl Tree {
         Tree::Pending,
         Tree::Outcomes,
         Tree::Accounts,
+        Tree::Submissions,
     ];
 
     /// The tree's number in segment records (its place in [`Tree::ALL`], which only grows at
@@ -228,6 +232,7 @@ impl Tree {
             Self::Pending => "pending",
             Self::Outcomes => "outcomes",
             Self::Accounts => "accounts",
+            Self::Submissions => "submissions",
         }
     }
 }

@@ -19,9 +19,11 @@
 //! | GET | `/events` | server-sent events: `packet` for each arrival the account may see |
 //! | GET | `/packets/{id}?from=NODE` | a received packet: markings banner, envelope, body, acknowledgements |
 //! | POST | `/packets/{id}/ack?from=NODE` | acknowledge it as the signed-in officer (a signed ReadAck goes to the originator) |
+//! | GET | `/sent?page=N`, `/sent/{id}` | packets this node's officers sent: each recipient's policy decision (redactions), delivery, receipt, reads, the answer awaited, the content as sent |
 //! | GET | `/assets/app.js`, `/assets/app.css` | the script and the style sheet |
 
 pub mod pages;
+mod sent;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -62,13 +64,41 @@ struct Web {
     sessions: Arc<Sessions>,
     /// Cancelled when the node stops: live-alert streams end.
     closing: tokio_util::sync::CancellationToken,
+    /// Host headers answered: this address, `localhost` at its port, `[web] hosts`.
+    hosts: Arc<Vec<String>>,
+    /// `[web] secure_cookies`.
+    secure: bool,
+    /// Live-alert streams open: per session (token hash), and in all.
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<crate::encoding::Digest, usize>>>,
 }
+
+/// Live-alert streams a session may hold open (tabs).
+pub const STREAMS_PER_SESSION: usize = 4;
+/// Live-alert streams open on the node in all.
+pub const STREAMS_IN_ALL: usize = 256;
+/// Highest inbox page number taken (50 a page: 500,000 packets).
+pub const MAX_PAGE: usize = 10_000;
 
 /// The workspace's routes over a running node. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`: sign-ins are recorded with the
 /// address they came from.
 pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::CancellationToken) -> Router {
-    let web = Web { node, sessions: Arc::new(Sessions::new(settings.idle, settings.lifetime)), closing };
+    let port = settings.listen.port();
+    let mut hosts = vec![
+        settings.listen.to_string(),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    hosts.extend(settings.hosts.iter().cloned());
+    let web = Web {
+        node,
+        sessions: Arc::new(Sessions::new(settings.idle, settings.lifetime)),
+        closing,
+        hosts: Arc::new(hosts),
+        secure: settings.secure_cookies,
+        streams: Arc::default(),
+    };
     Router::new()
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/signin", get(signin_form).post(signin))
@@ -77,11 +107,14 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
         .route("/events", get(events))
         .route("/packets/{id}", get(packet))
         .route("/packets/{id}/ack", post(ack))
+        .route("/sent", get(sent::list))
+        .route("/sent/{id}", get(sent::one))
         .route(
             "/assets/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", include_str!("assets/app.js")) }),
         )
         .route("/assets/app.css", get(|| async { asset("text/css; charset=utf-8", include_str!("assets/app.css")) }))
+        .layer(middleware::from_fn_with_state(web.clone(), origin))
         .layer(middleware::from_fn(headers))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(web)
@@ -105,6 +138,42 @@ async fn headers(req: Request, next: Next) -> Response {
     res
 }
 
+/// Refuses a request whose Host is not this workspace's (a web page elsewhere reaching it
+/// through DNS rebinding), and a change sent from another site or another port of this machine
+/// (`Sec-Fetch-Site` other than `same-origin`, or an `Origin` that is not this workspace):
+/// before any session or form is looked at.
+async fn origin(State(web): State<Web>, req: Request, next: Next) -> Response {
+    if let Some(refused) = foreign(&web, &req) {
+        return refused;
+    }
+    next.run(req).await
+}
+
+fn foreign(web: &Web, req: &Request) -> Option<Response> {
+    let header =
+        |n: header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    let known = |h: &str| web.hosts.iter().any(|x| x == h);
+    if !known(&header(header::HOST).unwrap_or_default()) {
+        return Some((StatusCode::MISDIRECTED_REQUEST, "unknown host").into_response());
+    }
+    if req.method() != axum::http::Method::GET {
+        // A browser says where a request comes from (`same-origin` for this workspace's own
+        // forms, `none` for what the officer typed); with `Referrer-Policy: no-referrer` its
+        // `Origin` is "null", so `Origin` is read only where `Sec-Fetch-Site` is absent.
+        let elsewhere = match header(header::HeaderName::from_static("sec-fetch-site")) {
+            Some(site) => site != "same-origin" && site != "none",
+            None => header(header::ORIGIN).is_some_and(|o| {
+                let h = o.strip_prefix("http://").or_else(|| o.strip_prefix("https://")).unwrap_or(&o);
+                o != "null" && !known(h)
+            }),
+        };
+        if elsewhere {
+            return Some((StatusCode::FORBIDDEN, "a change from another site is refused").into_response());
+        }
+    }
+    None
+}
+
 fn html(status: StatusCode, m: Markup) -> Response {
     (status, Html(m.into_string())).into_response()
 }
@@ -120,11 +189,28 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
-    let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
-    // Served on loopback over plain HTTP: no `Secure` (the cookie never leaves this machine).
-    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{age}");
-    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+impl Web {
+    /// A cookie's name: `__Host-` first when cookies are `Secure`.
+    fn cookie_name(&self, name: &str) -> String {
+        if self.secure {
+            format!("__Host-{name}")
+        } else {
+            name.to_owned()
+        }
+    }
+
+    fn cookie(&self, headers: &HeaderMap, name: &str) -> Option<String> {
+        cookie(headers, &self.cookie_name(name))
+    }
+
+    fn set_cookie(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+        let age = max_age.map(|s| format!("; Max-Age={s}")).unwrap_or_default();
+        // On loopback over plain HTTP: no `Secure` (the cookie never leaves this machine);
+        // behind a TLS proxy (`secure_cookies`): `Secure`, and the `__Host-` name.
+        let secure = if self.secure { "; Secure" } else { "" };
+        let v = format!("{}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}", self.cookie_name(name));
+        HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
 }
 
 /// A signed-in officer: the session and the account as it is now.
@@ -134,15 +220,29 @@ struct Officer {
     account: Account,
 }
 
+impl Officer {
+    /// The top of a page for this officer (live alerts on; `rows`: arrivals added to its table).
+    fn frame<'a>(&'a self, web: &'a Web, unread: usize, rows: bool) -> Frame<'a> {
+        Frame {
+            node: web.node.id().as_str(),
+            account: &self.account,
+            csrf: &self.session.csrf,
+            unread,
+            live: true,
+            rows,
+        }
+    }
+}
+
 impl Web {
     /// The officer of a request's session cookie, if the session is alive and its account may
     /// still sign in (a disabled or locked account's sessions end here).
     fn officer(&self, headers: &HeaderMap, touch: bool) -> Option<Officer> {
-        let token = cookie(headers, SESSION_COOKIE)?;
+        let token = self.cookie(headers, SESSION_COOKIE)?;
         let session = self.sessions.get(&token, Instant::now(), touch)?;
         let account = self.node.accounts().get(&session.account)?;
-        if !account.usable() {
-            self.sessions.end_all(&account.name);
+        if !account.session_valid(session.generation) {
+            self.sessions.end(&token);
             return None;
         }
         Some(Officer { token, session, account })
@@ -174,7 +274,7 @@ async fn signin_form(State(web): State<Web>, headers: HeaderMap) -> Response {
     }
     let token = session::random_token();
     let mut res = html(StatusCode::OK, pages::signin(&token, None, ""));
-    res.headers_mut().insert(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, &token, Some(900)));
+    res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, &token, Some(900)));
     res
 }
 
@@ -195,21 +295,25 @@ async fn signin(
     let fresh = session::random_token();
     let again = |status: StatusCode, msg: &str| {
         let mut res = html(status, pages::signin(&fresh, Some(msg), &f.name));
-        res.headers_mut().insert(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, &fresh, Some(900)));
+        res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, &fresh, Some(900)));
         res
     };
-    let expected = cookie(&headers, SIGNIN_COOKIE).unwrap_or_default();
+    let expected = web.cookie(&headers, SIGNIN_COOKIE).unwrap_or_default();
     if expected.is_empty() || !same_token(&expected, &f.csrf) {
         return again(StatusCode::FORBIDDEN, "The form expired: sign in again.");
     }
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     match web.node.accounts().sign_in(&f.name, &f.password, &f.code, unix, &peer.ip().to_string()).await {
         Ok(account) => {
-            let token = web.sessions.begin(&account.name, Instant::now());
+            // A new sign-in from this browser ends the session it had.
+            if let Some(old) = web.cookie(&headers, SESSION_COOKIE) {
+                web.sessions.end(&old);
+            }
+            let token = web.sessions.begin(&account.name, account.generation, Instant::now());
             let mut res = Redirect::to("/inbox").into_response();
             let h = res.headers_mut();
-            h.append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, &token, None));
-            h.append(header::SET_COOKIE, set_cookie(SIGNIN_COOKIE, "", Some(0)));
+            h.append(header::SET_COOKIE, web.set_cookie(SESSION_COOKIE, &token, None));
+            h.append(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, "", Some(0)));
             res
         }
         Err(e) => again(StatusCode::UNAUTHORIZED, &e.to_string()),
@@ -256,9 +360,11 @@ async fn signout(State(web): State<Web>, headers: HeaderMap, Form(f): Form<CsrfF
         Err(r) => return r.into_response(),
     };
     web.sessions.end(&o.token);
-    let _ = web.record(&o, AccountAction::SignedOut, String::new()).await;
+    if let Err(r) = web.record(&o, AccountAction::SignedOut, String::new()).await {
+        return r;
+    }
     let mut res = Redirect::to("/signin").into_response();
-    res.headers_mut().insert(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", Some(0)));
+    res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SESSION_COOKIE, "", Some(0)));
     res
 }
 
@@ -337,7 +443,7 @@ async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): Query<Inbox
     let deadlines = deadlines_of(&web.node);
     let partner = q.partner.trim().parse::<NodeId>().ok();
     let packet_type = crate::packet::PacketType::ALL.iter().copied().find(|t| t.as_str() == q.packet_type);
-    let only = q.overdue.is_some().then(|| deadlines.iter().filter(|(_, (_, late))| *late).map(|(k, _)| *k).collect());
+    let only = q.overdue.is_some().then(|| web.node.overdue_answers(crate::node::now_ms()));
     let find = Find {
         unread: q.unread.is_some(),
         flash: q.flash.is_some(),
@@ -353,6 +459,7 @@ async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): Query<Inbox
         }
     }
     let account = o.account.clone();
+    let q = InboxQuery { page: q.page.min(MAX_PAGE), ..q };
     let offset = q.page.saturating_mul(PER_PAGE);
     let found = web.node.catalogue(move |c| c.page(&find, |r| visible(&account, r), offset, PER_PAGE)).await;
     let page = match found {
@@ -384,7 +491,7 @@ async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): Query<Inbox
         packet_type: &q.packet_type,
         q: &q.q,
     };
-    let next = (offset + PER_PAGE < page.total).then(|| q.url(q.page + 1));
+    let next = (offset.saturating_add(PER_PAGE) < page.total && q.page < MAX_PAGE).then(|| q.url(q.page + 1));
     let prev = (q.page > 0).then(|| q.url(q.page - 1));
     let pager = pages::Pager { total: page.total, page_no: q.page, per_page: PER_PAGE, next, prev };
     html(StatusCode::OK, pages::inbox(&frame, &filters, &rows, &pager))
@@ -397,6 +504,19 @@ struct FromQuery {
 
 fn packet_key(id: &str, q: &FromQuery) -> Option<(PacketId, NodeId)> {
     Some((id.parse().ok()?, q.from.as_deref()?.parse().ok()?))
+}
+
+/// A received packet and its record, if the account may see it (its sender and originator in
+/// the partner scope, its case in the case scope).
+fn in_scope(
+    web: &Web,
+    o: &Officer,
+    id: PacketId,
+    from: NodeId,
+) -> Option<(crate::packet::Packet, crate::store::InboxRecord)> {
+    let (p, rec, _) = web.node.show(id, Some(&from)).ok()?;
+    let case = p.envelope.case_ref.as_ref();
+    (o.account.may_see(&from, case) && o.account.may_see(&p.envelope.originator.node, case)).then_some((p, rec))
 }
 
 async fn packet(
@@ -416,20 +536,16 @@ async fn packet(
         rows: false,
     };
     let Some((id, from)) = packet_key(&id, &q) else { return html(StatusCode::NOT_FOUND, pages::not_found(&frame)) };
-    let shown = web.node.show(id, Some(&from));
-    let (packet, rec) = match shown {
-        Ok((p, rec, _))
-            if o.account.may_see(&from, p.envelope.case_ref.as_ref())
-                && o.account.may_see(&p.envelope.originator.node, p.envelope.case_ref.as_ref()) =>
-        {
-            (p, rec)
-        }
-        Ok(_) => {
-            let _ =
-                web.record(&o, AccountAction::Refused, format!("{id} from {from}: outside the account's scope")).await;
+    let (packet, rec) = match in_scope(&web, &o, id, from) {
+        Some(x) => x,
+        None => {
+            // Not here and not for this account look the same, and both are recorded.
+            let detail = format!("view {id} from {from}: not found or outside the account's scope");
+            if let Err(r) = web.record(&o, AccountAction::Refused, detail).await {
+                return r;
+            }
             return html(StatusCode::NOT_FOUND, pages::not_found(&frame));
         }
-        Err(_) => return html(StatusCode::NOT_FOUND, pages::not_found(&frame)),
     };
     if let Err(r) = web.record(&o, AccountAction::Viewed, format!("{id} from {from}")).await {
         return r;
@@ -483,14 +599,12 @@ async fn ack(
     };
     let Some((id, from)) = packet_key(&id, &q) else { return StatusCode::NOT_FOUND.into_response() };
     // The scope is checked before anything is done: a packet outside it does not exist here.
-    match web.node.show(id, Some(&from)) {
-        Ok((p, _, _))
-            if o.account.may_see(&from, p.envelope.case_ref.as_ref())
-                && o.account.may_see(&p.envelope.originator.node, p.envelope.case_ref.as_ref()) => {}
-        _ => {
-            let _ = web.record(&o, AccountAction::Refused, format!("acknowledge {id} from {from}: not in scope")).await;
-            return StatusCode::NOT_FOUND.into_response();
+    if in_scope(&web, &o, id, from).is_none() {
+        let detail = format!("acknowledge {id} from {from}: not found or outside the account's scope");
+        if let Err(r) = web.record(&o, AccountAction::Refused, detail).await {
+            return r;
         }
+        return StatusCode::NOT_FOUND.into_response();
     }
     match web.node.ack(id, Some(&from), o.account.name.clone()).await {
         Ok(()) => Redirect::to(&format!("/packets/{id}?from={from}")).into_response(),
@@ -498,17 +612,53 @@ async fn ack(
     }
 }
 
+/// Holds one live-alert stream's place in the counts; gives it back when the stream ends.
+struct StreamSlot {
+    streams: Arc<std::sync::Mutex<std::collections::HashMap<crate::encoding::Digest, usize>>>,
+    key: crate::encoding::Digest,
+}
+
+impl StreamSlot {
+    fn take(web: &Web, token: &str) -> Option<Self> {
+        let key = crate::encoding::Digest::of(token.as_bytes());
+        let mut m = web.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all: usize = m.values().sum();
+        let mine = m.get(&key).copied().unwrap_or(0);
+        if all >= STREAMS_IN_ALL || mine >= STREAMS_PER_SESSION {
+            return None;
+        }
+        m.insert(key, mine + 1);
+        Some(Self { streams: web.streams.clone(), key })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Live alerts: a `packet` event for each arrival the account may see, a `signed-out` event
-/// when its session ends. The stream does not keep the session alive.
+/// when its session ends. The stream does not keep the session alive (an unattended tab is
+/// signed out at the idle time); a session holds at most [`STREAMS_PER_SESSION`] streams.
 async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let Some(o) = web.officer(&headers, true) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let Some(o) = web.officer(&headers, false) else { return StatusCode::UNAUTHORIZED.into_response() };
+    let Some(slot) = StreamSlot::take(&web, &o.token) else {
+        return (StatusCode::TOO_MANY_REQUESTS, "too many live-alert streams open").into_response();
+    };
     let rx = web.node.arrivals();
-    let state = (web, o.token, o.account, rx);
+    let state = (web, o.token, o.session.generation, o.account, rx, slot);
     let stream = futures_util::stream::unfold(Some(state), |state| async move {
-        let (web, token, account, mut rx) = state?;
+        let (web, token, generation, account, mut rx, slot) = state?;
         loop {
             let alive = web.sessions.get(&token, Instant::now(), false).is_some()
-                && web.node.accounts().get(&account.name).is_some_and(|a| a.usable());
+                && web.node.accounts().get(&account.name).is_some_and(|a| a.session_valid(generation));
             if !alive {
                 let ev = SseEvent::default().event("signed-out").data("");
                 return Some((Ok::<_, std::convert::Infallible>(ev), None));
@@ -522,7 +672,7 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
                 Ok(Ok(a)) => a,
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
                     let ev = SseEvent::default().event("reload").data("");
-                    return Some((Ok(ev), Some((web, token, account, rx))));
+                    return Some((Ok(ev), Some((web, token, generation, account, rx, slot))));
                 }
                 Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
             };
@@ -530,9 +680,10 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
             let seen = web
                 .node
                 .catalogue(move |c| {
-                    let row = c.row(arrival.id, &arrival.from).filter(|r| visible(&who, r)).cloned();
+                    // The unread count only for a row this account sees.
+                    let row = c.row(arrival.id, &arrival.from).filter(|r| visible(&who, r)).cloned()?;
                     let unread = c.page(&Find::default(), |r| visible(&who, r), 0, 0).unread;
-                    row.map(|r| (r, unread))
+                    Some((row, unread))
                 })
                 .await;
             let Ok(Some((row, unread))) = seen else { continue };
@@ -549,7 +700,7 @@ async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
                 "unread": unread,
             });
             let ev = SseEvent::default().event("packet").data(data.to_string());
-            return Some((Ok(ev), Some((web, token, account, rx))));
+            return Some((Ok(ev), Some((web, token, generation, account, rx, slot))));
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()

@@ -51,6 +51,7 @@ pub fn page(title: &str, frame: Option<&Frame<'_>>, content: Markup) -> Markup {
                         a href="/inbox" { "Inbox " span #unread .counter { (f.unread) } }
                         a href="/inbox?unread=1" { "Unread" }
                         a href="/inbox?flash=1" { "FLASH" }
+                        a href="/sent" { "Sent" }
                         span.who { (f.account.display_name) " (" (f.account.name) ", " (f.account.role) ")" }
                         form method="post" action="/signout" {
                             input type="hidden" name="csrf" value=(f.csrf);
@@ -231,18 +232,45 @@ pub fn inbox(frame: &Frame<'_>, f: &Filters<'_>, rows: &[(Row, Option<String>)],
 /// The markings banner of a packet, on top of its view.
 pub fn banner(p: &Packet) -> Markup {
     let e = &p.envelope;
-    let classified = !matches!(e.classification, Classification::Unclassified);
+    html! {
+        (banner_of(e.classification, e.tlp, &e.handling, e.grading))
+    }
+}
+
+/// The markings banner: the badges, then each marking in words (what each handling code means,
+/// the H3 restriction).
+pub fn banner_of(
+    classification: Classification,
+    tlp: Option<Tlp>,
+    handling: &Handling,
+    grading: Option<Grading>,
+) -> Markup {
+    let classified = !matches!(classification, Classification::Unclassified);
     html! {
         section.banner.classified[classified] #markings {
-            div { (markings(e.classification, e.tlp, &e.handling, e.grading)) }
+            div { (markings(classification, tlp, handling, grading)) }
             dl {
-                dt { "Classification" } dd { (wire(&e.classification)) }
-                @if let Some(t) = e.tlp { dt { "TLP" } dd { (wire(&t)) } }
-                @for c in &e.handling.codes { dt { (wire(c)) } dd { (handling_meaning(*c)) } }
-                @if let Some(h3) = &e.handling.h3_text { dt { "H3 restriction" } dd { (h3) } }
-                @if let Some(g) = e.grading { dt { "Grading" } dd { (g.to_string()) " (source reliability / information accuracy)" } }
+                dt { "Classification" } dd { (wire(&classification)) }
+                @if let Some(t) = tlp { dt { "TLP" } dd { (wire(&t)) } }
+                @for c in &handling.codes { dt { (wire(c)) } dd { (handling_meaning(*c)) } }
+                @if let Some(h3) = &handling.h3_text { dt { "H3 restriction" } dd { (h3) } }
+                @if let Some(g) = grading { dt { "Grading" } dd { (g.to_string()) " (source reliability / information accuracy)" } }
             }
         }
+    }
+}
+
+/// Where a deadline stands, in words.
+pub fn due_words(d: &crate::deadlines::Due) -> String {
+    use crate::deadlines::Due;
+    let hours = |ms: u64| format!("{:.1} h", ms as f64 / 3_600_000.0);
+    match d {
+        Due::Answered { late: true } => "answered late".into(),
+        Due::Answered { late: false } => "answered on time".into(),
+        Due::Paused => "paused: clarification asked".into(),
+        Due::Overdue { by } => format!("OVERDUE by {}", hours(*by)),
+        Due::DueSoon { left } => format!("due soon: {} left", hours(*left)),
+        Due::Open { left } => format!("{} left", hours(*left)),
     }
 }
 

@@ -1,9 +1,10 @@
-//! Web sessions: a random token in an HttpOnly, SameSite=Strict cookie (Secure and `__Host-`
-//! when served over TLS), kept here as its SHA-256 with the account, a CSRF token, and when it
-//! began and was last used. A session ends when unused for the idle time, at its lifetime, at
-//! sign-out, when its account is disabled or locked, and when the node stops (sessions live in
-//! memory only: a restart signs everyone out, which is what a restart of a secure system
-//! should do).
+//! Web sessions: a random token in an HttpOnly, SameSite=Strict cookie (`Secure` and
+//! `__Host-` with `[web] secure_cookies`, behind a TLS proxy), kept here as its SHA-256 with the
+//! account, the account's generation, a CSRF token, and when it began and was last used. A
+//! session ends when unused for the idle time, at its lifetime, at sign-out, at a new sign-in
+//! from the same browser, when its account is disabled or reset (the generation moves on), and
+//! when the node stops (sessions live in memory only: a restart signs everyone out, which is
+//! what a restart of a secure system should do).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +23,8 @@ pub const MAX_PER_ACCOUNT: usize = 8;
 pub struct Session {
     /// The account.
     pub account: OfficerId,
+    /// The account's generation when the session began.
+    pub generation: u64,
     /// The token forms and scripts send back with every change (hex).
     pub csrf: String,
     began: Instant,
@@ -54,7 +57,7 @@ impl Sessions {
     }
 
     /// Begins a session for `account`: its cookie token.
-    pub fn begin(&self, account: &OfficerId, now: Instant) -> String {
+    pub fn begin(&self, account: &OfficerId, generation: u64, now: Instant) -> String {
         let token = random_token();
         let mut map = self.lock();
         map.retain(|_, s| self.alive(s, now));
@@ -72,7 +75,7 @@ impl Sessions {
         }
         map.insert(
             Digest::of(token.as_bytes()),
-            Session { account: account.clone(), csrf: random_token(), began: now, seen: now },
+            Session { account: account.clone(), generation, csrf: random_token(), began: now, seen: now },
         );
         token
     }
@@ -123,23 +126,23 @@ mod tests {
         let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(600));
         let ana: OfficerId = "ana".parse().unwrap();
         let t0 = Instant::now();
-        let tok = s.begin(&ana, t0);
+        let tok = s.begin(&ana, 0, t0);
         assert!(s.get(&tok, t0 + Duration::from_secs(50), true).is_some());
         // Used at 50 s: alive at 100 s, not at 111 s without use.
         assert!(s.get(&tok, t0 + Duration::from_secs(100), false).is_some());
         assert!(s.get(&tok, t0 + Duration::from_secs(111), true).is_none());
         assert!(s.get(&tok, t0, true).is_none(), "gone once expired");
         // Lifetime, however busy.
-        let tok = s.begin(&ana, t0);
+        let tok = s.begin(&ana, 0, t0);
         for i in 1..=10 {
             let at = t0 + Duration::from_secs(i * 55);
             assert!(s.get(&tok, at, true).is_some(), "{i}");
         }
         assert!(s.get(&tok, t0 + Duration::from_secs(601), true).is_none());
         // The ninth session of an account ends its first.
-        let first = s.begin(&ana, t0);
+        let first = s.begin(&ana, 0, t0);
         for _ in 0..MAX_PER_ACCOUNT {
-            s.begin(&ana, t0 + Duration::from_secs(1));
+            s.begin(&ana, 0, t0 + Duration::from_secs(1));
         }
         assert!(s.get(&first, t0 + Duration::from_secs(2), true).is_none());
         assert!(same_token("abc", "abc") && !same_token("abc", "abd") && !same_token("abc", "ab"));

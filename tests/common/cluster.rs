@@ -13,6 +13,10 @@ use serde_json::Value;
 
 use super::root;
 
+/// The token of every test node's second API client, `terminal-7`: neither an admin client nor
+/// one that names officers (it acts under its own name).
+pub const TERMINAL_TOKEN: &str = "test-terminal-token";
+
 /// The `liaison` binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_liaison");
 
@@ -109,7 +113,8 @@ impl NodeProc {
     }
 
     pub fn inbox(&self) -> Vec<Value> {
-        let (code, v) = self.api("GET", "/v1/inbox", None);
+        // Everything stored, system packets included.
+        let (code, v) = self.api("GET", "/v1/inbox?system=1", None);
         assert_eq!(code, 200, "{v}");
         v.as_array().unwrap().clone()
     }
@@ -327,6 +332,7 @@ impl Cluster {
                 }
             }
             let hash = liaison::encoding::hex(&liaison::encoding::Digest::of(token.as_bytes()).0);
+            let terminal = liaison::encoding::hex(&liaison::encoding::Digest::of(TERMINAL_TOKEN.as_bytes()).0);
             let config = format!(
                 r#"[node]
 id = "{name}"
@@ -342,7 +348,10 @@ key = "certs/tls/{name}.key"
 crls = ["certs/tls/crl.pem"]
 [api]
 listen = "127.0.0.1:{api}"
-clients = [{{ name = "test", token_sha256 = "{hash}", admin = true }}]
+clients = [
+  {{ name = "test", token_sha256 = "{hash}", admin = true, names_officers = true }},
+  {{ name = "terminal-7", token_sha256 = "{terminal}" }},
+]
 [web]
 listen = "127.0.0.1:{web}"
 {partners}

@@ -66,6 +66,8 @@
   }
 
   var events = new EventSource('/events');
+  events.addEventListener('open', function () { body.dataset.stream = 'open'; });
+  events.addEventListener('error', function () { body.dataset.stream = 'closed'; });
   events.addEventListener('packet', function (ev) {
     var p = JSON.parse(ev.data);
     addRow(p);
