@@ -147,6 +147,14 @@ pub fn summary_of(packet: &Packet) -> String {
                 to
             )
         }
+        Body::ControlledDeliveryDecision(d) => {
+            let what = match d.decision {
+                crate::packet::DeliveryDecision::Authorised => "controlled delivery AUTHORISED".to_owned(),
+                crate::packet::DeliveryDecision::Conditions => format!("controlled delivery authorised ON CONDITIONS: {}", d.conditions.join("; ")),
+                crate::packet::DeliveryDecision::Declined => "controlled delivery DECLINED".to_owned(),
+            };
+            format!("{what} ({})", d.authorising_authority.name)
+        }
         Body::JitNotice(j) => format!("{} ({} to {})", j.name, j.start, j.end),
         Body::InformationRequest(r) => r.subject.clone(),
         Body::InformationResponse(r) => r.summary.clone(),

@@ -349,6 +349,7 @@ fn redact(rules: &Rules, direction: Direction, packet: &mut Packet) -> Vec<Redac
         Body::InformationRequest(r) => (Some(&mut r.entities), None, "body.InformationRequest.entities"),
         Body::InformationResponse(r) => (Some(&mut r.entities), None, "body.InformationResponse.entities"),
         Body::JitNotice(_)
+        | Body::ControlledDeliveryDecision(_)
         | Body::Refusal(_)
         | Body::DelayNotice(_)
         | Body::ClarificationRequest(_)

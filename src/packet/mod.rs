@@ -185,6 +185,8 @@ pub struct Originator {
 pub enum Body {
     /// Controlled delivery alert.
     ControlledDeliveryAlert(Box<ControlledDeliveryAlert>),
+    /// A state's decision on a controlled delivery alert (a reply to it).
+    ControlledDeliveryDecision(Box<ControlledDeliveryDecision>),
     /// Joint investigation team notice.
     JitNotice(Box<JitNotice>),
     /// Information request.
@@ -237,6 +239,8 @@ pub enum PacketType {
     Forward,
     /// See [`Body::KeyAnnouncement`].
     KeyAnnouncement,
+    /// See [`Body::ControlledDeliveryDecision`].
+    ControlledDeliveryDecision,
 }
 
 impl Serialize for PacketType {
@@ -262,7 +266,7 @@ impl std::str::FromStr for PacketType {
 
 impl PacketType {
     /// Every packet type.
-    pub const ALL: [PacketType; 12] = [
+    pub const ALL: [PacketType; 13] = [
         Self::ControlledDeliveryAlert,
         Self::JitNotice,
         Self::InformationRequest,
@@ -275,6 +279,7 @@ impl PacketType {
         Self::OnwardConsent,
         Self::Forward,
         Self::KeyAnnouncement,
+        Self::ControlledDeliveryDecision,
     ];
 
     /// The type's name as on the wire.
@@ -292,6 +297,7 @@ impl PacketType {
             Self::OnwardConsent => "OnwardConsent",
             Self::Forward => "Forward",
             Self::KeyAnnouncement => "KeyAnnouncement",
+            Self::ControlledDeliveryDecision => "ControlledDeliveryDecision",
         }
     }
 
@@ -309,6 +315,7 @@ impl PacketType {
                 | Self::DelayNotice
                 | Self::ClarificationRequest
                 | Self::OnwardConsent
+                | Self::ControlledDeliveryDecision
         ) || (self.is_system() && self != Self::KeyAnnouncement)
     }
 
@@ -331,6 +338,7 @@ impl Body {
     pub fn packet_type(&self) -> PacketType {
         match self {
             Self::ControlledDeliveryAlert(_) => PacketType::ControlledDeliveryAlert,
+            Self::ControlledDeliveryDecision(_) => PacketType::ControlledDeliveryDecision,
             Self::JitNotice(_) => PacketType::JitNotice,
             Self::InformationRequest(_) => PacketType::InformationRequest,
             Self::InformationResponse(_) => PacketType::InformationResponse,
@@ -712,6 +720,7 @@ impl Packet {
         let b = root.at("body").at(kind.as_str());
         match &self.body {
             Body::ControlledDeliveryAlert(x) => x.check(&b),
+            Body::ControlledDeliveryDecision(x) => x.check(&b, e.created),
             Body::JitNotice(x) => x.check(&b),
             Body::InformationRequest(x) => x.check(&b),
             Body::InformationResponse(x) => x.check(&b),

@@ -81,6 +81,7 @@ fn invalid_examples_name_the_field() {
         ("bad-entity-grading.json", "body.InformationResponse.entities[2].vehicle.grading"),
         ("bad-iban.json", "body.InformationResponse.entities[6].account.identifier"),
         ("bad-node-id.json", "envelope.recipients[1]"),
+        ("conditions-missing.json", "body.ControlledDeliveryDecision.conditions"),
         ("expires-before-created.json", "envelope.expires"),
         ("h3-without-text.json", "envelope.handling"),
         ("originator-as-recipient.json", "envelope.recipients[1]"),
