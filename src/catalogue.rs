@@ -150,7 +150,9 @@ pub fn summary_of(packet: &Packet) -> String {
         Body::ControlledDeliveryDecision(d) => {
             let what = match d.decision {
                 crate::packet::DeliveryDecision::Authorised => "controlled delivery AUTHORISED".to_owned(),
-                crate::packet::DeliveryDecision::Conditions => format!("controlled delivery authorised ON CONDITIONS: {}", d.conditions.join("; ")),
+                crate::packet::DeliveryDecision::Conditions => {
+                    format!("controlled delivery authorised ON CONDITIONS: {}", d.conditions.join("; "))
+                }
                 crate::packet::DeliveryDecision::Declined => "controlled delivery DECLINED".to_owned(),
             };
             format!("{what} ({})", d.authorising_authority.name)

@@ -61,6 +61,10 @@ pub struct Deadline {
     /// able to shorten or stretch it by dating its packet.
     #[serde(default)]
     pub sender_due_by: Option<Millis>,
+    /// The deadline that had already passed when a delay notice moved it (the first one
+    /// missed): a missed deadline stays late, whatever was announced after it.
+    #[serde(default)]
+    pub missed: Option<Millis>,
 }
 
 /// Where a deadline stands at a moment.
@@ -95,7 +99,7 @@ impl Deadline {
     /// Where it stands at `now`.
     pub fn due(&self, now: Millis) -> Due {
         if let Some((_, at)) = self.answered {
-            return Due::Answered { late: at > self.due_by };
+            return Due::Answered { late: at > self.due_by || self.missed.is_some() };
         }
         if self.paused.is_some() {
             return Due::Paused;
@@ -270,6 +274,7 @@ impl Deadlines {
                     answered: None,
                     delays: Vec::new(),
                     sender_due_by,
+                    missed: None,
                 };
                 staged.changed.insert(key, d);
             }
@@ -284,6 +289,10 @@ impl Deadlines {
             Body::DelayNotice(n) => {
                 self.change(staged, e.in_reply_to, counterpart, settles, |d| {
                     if d.answered.is_none() && !d.delays.contains(&e.id) {
+                        // A notice after the deadline passed does not make it on time.
+                        if d.missed.is_none() && d.paused.is_none() && now > d.due_by {
+                            d.missed = Some(d.due_by);
+                        }
                         d.due_by = millis(n.new_due_by);
                         d.delays.push(e.id);
                     }
@@ -521,6 +530,32 @@ mod tests {
         assert_eq!(r.open(Role::Await).len(), 1);
         r.on_packet(&reply("refusal", request.envelope.id, 5), Flow::Received, &es, due + H);
         assert_eq!(r.get(request.envelope.id, &es).unwrap().due(due + 2 * H), Due::Answered { late: true });
+    }
+
+    /// A delay notice sent after the deadline passed moves the date, not the fact: the
+    /// deadline stays late, and so does the answer, even if it comes before the new date.
+    #[test]
+    fn a_missed_deadline_stays_late_after_a_delay_notice() {
+        let request = example("request");
+        let created = millis(request.envelope.created);
+        let it = node("IT-DCSA");
+        let mut d = Deadlines::default();
+        d.on_packet(&request, Flow::Received, &it, created);
+        let due = d.get(request.envelope.id, &it).unwrap().due_by;
+        let delay = reply("delay", request.envelope.id, 1);
+        let Body::DelayNotice(n) = &delay.body else { panic!() };
+        let moved = millis(n.new_due_by);
+        assert!(moved > due + H, "the example's notice moves it later");
+        d.on_packet(&delay, Flow::Sent, &it, due + H);
+        let dl = d.get(request.envelope.id, &it).unwrap();
+        assert_eq!((dl.due_by, dl.missed), (moved, Some(due)));
+        d.on_packet(&reply("response", request.envelope.id, 4), Flow::Sent, &it, moved - H);
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().due(moved), Due::Answered { late: true });
+        // A notice in time is what it says: not late.
+        let mut d = Deadlines::default();
+        d.on_packet(&request, Flow::Received, &it, created);
+        d.on_packet(&delay, Flow::Sent, &it, created + H);
+        assert_eq!(d.get(request.envelope.id, &it).unwrap().missed, None);
     }
 
     /// Staging changes nothing until applied: a commit that fails leaves the deadlines as they

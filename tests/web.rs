@@ -270,6 +270,14 @@ fn accounts_see_only_their_scope_and_a_locked_account_stays_locked() {
     assert!(!direct.body.contains("CO-DIJIN/2026/5501"));
     let csrf = input_value(&page, "csrf").unwrap();
     assert_eq!(post(&web, &format!("/packets/{co_id}/ack?from=CO-DIJIN"), &desk, &[("csrf", &csrf)]).status, 404);
+    // The deadlines board: the requests of the account's scope; a supervisor's, all of them.
+    let board = get(&web, "/deadlines", &desk).body;
+    let to_answer = board.split("id=\"to-answer\"").nth(1).unwrap().split("</section>").next().unwrap();
+    assert!(to_answer.contains(&es_id) && to_answer.contains(&es_other_id) && !to_answer.contains(&co_id), "{board}");
+    let chief = add_officer(it, "chief", "Comm. Bianchi", &["--role", "supervisor", "--partners", "ES-UDYCO"]);
+    let chief = session(&sign_in(&web, &chief.name, &chief.password, &chief.code(0)));
+    let board = get(&web, "/deadlines", &chief).body;
+    assert!(board.contains(&es_id) && board.contains(&co_id) && board.contains("Requested by"), "{board}");
     let cases = session(&sign_in(&web, &case_desk.name, &case_desk.password, &case_desk.code(0)));
     let page = get(&web, "/inbox", &cases).body;
     assert!(page.contains(&es_id) && !page.contains(&es_other_id) && !page.contains(&co_id), "{page}");
@@ -342,7 +350,11 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     b.type_into("#password", &officer.password);
     b.type_into("#code", &officer.code(0));
     b.click("#signin");
-    b.find("table.inbox", Duration::from_secs(10));
+    b.wait_true(
+        "the inbox",
+        "return window.location.pathname === '/inbox' && !!document.querySelector('table.inbox');",
+        Duration::from_secs(10),
+    );
     assert!(b.url().ends_with("/inbox"), "{}", b.url());
     assert!(b.text("header.top").contains("Isp. Giulia Rossi"));
     // The page stays open: a marker set now survives only if it is never reloaded.
@@ -361,7 +373,11 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
 
     // Open it: the markings first, with what H2 means.
     b.click(&format!("{row} a.open"));
-    b.find("#markings", Duration::from_secs(10));
+    b.wait_true(
+        "the packet page",
+        "return window.location.pathname.indexOf('/packets/') === 0 && !!document.getElementById('markings');",
+        Duration::from_secs(10),
+    );
     let banner = b.text("#markings");
     for m in ["EU_RESTRICTED", "TLP:RED", "H2", "not to be passed on without the provider's permission", "B2"] {
         assert!(banner.contains(m), "{m} in {banner}");
@@ -370,7 +386,11 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     b.screenshot(&shots.join("packet.png"));
     // Acknowledge: the originator sees the officer's name.
     b.click("#ack");
-    b.find("#reads li", Duration::from_secs(10));
+    b.wait_true(
+        "acknowledged",
+        "return document.querySelectorAll('#reads li').length > 0 && !document.getElementById('ack');",
+        Duration::from_secs(10),
+    );
     assert!(b.text("#reads").contains("g.rossi"));
     wait_for("CO-DIJIN sees who read it", Duration::from_secs(20), || {
         co.api("GET", &format!("/v1/packets/{alert}"), None).1["recipients"][0]["read_by"] == "g.rossi"
@@ -380,8 +400,64 @@ fn in_a_browser_a_flash_alert_appears_live_is_acknowledged_and_found_by_a_name()
     b.goto(&format!("{}/inbox", it.web));
     b.type_into("#q", "ortega");
     b.click("#search");
+    b.wait_true(
+        "the search page",
+        "return window.location.search.indexOf('q=ortega') >= 0 && document.readyState === 'complete';",
+        Duration::from_secs(10),
+    );
     b.find(&row, Duration::from_secs(10));
     assert!(b.text("#total").starts_with("1 packet"), "{}", b.text("#total"));
+
+    // Answer CO-DIJIN's request with the form: the dry run shows what the policy with CO-DIJIN
+    // removes before anything is sent.
+    let request = &earlier[2];
+    b.goto(&format!("{}/packets/{request}?from=CO-DIJIN", it.web));
+    b.click("a.reply[href*='type=InformationResponse']");
+    b.wait_true(
+        "the compose page",
+        "return window.location.pathname === '/compose' && !!document.getElementById('compose');",
+        Duration::from_secs(10),
+    );
+    let r = "body.InformationResponse";
+    b.type_into(
+        &format!("[name='{r}.summary']"),
+        "The number belongs to Javier Ortega Ruiz; his account is at Banco Levante.",
+    );
+    b.set_value("[name='envelope.legal_basis']", "Directive (EU) 2023/977 art. 5");
+    b.set_value("[name='envelope.purpose']", "Answer to the request about the witness threat");
+    b.set_value(&format!("[name='{r}.entities[0]#kind']"), "person");
+    b.set_value(&format!("[name='{r}.entities[0]#grading']"), "A1");
+    b.type_into(&format!("[name='{r}.entities[0].person.family_name']"), "Ortega Ruiz");
+    b.set_value(&format!("[name='{r}.entities[0].person.date_of_birth']"), "1984-03-09");
+    b.set_value(&format!("[name='{r}.entities[1]#kind']"), "account");
+    b.set_value(&format!("[name='{r}.entities[1]#grading']"), "B2");
+    b.set_value(&format!("[name='{r}.entities[1].account.scheme']"), "iban");
+    b.type_into(&format!("[name='{r}.entities[1].account.identifier']"), "ES9121000418450200051332");
+    b.wait_true(
+        "the dry run lists the redactions",
+        "var d = document.getElementById('dryrun').textContent; return d.indexOf('date_of_birth') >= 0 && d.indexOf('entities[1]') >= 0;",
+        Duration::from_secs(20),
+    );
+    let dry = b.text("#dryrun");
+    assert!(dry.contains("CO-DIJIN") && dry.contains("will be removed") && dry.contains("send.redact.person"), "{dry}");
+    b.screenshot(&shots.join("compose.png"));
+    b.click("#send");
+    b.wait_true(
+        "the sent page",
+        "return window.location.pathname.indexOf('/sent/') === 0 && !!document.getElementById('recipients');",
+        Duration::from_secs(20),
+    );
+    assert!(b.url().contains("/sent/"), "{}", b.url());
+    let sent = b.text("#recipients");
+    assert!(sent.contains("CO-DIJIN") && sent.contains("date_of_birth"), "{sent}");
+    let answer = b.url().rsplit('/').next().unwrap().to_owned();
+    wait_received(co, &answer);
+    let (_, shown) = co.api("GET", &format!("/v1/inbox/{answer}"), None);
+    let person = &shown["packet"]["body"]["InformationResponse"]["entities"][0]["person"];
+    assert_eq!(person["family_name"], "Ortega Ruiz");
+    assert!(person["date_of_birth"].is_null(), "removed before signing: {person}");
+    assert_eq!(shown["packet"]["envelope"]["originator"]["officer"], "g.rossi");
+    assert_eq!(shown["packet"]["envelope"]["in_reply_to"], request.as_str());
 }
 
 #[test]
@@ -496,6 +572,70 @@ fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
     let desk = session(&sign_in(&it.web, &es_desk.name, &es_desk.password, &es_desk.code(0)));
     let view = get(&it.web, &format!("/sent/{id}"), &desk).body;
     assert!(view.contains("data-recipient=\"ES-UDYCO\"") && !view.contains("data-recipient=\"CO-DIJIN\""), "{view}");
+    // A form with mistakes: every problem at its field, at once, nothing sent.
+    let page = get(&it.web, "/compose?type=InformationRequest", &cookie);
+    assert_eq!(page.status, 200);
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    let bad = post(
+        &it.web,
+        "/compose",
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("type", "InformationRequest"),
+            ("action", "send"),
+            ("to", "CO-DIJIN"),
+            ("envelope.priority", "URGENT"),
+            ("envelope.classification", "BASIC_PROTECTION"),
+            ("envelope.language", "en"),
+            ("envelope.handling.codes", "H0"),
+            ("envelope.expires", "next week"),
+            ("body.InformationRequest.data_access", "direct"),
+        ],
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    for field in [
+        "envelope.case_ref",
+        "envelope.expires",
+        "body.InformationRequest.subject",
+        "body.InformationRequest.questions",
+        "body.InformationRequest.reasons",
+    ] {
+        let at = bad.body.find(&format!("name=\"{field}\"")).unwrap_or_else(|| panic!("{field} in the form"));
+        let rest = &bad.body[at..];
+        let problem = rest.find("class=\"problem\"").unwrap_or(usize::MAX);
+        let next = rest[1..].find("class=\"field").unwrap_or(usize::MAX);
+        assert!(problem < next, "a problem shown at {field}");
+    }
+    assert_eq!(it.api("GET", "/v1/sent", None).1["total"], 1, "nothing sent");
+    // The dry run names the rule that refuses a recipient.
+    let mut form = vec![
+        ("csrf", csrf.as_str()),
+        ("type", "Refusal"),
+        ("to", "CO-DIJIN"),
+        ("to", "ES-UDYCO"),
+        ("envelope.case_ref", "IT-DCSA/2026/0042"),
+        ("envelope.priority", "ROUTINE"),
+        ("envelope.classification", "EU_CONFIDENTIAL"),
+        ("envelope.language", "en"),
+        ("envelope.handling.codes", "H0"),
+        ("envelope.in_reply_to", "019ac0a1-5c00-7000-8000-000000000003"),
+        ("body.Refusal.ground", "not_available"),
+        ("body.Refusal.explanation", "We hold nothing on this number."),
+    ];
+    let check = post(&it.web, "/compose/check", &cookie, &form);
+    assert_eq!(check.status, 200);
+    let co_line = check.body.split("data-recipient=\"CO-DIJIN\"").nth(1).unwrap().split("</li>").next().unwrap();
+    assert!(co_line.contains("REFUSED") && co_line.contains("send.max_classification"), "{}", check.body);
+    // A recipient outside the account's scope cannot be written to.
+    let desk_page = get(&it.web, "/compose?type=Refusal", &desk);
+    let desk_csrf = input_value(&desk_page.body, "csrf").unwrap();
+    form[0] = ("csrf", desk_csrf.as_str());
+    form.push(("action", "send"));
+    let refused = post(&it.web, "/compose", &desk, &form);
+    assert_eq!(refused.status, 422);
+    assert!(refused.body.contains("CO-DIJIN is not a partner you may write to"), "{}", refused.body);
+
     // The CLI shows it too (it is not in this node's inbox).
     let text = String::from_utf8_lossy(&it.cli(&["show", &id]).stdout).into_owned();
     assert!(text.contains("SENT") && text.contains("CO-DIJIN") && text.contains("date_of_birth"), "{text}");

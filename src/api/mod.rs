@@ -306,10 +306,15 @@ async fn policy_check(
     body: String,
 ) -> Result<impl IntoResponse, ApiError> {
     let packet = parse_draft(&api, &client, q, body).await?;
+    Ok(Json(dry_run(&api.node, &packet)))
+}
+
+/// What each recipient's sending policy would do with `packet`: nothing is sent or counted.
+pub fn dry_run(node: &Node, packet: &Checked) -> PolicyCheck {
     let mut out = Vec::new();
     for r in &packet.envelope.recipients {
         let mut copy = packet.packet().clone();
-        let v = api.node.policies().dry_run(r, Direction::Send, &mut copy);
+        let v = node.policies().dry_run(r, Direction::Send, &mut copy);
         let (decision, redacted, denied) = match v.decision {
             Decision::Allow => (DryRunDecision::Allow, Vec::new(), None),
             Decision::Redact(list) => (DryRunDecision::AllowWithRedactions, list, None),
@@ -317,7 +322,7 @@ async fn policy_check(
         };
         out.push(DryRun { recipient: *r, decision, redacted, denied, policy: v.policy });
     }
-    Ok(Json(PolicyCheck { packet_type: packet.packet_type(), recipients: out }))
+    PolicyCheck { packet_type: packet.packet_type(), recipients: out }
 }
 
 /// Verifies the whole audit trail; the check itself is recorded.

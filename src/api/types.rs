@@ -216,6 +216,9 @@ pub struct DeadlineView {
     pub delays: Vec<PacketId>,
     /// When the requester said it wanted the answer, where that differs.
     pub sender_due_by: Option<Timestamp>,
+    /// The deadline that had already passed when a delay notice moved it: late, for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed: Option<Timestamp>,
 }
 
 impl DeadlineView {
@@ -231,6 +234,7 @@ impl DeadlineView {
             answered_by: d.answered.map(|(a, _)| a),
             delays: d.delays.clone(),
             sender_due_by: d.sender_due_by.map(timestamp_of),
+            missed: d.missed.map(timestamp_of),
         }
     }
 }

@@ -388,7 +388,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             for (list, title) in [(&v.answer, "to answer"), (&v.awaiting, "awaiting answers")] {
                 println!("{title}: {}", if list.is_empty() { "none".to_owned() } else { list.len().to_string() });
                 for d in list {
-                    println!("  {}  {:<9} due {}  {}", d.request, d.counterpart, d.due_by, due_text(&d.due));
+                    let late =
+                        d.missed.map(|m| format!("  LATE: missed {m}, before a delay notice")).unwrap_or_default();
+                    println!("  {}  {:<9} due {}  {}{late}", d.request, d.counterpart, d.due_by, due_text(&d.due));
                 }
             }
             Ok(())
@@ -870,6 +872,7 @@ mod tests {
             paused: None,
             answered: None,
             delays: Vec::new(),
+            missed: None,
             sender_due_by: None,
         };
         let text = |d: &Deadline, now| due_text(&d.due(now));

@@ -19,21 +19,29 @@
 //! | GET | `/events` | server-sent events: `packet` for each arrival the account may see |
 //! | GET | `/packets/{id}?from=NODE` | a received packet: markings banner, envelope, body, acknowledgements |
 //! | POST | `/packets/{id}/ack?from=NODE` | acknowledge it as the signed-in officer (a signed ReadAck goes to the originator) |
+//! | GET | `/compose?type=T[&reply_to=ID&from=NODE]` | the form of a packet type (a reply prefilled from the packet it answers) |
+//! | POST | `/compose` | send it as the signed-in officer, or the form again with every problem at its field |
+//! | POST | `/compose/check` | the dry run of the form as it stands: per recipient allowed / these fields removed / refused by this rule |
+//! | GET | `/deadlines` | to answer and awaiting, overdue and late first (a missed deadline stays late after a delay notice) |
 //! | GET | `/sent?page=N`, `/sent/{id}` | packets this node's officers sent: each recipient's policy decision (redactions), delivery, receipt, reads, the answer awaited, the content as sent |
 //! | GET | `/assets/app.js`, `/assets/app.css` | the script and the style sheet |
 
+mod compose;
+mod deadlines;
+pub mod forms;
+mod live;
 pub mod pages;
+mod received;
 mod sent;
 pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -45,7 +53,6 @@ use crate::accounts::Account;
 use crate::audit::AccountAction;
 use crate::catalogue::{Query as Find, Row};
 use crate::config::WebSettings;
-use crate::ids::{NodeId, PacketId};
 use crate::node::Node;
 use pages::Frame;
 use session::{same_token, Session, Sessions};
@@ -76,6 +83,8 @@ struct Web {
 pub const STREAMS_PER_SESSION: usize = 4;
 /// Live-alert streams open on the node in all.
 pub const STREAMS_IN_ALL: usize = 256;
+/// Largest compose form (attachments in base64 included).
+pub const COMPOSE_BODY: usize = 32 * 1024 * 1024;
 /// Highest inbox page number taken (50 a page: 500,000 packets).
 pub const MAX_PAGE: usize = 10_000;
 
@@ -103,10 +112,17 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/signin", get(signin_form).post(signin))
         .route("/signout", post(signout))
-        .route("/inbox", get(inbox))
-        .route("/events", get(events))
-        .route("/packets/{id}", get(packet))
-        .route("/packets/{id}/ack", post(ack))
+        .route("/inbox", get(received::inbox))
+        .route("/events", get(live::events))
+        .route("/packets/{id}", get(received::packet))
+        .route("/packets/{id}/ack", post(received::ack))
+        .route("/packets/{id}/attachments/{n}", get(received::attachment))
+        .route(
+            "/compose",
+            get(compose::form).post(compose::send).layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY)),
+        )
+        .route("/compose/check", post(compose::check).layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY)))
+        .route("/deadlines", get(deadlines::board))
         .route("/sent", get(sent::list))
         .route("/sent/{id}", get(sent::one))
         .route(
@@ -366,342 +382,4 @@ async fn signout(State(web): State<Web>, headers: HeaderMap, Form(f): Form<CsrfF
     let mut res = Redirect::to("/signin").into_response();
     res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SESSION_COOKIE, "", Some(0)));
     res
-}
-
-#[derive(Deserialize, Default)]
-struct InboxQuery {
-    #[serde(default)]
-    q: String,
-    #[serde(default)]
-    partner: String,
-    #[serde(default)]
-    case: String,
-    #[serde(default, rename = "type")]
-    packet_type: String,
-    #[serde(default)]
-    unread: Option<String>,
-    #[serde(default)]
-    flash: Option<String>,
-    #[serde(default)]
-    overdue: Option<String>,
-    #[serde(default)]
-    page: usize,
-}
-
-impl InboxQuery {
-    fn url(&self, page: usize) -> String {
-        let mut parts = vec![];
-        for (k, v) in [("q", &self.q), ("partner", &self.partner), ("case", &self.case), ("type", &self.packet_type)] {
-            if !v.is_empty() {
-                parts.push(format!("{k}={}", form_escape(v)));
-            }
-        }
-        for (k, v) in [("unread", &self.unread), ("flash", &self.flash), ("overdue", &self.overdue)] {
-            if v.is_some() {
-                parts.push(format!("{k}=1"));
-            }
-        }
-        if page > 0 {
-            parts.push(format!("page={page}"));
-        }
-        format!("/inbox?{}", parts.join("&"))
-    }
-}
-
-fn form_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// This node's deadline to answer each received request, as text, overdue ones marked.
-fn deadlines_of(node: &Node) -> std::collections::HashMap<(PacketId, NodeId), (String, bool)> {
-    use crate::deadlines::Due;
-    let now = crate::node::now_ms();
-    node.open_deadlines(crate::deadlines::Role::Answer)
-        .into_iter()
-        .map(|d| {
-            let due = pages::when_ms(d.due_by);
-            let (text, late) = match d.due(now) {
-                Due::Overdue { .. } => (format!("OVERDUE since {due}"), true),
-                Due::Paused => ("paused: clarification asked".to_owned(), false),
-                Due::DueSoon { .. } => (format!("due soon: {due}"), false),
-                Due::Open { .. } => (format!("due {due}"), false),
-                Due::Answered { late } => (if late { "answered late" } else { "answered" }.to_owned(), late),
-            };
-            ((d.request, d.counterpart), (text, late))
-        })
-        .collect()
-}
-
-async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): Query<InboxQuery>) -> Response {
-    let Some(o) = web.officer(&headers, true) else { return to_signin() };
-    let deadlines = deadlines_of(&web.node);
-    let partner = q.partner.trim().parse::<NodeId>().ok();
-    let packet_type = crate::packet::PacketType::ALL.iter().copied().find(|t| t.as_str() == q.packet_type);
-    let only = q.overdue.is_some().then(|| web.node.overdue_answers(crate::node::now_ms()));
-    let find = Find {
-        unread: q.unread.is_some(),
-        flash: q.flash.is_some(),
-        partner,
-        case: Some(q.case.trim().to_owned()).filter(|c| !c.is_empty()),
-        packet_type,
-        only,
-        text: q.q.chars().take(256).collect(),
-    };
-    if !find.text.trim().is_empty() {
-        if let Err(r) = web.record(&o, AccountAction::Searched, find.text.clone()).await {
-            return r;
-        }
-    }
-    let account = o.account.clone();
-    let q = InboxQuery { page: q.page.min(MAX_PAGE), ..q };
-    let offset = q.page.saturating_mul(PER_PAGE);
-    let found = web.node.catalogue(move |c| c.page(&find, |r| visible(&account, r), offset, PER_PAGE)).await;
-    let page = match found {
-        Ok(p) => p,
-        Err(e) => return html(StatusCode::SERVICE_UNAVAILABLE, pages::error(None, &e.to_string())),
-    };
-    let rows: Vec<(Row, Option<String>)> = page
-        .rows
-        .into_iter()
-        .map(|r| {
-            let d = deadlines.get(&(r.id, r.from)).map(|(t, _)| t.clone());
-            (r, d)
-        })
-        .collect();
-    let frame = Frame {
-        node: web.node.id().as_str(),
-        account: &o.account,
-        csrf: &o.session.csrf,
-        unread: page.unread,
-        live: true,
-        rows: q.page == 0 && q.url(0) == "/inbox?",
-    };
-    let filters = pages::Filters {
-        unread: q.unread.is_some(),
-        flash: q.flash.is_some(),
-        overdue: q.overdue.is_some(),
-        partner: &q.partner,
-        case: &q.case,
-        packet_type: &q.packet_type,
-        q: &q.q,
-    };
-    let next = (offset.saturating_add(PER_PAGE) < page.total && q.page < MAX_PAGE).then(|| q.url(q.page + 1));
-    let prev = (q.page > 0).then(|| q.url(q.page - 1));
-    let pager = pages::Pager { total: page.total, page_no: q.page, per_page: PER_PAGE, next, prev };
-    html(StatusCode::OK, pages::inbox(&frame, &filters, &rows, &pager))
-}
-
-#[derive(Deserialize)]
-struct FromQuery {
-    from: Option<String>,
-}
-
-fn packet_key(id: &str, q: &FromQuery) -> Option<(PacketId, NodeId)> {
-    Some((id.parse().ok()?, q.from.as_deref()?.parse().ok()?))
-}
-
-/// A received packet and its record, if the account may see it (its sender and originator in
-/// the partner scope, its case in the case scope).
-fn in_scope(
-    web: &Web,
-    o: &Officer,
-    id: PacketId,
-    from: NodeId,
-) -> Option<(crate::packet::Packet, crate::store::InboxRecord)> {
-    let (p, rec, _) = web.node.show(id, Some(&from)).ok()?;
-    let case = p.envelope.case_ref.as_ref();
-    (o.account.may_see(&from, case) && o.account.may_see(&p.envelope.originator.node, case)).then_some((p, rec))
-}
-
-async fn packet(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<FromQuery>,
-) -> Response {
-    let Some(o) = web.officer(&headers, true) else { return to_signin() };
-    let unread = web.frame_unread(&o).await;
-    let frame = Frame {
-        node: web.node.id().as_str(),
-        account: &o.account,
-        csrf: &o.session.csrf,
-        unread,
-        live: true,
-        rows: false,
-    };
-    let Some((id, from)) = packet_key(&id, &q) else { return html(StatusCode::NOT_FOUND, pages::not_found(&frame)) };
-    let (packet, rec) = match in_scope(&web, &o, id, from) {
-        Some(x) => x,
-        None => {
-            // Not here and not for this account look the same, and both are recorded.
-            let detail = format!("view {id} from {from}: not found or outside the account's scope");
-            if let Err(r) = web.record(&o, AccountAction::Refused, detail).await {
-                return r;
-            }
-            return html(StatusCode::NOT_FOUND, pages::not_found(&frame));
-        }
-    };
-    if let Err(r) = web.record(&o, AccountAction::Viewed, format!("{id} from {from}")).await {
-        return r;
-    }
-    let acked_by_me = rec.reads.iter().any(|(who, _)| *who == o.account.name);
-    let body = serde_json::to_value(&packet.body).unwrap_or_default();
-    let e = &packet.envelope;
-    let content = maud::html! {
-        (pages::banner(&packet))
-        h1 { span class={ "prio prio-" (pages::wire(&e.priority)) } { (pages::wire(&e.priority)) } " " (packet.packet_type().as_str()) " " (e.case_ref.as_ref().map_or("", |c| c.as_str())) }
-        dl.fields #envelope {
-            dt { "Packet" } dd { (e.id) }
-            dt { "From" } dd { (e.originator.node) @if let Some(off) = &e.originator.officer { ", " (off) } @if from != e.originator.node { " (passed on by " (from) ")" } }
-            dt { "Created" } dd { (e.created) }
-            dt { "Received" } dd { (pages::when_ms(rec.received_at)) }
-            dt { "Expires" } dd { (e.expires) }
-            @if let Some(u) = &e.urgency_reason { dt { "Urgency" } dd { (pages::wire(u)) } }
-            @if let Some(d) = e.due_by { dt { "Answer due" } dd { (d) } }
-            @if let Some(l) = &e.legal_basis { dt { "Legal basis" } dd { (l) } }
-            @if let Some(p) = &e.purpose { dt { "Purpose" } dd { (p) } }
-            @if let Some(r) = e.in_reply_to { dt { "In reply to" } dd { (r) } }
-            @if !e.related.is_empty() { dt { "Related" } dd { @for r in &e.related { (r) " " } } }
-            dt { "Language" } dd { (e.language.as_str()) }
-        }
-        section #body { h2 { "Content" } (pages::body(&body)) }
-        section #reads {
-            h2 { "Acknowledged" }
-            @if rec.reads.is_empty() { p.muted { "Not yet acknowledged here." } }
-            ul { @for (who, at) in &rec.reads { li { (who) " at " (pages::when_ms(*at)) } } }
-            @if !acked_by_me {
-                form method="post" action={ "/packets/" (id) "/ack?from=" (from) } {
-                    input type="hidden" name="csrf" value=(o.session.csrf);
-                    button #ack type="submit" { "Acknowledge as " (o.account.display_name) }
-                }
-            }
-        }
-    };
-    html(StatusCode::OK, pages::page(&format!("{} {}", packet.packet_type().as_str(), id), Some(&frame), content))
-}
-
-async fn ack(
-    State(web): State<Web>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<FromQuery>,
-    Form(f): Form<CsrfForm>,
-) -> Response {
-    let o = match changing(&web, &headers, &f.csrf) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
-    };
-    let Some((id, from)) = packet_key(&id, &q) else { return StatusCode::NOT_FOUND.into_response() };
-    // The scope is checked before anything is done: a packet outside it does not exist here.
-    if in_scope(&web, &o, id, from).is_none() {
-        let detail = format!("acknowledge {id} from {from}: not found or outside the account's scope");
-        if let Err(r) = web.record(&o, AccountAction::Refused, detail).await {
-            return r;
-        }
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    match web.node.ack(id, Some(&from), o.account.name.clone()).await {
-        Ok(()) => Redirect::to(&format!("/packets/{id}?from={from}")).into_response(),
-        Err(e) => html(StatusCode::CONFLICT, pages::error(None, &e.to_string())),
-    }
-}
-
-/// Holds one live-alert stream's place in the counts; gives it back when the stream ends.
-struct StreamSlot {
-    streams: Arc<std::sync::Mutex<std::collections::HashMap<crate::encoding::Digest, usize>>>,
-    key: crate::encoding::Digest,
-}
-
-impl StreamSlot {
-    fn take(web: &Web, token: &str) -> Option<Self> {
-        let key = crate::encoding::Digest::of(token.as_bytes());
-        let mut m = web.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let all: usize = m.values().sum();
-        let mine = m.get(&key).copied().unwrap_or(0);
-        if all >= STREAMS_IN_ALL || mine >= STREAMS_PER_SESSION {
-            return None;
-        }
-        m.insert(key, mine + 1);
-        Some(Self { streams: web.streams.clone(), key })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut m = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
-    }
-}
-
-/// Live alerts: a `packet` event for each arrival the account may see, a `signed-out` event
-/// when its session ends. The stream does not keep the session alive (an unattended tab is
-/// signed out at the idle time); a session holds at most [`STREAMS_PER_SESSION`] streams.
-async fn events(State(web): State<Web>, headers: HeaderMap) -> Response {
-    let Some(o) = web.officer(&headers, false) else { return StatusCode::UNAUTHORIZED.into_response() };
-    let Some(slot) = StreamSlot::take(&web, &o.token) else {
-        return (StatusCode::TOO_MANY_REQUESTS, "too many live-alert streams open").into_response();
-    };
-    let rx = web.node.arrivals();
-    let state = (web, o.token, o.session.generation, o.account, rx, slot);
-    let stream = futures_util::stream::unfold(Some(state), |state| async move {
-        let (web, token, generation, account, mut rx, slot) = state?;
-        loop {
-            let alive = web.sessions.get(&token, Instant::now(), false).is_some()
-                && web.node.accounts().get(&account.name).is_some_and(|a| a.session_valid(generation));
-            if !alive {
-                let ev = SseEvent::default().event("signed-out").data("");
-                return Some((Ok::<_, std::convert::Infallible>(ev), None));
-            }
-            let next = tokio::select! {
-                () = web.closing.cancelled() => return None,
-                next = tokio::time::timeout(Duration::from_secs(15), rx.recv()) => next,
-            };
-            let arrival = match next {
-                Err(_) => continue,
-                Ok(Ok(a)) => a,
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
-                    let ev = SseEvent::default().event("reload").data("");
-                    return Some((Ok(ev), Some((web, token, generation, account, rx, slot))));
-                }
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
-            };
-            let who = account.clone();
-            let seen = web
-                .node
-                .catalogue(move |c| {
-                    // The unread count only for a row this account sees.
-                    let row = c.row(arrival.id, &arrival.from).filter(|r| visible(&who, r)).cloned()?;
-                    let unread = c.page(&Find::default(), |r| visible(&who, r), 0, 0).unread;
-                    Some((row, unread))
-                })
-                .await;
-            let Ok(Some((row, unread))) = seen else { continue };
-            let data = serde_json::json!({
-                "id": row.id.to_string(),
-                "from": row.from.to_string(),
-                "priority": pages::wire(&row.priority),
-                "type": row.packet_type.as_str(),
-                "case_ref": row.case_ref.as_ref().map(|c| c.as_str().to_owned()),
-                "summary": row.summary,
-                "markings": pages::marking_badges(&row),
-                "received": pages::when_ms(row.received_at),
-                "url": pages::packet_url(&row),
-                "unread": unread,
-            });
-            let ev = SseEvent::default().event("packet").data(data.to_string());
-            return Some((Ok(ev), Some((web, token, generation, account, rx, slot))));
-        }
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

@@ -51,7 +51,9 @@ pub fn page(title: &str, frame: Option<&Frame<'_>>, content: Markup) -> Markup {
                         a href="/inbox" { "Inbox " span #unread .counter { (f.unread) } }
                         a href="/inbox?unread=1" { "Unread" }
                         a href="/inbox?flash=1" { "FLASH" }
+                        a href="/deadlines" { "Deadlines" }
                         a href="/sent" { "Sent" }
+                        a href="/compose" { "Write" }
                         span.who { (f.account.display_name) " (" (f.account.name) ", " (f.account.role) ")" }
                         form method="post" action="/signout" {
                             input type="hidden" name="csrf" value=(f.csrf);

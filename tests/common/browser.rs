@@ -143,6 +143,19 @@ impl Browser {
         self.call("POST", &self.s(&format!("/element/{e}/value")), Some(json!({"text": text})));
     }
 
+    /// Sets a field's value as a script would (dates, selects) and tells the page it changed.
+    pub fn set_value(&self, css: &str, value: &str) {
+        self.find(css, Duration::from_secs(10));
+        let js = format!(
+            "var e = document.querySelector({}); e.value = {}; \
+             e.dispatchEvent(new Event('input', {{bubbles: true}})); \
+             e.dispatchEvent(new Event('change', {{bubbles: true}})); return e.value;",
+            serde_json::to_string(css).unwrap(),
+            serde_json::to_string(value).unwrap()
+        );
+        assert_eq!(self.script(&js), Value::String(value.to_owned()), "{css} takes {value}");
+    }
+
     pub fn click(&self, css: &str) {
         let e = self.find(css, Duration::from_secs(10));
         self.call("POST", &self.s(&format!("/element/{e}/click")), Some(json!({})));
@@ -166,7 +179,10 @@ impl Browser {
     pub fn wait_true(&self, what: &str, js: &str, within: Duration) {
         let deadline = Instant::now() + within;
         while self.script(js) != Value::Bool(true) {
-            assert!(Instant::now() < deadline, "{what}: not true within {within:?}");
+            if Instant::now() >= deadline {
+                let text = self.script("return document.body.innerText;");
+                panic!("{what}: not true within {within:?}; the page reads:\n{}", text.as_str().unwrap_or(""));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

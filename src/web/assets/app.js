@@ -1,4 +1,49 @@
 // liaison web workspace: live alerts. Served from 'self' under a CSP without inline script.
+// Compose: the live policy dry run, uploads read into the form, one entity kind's fields shown.
+(function () {
+  'use strict';
+  var form = document.getElementById('compose');
+  if (!form) { return; }
+  var panel = document.getElementById('dryrun');
+  var timer = null;
+  function check() {
+    var data = new URLSearchParams(new FormData(form));
+    fetch(form.dataset.check, { method: 'POST', body: data, credentials: 'same-origin' })
+      .then(function (r) { return r.text(); })
+      .then(function (html) { panel.innerHTML = html; panel.dataset.checked = String(Date.now()); })
+      .catch(function () { panel.textContent = 'The policy check is not reachable right now.'; });
+  }
+  function later() { if (timer) { clearTimeout(timer); } timer = setTimeout(check, 300); }
+  form.addEventListener('input', later);
+  form.addEventListener('change', later);
+  Array.prototype.forEach.call(form.querySelectorAll('input.upload'), function (file) {
+    file.addEventListener('change', function () {
+      var f = file.files[0], slot = file.dataset.slot;
+      if (!f) { return; }
+      var reader = new FileReader();
+      reader.onload = function () {
+        var b64 = String(reader.result).split(',')[1] || '';
+        form.elements['attachments[' + slot + '].name'].value = f.name;
+        form.elements['attachments[' + slot + '].media_type'].value = f.type || 'application/octet-stream';
+        form.elements['attachments[' + slot + '].content'].value = b64;
+        later();
+      };
+      reader.readAsDataURL(f);
+    });
+  });
+  function kinds() {
+    Array.prototype.forEach.call(form.querySelectorAll('fieldset.entity'), function (fs) {
+      var chosen = fs.querySelector('select').value;
+      Array.prototype.forEach.call(fs.querySelectorAll('div.kind'), function (d) {
+        d.hidden = d.dataset.kind !== chosen;
+      });
+    });
+  }
+  form.addEventListener('change', kinds);
+  kinds();
+  check();
+}());
+
 (function () {
   'use strict';
   var body = document.body;
