@@ -258,6 +258,9 @@ pub enum AccountAction {
     /// A request refused for the account's scope or role.
     #[serde(rename = "refused")]
     Refused,
+    /// Sent a packet it wrote in the workspace.
+    #[serde(rename = "sent")]
+    Sent,
 }
 
 impl std::fmt::Display for AccountAction {
@@ -275,6 +278,7 @@ impl std::fmt::Display for AccountAction {
             Self::Searched => "searched",
             Self::Downloaded => "downloaded",
             Self::Refused => "refused",
+            Self::Sent => "sent",
         })
     }
 }

@@ -289,8 +289,12 @@ impl Deadlines {
             Body::DelayNotice(n) => {
                 self.change(staged, e.in_reply_to, counterpart, settles, |d| {
                     if d.answered.is_none() && !d.delays.contains(&e.id) {
-                        // A notice after the deadline passed does not make it on time.
-                        if d.missed.is_none() && d.paused.is_none() && now > d.due_by {
+                        // A notice after the deadline passed does not make it on time (a paused
+                        // deadline was missed if it had passed when the pause began). A notice
+                        // is judged when this node stores it: the requester's side by when it
+                        // arrived, the requested side by when it was sent.
+                        let at = d.paused.map_or(now, |(since, _)| since);
+                        if d.missed.is_none() && at > d.due_by {
                             d.missed = Some(d.due_by);
                         }
                         d.due_by = millis(n.new_due_by);

@@ -277,7 +277,10 @@ fn accounts_see_only_their_scope_and_a_locked_account_stays_locked() {
     let chief = add_officer(it, "chief", "Comm. Bianchi", &["--role", "supervisor", "--partners", "ES-UDYCO"]);
     let chief = session(&sign_in(&web, &chief.name, &chief.password, &chief.code(0)));
     let board = get(&web, "/deadlines", &chief).body;
-    assert!(board.contains(&es_id) && board.contains(&co_id) && board.contains("Requested by"), "{board}");
+    assert!(
+        board.contains(&es_id) && !board.contains(&co_id) && board.contains("Requested by"),
+        "the role widens nothing: {board}"
+    );
     let cases = session(&sign_in(&web, &case_desk.name, &case_desk.password, &case_desk.code(0)));
     let page = get(&web, "/inbox", &cases).body;
     assert!(page.contains(&es_id) && !page.contains(&es_other_id) && !page.contains(&co_id), "{page}");
@@ -543,10 +546,11 @@ fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
     wait_received(co, &id);
     wait_received(es, &id);
     assert_eq!(co.api("POST", &format!("/v1/inbox/{id}/ack"), Some(r#"{"officer": "My. Salcedo"}"#)).0, 200);
-    wait_for("IT-DCSA hears CO-DIJIN read it", Duration::from_secs(20), || {
-        it.api("GET", &format!("/v1/sent/{id}"), None).1["status"]["recipients"]
-            .as_array()
-            .is_some_and(|r| r.iter().any(|x| x["node"] == "CO-DIJIN" && x["read_by"] == "My. Salcedo"))
+    wait_for("IT-DCSA hears CO-DIJIN read it, and ES-UDYCO's receipt", Duration::from_secs(20), || {
+        it.api("GET", &format!("/v1/sent/{id}"), None).1["status"]["recipients"].as_array().is_some_and(|r| {
+            r.iter().any(|x| x["node"] == "CO-DIJIN" && x["read_by"] == "My. Salcedo")
+                && r.iter().any(|x| x["node"] == "ES-UDYCO" && x["state"] == "delivered")
+        })
     });
     let officer = add_officer(it, "g.rossi", "Isp. Giulia Rossi", &[]);
     let cookie = session(&sign_in(&it.web, &officer.name, &officer.password, &officer.code(0)));
@@ -619,7 +623,7 @@ fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
         ("envelope.classification", "EU_CONFIDENTIAL"),
         ("envelope.language", "en"),
         ("envelope.handling.codes", "H0"),
-        ("envelope.in_reply_to", "019ac0a1-5c00-7000-8000-000000000003"),
+        ("envelope.in_reply_to", id.as_str()),
         ("body.Refusal.ground", "not_available"),
         ("body.Refusal.explanation", "We hold nothing on this number."),
     ];
@@ -635,6 +639,54 @@ fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
     let refused = post(&it.web, "/compose", &desk, &form);
     assert_eq!(refused.status, 422);
     assert!(refused.body.contains("CO-DIJIN is not a partner you may write to"), "{}", refused.body);
+    // Nor in a case outside its case scope; and a reply to a packet it cannot see is refused.
+    let case_desk = add_officer(it, "case.desk", "Case 77", &["--cases", "IT-DCSA/2026/77*"]);
+    let cases = session(&sign_in(&it.web, &case_desk.name, &case_desk.password, &case_desk.code(0)));
+    let cases_csrf = input_value(&get(&it.web, "/compose?type=Refusal", &cases).body, "csrf").unwrap();
+    form[0] = ("csrf", cases_csrf.as_str());
+    form.retain(|(k, v)| !(*k == "to" && *v == "CO-DIJIN"));
+    let refused = post(&it.web, "/compose", &cases, &form);
+    assert_eq!(refused.status, 422);
+    assert!(
+        refused.body.contains("a case outside your account") || refused.body.contains("not a packet you can see"),
+        "{}",
+        refused.body
+    );
+    assert!(account_events(it).iter().any(|e| e == "case.desk refused"));
+    // Fields a form does not have are ignored: nobody writes as another officer or to another
+    // recipient by adding them.
+    let ok_csrf = input_value(&get(&it.web, "/compose?type=InformationRequest", &cookie).body, "csrf").unwrap();
+    let crafted = post(
+        &it.web,
+        "/compose",
+        &cookie,
+        &[
+            ("csrf", &ok_csrf),
+            ("type", "InformationRequest"),
+            ("action", "send"),
+            ("to", "ES-UDYCO"),
+            ("envelope.recipients[1]", "CO-DIJIN"),
+            ("envelope.originator.officer", "Someone Else"),
+            ("envelope.originator.node", "ES-UDYCO"),
+            ("envelope.case_ref", "IT-DCSA/2026/0099"),
+            ("envelope.priority", "ROUTINE"),
+            ("envelope.classification", "BASIC_PROTECTION"),
+            ("envelope.language", "en"),
+            ("envelope.handling.codes", "H0"),
+            ("envelope.legal_basis", "Directive (EU) 2023/977 art. 4"),
+            ("envelope.purpose", "A check of the form"),
+            ("body.InformationRequest.subject", "Registered keeper of a van"),
+            ("body.InformationRequest.questions", "Who keeps van 4455-XYZ?"),
+            ("body.InformationRequest.reasons", "Seen at three handovers."),
+            ("body.InformationRequest.data_access", "direct"),
+        ],
+    );
+    assert_eq!(crafted.status, 303, "{}", crafted.body);
+    let sent_id = crafted.header("location").unwrap().trim_start_matches("/sent/").to_owned();
+    let (_, v) = it.api("GET", &format!("/v1/sent/{sent_id}"), None);
+    assert_eq!(v["record"]["officer"], "g.rossi");
+    assert_eq!(v["record"]["decisions"].as_array().unwrap().len(), 1, "ES-UDYCO only: {v}");
+    assert!(account_events(it).iter().any(|e| e == "g.rossi sent"));
 
     // The CLI shows it too (it is not in this node's inbox).
     let text = String::from_utf8_lossy(&it.cli(&["show", &id]).stdout).into_owned();

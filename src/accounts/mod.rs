@@ -45,7 +45,8 @@ const HASHING_AT_ONCE: usize = 2;
 pub enum Role {
     /// Reads, acknowledges, answers and writes packets within its scopes.
     Officer,
-    /// An officer who may also consent to onward transmission and see the whole deadlines board.
+    /// An officer who may also consent to onward transmission (the role widens what an account
+    /// may do, never what it may see: that is its scopes).
     Supervisor,
     /// A supervisor who may also manage accounts.
     Admin,

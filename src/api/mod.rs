@@ -462,6 +462,14 @@ async fn user_add(
 ) -> Result<impl IntoResponse, ApiError> {
     client.admin()?;
     let req: crate::accounts::NewAccount = body(&text)?;
+    // An API client acts under its own name: an account under the same name would share it.
+    if api.clients.iter().any(|c| c.name == req.name.as_str()) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{} is the name of an API client of this node: choose another account name", req.name),
+            Some("name".into()),
+        ));
+    }
     let creds = api.node.accounts().add(req, &client.0, crate::node::now_ms()).await?;
     Ok((StatusCode::CREATED, Json(creds)))
 }
@@ -571,7 +579,7 @@ async fn sent_list(State(api): State<Api>, Query(q): Query<PageQuery>) -> Result
 /// and the packet as sent.
 async fn sent_one(State(api): State<Api>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    api.node.sent_view(id)?.map(Json).ok_or_else(|| ApiError::from(NodeError::UnknownPacket(id)))
+    api.node.sent_view(id, |_| true)?.map(Json).ok_or_else(|| ApiError::from(NodeError::UnknownPacket(id)))
 }
 
 async fn health(State(api): State<Api>) -> impl IntoResponse {

@@ -226,7 +226,37 @@ impl Node {
         let received = self.purge_received(now).await?;
         let sent = self.purge_sent(now).await?;
         let issued = self.purge_issued(now).await?;
-        Ok(received + sent + issued)
+        let records = self.purge_submissions(now).await?;
+        Ok(received + sent + issued + records)
+    }
+
+    /// Deletes the sent listing's records ([`Tree::Submissions`]) of packets with no copy left
+    /// that are older than the longest retention of the policies with their recipients: those
+    /// whose copies retention deleted, and those refused for every recipient (no copy ever).
+    /// A record naming a recipient without a policy is kept. Returns how many went.
+    pub async fn purge_submissions(&self, now: Millis) -> Result<usize, NodeError> {
+        let book = self.policies();
+        let mut gone = Vec::new();
+        for (k, v) in self.inner.store.scan(Tree::Submissions, &[])? {
+            let Ok(r) = store::decode::<crate::catalogue::SentRecord>(Tree::Submissions, &v) else { continue };
+            let keeps: Option<Vec<Millis>> = r.decisions.iter().map(|d| self.retention_of(&book, &d.to)).collect();
+            let Some(keep) = keeps.and_then(|k| k.into_iter().max()) else { continue };
+            if r.at.saturating_add(keep) >= now || !self.inner.store.outbox_entries_of(r.id)?.is_empty() {
+                continue;
+            }
+            gone.push((k, r.id));
+        }
+        for chunk in gone.chunks(PURGE_BATCH) {
+            let mut ops: Vec<Op> = chunk.iter().map(|(k, _)| Op::Delete(Tree::Submissions, k.clone())).collect();
+            let list = chunk.iter().map(|(_, id)| id.to_string()).collect::<Vec<_>>().join(", ");
+            ops.push(Op::Audit(AuditEvent::Admin {
+                action: crate::audit::AdminAction::RetentionPurge,
+                by: "node".into(),
+                detail: format!("deleted {} sent listing record(s) past retention: {list}", chunk.len()),
+            }));
+            self.inner.store.commit(ops).await?;
+        }
+        Ok(gone.len())
     }
 
     /// Gives back the disk space of segment files every [`RECLAIM_EVERY`]: what receipts
@@ -429,16 +459,6 @@ impl Node {
                     for id in &ids {
                         deadlines.forget(*id, peer);
                     }
-                }
-                // A packet whose last copy went goes from the sent listing too.
-                let mut orphans = Vec::new();
-                for id in &ids {
-                    if self.inner.store.outbox_entries_of(*id)?.is_empty() {
-                        orphans.push(Op::Delete(Tree::Submissions, id.as_bytes().to_vec()));
-                    }
-                }
-                if !orphans.is_empty() {
-                    self.inner.store.commit(orphans).await?;
                 }
                 info!(%peer, deleted = n, "copies sent past their retention deleted");
                 total += n;

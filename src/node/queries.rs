@@ -366,8 +366,13 @@ impl Node {
         Ok(out)
     }
 
-    /// A packet officers sent, as the sender follows it; `None` if there is no such record.
-    pub fn sent_view(&self, id: PacketId) -> Result<Option<crate::api::types::SentView>, NodeError> {
+    /// A packet officers sent, as the sender follows it; `None` if there is no such record. The
+    /// packet shown is the copy of one of the recipients `shown` lets through.
+    pub fn sent_view(
+        &self,
+        id: PacketId,
+        shown: impl Fn(&NodeId) -> bool,
+    ) -> Result<Option<crate::api::types::SentView>, NodeError> {
         let Some(record) = self.sent_record(id)? else { return Ok(None) };
         // Refused for every recipient: no copy, no status.
         let status = match self.packet_status(id) {
@@ -379,8 +384,11 @@ impl Node {
         };
         let receipts = if status.recipients.is_empty() { Vec::new() } else { self.receipt_views(id)? };
         // The copy that lost least to redaction.
-        let mut order: Vec<&crate::audit::Decided> =
-            record.decisions.iter().filter(|d| d.decision != crate::audit::DecisionKind::Deny).collect();
+        let mut order: Vec<&crate::audit::Decided> = record
+            .decisions
+            .iter()
+            .filter(|d| d.decision != crate::audit::DecisionKind::Deny && shown(&d.to))
+            .collect();
         order.sort_by_key(|d| d.redacted.len());
         let mut packet = None;
         for d in order {
@@ -400,11 +408,12 @@ impl Node {
         }
     }
 
-    /// The requests this node answers late at `now`: (request, requester).
+    /// The requests this node answers late at `now` (overdue, or missed before a delay notice
+    /// moved them): (request, requester).
     pub fn overdue_answers(&self, now: Millis) -> std::collections::HashSet<(PacketId, NodeId)> {
         self.open_deadlines(Role::Answer)
             .into_iter()
-            .filter(|d| matches!(d.due(now), crate::deadlines::Due::Overdue { .. }))
+            .filter(|d| d.missed.is_some() || matches!(d.due(now), crate::deadlines::Due::Overdue { .. }))
             .map(|d| (d.request, d.counterpart))
             .collect()
     }

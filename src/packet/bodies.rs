@@ -282,7 +282,9 @@ impl ControlledDeliveryDecision {
             }
             _ => {}
         }
-        texts(&c.at("conditions"), &self.conditions, LONG)?;
+        if !self.conditions.is_empty() {
+            texts(&c.at("conditions"), &self.conditions, LONG)?;
+        }
         self.authorising_authority.check(&c.at("authorising_authority"))?;
         self.contact_point.check(&c.at("contact_point"))?;
         opt_text(&c.at("remarks"), &self.remarks, LONG)?;

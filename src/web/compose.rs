@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::forms::{self, Kind, Problems, Submitted};
 use super::{changing, html as page_response, pages, to_signin, Officer, Web};
 use crate::api::types::{DryRunDecision, PolicyCheck};
+use crate::audit::AccountAction;
 use crate::ids::{NodeId, PacketId};
 use crate::packet::{Checked, Packet, PacketType};
 use crate::timestamp::Timestamp;
@@ -181,6 +182,44 @@ fn draft(web: &Web, o: &Officer, t: PacketType, values: &Submitted, to: &[String
     Err(problems)
 }
 
+/// [`draft`] on the blocking pool: a form with attachments is megabytes to decode, hash and
+/// check, more than an async worker should hold.
+async fn draft_off_workers(
+    web: &Web,
+    o: &Officer,
+    t: PacketType,
+    values: Submitted,
+    to: Vec<String>,
+) -> Result<Checked, Problems> {
+    let (web, o) = (web.clone(), o.clone());
+    tokio::task::spawn_blocking(move || draft(&web, &o, t, &values, &to))
+        .await
+        .unwrap_or_else(|_| Err(Problems::from([(String::new(), "the node is stopping".to_owned())])))
+}
+
+/// Why the packet a reply names cannot be answered from this account (`None`: it can): a
+/// received packet or one this node sent, visible to the account.
+async fn reply_seen(web: &Web, o: &Officer, values: &Submitted) -> Option<String> {
+    let raw = values.get("envelope.in_reply_to").and_then(|v| v.last()).map(|s| s.trim().to_owned())?;
+    if raw.is_empty() {
+        return None;
+    }
+    let cannot = || Some("not a packet you can see".to_owned());
+    let Ok(id) = raw.parse::<PacketId>() else { return cannot() };
+    let account = o.account.clone();
+    let received = web
+        .node
+        .catalogue(move |c| c.rows().any(|r| (r.id == id || r.original == Some(id)) && super::visible(&account, r)))
+        .await
+        .unwrap_or(false);
+    let sent = matches!(web.node.sent_record(id), Ok(Some(r)) if super::sent::visible(&o.account, &r));
+    if received || sent {
+        None
+    } else {
+        cannot()
+    }
+}
+
 /// Removes the value at a packet path (`body.X.items[2].name`), if there is one.
 fn remove(v: &mut Value, path: &str) -> bool {
     let pointer: String = path
@@ -253,7 +292,25 @@ pub(super) async fn send(
         Err(r) => return r.into_response(),
     };
     let Some(t) = writable(&t) else { return StatusCode::BAD_REQUEST.into_response() };
-    let checked = draft(&web, &o, t, &values, &to);
+    let checked = match reply_seen(&web, &o, &values).await {
+        Some(problem) => Err(Problems::from([("envelope.in_reply_to".to_owned(), problem)])),
+        None => draft_off_workers(&web, &o, t, values.clone(), to.clone()).await,
+    };
+    if let Err(problems) = &checked {
+        // A refusal for the account's scope is on record, like any other.
+        let scope: Vec<String> = problems
+            .iter()
+            .filter(|(_, why)| why.contains("scope") || why.contains("may write to") || why.contains("you can see"))
+            .map(|(k, why)| format!("{k}: {why}"))
+            .collect();
+        if !scope.is_empty() {
+            if let Err(r) =
+                web.record(&o, AccountAction::Refused, format!("compose {}: {}", t.as_str(), scope.join("; "))).await
+            {
+                return r;
+            }
+        }
+    }
     let packet = match checked {
         Ok(p) => p,
         Err(problems) => {
@@ -266,7 +323,12 @@ pub(super) async fn send(
     };
     let id = packet.envelope.id;
     match web.node.submit_checked(packet).await {
-        Ok(_) => Redirect::to(&format!("/sent/{id}")).into_response(),
+        Ok(_) => {
+            if let Err(r) = web.record(&o, AccountAction::Sent, format!("{} {id}", t.as_str())).await {
+                return r;
+            }
+            Redirect::to(&format!("/sent/{id}")).into_response()
+        }
         Err(e) => page_response(StatusCode::SERVICE_UNAVAILABLE, pages::error(None, &format!("not sent: {e}"))),
     }
 }
@@ -284,7 +346,11 @@ pub(super) async fn check(
         Err(r) => return r.into_response(),
     };
     let Some(t) = writable(&t) else { return StatusCode::BAD_REQUEST.into_response() };
-    let fragment = match draft(&web, &o, t, &values, &to) {
+    let checked = match reply_seen(&web, &o, &values).await {
+        Some(problem) => Err(Problems::from([("envelope.in_reply_to".to_owned(), problem)])),
+        None => draft_off_workers(&web, &o, t, values.clone(), to.clone()).await,
+    };
+    let fragment = match checked {
         Ok(packet) => dry_run_view(&crate::api::dry_run(&web.node, &packet)),
         Err(problems) => html! {
             p.muted { "Fix these, then each recipient's policy is checked:" }

@@ -1,7 +1,7 @@
 //! The deadlines board (Directive 2023/977): the requests this node must answer and the answers
 //! it awaits, overdue ones first, then the soonest; a deadline that was missed stays marked late
-//! even after a delay notice moved it. An officer sees the requests of their scopes; a
-//! supervisor sees the whole board.
+//! even after a delay notice moved it. Every account sees the requests of its scopes (a
+//! supervisor's scopes are usually wider; the role does not widen them).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -9,7 +9,6 @@ use axum::response::Response;
 use maud::html;
 
 use super::{html as page_response, pages, to_signin, Web};
-use crate::accounts::Role as AccountRole;
 use crate::deadlines::{Deadline, Due, Role};
 
 /// One line of the board.
@@ -24,7 +23,6 @@ struct Line {
 pub(super) async fn board(State(web): State<Web>, headers: HeaderMap) -> Response {
     let Some(o) = web.officer(&headers, true) else { return to_signin() };
     let now = crate::node::now_ms();
-    let all_of_them = o.account.is(AccountRole::Supervisor);
     let account = o.account.clone();
     let answer = web.node.open_deadlines(Role::Answer);
     // What each request is about: the inbox row of a request received, the sent record of one sent.
@@ -43,7 +41,7 @@ pub(super) async fn board(State(web): State<Web>, headers: HeaderMap) -> Respons
         .unwrap_or_default();
     let mut to_answer = Vec::new();
     for (d, row) in rows {
-        let seen = all_of_them || row.as_ref().is_some_and(|r| super::visible(&account, r));
+        let seen = row.as_ref().is_some_and(|r| super::visible(&account, r));
         if !seen {
             continue;
         }
@@ -57,9 +55,8 @@ pub(super) async fn board(State(web): State<Web>, headers: HeaderMap) -> Respons
     let mut awaiting = Vec::new();
     for d in web.node.open_deadlines(Role::Await) {
         let record = web.node.sent_record(d.request).ok().flatten();
-        let seen = all_of_them
-            || (account.partners.covers(&d.counterpart)
-                && record.as_ref().is_some_and(|r| account.cases.covers(r.case_ref.as_ref())));
+        let seen = account.partners.covers(&d.counterpart)
+            && record.as_ref().is_some_and(|r| account.cases.covers(r.case_ref.as_ref()));
         if !seen {
             continue;
         }
@@ -104,7 +101,7 @@ pub(super) async fn board(State(web): State<Web>, headers: HeaderMap) -> Respons
     };
     let content = html! {
         h1 { "Deadlines" }
-        p.muted { @if all_of_them { "The whole board (supervisor)." } @else { "The requests of your scopes." } " Overdue and late first, then the soonest." }
+        p.muted { "The requests of your scopes: overdue and late first, then the soonest." }
         (table("to-answer", "To answer", &to_answer, "Requested by"))
         (table("awaiting", "Awaiting answers", &awaiting, "Asked of"))
     };

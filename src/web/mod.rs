@@ -108,6 +108,13 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
         secure: settings.secure_cookies,
         streams: Arc::default(),
     };
+    // The listing is loaded behind the start (every stored packet read back and verified): the
+    // first officer to sign in does not wait for it.
+    let warm = web.node.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let _ = warm.catalogue(|c| c.len()).await;
+    });
     Router::new()
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/signin", get(signin_form).post(signin))
@@ -119,9 +126,17 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
         .route("/packets/{id}/attachments/{n}", get(received::attachment))
         .route(
             "/compose",
-            get(compose::form).post(compose::send).layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY)),
+            get(compose::form)
+                .post(compose::send)
+                .layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY))
+                .route_layer(middleware::from_fn_with_state(web.clone(), signed_in)),
         )
-        .route("/compose/check", post(compose::check).layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY)))
+        .route(
+            "/compose/check",
+            post(compose::check)
+                .layer(axum::extract::DefaultBodyLimit::max(COMPOSE_BODY))
+                .route_layer(middleware::from_fn_with_state(web.clone(), signed_in)),
+        )
         .route("/deadlines", get(deadlines::board))
         .route("/sent", get(sent::list))
         .route("/sent/{id}", get(sent::one))
@@ -190,6 +205,19 @@ fn foreign(web: &Web, req: &Request) -> Option<Response> {
     None
 }
 
+/// Refuses a request without a live session before its body is read: only a signed-in officer
+/// may send the large bodies compose takes.
+async fn signed_in(State(web): State<Web>, req: Request, next: Next) -> Response {
+    if web.officer(req.headers(), false).is_none() {
+        return if req.method() == axum::http::Method::GET {
+            to_signin()
+        } else {
+            (StatusCode::UNAUTHORIZED, "sign in first").into_response()
+        };
+    }
+    next.run(req).await
+}
+
 fn html(status: StatusCode, m: Markup) -> Response {
     (status, Html(m.into_string())).into_response()
 }
@@ -230,6 +258,7 @@ impl Web {
 }
 
 /// A signed-in officer: the session and the account as it is now.
+#[derive(Clone)]
 struct Officer {
     token: String,
     session: Session,

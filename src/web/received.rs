@@ -76,6 +76,9 @@ fn deadlines_of(node: &Node) -> std::collections::HashMap<(PacketId, NodeId), (S
         .map(|d| {
             let due = pages::when_ms(d.due_by);
             let (text, late) = match d.due(now) {
+                _ if d.missed.is_some() => {
+                    (format!("LATE: missed {}; now due {due}", pages::when_ms(d.missed.unwrap_or_default())), true)
+                }
                 Due::Overdue { .. } => (format!("OVERDUE since {due}"), true),
                 Due::Paused => ("paused: clarification asked".to_owned(), false),
                 Due::DueSoon { .. } => (format!("due soon: {due}"), false),
@@ -362,8 +365,21 @@ async fn thread_of(web: &Web, o: &Officer, p: &Packet) -> Vec<(&'static str, Str
             }
         }
     }
-    if let Ok((records, _)) = web.node.sent_records(0, usize::MAX) {
-        for r in records.into_iter().filter(|r| r.in_reply_to == Some(id) && super::sent::visible(&o.account, r)) {
+    // Replies sent: every record is read (off the async workers).
+    let account = o.account.clone();
+    let replies = web
+        .node
+        .slow(move |n| {
+            n.sent_records(0, usize::MAX).map(|(records, _)| {
+                records
+                    .into_iter()
+                    .filter(|r| r.in_reply_to == Some(id) && super::sent::visible(&account, r))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+    if let Ok(Ok(records)) = replies {
+        for r in records {
             out.push(("Reply sent", format!("/sent/{}", r.id), format!("{}: {}", r.packet_type.as_str(), r.summary)));
         }
     }

@@ -113,7 +113,8 @@ pub(super) async fn one(State(web): State<Web>, headers: HeaderMap, Path(id): Pa
     let Some(o) = web.officer(&headers, true) else { return to_signin() };
     let unread = web.frame_unread(&o).await;
     let frame = o.frame(&web, unread, false);
-    let view = id.parse::<PacketId>().ok().and_then(|id| web.node.sent_view(id).ok().flatten());
+    let scope = o.account.partners.clone();
+    let view = id.parse::<PacketId>().ok().and_then(|id| web.node.sent_view(id, |n| scope.covers(n)).ok().flatten());
     let Some(v) = view.filter(|v| visible(&o.account, &v.record)) else {
         if let Err(r) =
             web.record(&o, AccountAction::Refused, format!("sent {id}: not found or outside the account's scope")).await
@@ -178,7 +179,20 @@ fn view_of(v: &crate::api::types::SentView, o: &Officer) -> maud::Markup {
             }
         }
         @if let Some(p) = &v.packet {
-            section #body { h2 { "Content, as sent" } (pages::body(&serde_json::to_value(&p.body).unwrap_or_default())) }
+            section #body { h2 { "Content, as sent" } (pages::body(&without_attachments(p))) }
         }
     }
+}
+
+/// A body as JSON, attachments' content left out (listed by name and digest in the body view).
+fn without_attachments(p: &crate::packet::Packet) -> serde_json::Value {
+    let mut body = serde_json::to_value(&p.body).unwrap_or_default();
+    if let Some(list) = body.pointer_mut("/InformationResponse/attachments").and_then(serde_json::Value::as_array_mut) {
+        for a in list.iter_mut() {
+            if let Some(o) = a.as_object_mut() {
+                o.remove("content");
+            }
+        }
+    }
+    body
 }

@@ -140,3 +140,39 @@ fn strict_json_refuses_missing_id_and_trailing_text() {
     let err = Packet::from_json(&no_id).unwrap_err().to_string();
     assert!(err.contains("missing field `id`"), "{err}");
 }
+
+/// A decision on a controlled delivery: authorised and declined carry no conditions, a declined
+/// one no validity; conditions need their list.
+#[test]
+fn controlled_delivery_decisions_of_every_kind() {
+    let base = common::example_json("controlled-delivery-decision.json");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        f(&mut v["body"]["ControlledDeliveryDecision"]);
+        Packet::from_json(&v.to_string())
+    };
+    assert!(with(&|_| {}).is_ok(), "on conditions");
+    let authorised = with(&|d| {
+        d["decision"] = "authorised".into();
+        d.as_object_mut().unwrap().remove("conditions");
+    });
+    assert!(authorised.is_ok(), "{authorised:?}");
+    let declined = with(&|d| {
+        d["decision"] = "declined".into();
+        d.as_object_mut().unwrap().remove("conditions");
+        d.as_object_mut().unwrap().remove("valid_until");
+        d.as_object_mut().unwrap().remove("interception");
+    });
+    assert!(declined.is_ok(), "{declined:?}");
+    let field = |r: Result<Packet, liaison::packet::PacketError>| r.unwrap_err().field().map(str::to_owned);
+    let d = "body.ControlledDeliveryDecision";
+    assert_eq!(field(with(&|d| d["decision"] = "authorised".into())), Some(format!("{d}.conditions")));
+    assert_eq!(
+        field(with(&|d| {
+            d["decision"] = "declined".into();
+            d.as_object_mut().unwrap().remove("conditions");
+        })),
+        Some(format!("{d}.valid_until"))
+    );
+    assert_eq!(field(with(&|d| d["conditions"] = serde_json::json!([""]))), Some(format!("{d}.conditions[0]")));
+}

@@ -5,12 +5,17 @@
   var form = document.getElementById('compose');
   if (!form) { return; }
   var panel = document.getElementById('dryrun');
-  var timer = null;
+  var timer = null, asked = 0;
   function check() {
     var data = new URLSearchParams(new FormData(form));
+    var mine = ++asked;
     fetch(form.dataset.check, { method: 'POST', body: data, credentials: 'same-origin' })
       .then(function (r) { return r.text(); })
-      .then(function (html) { panel.innerHTML = html; panel.dataset.checked = String(Date.now()); })
+      .then(function (html) {
+        // Only the answer to the latest form is shown: an older one arriving late is dropped.
+        if (mine !== asked) { return; }
+        panel.innerHTML = html; panel.dataset.checked = String(mine);
+      })
       .catch(function () { panel.textContent = 'The policy check is not reachable right now.'; });
   }
   function later() { if (timer) { clearTimeout(timer); } timer = setTimeout(check, 300); }
