@@ -177,7 +177,7 @@ impl Client {
     /// Disables an account, or enables it again (an admin client).
     pub fn user_disable(&self, name: &OfficerId, disabled: bool) -> Result<crate::accounts::Account, CallError> {
         let verb = if disabled { "disable" } else { "enable" };
-        self.call("POST", &format!("/v1/users/{}/{verb}", path_segment(name.as_str())), None)
+        self.call("POST", &format!("/v1/users/{}/{verb}", crate::encoding::percent(name.as_str())), None)
     }
 
     /// Gives an account a new password and TOTP secret and unlocks it (an admin client).
@@ -186,7 +186,7 @@ impl Client {
         name: &OfficerId,
         req: &crate::api::types::ResetRequest,
     ) -> Result<crate::accounts::Credentials, CallError> {
-        self.call_with("POST", &format!("/v1/users/{}/reset", path_segment(name.as_str())), req)
+        self.call_with("POST", &format!("/v1/users/{}/reset", crate::encoding::percent(name.as_str())), req)
     }
 
     /// Verifies the node's audit trail.
@@ -321,16 +321,6 @@ fn range_query(from: Option<Timestamp>, to: Option<Timestamp>) -> String {
     let q: Vec<String> =
         [("from", from), ("to", to)].iter().filter_map(|(k, t)| t.map(|t| format!("{k}={t}"))).collect();
     q.join("&")
-}
-
-/// Text as one URL path segment (percent-encoded but for unreserved characters).
-fn path_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

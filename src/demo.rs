@@ -60,7 +60,7 @@ impl Drop for Proc {
 }
 
 /// Runs the demo, writing a human-readable account to `out`.
-pub fn run(out: &mut dyn Write) -> Result<(), String> {
+pub fn run(out: &mut dyn Write, web: bool) -> Result<(), String> {
     let dir = TempDir::new()?;
     let p = |out: &mut dyn Write, line: String| writeln!(out, "{line}").map_err(|e| e.to_string());
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the liaison binary: {e}"))?;
@@ -68,6 +68,8 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
     p(out, "== 1. Starting the demo federation (3 node processes on loopback)".into())?;
     let ports: Vec<(&str, u16, u16)> =
         NODES.iter().map(|(n, _)| Ok((*n, free_udp()?, free_tcp()?))).collect::<Result<_, String>>()?;
+    let web_ports: Vec<(&str, u16)> =
+        NODES.iter().map(|(n, _)| Ok((*n, free_tcp()?))).collect::<Result<_, String>>()?;
     let fed = dir.0.join("federation");
     mkdir_private(&fed)?;
     for (name, [_, _, public, _, _]) in NODES {
@@ -97,11 +99,13 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
                 format!("[[partners]]\nid = \"{n}\"\naddr = \"127.0.0.1:{q}\"\npolicy = \"policies/{n}.toml\"\n")
             })
             .collect();
+        let (_, web_port) = web_ports.iter().find(|(n, _)| *n == name).copied().ok_or("port")?;
         let config = format!(
             "[node]\nid = \"{name}\"\nlisten = \"127.0.0.1:{quic}\"\ndata_dir = \"data\"\n\
+             [web]\nlisten = \"127.0.0.1:{web_port}\"\n\
              [keys]\ndir = \".\"\nkeyring = [\"../federation\"]\n\
              [tls]\nca = \"ca.crt\"\ncert = \"tls.crt\"\nkey = \"tls.key\"\ncrls = [\"crl.pem\"]\n\
-             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-case-system\", token_sha256 = \"{}\", names_officers = true }}]\n\
+             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-case-system\", token_sha256 = \"{}\", names_officers = true, admin = true }}]\n\
              {partners}[delivery]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nreceipt_timeout_ms = 5000\n\
              [log]\nformat = \"text\"\nlevel = \"info\"\n",
             hex(&Digest::of(token.as_bytes()).0)
@@ -260,7 +264,58 @@ pub fn run(out: &mut dyn Write) -> Result<(), String> {
         p(out, format!("   {name:<9} intact: entries {}..{}", x.first, x.last))?;
     }
 
-    p(out, "== 8. Shutting down (SIGTERM)".into())?;
+    if web {
+        p(out, "== 8. The officers' web workspace: one account a node (supervisor, every partner and case)".into())?;
+        let mut secrets = Vec::new();
+        for name in ["CO-DIJIN", "ES-UDYCO", "IT-DCSA"] {
+            let account = crate::accounts::NewAccount {
+                name: "demo.officer".parse().map_err(|e: crate::ids::IdError| e.to_string())?,
+                display_name: format!("Demo officer ({name})"),
+                role: crate::accounts::Role::Supervisor,
+                partners: Vec::new(),
+                cases: Vec::new(),
+                password: None,
+            };
+            let c = api(name)?.user_add(&account).map_err(|e| e.to_string())?;
+            let (_, port) = web_ports.iter().find(|(n, _)| *n == name).copied().ok_or("port")?;
+            p(
+                out,
+                format!(
+                    "   {name:<9} http://127.0.0.1:{port}/  account demo.officer  password {}",
+                    c.password.clone().unwrap_or_default()
+                ),
+            )?;
+            p(
+                out,
+                format!("             TOTP secret {} (or add {} to an authenticator app)", c.totp_secret, c.totp_uri),
+            )?;
+            let bytes = crate::accounts::totp::base32_decode(&c.totp_secret).ok_or("a TOTP secret")?;
+            secrets.push((name, crate::accounts::totp::TotpSecret::from_bytes(&bytes)));
+        }
+        p(out, "   The nodes keep running; the current codes follow every 30 s. Press Enter to stop.".into())?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_line(&mut String::new());
+            let _ = tx.send(());
+        });
+        let mut shown = u64::MAX;
+        loop {
+            let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let step = unix / crate::accounts::totp::STEP_SECONDS;
+            if step != shown {
+                shown = step;
+                let codes: Vec<String> = secrets.iter().map(|(n, s)| format!("{n} {:06}", s.code_at(step))).collect();
+                p(out, format!("   codes now: {}", codes.join("   ")))?;
+                let _ = out.flush();
+            }
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => break,
+            }
+        }
+    }
+
+    p(out, format!("== {}. Shutting down (SIGTERM)", if web { 9 } else { 8 }))?;
     for pr in &mut procs {
         #[cfg(unix)]
         let _ = Command::new("kill").args(["-TERM", &pr.child.id().to_string()]).status();

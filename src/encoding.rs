@@ -239,6 +239,17 @@ pub fn to_cbor<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Text percent-encoded for a URL (RFC 3986: all but the unreserved characters), as one path
+/// segment or query value.
+pub fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -342,3 +342,48 @@ fn pki_makes_a_federation_that_openssl_accepts() {
     assert!(x.contains("DNS:fr-ofast.node.liaison") && x.contains("CA:FALSE"), "{x}");
     assert!(x.contains("TLS Web Server Authentication, TLS Web Client Authentication"), "{x}");
 }
+
+/// `demo --web` leaves the federation running with an officer account on each node's web
+/// workspace, and the addresses, passwords and current codes it prints sign in.
+#[test]
+fn demo_with_the_web_workspace_prints_accounts_that_sign_in() {
+    use std::io::{BufRead, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_liaison"))
+        .args(["demo", "--web"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let codes = loop {
+        let line = lines.next().expect("the demo goes on").unwrap();
+        seen.push(line.clone());
+        if let Some(codes) = line.trim().strip_prefix("codes now: ") {
+            break codes.to_owned();
+        }
+    };
+    let it = seen.iter().find(|l| l.trim_start().starts_with("IT-DCSA") && l.contains("http://")).unwrap();
+    let url = it.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches('/').to_owned();
+    let password = it.split("password ").nth(1).unwrap().trim().to_owned();
+    let code = codes.split("IT-DCSA ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let page = common::http::request(&url, "GET", "/signin", &[], None);
+    let (_, pre) = page.cookies().into_iter().find(|(k, _)| k == "liaison_signin").unwrap();
+    let csrf = common::http::input_value(&page.body, "csrf").unwrap();
+    let form =
+        common::http::form(&[("csrf", &csrf), ("name", "demo.officer"), ("password", &password), ("code", &code)]);
+    let cookie = format!("liaison_signin={pre}");
+    let signed = common::http::request(
+        &url,
+        "POST",
+        "/signin",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&form),
+    );
+    assert_eq!(signed.status, 303, "{}\n{}", signed.body, seen.join("\n"));
+    writeln!(child.stdin.take().unwrap()).unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(rest.iter().filter(|l| l.contains("stopped cleanly")).count(), 3, "{rest:?}");
+}

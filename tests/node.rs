@@ -562,7 +562,12 @@ async fn what_was_exchanged_is_deleted_after_its_retention_at_both_ends() {
     assert_eq!(it.purge_expired(now + u64::from(days - 1) * day).await.unwrap(), 0, "not yet");
     assert!(it.sent(id, &es_id).unwrap().is_some());
     assert_eq!(it_store.scan(Tree::Reads, &[]).unwrap().len(), 1, "the acknowledgement of a kept copy stays");
-    assert_eq!(it.purge_expired(now + u64::from(days + 1) * day).await.unwrap(), 1, "the copy sent");
+    assert_eq!(
+        it.purge_expired(now + u64::from(days + 1) * day).await.unwrap(),
+        2,
+        "the copy sent, and its record in the sent listing"
+    );
+    assert!(it.sent_record(id).unwrap().is_none());
     assert!(it_store.scan(Tree::Reads, &[]).unwrap().is_empty(), "its acknowledgement with it");
     // A ReadAck whose commit lands just after the purge: the next purge deletes what it wrote.
     it_store.commit(vec![liaison::store::put_read(id, &es_id, &rossi, now)]).await.unwrap();
@@ -571,9 +576,16 @@ async fn what_was_exchanged_is_deleted_after_its_retention_at_both_ends() {
     assert!(it.sent(id, &es_id).unwrap().is_none());
     assert!(it.receipt(id, &es_id).unwrap().is_none());
     assert!(it.deadlines_of(id).is_empty());
-    for tree in
-        [Tree::Outbox, Tree::Sent, Tree::Sealed, Tree::Receipts, Tree::ReceiptIndex, Tree::Deadlines, Tree::Reads]
-    {
+    for tree in [
+        Tree::Outbox,
+        Tree::Sent,
+        Tree::Sealed,
+        Tree::Receipts,
+        Tree::ReceiptIndex,
+        Tree::Deadlines,
+        Tree::Reads,
+        Tree::Submissions,
+    ] {
         assert!(it_store.scan(tree, &[]).unwrap().is_empty(), "{tree:?} at IT");
     }
     for n in [&es, &it] {

@@ -693,3 +693,52 @@ fn the_sender_sees_what_each_recipients_policy_removed_and_who_read_it() {
     assert!(text.contains("SENT") && text.contains("CO-DIJIN") && text.contains("date_of_birth"), "{text}");
     assert!(text.contains("read by My. Salcedo"), "{text}");
 }
+
+#[test]
+fn officers_pass_an_h2_alert_on_once_a_supervisor_at_its_originator_consents() {
+    let c = Cluster::new(&["IT-DCSA", "ES-UDYCO", "CO-DIJIN"]);
+    let (it, es, co) = (c.get("IT-DCSA"), c.get("ES-UDYCO"), c.get("CO-DIJIN"));
+    let alert = submit(co, "ES-UDYCO", &common::draft("controlled-delivery-alert.json"));
+    wait_received(es, &alert);
+    let gomez = add_officer(es, "p.gomez", "Subinspector Gómez", &[]);
+    let es_cookie = session(&sign_in(&es.web, &gomez.name, &gomez.password, &gomez.code(0)));
+    let view = get(&es.web, &format!("/packets/{alert}?from=CO-DIJIN"), &es_cookie);
+    let csrf = input_value(&view.body, "csrf").unwrap();
+    let pass = format!("/packets/{alert}/forward?from=CO-DIJIN");
+    // H2: the originator's consent first.
+    let refused = post(&es.web, &pass, &es_cookie, &[("csrf", &csrf), ("to", "IT-DCSA")]);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("onward.consent_required"), "{}", refused.body);
+    // An officer at CO-DIJIN may not consent; a supervisor may.
+    let officer = add_officer(co, "a.salcedo", "My. Andrea Salcedo", &[]);
+    let chief = add_officer(co, "c.ruiz", "Cnel. Ruiz", &["--role", "supervisor"]);
+    let consent = format!("/sent/{alert}/consent");
+    let form = |csrf: &str| vec![("csrf", csrf.to_owned()), ("holder", "ES-UDYCO".into()), ("allow", "IT-DCSA".into())];
+    let as_pairs = |v: &Vec<(&'static str, String)>| v.iter().map(|(k, x)| (*k, x.clone())).collect::<Vec<_>>();
+    let off = session(&sign_in(&co.web, &officer.name, &officer.password, &officer.code(0)));
+    let off_csrf = input_value(&get(&co.web, &format!("/sent/{alert}"), &off).body, "csrf").unwrap();
+    let pairs = as_pairs(&form(&off_csrf));
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(post(&co.web, &consent, &off, &refs).status, 403);
+    let sup = session(&sign_in(&co.web, &chief.name, &chief.password, &chief.code(0)));
+    let page = get(&co.web, &format!("/sent/{alert}"), &sup).body;
+    assert!(page.contains("id=\"consent\""), "{page}");
+    let sup_csrf = input_value(&page, "csrf").unwrap();
+    let pairs = as_pairs(&form(&sup_csrf));
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let done = post(&co.web, &consent, &sup, &refs);
+    assert_eq!(done.status, 303, "{}", done.body);
+    wait_for("the consent at ES-UDYCO", Duration::from_secs(30), || {
+        es.inbox().iter().any(|i| i["type"] == "OnwardConsent")
+    });
+    // Now it goes, as the officer who passed it on.
+    let passed = post(&es.web, &pass, &es_cookie, &[("csrf", &csrf), ("to", "IT-DCSA")]);
+    assert_eq!(passed.status, 303, "{}", passed.body);
+    let forward = passed.header("location").unwrap().trim_start_matches("/sent/").to_owned();
+    wait_received(it, &forward);
+    let (_, shown) = it.api("GET", &format!("/v1/inbox/{forward}"), None);
+    assert_eq!(shown["packet"]["envelope"]["id"], alert.as_str(), "the original, as CO-DIJIN signed it");
+    let (_, sent) = es.api("GET", &format!("/v1/sent/{forward}"), None);
+    assert_eq!(sent["record"]["officer"], "p.gomez");
+    assert!(account_events(co).iter().any(|e| e == "a.salcedo refused"));
+}

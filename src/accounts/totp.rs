@@ -52,10 +52,10 @@ impl TotpSecret {
     pub fn uri(&self, issuer: &str, account: &str) -> Zeroizing<String> {
         Zeroizing::new(format!(
             "otpauth://totp/{}:{}?secret={}&issuer={}&algorithm=SHA1&digits={DIGITS}&period={STEP_SECONDS}",
-            percent(issuer),
-            percent(account),
+            crate::encoding::percent(issuer),
+            crate::encoding::percent(account),
             self.base32().as_str(),
-            percent(issuer)
+            crate::encoding::percent(issuer)
         ))
     }
 
@@ -130,15 +130,6 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

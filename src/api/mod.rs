@@ -480,24 +480,31 @@ fn officer_param(name: &str) -> Result<crate::ids::OfficerId, ApiError> {
 
 /// Disables an account (admin clients): it cannot sign in, its sessions end.
 async fn user_disable(
-    State(api): State<Api>,
-    Extension(client): Extension<Client>,
-    Path(name): Path<String>,
+    api: State<Api>,
+    client: Extension<Client>,
+    name: Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    client.admin()?;
-    let name = officer_param(&name)?;
-    Ok(Json(api.node.accounts().set_disabled(&name, true, &client.0, crate::node::now_ms()).await?))
+    set_disabled(api, client, name, true).await
 }
 
 /// Enables a disabled account again (admin clients).
 async fn user_enable(
+    api: State<Api>,
+    client: Extension<Client>,
+    name: Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    set_disabled(api, client, name, false).await
+}
+
+async fn set_disabled(
     State(api): State<Api>,
     Extension(client): Extension<Client>,
     Path(name): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+    disabled: bool,
+) -> Result<Json<crate::accounts::Account>, ApiError> {
     client.admin()?;
     let name = officer_param(&name)?;
-    Ok(Json(api.node.accounts().set_disabled(&name, false, &client.0, crate::node::now_ms()).await?))
+    Ok(Json(api.node.accounts().set_disabled(&name, disabled, &client.0, crate::node::now_ms()).await?))
 }
 
 /// Gives an account a new password and TOTP secret and unlocks it (admin clients); the body

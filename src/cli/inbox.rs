@@ -41,14 +41,6 @@ pub(super) struct InboxFilter {
 
 impl InboxFilter {
     fn query(&self) -> String {
-        let enc = |v: &str| -> String {
-            v.bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect()
-        };
         let mut q = Vec::new();
         for (k, on) in
             [("unread", self.unread), ("flash", self.flash), ("overdue", self.overdue), ("system", self.system)]
@@ -62,7 +54,7 @@ impl InboxFilter {
         }
         for (k, v) in [("case", &self.case), ("type", &self.packet_type), ("q", &self.search)] {
             if let Some(v) = v {
-                q.push(format!("{k}={}", enc(v)));
+                q.push(format!("{k}={}", crate::encoding::percent(v)));
             }
         }
         q.join("&")

@@ -49,7 +49,12 @@ pub struct Cli {
 enum Command {
     /// Run the local demo federation (IT-DCSA, ES-UDYCO, CO-DIJIN) on embedded demo keys.
     #[cfg(feature = "demo")]
-    Demo,
+    Demo {
+        /// Then keep the nodes running with an officer account each in the web workspace
+        /// (addresses, passwords and TOTP codes printed) until Enter is pressed.
+        #[arg(long)]
+        web: bool,
+    },
     /// Run a node until SIGINT or SIGTERM; SIGHUP reloads the sharing policies.
     Serve {
         /// The node's configuration file (TOML; LIAISON__SECTION__KEY overrides).
@@ -360,7 +365,7 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         #[cfg(feature = "demo")]
-        Command::Demo => crate::demo::run(&mut std::io::stdout().lock()).map_err(CliError::Rejected),
+        Command::Demo { web } => crate::demo::run(&mut std::io::stdout().lock(), web).map_err(CliError::Rejected),
         Command::Serve { config } => serve(&config),
         Command::Send { api, to, file } => {
             let body =

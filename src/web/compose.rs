@@ -280,21 +280,30 @@ fn attachments(t: PacketType, values: &Submitted, v: &mut Value, problems: &mut 
     }
 }
 
+/// A posted form: its officer (session and CSRF token checked), type, values, recipients, and
+/// the draft it makes or every problem by field.
+type Prepared = (Officer, PacketType, Submitted, Vec<String>, Result<Checked, Problems>);
+
+async fn prepare(web: &Web, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Result<Prepared, Response> {
+    let (values, to, csrf, _, t) = collect(pairs);
+    let o = changing(web, headers, &csrf).map_err(IntoResponse::into_response)?;
+    let t = writable(&t).ok_or_else(|| StatusCode::BAD_REQUEST.into_response())?;
+    let checked = match reply_seen(web, &o, &values).await {
+        Some(problem) => Err(Problems::from([("envelope.in_reply_to".to_owned(), problem)])),
+        None => draft_off_workers(web, &o, t, values.clone(), to.clone()).await,
+    };
+    Ok((o, t, values, to, checked))
+}
+
 /// Sends a composed packet, or shows its form again with every problem at its field.
 pub(super) async fn send(
     State(web): State<Web>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (values, to, csrf, _, t) = collect(pairs);
-    let o = match changing(&web, &headers, &csrf) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
-    };
-    let Some(t) = writable(&t) else { return StatusCode::BAD_REQUEST.into_response() };
-    let checked = match reply_seen(&web, &o, &values).await {
-        Some(problem) => Err(Problems::from([("envelope.in_reply_to".to_owned(), problem)])),
-        None => draft_off_workers(&web, &o, t, values.clone(), to.clone()).await,
+    let (o, t, values, to, checked) = match prepare(&web, &headers, pairs).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     if let Err(problems) = &checked {
         // A refusal for the account's scope is on record, like any other.
@@ -340,15 +349,9 @@ pub(super) async fn check(
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
-    let (values, to, csrf, _, t) = collect(pairs);
-    let o = match changing(&web, &headers, &csrf) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
-    };
-    let Some(t) = writable(&t) else { return StatusCode::BAD_REQUEST.into_response() };
-    let checked = match reply_seen(&web, &o, &values).await {
-        Some(problem) => Err(Problems::from([("envelope.in_reply_to".to_owned(), problem)])),
-        None => draft_off_workers(&web, &o, t, values.clone(), to.clone()).await,
+    let (_, t, _, _, checked) = match prepare(&web, &headers, pairs).await {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let fragment = match checked {
         Ok(packet) => dry_run_view(&crate::api::dry_run(&web.node, &packet)),

@@ -22,6 +22,8 @@
 //! | GET | `/compose?type=T[&reply_to=ID&from=NODE]` | the form of a packet type (a reply prefilled from the packet it answers) |
 //! | POST | `/compose` | send it as the signed-in officer, or the form again with every problem at its field |
 //! | POST | `/compose/check` | the dry run of the form as it stands: per recipient allowed / these fields removed / refused by this rule |
+//! | POST | `/packets/{id}/forward?from=NODE` | pass it on to partners of the account's scope, as the officer (the onward rules decide) |
+//! | POST | `/sent/{id}/consent` | supervisors: the originator's signed consent that a recipient pass it on |
 //! | GET | `/deadlines` | to answer and awaiting, overdue and late first (a missed deadline stays late after a delay notice) |
 //! | GET | `/sent?page=N`, `/sent/{id}` | packets this node's officers sent: each recipient's policy decision (redactions), delivery, receipt, reads, the answer awaited, the content as sent |
 //! | GET | `/assets/app.js`, `/assets/app.css` | the script and the style sheet |
@@ -124,6 +126,8 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
         .route("/packets/{id}", get(received::packet))
         .route("/packets/{id}/ack", post(received::ack))
         .route("/packets/{id}/attachments/{n}", get(received::attachment))
+        .route("/packets/{id}/forward", post(received::forward))
+        .route("/sent/{id}/consent", post(sent::consent))
         .route(
             "/compose",
             get(compose::form)

@@ -42,7 +42,7 @@ impl InboxQuery {
         let mut parts = vec![];
         for (k, v) in [("q", &self.q), ("partner", &self.partner), ("case", &self.case), ("type", &self.packet_type)] {
             if !v.is_empty() {
-                parts.push(format!("{k}={}", form_escape(v)));
+                parts.push(format!("{k}={}", crate::encoding::percent(v)));
             }
         }
         for (k, v) in [("unread", &self.unread), ("flash", &self.flash), ("overdue", &self.overdue)] {
@@ -55,16 +55,6 @@ impl InboxQuery {
         }
         format!("/inbox?{}", parts.join("&"))
     }
-}
-
-fn form_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
-            b' ' => "+".into(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// This node's deadline to answer each received request, as text, overdue ones marked.
@@ -240,10 +230,23 @@ pub(super) async fn packet(
                 } }
             }
         }
+        @let onward: Vec<NodeId> = web.node.peers().into_iter().map(|p| p.node)
+            .filter(|n| *n != from && *n != e.originator.node && o.account.partners.covers(n)).collect();
+        @if !onward.is_empty() {
+            section #onward {
+                h2 { "Pass on" }
+                p.muted { "The sharing policy with each partner decides; H2 material needs the originator's consent." }
+                form method="post" action={ "/packets/" (id) "/forward?from=" (from) } {
+                    input type="hidden" name="csrf" value=(o.session.csrf);
+                    @for n in &onward { label.check { input type="checkbox" name="to" value=(n.to_string()); (n) } }
+                    button #forward type="submit" { "Pass on as " (o.account.display_name) }
+                }
+            }
+        }
         section #thread {
             h2 { "Thread" }
             ul.thread {
-                @if let Some(c) = &e.case_ref { li { "Case " a href={ "/inbox?case=" (form_escape(c.as_str())) } { (c) } } }
+                @if let Some(c) = &e.case_ref { li { "Case " a href={ "/inbox?case=" (crate::encoding::percent(c.as_str())) } { (c) } } }
                 @for (what, url, text) in &thread { li { (what) ": " a href=(url) { (text) } } }
                 @if thread.is_empty() { li.muted { "Nothing else in this thread here." } }
             }
@@ -429,4 +432,51 @@ pub(super) async fn attachment(
         a.content.0,
     )
         .into_response()
+}
+
+/// Passes a received packet on to partners of the account's scope, as the signed-in officer
+/// (the onward rules and, for H2 material, the originator's consent decide).
+pub(super) async fn forward(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<FromQuery>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.clone()).unwrap_or_default();
+    let o = match changing(&web, &headers, &csrf) {
+        Ok(o) => o,
+        Err(r) => return r.into_response(),
+    };
+    let Some((id, from)) = packet_key(&id, &q) else { return StatusCode::NOT_FOUND.into_response() };
+    let to: Vec<NodeId> = pairs.iter().filter(|(k, _)| k == "to").filter_map(|(_, v)| v.parse().ok()).collect();
+    let outside: Vec<&NodeId> = to.iter().filter(|n| !o.account.partners.covers(n)).collect();
+    if in_scope(&web, &o, id, from).is_none() || !outside.is_empty() || to.is_empty() {
+        let detail = format!("pass on {id} from {from}: not found, outside the account's scope, or no recipient");
+        if let Err(r) = web.record(&o, AccountAction::Refused, detail).await {
+            return r;
+        }
+        return html(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            pages::error(None, "Choose partners of your scope to pass this packet on to."),
+        );
+    }
+    match web.node.forward(id, Some(&from), &to, o.account.name.clone()).await {
+        Ok(done) => {
+            if let Err(r) =
+                web.record(&o, AccountAction::Sent, format!("forward of {id} from {from} as {}", done.id)).await
+            {
+                return r;
+            }
+            Redirect::to(&format!("/sent/{}", done.id)).into_response()
+        }
+        Err(crate::node::NodeError::Denied(denied)) => {
+            let why: Vec<String> = denied
+                .iter()
+                .map(|d| format!("{}: refused by {} ({})", d.recipient, d.denial.rule, d.denial.reason))
+                .collect();
+            html(StatusCode::FORBIDDEN, pages::error(None, &format!("Not passed on. {}", why.join("; "))))
+        }
+        Err(e) => html(StatusCode::CONFLICT, pages::error(None, &e.to_string())),
+    }
 }

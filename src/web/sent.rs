@@ -126,10 +126,15 @@ pub(super) async fn one(State(web): State<Web>, headers: HeaderMap, Path(id): Pa
     if let Err(r) = web.record(&o, AccountAction::Viewed, format!("sent {}", v.record.id)).await {
         return r;
     }
-    page_response(StatusCode::OK, pages::page(&format!("Sent {}", v.record.id), Some(&frame), view_of(&v, &o)))
+    let partners: Vec<crate::ids::NodeId> =
+        web.node.peers().into_iter().map(|p| p.node).filter(|n| o.account.partners.covers(n)).collect();
+    page_response(
+        StatusCode::OK,
+        pages::page(&format!("Sent {}", v.record.id), Some(&frame), view_of(&v, &o, &partners)),
+    )
 }
 
-fn view_of(v: &crate::api::types::SentView, o: &Officer) -> maud::Markup {
+fn view_of(v: &crate::api::types::SentView, o: &Officer, partners: &[crate::ids::NodeId]) -> maud::Markup {
     let r = &v.record;
     html! {
         (pages::banner_of(r.classification, r.tlp, &r.handling, r.grading))
@@ -178,6 +183,23 @@ fn view_of(v: &crate::api::types::SentView, o: &Officer) -> maud::Markup {
                 ul { @for d in &v.status.deadlines { li { (d.counterpart) ": due " (d.due_by) " — " (crate::web::pages::due_words(&d.due)) } } }
             }
         }
+        @if o.account.is(crate::accounts::Role::Supervisor) && r.packet_type != crate::packet::PacketType::OnwardConsent {
+            @let holders: Vec<&crate::ids::NodeId> = r.decisions.iter()
+                .filter(|d| d.decision != DecisionKind::Deny && o.account.partners.covers(&d.to)).map(|d| &d.to).collect();
+            @if !holders.is_empty() {
+                section #consent {
+                    h2 { "Consent to pass it on" }
+                    p.muted { "As the originator's supervisor: a recipient may pass this packet on to these partners until then (signed, sent to the recipient)." }
+                    form method="post" action={ "/sent/" (r.id) "/consent" } {
+                        input type="hidden" name="csrf" value=(o.session.csrf);
+                        label { "Recipient holding it " select name="holder" { @for h in &holders { option value=(h.to_string()) { (h) } } } }
+                        label { "Until (UTC) " input type="datetime-local" name="until"; }
+                        div { "May pass it to: " @for p in partners { label.check { input type="checkbox" name="allow" value=(p.to_string()); (p) } } }
+                        button #consent-send type="submit" { "Consent as " (o.account.display_name) }
+                    }
+                }
+            }
+        }
         @if let Some(p) = &v.packet {
             section #body { h2 { "Content, as sent" } (pages::body(&without_attachments(p))) }
         }
@@ -195,4 +217,61 @@ fn without_attachments(p: &crate::packet::Packet) -> serde_json::Value {
         }
     }
     body
+}
+
+/// The originator's consent that a recipient pass a packet this node sent on (supervisors), as
+/// the signed-in officer.
+pub(super) async fn consent(
+    State(web): State<Web>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::Form(pairs): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let get = |k: &str| pairs.iter().find(|(x, _)| x == k).map(|(_, v)| v.trim().to_owned()).unwrap_or_default();
+    let o = match super::changing(&web, &headers, &get("csrf")) {
+        Ok(o) => o,
+        Err(r) => return axum::response::IntoResponse::into_response(r),
+    };
+    let record = id.parse::<PacketId>().ok().and_then(|id| web.node.sent_record(id).ok().flatten());
+    let holder = get("holder").parse::<crate::ids::NodeId>().ok();
+    let allowed: Vec<crate::ids::NodeId> =
+        pairs.iter().filter(|(k, _)| k == "allow").filter_map(|(_, v)| v.parse().ok()).collect();
+    let until = match get("until").len() {
+        0 => Some(crate::timestamp::Timestamp::now().plus_secs(30 * 86_400)),
+        16 => format!("{}:00Z", get("until")).parse().ok(),
+        _ => get("until").parse().ok(),
+    };
+    let ok = o.account.is(crate::accounts::Role::Supervisor)
+        && record.as_ref().is_some_and(|r| visible(&o.account, r))
+        && holder.is_some_and(|h| o.account.partners.covers(&h))
+        && !allowed.is_empty()
+        && allowed.iter().all(|a| o.account.partners.covers(a));
+    let (Some(record), Some(holder), Some(until), true) = (record, holder, until, ok) else {
+        if let Err(r) = web
+            .record(
+                &o,
+                AccountAction::Refused,
+                format!("consent for {id}: not a supervisor, outside the scope, or incomplete"),
+            )
+            .await
+        {
+            return r;
+        }
+        return page_response(
+            StatusCode::FORBIDDEN,
+            pages::error(None, "A consent needs the supervisor role, a recipient, partners of your scope and a date."),
+        );
+    };
+    match web.node.consent(record.id, &holder, allowed, until, o.account.name.clone()).await {
+        Ok(done) => {
+            if let Err(r) = web
+                .record(&o, AccountAction::Sent, format!("consent for {} to {holder} as {}", record.id, done.id))
+                .await
+            {
+                return r;
+            }
+            axum::response::IntoResponse::into_response(axum::response::Redirect::to(&format!("/sent/{}", record.id)))
+        }
+        Err(e) => page_response(StatusCode::CONFLICT, pages::error(None, &format!("No consent sent: {e}"))),
+    }
 }
