@@ -137,6 +137,7 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
                 partners: vec![],
                 cases: vec![],
                 password: Some(password.into()),
+                certificates: Vec::new(),
             },
             "bench",
             liaison::node::now_ms(),
@@ -151,6 +152,7 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
         lifetime: Duration::from_secs(3600),
         secure_cookies: false,
         hosts: Vec::new(),
+        tls: None,
     };
     let app = liaison::web::router(node.clone(), &settings, tokio_util::sync::CancellationToken::new());
     tokio::spawn(async move {

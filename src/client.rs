@@ -180,6 +180,15 @@ impl Client {
         self.call("POST", &format!("/v1/users/{}/{verb}", crate::encoding::percent(name.as_str())), None)
     }
 
+    /// Adds a smart-card certificate to an account, or removes one (an admin client).
+    pub fn user_certificate(
+        &self,
+        name: &OfficerId,
+        req: &crate::api::types::CertificateChange,
+    ) -> Result<crate::accounts::Account, CallError> {
+        self.call_with("POST", &format!("/v1/users/{}/certificates", crate::encoding::percent(name.as_str())), req)
+    }
+
     /// Gives an account a new password and TOTP secret and unlocks it (an admin client).
     pub fn user_reset(
         &self,

@@ -275,6 +275,7 @@ pub fn run(out: &mut dyn Write, web: bool) -> Result<(), String> {
                 partners: Vec::new(),
                 cases: Vec::new(),
                 password: None,
+                certificates: Vec::new(),
             };
             let c = api(name)?.user_add(&account).map_err(|e| e.to_string())?;
             let (_, port) = web_ports.iter().find(|(n, _)| *n == name).copied().ok_or("port")?;

@@ -45,6 +45,9 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The web workspace's TLS material could not be read.
+    #[error("web: TLS: {0}")]
+    WebTls(String),
     /// The web workspace's address could not be bound.
     #[error("web: cannot listen on {addr}: {source}")]
     Web {
@@ -153,22 +156,34 @@ pub async fn run(
                 .await
                 .map_err(|source| ServeError::Web { addr: w.listen, source })?;
             let addr = l.local_addr().unwrap_or(w.listen);
-            Some((l, addr, crate::web::router(node.clone(), w, web_closing.clone())))
+            let tls = match &w.tls {
+                Some(t) => Some(crate::web::tls::server_config(t).map_err(ServeError::WebTls)?),
+                None => None,
+            };
+            Some((l, addr, crate::web::router(node.clone(), w, web_closing.clone()), tls))
         }
         None => None,
     };
     // The line tests and the demo wait for; it names every address.
-    let web_addr = web.as_ref().map(|(_, a, _)| a.to_string()).unwrap_or_else(|| "off".into());
+    let web_addr = web
+        .as_ref()
+        .map(|(_, a, _, tls)| format!("{}://{a}", if tls.is_some() { "https" } else { "http" }))
+        .unwrap_or_else(|| "off".into());
     info!(node = %settings.node, quic = %node.local_addr(), api = %api_addr, web = %web_addr, "ready");
     let app = crate::api::router(node.clone(), settings.api_clients.clone());
     let mut api_stop = shutdown_tx.subscribe();
     let mut web_stop = shutdown_tx.subscribe();
+    let web_tls_closing = web_closing.clone();
     let server = tokio::spawn(async move {
         let api = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = api_stop.changed().await;
         });
         match web {
-            Some((l, _, router)) => {
+            Some((l, _, router, Some(tls))) => {
+                let web = crate::web::tls::serve(l, router, tls, web_tls_closing);
+                let _ = tokio::join!(std::future::IntoFuture::into_future(api), web);
+            }
+            Some((l, _, router, None)) => {
                 let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
                 let web = axum::serve(l, service).with_graceful_shutdown(async move {
                     let _ = web_stop.changed().await;

@@ -742,3 +742,142 @@ fn officers_pass_an_h2_alert_on_once_a_supervisor_at_its_originator_consents() {
     assert_eq!(sent["record"]["officer"], "p.gomez");
     assert!(account_events(co).iter().any(|e| e == "a.salcedo refused"));
 }
+
+/// A TLS client for the workspace: trusting `ca`, presenting `card` (certificate, key PEM) if any.
+fn tls_client(ca: &str, card: Option<(&str, &str)>) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let config = match card {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    std::sync::Arc::new(config)
+}
+
+#[test]
+fn over_its_own_tls_the_workspace_signs_an_officer_in_with_a_smart_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let (from, until) = (now - time::Duration::days(1), now + time::Duration::days(30));
+    let web_ca = liaison::pki::Ca::generate("workspace CA", from, until).unwrap();
+    let server = web_ca.issue_for_names("localhost", &["localhost".into()], from, until).unwrap();
+    let officers = liaison::pki::Ca::generate("officers' card CA", from, until).unwrap();
+    let card = officers.issue_for_names("Isp. Giulia Rossi", &[], from, until).unwrap();
+    let stranger = officers.issue_for_names("Someone without an account", &[], from, until).unwrap();
+    let rogue = liaison::pki::Ca::generate("another CA", from, until).unwrap();
+    let forged = rogue.issue_for_names("Isp. Giulia Rossi", &[], from, until).unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        p.to_string_lossy().into_owned()
+    };
+    let (cert, key, cards) = (
+        file("web.crt", &server.cert_pem),
+        file("web.key", &server.key_pem),
+        file("officers.crt", officers.cert_pem()),
+    );
+    let card_file = file("rossi.crt", &card.cert_pem);
+    let setup = Setup {
+        config: Some(Box::new(move |_: &str, text: String| {
+            text.replace(
+                "[web]\n",
+                &format!("[web]\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\nclient_ca = \"{cards}\"\n"),
+            )
+        })),
+        ..Setup::default()
+    };
+    let c = Cluster::with(&["IT-DCSA", "ES-UDYCO"], setup);
+    let it = c.get("IT-DCSA");
+    assert!(it.log_text().contains("\"web\":\"https://"), "the ready line says https");
+    let officer = add_officer(it, "g.rossi", "Isp. Giulia Rossi", &["--certificate", &card_file]);
+    let host = it.web.trim_start_matches("http://").to_owned();
+    let get_tls = |client: &std::sync::Arc<rustls::ClientConfig>, path: &str, cookie: &str| {
+        common::http::request_tls(&host, client.clone(), "localhost", "GET", path, &[("Cookie", cookie)], None)
+    };
+    let post_tls = |client: &std::sync::Arc<rustls::ClientConfig>, path: &str, cookie: &str, pairs: &[(&str, &str)]| {
+        common::http::request_tls(
+            &host,
+            client.clone(),
+            "localhost",
+            "POST",
+            path,
+            &[("Cookie", cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+            Some(&form(pairs)),
+        )
+    };
+    let with_card = tls_client(web_ca.cert_pem(), Some((&card.cert_pem, &card.key_pem)));
+    let without = tls_client(web_ca.cert_pem(), None);
+
+    // With the card: offered, and it signs in; the cookie is Secure and __Host-.
+    let page = get_tls(&with_card, "/signin", "").unwrap();
+    assert!(page.body.contains("Sign in with your card") && page.body.contains("Isp. Giulia Rossi"), "{}", page.body);
+    let (name, pre) = page.cookies().into_iter().find(|(k, _)| k.ends_with("liaison_signin")).unwrap();
+    assert_eq!(name, "__Host-liaison_signin");
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    let signed = post_tls(&with_card, "/signin/certificate", &format!("{name}={pre}"), &[("csrf", &csrf)]).unwrap();
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    let set = signed
+        .headers
+        .iter()
+        .find(|(k, v)| k.eq_ignore_ascii_case("set-cookie") && v.starts_with("__Host-liaison_session="))
+        .unwrap();
+    assert!(set.1.contains("Secure") && set.1.contains("HttpOnly") && set.1.contains("SameSite=Strict"), "{}", set.1);
+    let session = set.1.split(';').next().unwrap().to_owned();
+    let inbox = get_tls(&with_card, "/inbox", &session).unwrap();
+    assert_eq!(inbox.status, 200);
+    assert!(inbox.body.contains("Isp. Giulia Rossi"));
+
+    // Without a card: no card offered; password and code still work.
+    let page = get_tls(&without, "/signin", "").unwrap();
+    assert!(!page.body.contains("Sign in with your card"));
+    let (name, pre) = page.cookies().into_iter().find(|(k, _)| k.ends_with("liaison_signin")).unwrap();
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    let pairs =
+        [("csrf", csrf.as_str()), ("name", "g.rossi"), ("password", &officer.password), ("code", &officer.code(0))];
+    assert_eq!(post_tls(&without, "/signin", &format!("{name}={pre}"), &pairs).unwrap().status, 303);
+    // A card of the officers' CA that no account holds: refused.
+    let other = tls_client(web_ca.cert_pem(), Some((&stranger.cert_pem, &stranger.key_pem)));
+    let page = get_tls(&other, "/signin", "").unwrap();
+    let (name, pre) = page.cookies().into_iter().find(|(k, _)| k.ends_with("liaison_signin")).unwrap();
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    let refused = post_tls(&other, "/signin/certificate", &format!("{name}={pre}"), &[("csrf", &csrf)]).unwrap();
+    assert_eq!(refused.status, 401);
+    // A card from another CA: the handshake fails.
+    let rogue_client = tls_client(web_ca.cert_pem(), Some((&forged.cert_pem, &forged.key_pem)));
+    assert!(get_tls(&rogue_client, "/signin", "").is_err(), "a certificate from another CA is refused");
+    // Plain HTTP on that port: no answer the browser could use.
+    let plain = std::net::TcpStream::connect(&host).map(|mut s| {
+        use std::io::{Read, Write};
+        let _ = s.write_all(b"GET /signin HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut buf = [0u8; 64];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    assert!(!plain.unwrap_or_default().starts_with("HTTP/1.1 200"));
+    let events = account_events(it);
+    assert!(events.iter().filter(|e| *e == "g.rossi signed in").count() >= 2, "{events:?}");
+    // The node stops in order with the workspace's TLS connections open.
+    let _open = get_tls(&with_card, "/inbox", &session);
+    let mut c = c;
+    let it = c.node("IT-DCSA");
+    it.terminate();
+    assert!(it.log_text().contains("node stopped"));
+}

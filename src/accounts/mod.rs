@@ -168,6 +168,10 @@ struct Stored {
     /// Bumped by a reset and a disable: sessions begun under an older generation end.
     #[serde(default)]
     generation: u64,
+    /// SHA-256 fingerprints of the officer's smart-card certificates (sign-in without password
+    /// and code, over the workspace's TLS, from the officers' CA).
+    #[serde(default)]
+    certificates: Vec<crate::encoding::Digest>,
 }
 
 impl Drop for Stored {
@@ -190,6 +194,7 @@ impl Stored {
             created_at: self.created_at,
             last_sign_in: self.last_sign_in,
             generation: self.generation,
+            certificates: self.certificates.clone(),
         }
     }
 }
@@ -220,6 +225,9 @@ pub struct Account {
     /// Sessions begun under an older generation have ended (a reset or a disable bumps it).
     #[serde(default)]
     pub generation: u64,
+    /// Fingerprints (SHA-256) of the smart-card certificates it signs in with.
+    #[serde(default)]
+    pub certificates: Vec<crate::encoding::Digest>,
 }
 
 impl Account {
@@ -265,6 +273,9 @@ pub struct NewAccount {
     /// Its first password; one is generated when absent.
     #[serde(default)]
     pub password: Option<String>,
+    /// Fingerprints (SHA-256) of the officer's smart-card certificates.
+    #[serde(default)]
+    pub certificates: Vec<crate::encoding::Digest>,
 }
 
 /// What an officer needs to sign in, handed out once (by `users add` and `users reset`).
@@ -470,6 +481,7 @@ impl Accounts {
         }
         let cases = CaseScope::parse(&new.cases)?;
         let partners = PartnerScope::of(new.partners);
+        let certificates = new.certificates;
         let given = new.password.is_some();
         let pw = new.password.map(Zeroizing::new).unwrap_or_else(password::generate);
         let hashed = self.hash(pw.clone()).await?;
@@ -482,6 +494,9 @@ impl Accounts {
             }
             if map.len() >= MAX_ACCOUNTS {
                 return Err(AccountError::Full);
+            }
+            if let Some(c) = certificates.iter().find(|c| map.values().any(|a| a.certificates.contains(c))) {
+                return Err(AccountError::Invalid(format!("certificate {c} belongs to another account")));
             }
         }
         let account = Stored {
@@ -499,6 +514,7 @@ impl Accounts {
             created_at: now,
             last_sign_in: None,
             generation: 0,
+            certificates,
         };
         let detail = scope_text(&account);
         self.commit(account, audit(&new.name, crate::audit::AccountAction::Added, by, detail)).await?;
@@ -653,6 +669,79 @@ impl Accounts {
             .await
             .map_err(unavailable)?;
         info!(target: "audit", account = %name, from, "signed in");
+        Ok(view)
+    }
+
+    /// Adds a smart-card certificate (its SHA-256 fingerprint) to an account, or removes one.
+    pub async fn set_certificate(
+        &self,
+        name: &OfficerId,
+        fingerprint: crate::encoding::Digest,
+        add: bool,
+        by: &str,
+    ) -> Result<Account, AccountError> {
+        let _one = self.inner.write.lock().await;
+        if add && self.read().values().any(|a| a.name != *name && a.certificates.contains(&fingerprint)) {
+            return Err(AccountError::Invalid(format!("certificate {fingerprint} belongs to another account")));
+        }
+        let mut account = self.read().get(name).cloned().ok_or_else(|| AccountError::Unknown(name.clone()))?;
+        account.certificates.retain(|c| *c != fingerprint);
+        if add {
+            if account.certificates.len() >= 8 {
+                return Err(AccountError::Invalid("at most 8 certificates an account".into()));
+            }
+            account.certificates.push(fingerprint);
+        } else {
+            // A card taken away ends the sessions it opened.
+            account.generation += 1;
+        }
+        let view = account.view();
+        let detail = format!("certificate {fingerprint} {}", if add { "added" } else { "removed" });
+        self.commit(account, audit(name, crate::audit::AccountAction::Reset, by, detail)).await?;
+        Ok(view)
+    }
+
+    /// Signs in with a smart-card certificate whose chain the TLS handshake checked against the
+    /// officers' CA: the account that holds its fingerprint, if it may sign in. Recorded like a
+    /// password sign-in (an unknown certificate once a minute per source).
+    pub async fn sign_in_certificate(
+        &self,
+        fingerprint: crate::encoding::Digest,
+        subject: &str,
+        unix_seconds: u64,
+        from: &str,
+    ) -> Result<Account, SignInError> {
+        use crate::audit::AccountAction;
+        let unavailable = |e: StoreError| SignInError::Unavailable(e.to_string());
+        let _one = self.inner.write.lock().await;
+        let found = self.read().values().find(|a| a.certificates.contains(&fingerprint)).cloned();
+        let Some(mut account) = found else {
+            if let Some(earlier) = self.first_this_minute(&format!("certificate {from}"), unix_seconds) {
+                let event = Event::Account {
+                    account: None,
+                    action: AccountAction::SignInRefused,
+                    by: from.to_owned(),
+                    detail: format!("certificate {fingerprint} ({subject}) held by no account, from {from} ({earlier} more such attempts before)"),
+                };
+                self.inner.store.commit(vec![Op::Audit(event)]).await.map_err(unavailable)?;
+            }
+            warn!(target: "audit", from, "sign-in refused: a certificate no account holds");
+            return Err(SignInError::Refused);
+        };
+        let name = account.name.clone();
+        if account.locked_at.is_some() || account.disabled_at.is_some() {
+            let locked = account.locked_at.is_some();
+            let why = if locked { "locked" } else { "disabled" };
+            let event =
+                audit(&name, AccountAction::SignInRefused, from, format!("certificate; account {why}, from {from}"));
+            self.inner.store.commit(vec![event]).await.map_err(unavailable)?;
+            return Err(if locked { SignInError::Locked } else { SignInError::Disabled });
+        }
+        account.last_sign_in = Some(unix_seconds.saturating_mul(1000));
+        let view = account.view();
+        let detail = format!("with certificate {fingerprint} ({subject}), from {from}");
+        self.commit(account, audit(&name, AccountAction::SignedIn, from, detail)).await.map_err(unavailable)?;
+        info!(target: "audit", account = %name, from, "signed in with a certificate");
         Ok(view)
     }
 

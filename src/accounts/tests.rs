@@ -22,6 +22,7 @@ fn new_account(name: &str) -> NewAccount {
         partners: vec!["IT-DCSA".parse().unwrap()],
         cases: vec!["ES-2026-*".into()],
         password: Some(PASSWORD.into()),
+        certificates: Vec::new(),
     }
 }
 

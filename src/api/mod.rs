@@ -30,6 +30,7 @@
 //! | GET | `/v1/users` | admin clients: every officer's account ([`crate::accounts::Account`]) |
 //! | POST | `/v1/users` | admin clients: [`crate::accounts::NewAccount`]; 201 [`crate::accounts::Credentials`], shown once |
 //! | POST | `/v1/users/{name}/disable`, `/enable` | admin clients: the account can (not) sign in ([`crate::accounts::Account`]) |
+//! | POST | `/v1/users/{name}/certificates` | admin clients: [`types::CertificateChange`]: a smart-card certificate (fingerprint) added or removed |
 //! | POST | `/v1/users/{name}/reset` | admin clients: [`types::ResetRequest`]: a new password and TOTP secret, unlocked ([`crate::accounts::Credentials`]) |
 //! | GET | `/metrics` | Prometheus text ([`crate::metrics`]) |
 //! | GET | `/healthz`, `/readyz` | probes, without a token: `ok`; `ready` or 503 saying why not |
@@ -105,6 +106,7 @@ pub fn router(node: Node, clients: Vec<ApiClient>) -> Router {
         .route("/v1/users/{name}/disable", post(user_disable))
         .route("/v1/users/{name}/enable", post(user_enable))
         .route("/v1/users/{name}/reset", post(user_reset))
+        .route("/v1/users/{name}/certificates", post(user_certificate))
         .route("/v1/health", get(health))
         .route("/v1/inbox", get(inbox))
         .route("/v1/sent", get(sent_list))
@@ -505,6 +507,19 @@ async fn set_disabled(
     client.admin()?;
     let name = officer_param(&name)?;
     Ok(Json(api.node.accounts().set_disabled(&name, disabled, &client.0, crate::node::now_ms()).await?))
+}
+
+/// Adds a smart-card certificate to an account, or removes one (admin clients).
+async fn user_certificate(
+    State(api): State<Api>,
+    Extension(client): Extension<Client>,
+    Path(name): Path<String>,
+    text: String,
+) -> Result<impl IntoResponse, ApiError> {
+    client.admin()?;
+    let name = officer_param(&name)?;
+    let req: types::CertificateChange = body(&text)?;
+    Ok(Json(api.node.accounts().set_certificate(&name, req.fingerprint, !req.remove, &client.0).await?))
 }
 
 /// Gives an account a new password and TOTP secret and unlocks it (admin clients); the body

@@ -698,3 +698,14 @@ pub struct SentView {
     /// no copy was sent, or retention deleted them).
     pub packet: Option<Packet>,
 }
+
+/// `POST /v1/users/{name}/certificates`: a smart-card certificate added to an account, or removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateChange {
+    /// The certificate's SHA-256 fingerprint (of its DER).
+    pub fingerprint: Digest,
+    /// Remove it instead of adding it.
+    #[serde(default)]
+    pub remove: bool,
+}

@@ -34,6 +34,22 @@ pub(super) enum UsersCommand {
         /// Read the first password from standard input (one line) instead of having one made.
         #[arg(long)]
         password_stdin: bool,
+        /// The officer's smart-card certificate (PEM, from the officers' CA of `[web]
+        /// client_ca`): the account signs in with it over the workspace's TLS. Repeatable.
+        #[arg(long)]
+        certificate: Vec<std::path::PathBuf>,
+    },
+    /// Adds a smart-card certificate to an account, or removes one (its sessions then end).
+    Certificate {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The account.
+        name: OfficerId,
+        /// The certificate (PEM).
+        file: std::path::PathBuf,
+        /// Remove it instead.
+        #[arg(long)]
+        remove: bool,
     },
     /// Every account: role, scopes, state (active, locked, disabled), last sign-in.
     List {
@@ -90,6 +106,15 @@ fn password_from_stdin(wanted: bool) -> Result<Option<String>, CliError> {
     Ok(Some(pw))
 }
 
+/// The SHA-256 fingerprint of the (first) certificate of a PEM file.
+fn fingerprint(file: &std::path::Path) -> Result<crate::encoding::Digest, CliError> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(file).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(&bytes)
+        .map_err(|e| CliError::Usage(format!("{}: not a PEM certificate: {e}", file.display())))?;
+    Ok(crate::encoding::Digest::of(cert.as_ref()))
+}
+
 fn print_credentials(c: &Credentials, json: bool) {
     if json {
         print_json(c);
@@ -120,9 +145,10 @@ fn when(ms: Option<u64>) -> String {
 
 pub(super) fn run(cmd: UsersCommand) -> Result<(), CliError> {
     match cmd {
-        UsersCommand::Add { api, name, display_name, role, partners, cases, password_stdin } => {
+        UsersCommand::Add { api, name, display_name, role, partners, cases, password_stdin, certificate } => {
             let password = password_from_stdin(password_stdin)?;
-            let req = NewAccount { name, display_name, role, partners, cases, password };
+            let certificates = certificate.iter().map(|f| fingerprint(f)).collect::<Result<_, _>>()?;
+            let req = NewAccount { name, display_name, role, partners, cases, password, certificates };
             print_credentials(&called(client(&api)?.user_add(&req))?, api.json);
         }
         UsersCommand::List { api } => {
@@ -165,6 +191,15 @@ pub(super) fn run(cmd: UsersCommand) -> Result<(), CliError> {
                 print_json(&a);
             } else {
                 println!("{} enabled ({})", a.name, state(&a));
+            }
+        }
+        UsersCommand::Certificate { api, name, file, remove } => {
+            let req = crate::api::types::CertificateChange { fingerprint: fingerprint(&file)?, remove };
+            let a = called(client(&api)?.user_certificate(&name, &req))?;
+            if api.json {
+                print_json(&a);
+            } else {
+                println!("{}: {} certificate(s)", a.name, a.certificates.len());
             }
         }
         UsersCommand::Reset { api, name, password_stdin } => {

@@ -60,6 +60,12 @@ struct RawWeb {
     secure_cookies: bool,
     #[serde(default)]
     hosts: Vec<String>,
+    #[serde(default)]
+    tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    tls_key: Option<PathBuf>,
+    #[serde(default)]
+    client_ca: Option<PathBuf>,
 }
 
 fn d_idle_minutes() -> u64 {
@@ -85,6 +91,21 @@ pub struct WebSettings {
     /// Host names (`host` or `host:port`) the workspace answers to besides its own address and
     /// `localhost`: a proxy's public name (`hosts`). Any other Host is refused (DNS rebinding).
     pub hosts: Vec<String>,
+    /// The workspace served over TLS by the node itself (`tls_cert`, `tls_key`; any address),
+    /// with officers' smart-card certificates from `client_ca` accepted for sign-in.
+    pub tls: Option<WebTls>,
+}
+
+/// The workspace's own TLS.
+#[derive(Debug, Clone)]
+pub struct WebTls {
+    /// Its certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PEM, 0600).
+    pub key: PathBuf,
+    /// The CA that issues officers' smart-card certificates (PEM): a browser presenting one of
+    /// its certificates may sign in with it, if an account holds its fingerprint.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -694,11 +715,35 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             .parse::<SocketAddr>()
             .map_err(|e| problems.push(format!("web.listen {:?}: {e}", w.listen)))
             .ok()?;
-        if !listen.ip().is_loopback() {
-            // Served over plain HTTP: only on this machine. TLS for the workspace (and client
-            // certificates for smart cards) is what a wider address needs; it is not built yet.
+        let tls = match (&w.tls_cert, &w.tls_key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (rel(cert), rel(key));
+                for (k, f) in [("web.tls_cert", &cert), ("web.tls_key", &key)] {
+                    if !f.exists() {
+                        problems.push(format!("{k}: {} does not exist", f.display()));
+                    }
+                }
+                let client_ca = w.client_ca.as_ref().map(|c| rel(c));
+                if let Some(c) = client_ca.as_ref().filter(|c| !c.exists()) {
+                    problems.push(format!("web.client_ca: {} does not exist", c.display()));
+                }
+                Some(WebTls { cert, key, client_ca })
+            }
+            (None, None) => {
+                if w.client_ca.is_some() {
+                    problems.push("web.client_ca: smart-card sign-in needs the workspace over TLS (web.tls_cert, web.tls_key)".into());
+                }
+                None
+            }
+            _ => {
+                problems.push("web.tls_cert and web.tls_key: both, or neither".into());
+                None
+            }
+        };
+        if !listen.ip().is_loopback() && tls.is_none() {
+            // Plain HTTP only on this machine: another address needs TLS.
             problems.push(format!(
-                "web.listen {listen}: the web workspace listens on a loopback address only (it is served without TLS; put a TLS-terminating proxy on this machine in front of it)"
+                "web.listen {listen}: an address other than loopback needs TLS (web.tls_cert, web.tls_key), or a TLS-terminating proxy on this machine in front of a loopback address"
             ));
             return None;
         }
@@ -717,8 +762,10 @@ fn validate(raw: Raw, base: &Path) -> Result<Settings, Vec<String>> {
             listen,
             idle: std::time::Duration::from_secs(w.idle_minutes * 60),
             lifetime: std::time::Duration::from_secs(w.session_hours * 3600),
-            secure_cookies: w.secure_cookies,
+            // Over TLS the cookies are `Secure` (and `__Host-`), whatever the file says.
+            secure_cookies: w.secure_cookies || tls.is_some(),
             hosts: w.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            tls,
         })
     });
     match (node, listen, api_listen) {

@@ -234,3 +234,35 @@ fn environment_overrides_the_file() {
     let s = Settings::load_with_env(&root.join("configs/IT-DCSA.toml"), env).unwrap();
     assert_eq!(s.listen.port(), 9999);
 }
+
+/// The workspace: loopback over plain HTTP; another address only over its own TLS; smart cards
+/// only over TLS.
+#[test]
+fn the_web_workspace_needs_tls_beyond_loopback() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let it = root.join("configs/IT-DCSA.toml");
+    let with = |pairs: &[(&str, &str)]| {
+        let source: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (format!("LIAISON__WEB__{k}"), (*v).to_owned())).collect();
+        let env =
+            config::Environment::with_prefix("LIAISON").prefix_separator("__").separator("__").source(Some(source));
+        Settings::load_with_env(&it, env)
+    };
+    let plain = with(&[]).unwrap().web.unwrap();
+    assert!(plain.listen.ip().is_loopback() && plain.tls.is_none() && !plain.secure_cookies);
+    let err = with(&[("LISTEN", "0.0.0.0:7491")]).unwrap_err().to_string();
+    assert!(err.contains("needs TLS"), "{err}");
+    let err = with(&[("CLIENT_CA", "certs-example/tls/ca.crt")]).unwrap_err().to_string();
+    assert!(err.contains("smart-card sign-in needs the workspace over TLS"), "{err}");
+    let tls = with(&[
+        ("LISTEN", "0.0.0.0:7491"),
+        ("TLS_CERT", "../certs-example/tls/IT-DCSA.crt"),
+        ("TLS_KEY", "../certs-example/tls/IT-DCSA.key"),
+    ])
+    .unwrap()
+    .web
+    .unwrap();
+    assert!(tls.tls.is_some() && tls.secure_cookies, "Secure cookies over TLS");
+    let err = with(&[("TLS_CERT", "../certs-example/tls/IT-DCSA.crt")]).unwrap_err().to_string();
+    assert!(err.contains("both, or neither"), "{err}");
+}

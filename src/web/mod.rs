@@ -14,6 +14,7 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | GET, POST | `/signin` | the sign-in form; a session cookie once name, password and code are right |
+//! | POST | `/signin/certificate` | over the workspace's TLS: sign in with the smart-card certificate the browser presented |
 //! | POST | `/signout` | ends the session |
 //! | GET | `/inbox?q=&partner=&case=&type=&unread=1&flash=1&overdue=1&page=N` | the inbox, 50 a page, newest first |
 //! | GET | `/events` | server-sent events: `packet` for each arrival the account may see |
@@ -36,6 +37,7 @@ pub mod pages;
 mod received;
 mod sent;
 pub mod session;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +122,7 @@ pub fn router(node: Node, settings: &WebSettings, closing: tokio_util::sync::Can
     Router::new()
         .route("/", get(|| async { Redirect::to("/inbox") }))
         .route("/signin", get(signin_form).post(signin))
+        .route("/signin/certificate", post(signin_certificate))
         .route("/signout", post(signout))
         .route("/inbox", get(received::inbox))
         .route("/events", get(live::events))
@@ -269,6 +272,22 @@ struct Officer {
     account: Account,
 }
 
+impl Web {
+    /// A session for an account that just signed in (ending the one this browser had), and the
+    /// way to the inbox.
+    fn signed_in(&self, headers: &HeaderMap, account: &Account) -> Response {
+        if let Some(old) = self.cookie(headers, SESSION_COOKIE) {
+            self.sessions.end(&old);
+        }
+        let token = self.sessions.begin(&account.name, account.generation, Instant::now());
+        let mut res = Redirect::to("/inbox").into_response();
+        let h = res.headers_mut();
+        h.append(header::SET_COOKIE, self.set_cookie(SESSION_COOKIE, &token, None));
+        h.append(header::SET_COOKIE, self.set_cookie(SIGNIN_COOKIE, "", Some(0)));
+        res
+    }
+}
+
 impl Officer {
     /// The top of a page for this officer (live alerts on; `rows`: arrivals added to its table).
     fn frame<'a>(&'a self, web: &'a Web, unread: usize, rows: bool) -> Frame<'a> {
@@ -317,12 +336,21 @@ fn to_signin() -> Response {
     Redirect::to("/signin").into_response()
 }
 
-async fn signin_form(State(web): State<Web>, headers: HeaderMap) -> Response {
+/// The subject of the certificate the browser presented over the workspace's TLS, if any.
+fn card(cert: &Option<axum::Extension<tls::ClientCertificate>>) -> Option<String> {
+    cert.as_ref().and_then(|c| c.0 .0.as_ref()).map(|(_, subject)| subject.clone())
+}
+
+async fn signin_form(
+    State(web): State<Web>,
+    cert: Option<axum::Extension<tls::ClientCertificate>>,
+    headers: HeaderMap,
+) -> Response {
     if web.officer(&headers, false).is_some() {
         return Redirect::to("/inbox").into_response();
     }
     let token = session::random_token();
-    let mut res = html(StatusCode::OK, pages::signin(&token, None, ""));
+    let mut res = html(StatusCode::OK, pages::signin(&token, None, "", card(&cert).as_deref()));
     res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, &token, Some(900)));
     res
 }
@@ -338,12 +366,13 @@ struct SignIn {
 async fn signin(
     State(web): State<Web>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<tls::ClientCertificate>>,
     headers: HeaderMap,
     Form(f): Form<SignIn>,
 ) -> Response {
     let fresh = session::random_token();
     let again = |status: StatusCode, msg: &str| {
-        let mut res = html(status, pages::signin(&fresh, Some(msg), &f.name));
+        let mut res = html(status, pages::signin(&fresh, Some(msg), &f.name, card(&cert).as_deref()));
         res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, &fresh, Some(900)));
         res
     };
@@ -353,18 +382,38 @@ async fn signin(
     }
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     match web.node.accounts().sign_in(&f.name, &f.password, &f.code, unix, &peer.ip().to_string()).await {
-        Ok(account) => {
-            // A new sign-in from this browser ends the session it had.
-            if let Some(old) = web.cookie(&headers, SESSION_COOKIE) {
-                web.sessions.end(&old);
-            }
-            let token = web.sessions.begin(&account.name, account.generation, Instant::now());
-            let mut res = Redirect::to("/inbox").into_response();
-            let h = res.headers_mut();
-            h.append(header::SET_COOKIE, web.set_cookie(SESSION_COOKIE, &token, None));
-            h.append(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, "", Some(0)));
-            res
-        }
+        Ok(account) => web.signed_in(&headers, &account),
+        Err(e) => again(StatusCode::UNAUTHORIZED, &e.to_string()),
+    }
+}
+
+/// Sign-in with the smart-card certificate the browser presented over the workspace's TLS
+/// (its chain checked against the officers' CA in the handshake): the account holding its
+/// fingerprint.
+async fn signin_certificate(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    cert: Option<axum::Extension<tls::ClientCertificate>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    let fresh = session::random_token();
+    let subject = card(&cert);
+    let again = |status: StatusCode, msg: &str| {
+        let mut res = html(status, pages::signin(&fresh, Some(msg), "", subject.as_deref()));
+        res.headers_mut().insert(header::SET_COOKIE, web.set_cookie(SIGNIN_COOKIE, &fresh, Some(900)));
+        res
+    };
+    let expected = web.cookie(&headers, SIGNIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || !same_token(&expected, &f.csrf) {
+        return again(StatusCode::FORBIDDEN, "The form expired: sign in again.");
+    }
+    let Some((fingerprint, subject)) = cert.and_then(|c| c.0 .0.clone()) else {
+        return again(StatusCode::UNAUTHORIZED, "No card was presented: sign in with your password and code.");
+    };
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match web.node.accounts().sign_in_certificate(fingerprint, &subject, unix, &peer.ip().to_string()).await {
+        Ok(account) => web.signed_in(&headers, &account),
         Err(e) => again(StatusCode::UNAUTHORIZED, &e.to_string()),
     }
 }

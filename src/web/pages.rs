@@ -68,7 +68,7 @@ pub fn page(title: &str, frame: Option<&Frame<'_>>, content: Markup) -> Markup {
 }
 
 /// The sign-in form.
-pub fn signin(csrf: &str, error: Option<&str>, name: &str) -> Markup {
+pub fn signin(csrf: &str, error: Option<&str>, name: &str, card: Option<&str>) -> Markup {
     page(
         "Sign in",
         None,
@@ -76,6 +76,14 @@ pub fn signin(csrf: &str, error: Option<&str>, name: &str) -> Markup {
             div.signin {
                 h1 { "Sign in" }
                 @if let Some(e) = error { p.error role="alert" { (e) } }
+                @if let Some(subject) = card {
+                    form #card method="post" action="/signin/certificate" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        p { "Your card: " (subject) }
+                        button #signin-card type="submit" { "Sign in with your card" }
+                    }
+                    p.muted { "Or with your password and code:" }
+                }
                 form method="post" action="/signin" autocomplete="off" {
                     input type="hidden" name="csrf" value=(csrf);
                     label { "Account" input #name name="name" required value=(name) autocomplete="username"; }

@@ -31,8 +31,44 @@ impl Answer {
 /// Sends one request to `base` (`http://127.0.0.1:PORT`).
 pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
     let host = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(host).unwrap();
+    let s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    exchange(s, host, method, path, headers, body)
+}
+
+/// Sends one request over TLS to `host` (`127.0.0.1:PORT`) as `config` says (roots, a client
+/// certificate or none), the server named `server_name`; `Err` if the handshake fails.
+pub fn request_tls(
+    host: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Answer, String> {
+    let tcp = TcpStream::connect(host).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut tcp = tcp;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    // TLS 1.3: a refused client certificate shows at the first read.
+    let stream = rustls::StreamOwned::new(conn, tcp);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange(stream, host, method, path, headers, body)))
+        .map_err(|_| "the connection failed".to_owned())
+}
+
+fn exchange<S: Read + Write>(
+    mut s: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {host}\r\n"));
@@ -47,6 +83,7 @@ pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).unwrap();
+    s.flush().unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
