@@ -261,6 +261,9 @@ pub enum AccountAction {
     /// Sent a packet it wrote in the workspace.
     #[serde(rename = "sent")]
     Sent,
+    /// An administrator added or removed a smart-card certificate.
+    #[serde(rename = "certificate")]
+    Certificate,
 }
 
 impl std::fmt::Display for AccountAction {
@@ -279,6 +282,7 @@ impl std::fmt::Display for AccountAction {
             Self::Downloaded => "downloaded",
             Self::Refused => "refused",
             Self::Sent => "sent",
+            Self::Certificate => "certificate",
         })
     }
 }

@@ -91,7 +91,13 @@ pub fn run(out: &mut dyn Write, web: bool) -> Result<(), String> {
         for (_, partner, text) in POLICIES.iter().filter(|(me, _, _)| *me == name) {
             write_file(&nd.join("policies").join(format!("{partner}.toml")), text, 0o644)?;
         }
-        let token = format!("demo-token-{}", name.to_ascii_lowercase());
+        // A fresh token each run: with --web the nodes stay up, and the client is an admin.
+        let token = {
+            use rand_core::RngCore;
+            let mut b = [0u8; 16];
+            rand_core::OsRng.fill_bytes(&mut b);
+            format!("demo-{}-{}", name.to_ascii_lowercase(), hex(&b))
+        };
         let partners: String = ports
             .iter()
             .filter(|(n, _, _)| *n != name)
@@ -105,7 +111,7 @@ pub fn run(out: &mut dyn Write, web: bool) -> Result<(), String> {
              [web]\nlisten = \"127.0.0.1:{web_port}\"\n\
              [keys]\ndir = \".\"\nkeyring = [\"../federation\"]\n\
              [tls]\nca = \"ca.crt\"\ncert = \"tls.crt\"\nkey = \"tls.key\"\ncrls = [\"crl.pem\"]\n\
-             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-case-system\", token_sha256 = \"{}\", names_officers = true, admin = true }}]\n\
+             [api]\nlisten = \"127.0.0.1:{api}\"\nclients = [{{ name = \"demo-case-system\", token_sha256 = \"{}\", names_officers = true, admin = {web} }}]\n\
              {partners}[delivery]\ninitial_backoff_ms = 100\nmax_backoff_ms = 2000\nreceipt_timeout_ms = 5000\n\
              [log]\nformat = \"text\"\nlevel = \"info\"\n",
             hex(&Digest::of(token.as_bytes()).0)

@@ -861,7 +861,40 @@ fn over_its_own_tls_the_workspace_signs_an_officer_in_with_a_smart_card() {
     assert_eq!(refused.status, 401);
     // A card from another CA: the handshake fails.
     let rogue_client = tls_client(web_ca.cert_pem(), Some((&forged.cert_pem, &forged.key_pem)));
-    assert!(get_tls(&rogue_client, "/signin", "").is_err(), "a certificate from another CA is refused");
+    let refused = get_tls(&rogue_client, "/signin", "").unwrap_err();
+    assert!(refused.contains("alert"), "a certificate from another CA is refused in the handshake: {refused}");
+    // Without a card, the card sign-in is refused; a disabled account's card too; a card held
+    // by one account cannot be given to another; removing it ends the sessions it opened.
+    let page = get_tls(&without, "/signin", "").unwrap();
+    let (name, pre) = page.cookies().into_iter().find(|(k, _)| k.ends_with("liaison_signin")).unwrap();
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    assert_eq!(
+        post_tls(&without, "/signin/certificate", &format!("{name}={pre}"), &[("csrf", &csrf)]).unwrap().status,
+        401
+    );
+    let o = it.cli(&["users", "add", "other", "--display-name", "Other", "--certificate", &card_file]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("belongs to another account"));
+    let card_signin = || {
+        let page = get_tls(&with_card, "/signin", "").unwrap();
+        let (name, pre) = page.cookies().into_iter().find(|(k, _)| k.ends_with("liaison_signin")).unwrap();
+        let csrf = input_value(&page.body, "csrf").unwrap();
+        post_tls(&with_card, "/signin/certificate", &format!("{name}={pre}"), &[("csrf", &csrf)]).unwrap()
+    };
+    assert!(it.cli(&["users", "disable", "g.rossi"]).status.success());
+    assert_eq!(card_signin().status, 401);
+    assert!(it.cli(&["users", "enable", "g.rossi"]).status.success());
+    let again = card_signin();
+    assert_eq!(again.status, 303);
+    let session = again
+        .cookies()
+        .into_iter()
+        .find(|(k, _)| k.ends_with("liaison_session"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .unwrap();
+    assert_eq!(get_tls(&with_card, "/inbox", &session).unwrap().status, 200);
+    assert!(it.cli(&["users", "certificate", "g.rossi", &card_file, "--remove"]).status.success());
+    assert_eq!(get_tls(&with_card, "/inbox", &session).unwrap().header("location"), Some("/signin"));
+    assert_eq!(card_signin().status, 401);
     // Plain HTTP on that port: no answer the browser could use.
     let plain = std::net::TcpStream::connect(&host).map(|mut s| {
         use std::io::{Read, Write};
@@ -874,10 +907,19 @@ fn over_its_own_tls_the_workspace_signs_an_officer_in_with_a_smart_card() {
     assert!(!plain.unwrap_or_default().starts_with("HTTP/1.1 200"));
     let events = account_events(it);
     assert!(events.iter().filter(|e| *e == "g.rossi signed in").count() >= 2, "{events:?}");
-    // The node stops in order with the workspace's TLS connections open.
-    let _open = get_tls(&with_card, "/inbox", &session);
+    // The node stops in order with a TLS connection open and idle.
+    let mut idle = std::net::TcpStream::connect(&host).unwrap();
+    let mut conn =
+        rustls::ClientConnection::new(without.clone(), rustls::pki_types::ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut idle).unwrap();
+    }
     let mut c = c;
     let it = c.node("IT-DCSA");
+    let started = std::time::Instant::now();
     it.terminate();
     assert!(it.log_text().contains("node stopped"));
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped in {:?}", started.elapsed());
+    drop(conn);
 }

@@ -32,6 +32,8 @@ use totp::TotpSecret;
 
 /// Failed sign-ins in a row that lock an account.
 pub const MAX_FAILURES: u32 = 5;
+/// Smart-card certificates an account may hold.
+pub const MAX_CERTIFICATES: usize = 8;
 /// Most accounts a node keeps (a unit's officers, with room; a bound on what an admin client
 /// can make the node hold).
 pub const MAX_ACCOUNTS: usize = 10_000;
@@ -481,7 +483,9 @@ impl Accounts {
         }
         let cases = CaseScope::parse(&new.cases)?;
         let partners = PartnerScope::of(new.partners);
-        let certificates = new.certificates;
+        let mut certificates = new.certificates;
+        certificates.sort();
+        certificates.dedup();
         let given = new.password.is_some();
         let pw = new.password.map(Zeroizing::new).unwrap_or_else(password::generate);
         let hashed = self.hash(pw.clone()).await?;
@@ -497,6 +501,9 @@ impl Accounts {
             }
             if let Some(c) = certificates.iter().find(|c| map.values().any(|a| a.certificates.contains(c))) {
                 return Err(AccountError::Invalid(format!("certificate {c} belongs to another account")));
+            }
+            if certificates.len() > MAX_CERTIFICATES {
+                return Err(AccountError::Invalid(format!("at most {MAX_CERTIFICATES} certificates an account")));
             }
         }
         let account = Stored {
@@ -685,19 +692,26 @@ impl Accounts {
             return Err(AccountError::Invalid(format!("certificate {fingerprint} belongs to another account")));
         }
         let mut account = self.read().get(name).cloned().ok_or_else(|| AccountError::Unknown(name.clone()))?;
-        account.certificates.retain(|c| *c != fingerprint);
+        let held = account.certificates.contains(&fingerprint);
         if add {
-            if account.certificates.len() >= 8 {
-                return Err(AccountError::Invalid("at most 8 certificates an account".into()));
+            if held {
+                return Ok(account.view());
+            }
+            if account.certificates.len() >= MAX_CERTIFICATES {
+                return Err(AccountError::Invalid(format!("at most {MAX_CERTIFICATES} certificates an account")));
             }
             account.certificates.push(fingerprint);
         } else {
+            if !held {
+                return Err(AccountError::Invalid(format!("{name} holds no certificate {fingerprint}")));
+            }
+            account.certificates.retain(|c| *c != fingerprint);
             // A card taken away ends the sessions it opened.
             account.generation += 1;
         }
         let view = account.view();
         let detail = format!("certificate {fingerprint} {}", if add { "added" } else { "removed" });
-        self.commit(account, audit(name, crate::audit::AccountAction::Reset, by, detail)).await?;
+        self.commit(account, audit(name, crate::audit::AccountAction::Certificate, by, detail)).await?;
         Ok(view)
     }
 
@@ -729,13 +743,13 @@ impl Accounts {
             return Err(SignInError::Refused);
         };
         let name = account.name.clone();
-        if account.locked_at.is_some() || account.disabled_at.is_some() {
-            let locked = account.locked_at.is_some();
-            let why = if locked { "locked" } else { "disabled" };
+        // A lock by failed password sign-ins does not bar the card (a different proof, checked
+        // by the TLS handshake): whoever guessed at the password must not lock the officer out.
+        if account.disabled_at.is_some() {
             let event =
-                audit(&name, AccountAction::SignInRefused, from, format!("certificate; account {why}, from {from}"));
+                audit(&name, AccountAction::SignInRefused, from, format!("certificate; account disabled, from {from}"));
             self.inner.store.commit(vec![event]).await.map_err(unavailable)?;
-            return Err(if locked { SignInError::Locked } else { SignInError::Disabled });
+            return Err(SignInError::Disabled);
         }
         account.last_sign_in = Some(unix_seconds.saturating_mul(1000));
         let view = account.view();

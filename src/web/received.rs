@@ -475,8 +475,18 @@ pub(super) async fn forward(
                 .iter()
                 .map(|d| format!("{}: refused by {} ({})", d.recipient, d.denial.rule, d.denial.reason))
                 .collect();
+            if let Err(r) =
+                web.record(&o, AccountAction::Refused, format!("pass on {id} from {from}: {}", why.join("; "))).await
+            {
+                return r;
+            }
             html(StatusCode::FORBIDDEN, pages::error(None, &format!("Not passed on. {}", why.join("; "))))
         }
-        Err(e) => html(StatusCode::CONFLICT, pages::error(None, &e.to_string())),
+        Err(e) => {
+            if let Err(r) = web.record(&o, AccountAction::Refused, format!("pass on {id} from {from}: {e}")).await {
+                return r;
+            }
+            html(StatusCode::CONFLICT, pages::error(None, &e.to_string()))
+        }
     }
 }

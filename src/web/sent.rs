@@ -236,13 +236,19 @@ pub(super) async fn consent(
     let holder = get("holder").parse::<crate::ids::NodeId>().ok();
     let allowed: Vec<crate::ids::NodeId> =
         pairs.iter().filter(|(k, _)| k == "allow").filter_map(|(_, v)| v.parse().ok()).collect();
-    let until = match get("until").len() {
-        0 => Some(crate::timestamp::Timestamp::now().plus_secs(30 * 86_400)),
+    let now = crate::timestamp::Timestamp::now();
+    let until: Option<crate::timestamp::Timestamp> = match get("until").len() {
+        0 => Some(now.plus_secs(30 * 86_400)),
         16 => format!("{}:00Z", get("until")).parse().ok(),
+        19 => format!("{}Z", get("until")).parse().ok(),
         _ => get("until").parse().ok(),
     };
+    // In the future, at most the packets' longest life (366 days).
+    let until = until.filter(|u| *u > now && u.unix() <= now.unix() + 366 * 86_400);
     let ok = o.account.is(crate::accounts::Role::Supervisor)
-        && record.as_ref().is_some_and(|r| visible(&o.account, r))
+        && record
+            .as_ref()
+            .is_some_and(|r| visible(&o.account, r) && r.packet_type != crate::packet::PacketType::OnwardConsent)
         && holder.is_some_and(|h| o.account.partners.covers(&h))
         && !allowed.is_empty()
         && allowed.iter().all(|a| o.account.partners.covers(a));
@@ -259,7 +265,7 @@ pub(super) async fn consent(
         }
         return page_response(
             StatusCode::FORBIDDEN,
-            pages::error(None, "A consent needs the supervisor role, a recipient, partners of your scope and a date."),
+            pages::error(None, "A consent needs the supervisor role, a recipient and partners of your scope, and a date within the next year."),
         );
     };
     match web.node.consent(record.id, &holder, allowed, until, o.account.name.clone()).await {

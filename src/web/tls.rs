@@ -53,11 +53,27 @@ pub fn server_config(tls: &WebTls) -> Result<rustls::ServerConfig, String> {
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if tls.client_ca.is_some() {
+        // No resumption: a resumed session would carry the card's certificate from an earlier
+        // handshake, without the card (or its PIN) in the reader now.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(config)
 }
 
+/// Connections open at once, in all.
+pub const CONNECTIONS: usize = 512;
+/// Connections open at once from one address.
+pub const CONNECTIONS_PER_ADDRESS: usize = 32;
+/// Time a connection has to send a request's headers (also the longest a kept-alive connection
+/// stays idle).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Serves `router` over TLS on `listener` until `closing` is cancelled: each connection's
-/// address and client certificate go into its requests' extensions.
+/// address and client certificate go into its requests' extensions. Connections are capped (in
+/// all and per address), have [`HEADER_TIMEOUT`] for each request's headers, and are closed at
+/// shutdown (gracefully for 3 s, then aborted).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -65,9 +81,13 @@ pub async fn serve(
     closing: tokio_util::sync::CancellationToken,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let connections = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+    let per_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (tcp, peer) = tokio::select! {
+            biased;
             () = closing.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(x) => x,
@@ -78,8 +98,23 @@ pub async fn serve(
                 }
             },
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "web: too many connections; this one is closed");
+            continue;
+        };
+        {
+            let mut m = per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = m.entry(peer.ip()).or_insert(0);
+            if *n >= CONNECTIONS_PER_ADDRESS {
+                debug!(%peer, "web: too many connections from this address; this one is closed");
+                continue;
+            }
+            *n += 1;
+        }
+        let left = AddressSlot(per_address.clone(), peer.ip());
         let (acceptor, router, closing) = (acceptor.clone(), router.clone(), closing.clone());
         connections.spawn(async move {
+            let _slots = (slot, left);
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -94,20 +129,44 @@ pub async fn serve(
                     .unwrap_or_default();
                 (Digest::of(leaf.as_ref()), subject)
             });
+            if closing.is_cancelled() {
+                return;
+            }
             let app = router.layer(Extension(ConnectInfo(peer))).layer(Extension(ClientCertificate(presented)));
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
             tokio::pin!(conn);
             tokio::select! {
-                _ = conn.as_mut() => {}
+                biased;
                 () = closing.cancelled() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
                 }
+                _ = conn.as_mut() => {}
             }
         });
     }
-    connections.close();
-    let _ = tokio::time::timeout(Duration::from_secs(10), connections.wait()).await;
+    // What has not closed 5 s after the stop began is aborted (within the node's 10 s).
+    let all = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+/// A connection's place in its address's count, given back when it closes.
+struct AddressSlot(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>, std::net::IpAddr);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }

@@ -33,7 +33,7 @@ pub fn request(base: &str, method: &str, path: &str, headers: &[(&str, &str)], b
     let host = base.trim_start_matches("http://").trim_end_matches('/');
     let s = TcpStream::connect(host).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    exchange(s, host, method, path, headers, body)
+    exchange(s, host, method, path, headers, body).unwrap()
 }
 
 /// Sends one request over TLS to `host` (`127.0.0.1:PORT`) as `config` says (roots, a client
@@ -55,10 +55,8 @@ pub fn request_tls(
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
     }
-    // TLS 1.3: a refused client certificate shows at the first read.
-    let stream = rustls::StreamOwned::new(conn, tcp);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exchange(stream, host, method, path, headers, body)))
-        .map_err(|_| "the connection failed".to_owned())
+    // TLS 1.3: a refused client certificate shows at the first read, as the server's alert.
+    exchange(rustls::StreamOwned::new(conn, tcp), host, method, path, headers, body)
 }
 
 fn exchange<S: Read + Write>(
@@ -68,7 +66,7 @@ fn exchange<S: Read + Write>(
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> Answer {
+) -> Result<Answer, String> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {host}\r\n"));
@@ -82,16 +80,20 @@ fn exchange<S: Read + Write>(
     }
     req.push_str("\r\n");
     req.push_str(body);
-    s.write_all(req.as_bytes()).unwrap();
-    s.flush().unwrap();
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    s.flush().map_err(|e| e.to_string())?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {line:?}"))?;
     let mut headers = Vec::new();
     loop {
         line.clear();
-        r.read_line(&mut line).unwrap();
+        r.read_line(&mut line).map_err(|e| e.to_string())?;
         let l = line.trim_end();
         if l.is_empty() {
             break;
@@ -103,24 +105,24 @@ fn exchange<S: Read + Write>(
     let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
     let mut bytes = Vec::new();
     if let Some(n) = find("content-length") {
-        bytes.resize(n.parse().unwrap(), 0);
-        r.read_exact(&mut bytes).unwrap();
+        bytes.resize(n.parse().map_err(|_| "a bad content-length".to_owned())?, 0);
+        r.read_exact(&mut bytes).map_err(|e| e.to_string())?;
     } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
         loop {
             line.clear();
-            r.read_line(&mut line).unwrap();
+            r.read_line(&mut line).map_err(|e| e.to_string())?;
             let n = usize::from_str_radix(line.trim(), 16).unwrap_or(0);
             if n == 0 {
                 break;
             }
             let mut chunk = vec![0; n + 2];
-            r.read_exact(&mut chunk).unwrap();
+            r.read_exact(&mut chunk).map_err(|e| e.to_string())?;
             bytes.extend_from_slice(&chunk[..n]);
         }
     } else {
-        r.read_to_end(&mut bytes).unwrap();
+        r.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     }
-    Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    Ok(Answer { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() })
 }
 
 /// Form-encodes pairs.
