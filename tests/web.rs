@@ -731,6 +731,11 @@ fn officers_pass_an_h2_alert_on_once_a_supervisor_at_its_originator_consents() {
     wait_for("the consent at ES-UDYCO", Duration::from_secs(30), || {
         es.inbox().iter().any(|i| i["type"] == "OnwardConsent")
     });
+    // The consent is a state of the alert at ES-UDYCO, not an inbox item.
+    let view = get(&es.web, &format!("/packets/{alert}?from=CO-DIJIN"), &es_cookie).body;
+    assert!(view.contains("id=\"consents\"") && view.contains("May be passed on to IT-DCSA"), "{view}");
+    let listed = get(&es.web, "/inbox", &es_cookie).body;
+    assert!(!listed.contains("OnwardConsent"), "{listed}");
     // Now it goes, as the officer who passed it on.
     let passed = post(&es.web, &pass, &es_cookie, &[("csrf", &csrf), ("to", "IT-DCSA")]);
     assert_eq!(passed.status, 303, "{}", passed.body);

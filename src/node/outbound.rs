@@ -210,8 +210,8 @@ impl Node {
     }
 
     /// Verified consents of `originator` about `packet`: the one that came with it, and any it
-    /// sent this node.
-    fn consents_about(
+    /// sent this node (scans the inbox: run it off the async workers).
+    pub fn consents_about(
         &self,
         packet: PacketId,
         originator: &NodeId,

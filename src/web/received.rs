@@ -200,6 +200,26 @@ pub(super) async fn packet(
         list.clear();
     }
     let thread = thread_of(&web, &o, &packet).await;
+    // H2: the originator's consents to pass it on are states of this packet, shown here.
+    let consents = if packet.envelope.handling.codes.contains(&crate::markings::HandlingCode::H2) {
+        let (about, by) = (packet.envelope.id, packet.envelope.originator.node);
+        match web.node.slow(move |n| n.consents_about(about, &by, None)).await {
+            Ok(Ok(list)) => list
+                .into_iter()
+                .filter_map(|c| match c.packet.body {
+                    Body::OnwardConsent(x) => Some((
+                        x.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                        x.until.to_string(),
+                        c.packet.envelope.originator.officer.map(|o| o.to_string()).unwrap_or_default(),
+                    )),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        }
+    } else {
+        Vec::new()
+    };
     let e = &packet.envelope;
     let content = maud::html! {
         (pages::banner(&packet))
@@ -232,10 +252,17 @@ pub(super) async fn packet(
         }
         @let onward: Vec<NodeId> = web.node.peers().into_iter().map(|p| p.node)
             .filter(|n| *n != from && *n != e.originator.node && o.account.partners.covers(n)).collect();
+        @if !consents.is_empty() {
+            section #consents {
+                h2 { "Consents of the originator" }
+                ul { @for (to, until, who) in &consents { li { "May be passed on to " (to) " until " (until) @if !who.is_empty() { " (" (who) ")" } } } }
+            }
+        }
         @if !onward.is_empty() {
             section #onward {
                 h2 { "Pass on" }
                 p.muted { "The sharing policy with each partner decides; H2 material needs the originator's consent." }
+
                 form method="post" action={ "/packets/" (id) "/forward?from=" (from) } {
                     input type="hidden" name="csrf" value=(o.session.csrf);
                     @for n in &onward { label.check { input type="checkbox" name="to" value=(n.to_string()); (n) } }
