@@ -8,8 +8,7 @@
 //! `cargo bench --bench inbox` (`-- --packets N` for another count). Prints figures; asserts
 //! nothing (shared machines are noisy).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use liaison::delivery::RetryPolicy;
@@ -24,6 +23,11 @@ use liaison::store::{pair_key, InboxRecord, Op, Store, Tree};
 use liaison::timestamp::Timestamp;
 use rand_core::OsRng;
 use time::OffsetDateTime;
+
+/// The tests' HTTP client (one request a connection, bodies read to the end).
+#[allow(dead_code)]
+#[path = "../tests/common/http.rs"]
+mod http;
 
 fn node_id(s: &str) -> NodeId {
     s.parse().unwrap()
@@ -165,13 +169,10 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
         );
         let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let code = format!("{:06}", secret.code_at(unix / 30));
-        let (_, headers, body) = http(&base, "GET", "/signin", "", "");
-        let pre = cookie_of(&headers, "liaison_signin");
-        let csrf = body.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-        let form = format!("csrf={csrf}&name=bench.officer&password={}&code={code}", password.replace(' ', "+"));
-        let (status, headers, _) = http(&base, "POST", "/signin", &format!("liaison_signin={pre}"), &form);
-        assert_eq!(status, 303, "signed in");
-        format!("liaison_session={}", cookie_of(&headers, "liaison_session"))
+        let signed = http::sign_in(&format!("http://{base}"), "bench.officer", password, &code);
+        assert_eq!(signed.status, 303, "signed in");
+        let (_, session) = signed.cookies().into_iter().find(|(k, _)| k == "liaison_session").unwrap();
+        format!("liaison_session={session}")
     })
     .await
     .unwrap();
@@ -179,7 +180,8 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
     let base = addr.to_string();
     tokio::task::spawn_blocking(move || {
         let t = Instant::now();
-        let (status, _, body) = http(&base, "GET", "/inbox", &cookie, "");
+        let a = http::request(&base, "GET", "/inbox", &[("Cookie", &cookie)], None);
+        let (status, body) = (a.status, a.body);
         assert_eq!(status, 200);
         assert!(body.contains(&format!("{packets} packet(s)")), "every packet listed");
         println!(
@@ -198,7 +200,8 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
             let mut times = Vec::new();
             for _ in 0..30 {
                 let t = Instant::now();
-                let (status, _, body) = http(&base, "GET", &path, &cookie, "");
+                let a = http::request(&base, "GET", &path, &[("Cookie", &cookie)], None);
+                let (status, body) = (a.status, a.body);
                 times.push(t.elapsed().as_secs_f64() * 1000.0);
                 assert_eq!(status, 200);
                 if let Some(n) = expect {
@@ -218,45 +221,4 @@ async fn run(packets: usize, it: NodeKeys, ring: Keyring, store_dir: std::path::
     .unwrap();
     let _ = stop.send(true);
     node.shutdown().await;
-}
-
-/// One HTTP/1.1 request; (status, headers, body).
-fn http(host: &str, method: &str, path: &str, cookie: &str, form: &str) -> (u16, Vec<String>, String) {
-    let mut s = TcpStream::connect(host).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    if !cookie.is_empty() {
-        req += &format!("Cookie: {cookie}\r\n");
-    }
-    if method == "POST" {
-        req += &format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", form.len());
-    }
-    req += "\r\n";
-    req += form;
-    s.write_all(req.as_bytes()).unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line.trim().is_empty() {
-            break;
-        }
-        headers.push(line.trim().to_owned());
-    }
-    let mut body = String::new();
-    r.read_to_string(&mut body).unwrap();
-    (status, headers, body)
-}
-
-fn cookie_of(headers: &[String], name: &str) -> String {
-    headers
-        .iter()
-        .filter_map(|h| h.strip_prefix("set-cookie: ").or_else(|| h.strip_prefix("Set-Cookie: ")))
-        .filter_map(|c| c.split(';').next()?.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-        .unwrap()
 }

@@ -237,6 +237,24 @@ impl SentRecord {
     }
 }
 
+/// The markings as labels, most important first: `EU_RESTRICTED`, `TLP:RED`, `H0`, `H2`, `B2`.
+pub fn marking_labels(
+    classification: Classification,
+    tlp: Option<Tlp>,
+    handling: &Handling,
+    grading: Option<Grading>,
+) -> Vec<String> {
+    let mut labels = vec![wire(&classification)];
+    if let Some(t) = tlp {
+        labels.push(format!("TLP:{}", wire(&t)));
+    }
+    labels.extend(handling.codes.iter().map(wire));
+    if let Some(g) = grading {
+        labels.push(g.to_string());
+    }
+    labels
+}
+
 /// What an officer asks of the inbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {

@@ -115,6 +115,11 @@ impl Deadline {
         }
     }
 
+    /// Whether it is late at `now`: overdue, or missed before a delay notice moved it.
+    pub fn late(&self, now: Millis) -> bool {
+        self.missed.is_some() || matches!(self.due(now), Due::Overdue { .. })
+    }
+
     /// Whether it still needs someone's attention (not answered).
     pub fn is_open(&self) -> bool {
         self.answered.is_none()

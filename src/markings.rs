@@ -97,6 +97,18 @@ pub enum HandlingCode {
     H3,
 }
 
+impl HandlingCode {
+    /// What the code means (Europol), in words an officer reads beside it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::H0 => "for crime-fighting purposes only",
+            Self::H1 => "not to be used in judicial proceedings without the provider's permission",
+            Self::H2 => "not to be passed on without the provider's permission",
+            Self::H3 => "other restrictions (below)",
+        }
+    }
+}
+
 /// The handling codes of a packet; H3 carries its restriction text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

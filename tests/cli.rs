@@ -368,19 +368,7 @@ fn demo_with_the_web_workspace_prints_accounts_that_sign_in() {
     let url = it.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches('/').to_owned();
     let password = it.split("password ").nth(1).unwrap().trim().to_owned();
     let code = codes.split("IT-DCSA ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
-    let page = common::http::request(&url, "GET", "/signin", &[], None);
-    let (_, pre) = page.cookies().into_iter().find(|(k, _)| k == "liaison_signin").unwrap();
-    let csrf = common::http::input_value(&page.body, "csrf").unwrap();
-    let form =
-        common::http::form(&[("csrf", &csrf), ("name", "demo.officer"), ("password", &password), ("code", &code)]);
-    let cookie = format!("liaison_signin={pre}");
-    let signed = common::http::request(
-        &url,
-        "POST",
-        "/signin",
-        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
-        Some(&form),
-    );
+    let signed = common::http::sign_in(&url, "demo.officer", &password, &code);
     assert_eq!(signed.status, 303, "{}\n{}", signed.body, seen.join("\n"));
     writeln!(child.stdin.take().unwrap()).unwrap();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();

@@ -11,7 +11,7 @@ mod common;
 
 use common::browser::{docs_dir, Browser};
 use common::cluster::*;
-use common::http::{form, input_value, request, Answer};
+use common::http::{form, input_value, request, sign_in, Answer};
 use liaison::accounts::totp::{base32_decode, TotpSecret, STEP_SECONDS};
 use serde_json::{json, Value};
 
@@ -52,24 +52,6 @@ fn add_officer(n: &NodeProc, name: &str, display: &str, extra: &[&str]) -> Offic
     assert!(v["password"].is_null(), "a given password is not echoed");
     let secret = TotpSecret::from_bytes(&base32_decode(v["totp_secret"].as_str().unwrap()).unwrap());
     Officer { name: name.into(), password, secret }
-}
-
-/// Signs in over HTTP: the form (its own CSRF cookie), then the post.
-fn sign_in(web: &str, name: &str, password: &str, code: &str) -> Answer {
-    let page = request(web, "GET", "/signin", &[], None);
-    assert_eq!(page.status, 200);
-    let (_, pre) = page.cookies().into_iter().find(|(k, _)| k == "liaison_signin").unwrap();
-    let csrf = input_value(&page.body, "csrf").unwrap();
-    assert_eq!(csrf, pre);
-    let body = form(&[("csrf", &csrf), ("name", name), ("password", password), ("code", code)]);
-    let cookie = format!("liaison_signin={pre}");
-    request(
-        web,
-        "POST",
-        "/signin",
-        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
-        Some(&body),
-    )
 }
 
 /// The session cookie of a successful sign-in.

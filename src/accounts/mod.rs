@@ -250,6 +250,12 @@ impl Account {
         self.partners.covers(partner) && self.cases.covers(case)
     }
 
+    /// Whether it may see a packet received from `from` (or sent to it), originated by
+    /// `originator`, about `case`: both nodes in its partner scope, the case in its case scope.
+    pub fn may_see_packet(&self, from: &NodeId, originator: &NodeId, case: Option<&CaseRef>) -> bool {
+        self.may_see(from, case) && self.may_see(originator, case)
+    }
+
     /// Whether it has at least `role`.
     pub fn is(&self, role: Role) -> bool {
         self.role >= role

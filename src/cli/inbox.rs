@@ -140,16 +140,7 @@ fn markings_line(
     handling: &crate::markings::Handling,
     grading: Option<crate::markings::Grading>,
 ) -> String {
-    use crate::catalogue::wire;
-    let mut parts = vec![wire(&classification)];
-    if let Some(t) = tlp {
-        parts.push(format!("TLP:{}", wire(&t)));
-    }
-    parts.extend(handling.codes.iter().map(wire));
-    if let Some(g) = grading {
-        parts.push(g.to_string());
-    }
-    parts.join(" ")
+    crate::catalogue::marking_labels(classification, tlp, handling, grading).join(" ")
 }
 
 /// One received packet: the markings first (each handling code explained), the envelope, the
@@ -172,7 +163,7 @@ pub(super) fn show(api: &ApiArgs, from: Option<&NodeId>, id: PacketId) -> Result
         return Ok(());
     }
     let e = &v.packet.envelope;
-    print!("{}", markings_block(e));
+    print!("{}", markings_block(e.classification, e.tlp, &e.handling, e.grading));
     println!();
     println!(
         "{} {}  {}",
@@ -234,15 +225,20 @@ pub(super) fn show(api: &ApiArgs, from: Option<&NodeId>, id: PacketId) -> Result
 }
 
 /// The markings as a block: one line of badges, then what each handling code means.
-pub(super) fn markings_block(e: &crate::packet::Envelope) -> String {
-    let mut out = format!("{}\n", markings_line(e.classification, e.tlp, &e.handling, e.grading));
-    for c in &e.handling.codes {
-        out += &format!("  {:<3} {}\n", crate::catalogue::wire(c), crate::web::pages::handling_meaning(*c));
+fn markings_block(
+    classification: crate::markings::Classification,
+    tlp: Option<crate::markings::Tlp>,
+    handling: &crate::markings::Handling,
+    grading: Option<crate::markings::Grading>,
+) -> String {
+    let mut out = format!("{}\n", markings_line(classification, tlp, handling, grading));
+    for c in &handling.codes {
+        out += &format!("  {:<3} {}\n", crate::catalogue::wire(c), c.meaning());
     }
-    if let Some(h3) = &e.handling.h3_text {
+    if let Some(h3) = &handling.h3_text {
         out += &format!("  H3 restriction: {h3}\n");
     }
-    if let Some(g) = e.grading {
+    if let Some(g) = grading {
         out += &format!("  {g}  source reliability / information accuracy\n");
     }
     out
@@ -311,10 +307,7 @@ fn show_sent(api: &ApiArgs, v: &crate::api::types::SentView) -> Result<(), CliEr
         return Ok(());
     }
     let r = &v.record;
-    println!("{}", markings_line(r.classification, r.tlp, &r.handling, r.grading));
-    for c in &r.handling.codes {
-        println!("  {:<3} {}", crate::catalogue::wire(c), crate::web::pages::handling_meaning(*c));
-    }
+    print!("{}", markings_block(r.classification, r.tlp, &r.handling, r.grading));
     println!();
     println!(
         "SENT {} {}  {}",

@@ -413,7 +413,7 @@ impl Node {
     pub fn overdue_answers(&self, now: Millis) -> std::collections::HashSet<(PacketId, NodeId)> {
         self.open_deadlines(Role::Answer)
             .into_iter()
-            .filter(|d| d.missed.is_some() || matches!(d.due(now), crate::deadlines::Due::Overdue { .. }))
+            .filter(|d| d.late(now))
             .map(|d| (d.request, d.counterpart))
             .collect()
     }

@@ -71,8 +71,7 @@ pub(super) async fn form(State(web): State<Web>, headers: HeaderMap, Query(q): Q
         let original = id.parse::<PacketId>().ok().zip(from.parse::<NodeId>().ok()).and_then(|(id, from)| {
             let (p, _, _) = web.node.show(id, Some(&from)).ok()?;
             let case = p.envelope.case_ref.as_ref();
-            (o.account.may_see(&from, case) && o.account.may_see(&p.envelope.originator.node, case))
-                .then_some((p, from))
+            o.account.may_see_packet(&from, &p.envelope.originator.node, case).then_some((p, from))
         });
         let Some((p, from)) = original else {
             let frame = o.frame(&web, unread, false);

@@ -110,6 +110,6 @@ pub(super) async fn board(State(web): State<Web>, headers: HeaderMap) -> Respons
 
 fn line(deadline: Deadline, now: u64, url: String, what: String) -> Line {
     let due = deadline.due(now);
-    let late = deadline.missed.is_some() || matches!(due, Due::Overdue { .. });
+    let late = deadline.late(now);
     Line { deadline, due, url, what, late }
 }

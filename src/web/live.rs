@@ -92,7 +92,7 @@ pub(super) async fn events(State(web): State<Web>, headers: HeaderMap) -> Respon
                 "type": row.packet_type.as_str(),
                 "case_ref": row.case_ref.as_ref().map(|c| c.as_str().to_owned()),
                 "summary": row.summary,
-                "markings": pages::marking_badges(&row),
+                "markings": pages::badges(row.classification, row.tlp, &row.handling, row.grading),
                 "received": pages::when_ms(row.received_at),
                 "url": pages::packet_url(&row),
                 "unread": unread,

@@ -329,7 +329,7 @@ impl Web {
 }
 
 fn visible(account: &Account, r: &Row) -> bool {
-    account.may_see(&r.from, r.case_ref.as_ref()) && account.may_see(&r.originator, r.case_ref.as_ref())
+    account.may_see_packet(&r.from, &r.originator, r.case_ref.as_ref())
 }
 
 fn to_signin() -> Response {

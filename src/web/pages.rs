@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::accounts::Account;
 use crate::catalogue::Row;
-use crate::markings::{Classification, Grading, Handling, HandlingCode, Tlp};
+use crate::markings::{Classification, Grading, Handling, Tlp};
 use crate::packet::Packet;
 use crate::timestamp::Timestamp;
 
@@ -98,16 +98,6 @@ pub fn signin(csrf: &str, error: Option<&str>, name: &str, card: Option<&str>) -
 
 pub use crate::catalogue::wire;
 
-/// What a handling code means (Europol).
-pub fn handling_meaning(c: HandlingCode) -> &'static str {
-    match c {
-        HandlingCode::H0 => "for crime-fighting purposes only",
-        HandlingCode::H1 => "not to be used in judicial proceedings without the provider's permission",
-        HandlingCode::H2 => "not to be passed on without the provider's permission",
-        HandlingCode::H3 => "other restrictions (below)",
-    }
-}
-
 /// The markings of a packet, as badges.
 pub fn markings(
     classification: Classification,
@@ -116,26 +106,29 @@ pub fn markings(
     grading: Option<Grading>,
 ) -> Markup {
     html! {
-        span.mark.class title="classification" { (wire(&classification)) }
-        @if let Some(t) = tlp { span class={ "mark tlp-" (wire(&t).replace('+', "-")) } title="TLP" { "TLP:" (wire(&t)) } }
-        @for c in &handling.codes { span.mark title=(handling_meaning(*c)) { (wire(c)) } }
-        @if let Some(g) = grading { span.mark title="source reliability / information accuracy" { (g.to_string()) } }
+        @for (text, class, title) in badges(classification, tlp, handling, grading) {
+            span class=(class) title=(title) { (text) }
+        }
     }
 }
 
-/// Markings as (text, CSS class, title) for live rows, the order of [`markings`].
-pub fn marking_badges(row: &Row) -> Vec<(String, String, String)> {
-    let mut out = vec![(wire(&row.classification), "mark".to_owned(), "classification".to_owned())];
-    if let Some(t) = row.tlp {
-        out.push((format!("TLP:{}", wire(&t)), format!("mark tlp-{}", wire(&t).replace('+', "-")), "TLP".into()));
+/// Markings as (text, CSS class, title): the badges of a page, and of a row added live.
+pub fn badges(
+    classification: Classification,
+    tlp: Option<Tlp>,
+    handling: &Handling,
+    grading: Option<Grading>,
+) -> Vec<(String, String, String)> {
+    let labels = crate::catalogue::marking_labels(classification, tlp, handling, grading);
+    let mut titles = vec![("mark".to_owned(), "classification".to_owned())];
+    if let Some(t) = tlp {
+        titles.push((format!("mark tlp-{}", wire(&t).replace('+', "-")), "TLP".into()));
     }
-    for c in &row.handling.codes {
-        out.push((wire(c), "mark".into(), handling_meaning(*c).into()));
+    titles.extend(handling.codes.iter().map(|c| ("mark".to_owned(), c.meaning().to_owned())));
+    if grading.is_some() {
+        titles.push(("mark".into(), "source reliability / information accuracy".into()));
     }
-    if let Some(g) = row.grading {
-        out.push((g.to_string(), "mark".into(), "source reliability / information accuracy".into()));
-    }
-    out
+    labels.into_iter().zip(titles).map(|(text, (class, title))| (text, class, title)).collect()
 }
 
 /// A time in the officer's terms.
@@ -262,7 +255,7 @@ pub fn banner_of(
             dl {
                 dt { "Classification" } dd { (wire(&classification)) }
                 @if let Some(t) = tlp { dt { "TLP" } dd { (wire(&t)) } }
-                @for c in &handling.codes { dt { (wire(c)) } dd { (handling_meaning(*c)) } }
+                @for c in &handling.codes { dt { (wire(c)) } dd { (c.meaning()) } }
                 @if let Some(h3) = &handling.h3_text { dt { "H3 restriction" } dd { (h3) } }
                 @if let Some(g) = grading { dt { "Grading" } dd { (g.to_string()) " (source reliability / information accuracy)" } }
             }

@@ -57,25 +57,23 @@ impl InboxQuery {
     }
 }
 
-/// This node's deadline to answer each received request, as text, overdue ones marked.
-fn deadlines_of(node: &Node) -> std::collections::HashMap<(PacketId, NodeId), (String, bool)> {
+/// This node's deadline to answer each received request, in words, late ones marked.
+fn deadlines_of(node: &Node) -> std::collections::HashMap<(PacketId, NodeId), String> {
     use crate::deadlines::Due;
     let now = crate::node::now_ms();
     node.open_deadlines(crate::deadlines::Role::Answer)
         .into_iter()
         .map(|d| {
             let due = pages::when_ms(d.due_by);
-            let (text, late) = match d.due(now) {
-                _ if d.missed.is_some() => {
-                    (format!("LATE: missed {}; now due {due}", pages::when_ms(d.missed.unwrap_or_default())), true)
-                }
-                Due::Overdue { .. } => (format!("OVERDUE since {due}"), true),
-                Due::Paused => ("paused: clarification asked".to_owned(), false),
-                Due::DueSoon { .. } => (format!("due soon: {due}"), false),
-                Due::Open { .. } => (format!("due {due}"), false),
-                Due::Answered { late } => (if late { "answered late" } else { "answered" }.to_owned(), late),
+            let text = match (d.missed, d.due(now)) {
+                (Some(missed), _) => format!("LATE: missed {}; now due {due}", pages::when_ms(missed)),
+                (None, Due::Overdue { .. }) => format!("OVERDUE since {due}"),
+                (None, Due::Paused) => "paused: clarification asked".to_owned(),
+                (None, Due::DueSoon { .. }) => format!("due soon: {due}"),
+                (None, Due::Open { .. }) => format!("due {due}"),
+                (None, Due::Answered { late }) => if late { "answered late" } else { "answered" }.to_owned(),
             };
-            ((d.request, d.counterpart), (text, late))
+            ((d.request, d.counterpart), text)
         })
         .collect()
 }
@@ -112,7 +110,7 @@ pub(super) async fn inbox(State(web): State<Web>, headers: HeaderMap, Query(q): 
         .rows
         .into_iter()
         .map(|r| {
-            let d = deadlines.get(&(r.id, r.from)).map(|(t, _)| t.clone());
+            let d = deadlines.get(&(r.id, r.from)).cloned();
             (r, d)
         })
         .collect();
@@ -158,7 +156,7 @@ fn in_scope(
 ) -> Option<(crate::packet::Packet, crate::store::InboxRecord)> {
     let (p, rec, _) = web.node.show(id, Some(&from)).ok()?;
     let case = p.envelope.case_ref.as_ref();
-    (o.account.may_see(&from, case) && o.account.may_see(&p.envelope.originator.node, case)).then_some((p, rec))
+    o.account.may_see_packet(&from, &p.envelope.originator.node, case).then_some((p, rec))
 }
 
 pub(super) async fn packet(

@@ -127,20 +127,25 @@ fn exchange<S: Read + Write>(
 
 /// Form-encodes pairs.
 pub fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let enc: String = v
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => char::from(b).to_string(),
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            format!("{k}={enc}")
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+    pairs.iter().map(|(k, v)| format!("{k}={}", liaison::encoding::percent(v))).collect::<Vec<_>>().join("&")
+}
+
+/// Signs in to the workspace at `web` over HTTP: the form (its own CSRF cookie), then the post.
+pub fn sign_in(web: &str, name: &str, password: &str, code: &str) -> Answer {
+    let page = request(web, "GET", "/signin", &[], None);
+    assert_eq!(page.status, 200);
+    let (_, pre) = page.cookies().into_iter().find(|(k, _)| k == "liaison_signin").unwrap();
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    assert_eq!(csrf, pre);
+    let body = form(&[("csrf", &csrf), ("name", name), ("password", password), ("code", code)]);
+    let cookie = format!("liaison_signin={pre}");
+    request(
+        web,
+        "POST",
+        "/signin",
+        &[("Cookie", &cookie), ("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )
 }
 
 /// The value of the first `name="NAME" value="..."` input in a page.
